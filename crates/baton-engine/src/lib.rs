@@ -1,1 +1,597 @@
-//! baton-engine
+//! baton's rollout state machine.
+//!
+//! Pure and deterministic: [`step`] takes the current [`AppState`], one [`Input`]
+//! (a command or an observation of the world) and the current time, and returns
+//! the next state plus the [`Action`]s the controller must carry out. There is no
+//! I/O and no clock here, which is what lets the controller persist every
+//! transition before acting on it and lets tests simulate whole rollouts.
+//!
+//! See `LIFECYCLE.md` beside this file for the states and transitions.
+
+mod plan;
+mod reconcile;
+
+pub use plan::{Plan, PlanStep, plan};
+
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the Unix epoch, supplied by the caller.
+pub type Millis = i64;
+
+/// Rollout parameters resolved from the app spec (counts, not percentages).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Params {
+    /// Desired number of instances.
+    pub instances: u32,
+    /// Extra instances allowed above `instances` while a rollout runs.
+    pub max_surge: u32,
+    /// Instances that may be unavailable while a rollout runs.
+    pub max_unavailable: u32,
+    /// How long a new instance must stay ready before it counts as available.
+    pub min_ready_ms: u64,
+    /// A rollout that makes no progress for this long fails.
+    pub progress_deadline_ms: u64,
+    /// Crashes of new-version instances tolerated before the rollout fails.
+    pub max_restarts: u32,
+}
+
+impl Params {
+    /// Ready instances that must keep taking traffic at all times.
+    pub fn min_available(&self) -> u32 {
+        self.instances.saturating_sub(self.max_unavailable)
+    }
+
+    /// Surge actually used. A single instance always surges by one: baton never
+    /// drains the last instance taking traffic, so without a surge a one-instance
+    /// app could not be upgraded at all.
+    pub fn effective_surge(&self) -> u32 {
+        if self.instances == 1 {
+            self.max_surge.max(1)
+        } else {
+            self.max_surge
+        }
+    }
+}
+
+/// One release of an app: a revision number and the version it runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    pub revision: u32,
+    pub version: String,
+}
+
+/// Why a rollout started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutKind {
+    Deploy,
+    Rollback,
+}
+
+/// Where a rollout is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "phase")]
+pub enum RolloutPhase {
+    /// Moving towards the new release.
+    Progressing,
+    /// The new release failed or was aborted; converging back to the previous one.
+    RollingBack { reason: String, aborted: bool },
+}
+
+/// A rollout in flight.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollout {
+    /// Upgrade-history record this rollout reports to.
+    pub history_id: i64,
+    pub kind: RolloutKind,
+    pub operator: String,
+    pub from: Option<Release>,
+    pub to: Release,
+    pub phase: RolloutPhase,
+    pub started_ms: Millis,
+    pub last_progress_ms: Millis,
+    /// Crashes of `to` instances so far.
+    pub restarts: u32,
+    /// Most new instances seen available at once; an increase is progress.
+    pub best_available: u32,
+}
+
+impl Rollout {
+    /// The release the instances are converging to right now.
+    pub fn target(&self) -> Option<&Release> {
+        match self.phase {
+            RolloutPhase::Progressing => Some(&self.to),
+            RolloutPhase::RollingBack { .. } => self.from.as_ref(),
+        }
+    }
+}
+
+/// Lifecycle of one instance. See LIFECYCLE.md.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum InstancePhase {
+    /// Start requested and persisted; the driver has not reported it running yet.
+    Pending,
+    /// Running but not (or no longer) passing its readiness check. Takes no traffic.
+    Starting,
+    /// Passing readiness since `since_ms`; takes traffic.
+    Ready { since_ms: Millis },
+    /// Removed from routing; waiting for its in-flight requests to finish.
+    Draining { since_ms: Millis },
+    /// Stop requested from the driver.
+    Stopping,
+}
+
+/// One instance of an app as the engine knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    pub id: String,
+    pub revision: u32,
+    pub version: String,
+    pub phase: InstancePhase,
+    /// Address the instance listens on, once started.
+    pub address: Option<String>,
+    /// Opaque driver handle (JSON) so a restarted control plane can find the process again.
+    pub handle: Option<String>,
+    pub created_ms: Millis,
+}
+
+impl Instance {
+    /// Takes user traffic: passed readiness and is not draining.
+    pub fn is_routable(&self) -> bool {
+        matches!(self.phase, InstancePhase::Ready { .. })
+    }
+
+    /// Counts towards the app's instance count (not on its way out).
+    pub fn is_live(&self) -> bool {
+        matches!(
+            self.phase,
+            InstancePhase::Pending | InstancePhase::Starting | InstancePhase::Ready { .. }
+        )
+    }
+
+    /// Ready for at least `min_ready_ms`.
+    pub fn is_available(&self, now: Millis, min_ready_ms: u64) -> bool {
+        match self.phase {
+            InstancePhase::Ready { since_ms } => {
+                now.saturating_sub(since_ms) >= min_ready_ms as i64
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Result of a finished rollout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Succeeded,
+    RolledBack,
+    Aborted,
+    Failed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::RolledBack => "rolled_back",
+            Outcome::Aborted => "aborted",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+/// The last finished rollout, kept for `status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finished {
+    pub history_id: i64,
+    pub outcome: Outcome,
+    pub notes: String,
+    pub version: String,
+    pub finished_ms: Millis,
+}
+
+/// Everything the engine knows about one app. Persisted as JSON after every step.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppState {
+    pub app: String,
+    pub params: Params,
+    /// The release that serves when no rollout runs.
+    pub stable: Option<Release>,
+    pub rollout: Option<Rollout>,
+    pub instances: Vec<Instance>,
+    pub next_instance_seq: u64,
+    pub last_finished: Option<Finished>,
+}
+
+impl AppState {
+    pub fn new(app: impl Into<String>, params: Params) -> Self {
+        AppState {
+            app: app.into(),
+            params,
+            stable: None,
+            rollout: None,
+            instances: Vec::new(),
+            next_instance_seq: 1,
+            last_finished: None,
+        }
+    }
+
+    pub fn instance(&self, id: &str) -> Option<&Instance> {
+        self.instances.iter().find(|i| i.id == id)
+    }
+
+    fn instance_mut(&mut self, id: &str) -> Option<&mut Instance> {
+        self.instances.iter_mut().find(|i| i.id == id)
+    }
+
+    /// Phase name shown by `status`.
+    pub fn phase_name(&self) -> &'static str {
+        match &self.rollout {
+            Some(r) => match r.phase {
+                RolloutPhase::Progressing => "progressing",
+                RolloutPhase::RollingBack { aborted: true, .. } => "aborting",
+                RolloutPhase::RollingBack { .. } => "rolling_back",
+            },
+            None if self.stable.is_none() => "empty",
+            None => "stable",
+        }
+    }
+
+    /// The version new requests are routed to, with relative weights: one per
+    /// routable instance, so a rolling upgrade shifts traffic instance by instance.
+    pub fn routing(&self) -> Vec<RouteGroup> {
+        let mut groups: Vec<RouteGroup> = Vec::new();
+        for inst in self.instances.iter().filter(|i| i.is_routable()) {
+            let Some(address) = inst.address.clone() else {
+                continue;
+            };
+            match groups.iter_mut().find(|g| g.version == inst.version) {
+                Some(g) => g.backends.push((inst.id.clone(), address)),
+                None => groups.push(RouteGroup {
+                    version: inst.version.clone(),
+                    weight: 0,
+                    backends: vec![(inst.id.clone(), address)],
+                }),
+            }
+        }
+        for g in &mut groups {
+            g.weight = g.backends.len() as u32;
+        }
+        groups.sort_by(|a, b| a.version.cmp(&b.version));
+        groups
+    }
+}
+
+/// Traffic for one version: its weight and the instances that serve it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteGroup {
+    pub version: String,
+    pub weight: u32,
+    /// (instance id, address)
+    pub backends: Vec<(String, String)>,
+}
+
+/// What happened: a command from an operator or an observation of the world.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "input")]
+pub enum Input {
+    /// Time passed; re-evaluate deadlines and availability.
+    Tick,
+    /// The spec changed (instance count, surge...).
+    UpdateParams { params: Params },
+    /// Start a rollout to `to`.
+    Deploy {
+        to: Release,
+        kind: RolloutKind,
+        operator: String,
+        history_id: i64,
+    },
+    /// Stop the rollout in flight and go back to the stable release.
+    Abort { by: String, reason: String },
+    /// The driver started the instance.
+    Started {
+        id: String,
+        address: String,
+        handle: String,
+    },
+    /// The driver could not start the instance.
+    StartFailed { id: String, error: String },
+    /// The instance passed its readiness check `success_threshold` times in a row.
+    Ready { id: String },
+    /// The instance failed its readiness check `failure_threshold` times in a row.
+    Unready { id: String },
+    /// The instance's process ended without being asked to.
+    Exited { id: String, detail: String },
+    /// A draining instance has no request in flight any more (or its drain timed out).
+    Drained { id: String },
+    /// The driver stopped the instance.
+    Stopped { id: String },
+}
+
+/// What the controller must do, in order, after persisting the new state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "action")]
+pub enum Action {
+    /// Launch a new instance with this id for this release.
+    Start {
+        id: String,
+        revision: u32,
+        version: String,
+    },
+    /// The instance is out of routing: wait for its in-flight requests, then report `Drained`.
+    Drain { id: String },
+    /// Stop the instance through the driver, then report `Stopped`.
+    Stop { id: String },
+    /// Append to the event log.
+    Event { kind: String, message: String },
+    /// The rollout ended: close its upgrade-history record.
+    Finish {
+        history_id: i64,
+        outcome: Outcome,
+        notes: String,
+    },
+}
+
+/// Errors from commands that do not fit the current state. The state is unchanged.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EngineError {
+    /// A rollout is already running; only one at a time per app.
+    #[error(
+        "a rollout to {version} is already in progress; wait for it or run `baton abort {app}`"
+    )]
+    RolloutInProgress { app: String, version: String },
+    /// Abort with nothing to abort.
+    #[error("no rollout is in progress for {app}")]
+    NoRollout { app: String },
+}
+
+/// Advance the state machine by one input. Pure: same inputs, same outputs.
+pub fn step(
+    state: &AppState,
+    input: Input,
+    now: Millis,
+) -> Result<(AppState, Vec<Action>), EngineError> {
+    let mut next = state.clone();
+    let mut actions = Vec::new();
+    apply_input(&mut next, input, now, &mut actions)?;
+    reconcile::reconcile(&mut next, now, &mut actions);
+    Ok((next, actions))
+}
+
+fn event(actions: &mut Vec<Action>, kind: &str, message: String) {
+    actions.push(Action::Event {
+        kind: kind.to_string(),
+        message,
+    });
+}
+
+fn apply_input(
+    s: &mut AppState,
+    input: Input,
+    now: Millis,
+    actions: &mut Vec<Action>,
+) -> Result<(), EngineError> {
+    match input {
+        Input::Tick => {}
+        Input::UpdateParams { params } => {
+            if params != s.params {
+                event(
+                    actions,
+                    "spec_updated",
+                    format!(
+                        "instances={} max_surge={} max_unavailable={}",
+                        params.instances, params.max_surge, params.max_unavailable
+                    ),
+                );
+                s.params = params;
+            }
+        }
+        Input::Deploy {
+            to,
+            kind,
+            operator,
+            history_id,
+        } => {
+            if let Some(r) = &s.rollout {
+                return Err(EngineError::RolloutInProgress {
+                    app: s.app.clone(),
+                    version: r.to.version.clone(),
+                });
+            }
+            event(
+                actions,
+                "rollout_started",
+                format!(
+                    "{} {} → {} (revision {}) by {}",
+                    match kind {
+                        RolloutKind::Deploy => "deploy",
+                        RolloutKind::Rollback => "rollback",
+                    },
+                    s.stable.as_ref().map_or("nothing", |r| r.version.as_str()),
+                    to.version,
+                    to.revision,
+                    operator
+                ),
+            );
+            s.rollout = Some(Rollout {
+                history_id,
+                kind,
+                operator,
+                from: s.stable.clone(),
+                to,
+                phase: RolloutPhase::Progressing,
+                started_ms: now,
+                last_progress_ms: now,
+                restarts: 0,
+                best_available: 0,
+            });
+        }
+        Input::Abort { by, reason } => {
+            let Some(r) = &s.rollout else {
+                return Err(EngineError::NoRollout { app: s.app.clone() });
+            };
+            if matches!(r.phase, RolloutPhase::Progressing) {
+                fail_rollout(s, format!("aborted by {by}: {reason}"), true, now, actions);
+            }
+        }
+        Input::Started {
+            id,
+            address,
+            handle,
+        } => {
+            if let Some(inst) = s.instance_mut(&id)
+                && inst.phase == InstancePhase::Pending
+            {
+                inst.phase = InstancePhase::Starting;
+                inst.address = Some(address.clone());
+                inst.handle = Some(handle);
+                event(
+                    actions,
+                    "instance_started",
+                    format!("{id} listening on {address}"),
+                );
+            }
+        }
+        Input::StartFailed { id, error } => {
+            if let Some(inst) = s.instance(&id).cloned() {
+                s.instances.retain(|i| i.id != id);
+                event(actions, "instance_start_failed", format!("{id}: {error}"));
+                count_crash(
+                    s,
+                    &inst,
+                    format!("{id} could not start: {error}"),
+                    now,
+                    actions,
+                );
+            }
+        }
+        Input::Ready { id } => {
+            if let Some(inst) = s.instance_mut(&id)
+                && matches!(inst.phase, InstancePhase::Starting)
+            {
+                inst.phase = InstancePhase::Ready { since_ms: now };
+                let version = inst.version.clone();
+                event(
+                    actions,
+                    "instance_ready",
+                    format!("{id} ({version}) is ready"),
+                );
+                mark_progress(s, &version, now);
+            }
+        }
+        Input::Unready { id } => {
+            if let Some(inst) = s.instance_mut(&id)
+                && matches!(inst.phase, InstancePhase::Ready { .. })
+            {
+                inst.phase = InstancePhase::Starting;
+                event(
+                    actions,
+                    "instance_unready",
+                    format!("{id} failed its readiness check"),
+                );
+            }
+        }
+        Input::Exited { id, detail } => {
+            if let Some(inst) = s.instance(&id).cloned() {
+                s.instances.retain(|i| i.id != id);
+                if matches!(
+                    inst.phase,
+                    InstancePhase::Draining { .. } | InstancePhase::Stopping
+                ) {
+                    event(
+                        actions,
+                        "instance_stopped",
+                        format!("{id} exited ({detail})"),
+                    );
+                } else {
+                    event(
+                        actions,
+                        "instance_exited",
+                        format!("{id} ({}) exited unexpectedly: {detail}", inst.version),
+                    );
+                    count_crash(
+                        s,
+                        &inst,
+                        format!("instance {id} of {} exited: {detail}", inst.version),
+                        now,
+                        actions,
+                    );
+                }
+            }
+        }
+        Input::Drained { id } => {
+            if let Some(inst) = s.instance_mut(&id)
+                && matches!(inst.phase, InstancePhase::Draining { .. })
+            {
+                inst.phase = InstancePhase::Stopping;
+                actions.push(Action::Stop { id });
+            }
+        }
+        Input::Stopped { id } => {
+            if s.instance(&id).is_some() {
+                s.instances.retain(|i| i.id != id);
+                event(actions, "instance_stopped", format!("{id} stopped"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A new-version instance became ready or available: the rollout is moving.
+fn mark_progress(s: &mut AppState, version: &str, now: Millis) {
+    if let Some(r) = &mut s.rollout
+        && r.to.version == version
+    {
+        r.last_progress_ms = now;
+    }
+}
+
+/// An instance died on its own. Crashes of the version being rolled out count
+/// against `max_restarts`; past it the rollout fails.
+fn count_crash(
+    s: &mut AppState,
+    inst: &Instance,
+    why: String,
+    now: Millis,
+    actions: &mut Vec<Action>,
+) {
+    let Some(r) = &mut s.rollout else { return };
+    if r.phase != RolloutPhase::Progressing || inst.revision != r.to.revision {
+        return;
+    }
+    r.restarts += 1;
+    if r.restarts > s.params.max_restarts {
+        let reason = format!(
+            "{why}; {} crashes of {} exceed max_restarts {}",
+            r.restarts, r.to.version, s.params.max_restarts
+        );
+        fail_rollout(s, reason, false, now, actions);
+    }
+}
+
+/// Turn a progressing rollout around: converge back to the previous release.
+pub(crate) fn fail_rollout(
+    s: &mut AppState,
+    reason: String,
+    aborted: bool,
+    now: Millis,
+    actions: &mut Vec<Action>,
+) {
+    let Some(r) = &mut s.rollout else { return };
+    r.phase = RolloutPhase::RollingBack {
+        reason: reason.clone(),
+        aborted,
+    };
+    r.last_progress_ms = now;
+    let kind = if aborted {
+        "rollout_aborted"
+    } else {
+        "rollout_failed"
+    };
+    event(actions, kind, reason);
+}
+
+#[cfg(test)]
+mod tests;
