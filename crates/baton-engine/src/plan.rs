@@ -51,7 +51,7 @@ pub fn plan(state: &AppState, to: Release) -> Result<Plan, EngineError> {
     let mut pending: std::collections::VecDeque<Input> = Default::default();
     let mut steps = Vec::new();
     let mut peak = s.instances.len() as u32;
-    let mut record = |s: &AppState, actions: &[Action], now: Millis, steps: &mut Vec<PlanStep>| {
+    let record = |s: &AppState, actions: &[Action], now: Millis, steps: &mut Vec<PlanStep>| {
         for a in actions {
             if let Action::Event { kind, message } = a {
                 let count = |new: bool| {
