@@ -1,1 +1,120 @@
-//! baton-router
+//! baton-router: baton's data plane.
+//!
+//! An HTTP/1.1 reverse proxy that runs as its own long-lived process (`baton __router`),
+//! so that the control plane can die and restart without dropping a request. The
+//! control plane pushes a [`RoutingConfig`] over an admin unix socket (see [`admin`]);
+//! the router publishes it as one immutable snapshot that requests read without locks,
+//! splits traffic between versions by smooth weighted round robin ([`select`]), holds
+//! requests while nothing is routable, retries what is safe to retry, and counts
+//! everything in atomics ([`RouterStats`]).
+//!
+//! Module map: [`config`] (wire types of the table), [`select`] (pure picking logic),
+//! `table` (the snapshot and its counters), `proxy` (the request path), `listener`
+//! (accept loops), [`admin`] (admin API and its client), [`stats`] (admin wire types).
+
+pub mod admin;
+pub mod config;
+mod error;
+mod listener;
+mod proxy;
+mod router;
+pub mod select;
+pub mod stats;
+mod table;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+pub use admin::AdminClient;
+pub use config::{AppRoutes, Backend, RoutingConfig, VersionRoute};
+pub use error::RouterError;
+pub use router::Router;
+pub use stats::{
+    AppStats, BackendStats, ListenerStatus, PushResult, RouterHealth, RouterStats, VersionStats,
+};
+
+/// How long in-flight requests get to finish once the router is asked to stop.
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Options of [`run`].
+#[derive(Clone, Debug)]
+pub struct RouterOptions {
+    /// Where the admin API listens.
+    pub admin_socket: PathBuf,
+}
+
+/// Runs the router until `shutdown` is cancelled: binds the admin socket (removing a
+/// stale socket file first; [`RouterError::AlreadyRunning`] if a router answers on it),
+/// serves user traffic as configured by pushes, then stops accepting and lets in-flight
+/// requests finish (bounded by [`DRAIN_DEADLINE`]).
+pub async fn run(opts: RouterOptions, shutdown: CancellationToken) -> Result<(), RouterError> {
+    let listener = admin::bind_admin_socket(&opts.admin_socket).await?;
+    tracing::info!(socket = %opts.admin_socket.display(), pid = std::process::id(), "router started");
+    let router = Router::new();
+    let admin_stop = CancellationToken::new();
+    let admin = {
+        let router = router.clone();
+        let stop = admin_stop.clone();
+        tokio::spawn(async move { router.serve_admin(listener, stop).await })
+    };
+    let result = tokio::select! {
+        _ = shutdown.cancelled() => Ok(()),
+        r = admin => match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(RouterError::Io(std::io::Error::other(e))),
+        },
+    };
+    // Keep the admin API answering while user traffic drains, so a control plane can
+    // still watch the in-flight counts go down.
+    router.shutdown(DRAIN_DEADLINE).await;
+    admin_stop.cancel();
+    let _ = std::fs::remove_file(&opts.admin_socket);
+    tracing::info!("router stopped");
+    result
+}
+
+/// Standalone load balancer with no control plane: one app (`"standalone"`) listening
+/// on `listen`, with one version (`"upstream"`, weight 1) made of `upstreams`. Runs
+/// until `shutdown` is cancelled, then drains like [`run`].
+pub async fn run_standalone(
+    listen: SocketAddr,
+    upstreams: Vec<SocketAddr>,
+    shutdown: CancellationToken,
+) -> Result<(), RouterError> {
+    let router = Router::new();
+    let cfg = RoutingConfig {
+        generation: 1,
+        apps: vec![AppRoutes {
+            app: "standalone".into(),
+            listen,
+            hold_timeout_ms: 5_000,
+            versions: vec![VersionRoute {
+                version: "upstream".into(),
+                weight: 1,
+                backends: upstreams
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| Backend {
+                        id: format!("upstream-{i}"),
+                        address: *a,
+                    })
+                    .collect(),
+            }],
+        }],
+    };
+    let (_, errors) = router.apply_detailed(cfg)?;
+    if let Some((_, source)) = errors.into_iter().next() {
+        return Err(RouterError::Bind {
+            addr: listen,
+            source,
+        });
+    }
+    tracing::info!(%listen, upstreams = upstreams.len(), "standalone router started");
+    shutdown.cancelled().await;
+    router.shutdown(DRAIN_DEADLINE).await;
+    Ok(())
+}

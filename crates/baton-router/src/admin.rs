@@ -1,0 +1,243 @@
+//! The admin API on a unix socket (HTTP/1.1 + JSON), and the client the control plane
+//! uses to talk to it.
+//!
+//! | method | path          | body            | answer                                   |
+//! |--------|---------------|-----------------|------------------------------------------|
+//! | GET    | `/v1/health`  |                 | [`RouterHealth`]                         |
+//! | GET    | `/v1/config`  |                 | [`RoutingConfig`] (the live one)         |
+//! | PUT    | `/v1/config`  | [`RoutingConfig`] | [`PushResult`]; 409 if the generation is lower than the live one; 400 if invalid |
+//! | GET    | `/v1/stats`   |                 | [`RouterStats`]                          |
+//!
+//! Errors are `{"error": "...", "generation": <live generation>}`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router as Axum};
+use bytes::Bytes;
+use http::{Method, Request, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
+use tokio::net::{UnixListener, UnixStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::RoutingConfig;
+use crate::error::RouterError;
+use crate::router::Router;
+use crate::stats::{PushResult, RouterHealth, RouterStats};
+
+/// Deadline of each [`AdminClient`] call.
+pub const ADMIN_CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest config accepted by `PUT /v1/config`.
+const MAX_CONFIG_BYTES: usize = 16 * 1024 * 1024;
+
+/// Error body of the admin API.
+#[derive(Serialize, Deserialize, Debug)]
+struct ErrorBody {
+    error: String,
+    generation: u64,
+}
+
+fn admin_routes(router: Router) -> Axum {
+    Axum::new()
+        .route("/v1/health", get(health))
+        .route("/v1/config", get(get_config).put(put_config))
+        .route("/v1/stats", get(stats))
+        .layer(DefaultBodyLimit::max(MAX_CONFIG_BYTES))
+        .with_state(router)
+}
+
+async fn health(State(r): State<Router>) -> Json<RouterHealth> {
+    Json(r.health())
+}
+
+async fn get_config(State(r): State<Router>) -> Json<RoutingConfig> {
+    Json(r.config())
+}
+
+async fn stats(State(r): State<Router>) -> Json<RouterStats> {
+    Json(r.stats())
+}
+
+async fn put_config(State(r): State<Router>, body: Bytes) -> Response {
+    let fail = |status: StatusCode, error: String, generation: u64| {
+        (status, Json(ErrorBody { error, generation })).into_response()
+    };
+    let cfg: RoutingConfig = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => {
+            return fail(
+                StatusCode::BAD_REQUEST,
+                format!("invalid routing config: {e}"),
+                r.generation(),
+            );
+        }
+    };
+    match r.apply(cfg) {
+        Ok(res) => Json(res).into_response(),
+        Err(e @ RouterError::StaleGeneration { current, .. }) => {
+            tracing::warn!(error = %e, "refused a stale routing config");
+            fail(StatusCode::CONFLICT, e.to_string(), current)
+        }
+        Err(e @ RouterError::InvalidConfig(_)) => {
+            fail(StatusCode::BAD_REQUEST, e.to_string(), r.generation())
+        }
+        Err(e) => fail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            e.to_string(),
+            r.generation(),
+        ),
+    }
+}
+
+impl Router {
+    /// Serves the admin API on `listener` until `shutdown` is cancelled.
+    pub async fn serve_admin(
+        &self,
+        listener: UnixListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), RouterError> {
+        axum::serve(listener, admin_routes(self.clone()))
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await?;
+        Ok(())
+    }
+}
+
+/// Binds the admin socket at `path`: refuses if a router answers there, removes a stale
+/// socket file otherwise, and makes the socket private to the owner.
+pub(crate) async fn bind_admin_socket(path: &Path) -> Result<UnixListener, RouterError> {
+    let err = |source| RouterError::AdminSocket {
+        socket: path.to_path_buf(),
+        source,
+    };
+    if UnixStream::connect(path).await.is_ok() {
+        return Err(RouterError::AlreadyRunning {
+            socket: path.to_path_buf(),
+        });
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => tracing::info!(socket = %path.display(), "removed a stale admin socket"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(err)?;
+    }
+    let listener = UnixListener::bind(path).map_err(err)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    }
+    Ok(listener)
+}
+
+/// Client of the admin API, for the control plane. One connection per call.
+#[derive(Clone, Debug)]
+pub struct AdminClient {
+    socket: PathBuf,
+}
+
+impl AdminClient {
+    /// A client for the router whose admin socket is `socket`.
+    pub fn new(socket: PathBuf) -> Self {
+        AdminClient { socket }
+    }
+
+    /// The admin socket path.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// `GET /v1/health`.
+    pub async fn health(&self) -> Result<RouterHealth, RouterError> {
+        self.json(Method::GET, "/v1/health", None).await
+    }
+
+    /// `PUT /v1/config`. A lower generation than the live one fails with
+    /// [`RouterError::StaleGeneration`].
+    pub async fn push(&self, cfg: &RoutingConfig) -> Result<PushResult, RouterError> {
+        let body = serde_json::to_vec(cfg)?;
+        match self.json(Method::PUT, "/v1/config", Some(body)).await {
+            Err(RouterError::Status { status: 409, body }) => {
+                let current = serde_json::from_str::<ErrorBody>(&body).map_or(0, |e| e.generation);
+                Err(RouterError::StaleGeneration {
+                    current,
+                    pushed: cfg.generation,
+                })
+            }
+            other => other,
+        }
+    }
+
+    /// `GET /v1/config`: what the router is serving now.
+    pub async fn config(&self) -> Result<RoutingConfig, RouterError> {
+        self.json(Method::GET, "/v1/config", None).await
+    }
+
+    /// `GET /v1/stats`.
+    pub async fn stats(&self) -> Result<RouterStats, RouterError> {
+        self.json(Method::GET, "/v1/stats", None).await
+    }
+
+    async fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &'static str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, RouterError> {
+        let call = self.call(method, path, body);
+        let (status, bytes) = tokio::time::timeout(ADMIN_CALL_TIMEOUT, call)
+            .await
+            .map_err(|_| RouterError::Timeout(ADMIN_CALL_TIMEOUT))??;
+        if status != http::StatusCode::OK {
+            return Err(RouterError::Status {
+                status: status.as_u16(),
+                body: String::from_utf8_lossy(&bytes).into_owned(),
+            });
+        }
+        Ok(serde_json::from_slice(&bytes)?)
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &'static str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(http::StatusCode, Bytes), RouterError> {
+        let stream =
+            UnixStream::connect(&self.socket)
+                .await
+                .map_err(|source| RouterError::Unreachable {
+                    socket: self.socket.clone(),
+                    source,
+                })?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let conn = tokio::spawn(conn);
+        let has_body = body.is_some();
+        let mut req = Request::new(Full::new(Bytes::from(body.unwrap_or_default())));
+        *req.method_mut() = method;
+        *req.uri_mut() = http::Uri::from_static(path);
+        req.headers_mut()
+            .insert(header::HOST, http::HeaderValue::from_static("baton-router"));
+        if has_body {
+            req.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+        }
+        let resp = sender.send_request(req).await?;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        drop(sender);
+        // The connection ends once the sender is gone; a late error there is irrelevant.
+        conn.abort();
+        Ok((status, bytes))
+    }
+}

@@ -1,0 +1,271 @@
+//! The [`Router`]: owns the live snapshot, the listeners and the counters, and applies
+//! pushed configs.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::RoutingConfig;
+use crate::error::RouterError;
+use crate::listener;
+use crate::proxy::UpBody;
+use crate::stats::{ListenerStatus, PushResult, RouterHealth, RouterStats};
+use crate::table::{Registry, Table};
+
+/// Upstream connect timeout.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long idle upstream connections stay in the pool.
+const POOL_IDLE: Duration = Duration::from_secs(30);
+
+/// The data plane: serves user traffic according to the last pushed [`RoutingConfig`].
+///
+/// Cheap to clone (all clones share the same state). Methods that bind or spawn
+/// ([`Router::apply`]) must be called from within a tokio runtime.
+#[derive(Clone)]
+pub struct Router {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    /// The live snapshot; read lock-free by every request.
+    pub table: ArcSwap<Table>,
+    /// Signalled (with the generation) after every swap; held requests wait on it.
+    pub swapped: watch::Sender<u64>,
+    pub client: Client<HttpConnector, UpBody>,
+    /// Origin of the router clock used for "backend down until" marks.
+    epoch: tokio::time::Instant,
+    started_ms: i64,
+    /// Every listener and connection task, for draining on shutdown.
+    pub tasks: TaskTracker,
+    /// Parent of every listener's stop token.
+    pub stopping: CancellationToken,
+    /// Serialises pushes; guards state only the admin path touches.
+    state: Mutex<ApplyState>,
+}
+
+#[derive(Default)]
+struct ApplyState {
+    registry: Registry,
+    listeners: HashMap<String, ListenerHandle>,
+}
+
+struct ListenerHandle {
+    requested: SocketAddr,
+    bound: SocketAddr,
+    stop: CancellationToken,
+}
+
+impl Inner {
+    /// Milliseconds on the router clock (monotonic).
+    pub fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+impl Default for Router {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Router {
+    /// A router with an empty table (generation 0) and no listeners.
+    pub fn new() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE)
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        let started_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let (swapped, _) = watch::channel(0);
+        Router {
+            inner: Arc::new(Inner {
+                table: ArcSwap::from_pointee(Table::empty()),
+                swapped,
+                client,
+                epoch: tokio::time::Instant::now(),
+                started_ms,
+                tasks: TaskTracker::new(),
+                stopping: CancellationToken::new(),
+                state: Mutex::new(ApplyState::default()),
+            }),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, ApplyState> {
+        // A panic while holding the lock cannot leave ApplyState half-updated in a way
+        // that matters more than refusing all future pushes would, so recover.
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies a pushed config: validates it, refuses a generation lower than the live
+    /// one ([`RouterError::StaleGeneration`]), binds listeners of new apps and of apps
+    /// whose address changed, publishes the new snapshot, then stops listeners of
+    /// removed apps (their open connections finish their current request).
+    ///
+    /// A listener that fails to bind is reported in the result and does not stop the
+    /// rest of the config from being applied; re-pushing retries the bind.
+    pub fn apply(&self, cfg: RoutingConfig) -> Result<PushResult, RouterError> {
+        Ok(self.apply_detailed(cfg)?.0)
+    }
+
+    /// Like [`Router::apply`], also returning the bind errors as `io::Error`s by app.
+    pub(crate) fn apply_detailed(
+        &self,
+        cfg: RoutingConfig,
+    ) -> Result<(PushResult, Vec<(String, std::io::Error)>), RouterError> {
+        cfg.validate().map_err(RouterError::InvalidConfig)?;
+        let mut st = self.state();
+        let old = self.inner.table.load_full();
+        if cfg.generation < old.config.generation {
+            return Err(RouterError::StaleGeneration {
+                current: old.config.generation,
+                pushed: cfg.generation,
+            });
+        }
+        if self.inner.stopping.is_cancelled() {
+            // Shutting down: keep routing what is in flight, but do not open listeners.
+            return Err(RouterError::Io(std::io::Error::other(
+                "router is shutting down",
+            )));
+        }
+
+        // Stop listeners of removed apps first, so a new app may take over their port
+        // on a later push (the socket closes once the accept task notices).
+        st.listeners.retain(|app, h| {
+            let keep = cfg.apps.iter().any(|a| &a.app == app);
+            if !keep {
+                h.stop.cancel();
+            }
+            keep
+        });
+
+        let mut statuses = Vec::with_capacity(cfg.apps.len());
+        let mut errors = Vec::new();
+        let mut to_start = Vec::new();
+        for app in &cfg.apps {
+            match st.listeners.get(&app.app) {
+                Some(h) if h.requested == app.listen || h.bound == app.listen => {
+                    statuses.push(ListenerStatus {
+                        app: app.app.clone(),
+                        listen: h.bound,
+                        error: None,
+                    });
+                }
+                _ => match listener::bind(app.listen) {
+                    Ok(l) => {
+                        let bound = l.local_addr().unwrap_or(app.listen);
+                        statuses.push(ListenerStatus {
+                            app: app.app.clone(),
+                            listen: bound,
+                            error: None,
+                        });
+                        to_start.push((app.app.clone(), app.listen, bound, l));
+                    }
+                    Err(e) => {
+                        tracing::warn!(app = %app.app, listen = %app.listen, error = %e, "cannot bind listener");
+                        statuses.push(ListenerStatus {
+                            app: app.app.clone(),
+                            listen: app.listen,
+                            error: Some(e.to_string()),
+                        });
+                        errors.push((app.app.clone(), e));
+                    }
+                },
+            }
+        }
+
+        let generation = cfg.generation;
+        let table = st.registry.build(&cfg, &old);
+        self.inner.table.store(Arc::new(table));
+        // Always notifies, even for an equal generation: held requests re-check.
+        self.inner.swapped.send_replace(generation);
+
+        for (app, requested, bound, l) in to_start {
+            let stop = self.inner.stopping.child_token();
+            if let Some(old) = st.listeners.insert(
+                app.clone(),
+                ListenerHandle {
+                    requested,
+                    bound,
+                    stop: stop.clone(),
+                },
+            ) {
+                old.stop.cancel();
+            }
+            tracing::info!(app = %app, listen = %bound, "listening");
+            listener::spawn_accept(self.inner.clone(), app.into(), l, stop);
+        }
+        st.registry.prune(&cfg);
+        tracing::info!(generation, apps = cfg.apps.len(), "routing config applied");
+        Ok((
+            PushResult {
+                generation,
+                listeners: statuses,
+            },
+            errors,
+        ))
+    }
+
+    /// The live config (what the last accepted push said).
+    pub fn config(&self) -> RoutingConfig {
+        self.inner.table.load().config.as_ref().clone()
+    }
+
+    /// Generation of the live config.
+    pub fn generation(&self) -> u64 {
+        self.inner.table.load().config.generation
+    }
+
+    /// The address `app` is being served on, if its listener is up.
+    pub fn listen_addr(&self, app: &str) -> Option<SocketAddr> {
+        self.state().listeners.get(app).map(|h| h.bound)
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> RouterStats {
+        let generation = self.generation();
+        self.state().registry.stats(generation)
+    }
+
+    /// Process id, live generation and start time.
+    pub fn health(&self) -> RouterHealth {
+        RouterHealth {
+            pid: std::process::id(),
+            generation: self.generation(),
+            started_ms: self.inner.started_ms,
+        }
+    }
+
+    /// Stops accepting on every listener, asks every connection to close after its
+    /// current request, and waits up to `grace` for them. Returns whether everything
+    /// finished in time. Later pushes are refused.
+    pub async fn shutdown(&self, grace: Duration) -> bool {
+        {
+            // Under the apply lock so no push can start a listener after this.
+            let _st = self.state();
+            self.inner.stopping.cancel();
+        }
+        self.inner.tasks.close();
+        let done = tokio::time::timeout(grace, self.inner.tasks.wait())
+            .await
+            .is_ok();
+        if !done {
+            tracing::warn!(grace = ?grace, "connections still open after the drain deadline");
+        }
+        done
+    }
+}
