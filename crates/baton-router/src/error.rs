@@ -37,6 +37,9 @@ pub enum RouterError {
         /// The refused generation.
         pushed: u64,
     },
+    /// The router is draining for shutdown and accepts no new config.
+    #[error("the router is shutting down")]
+    ShuttingDown,
     /// A pushed config failed validation; nothing was changed.
     #[error("invalid routing config: {0}")]
     InvalidConfig(String),

@@ -39,6 +39,9 @@ pub use stats::{
 /// How long in-flight requests get to finish once the router is asked to stop.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
+/// How long admin connections get to close once the router stops.
+const ADMIN_STOP_DEADLINE: Duration = Duration::from_secs(2);
+
 /// Options of [`run`].
 #[derive(Clone, Debug)]
 pub struct RouterOptions {
@@ -55,23 +58,33 @@ pub async fn run(opts: RouterOptions, shutdown: CancellationToken) -> Result<(),
     tracing::info!(socket = %opts.admin_socket.display(), pid = std::process::id(), "router started");
     let router = Router::new();
     let admin_stop = CancellationToken::new();
-    let admin = {
+    let mut admin = {
         let router = router.clone();
         let stop = admin_stop.clone();
         tokio::spawn(async move { router.serve_admin(listener, stop).await })
     };
-    let result = tokio::select! {
-        _ = shutdown.cancelled() => Ok(()),
-        r = admin => match r {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e),
-            Err(e) => Err(RouterError::Io(std::io::Error::other(e))),
-        },
+    let flatten = |r: Result<Result<(), RouterError>, tokio::task::JoinError>| match r {
+        Ok(r) => r,
+        Err(e) => Err(RouterError::Io(std::io::Error::other(e))),
+    };
+    let early = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        r = &mut admin => Some(flatten(r)),
     };
     // Keep the admin API answering while user traffic drains, so a control plane can
     // still watch the in-flight counts go down.
     router.shutdown(DRAIN_DEADLINE).await;
     admin_stop.cancel();
+    let result = match early {
+        Some(r) => r,
+        None => match tokio::time::timeout(ADMIN_STOP_DEADLINE, admin).await {
+            Ok(r) => flatten(r),
+            Err(_) => {
+                tracing::warn!("admin connections still open at exit");
+                Ok(())
+            }
+        },
+    };
     let _ = std::fs::remove_file(&opts.admin_socket);
     tracing::info!("router stopped");
     result

@@ -365,7 +365,8 @@ pub(crate) async fn handle(
         streaming => (None, Some(streaming)),
     };
 
-    let mut tried: Vec<SocketAddr> = Vec::with_capacity(MAX_ATTEMPTS);
+    // Allocates only when an attempt fails.
+    let mut tried: Vec<SocketAddr> = Vec::new();
     let mut last_version: Option<Arc<VersionCounters>> = None;
     // The version picked for this request, tied to the snapshot it was picked in.
     let mut picked: Option<(Arc<AppTable>, usize)> = None;

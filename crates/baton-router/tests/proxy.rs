@@ -330,3 +330,39 @@ async fn removed_app_stops_listening_and_bind_errors_are_per_app() {
     }
     assert!(router.shutdown(std::time::Duration::from_secs(5)).await);
 }
+
+#[tokio::test]
+async fn large_body_is_streamed() {
+    let a = backend("a").await;
+    let router = Router::new();
+    let listen = start(&router, config(1, 1000, &[("v1", 1, &[a.addr])]));
+    // Over the 1 MiB replay buffer: forwarded as a stream, intact.
+    let body: &'static [u8] = Box::leak(vec![7u8; 3 * 1024 * 1024].into_boxed_slice());
+    let r = request(listen, "PUT", body).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["x-body-len"], (3 * 1024 * 1024).to_string());
+}
+
+#[tokio::test]
+async fn changed_listen_address_rebinds() {
+    let a = backend("a").await;
+    let router = Router::new();
+    let first = start(&router, config(1, 1000, &[("v1", 1, &[a.addr])]));
+    let mut client = Client::connect(first).await;
+    assert_eq!(client.send("GET", "/", b"").await.body, "a");
+    let mut cfg = config(2, 1000, &[("v1", 1, &[a.addr])]);
+    cfg.apps[0].listen = "127.0.0.2:0".parse().unwrap();
+    let second = start(&router, cfg);
+    assert_ne!(first, second);
+    assert_eq!(router.listen_addr("web"), Some(second));
+    assert_eq!(get(second).await.body, "a");
+    // The old listener stops accepting; its idle keep-alive connection is closed.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(first).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "old listener still open"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
