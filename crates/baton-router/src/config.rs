@@ -1,6 +1,10 @@
 //! The routing configuration pushed by the control plane, and its validation.
 //!
 //! These types are the wire format of `PUT /v1/config`; they do no I/O.
+//!
+//! Unknown fields are accepted on purpose (no `deny_unknown_fields`): the router
+//! outlives control-plane restarts and upgrades, so a newer control plane must be able
+//! to push to an older router. Strict checking belongs to the spec parser upstream.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -9,7 +13,6 @@ use serde::{Deserialize, Serialize};
 
 /// The whole routing table of the router. Replaced as a unit on every push.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
-#[serde(deny_unknown_fields)]
 pub struct RoutingConfig {
     /// Fencing number: a push with a lower generation than the live one is refused.
     pub generation: u64,
@@ -19,7 +22,6 @@ pub struct RoutingConfig {
 
 /// The routes of one application.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct AppRoutes {
     /// Application name, unique within a config.
     pub app: String,
@@ -35,7 +37,6 @@ pub struct AppRoutes {
 
 /// One version of an application and its backends.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct VersionRoute {
     /// Version name, unique within an app.
     pub version: String,
@@ -47,7 +48,6 @@ pub struct VersionRoute {
 
 /// One instance the router may send requests to.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct Backend {
     /// Instance id (informational; the router keys its counters by address).
     pub id: String,
