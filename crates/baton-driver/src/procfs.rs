@@ -1,0 +1,187 @@
+//! Reading process facts from Linux `/proc`.
+//!
+//! Everything here treats `/proc` as untrusted input: a process can vanish between two
+//! reads, and `comm` (field 2 of `stat`) is chosen by the process itself and may contain
+//! spaces and parentheses.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use crate::DriverError;
+
+/// The fields of `/proc/<pid>/stat` the driver needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ProcStat {
+    /// Field 3: one of R S D Z T t X I...
+    pub state: char,
+    /// Field 5: process-group id.
+    pub pgrp: u32,
+    /// Field 22: start time in clock ticks after boot.
+    pub start_time: u64,
+}
+
+impl ProcStat {
+    /// A zombie (or a dead task) is not running, whatever its parent does with it.
+    pub fn is_dead(&self) -> bool {
+        matches!(self.state, 'Z' | 'X' | 'x')
+    }
+}
+
+/// Parses the text of `/proc/<pid>/stat`.
+pub(crate) fn parse_stat(text: &str) -> Result<ProcStat, String> {
+    // comm is "(...)" and may itself contain ") ": the real end is the last ')'.
+    let close = text
+        .rfind(')')
+        .ok_or_else(|| "no ')' after the command name".to_owned())?;
+    let mut fields = text[close + 1..].split_ascii_whitespace();
+    // After comm: field 3 is index 0 here, so field N is index N - 3.
+    let state = fields
+        .next()
+        .and_then(|s| s.chars().next())
+        .ok_or_else(|| "missing state".to_owned())?;
+    let mut rest = fields;
+    let pgrp = rest
+        .nth(5 - 4) // skip ppid (field 4), take pgrp (field 5)
+        .ok_or_else(|| "missing pgrp".to_owned())?
+        .parse::<i64>()
+        .map_err(|e| format!("bad pgrp: {e}"))?;
+    let start_time = rest
+        .nth(22 - 6) // fields 6..=21 skipped, take field 22
+        .ok_or_else(|| "missing starttime".to_owned())?
+        .parse::<u64>()
+        .map_err(|e| format!("bad starttime: {e}"))?;
+    Ok(ProcStat {
+        state,
+        // A pgrp that does not fit (negative or huge) cannot match any pid we handle.
+        pgrp: u32::try_from(pgrp).unwrap_or(0),
+        start_time,
+    })
+}
+
+fn proc_path(pid: u32, file: &str) -> PathBuf {
+    Path::new("/proc").join(pid.to_string()).join(file)
+}
+
+/// Reads `/proc/<pid>/stat`. `Ok(None)` when the process does not exist.
+pub(crate) fn read_stat(pid: u32) -> Result<Option<ProcStat>, DriverError> {
+    let path = proc_path(pid, "stat");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => parse_stat(&text)
+            .map(Some)
+            .map_err(|reason| DriverError::Proc { path, reason }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        // ESRCH: the process died while we read.
+        Err(e) if e.raw_os_error() == Some(nix::libc::ESRCH) => Ok(None),
+        Err(e) => Err(DriverError::Proc {
+            path,
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// Reads `/proc/<pid>/environ` as `(key, value)` byte pairs. `None` when unreadable
+/// (gone, another user's process, kernel thread).
+pub(crate) fn read_environ(pid: u32) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+    let bytes = std::fs::read(proc_path(pid, "environ")).ok()?;
+    Some(parse_environ(&bytes))
+}
+
+pub(crate) fn parse_environ(bytes: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    bytes
+        .split(|b| *b == 0)
+        .filter(|entry| !entry.is_empty())
+        .filter_map(|entry| {
+            let eq = entry.iter().position(|b| *b == b'=')?;
+            Some((entry[..eq].to_vec(), entry[eq + 1..].to_vec()))
+        })
+        .collect()
+}
+
+/// Pids of every process currently listed in `/proc`.
+pub(crate) fn list_pids() -> Result<Vec<u32>, DriverError> {
+    let dir = Path::new("/proc");
+    let entries = std::fs::read_dir(dir).map_err(|e| DriverError::Proc {
+        path: dir.to_owned(),
+        reason: e.to_string(),
+    })?;
+    Ok(entries
+        .filter_map(|entry| entry.ok())
+        .filter_map(|entry| pid_from_name(&entry.file_name()))
+        .collect())
+}
+
+fn pid_from_name(name: &OsStr) -> Option<u32> {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || !bytes.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(bytes).ok()?.parse().ok()
+}
+
+/// Whether any live (non-zombie) process is in process group `pgid`.
+pub(crate) fn group_has_live_member(pgid: u32) -> bool {
+    let Ok(pids) = list_pids() else {
+        // Cannot tell; assume alive so the caller escalates rather than leaking.
+        return true;
+    };
+    pids.into_iter()
+        .any(|pid| matches!(read_stat(pid), Ok(Some(st)) if st.pgrp == pgid && !st.is_dead()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // A real line, with a hostile comm.
+    const STAT: &str = "4242 (we) ird (x) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 \
+                        1 2 0 0 20 0 1 0 987654 1000000 200 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
+
+    #[test]
+    fn parses_stat_with_parens_and_spaces_in_comm() {
+        let st = parse_stat(STAT).unwrap();
+        assert_eq!(
+            st,
+            ProcStat {
+                state: 'S',
+                pgrp: 4242,
+                start_time: 987654,
+            }
+        );
+    }
+
+    #[test]
+    fn rejects_truncated_stat() {
+        assert!(parse_stat("12 (x) S 1 12").is_err());
+        assert!(parse_stat("garbage").is_err());
+        assert!(parse_stat("").is_err());
+    }
+
+    #[test]
+    fn reads_own_stat() {
+        let me = std::process::id();
+        let st = read_stat(me).unwrap().unwrap();
+        assert!(st.start_time > 0);
+        assert!(!st.is_dead());
+    }
+
+    #[test]
+    fn parses_environ() {
+        let env = parse_environ(b"A=1\0B=x=y\0\0NOEQ\0C=\0");
+        assert_eq!(
+            env,
+            vec![
+                (b"A".to_vec(), b"1".to_vec()),
+                (b"B".to_vec(), b"x=y".to_vec()),
+                (b"C".to_vec(), b"".to_vec()),
+            ]
+        );
+    }
+
+    #[test]
+    fn pid_names() {
+        assert_eq!(pid_from_name(OsStr::new("123")), Some(123));
+        assert_eq!(pid_from_name(OsStr::new("self")), None);
+        assert_eq!(pid_from_name(OsStr::new("")), None);
+    }
+}

@@ -1,0 +1,428 @@
+//! Unit tests for the store, on real files in the temp dir.
+
+use super::*;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// A database file path unique to this process and call; removed (with WAL files) on drop.
+struct TempDb {
+    path: PathBuf,
+}
+
+impl TempDb {
+    fn new() -> TempDb {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!(
+            "baton-store-test-{}-{}.sqlite",
+            std::process::id(),
+            n
+        ));
+        let db = TempDb { path };
+        db.cleanup();
+        db
+    }
+
+    fn cleanup(&self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = self.path.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+impl Drop for TempDb {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+fn store_with_app(app: &str) -> (TempDb, Store) {
+    let db = TempDb::new();
+    let mut store = Store::open(&db.path).unwrap();
+    store.upsert_app(app, "{}", "name: x\n", 1).unwrap();
+    (db, store)
+}
+
+#[test]
+fn migrations_are_idempotent_across_reopen() {
+    let db = TempDb::new();
+    {
+        let mut store = Store::open(&db.path).unwrap();
+        assert_eq!(
+            store.schema_version().unwrap(),
+            Store::supported_schema_version()
+        );
+        store.upsert_app("web", "{\"a\":1}", "a: 1\n", 10).unwrap();
+    }
+    for _ in 0..3 {
+        let store = Store::open(&db.path).unwrap();
+        assert_eq!(
+            store.schema_version().unwrap(),
+            Store::supported_schema_version()
+        );
+        let app = store.get_app("web").unwrap().unwrap();
+        assert_eq!(app.spec_json, "{\"a\":1}");
+    }
+}
+
+#[test]
+fn opens_with_wal_and_full_sync() {
+    let db = TempDb::new();
+    let store = Store::open(&db.path).unwrap();
+    let mode: String = store
+        .conn
+        .pragma_query_value(None, "journal_mode", |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let sync: i64 = store
+        .conn
+        .pragma_query_value(None, "synchronous", |r| r.get(0))
+        .unwrap();
+    assert_eq!(sync, 2, "synchronous=FULL");
+    let fk: i64 = store
+        .conn
+        .pragma_query_value(None, "foreign_keys", |r| r.get(0))
+        .unwrap();
+    assert_eq!(fk, 1);
+}
+
+#[test]
+fn database_newer_than_binary_is_refused() {
+    let db = TempDb::new();
+    {
+        let store = Store::open(&db.path).unwrap();
+        store
+            .conn
+            .pragma_update(None, "user_version", Store::supported_schema_version() + 1)
+            .unwrap();
+    }
+    let err = Store::open(&db.path).unwrap_err();
+    assert!(
+        matches!(err, StoreError::SchemaTooNew { found, supported }
+            if found == supported + 1),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("newer than this baton supports"));
+}
+
+#[test]
+fn in_memory_store_works() {
+    let mut store = Store::open_in_memory().unwrap();
+    store.upsert_app("a", "{}", "", 1).unwrap();
+    assert_eq!(store.list_apps().unwrap().len(), 1);
+}
+
+#[test]
+fn upsert_app_keeps_created_and_updates_spec() {
+    let db = TempDb::new();
+    let mut store = Store::open(&db.path).unwrap();
+    let first = store.upsert_app("web", "{\"v\":1}", "v: 1\n", 100).unwrap();
+    assert_eq!(first.created_ms, 100);
+    assert_eq!(first.updated_ms, 100);
+    let second = store.upsert_app("web", "{\"v\":2}", "v: 2\n", 200).unwrap();
+    assert_eq!(
+        second,
+        AppRecord {
+            name: "web".into(),
+            spec_json: "{\"v\":2}".into(),
+            spec_yaml: "v: 2\n".into(),
+            created_ms: 100,
+            updated_ms: 200,
+        }
+    );
+    store.upsert_app("api", "{}", "", 300).unwrap();
+    let names: Vec<_> = store
+        .list_apps()
+        .unwrap()
+        .into_iter()
+        .map(|a| a.name)
+        .collect();
+    assert_eq!(names, ["api", "web"]);
+    assert_eq!(store.get_app("nope").unwrap(), None);
+}
+
+#[test]
+fn revisions_are_numbered_per_app() {
+    let (_db, mut store) = store_with_app("web");
+    store.upsert_app("api", "{}", "", 1).unwrap();
+    let w1 = store
+        .create_revision("web", "1.0.0", "{}", "{}", "alice", 10)
+        .unwrap();
+    let a1 = store
+        .create_revision("api", "0.1.0", "{}", "{}", "bob", 11)
+        .unwrap();
+    let w2 = store
+        .create_revision("web", "1.1.0", "{\"K\":\"V\"}", "{}", "alice", 12)
+        .unwrap();
+    assert_eq!((w1.number, a1.number, w2.number), (1, 1, 2));
+    assert_eq!(store.get_revision("web", 2).unwrap(), Some(w2.clone()));
+    assert_eq!(store.get_revision("web", 3).unwrap(), None);
+    assert_eq!(store.list_revisions("web").unwrap(), vec![w1, w2]);
+    assert_eq!(store.list_revisions("api").unwrap(), vec![a1]);
+}
+
+#[test]
+fn revision_of_unknown_app_is_an_error() {
+    let db = TempDb::new();
+    let mut store = Store::open(&db.path).unwrap();
+    let err = store
+        .create_revision("ghost", "1", "{}", "{}", "x", 1)
+        .unwrap_err();
+    assert!(matches!(err, StoreError::UnknownApp { ref app } if app == "ghost"));
+}
+
+#[test]
+fn revisions_cannot_be_modified() {
+    let (_db, mut store) = store_with_app("web");
+    store
+        .create_revision("web", "1.0.0", "{}", "{}", "alice", 10)
+        .unwrap();
+    assert!(
+        store
+            .conn
+            .execute("UPDATE revisions SET version = 'x'", [])
+            .is_err()
+    );
+    assert!(store.conn.execute("DELETE FROM revisions", []).is_err());
+}
+
+#[test]
+fn generation_fence() {
+    let (_db, mut store) = store_with_app("web");
+    assert_eq!(store.load_state("web").unwrap(), None);
+
+    let g1 = store
+        .commit_transition("web", 0, "{\"s\":1}", &[], 100)
+        .unwrap();
+    assert_eq!(g1, 1);
+    let g2 = store
+        .commit_transition("web", 1, "{\"s\":2}", &[], 200)
+        .unwrap();
+    assert_eq!(g2, 2);
+
+    // A writer still holding generation 1 is fenced off.
+    let err = store
+        .commit_transition("web", 1, "{\"s\":\"stale\"}", &[], 300)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::GenerationConflict {
+                expected: 1,
+                found: 2
+            }
+        ),
+        "{err:?}"
+    );
+    // Creating state that already exists is a conflict too.
+    let err = store
+        .commit_transition("web", 0, "{}", &[], 300)
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        StoreError::GenerationConflict {
+            expected: 0,
+            found: 2
+        }
+    ));
+
+    assert_eq!(
+        store.load_state("web").unwrap(),
+        Some(StateRecord {
+            generation: 2,
+            state_json: "{\"s\":2}".into(),
+            updated_ms: 200,
+        })
+    );
+}
+
+#[test]
+fn generation_fence_across_connections() {
+    let db = TempDb::new();
+    let mut a = Store::open(&db.path).unwrap();
+    let mut b = Store::open(&db.path).unwrap();
+    a.upsert_app("web", "{}", "", 1).unwrap();
+    let g = a.commit_transition("web", 0, "{}", &[], 1).unwrap();
+    b.commit_transition("web", g, "{\"by\":\"b\"}", &[], 2)
+        .unwrap();
+    let err = a
+        .commit_transition("web", g, "{\"by\":\"a\"}", &[], 3)
+        .unwrap_err();
+    assert!(matches!(err, StoreError::GenerationConflict { .. }));
+    assert_eq!(
+        a.load_state("web").unwrap().unwrap().state_json,
+        "{\"by\":\"b\"}"
+    );
+}
+
+#[test]
+fn commit_transition_is_atomic() {
+    let (_db, mut store) = store_with_app("web");
+    let events = [
+        NewEvent::new("step", "started"),
+        NewEvent {
+            kind: "weight".into(),
+            message: "10% to v2".into(),
+            fields_json: "{\"weight\":10}".into(),
+        },
+    ];
+    let g = store
+        .commit_transition("web", 0, "{\"s\":1}", &events, 100)
+        .unwrap();
+    let logged = store.list_events("web", 0, 100).unwrap();
+    assert_eq!(logged.len(), 2);
+    assert_eq!(logged[1].fields_json, "{\"weight\":10}");
+    assert!(logged.iter().all(|e| e.at_ms == 100 && e.app == "web"));
+
+    // A conflicting transition appends none of its events and leaves the state alone.
+    let err = store
+        .commit_transition("web", g + 7, "{\"s\":\"bad\"}", &events, 200)
+        .unwrap_err();
+    assert!(matches!(err, StoreError::GenerationConflict { .. }));
+    assert_eq!(store.list_events("web", 0, 100).unwrap(), logged);
+    assert_eq!(store.load_state("web").unwrap().unwrap().generation, g);
+}
+
+#[test]
+fn commit_transition_requires_app() {
+    let db = TempDb::new();
+    let mut store = Store::open(&db.path).unwrap();
+    let err = store
+        .commit_transition("ghost", 0, "{}", &[NewEvent::new("k", "m")], 1)
+        .unwrap_err();
+    assert!(matches!(err, StoreError::UnknownApp { .. }));
+    assert!(store.list_events("ghost", 0, 10).unwrap().is_empty());
+}
+
+#[test]
+fn events_page_by_id_and_are_per_app() {
+    let db = TempDb::new();
+    let mut store = Store::open(&db.path).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let e = store
+            .append_event("web", &NewEvent::new("k", format!("m{i}")), i)
+            .unwrap();
+        ids.push(e.id);
+        store
+            .append_event("api", &NewEvent::new("k", "other"), i)
+            .unwrap();
+    }
+    assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    let page1 = store.list_events("web", 0, 2).unwrap();
+    assert_eq!(
+        page1.iter().map(|e| e.message.as_str()).collect::<Vec<_>>(),
+        ["m0", "m1"]
+    );
+    let page2 = store.list_events("web", page1[1].id, 10).unwrap();
+    assert_eq!(
+        page2.iter().map(|e| e.message.as_str()).collect::<Vec<_>>(),
+        ["m2", "m3", "m4"]
+    );
+    assert!(store.conn.execute("DELETE FROM events", []).is_err());
+    assert!(
+        store
+            .conn
+            .execute("UPDATE events SET message = 'x'", [])
+            .is_err()
+    );
+}
+
+fn new_history(app: &str, to: &str) -> NewHistory {
+    NewHistory {
+        app: app.into(),
+        revision: 2,
+        from_version: Some("1.2.3".into()),
+        to_version: to.into(),
+        environment: "production".into(),
+        operator: "alice".into(),
+        strategy: "canary".into(),
+        kind: "deploy".into(),
+    }
+}
+
+#[test]
+fn history_lifecycle_and_order() {
+    let db = TempDb::new();
+    let mut store = Store::open(&db.path).unwrap();
+    let first = store
+        .start_history(&new_history("web", "1.3.0"), 100)
+        .unwrap();
+    let second = store
+        .start_history(&new_history("web", "1.4.0"), 200)
+        .unwrap();
+    // Same start time: the later id is newer.
+    let third = store
+        .start_history(&new_history("web", "1.5.0"), 200)
+        .unwrap();
+    store
+        .start_history(&new_history("api", "9.9.9"), 150)
+        .unwrap();
+
+    store
+        .finish_history(first, "rolled_back", "OOM, rolled back to v1.2.3", 120)
+        .unwrap();
+
+    let hist = store.list_history("web").unwrap();
+    assert_eq!(
+        hist.iter().map(|h| h.id).collect::<Vec<_>>(),
+        [third, second, first]
+    );
+    let h1 = &hist[2];
+    assert_eq!(h1.result, "rolled_back");
+    assert_eq!(h1.notes, "OOM, rolled back to v1.2.3");
+    assert_eq!(h1.finished_ms, Some(120));
+    assert_eq!(h1.from_version.as_deref(), Some("1.2.3"));
+    assert_eq!(hist[0].result, HISTORY_IN_PROGRESS);
+    assert_eq!(hist[0].finished_ms, None);
+    assert_eq!(hist[0].notes, "");
+}
+
+#[test]
+fn history_finishes_once() {
+    let db = TempDb::new();
+    let mut store = Store::open(&db.path).unwrap();
+    let id = store
+        .start_history(&new_history("web", "2.0.0"), 1)
+        .unwrap();
+    store.finish_history(id, "succeeded", "", 2).unwrap();
+    let err = store.finish_history(id, "failed", "again", 3).unwrap_err();
+    assert!(matches!(err, StoreError::HistoryAlreadyFinished { id: i } if i == id));
+    assert_eq!(store.list_history("web").unwrap()[0].result, "succeeded");
+
+    let err = store
+        .finish_history(id + 100, "succeeded", "", 3)
+        .unwrap_err();
+    assert!(matches!(err, StoreError::HistoryNotFound { .. }));
+
+    let id2 = store
+        .start_history(&new_history("web", "2.0.1"), 4)
+        .unwrap();
+    let err = store
+        .finish_history(id2, HISTORY_IN_PROGRESS, "", 5)
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InvalidInput(_)));
+    assert!(store.conn.execute("DELETE FROM history", []).is_err());
+}
+
+#[test]
+fn records_round_trip_through_serde() {
+    let rec = HistoryRecord {
+        id: 1,
+        app: "web".into(),
+        revision: 3,
+        from_version: None,
+        to_version: "1.0.0".into(),
+        environment: "staging".into(),
+        operator: "bob".into(),
+        strategy: "rolling".into(),
+        kind: "deploy".into(),
+        result: "succeeded".into(),
+        notes: String::new(),
+        started_ms: 1,
+        finished_ms: Some(2),
+    };
+    let json = serde_json::to_string(&rec).unwrap();
+    assert_eq!(serde_json::from_str::<HistoryRecord>(&json).unwrap(), rec);
+}
