@@ -1,1 +1,7 @@
-fn main() {}
+//! The baton binary: parse the command line, run the command, exit with its code.
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    baton::cli::main()
+}

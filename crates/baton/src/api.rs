@@ -1,0 +1,561 @@
+//! REST API of the control plane (JSON over HTTP). The CLI and, later, the
+//! dashboard use only this.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use baton_engine::{Release, RolloutKind, RolloutPhase};
+use baton_spec::AppSpec;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::controller::{AppHandle, AppView, Command, CommandError, DeployAccepted, strategy_name};
+use crate::server::ControlPlane;
+
+type Cp = State<Arc<ControlPlane>>;
+
+pub fn router(cp: Arc<ControlPlane>) -> Router {
+    Router::new()
+        .route("/v1/health", get(|| async { Json(json!({"ok": true})) }))
+        .route("/v1/apps", get(list_apps).post(apply))
+        .route("/v1/apps/{app}", get(app_status))
+        .route("/v1/apps/{app}/deploy", post(deploy))
+        .route("/v1/apps/{app}/abort", post(abort))
+        .route("/v1/apps/{app}/rollback", post(rollback))
+        .route("/v1/apps/{app}/plan", get(plan))
+        .route("/v1/apps/{app}/history", get(history))
+        .route("/v1/apps/{app}/events", get(events))
+        .route("/v1/down", post(down))
+        .with_state(cp)
+}
+
+/// An API error: HTTP status plus a message that says what to do.
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.1)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({"error": self.1}))).into_response()
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(e: anyhow::Error) -> Self {
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
+    }
+}
+
+impl From<CommandError> for ApiError {
+    fn from(e: CommandError) -> Self {
+        let code = match e {
+            CommandError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            CommandError::Engine(_) => StatusCode::CONFLICT,
+            CommandError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        };
+        ApiError(code, e.to_string())
+    }
+}
+
+fn not_found(app: &str) -> ApiError {
+    ApiError(
+        StatusCode::NOT_FOUND,
+        format!(
+            "no app named {app}; `baton apply -f FILE` registers one, `baton status` lists them"
+        ),
+    )
+}
+
+fn operator(headers: &HeaderMap) -> String {
+    headers
+        .get("x-baton-operator")
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty())
+        .unwrap_or("unknown")
+        .to_string()
+}
+
+async fn handle(cp: &ControlPlane, app: &str) -> Result<AppHandle, ApiError> {
+    cp.app(app).await.ok_or_else(|| not_found(app))
+}
+
+#[derive(Deserialize)]
+struct ApplyBody {
+    file: String,
+    yaml: String,
+}
+
+async fn apply(
+    State(cp): Cp,
+    headers: HeaderMap,
+    Json(body): Json<ApplyBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let spec = baton_spec::parse_spec(&body.file, &body.yaml)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let handle = cp.apply(spec.clone(), &body.yaml).await?;
+    let deployed = deploy_declared_version(&cp, &handle, &spec, &operator(&headers)).await?;
+    Ok(Json(json!({"app": spec.name, "deployed": deployed})))
+}
+
+/// A spec that names a version is deployed when it is not what runs already.
+pub async fn deploy_declared_version(
+    _cp: &ControlPlane,
+    handle: &AppHandle,
+    spec: &AppSpec,
+    operator: &str,
+) -> Result<Option<DeployAccepted>, ApiError> {
+    let Some(version) = &spec.version else {
+        return Ok(None);
+    };
+    let view = handle.status.borrow().clone();
+    let current = view
+        .state
+        .rollout
+        .as_ref()
+        .map(|r| &r.to)
+        .or(view.state.stable.as_ref());
+    if current.is_some_and(|r| &r.version == version) {
+        return Ok(None);
+    }
+    send_deploy(
+        handle,
+        version.clone(),
+        BTreeMap::new(),
+        operator.into(),
+        RolloutKind::Deploy,
+        None,
+    )
+    .await
+    .map(Some)
+}
+
+async fn send_deploy(
+    handle: &AppHandle,
+    version: String,
+    env: BTreeMap<String, String>,
+    operator: String,
+    kind: RolloutKind,
+    revision: Option<u32>,
+) -> Result<DeployAccepted, ApiError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    handle
+        .commands
+        .send(Command::Deploy {
+            version,
+            env,
+            operator,
+            kind,
+            revision,
+            reply: tx,
+        })
+        .await
+        .map_err(|_| anyhow::anyhow!("app controller stopped"))?;
+    Ok(rx
+        .await
+        .map_err(|_| anyhow::anyhow!("app controller stopped"))??)
+}
+
+#[derive(Deserialize)]
+struct DeployBody {
+    version: String,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+}
+
+async fn deploy(
+    State(cp): Cp,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<DeployBody>,
+) -> Result<Json<DeployAccepted>, ApiError> {
+    let h = handle(&cp, &app).await?;
+    if body.version.is_empty()
+        || body.version.len() > 64
+        || !body
+            .version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "version {:?} is not valid: use 1-64 letters, digits, '.', '_' or '-' (e.g. v2 or 1.4.0)",
+                body.version
+            ),
+        ));
+    }
+    Ok(Json(
+        send_deploy(
+            &h,
+            body.version,
+            body.env,
+            operator(&headers),
+            RolloutKind::Deploy,
+            None,
+        )
+        .await?,
+    ))
+}
+
+#[derive(Deserialize, Default)]
+struct AbortBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn abort(
+    State(cp): Cp,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+    body: Option<Json<AbortBody>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let h = handle(&cp, &app).await?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let reason = body
+        .and_then(|b| b.0.reason)
+        .unwrap_or_else(|| "no reason given".into());
+    h.commands
+        .send(Command::Abort {
+            operator: operator(&headers),
+            reason,
+            reply: tx,
+        })
+        .await
+        .map_err(|_| anyhow::anyhow!("app controller stopped"))?;
+    rx.await
+        .map_err(|_| anyhow::anyhow!("app controller stopped"))??;
+    Ok(Json(json!({"app": app, "aborted": true})))
+}
+
+#[derive(Deserialize, Default)]
+struct RollbackBody {
+    #[serde(default)]
+    to_revision: Option<u32>,
+}
+
+async fn rollback(
+    State(cp): Cp,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+    body: Option<Json<RollbackBody>>,
+) -> Result<Json<DeployAccepted>, ApiError> {
+    let h = handle(&cp, &app).await?;
+    let view = h.status.borrow().clone();
+    if view.state.rollout.is_some() {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!(
+                "a rollout of {app} is in progress; `baton abort {app}` returns it to the stable version"
+            ),
+        ));
+    }
+    let target = match body.and_then(|b| b.0.to_revision) {
+        Some(n) => n,
+        None => {
+            // The release that was stable before the current one: walk the
+            // successful releases newest first, past the current one.
+            let current = view.state.stable.as_ref().map(|r| r.revision);
+            let history = cp
+                .shared
+                .store()
+                .list_history(&app)
+                .map_err(anyhow::Error::from)?;
+            let mut seen_current = false;
+            let mut previous = None;
+            for h in history.iter().filter(|h| h.result == "succeeded") {
+                if !seen_current {
+                    seen_current = Some(h.revision) == current;
+                } else if Some(h.revision) != current {
+                    previous = Some(h.revision);
+                    break;
+                }
+            }
+            previous.ok_or_else(|| {
+                ApiError(
+                    StatusCode::BAD_REQUEST,
+                    format!("{app} has no earlier successful release to roll back to; use --to-revision N (see `baton history {app}`)"),
+                )
+            })?
+        }
+    };
+    let rev = cp
+        .shared
+        .store()
+        .get_revision(&app, target)
+        .map_err(anyhow::Error::from)?
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("{app} has no revision {target}; `baton history {app}` lists them"),
+            )
+        })?;
+    if view.state.stable.as_ref().map(|r| r.revision) == Some(target) {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("{app} already runs revision {target} ({})", rev.version),
+        ));
+    }
+    Ok(Json(
+        send_deploy(
+            &h,
+            rev.version,
+            BTreeMap::new(),
+            operator(&headers),
+            RolloutKind::Rollback,
+            Some(target),
+        )
+        .await?,
+    ))
+}
+
+#[derive(Deserialize)]
+struct PlanQuery {
+    version: String,
+}
+
+async fn plan(
+    State(cp): Cp,
+    Path(app): Path<String>,
+    Query(q): Query<PlanQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let h = handle(&cp, &app).await?;
+    let view = h.status.borrow().clone();
+    let next_revision = cp
+        .shared
+        .store()
+        .list_revisions(&app)
+        .map_err(anyhow::Error::from)?
+        .iter()
+        .map(|r| r.number)
+        .max()
+        .unwrap_or(0)
+        + 1;
+    let plan = baton_engine::plan(
+        &view.state,
+        Release {
+            revision: next_revision,
+            version: q.version.clone(),
+        },
+    )
+    .map_err(|e| ApiError(StatusCode::CONFLICT, e.to_string()))?;
+    Ok(Json(json!({
+        "app": app,
+        "from_version": view.state.stable.as_ref().map(|r| r.version.clone()),
+        "to_version": q.version,
+        "strategy": strategy_name(&view.spec),
+        "instances": view.spec.instances,
+        "max_surge": view.state.params.effective_surge(),
+        "max_unavailable": view.state.params.max_unavailable,
+        "min_ready_ms": view.state.params.min_ready_ms,
+        "peak_instances": plan.peak_instances,
+        "min_duration_ms": plan.min_duration_ms,
+        "steps": plan.steps,
+    })))
+}
+
+async fn history(
+    State(cp): Cp,
+    Path(app): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    handle(&cp, &app).await?;
+    let records = cp
+        .shared
+        .store()
+        .list_history(&app)
+        .map_err(anyhow::Error::from)?;
+    Ok(Json(json!({"app": app, "history": records})))
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    #[serde(default)]
+    after: i64,
+    #[serde(default)]
+    limit: Option<u32>,
+}
+
+async fn events(
+    State(cp): Cp,
+    Path(app): Path<String>,
+    Query(q): Query<EventsQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    handle(&cp, &app).await?;
+    let events = cp
+        .shared
+        .store()
+        .list_events(&app, q.after, q.limit.unwrap_or(1000).min(10_000))
+        .map_err(anyhow::Error::from)?;
+    Ok(Json(json!({"app": app, "events": events})))
+}
+
+async fn down(State(cp): Cp) -> Json<serde_json::Value> {
+    let cp2 = cp.clone();
+    // Answer first, then tear down (the server stops with it).
+    tokio::spawn(async move { cp2.down().await });
+    Json(json!({"stopping": true}))
+}
+
+async fn list_apps(State(cp): Cp) -> Json<serde_json::Value> {
+    let handles: Vec<AppHandle> = cp.apps.read().await.values().cloned().collect();
+    let apps: Vec<AppStatus> = handles
+        .iter()
+        .map(|h| AppStatus::from_view(&h.status.borrow()))
+        .collect();
+    Json(json!({"apps": apps}))
+}
+
+async fn app_status(State(cp): Cp, Path(app): Path<String>) -> Result<Json<AppStatus>, ApiError> {
+    let h = handle(&cp, &app).await?;
+    let status = AppStatus::from_view(&h.status.borrow());
+    Ok(Json(status))
+}
+
+/// `baton status --json`.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct AppStatus {
+    pub app: String,
+    pub environment: String,
+    pub phase: String,
+    pub stable_version: Option<String>,
+    pub target_version: Option<String>,
+    pub strategy: String,
+    pub listen: String,
+    pub generation: u64,
+    pub instances: Vec<InstanceStatus>,
+    pub traffic: Vec<TrafficShare>,
+    pub rollout: Option<RolloutStatus>,
+    pub last_result: Option<LastResult>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct InstanceStatus {
+    pub id: String,
+    pub version: String,
+    pub revision: u32,
+    pub ready: bool,
+    pub state: String,
+    pub address: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct TrafficShare {
+    pub version: String,
+    /// Percentage of new requests.
+    pub weight: u32,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct RolloutStatus {
+    pub kind: String,
+    pub from_version: Option<String>,
+    pub to_version: String,
+    pub revision: u32,
+    pub operator: String,
+    pub started_ms: i64,
+    pub history_id: i64,
+    pub restarts: u32,
+    pub reason: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct LastResult {
+    pub history_id: i64,
+    pub result: String,
+    pub version: String,
+    pub notes: String,
+    pub finished_ms: i64,
+}
+
+impl AppStatus {
+    pub fn from_view(v: &AppView) -> Self {
+        let s = &v.state;
+        let routing = s.routing();
+        let total: u32 = routing.iter().map(|g| g.weight).sum();
+        let mut traffic: Vec<TrafficShare> = Vec::new();
+        let mut assigned = 0;
+        for (i, g) in routing.iter().enumerate() {
+            // Largest remainder would be fairer; the last group takes the rest so
+            // shares always add up to 100.
+            let w = if i + 1 == routing.len() {
+                100 - assigned
+            } else {
+                g.weight * 100 / total.max(1)
+            };
+            assigned += w;
+            traffic.push(TrafficShare {
+                version: g.version.clone(),
+                weight: w,
+            });
+        }
+        AppStatus {
+            app: s.app.clone(),
+            environment: v.spec.environment.clone(),
+            phase: s.phase_name().to_string(),
+            stable_version: s.stable.as_ref().map(|r| r.version.clone()),
+            target_version: s
+                .rollout
+                .as_ref()
+                .map(|r| r.to.version.clone())
+                .or_else(|| s.stable.as_ref().map(|r| r.version.clone())),
+            strategy: strategy_name(&v.spec).to_string(),
+            listen: v.spec.listen.to_string(),
+            generation: v.generation,
+            instances: s
+                .instances
+                .iter()
+                .map(|i| InstanceStatus {
+                    id: i.id.clone(),
+                    version: i.version.clone(),
+                    revision: i.revision,
+                    ready: i.is_routable(),
+                    state: match i.phase {
+                        baton_engine::InstancePhase::Pending => "pending",
+                        baton_engine::InstancePhase::Starting => "starting",
+                        baton_engine::InstancePhase::Ready { .. } => "ready",
+                        baton_engine::InstancePhase::Draining { .. } => "draining",
+                        baton_engine::InstancePhase::Stopping => "stopping",
+                    }
+                    .to_string(),
+                    address: i.address.clone(),
+                })
+                .collect(),
+            traffic,
+            rollout: s.rollout.as_ref().map(|r| RolloutStatus {
+                kind: match r.kind {
+                    RolloutKind::Deploy => "deploy".into(),
+                    RolloutKind::Rollback => "rollback".into(),
+                },
+                from_version: r.from.as_ref().map(|f| f.version.clone()),
+                to_version: r.to.version.clone(),
+                revision: r.to.revision,
+                operator: r.operator.clone(),
+                started_ms: r.started_ms,
+                history_id: r.history_id,
+                restarts: r.restarts,
+                reason: match &r.phase {
+                    RolloutPhase::Progressing => None,
+                    RolloutPhase::RollingBack { reason, .. } => Some(reason.clone()),
+                },
+            }),
+            last_result: s.last_finished.as_ref().map(|f| LastResult {
+                history_id: f.history_id,
+                result: f.outcome.as_str().to_string(),
+                version: f.version.clone(),
+                notes: f.notes.clone(),
+                finished_ms: f.finished_ms,
+            }),
+        }
+    }
+}

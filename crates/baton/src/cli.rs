@@ -1,0 +1,708 @@
+//! Command-line interface. Exit codes: 0 success; 1 the rollout failed or was
+//! rolled back (reason printed); 2 bad usage, config or input (nothing changed).
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+
+use crate::api::AppStatus;
+use crate::client::{ApiClient, ClientError};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "baton",
+    version,
+    about = "Upgrade a running service from one version to the next without dropping a request"
+)]
+pub struct Cli {
+    /// URL of the control plane's API.
+    #[arg(
+        long,
+        global = true,
+        env = "BATON_SERVER",
+        default_value = "http://127.0.0.1:7077"
+    )]
+    server: String,
+    /// Who is running the command (recorded in the upgrade history).
+    #[arg(long, global = true, env = "BATON_OPERATOR")]
+    operator: Option<String>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the control plane: API, controllers and the router (embedded defaults: SQLite, process driver).
+    Serve {
+        /// App spec(s) to apply at start.
+        #[arg(short = 'c', long = "config")]
+        config: Vec<PathBuf>,
+        /// Where the database, logs and router socket live.
+        #[arg(long, env = "BATON_DATA_DIR", default_value = ".baton")]
+        data_dir: PathBuf,
+        /// Address of the API.
+        #[arg(long, default_value = "127.0.0.1:7077")]
+        api: SocketAddr,
+    },
+    /// Register an app or update its spec (a spec naming a new `version` deploys it).
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// Start a rollout of VERSION.
+    Deploy {
+        app: String,
+        version: String,
+        /// Environment variable for this release (repeatable).
+        #[arg(long = "env", value_name = "K=V")]
+        env: Vec<String>,
+        /// Wait for the end, showing progress; exit 1 if it fails or is rolled back.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Show apps, instances and traffic.
+    Status {
+        app: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Upgrade history: date, version, environment, operator, result, notes.
+    History {
+        app: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop the rollout in flight: all traffic back to the stable version.
+    Abort {
+        app: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Return to the previous release (or a given revision) by the rolling path.
+    Rollback {
+        app: String,
+        #[arg(long)]
+        to_revision: Option<u32>,
+        /// Wait for the end, showing progress.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Print the steps a rollout of VERSION would take.
+    Plan {
+        app: String,
+        version: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Event log of an app.
+    Events {
+        app: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Watch a real upgrade: runs the control plane on embedded defaults, the sample service v1 under steady traffic, and upgrades it to v2.
+    Demo {
+        /// Instances of the sample service.
+        #[arg(long, default_value_t = 3)]
+        instances: u32,
+    },
+    /// Stop every instance, the router and the control plane.
+    Down,
+    /// Print the JSON Schema of the app spec.
+    Schema,
+    /// Run the sample service (used by the demo and tests): --port N --version V.
+    #[command(disable_help_flag = true)]
+    Sample {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run the router alone as a plain HTTP load balancer.
+    Router {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long = "upstream", required = true)]
+        upstreams: Vec<SocketAddr>,
+    },
+    /// The router process the control plane starts (internal).
+    #[command(name = "__router", hide = true)]
+    RouterProcess {
+        #[arg(long)]
+        admin_socket: PathBuf,
+    },
+}
+
+/// Outcome of a command, mapped to the exit code.
+enum Exit {
+    Ok,
+    Failed(String),
+    BadInput(String),
+}
+
+impl From<ClientError> for Exit {
+    fn from(e: ClientError) -> Self {
+        if e.is_bad_input() {
+            Exit::BadInput(e.to_string())
+        } else {
+            Exit::Failed(e.to_string())
+        }
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Cmd::Sample { args } = &cli.command {
+        return baton_sample::run_main(args);
+    }
+    let long_running = matches!(
+        cli.command,
+        Cmd::Serve { .. } | Cmd::RouterProcess { .. } | Cmd::Router { .. }
+    );
+    init_tracing(if long_running { "info" } else { "warn" });
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Exit::Ok => ExitCode::SUCCESS,
+        Exit::Failed(msg) => {
+            eprintln!("{} {msg}", paint("error:", Color::Red));
+            ExitCode::from(1)
+        }
+        Exit::BadInput(msg) => {
+            eprintln!("{} {msg}", paint("error:", Color::Red));
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_tracing(default_level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("BATON_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(color_enabled_stderr())
+        .try_init();
+}
+
+fn operator_name(cli: &Cli) -> String {
+    cli.operator
+        .clone()
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+async fn run(cli: Cli) -> Exit {
+    let api = ApiClient::new(&cli.server, &operator_name(&cli));
+    match cli.command {
+        Cmd::Serve {
+            config,
+            data_dir,
+            api: api_addr,
+        } => {
+            let mut specs = Vec::new();
+            for path in config {
+                let text = match std::fs::read_to_string(&path) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        return Exit::BadInput(format!("cannot read {}: {e}", path.display()));
+                    }
+                };
+                let file = path.display().to_string();
+                if let Err(e) = baton_spec::parse_spec(&file, &text) {
+                    return Exit::BadInput(e.to_string());
+                }
+                specs.push((file, text));
+            }
+            match crate::server::serve(crate::server::ServeOptions {
+                data_dir,
+                api: api_addr,
+                specs,
+            })
+            .await
+            {
+                Ok(()) => Exit::Ok,
+                Err(e) => Exit::Failed(format!("{e:#}")),
+            }
+        }
+        Cmd::Apply { file } => apply(&api, file).await,
+        Cmd::Deploy {
+            app,
+            version,
+            env,
+            wait,
+        } => {
+            let mut vars = BTreeMap::new();
+            for kv in env {
+                let Some((k, v)) = kv.split_once('=') else {
+                    return Exit::BadInput(format!(
+                        "--env {kv:?} is not KEY=VALUE (e.g. --env LOG_LEVEL=debug)"
+                    ));
+                };
+                if k.is_empty() {
+                    return Exit::BadInput(format!("--env {kv:?} has an empty name"));
+                }
+                vars.insert(k.to_string(), v.to_string());
+            }
+            let last_event = last_event_id(&api, &app).await;
+            let accepted = match api
+                .post(
+                    &format!("/v1/apps/{app}/deploy"),
+                    &json!({"version": version, "env": vars}),
+                )
+                .await
+            {
+                Ok(v) => v,
+                Err(e) => return e.into(),
+            };
+            report_accepted(&api, &app, &accepted, wait, last_event).await
+        }
+        Cmd::Rollback {
+            app,
+            to_revision,
+            wait,
+        } => {
+            let last_event = last_event_id(&api, &app).await;
+            let accepted = match api
+                .post(
+                    &format!("/v1/apps/{app}/rollback"),
+                    &json!({"to_revision": to_revision}),
+                )
+                .await
+            {
+                Ok(v) => v,
+                Err(e) => return e.into(),
+            };
+            report_accepted(&api, &app, &accepted, wait, last_event).await
+        }
+        Cmd::Abort { app, reason } => {
+            match api
+                .post(&format!("/v1/apps/{app}/abort"), &json!({"reason": reason}))
+                .await
+            {
+                Ok(_) => {
+                    println!("{app}: aborted; all traffic is going back to the stable version");
+                    Exit::Ok
+                }
+                Err(e) => e.into(),
+            }
+        }
+        Cmd::Status { app, json } => status(&api, app, json).await,
+        Cmd::History { app, json } => history(&api, &app, json).await,
+        Cmd::Events { app, json } => events(&api, &app, json).await,
+        Cmd::Plan { app, version, json } => plan(&api, &app, &version, json).await,
+        Cmd::Demo { instances } => match crate::demo::run(instances).await {
+            Ok(true) => Exit::Ok,
+            Ok(false) => Exit::Failed("the demo upgrade did not succeed (see above)".into()),
+            Err(e) => Exit::Failed(format!("{e:#}")),
+        },
+        Cmd::Down => match api.post("/v1/down", &json!({})).await {
+            Ok(_) => {
+                println!("stopping every instance, the router and the control plane");
+                Exit::Ok
+            }
+            Err(e) => e.into(),
+        },
+        Cmd::Schema => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&baton_spec::json_schema()).unwrap_or_default()
+            );
+            Exit::Ok
+        }
+        Cmd::Sample { .. } => Exit::Ok,
+        Cmd::Router { listen, upstreams } => {
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            let token = shutdown.clone();
+            tokio::spawn(async move {
+                let _ = tokio::signal::ctrl_c().await;
+                token.cancel();
+            });
+            match baton_router::run_standalone(listen, upstreams, shutdown).await {
+                Ok(()) => Exit::Ok,
+                Err(e) => Exit::Failed(e.to_string()),
+            }
+        }
+        Cmd::RouterProcess { admin_socket } => {
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            let token = shutdown.clone();
+            tokio::spawn(async move {
+                use tokio::signal::unix::{SignalKind, signal};
+                if let Ok(mut term) = signal(SignalKind::terminate()) {
+                    term.recv().await;
+                    token.cancel();
+                }
+            });
+            match baton_router::run(baton_router::RouterOptions { admin_socket }, shutdown).await {
+                Ok(()) => Exit::Ok,
+                Err(e) => Exit::Failed(e.to_string()),
+            }
+        }
+    }
+}
+
+async fn apply(api: &ApiClient, file: PathBuf) -> Exit {
+    let text = match std::fs::read_to_string(&file) {
+        Ok(t) => t,
+        Err(e) => {
+            return Exit::BadInput(format!(
+                "cannot read {}: {e}\n  hint: give the path of an app spec, e.g. examples/quickstart.yaml",
+                file.display()
+            ));
+        }
+    };
+    let name = file.display().to_string();
+    // Validate locally first: a bad spec never reaches the server.
+    let spec = match baton_spec::parse_spec(&name, &text) {
+        Ok(s) => s,
+        Err(e) => return Exit::BadInput(e.to_string()),
+    };
+    match api
+        .post("/v1/apps", &json!({"file": name, "yaml": text}))
+        .await
+    {
+        Ok(v) => {
+            match v.get("deployed").filter(|d| !d.is_null()) {
+                Some(d) => println!(
+                    "{}: applied; deploying {} (revision {})",
+                    spec.name,
+                    d["version"].as_str().unwrap_or("?"),
+                    d["revision"]
+                ),
+                None => println!("{}: applied", spec.name),
+            }
+            Exit::Ok
+        }
+        Err(e) => e.into(),
+    }
+}
+
+async fn last_event_id(api: &ApiClient, app: &str) -> i64 {
+    api.get(&format!("/v1/apps/{app}/events?after=0&limit=10000"))
+        .await
+        .ok()
+        .and_then(|v| {
+            v["events"]
+                .as_array()
+                .and_then(|a| a.last())
+                .map(|e| e["id"].as_i64().unwrap_or(0))
+        })
+        .unwrap_or(0)
+}
+
+async fn report_accepted(
+    api: &ApiClient,
+    app: &str,
+    accepted: &Value,
+    wait: bool,
+    last_event: i64,
+) -> Exit {
+    if accepted["unchanged"].as_bool() == Some(true) {
+        println!(
+            "{app} already runs {} (revision {}); nothing to do",
+            accepted["version"].as_str().unwrap_or("?"),
+            accepted["revision"]
+        );
+        return Exit::Ok;
+    }
+    let history_id = accepted["history_id"].as_i64().unwrap_or(0);
+    println!(
+        "{app}: rollout to {} (revision {}) started",
+        accepted["version"].as_str().unwrap_or("?"),
+        accepted["revision"]
+    );
+    if !wait {
+        println!("  follow it with `baton status {app}`");
+        return Exit::Ok;
+    }
+    wait_for_rollout(api, app, history_id, last_event).await
+}
+
+/// Follow a rollout to its end, printing each event as it happens.
+async fn wait_for_rollout(
+    api: &ApiClient,
+    app: &str,
+    history_id: i64,
+    mut last_event: i64,
+) -> Exit {
+    loop {
+        if let Ok(v) = api
+            .get(&format!("/v1/apps/{app}/events?after={last_event}"))
+            .await
+        {
+            for e in v["events"].as_array().into_iter().flatten() {
+                last_event = e["id"].as_i64().unwrap_or(last_event);
+                println!(
+                    "  {} {:<20} {}",
+                    format_time(e["at_ms"].as_i64().unwrap_or(0)),
+                    e["kind"].as_str().unwrap_or(""),
+                    e["message"].as_str().unwrap_or("")
+                );
+            }
+        }
+        let status: AppStatus = match api.get(&format!("/v1/apps/{app}")).await {
+            Ok(v) => match serde_json::from_value(v) {
+                Ok(s) => s,
+                Err(e) => return Exit::Failed(format!("unexpected status answer: {e}")),
+            },
+            Err(e) => return e.into(),
+        };
+        if let Some(last) = &status.last_result
+            && last.history_id == history_id
+            && status
+                .rollout
+                .as_ref()
+                .is_none_or(|r| r.history_id != history_id)
+        {
+            return if last.result == "succeeded" {
+                println!(
+                    "{} {app} now runs {}",
+                    paint("✓", Color::Green),
+                    last.version
+                );
+                Exit::Ok
+            } else {
+                Exit::Failed(format!(
+                    "{app}: rollout {}: {}",
+                    last.result.replace('_', " "),
+                    last.notes
+                ))
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn status(api: &ApiClient, app: Option<String>, as_json: bool) -> Exit {
+    let statuses: Vec<AppStatus> = match &app {
+        Some(app) => match api.get(&format!("/v1/apps/{app}")).await {
+            Ok(v) => serde_json::from_value(v).into_iter().collect(),
+            Err(e) => return e.into(),
+        },
+        None => match api.get("/v1/apps").await {
+            Ok(v) => serde_json::from_value(v["apps"].clone()).unwrap_or_default(),
+            Err(e) => return e.into(),
+        },
+    };
+    if as_json {
+        let out = match app {
+            Some(_) => serde_json::to_string_pretty(&statuses.first()),
+            None => serde_json::to_string_pretty(&statuses),
+        };
+        println!("{}", out.unwrap_or_default());
+        return Exit::Ok;
+    }
+    if statuses.is_empty() {
+        println!("no apps yet; register one with `baton apply -f examples/quickstart.yaml`");
+    }
+    for s in statuses {
+        let traffic: Vec<String> = s
+            .traffic
+            .iter()
+            .map(|t| format!("{} {}%", t.version, t.weight))
+            .collect();
+        println!(
+            "{}  {}  phase={}  stable={}  target={}  listen={}",
+            paint(&s.app, Color::Bold),
+            s.environment,
+            s.phase,
+            s.stable_version.as_deref().unwrap_or("-"),
+            s.target_version.as_deref().unwrap_or("-"),
+            s.listen
+        );
+        println!(
+            "  traffic: {}",
+            if traffic.is_empty() {
+                "none".into()
+            } else {
+                traffic.join(", ")
+            }
+        );
+        if let Some(r) = &s.rollout {
+            println!(
+                "  rollout: {} {} → {} by {}{}",
+                r.kind,
+                r.from_version.as_deref().unwrap_or("nothing"),
+                r.to_version,
+                r.operator,
+                r.reason
+                    .as_ref()
+                    .map(|x| format!(" — {x}"))
+                    .unwrap_or_default()
+            );
+        }
+        for i in &s.instances {
+            println!(
+                "  {:<16} {:<8} {:<9} {}",
+                i.id,
+                i.version,
+                i.state,
+                i.address.as_deref().unwrap_or("-")
+            );
+        }
+        if let Some(l) = &s.last_result {
+            println!(
+                "  last rollout: {} {}{}",
+                l.version,
+                l.result,
+                if l.notes.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", l.notes)
+                }
+            );
+        }
+    }
+    Exit::Ok
+}
+
+async fn history(api: &ApiClient, app: &str, as_json: bool) -> Exit {
+    let v = match api.get(&format!("/v1/apps/{app}/history")).await {
+        Ok(v) => v,
+        Err(e) => return e.into(),
+    };
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v["history"]).unwrap_or_default()
+        );
+        return Exit::Ok;
+    }
+    println!(
+        "{:<4} {:<20} {:<9} {:<10} {:<12} {:<12} {:<9} {:<12} notes",
+        "rev", "date", "kind", "version", "from", "environment", "operator", "result"
+    );
+    for h in v["history"].as_array().into_iter().flatten() {
+        println!(
+            "{:<4} {:<20} {:<9} {:<10} {:<12} {:<12} {:<9} {:<12} {}",
+            h["revision"],
+            format_date(h["started_ms"].as_i64().unwrap_or(0)),
+            h["kind"].as_str().unwrap_or(""),
+            h["to_version"].as_str().unwrap_or(""),
+            h["from_version"].as_str().unwrap_or("-"),
+            h["environment"].as_str().unwrap_or(""),
+            h["operator"].as_str().unwrap_or(""),
+            h["result"].as_str().unwrap_or(""),
+            h["notes"].as_str().unwrap_or("")
+        );
+    }
+    Exit::Ok
+}
+
+async fn events(api: &ApiClient, app: &str, as_json: bool) -> Exit {
+    let v = match api
+        .get(&format!("/v1/apps/{app}/events?after=0&limit=10000"))
+        .await
+    {
+        Ok(v) => v,
+        Err(e) => return e.into(),
+    };
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v["events"]).unwrap_or_default()
+        );
+        return Exit::Ok;
+    }
+    for e in v["events"].as_array().into_iter().flatten() {
+        println!(
+            "{} {:<20} {}",
+            format_date(e["at_ms"].as_i64().unwrap_or(0)),
+            e["kind"].as_str().unwrap_or(""),
+            e["message"].as_str().unwrap_or("")
+        );
+    }
+    Exit::Ok
+}
+
+async fn plan(api: &ApiClient, app: &str, version: &str, as_json: bool) -> Exit {
+    let v = match api
+        .get(&format!("/v1/apps/{app}/plan?version={version}"))
+        .await
+    {
+        Ok(v) => v,
+        Err(e) => return e.into(),
+    };
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return Exit::Ok;
+    }
+    println!(
+        "plan: {app} {} → {version}, {} strategy, {} instances (max_surge {}, max_unavailable {}, min_ready {}ms)",
+        v["from_version"].as_str().unwrap_or("nothing"),
+        v["strategy"].as_str().unwrap_or("?"),
+        v["instances"],
+        v["max_surge"],
+        v["max_unavailable"],
+        v["min_ready_ms"]
+    );
+    println!(
+        "{:>4} {:>8}  {:<20} {:>9} {:>9}  what",
+        "step", "at", "event", "old live", "new live"
+    );
+    for (n, s) in v["steps"].as_array().into_iter().flatten().enumerate() {
+        println!(
+            "{:>4} {:>7}s  {:<20} {:>9} {:>9}  {}",
+            n + 1,
+            s["at_ms"].as_u64().unwrap_or(0) as f64 / 1000.0,
+            s["kind"].as_str().unwrap_or(""),
+            s["old_routable"],
+            s["new_routable"],
+            s["description"].as_str().unwrap_or("")
+        );
+    }
+    println!(
+        "peak instances: {}; least duration: {:.1}s (plus start-up and drain time of each instance)",
+        v["peak_instances"],
+        v["min_duration_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
+    );
+    Exit::Ok
+}
+
+fn format_date(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    let s = humantime::format_rfc3339_seconds(t).to_string();
+    s.replace('T', " ").trim_end_matches('Z').to_string()
+}
+
+fn format_time(ms: i64) -> String {
+    let d = format_date(ms);
+    d.split(' ').nth(1).unwrap_or(&d).to_string()
+}
+
+#[derive(Clone, Copy)]
+pub enum Color {
+    Red,
+    Green,
+    Bold,
+}
+
+fn color_enabled_stderr() -> bool {
+    std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal()
+}
+
+/// Colour only for a terminal, never when NO_COLOR is set.
+pub fn paint(text: &str, color: Color) -> String {
+    if std::env::var_os("NO_COLOR").is_some() || !std::io::stdout().is_terminal() {
+        return text.to_string();
+    }
+    let code = match color {
+        Color::Red => "31",
+        Color::Green => "32",
+        Color::Bold => "1",
+    };
+    format!("\x1b[{code}m{text}\x1b[0m")
+}

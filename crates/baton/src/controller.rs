@@ -1,0 +1,771 @@
+//! The controller: runs the engine for one app.
+//!
+//! Every input goes through [`AppController::apply`]: the engine computes the
+//! next state, the state and its events are committed to SQLite (with a
+//! generation fence), the routing table is pushed to the router, and only then
+//! are the engine's actions carried out. Actions run in background tasks that
+//! report back as new inputs, so the loop never blocks on a slow instance.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use baton_driver::{Driver, InstanceHandle, InstanceStatus, LaunchSpec, ProcessDriver};
+use baton_engine::{Action, AppState, EngineError, Input, Outcome, Params, Release, RolloutKind};
+use baton_spec::{AppSpec, DriverSpec, StrategySpec, TemplateVars};
+use baton_store::{NewEvent, NewHistory, Store};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::health;
+use crate::routing::RouterLink;
+
+/// Wall-clock milliseconds; the engine gets time only through this.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Shared pieces every app controller uses.
+pub struct Shared {
+    pub store: std::sync::Mutex<Store>,
+    pub driver: ProcessDriver,
+    pub router: RouterLink,
+    pub data_dir: PathBuf,
+    /// Path of the running baton executable, for the `{baton}` placeholder.
+    pub baton_exe: String,
+}
+
+impl Shared {
+    pub fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+        // A panic while holding the lock leaves SQLite consistent (every write is
+        // one transaction), so a poisoned lock is safe to reuse.
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Requests from the API to an app controller.
+pub enum Command {
+    /// A new spec was applied.
+    Apply {
+        spec: Box<AppSpec>,
+        reply: oneshot::Sender<anyhow::Result<()>>,
+    },
+    Deploy {
+        version: String,
+        env: BTreeMap<String, String>,
+        operator: String,
+        kind: RolloutKind,
+        /// Roll back to this existing revision instead of creating one.
+        revision: Option<u32>,
+        reply: oneshot::Sender<Result<DeployAccepted, CommandError>>,
+    },
+    Abort {
+        operator: String,
+        reason: String,
+        reply: oneshot::Sender<Result<(), CommandError>>,
+    },
+    /// Drain and stop every instance (used by `baton down` and the demo).
+    StopAll { reply: oneshot::Sender<()> },
+}
+
+/// Accepted deploy.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeployAccepted {
+    pub revision: u32,
+    pub history_id: i64,
+    pub version: String,
+    /// Already running this release: nothing to do.
+    pub unchanged: bool,
+}
+
+/// Why a command was refused. Nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Handle held by the API for one app.
+#[derive(Clone)]
+pub struct AppHandle {
+    pub commands: mpsc::Sender<Command>,
+    pub status: tokio::sync::watch::Receiver<Arc<AppView>>,
+}
+
+/// What `status` shows: the engine state plus the spec it runs under.
+#[derive(Debug)]
+pub struct AppView {
+    pub state: AppState,
+    pub generation: u64,
+    pub spec: AppSpec,
+}
+
+/// Reports from background tasks back to the controller loop.
+type Observation = Input;
+
+pub struct AppController {
+    shared: Arc<Shared>,
+    spec: AppSpec,
+    state: AppState,
+    generation: u64,
+    observations_tx: mpsc::UnboundedSender<Observation>,
+    observations: mpsc::UnboundedReceiver<Observation>,
+    commands: mpsc::Receiver<Command>,
+    status: tokio::sync::watch::Sender<Arc<AppView>>,
+    /// Readiness checkers by instance id.
+    checkers: HashMap<String, CancellationToken>,
+    /// Drain/stop tasks already running, by instance id (so a restart does not double them).
+    in_progress: HashMap<String, &'static str>,
+    shutdown: CancellationToken,
+}
+
+/// Resolve the spec's strategy into engine parameters.
+pub fn params_of(spec: &AppSpec) -> Params {
+    let StrategySpec::Rolling(r) = &spec.strategy;
+    Params {
+        instances: spec.instances,
+        max_surge: r.max_surge.resolve_up(spec.instances),
+        max_unavailable: r.max_unavailable.resolve_down(spec.instances),
+        min_ready_ms: r.min_ready.as_millis() as u64,
+        progress_deadline_ms: r.progress_deadline.as_millis() as u64,
+        max_restarts: r.max_restarts,
+    }
+}
+
+pub fn strategy_name(spec: &AppSpec) -> &'static str {
+    match spec.strategy {
+        StrategySpec::Rolling(_) => "rolling",
+    }
+}
+
+impl AppController {
+    /// Load (or create) the app's state and start its controller task.
+    pub fn spawn(
+        shared: Arc<Shared>,
+        spec: AppSpec,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<AppHandle> {
+        let (state, generation) = {
+            let store = shared.store();
+            match store.load_state(&spec.name)? {
+                Some(rec) => (
+                    serde_json::from_str::<AppState>(&rec.state_json)
+                        .context("stored rollout state is unreadable")?,
+                    rec.generation,
+                ),
+                None => (AppState::new(spec.name.clone(), params_of(&spec)), 0),
+            }
+        };
+        let (observations_tx, observations) = mpsc::unbounded_channel();
+        let (commands_tx, commands) = mpsc::channel(64);
+        let view = Arc::new(AppView {
+            state: state.clone(),
+            generation,
+            spec: spec.clone(),
+        });
+        let (status, status_rx) = tokio::sync::watch::channel(view);
+        let controller = AppController {
+            shared,
+            spec,
+            state,
+            generation,
+            observations_tx,
+            observations,
+            commands,
+            status,
+            checkers: HashMap::new(),
+            in_progress: HashMap::new(),
+            shutdown,
+        };
+        tokio::spawn(controller.run());
+        Ok(AppHandle {
+            commands: commands_tx,
+            status: status_rx,
+        })
+    }
+
+    async fn run(mut self) {
+        let span = tracing::info_span!("app", app = %self.spec.name);
+        let _enter = span.enter();
+        drop(_enter);
+        if let Err(e) = self.resume().await {
+            warn!(app = %self.spec.name, error = %format!("{e:#}"), "resuming after restart failed");
+        }
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                Some(cmd) = self.commands.recv() => self.command(cmd).await,
+                Some(obs) = self.observations.recv() => self.observe(obs).await,
+                _ = tick.tick() => {
+                    self.watch_exits().await;
+                    self.apply_logged(Input::Tick).await;
+                }
+            }
+        }
+        for token in self.checkers.values() {
+            token.cancel();
+        }
+    }
+
+    /// After a restart: find the processes the state refers to, adopt them,
+    /// stop strays, and pick up drains and stops that were under way.
+    async fn resume(&mut self) -> anyhow::Result<()> {
+        let found = self.shared.driver.discover()?;
+        let known: Vec<String> = self.state.instances.iter().map(|i| i.id.clone()).collect();
+        let prefix = format!("{}-r", self.spec.name);
+        // Processes of this app that the state does not know (started, then the
+        // control plane died before recording them): stop them, no orphans.
+        for f in found
+            .iter()
+            .filter(|f| f.instance_id.starts_with(&prefix) && !known.contains(&f.instance_id))
+        {
+            info!(instance = %f.instance_id, pid = f.pid, "stopping a stray instance left by an earlier control plane");
+            let handle = InstanceHandle {
+                instance_id: f.instance_id.clone(),
+                pid: f.pid,
+                start_time: f.start_time,
+                address: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+            };
+            let _ = self.shared.driver.stop(&handle, self.stop_grace()).await;
+        }
+        for inst in self.state.instances.clone() {
+            use baton_engine::InstancePhase as P;
+            match (&inst.phase, inst.handle.as_deref()) {
+                (P::Pending, _) => {
+                    // The start was recorded but its outcome was not: a process
+                    // may exist without a known port. Stop it and let the engine
+                    // start a fresh one.
+                    if let Some(f) = found.iter().find(|f| f.instance_id == inst.id) {
+                        let handle = InstanceHandle {
+                            instance_id: f.instance_id.clone(),
+                            pid: f.pid,
+                            start_time: f.start_time,
+                            address: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+                        };
+                        let _ = self.shared.driver.stop(&handle, self.stop_grace()).await;
+                    }
+                    self.apply_logged(Input::Stopped {
+                        id: inst.id.clone(),
+                    })
+                    .await;
+                }
+                (P::Draining { .. }, _) => self.spawn_drain(inst.id.clone()),
+                (P::Stopping, _) => self.spawn_stop(inst.id.clone()),
+                _ => {}
+            }
+        }
+        // A rollout that finished just before a crash may not have closed its
+        // history record.
+        if let Some(f) = self.state.last_finished.clone() {
+            let mut store = self.shared.store();
+            let open = store
+                .list_history(&self.spec.name)?
+                .into_iter()
+                .any(|h| h.id == f.history_id && h.finished_ms.is_none());
+            if open {
+                store.finish_history(f.history_id, f.outcome.as_str(), &f.notes, now_ms())?;
+            }
+        }
+        self.watch_exits().await;
+        self.publish_routing().await;
+        self.apply_logged(Input::Tick).await;
+        self.sync_checkers();
+        Ok(())
+    }
+
+    fn stop_grace(&self) -> Duration {
+        let DriverSpec::Process(p) = &self.spec.driver;
+        p.stop_grace
+    }
+
+    async fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Apply { spec, reply } => {
+                let params = params_of(&spec);
+                self.spec = *spec;
+                let result = self
+                    .apply(Input::UpdateParams { params })
+                    .await
+                    .map_err(|e| anyhow::anyhow!(e));
+                let _ = reply.send(result.map(|_| ()));
+            }
+            Command::Deploy {
+                version,
+                env,
+                operator,
+                kind,
+                revision,
+                reply,
+            } => {
+                let result = self.deploy(version, env, operator, kind, revision).await;
+                let _ = reply.send(result);
+            }
+            Command::Abort {
+                operator,
+                reason,
+                reply,
+            } => {
+                let result = self
+                    .apply(Input::Abort {
+                        by: operator,
+                        reason,
+                    })
+                    .await
+                    .map(|_| ());
+                let _ = reply.send(result);
+            }
+            Command::StopAll { reply } => {
+                self.stop_all().await;
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    async fn deploy(
+        &mut self,
+        version: String,
+        env: BTreeMap<String, String>,
+        operator: String,
+        kind: RolloutKind,
+        revision: Option<u32>,
+    ) -> Result<DeployAccepted, CommandError> {
+        if let Some(r) = &self.state.rollout {
+            return Err(EngineError::RolloutInProgress {
+                app: self.spec.name.clone(),
+                version: r.to.version.clone(),
+            }
+            .into());
+        }
+        let app = self.spec.name.clone();
+        let internal = |e: baton_store::StoreError| CommandError::Internal(e.to_string());
+        let env_json =
+            serde_json::to_string(&env).map_err(|e| CommandError::Internal(e.to_string()))?;
+        let rev = {
+            let mut store = self.shared.store();
+            match revision {
+                Some(n) => store
+                    .get_revision(&app, n)
+                    .map_err(internal)?
+                    .ok_or_else(|| {
+                        CommandError::BadRequest(format!(
+                            "{app} has no revision {n}; `baton history {app}` lists them"
+                        ))
+                    })?,
+                None => {
+                    // Same version and env as the stable revision: nothing to do.
+                    if let Some(stable) = &self.state.stable
+                        && let Some(cur) = store
+                            .get_revision(&app, stable.revision)
+                            .map_err(internal)?
+                        && cur.version == version
+                        && cur.env_json == env_json
+                    {
+                        return Ok(DeployAccepted {
+                            revision: cur.number,
+                            history_id: 0,
+                            version,
+                            unchanged: true,
+                        });
+                    }
+                    let spec_json = serde_json::to_string(&self.spec)
+                        .map_err(|e| CommandError::Internal(e.to_string()))?;
+                    store
+                        .create_revision(&app, &version, &env_json, &spec_json, &operator, now_ms())
+                        .map_err(internal)?
+                }
+            }
+        };
+        let history_id = self
+            .shared
+            .store()
+            .start_history(
+                &NewHistory {
+                    app: app.clone(),
+                    revision: rev.number,
+                    from_version: self.state.stable.as_ref().map(|s| s.version.clone()),
+                    to_version: rev.version.clone(),
+                    environment: self.spec.environment.clone(),
+                    operator: operator.clone(),
+                    strategy: strategy_name(&self.spec).to_string(),
+                    kind: match kind {
+                        RolloutKind::Deploy => "deploy".into(),
+                        RolloutKind::Rollback => "rollback".into(),
+                    },
+                },
+                now_ms(),
+            )
+            .map_err(internal)?;
+        let input = Input::Deploy {
+            to: Release {
+                revision: rev.number,
+                version: rev.version.clone(),
+            },
+            kind,
+            operator,
+            history_id,
+        };
+        if let Err(e) = self.apply(input).await {
+            let _ =
+                self.shared
+                    .store()
+                    .finish_history(history_id, "refused", &e.to_string(), now_ms());
+            return Err(e);
+        }
+        Ok(DeployAccepted {
+            revision: rev.number,
+            history_id,
+            version: rev.version,
+            unchanged: false,
+        })
+    }
+
+    /// A report from a background task. A process that came up after its
+    /// instance was already given up (drained while still starting) is stopped
+    /// here, so it cannot linger as an orphan.
+    async fn observe(&mut self, obs: Observation) {
+        if let Input::Started { id, handle, .. } = &obs {
+            let pending = self
+                .state
+                .instance(id)
+                .is_some_and(|i| i.phase == baton_engine::InstancePhase::Pending);
+            if !pending {
+                if let Ok(handle) = serde_json::from_str::<InstanceHandle>(handle) {
+                    info!(instance = %id, "stopping an instance that started after it was given up");
+                    let _ = self.shared.driver.stop(&handle, self.stop_grace()).await;
+                }
+                return;
+            }
+        }
+        self.apply_logged(obs).await;
+    }
+
+    async fn apply_logged(&mut self, input: Input) {
+        if let Err(e) = self.apply(input).await {
+            warn!(app = %self.spec.name, error = %e, "input not applied");
+        }
+    }
+
+    /// One engine step: compute, persist, publish routing, act.
+    async fn apply(&mut self, input: Input) -> Result<(), CommandError> {
+        let now = now_ms();
+        let (next, actions) = baton_engine::step(&self.state, input, now)?;
+        if next == self.state && actions.is_empty() {
+            return Ok(());
+        }
+        let events: Vec<NewEvent> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Event { kind, message } => Some(NewEvent {
+                    kind: kind.clone(),
+                    message: message.clone(),
+                    fields_json: "{}".into(),
+                }),
+                _ => None,
+            })
+            .collect();
+        let state_json =
+            serde_json::to_string(&next).map_err(|e| CommandError::Internal(e.to_string()))?;
+        // Durability first: nothing below happens unless this commit landed.
+        let generation = self
+            .shared
+            .store()
+            .commit_transition(&self.spec.name, self.generation, &state_json, &events, now)
+            .map_err(|e| CommandError::Internal(e.to_string()))?;
+        for e in &events {
+            info!(app = %self.spec.name, kind = %e.kind, "{}", e.message);
+        }
+        let routing_changed = next.routing() != self.state.routing();
+        self.state = next;
+        self.generation = generation;
+        if routing_changed {
+            self.publish_routing().await;
+        }
+        for action in actions {
+            self.execute(action).await;
+        }
+        self.sync_checkers();
+        self.status.send_replace(Arc::new(AppView {
+            state: self.state.clone(),
+            generation: self.generation,
+            spec: self.spec.clone(),
+        }));
+        Ok(())
+    }
+
+    async fn publish_routing(&self) {
+        let groups = self.state.routing();
+        if let Err(e) = self
+            .shared
+            .router
+            .publish(&self.spec.name, self.spec.listen, &groups)
+            .await
+        {
+            warn!(app = %self.spec.name, error = %format!("{e:#}"), "pushing the routing table to the router failed");
+        }
+    }
+
+    async fn execute(&mut self, action: Action) {
+        match action {
+            Action::Start {
+                id,
+                revision,
+                version,
+            } => self.spawn_start(id, revision, version),
+            Action::Drain { id } => self.spawn_drain(id),
+            Action::Stop { id } => self.spawn_stop(id),
+            Action::Event { .. } => {}
+            Action::Finish {
+                history_id,
+                outcome,
+                notes,
+            } => {
+                if let Err(e) = self.shared.store().finish_history(
+                    history_id,
+                    outcome.as_str(),
+                    &notes,
+                    now_ms(),
+                ) {
+                    warn!(app = %self.spec.name, error = %e, "closing the history record failed");
+                }
+                if outcome != Outcome::Succeeded {
+                    warn!(app = %self.spec.name, outcome = outcome.as_str(), %notes, "rollout did not succeed");
+                }
+            }
+        }
+    }
+
+    fn spawn_start(&mut self, id: String, revision: u32, version: String) {
+        let shared = self.shared.clone();
+        let obs = self.observations_tx.clone();
+        let app = self.spec.name.clone();
+        tokio::spawn(async move {
+            let input = match launch(&shared, &app, &id, revision, &version).await {
+                Ok(handle) => Input::Started {
+                    id,
+                    address: handle.address.to_string(),
+                    handle: serde_json::to_string(&handle).unwrap_or_default(),
+                },
+                Err(e) => Input::StartFailed {
+                    id,
+                    error: format!("{e:#}"),
+                },
+            };
+            let _ = obs.send(input);
+        });
+    }
+
+    fn spawn_drain(&mut self, id: String) {
+        if self.in_progress.insert(id.clone(), "drain") == Some("drain") {
+            return;
+        }
+        let address = self
+            .state
+            .instance(&id)
+            .and_then(|i| i.address.clone())
+            .and_then(|a| a.parse::<SocketAddr>().ok());
+        let router = self.shared.router.clone();
+        let obs = self.observations_tx.clone();
+        let timeout = self.spec.drain_timeout;
+        tokio::spawn(async move {
+            if let Some(address) = address {
+                router.wait_idle(address, timeout).await;
+            }
+            let _ = obs.send(Input::Drained { id });
+        });
+    }
+
+    fn spawn_stop(&mut self, id: String) {
+        if self.in_progress.insert(id.clone(), "stop") == Some("stop") {
+            return;
+        }
+        let handle = self.handle_of(&id);
+        let shared = self.shared.clone();
+        let obs = self.observations_tx.clone();
+        let grace = self.stop_grace();
+        tokio::spawn(async move {
+            if let Some(handle) = handle
+                && let Err(e) = shared.driver.stop(&handle, grace).await
+            {
+                warn!(instance = %id, error = %e, "stopping instance failed");
+            }
+            let _ = obs.send(Input::Stopped { id });
+        });
+    }
+
+    fn handle_of(&self, id: &str) -> Option<InstanceHandle> {
+        self.state
+            .instance(id)
+            .and_then(|i| i.handle.as_deref())
+            .and_then(|h| serde_json::from_str(h).ok())
+    }
+
+    /// Report instances whose process ended on its own.
+    async fn watch_exits(&mut self) {
+        use baton_engine::InstancePhase as P;
+        let mut exited = Vec::new();
+        for inst in &self.state.instances {
+            if !matches!(
+                inst.phase,
+                P::Starting | P::Ready { .. } | P::Draining { .. }
+            ) {
+                continue;
+            }
+            let Some(handle) = self.handle_of(&inst.id) else {
+                continue;
+            };
+            match self.shared.driver.status(&handle) {
+                InstanceStatus::Running => {}
+                InstanceStatus::Exited { code } => exited.push((
+                    inst.id.clone(),
+                    match code {
+                        Some(c) => format!("exit code {c}"),
+                        None => "killed by a signal".to_string(),
+                    },
+                )),
+                InstanceStatus::Gone => exited.push((inst.id.clone(), "process gone".into())),
+            }
+        }
+        for (id, detail) in exited {
+            self.in_progress.remove(&id);
+            self.apply_logged(Input::Exited { id, detail }).await;
+        }
+    }
+
+    /// Keep one readiness checker per running instance, none for the others.
+    fn sync_checkers(&mut self) {
+        use baton_engine::InstancePhase as P;
+        let wanted: HashMap<String, (SocketAddr, bool)> = self
+            .state
+            .instances
+            .iter()
+            .filter(|i| matches!(i.phase, P::Starting | P::Ready { .. }))
+            .filter_map(|i| {
+                let addr = i.address.as_deref()?.parse().ok()?;
+                Some((i.id.clone(), (addr, i.is_routable())))
+            })
+            .collect();
+        self.checkers.retain(|id, token| {
+            let keep = wanted.contains_key(id);
+            if !keep {
+                token.cancel();
+            }
+            keep
+        });
+        for (id, (addr, ready)) in wanted {
+            if self.checkers.contains_key(&id) {
+                continue;
+            }
+            let token = self.shutdown.child_token();
+            self.checkers.insert(id.clone(), token.clone());
+            health::spawn_checker(
+                id,
+                addr,
+                self.spec.readiness.clone(),
+                ready,
+                self.observations_tx.clone(),
+                token,
+            );
+        }
+        self.in_progress
+            .retain(|id, _| self.state.instance(id).is_some());
+    }
+
+    /// Stop every instance of the app (for `baton down`): out of routing first.
+    async fn stop_all(&mut self) {
+        for token in self.checkers.values() {
+            token.cancel();
+        }
+        self.checkers.clear();
+        let _ = self
+            .shared
+            .router
+            .publish(&self.spec.name, self.spec.listen, &[])
+            .await;
+        let grace = self.stop_grace();
+        let handles: Vec<InstanceHandle> = self
+            .state
+            .instances
+            .iter()
+            .filter_map(|i| self.handle_of(&i.id))
+            .collect();
+        let stops = handles.iter().map(|h| self.shared.driver.stop(h, grace));
+        futures_join_all(stops).await;
+    }
+}
+
+/// Await all futures (tiny stand-in to avoid a dependency for one call).
+async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>) {
+    for f in futs {
+        f.await;
+    }
+}
+
+/// Start one instance of `revision` through the driver.
+async fn launch(
+    shared: &Shared,
+    app: &str,
+    id: &str,
+    revision: u32,
+    version: &str,
+) -> anyhow::Result<InstanceHandle> {
+    let rev = shared
+        .store()
+        .get_revision(app, revision)?
+        .with_context(|| format!("revision {revision} of {app} is missing from the store"))?;
+    let spec: AppSpec =
+        serde_json::from_str(&rev.spec_json).context("stored revision spec is unreadable")?;
+    let release_env: BTreeMap<String, String> =
+        serde_json::from_str(&rev.env_json).context("stored revision env is unreadable")?;
+    let DriverSpec::Process(proc_spec) = &spec.driver;
+    let host = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let port = baton_driver::free_port(host)?;
+    let vars = TemplateVars {
+        version,
+        port,
+        app,
+        instance: id,
+        baton: &shared.baton_exe,
+    };
+    let argv = proc_spec
+        .command
+        .iter()
+        .map(|a| baton_spec::render_template(a, &vars))
+        .collect();
+    let mut env: BTreeMap<String, String> = proc_spec
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), baton_spec::render_template(v, &vars)))
+        .collect();
+    env.extend(release_env);
+    env.insert("BATON_APP".into(), app.into());
+    env.insert("BATON_VERSION".into(), version.into());
+    let spec = LaunchSpec {
+        instance_id: id.to_string(),
+        app: app.to_string(),
+        version: version.to_string(),
+        argv,
+        env,
+        workdir: proc_spec.workdir.clone(),
+        host,
+        port,
+        log_path: shared
+            .data_dir
+            .join("logs")
+            .join(app)
+            .join(format!("{id}.log")),
+    };
+    Ok(shared.driver.start(&spec).await?)
+}

@@ -1,0 +1,192 @@
+//! The control plane's link to the router process.
+//!
+//! The router runs as its own process (`baton __router`) so that it outlives
+//! the control plane: a crashed or restarting control plane leaves user traffic
+//! flowing on the last routing table. On start the control plane re-attaches
+//! over the admin socket, or launches a router if none answers.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use baton_engine::RouteGroup;
+use baton_router::{AdminClient, AppRoutes, Backend, RoutingConfig, VersionRoute};
+use tokio::sync::Mutex;
+use tracing::info;
+
+/// How long a request waits for a ready instance before the router answers 503.
+const HOLD_TIMEOUT_MS: u64 = 10_000;
+
+#[derive(Clone)]
+pub struct RouterLink {
+    inner: Arc<Mutex<Published>>,
+    client: Arc<AdminClient>,
+}
+
+struct Published {
+    generation: u64,
+    apps: BTreeMap<String, AppRoutes>,
+}
+
+impl RouterLink {
+    /// Attach to the router answering on `socket`, or start one.
+    pub async fn attach_or_start(data_dir: &Path, baton_exe: &str) -> anyhow::Result<Self> {
+        let socket = data_dir.join("router.sock");
+        let client = AdminClient::new(socket.clone());
+        let current = match client.config().await {
+            Ok(cfg) => {
+                info!(socket = %socket.display(), generation = cfg.generation, "re-attached to the running router");
+                cfg
+            }
+            Err(_) => {
+                start_router(data_dir, &socket, baton_exe)?;
+                wait_for_router(&client).await?;
+                info!(socket = %socket.display(), "started the router");
+                client
+                    .config()
+                    .await
+                    .context("reading the new router's config")?
+            }
+        };
+        Ok(RouterLink {
+            inner: Arc::new(Mutex::new(Published {
+                generation: current.generation,
+                apps: current
+                    .apps
+                    .into_iter()
+                    .map(|a| (a.app.clone(), a))
+                    .collect(),
+            })),
+            client: Arc::new(client),
+        })
+    }
+
+    /// Replace one app's routes and push the whole table (one atomic snapshot).
+    pub async fn publish(
+        &self,
+        app: &str,
+        listen: SocketAddr,
+        groups: &[RouteGroup],
+    ) -> anyhow::Result<()> {
+        let mut inner = self.inner.lock().await;
+        let versions = groups
+            .iter()
+            .map(|g| VersionRoute {
+                version: g.version.clone(),
+                weight: g.weight,
+                backends: g
+                    .backends
+                    .iter()
+                    .filter_map(|(id, addr)| {
+                        Some(Backend {
+                            id: id.clone(),
+                            address: addr.parse().ok()?,
+                        })
+                    })
+                    .collect(),
+            })
+            .collect();
+        inner.apps.insert(
+            app.to_string(),
+            AppRoutes {
+                app: app.to_string(),
+                listen,
+                hold_timeout_ms: HOLD_TIMEOUT_MS,
+                versions,
+            },
+        );
+        inner.generation += 1;
+        let cfg = RoutingConfig {
+            generation: inner.generation,
+            apps: inner.apps.values().cloned().collect(),
+        };
+        let result = self.client.push(&cfg).await.context("router push")?;
+        for l in result.listeners {
+            if let Some(err) = l.error {
+                anyhow::bail!("router cannot listen on {} for {}: {err}", l.listen, l.app);
+            }
+        }
+        Ok(())
+    }
+
+    /// Wait until the router has no request in flight to `address` (after it
+    /// left the routing table), bounded by `timeout`.
+    pub async fn wait_idle(&self, address: SocketAddr, timeout: Duration) {
+        // Requests that picked this backend just before the table swap may not
+        // be counted yet; give them a moment to register.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            match self.client.stats().await {
+                Ok(stats) => {
+                    let busy = stats
+                        .apps
+                        .iter()
+                        .flat_map(|a| a.backends.iter())
+                        .any(|b| b.address == address && b.in_flight > 0);
+                    if !busy {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The router's pid, for `baton down`.
+    pub async fn pid(&self) -> Option<u32> {
+        self.client.health().await.ok().map(|h| h.pid)
+    }
+
+    pub fn client(&self) -> &AdminClient {
+        &self.client
+    }
+}
+
+fn start_router(data_dir: &Path, socket: &Path, baton_exe: &str) -> anyhow::Result<()> {
+    let logs = data_dir.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(logs.join("router.log"))?;
+    let mut cmd = std::process::Command::new(baton_exe);
+    cmd.arg("__router")
+        .arg("--admin-socket")
+        .arg(socket)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        // Its own process group: a signal to the control plane's group (Ctrl-C)
+        // or its death does not take the data plane with it.
+        .env_remove("BATON_OWNER");
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    cmd.spawn()
+        .with_context(|| format!("starting the router ({baton_exe} __router)"))?;
+    Ok(())
+}
+
+async fn wait_for_router(client: &AdminClient) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if client.health().await.is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "the router did not come up within 15s; see logs/router.log in the data dir"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Path of the router's admin socket in a data dir.
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("router.sock")
+}

@@ -1,0 +1,349 @@
+//! Test harness: runs the real `baton serve` binary in a temporary data dir on
+//! a free port, drives it with the real CLI, and cleans up every process it
+//! started (instances and router included) when dropped.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub use baton::loadgen::{self, LoadConfig, LoadReport};
+use serde_json::Value;
+
+pub const BATON: &str = env!("CARGO_BIN_EXE_baton");
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Poll `cond` until it holds or `timeout` passes.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+pub struct Harness {
+    pub dir: PathBuf,
+    pub api: SocketAddr,
+    pub listen: SocketAddr,
+    server: Option<Child>,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl Harness {
+    pub fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "baton-test-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let dir = dir.canonicalize().expect("canonical temp dir");
+        let mut h = Harness {
+            api: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            listen: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            dir,
+            server: None,
+        };
+        h.start_server();
+        h
+    }
+
+    pub fn server_url(&self) -> String {
+        format!("http://{}", self.api)
+    }
+
+    pub fn start_server(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("serve.log"))
+            .expect("serve log");
+        let child = Command::new(BATON)
+            .args(["serve", "--data-dir"])
+            .arg(&self.dir)
+            .args(["--api", &self.api.to_string()])
+            .env("BATON_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start baton serve");
+        self.server = Some(child);
+        let api = self.api;
+        wait_until("the API to answer", Duration::from_secs(60), || {
+            std::net::TcpStream::connect(api).is_ok()
+        });
+    }
+
+    /// kill -9 the control plane (the router and instances keep running).
+    pub fn kill9_server(&mut self) {
+        if let Some(mut c) = self.server.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Run the CLI against this control plane.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BATON)
+            .args(["--server", &self.server_url(), "--operator", "tester"])
+            .args(args)
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("run baton")
+    }
+
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "baton {args:?} failed ({:?}):\n{}\n{}\n--- serve.log tail ---\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.serve_log_tail()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn serve_log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.join("serve.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    pub fn status(&self, app: &str) -> Value {
+        let out = self.cli_ok(&["status", app, "--json"]);
+        serde_json::from_str(&out).expect("status --json is JSON")
+    }
+
+    /// Write a spec file for the sample service and return its path.
+    pub fn write_spec(&self, name: &str, instances: u32, strategy_extra: &str) -> PathBuf {
+        let yaml = format!(
+            r#"name: {name}
+environment: test
+listen: {listen}
+instances: {instances}
+drain_timeout: 5s
+driver:
+  process:
+    command: ["{baton}", "sample", "--port", "{{port}}", "--version", "{{version}}"]
+    stop_grace: 5s
+readiness:
+  path: /healthz
+  interval: 200ms
+  timeout: 1s
+  success_threshold: 1
+  failure_threshold: 2
+strategy:
+  rolling:
+    max_surge: 1
+    max_unavailable: 0
+{strategy_extra}
+"#,
+            listen = self.listen,
+            baton = BATON,
+        );
+        let path = self.dir.join(format!("{name}.yaml"));
+        std::fs::write(&path, yaml).expect("write spec");
+        path
+    }
+
+    /// Apply a spec, deploy v1 and wait until it serves.
+    pub fn bring_up(&self, name: &str, instances: u32, strategy_extra: &str) {
+        let spec = self.write_spec(name, instances, strategy_extra);
+        self.cli_ok(&["apply", "-f", spec.to_str().expect("utf-8 path")]);
+        self.cli_ok(&["deploy", name, "v1", "--wait"]);
+        let s = self.status(name);
+        assert_eq!(s["phase"], "stable", "{s}");
+        assert_eq!(s["stable_version"], "v1");
+    }
+
+    pub fn load(&self, max_requests: u64) -> LoadConfig {
+        let mut cfg = LoadConfig::new(self.listen);
+        cfg.keepalive_workers = 4;
+        cfg.fresh_workers = 2;
+        cfg.max_requests = max_requests;
+        cfg.max_duration = Duration::from_secs(240);
+        cfg
+    }
+
+    /// Live processes this control plane owns (instances), as group leaders.
+    pub fn owned_instance_pids(&self) -> Vec<u32> {
+        processes_with_env("BATON_OWNER", &self.dir.to_string_lossy())
+    }
+
+    pub fn instance_ids_running(&self) -> Vec<String> {
+        let mut ids = Vec::new();
+        for pid in self.owned_instance_pids() {
+            if let Some(id) = env_of(pid, "BATON_INSTANCE_ID") {
+                ids.push(id);
+            }
+        }
+        ids.sort();
+        ids
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.kill9_server();
+        for pid in self.owned_instance_pids() {
+            kill_group(pid);
+        }
+        let socket = self.dir.join("router.sock");
+        for pid in processes_with_cmdline_part(&socket.to_string_lossy()) {
+            kill_group(pid);
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("test data kept in {}", self.dir.display());
+        }
+    }
+}
+
+fn kill_group(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-9", &format!("-{pid}")])
+        .stderr(Stdio::null())
+        .status();
+    let _ = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .stderr(Stdio::null())
+        .status();
+}
+
+fn pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn is_zombie_or_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+            .unwrap_or(true),
+        Err(_) => true,
+    }
+}
+
+fn group_leader(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let rest = stat.rsplit_once(')')?.1;
+            let pgid: u32 = rest.split_whitespace().nth(2)?.parse().ok()?;
+            Some(pgid == pid)
+        })
+        .unwrap_or(false)
+}
+
+pub fn env_of(pid: u32, key: &str) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    raw.split(|b| *b == 0).find_map(|kv| {
+        let kv = std::str::from_utf8(kv).ok()?;
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then(|| v.to_string())
+    })
+}
+
+pub fn processes_with_env(key: &str, value: &str) -> Vec<u32> {
+    pids()
+        .into_iter()
+        .filter(|&p| env_of(p, key).as_deref() == Some(value))
+        .filter(|&p| group_leader(p) && !is_zombie_or_gone(p))
+        .collect()
+}
+
+fn processes_with_cmdline_part(part: &str) -> Vec<u32> {
+    pids()
+        .into_iter()
+        .filter(|&p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(part))
+                .unwrap_or(false)
+        })
+        .filter(|&p| !is_zombie_or_gone(p))
+        .collect()
+}
+
+/// Fetch `path` through the router once; returns (status, X-Version).
+pub fn get_version(addr: SocketAddr) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect router");
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    write!(s, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("write");
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let version = buf
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("x-version")
+                .then(|| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    (status, version)
+}
+
+/// Run a load in a tokio runtime of its own while `during` runs on this thread.
+pub fn with_load<T>(
+    cfg: LoadConfig,
+    min_requests: u64,
+    during: impl FnOnce() -> T,
+) -> (T, LoadReport) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let load = rt.block_on(async { loadgen::start(cfg) });
+    assert!(
+        rt.block_on(load.wait_for_requests(200, Duration::from_secs(30))),
+        "load did not get going"
+    );
+    let out = during();
+    rt.block_on(load.wait_for_requests(min_requests, Duration::from_secs(180)));
+    let report = rt.block_on(load.finish());
+    (out, report)
+}
+
+pub fn assert_no_failures(report: &LoadReport) {
+    assert_eq!(
+        report.failures, 0,
+        "{} of {} requests failed; first failures: {:#?}",
+        report.failures, report.requests, report.failure_samples
+    );
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it, on a fresh Debian machine with Rust.
+# Installs what the tests need, checks formatting and lints, runs every test
+# (unit, property and end-to-end with real processes and sockets), then runs
+# the README's demo command exactly as a newcomer would.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# System packages the tests use (none beyond a C compiler yet; SQLite is bundled).
+need=()
+command -v cc >/dev/null || need+=(gcc)
+command -v curl >/dev/null || need+=(curl)
+if [ ${#need[@]} -gt 0 ]; then
+  sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq "${need[@]}"
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo test"
+cargo test --workspace -- --test-threads=2
+echo "== README demo: cargo run --release -- demo"
+cargo run --release -- demo
