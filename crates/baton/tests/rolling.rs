@@ -37,6 +37,8 @@ fn rolling_upgrade_under_load_fails_no_request_and_ends_on_v2() {
     let s = h.status("demo");
     assert_eq!(s["phase"], "stable");
     assert_eq!(s["stable_version"], "v2");
+    // The last v1 instance may still be draining right after the switch.
+    let s = wait_for_instances(&h, "demo", 4);
     let instances = s["instances"].as_array().unwrap();
     assert_eq!(instances.len(), 4, "{s}");
     assert!(
@@ -63,6 +65,20 @@ fn rolling_upgrade_under_load_fails_no_request_and_ends_on_v2() {
     assert_eq!(history[0]["environment"], "test");
 }
 
+/// Wait until the app lists exactly `n` instances (drained ones are gone).
+fn wait_for_instances(h: &Harness, app: &str, n: usize) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    wait_until(
+        "drained instances to be stopped",
+        Duration::from_secs(30),
+        || {
+            last = h.status(app);
+            last["instances"].as_array().map_or(0, |a| a.len()) == n
+        },
+    );
+    last
+}
+
 fn assert_rolled_back(h: &Harness, out: &std::process::Output, reason_part: &str) {
     assert_eq!(
         out.status.code(),
@@ -76,7 +92,7 @@ fn assert_rolled_back(h: &Harness, out: &std::process::Output, reason_part: &str
         stderr.contains(reason_part),
         "reason missing from: {stderr}"
     );
-    let s = h.status("demo");
+    let s = wait_for_instances(h, "demo", 4);
     assert_eq!(s["phase"], "stable");
     assert_eq!(s["stable_version"], "v1");
     let ready_v1 = s["instances"]
@@ -233,7 +249,7 @@ fn rollback_returns_to_v1_by_the_rolling_path_without_failures() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_no_failures(&report);
-    let s = h.status("demo");
+    let s = wait_for_instances(&h, "demo", 3);
     assert_eq!(s["stable_version"], "v1");
     assert!(
         s["instances"]
