@@ -33,6 +33,64 @@ pub struct Params {
     pub progress_deadline_ms: u64,
     /// Crashes of new-version instances tolerated before the rollout fails.
     pub max_restarts: u32,
+    /// How traffic moves to the new release.
+    #[serde(default)]
+    pub strategy: Strategy,
+}
+
+/// How a rollout moves traffic.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Strategy {
+    /// Replace instances a few at a time; traffic follows the instances.
+    #[default]
+    Rolling,
+    /// The stable release keeps all its instances while the new one is brought
+    /// up beside it and traffic is moved by explicit weights, step by step.
+    /// Blue-green and canary are both expressed as steps.
+    Stepped { steps: Vec<Step> },
+}
+
+/// One step of a stepped (canary or blue-green) rollout. Every step first
+/// waits until the new release's desired scale is available.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "step")]
+pub enum Step {
+    /// Send this percentage of new requests to the new release.
+    SetWeight { percent: u32 },
+    /// Run this many instances of the new release, whatever its weight.
+    SetScale { instances: u32 },
+    /// Wait this long, or (without a duration) until `baton promote`.
+    Pause { duration_ms: Option<u64> },
+    /// Wait until an operator runs `baton approve`.
+    Approval,
+    /// Watch the analysis for this long; a failing verdict rolls back.
+    Analysis { duration_ms: u64 },
+    /// Blue-green: traffic is on the new release, the old one is kept ready
+    /// (not routed) this long so a rollback is an instant switch back.
+    ScaleDownDelay { duration_ms: u64 },
+}
+
+impl Step {
+    /// Steps that hold the rollout until time passes or a human acts.
+    pub(crate) fn is_gate(&self) -> bool {
+        matches!(
+            self,
+            Step::Pause { .. }
+                | Step::Approval
+                | Step::Analysis { .. }
+                | Step::ScaleDownDelay { .. }
+        )
+    }
+}
+
+/// Verdict of one analysis run, fed to the engine by the controller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Pass,
+    Fail,
+    Inconclusive,
 }
 
 impl Params {
@@ -94,9 +152,43 @@ pub struct Rollout {
     pub restarts: u32,
     /// Most new instances seen available at once; an increase is progress.
     pub best_available: u32,
+    /// Stepped strategies: index of the current step (== steps.len() once every
+    /// step is done and the rollout is being fully promoted).
+    #[serde(default)]
+    pub step: usize,
+    /// When the current step started counting (its instances were available).
+    #[serde(default)]
+    pub step_started_ms: Option<Millis>,
+    /// Stepped strategies: percentage of new requests sent to the new release.
+    #[serde(default)]
+    pub weight: Option<u32>,
+    /// Stepped strategies: instances of the new release set by `SetScale`.
+    #[serde(default)]
+    pub scale: Option<u32>,
+    /// Paused by an operator or an inconclusive analysis: who or why.
+    #[serde(default)]
+    pub paused: Option<String>,
+    /// Operators who approved gates, in order.
+    #[serde(default)]
+    pub approvals: Vec<String>,
 }
 
 impl Rollout {
+    /// The step the rollout is at, if it uses a stepped strategy.
+    pub fn current_step<'a>(&self, params: &'a Params) -> Option<&'a Step> {
+        match &params.strategy {
+            Strategy::Stepped { steps } if self.weight.is_some() => steps.get(self.step),
+            _ => None,
+        }
+    }
+
+    /// Waiting at an approval gate.
+    pub fn awaiting_approval(&self, params: &Params) -> bool {
+        self.phase == RolloutPhase::Progressing
+            && self.step_started_ms.is_some()
+            && matches!(self.current_step(params), Some(Step::Approval))
+    }
+
     /// The release the instances are converging to right now.
     pub fn target(&self) -> Option<&Release> {
         match self.phase {
@@ -230,6 +322,10 @@ impl AppState {
     pub fn phase_name(&self) -> &'static str {
         match &self.rollout {
             Some(r) => match r.phase {
+                RolloutPhase::Progressing if r.paused.is_some() => "paused",
+                RolloutPhase::Progressing if r.awaiting_approval(&self.params) => {
+                    "awaiting_approval"
+                }
                 RolloutPhase::Progressing => "progressing",
                 RolloutPhase::RollingBack { aborted: true, .. } => "aborting",
                 RolloutPhase::RollingBack { .. } => "rolling_back",
@@ -256,8 +352,19 @@ impl AppState {
                 }),
             }
         }
+        let explicit = self.rollout.as_ref().and_then(|r| {
+            let w = r.weight?;
+            Some((r.to.version.clone(), r.from.as_ref()?.version.clone(), w))
+        });
         for g in &mut groups {
-            g.weight = g.backends.len() as u32;
+            g.weight = match &explicit {
+                // Stepped strategies: explicit percentages.
+                Some((new, _, w)) if &g.version == new => *w,
+                Some((_, old, w)) if &g.version == old => 100 - (*w).min(100),
+                Some(_) => 0,
+                // Rolling: traffic follows the instances.
+                None => g.backends.len() as u32,
+            };
         }
         groups.sort_by(|a, b| a.version.cmp(&b.version));
         groups
@@ -290,6 +397,16 @@ pub enum Input {
     },
     /// Stop the rollout in flight and go back to the stable release.
     Abort { by: String, reason: String },
+    /// Move past the current gate, or (`full`) skip every remaining step.
+    Promote { by: String, full: bool },
+    /// Pass an approval gate.
+    Approve { by: String },
+    /// Hold the rollout where it is (traffic stays as it is).
+    Pause { by: String },
+    /// Continue a paused rollout.
+    Resume { by: String },
+    /// Result of an analysis run of the new release.
+    Analysis { verdict: Verdict, reason: String },
     /// The driver started the instance.
     Started {
         id: String,
@@ -345,6 +462,12 @@ pub enum EngineError {
     /// Abort with nothing to abort.
     #[error("no rollout is in progress for {app}")]
     NoRollout { app: String },
+    /// Approve while no approval gate is reached.
+    #[error("{app} is not waiting for an approval (phase: {phase})")]
+    NothingToApprove { app: String, phase: String },
+    /// Promote, pause or resume that does not fit where the rollout is.
+    #[error("{0}")]
+    NotApplicable(String),
 }
 
 /// Advance the state machine by one input. Pure: same inputs, same outputs.
@@ -426,6 +549,15 @@ fn apply_input(
                 last_progress_ms: now,
                 restarts: 0,
                 best_available: 0,
+                step: 0,
+                step_started_ms: None,
+                weight: match (&s.params.strategy, &s.stable) {
+                    (Strategy::Stepped { .. }, Some(_)) => Some(0),
+                    _ => None,
+                },
+                scale: None,
+                paused: None,
+                approvals: Vec::new(),
             });
         }
         Input::Abort { by, reason } => {
@@ -434,6 +566,130 @@ fn apply_input(
             };
             if matches!(r.phase, RolloutPhase::Progressing) {
                 fail_rollout(s, format!("aborted by {by}: {reason}"), true, now, actions);
+            }
+        }
+        Input::Promote { by, full } => {
+            let phase = s.phase_name().to_string();
+            let Some(r) = &mut s.rollout else {
+                return Err(EngineError::NoRollout { app: s.app.clone() });
+            };
+            if r.phase != RolloutPhase::Progressing {
+                return Err(EngineError::NotApplicable(format!(
+                    "{} is {phase}; there is nothing to promote",
+                    s.app
+                )));
+            }
+            let Strategy::Stepped { steps } = &s.params.strategy else {
+                return Err(EngineError::NotApplicable(format!(
+                    "{} uses the rolling strategy, which has no steps to promote",
+                    s.app
+                )));
+            };
+            if r.weight.is_none() {
+                return Err(EngineError::NotApplicable(format!(
+                    "{}: a first release has no steps to promote",
+                    s.app
+                )));
+            }
+            r.paused = None;
+            if full {
+                r.step = steps.len();
+                r.step_started_ms = None;
+                event(
+                    actions,
+                    "promoted",
+                    format!("full promotion by {by}: skipping the remaining steps"),
+                );
+            } else if steps.get(r.step).is_some_and(Step::is_gate) {
+                r.step += 1;
+                r.step_started_ms = None;
+                r.last_progress_ms = now;
+                event(
+                    actions,
+                    "promoted",
+                    format!("promoted by {by} to step {}", r.step + 1),
+                );
+            } else {
+                return Err(EngineError::NotApplicable(format!(
+                    "{} is not at a pause or gate (it moves on by itself); use --full to skip every remaining step",
+                    s.app
+                )));
+            }
+        }
+        Input::Approve { by } => {
+            let waiting = s
+                .rollout
+                .as_ref()
+                .is_some_and(|r| r.awaiting_approval(&s.params));
+            if !waiting {
+                return Err(EngineError::NothingToApprove {
+                    app: s.app.clone(),
+                    phase: s.phase_name().to_string(),
+                });
+            }
+            if let Some(r) = &mut s.rollout {
+                r.approvals.push(by.clone());
+                r.step += 1;
+                r.step_started_ms = None;
+                r.last_progress_ms = now;
+                event(
+                    actions,
+                    "approved",
+                    format!("approved by {by} (gate {} of {})", r.step, r.to.version),
+                );
+            }
+        }
+        Input::Pause { by } => {
+            let Some(r) = &mut s.rollout else {
+                return Err(EngineError::NoRollout { app: s.app.clone() });
+            };
+            if r.phase != RolloutPhase::Progressing {
+                return Err(EngineError::NotApplicable(format!(
+                    "{} is rolling back; it cannot be paused",
+                    s.app
+                )));
+            }
+            if r.paused.is_none() {
+                r.paused = Some(format!("paused by {by}"));
+                event(actions, "paused", format!("paused by {by}"));
+            }
+        }
+        Input::Resume { by } => {
+            let Some(r) = &mut s.rollout else {
+                return Err(EngineError::NoRollout { app: s.app.clone() });
+            };
+            if r.paused.take().is_some() {
+                r.last_progress_ms = now;
+                event(actions, "resumed", format!("resumed by {by}"));
+            }
+        }
+        Input::Analysis { verdict, reason } => {
+            let progressing = s
+                .rollout
+                .as_ref()
+                .is_some_and(|r| r.phase == RolloutPhase::Progressing);
+            if progressing {
+                match verdict {
+                    Verdict::Pass => {}
+                    Verdict::Fail => {
+                        event(actions, "analysis_failed", reason.clone());
+                        fail_rollout(s, format!("analysis failed: {reason}"), false, now, actions);
+                    }
+                    Verdict::Inconclusive => {
+                        if let Some(r) = &mut s.rollout
+                            && r.paused.is_none()
+                        {
+                            r.paused = Some(format!("analysis inconclusive: {reason}"));
+                            event(
+                                actions,
+                                "analysis_inconclusive",
+                                format!(
+                                    "{reason}; paused for a human (`baton resume` or `baton abort`)"
+                                ),
+                            );
+                        }
+                    }
+                }
             }
         }
         Input::Started {
@@ -584,6 +840,11 @@ pub(crate) fn fail_rollout(
         reason: reason.clone(),
         aborted,
     };
+    // Stepped strategies: every new request goes to the stable release at once.
+    if r.weight.is_some() {
+        r.weight = Some(0);
+    }
+    r.paused = None;
     r.last_progress_ms = now;
     let kind = if aborted {
         "rollout_aborted"

@@ -82,11 +82,30 @@ pub fn plan(state: &AppState, to: Release) -> Result<Plan, EngineError> {
         }
         let input = match pending.pop_front() {
             Some(i) => i,
-            None => {
-                // Nothing left to happen at this instant: let min_ready pass.
-                now += s.params.min_ready_ms.max(1) as i64;
-                Input::Tick
-            }
+            None => match s.rollout.as_ref() {
+                // A human gate: the plan assumes the human says yes.
+                Some(r) if r.awaiting_approval(&s.params) => Input::Approve {
+                    by: "an approver".into(),
+                },
+                Some(r)
+                    if r.step_started_ms.is_some()
+                        && r.paused.is_none()
+                        && matches!(
+                            r.current_step(&s.params),
+                            Some(crate::Step::Pause { duration_ms: None })
+                        ) =>
+                {
+                    Input::Promote {
+                        by: "an operator".into(),
+                        full: false,
+                    }
+                }
+                _ => {
+                    // Nothing left to happen at this instant: let time pass.
+                    now += s.params.min_ready_ms.clamp(1, 500) as i64;
+                    Input::Tick
+                }
+            },
         };
         let (next, actions) = step(&s, input, now)?;
         s = next;

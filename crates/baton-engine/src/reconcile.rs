@@ -5,12 +5,22 @@
 //! reloads the state, re-observes the world and reconciles again.
 
 use crate::{
-    Action, AppState, Finished, Instance, InstancePhase, Millis, Outcome, RolloutPhase, event,
-    fail_rollout,
+    Action, AppState, Finished, Instance, InstancePhase, Millis, Outcome, Release, Rollout,
+    RolloutPhase, Step, Strategy, event, fail_rollout,
 };
 
 pub(crate) fn reconcile(s: &mut AppState, now: Millis, actions: &mut Vec<Action>) {
     check_deadline(s, now, actions);
+
+    if let Some(r) = &s.rollout
+        && r.phase == RolloutPhase::Progressing
+        && r.weight.is_some()
+        && let Strategy::Stepped { steps } = &s.params.strategy
+    {
+        let steps = steps.clone();
+        reconcile_stepped(s, &steps, now, actions);
+        return;
+    }
 
     let target = match &s.rollout {
         Some(r) => r.target().cloned(),
@@ -154,6 +164,13 @@ fn check_deadline(s: &mut AppState, now: Millis, actions: &mut Vec<Action>) {
     if r.phase != RolloutPhase::Progressing {
         return;
     }
+    // Waiting on purpose (paused, or at a gate whose instances are up) is not
+    // a lack of progress.
+    let at_gate =
+        r.step_started_ms.is_some() && r.current_step(&s.params).is_some_and(Step::is_gate);
+    if r.paused.is_some() || at_gate {
+        return;
+    }
     let idle = now.saturating_sub(r.last_progress_ms);
     if idle > s.params.progress_deadline_ms as i64 {
         let target_rev = r.to.revision;
@@ -259,4 +276,224 @@ fn finish(s: &mut AppState, now: Millis, actions: &mut Vec<Action>) {
         version,
         finished_ms: now,
     });
+}
+
+/// Instances of the new release needed before `percent` of traffic goes to it.
+fn scale_for(percent: u32, n: u32) -> u32 {
+    if percent == 0 {
+        0
+    } else {
+        (n * percent.min(100)).div_ceil(100).max(1)
+    }
+}
+
+/// Instances of the new release the current step needs available.
+fn desired_new_scale(r: &Rollout, steps: &[Step], n: u32) -> u32 {
+    let Some(step) = steps.get(r.step) else {
+        return n;
+    };
+    if let Some(scale) = r.scale {
+        return scale.min(n);
+    }
+    let weight = r.weight.unwrap_or(0);
+    let weight = match step {
+        Step::SetWeight { percent } => (*percent).max(weight),
+        _ => weight,
+    };
+    scale_for(weight, n)
+}
+
+fn describe(step: &Step) -> String {
+    match step {
+        Step::SetWeight { percent } => format!("set_weight {percent}%"),
+        Step::SetScale { instances } => format!("set_canary_scale {instances}"),
+        Step::Pause {
+            duration_ms: Some(d),
+        } => format!("pause {}", fmt_ms(*d as i64)),
+        Step::Pause { duration_ms: None } => "pause until promoted".into(),
+        Step::Approval => "wait for approval".into(),
+        Step::Analysis { duration_ms } => format!("analysis for {}", fmt_ms(*duration_ms as i64)),
+        Step::ScaleDownDelay { duration_ms } => {
+            format!(
+                "keep the old release ready for {}",
+                fmt_ms(*duration_ms as i64)
+            )
+        }
+    }
+}
+
+/// Canary and blue-green: the stable release keeps all its instances while
+/// the new one is scaled and weighted step by step.
+fn reconcile_stepped(s: &mut AppState, steps: &[Step], now: Millis, actions: &mut Vec<Action>) {
+    let n = s.params.instances;
+    let min_ready = s.params.min_ready_ms;
+    let Some(r) = s.rollout.clone() else { return };
+    let Some(from) = r.from.clone() else { return };
+    let to = r.to.clone();
+
+    // Walk the steps as far as the world allows right now.
+    for _ in 0..=steps.len() + 1 {
+        let Some(r) = s.rollout.as_ref() else { return };
+        if r.paused.is_some() {
+            break;
+        }
+        let desired = desired_new_scale(r, steps, n);
+        let available = s
+            .instances
+            .iter()
+            .filter(|i| i.is_live() && i.revision == to.revision && i.is_available(now, min_ready))
+            .count() as u32;
+        if available < desired {
+            break;
+        }
+        let step_index = r.step;
+        let r = s.rollout.as_mut().expect("checked above");
+        if available > r.best_available {
+            r.best_available = available;
+            r.last_progress_ms = now;
+        }
+        if r.step_started_ms.is_none() {
+            r.step_started_ms = Some(now);
+            r.last_progress_ms = now;
+            match steps.get(step_index) {
+                Some(step) => event(
+                    actions,
+                    "step_started",
+                    format!(
+                        "step {} of {}: {}",
+                        step_index + 1,
+                        steps.len(),
+                        describe(step)
+                    ),
+                ),
+                None => event(
+                    actions,
+                    "promoting",
+                    format!("all steps done: promoting {} to 100%", to.version),
+                ),
+            }
+        }
+        let started = r.step_started_ms.unwrap_or(now);
+        let advance = match steps.get(step_index) {
+            None => {
+                // Full promotion: the new release at full strength takes all
+                // traffic in one switch, then the old release is drained.
+                if r.weight != Some(100) {
+                    r.weight = Some(100);
+                    event(
+                        actions,
+                        "weight_set",
+                        format!("{} 100%, {} 0%", to.version, from.version),
+                    );
+                }
+                drain_release(s, &from, now, actions);
+                if !s
+                    .instances
+                    .iter()
+                    .any(|i| i.is_live() && i.revision != to.revision)
+                {
+                    finish(s, now, actions);
+                }
+                return;
+            }
+            Some(Step::SetWeight { percent }) => {
+                let percent = (*percent).min(100);
+                r.weight = Some(percent);
+                event(
+                    actions,
+                    "weight_set",
+                    format!(
+                        "{} {percent}%, {} {}%",
+                        to.version,
+                        from.version,
+                        100 - percent
+                    ),
+                );
+                true
+            }
+            Some(Step::SetScale { instances }) => {
+                r.scale = Some((*instances).min(n));
+                true
+            }
+            Some(
+                Step::Pause {
+                    duration_ms: Some(d),
+                }
+                | Step::Analysis { duration_ms: d }
+                | Step::ScaleDownDelay { duration_ms: d },
+            ) => now.saturating_sub(started) >= *d as i64,
+            Some(Step::Pause { duration_ms: None } | Step::Approval) => false,
+        };
+        if !advance {
+            break;
+        }
+        r.step += 1;
+        r.step_started_ms = None;
+        r.last_progress_ms = now;
+    }
+
+    // Scale: the new release to what the step needs, the stable one kept whole.
+    let Some(r) = s.rollout.clone() else { return };
+    let desired = desired_new_scale(&r, steps, n);
+    scale_release(s, &to, desired, now, actions);
+    scale_release(s, &from, n, now, actions);
+}
+
+/// Start or drain instances of `release` until `count` are live.
+fn scale_release(
+    s: &mut AppState,
+    release: &Release,
+    count: u32,
+    now: Millis,
+    actions: &mut Vec<Action>,
+) {
+    let live: Vec<&Instance> = s
+        .instances
+        .iter()
+        .filter(|i| i.is_live() && i.revision == release.revision)
+        .collect();
+    let have = live.len() as u32;
+    if have > count {
+        let mut extra: Vec<&Instance> = live;
+        extra.sort_by_key(|i| (i.is_routable(), std::cmp::Reverse(i.created_ms)));
+        let ids: Vec<String> = extra
+            .iter()
+            .take((have - count) as usize)
+            .map(|i| i.id.clone())
+            .collect();
+        for id in ids {
+            drain(s, &id, now, actions);
+        }
+        return;
+    }
+    for _ in have..count {
+        let id = format!("{}-r{}-{}", s.app, release.revision, s.next_instance_seq);
+        s.next_instance_seq += 1;
+        s.instances.push(Instance {
+            id: id.clone(),
+            revision: release.revision,
+            version: release.version.clone(),
+            phase: InstancePhase::Pending,
+            address: None,
+            handle: None,
+            created_ms: now,
+        });
+        actions.push(Action::Start {
+            id,
+            revision: release.revision,
+            version: release.version.clone(),
+        });
+    }
+}
+
+fn drain_release(s: &mut AppState, release: &Release, now: Millis, actions: &mut Vec<Action>) {
+    let ids: Vec<String> = s
+        .instances
+        .iter()
+        .filter(|i| i.is_live() && i.revision == release.revision)
+        .map(|i| i.id.clone())
+        .collect();
+    for id in ids {
+        drain(s, &id, now, actions);
+    }
 }

@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 
 use proptest::prelude::*;
 
+use super::Strategy;
 use super::*;
 
 fn params(n: u32, surge: u32, unavailable: u32) -> Params {
@@ -16,6 +17,284 @@ fn params(n: u32, surge: u32, unavailable: u32) -> Params {
         min_ready_ms: 1_000,
         progress_deadline_ms: 30_000,
         max_restarts: 2,
+        strategy: Strategy::Rolling,
+    }
+}
+
+fn canary_steps() -> Vec<Step> {
+    vec![
+        Step::SetWeight { percent: 10 },
+        Step::Pause {
+            duration_ms: Some(5_000),
+        },
+        Step::SetWeight { percent: 50 },
+        Step::Pause { duration_ms: None },
+        Step::SetWeight { percent: 100 },
+    ]
+}
+
+fn blue_green_steps(n: u32) -> Vec<Step> {
+    vec![
+        Step::SetScale { instances: n },
+        Step::Approval,
+        Step::SetWeight { percent: 100 },
+        Step::ScaleDownDelay {
+            duration_ms: 10_000,
+        },
+    ]
+}
+
+/// A stable v1 with a stepped strategy configured for the next rollout.
+fn deployed_stepped(n: u32, steps: Vec<Step>) -> Sim {
+    let mut sim = deployed(n, 1, 0);
+    sim.state.params.strategy = Strategy::Stepped { steps };
+    sim
+}
+
+fn weights(sim: &Sim) -> Vec<(String, u32)> {
+    sim.state
+        .routing()
+        .into_iter()
+        .map(|g| (g.version, g.weight))
+        .collect()
+}
+
+/// Share of new requests (percent) the routing table gives `version`.
+fn weight_of(sim: &Sim, version: &str) -> u32 {
+    let w = weights(sim);
+    let total: u32 = w.iter().map(|(_, w)| w).sum();
+    w.into_iter()
+        .find(|(v, _)| v == version)
+        .map_or(0, |(_, w)| w * 100 / total.max(1))
+}
+
+/// Advance time in small ticks until `cond` holds (bounded).
+fn run_until(sim: &mut Sim, max_ms: i64, mut cond: impl FnMut(&Sim) -> bool) {
+    let end = sim.now + max_ms;
+    while sim.now < end {
+        if cond(sim) {
+            return;
+        }
+        if let Some(i) = sim.queue.pop_front() {
+            sim.input(i);
+            continue;
+        }
+        sim.now += 100;
+        sim.input(Input::Tick);
+    }
+    assert!(
+        cond(sim),
+        "condition not reached; state {:?}",
+        sim.state.rollout
+    );
+}
+
+#[test]
+fn canary_moves_weight_step_by_step_and_keeps_stable_whole() {
+    let mut sim = deployed_stepped(4, canary_steps());
+    sim.deploy(rel(2, "v2"));
+    assert_eq!(weight_of(&sim, "v1"), 100);
+    run_until(&mut sim, 30_000, |s| weight_of(s, "v2") == 10);
+    assert_eq!(weight_of(&sim, "v1"), 90);
+    let live = |s: &Sim, v: &str| {
+        s.state
+            .instances
+            .iter()
+            .filter(|i| i.is_live() && i.version == v)
+            .count()
+    };
+    assert_eq!(live(&sim, "v1"), 4, "stable keeps every instance");
+    assert_eq!(live(&sim, "v2"), 1, "10% of 4 needs one canary");
+    // The timed pause passes by itself, then 50%, then a pause until promoted.
+    run_until(&mut sim, 30_000, |s| weight_of(s, "v2") == 50);
+    assert_eq!(live(&sim, "v2"), 2);
+    sim.run(100, 20_000);
+    assert_eq!(sim.state.phase_name(), "progressing");
+    assert_eq!(weight_of(&sim, "v2"), 50, "waits for promote");
+    sim.input(Input::Promote {
+        by: "bob".into(),
+        full: false,
+    });
+    run_until(&mut sim, 60_000, |s| s.state.rollout.is_none());
+    assert_eq!(sim.finished().map(|f| f.0), Some(Outcome::Succeeded));
+    assert_eq!(sim.state.stable, Some(rel(2, "v2")));
+    sim.run(100, 10_000);
+    assert_eq!(sim.routable_versions(), vec!["v2"; 4]);
+}
+
+#[test]
+fn failed_analysis_sends_all_traffic_back_at_once() {
+    let mut sim = deployed_stepped(4, canary_steps());
+    sim.deploy(rel(2, "v2"));
+    run_until(&mut sim, 30_000, |s| weight_of(s, "v2") == 10);
+    sim.input(Input::Analysis {
+        verdict: Verdict::Fail,
+        reason: "error rate of v2 0.21 > 0.05 over 10s".into(),
+    });
+    assert_eq!(weight_of(&sim, "v2"), 0);
+    assert_eq!(weight_of(&sim, "v1"), 100);
+    sim.run(100, 30_000);
+    let (outcome, notes) = sim.finished().unwrap();
+    assert_eq!(outcome, Outcome::RolledBack);
+    assert!(notes.contains("error rate"), "{notes}");
+    assert_eq!(sim.routable_versions(), vec!["v1"; 4]);
+}
+
+#[test]
+fn inconclusive_analysis_pauses_for_a_human() {
+    let mut sim = deployed_stepped(2, canary_steps());
+    sim.deploy(rel(2, "v2"));
+    run_until(&mut sim, 30_000, |s| weight_of(s, "v2") == 10);
+    sim.input(Input::Analysis {
+        verdict: Verdict::Inconclusive,
+        reason: "only 12 requests, need 100".into(),
+    });
+    assert_eq!(sim.state.phase_name(), "paused");
+    sim.run(100, 20_000);
+    assert_eq!(weight_of(&sim, "v2"), 10, "a paused rollout holds");
+    sim.input(Input::Resume { by: "carol".into() });
+    run_until(&mut sim, 30_000, |s| weight_of(s, "v2") == 50);
+}
+
+#[test]
+fn blue_green_waits_for_approval_switches_at_once_and_can_switch_back() {
+    let mut sim = deployed_stepped(3, blue_green_steps(3));
+    sim.deploy(rel(2, "v2"));
+    run_until(&mut sim, 30_000, |s| {
+        s.state.phase_name() == "awaiting_approval"
+    });
+    // Green is fully up but takes no user traffic.
+    let green_ready = sim
+        .state
+        .instances
+        .iter()
+        .filter(|i| i.version == "v2" && i.is_routable())
+        .count();
+    assert_eq!(green_ready, 3);
+    assert_eq!(weight_of(&sim, "v2"), 0);
+    assert!(matches!(
+        step(
+            &sim.state,
+            Input::Promote {
+                by: "x".into(),
+                full: false
+            },
+            sim.now
+        ),
+        Ok(_)
+    ));
+    sim.input(Input::Approve { by: "dave".into() });
+    assert_eq!(weight_of(&sim, "v2"), 100);
+    assert_eq!(weight_of(&sim, "v1"), 0);
+    // Inside the scale-down delay blue still runs: an abort switches back
+    // without starting anything.
+    let blue_ready = sim
+        .state
+        .instances
+        .iter()
+        .filter(|i| i.version == "v1" && i.is_routable())
+        .count();
+    assert_eq!(blue_ready, 3);
+    let before = sim.log.len();
+    sim.input(Input::Abort {
+        by: "dave".into(),
+        reason: "rollback".into(),
+    });
+    assert_eq!(weight_of(&sim, "v1"), 100);
+    assert!(
+        !sim.log[before..]
+            .iter()
+            .any(|a| matches!(a, Action::Start { .. })),
+        "switching back started an instance"
+    );
+    sim.run(100, 30_000);
+    assert_eq!(sim.finished().map(|f| f.0), Some(Outcome::Aborted));
+    assert!(sim.state.rollout.is_none());
+}
+
+#[test]
+fn blue_green_drains_blue_after_the_delay() {
+    let mut sim = deployed_stepped(2, blue_green_steps(2));
+    sim.deploy(rel(2, "v2"));
+    run_until(&mut sim, 30_000, |s| {
+        s.state.phase_name() == "awaiting_approval"
+    });
+    sim.input(Input::Approve { by: "erin".into() });
+    let switched = sim.now;
+    run_until(&mut sim, 60_000, |s| s.state.rollout.is_none());
+    assert!(
+        sim.now - switched >= 10_000,
+        "blue kept for the scale-down delay"
+    );
+    assert_eq!(sim.state.rollout, None);
+    assert_eq!(sim.state.stable, Some(rel(2, "v2")));
+}
+
+#[test]
+fn approve_without_a_gate_is_refused() {
+    let mut sim = deployed_stepped(2, canary_steps());
+    sim.deploy(rel(2, "v2"));
+    let err = step(&sim.state, Input::Approve { by: "x".into() }, sim.now).unwrap_err();
+    assert!(matches!(err, EngineError::NothingToApprove { .. }));
+}
+
+#[test]
+fn full_promotion_skips_remaining_steps() {
+    let mut sim = deployed_stepped(3, canary_steps());
+    sim.deploy(rel(2, "v2"));
+    run_until(&mut sim, 30_000, |s| weight_of(s, "v2") == 10);
+    sim.input(Input::Promote {
+        by: "frank".into(),
+        full: true,
+    });
+    run_until(&mut sim, 60_000, |s| s.state.rollout.is_none());
+    assert_eq!(sim.finished().map(|f| f.0), Some(Outcome::Succeeded));
+}
+
+#[test]
+fn plan_of_a_canary_matches_its_execution() {
+    let mut sim = deployed_stepped(3, canary_steps());
+    let planned = plan(&sim.state, rel(2, "v2")).unwrap();
+    sim.deploy(rel(2, "v2"));
+    run_until(&mut sim, 60_000, |s| {
+        s.state.rollout.as_ref().is_some_and(|r| {
+            r.step_started_ms.is_some()
+                && matches!(
+                    r.current_step(&s.state.params),
+                    Some(Step::Pause { duration_ms: None })
+                )
+        })
+    });
+    sim.input(Input::Promote {
+        by: "an operator".into(),
+        full: false,
+    });
+    sim.run(100, 60_000);
+    let kinds = |acts: &[Action]| -> Vec<String> {
+        acts.iter()
+            .filter_map(|a| match a {
+                Action::Event { kind, .. } => Some(kind.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let executed = kinds(&sim.log);
+    let planned_kinds: Vec<String> = planned.steps.iter().map(|s| s.kind.clone()).collect();
+    let weight_steps = |v: &[String]| v.iter().filter(|k| k.as_str() == "weight_set").count();
+    assert_eq!(weight_steps(&planned_kinds), weight_steps(&executed));
+    let count = |v: &[String], k: &str| v.iter().filter(|x| x.as_str() == k).count();
+    for k in [
+        "step_started",
+        "instance_started",
+        "instance_stopped",
+        "rollout_finished",
+        "promoted",
+    ] {
+        assert_eq!(
+            count(&planned_kinds, k),
+            count(&executed, k),
+            "{k}: {planned_kinds:?} vs {executed:?}"
+        );
     }
 }
 
@@ -155,8 +434,9 @@ fn check_invariants(before: &AppState, after: &AppState, faulted: Option<&str>, 
             after.params.min_available()
         );
     }
-    // Surge: while a rollout progresses, live instances stay within n + surge.
-    if after.rollout.is_some() {
+    // Surge: while a rolling upgrade progresses, live instances stay within
+    // n + surge (stepped strategies run the new release beside the whole stable one).
+    if after.rollout.is_some() && after.params.strategy == Strategy::Rolling {
         let live = after.instances.iter().filter(|i| i.is_live()).count() as u32;
         let bound = (after.params.instances + after.params.effective_surge())
             .max(before.instances.iter().filter(|i| i.is_live()).count() as u32);
@@ -331,7 +611,7 @@ fn plan_matches_the_events_of_an_executed_rollout() {
     assert!(planned.min_duration_ms >= 4 * 1_000);
 }
 
-fn arb_input(ids: usize) -> impl Strategy<Value = (u8, usize, u16)> {
+fn arb_input(ids: usize) -> impl proptest::strategy::Strategy<Value = (u8, usize, u16)> {
     (0u8..8, 0..ids.max(1), 0u16..3000)
 }
 
@@ -342,11 +622,16 @@ proptest! {
     /// rollout always ends once the world settles.
     #[test]
     fn invariants_hold_under_random_faults(
-        n in 1u32..6, surge in 0u32..3, unavailable in 0u32..3,
+        n in 1u32..6, surge in 0u32..3, unavailable in 0u32..3, strategy in 0u8..3,
         events in proptest::collection::vec(arb_input(16), 0..120),
     ) {
         let unavailable = if surge == 0 && unavailable == 0 { 1 } else { unavailable };
         let mut sim = deployed(n, surge, unavailable);
+        sim.state.params.strategy = match strategy {
+            0 => Strategy::Rolling,
+            1 => Strategy::Stepped { steps: canary_steps() },
+            _ => Strategy::Stepped { steps: blue_green_steps(n) },
+        };
         sim.deploy(rel(2, "v2"));
         for (kind, pick, dt) in events {
             // Half of the time, let the world do what it was asked.
@@ -371,7 +656,19 @@ proptest! {
                 sim.queue.push_back(Input::Ready { id: inst.id });
             }
         }
-        sim.run(100, 600_000);
+        // Humans say yes at every gate.
+        for _ in 0..20 {
+            sim.run(100, 60_000);
+            let Some(r) = sim.state.rollout.clone() else { break };
+            if r.paused.is_some() {
+                sim.input(Input::Resume { by: "op".into() });
+            } else if r.awaiting_approval(&sim.state.params) {
+                sim.input(Input::Approve { by: "op".into() });
+            } else if r.phase == RolloutPhase::Progressing && r.weight.is_some() {
+                let _ = step(&sim.state, Input::Promote { by: "op".into(), full: false }, sim.now)
+                    .map(|_| sim.input(Input::Promote { by: "op".into(), full: false }));
+            }
+        }
         prop_assert!(sim.state.rollout.is_none(), "rollout never ended: {:?}", sim.state.rollout);
         let target = sim.state.stable.clone().unwrap();
         let live: Vec<&Instance> = sim.state.instances.iter().filter(|i| i.is_live()).collect();

@@ -140,6 +140,7 @@ pub fn params_of(spec: &AppSpec) -> Params {
         min_ready_ms: r.min_ready.as_millis() as u64,
         progress_deadline_ms: r.progress_deadline.as_millis() as u64,
         max_restarts: r.max_restarts,
+        strategy: baton_engine::Strategy::Rolling,
     }
 }
 
