@@ -66,6 +66,10 @@ pub enum Step {
     Approval,
     /// Watch the analysis for this long; a failing verdict rolls back.
     Analysis { duration_ms: u64 },
+    /// Copy this percentage of requests to the new release for this long and
+    /// compare its answers with the stable ones; too many mismatches roll back
+    /// (the controller judges them and reports an `Analysis` verdict).
+    Mirror { percent: u32, duration_ms: u64 },
     /// Blue-green: traffic is on the new release, the old one is kept ready
     /// (not routed) this long so a rollback is an instant switch back.
     ScaleDownDelay { duration_ms: u64 },
@@ -79,6 +83,7 @@ impl Step {
             Step::Pause { .. }
                 | Step::Approval
                 | Step::Analysis { .. }
+                | Step::Mirror { .. }
                 | Step::ScaleDownDelay { .. }
         )
     }

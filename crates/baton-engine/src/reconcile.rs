@@ -313,6 +313,15 @@ fn describe(step: &Step) -> String {
         Step::Pause { duration_ms: None } => "pause until promoted".into(),
         Step::Approval => "wait for approval".into(),
         Step::Analysis { duration_ms } => format!("analysis for {}", fmt_ms(*duration_ms as i64)),
+        Step::Mirror {
+            percent,
+            duration_ms,
+        } => {
+            format!(
+                "mirror {percent}% of requests for {}",
+                fmt_ms(*duration_ms as i64)
+            )
+        }
         Step::ScaleDownDelay { duration_ms } => {
             format!(
                 "keep the old release ready for {}",
@@ -420,6 +429,7 @@ fn reconcile_stepped(s: &mut AppState, steps: &[Step], now: Millis, actions: &mu
                     duration_ms: Some(d),
                 }
                 | Step::Analysis { duration_ms: d }
+                | Step::Mirror { duration_ms: d, .. }
                 | Step::ScaleDownDelay { duration_ms: d },
             ) => now.saturating_sub(started) >= *d as i64,
             Some(Step::Pause { duration_ms: None } | Step::Approval) => false,
