@@ -15,12 +15,16 @@
 pub mod admin;
 pub mod config;
 mod error;
+pub mod limits;
 mod listener;
+mod pool;
 mod proxy;
 mod router;
 pub mod select;
 pub mod stats;
 mod table;
+mod tunnel;
+mod worker;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 pub use admin::AdminClient;
 pub use config::{AppRoutes, Backend, RoutingConfig, VersionRoute};
 pub use error::RouterError;
+pub use limits::AppLimits;
 pub use router::Router;
 pub use stats::{
     AppStats, BackendStats, ListenerStatus, PushResult, RouterHealth, RouterStats, VersionStats,
@@ -91,14 +96,47 @@ pub async fn run(opts: RouterOptions, shutdown: CancellationToken) -> Result<(),
 }
 
 /// Standalone load balancer with no control plane: one app (`"standalone"`) listening
-/// on `listen`, with one version (`"upstream"`, weight 1) made of `upstreams`. Runs
-/// until `shutdown` is cancelled, then drains like [`run`].
+/// on `listen`, with one version (`"upstream"`, weight 1) made of `upstreams`, served by
+/// one worker per CPU. Runs until `shutdown` is cancelled, then drains like [`run`].
 pub async fn run_standalone(
     listen: SocketAddr,
     upstreams: Vec<SocketAddr>,
     shutdown: CancellationToken,
 ) -> Result<(), RouterError> {
-    let router = Router::new();
+    run_standalone_with(
+        StandaloneOptions {
+            listen,
+            upstreams,
+            workers: None,
+        },
+        shutdown,
+    )
+    .await
+}
+
+/// Options of [`run_standalone_with`].
+#[derive(Clone, Debug)]
+pub struct StandaloneOptions {
+    /// Where users connect.
+    pub listen: SocketAddr,
+    /// The backends, balanced round robin.
+    pub upstreams: Vec<SocketAddr>,
+    /// Worker threads (each a single-threaded runtime with its own accept loop and
+    /// upstream pool); `None` for one per CPU.
+    pub workers: Option<usize>,
+}
+
+/// [`run_standalone`] with every option.
+pub async fn run_standalone_with(
+    opts: StandaloneOptions,
+    shutdown: CancellationToken,
+) -> Result<(), RouterError> {
+    let StandaloneOptions {
+        listen,
+        upstreams,
+        workers,
+    } = opts;
+    let router = Router::with_workers(workers.unwrap_or_else(worker::default_count));
     let cfg = RoutingConfig {
         generation: 1,
         apps: vec![AppRoutes {

@@ -1,4 +1,11 @@
-//! User-traffic listeners: one accept task per app, one task per connection.
+//! User-traffic listeners: every worker accepts on its own copy of each app's
+//! listening socket and serves the connections it accepted itself, so a connection,
+//! its requests and its upstream connections all stay on one core.
+//!
+//! The workers share one socket (duplicated descriptors) rather than binding with
+//! SO_REUSEPORT: with SO_REUSEPORT another process of the same user could bind the
+//! same port and silently take a share of the traffic, and an app asking for a port
+//! that is already in use must fail.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -6,14 +13,17 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
+use http::HeaderValue;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpSocket};
+use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
 use crate::proxy::{self, ConnCtx};
-use crate::router::Inner;
+use crate::limits::Limits;
+use crate::router::Shared;
 
 /// Binds `addr` with SO_REUSEADDR, so a restarted router can take its ports back while
 /// old connections sit in TIME_WAIT.
@@ -25,62 +35,140 @@ pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
-    socket.listen(1024)
+    socket.listen(4096)
 }
 
-/// Accepts connections for `app` until `stop` is cancelled; then each connection is
-/// asked to close after its current request.
+/// Which app a listener serves.
+#[derive(Clone)]
+pub(crate) struct AppRef {
+    /// Stable index of the app in every snapshot ([`crate::table::Table::app`]).
+    pub id: usize,
+    pub name: Arc<str>,
+}
+
+/// Accepts connections for `app` on every worker until `stop` is cancelled; then each
+/// connection is asked to close after its current request.
 pub(crate) fn spawn_accept(
-    inner: Arc<Inner>,
-    app: Arc<str>,
+    shared: &Arc<Shared>,
+    workers: &[Handle],
+    app: AppRef,
     listener: TcpListener,
     stop: CancellationToken,
 ) {
-    let tasks = inner.tasks.clone();
-    tasks.spawn(async move {
-        loop {
-            let (stream, peer) = tokio::select! {
-                _ = stop.cancelled() => break,
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        // Typically EMFILE; back off instead of spinning.
-                        tracing::warn!(app = %app, error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let _ = stream.set_nodelay(true);
-            let ctx = Arc::new(ConnCtx {
-                app: app.clone(),
-                peer,
-            });
-            inner
-                .tasks
-                .spawn(serve_conn(inner.clone(), ctx, stream, stop.clone()));
+    let current;
+    let workers = if workers.is_empty() {
+        current = [Handle::current()];
+        &current[..]
+    } else {
+        workers
+    };
+    let std_listener = match listener.into_std() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(app = %app.name, error = %e, "cannot hand the listener to workers");
+            return;
         }
-        tracing::info!(app = %app, "listener stopped");
-    });
+    };
+    let mut copies: Vec<std::io::Result<std::net::TcpListener>> =
+        (1..workers.len()).map(|_| std_listener.try_clone()).collect();
+    copies.push(Ok(std_listener));
+    for (rt, l) in workers.iter().zip(copies) {
+        let l = match l {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(app = %app.name, error = %e, "cannot share the listener with a worker");
+                continue;
+            }
+        };
+        let fut = accept_loop(shared.clone(), app.clone(), l, stop.clone());
+        rt.spawn(shared.tasks.track_future(fut));
+    }
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    app: AppRef,
+    listener: std::net::TcpListener,
+    stop: CancellationToken,
+) {
+    let listener = match listener
+        .set_nonblocking(true)
+        .and_then(|()| TcpListener::from_std(listener))
+    {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(app = %app.name, error = %e, "cannot register the listener");
+            return;
+        }
+    };
+    let mut builder: Option<(Limits, Arc<auto::Builder<TokioExecutor>>)> = None;
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Typically EMFILE; back off instead of spinning.
+                    tracing::warn!(app = %app.name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        // Connection settings follow the app's live limits; rebuilt only when they change.
+        let limits = shared
+            .table
+            .load()
+            .app(app.id)
+            .map_or_else(Limits::default, |a| a.limits.clone());
+        let b = match &builder {
+            Some((l, b)) if *l == limits => b.clone(),
+            _ => {
+                let b = Arc::new(conn_builder(&limits));
+                builder = Some((limits, b.clone()));
+                b
+            }
+        };
+        let ctx = Arc::new(ConnCtx::new(shared.clone(), app.clone(), peer));
+        let fut = serve_conn(b, ctx, stream, stop.clone());
+        tokio::spawn(shared.tasks.track_future(fut));
+    }
+    tracing::debug!(app = %app.name, "listener stopped");
+}
+
+/// The HTTP/1.1 + h2c server settings for one app's client connections.
+fn conn_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        // hyper starts this timer whenever it waits for a request head, so it bounds
+        // both a slow client sending its headers and an idle keep-alive connection.
+        .header_read_timeout(limits.client_header_timeout)
+        // Over this, hyper answers 431 itself; its minimum buffer is 8 KiB.
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(limits.client_header_timeout))
+        .keep_alive_timeout(Duration::from_secs(20));
+    builder
 }
 
 async fn serve_conn(
-    inner: Arc<Inner>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
     ctx: Arc<ConnCtx>,
     stream: tokio::net::TcpStream,
     stop: CancellationToken,
 ) {
     let svc = service_fn(move |req| {
-        let inner = inner.clone();
         let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(proxy::handle(&inner, &ctx, req).await) }
+        async move { Ok::<_, Infallible>(proxy::handle(&ctx, req).await) }
     });
-    let mut conn = pin!(
-        http1::Builder::new()
-            .timer(TokioTimer::new())
-            .keep_alive(true)
-            .serve_connection(TokioIo::new(stream), svc)
-    );
+    let mut conn = pin!(builder.serve_connection_with_upgrades(TokioIo::new(stream), svc));
     let result = tokio::select! {
         r = conn.as_mut() => r,
         _ = stop.cancelled() => {
@@ -91,4 +179,9 @@ async fn serve_conn(
     if let Err(e) = result {
         tracing::debug!(error = %e, "client connection ended with an error");
     }
+}
+
+/// The `X-Forwarded-For` value of a client at `ip` (computed once per connection).
+pub(crate) fn ip_header(peer: SocketAddr) -> HeaderValue {
+    HeaderValue::try_from(peer.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"))
 }

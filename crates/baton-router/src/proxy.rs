@@ -3,10 +3,11 @@
 //!
 //! Reads the routing snapshot without locks; touches only atomics otherwise.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -15,8 +16,12 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::SendRequest;
 
-use crate::router::Inner;
+use crate::limits::Limits;
+use crate::listener::AppRef;
+use crate::pool;
+use crate::router::Shared;
 use crate::table::{AppTable, BackendState, VersionCounters};
 
 /// Request bodies up to this size are buffered so the request can be replayed.
@@ -32,49 +37,108 @@ const MAX_SPINS: usize = 16;
 
 /// What a client connection knows about itself.
 pub(crate) struct ConnCtx {
-    pub app: Arc<str>,
+    pub shared: Arc<Shared>,
+    pub app: AppRef,
     pub peer: SocketAddr,
+    /// The client's address as a header value (`X-Forwarded-For`), made once.
+    peer_ip: HeaderValue,
+    /// This hop's `Forwarded` element (`for=...;proto=http`), made once.
+    forwarded: HeaderValue,
 }
+
+impl ConnCtx {
+    pub fn new(shared: Arc<Shared>, app: AppRef, peer: SocketAddr) -> Self {
+        let forwarded = match peer.ip() {
+            std::net::IpAddr::V4(ip) => format!("for={ip};proto=http"),
+            std::net::IpAddr::V6(ip) => format!("for=\"[{ip}]\";proto=http"),
+        };
+        ConnCtx {
+            shared,
+            app,
+            peer,
+            peer_ip: crate::listener::ip_header(peer),
+            forwarded: HeaderValue::try_from(forwarded)
+                .unwrap_or(HeaderValue::from_static("for=unknown")),
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Body sent to a backend.
 pub(crate) enum UpBody {
     /// Fully buffered (replayable).
     Full(Option<Bytes>),
-    /// Too large to buffer: the part read so far, then the rest from the client.
+    /// Too large to buffer: the part read so far, then the rest from the client, cut
+    /// off with an error (and `over` set) past `left` more bytes.
     Streaming {
         prefix: Option<Bytes>,
         rest: Incoming,
+        left: u64,
+        over: Arc<AtomicBool>,
     },
 }
 
+/// The request body went over the app's `max_body_bytes` while being streamed.
+#[derive(Debug)]
+struct BodyTooLarge;
+
+impl std::fmt::Display for BodyTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("request body too large")
+    }
+}
+
+impl std::error::Error for BodyTooLarge {}
+
 impl Body for UpBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             UpBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
-            UpBody::Streaming { prefix, rest } => match prefix.take() {
-                Some(p) => Poll::Ready(Some(Ok(Frame::data(p)))),
-                None => Pin::new(rest).poll_frame(cx),
-            },
+            UpBody::Streaming {
+                prefix,
+                rest,
+                left,
+                over,
+            } => {
+                if let Some(p) = prefix.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(p))));
+                }
+                match Pin::new(rest).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(f))) => {
+                        let n = f.data_ref().map_or(0, |d| d.len() as u64);
+                        if n > *left {
+                            over.store(true, Ordering::Relaxed);
+                            return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                        }
+                        *left -= n;
+                        Poll::Ready(Some(Ok(f)))
+                    }
+                    Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+                    Poll::Ready(None) => Poll::Ready(None),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             UpBody::Full(b) => b.is_none(),
-            UpBody::Streaming { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
+            UpBody::Streaming { prefix, rest, .. } => prefix.is_none() && rest.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             UpBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            UpBody::Streaming { prefix, rest } => {
+            UpBody::Streaming { prefix, rest, .. } => {
                 let p = prefix.as_ref().map_or(0, |b| b.len() as u64);
                 let r = rest.size_hint();
                 let mut h = SizeHint::new();
@@ -110,6 +174,13 @@ impl Drop for InFlight {
     }
 }
 
+/// An upstream connection lent to one response; back to the worker's pool once the
+/// response body has been read to its end.
+pub(crate) struct Lent {
+    addr: SocketAddr,
+    tx: SendRequest<UpBody>,
+}
+
 /// Body sent to the user.
 pub(crate) enum RespBody {
     /// Generated by the router.
@@ -119,7 +190,22 @@ pub(crate) enum RespBody {
     Upstream {
         body: Incoming,
         guard: Option<InFlight>,
+        conn: Option<Lent>,
+        /// For endless streams (server-sent events): resolves once the backend has
+        /// left the routing table and its grace has passed; the body then ends cleanly.
+        drain: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     },
+}
+
+impl RespBody {
+    fn finish(guard: &mut Option<InFlight>, conn: &mut Option<Lent>, reusable: bool) {
+        guard.take();
+        if let Some(c) = conn.take()
+            && reusable
+        {
+            pool::put(c.addr, c.tx);
+        }
+    }
 }
 
 impl Body for RespBody {
@@ -132,10 +218,28 @@ impl Body for RespBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             RespBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
-            RespBody::Upstream { body, guard } => {
+            RespBody::Upstream {
+                body,
+                guard,
+                conn,
+                drain,
+            } => {
                 let r = Pin::new(body).poll_frame(cx);
-                if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-                    guard.take();
+                match &r {
+                    Poll::Ready(None) => Self::finish(guard, conn, true),
+                    Poll::Ready(Some(Err(_))) => Self::finish(guard, conn, false),
+                    Poll::Pending => {
+                        if let Some(d) = drain
+                            && d.as_mut().poll(cx).is_ready()
+                        {
+                            // The backend was removed and the grace is over: end the
+                            // stream (a clean end of a chunked body), drop its connection.
+                            Self::finish(guard, conn, false);
+                            *drain = None;
+                            return Poll::Ready(None);
+                        }
+                    }
+                    Poll::Ready(Some(Ok(_))) => {}
                 }
                 r
             }
@@ -145,7 +249,7 @@ impl Body for RespBody {
     fn is_end_stream(&self) -> bool {
         match self {
             RespBody::Full(b) => b.is_none(),
-            RespBody::Upstream { body, .. } => body.is_end_stream(),
+            RespBody::Upstream { body, guard, .. } => guard.is_none() || body.is_end_stream(),
         }
     }
 
@@ -157,8 +261,22 @@ impl Body for RespBody {
     }
 }
 
+impl Drop for RespBody {
+    fn drop(&mut self) {
+        // hyper does not poll a body that says it is empty (HEAD, 204, 304,
+        // `Content-Length: 0`): such a connection is still reusable.
+        if let RespBody::Upstream {
+            body, guard, conn, ..
+        } = self
+        {
+            let done = body.is_end_stream();
+            Self::finish(guard, conn, done);
+        }
+    }
+}
+
 /// A response generated by the router itself.
-fn local_response(status: StatusCode, msg: &'static str) -> Response<RespBody> {
+pub(crate) fn local_response(status: StatusCode, msg: &'static str) -> Response<RespBody> {
     let mut resp = Response::new(RespBody::Full(Some(Bytes::from_static(msg.as_bytes()))));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
@@ -172,6 +290,15 @@ fn local_response(status: StatusCode, msg: &'static str) -> Response<RespBody> {
     resp
 }
 
+/// A refusal after which the client connection is closed: the rest of what the client
+/// sent cannot be trusted to be framed the way the router read it.
+pub(crate) fn refuse(status: StatusCode, msg: &'static str) -> Response<RespBody> {
+    let mut resp = local_response(status, msg);
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
 fn is_idempotent(m: &Method) -> bool {
     matches!(
         *m,
@@ -179,158 +306,254 @@ fn is_idempotent(m: &Method) -> bool {
     )
 }
 
-/// Reads the request body: fully when it fits in [`MAX_REPLAY_BODY`] (so it can be
-/// replayed), otherwise what was read so far plus the rest as a stream.
-async fn prepare_body(headers: &HeaderMap, mut body: Incoming) -> Result<UpBody, hyper::Error> {
-    if body.is_end_stream() {
-        return Ok(UpBody::Full(None));
+/// Why a request is refused before any backend sees it.
+#[derive(Debug, PartialEq, Eq)]
+enum Refusal {
+    /// Framing that two parsers could read differently (request smuggling).
+    Ambiguous(&'static str),
+    /// `Content-Length` over the app's limit.
+    TooLarge,
+}
+
+/// Checks the request framing. hyper already refuses (with 400) a `Transfer-Encoding`
+/// whose last coding is not `chunked`, `Transfer-Encoding` on HTTP/1.0, differing
+/// `Content-Length` values and malformed chunks; this refuses what it lets through
+/// and a proxy must not: both `Content-Length` and `Transfer-Encoding` (RFC 9112
+/// 6.1 allows a server to; a proxy passing it on invites smuggling) and repeated
+/// `Content-Length` even with equal values.
+fn check_framing(headers: &HeaderMap, max_body: u64) -> Result<(), Refusal> {
+    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    let Some(first) = lengths.next() else {
+        return Ok(());
+    };
+    if lengths.next().is_some() {
+        return Err(Refusal::Ambiguous("bad request: repeated Content-Length\n"));
     }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        return Err(Refusal::Ambiguous(
+            "bad request: both Content-Length and Transfer-Encoding\n",
+        ));
+    }
+    let n = std::str::from_utf8(first.as_bytes())
+        .ok()
+        .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|s| s.parse::<u64>().ok())
+        .ok_or(Refusal::Ambiguous("bad request: invalid Content-Length\n"))?;
+    if n > max_body {
+        return Err(Refusal::TooLarge);
+    }
+    Ok(())
+}
+
+/// Reads the request body: fully when it fits in [`MAX_REPLAY_BODY`] (so it can be
+/// replayed), otherwise what was read so far plus the rest as a stream. `Ok(None)`
+/// when the body is over `max_body`.
+async fn prepare_body(
+    headers: &HeaderMap,
+    mut body: Incoming,
+    max_body: u64,
+) -> Result<Option<(UpBody, Option<Arc<AtomicBool>>)>, hyper::Error> {
+    if body.is_end_stream() {
+        return Ok(Some((UpBody::Full(None), None)));
+    }
+    let streaming = |prefix: Option<Bytes>, rest, read: u64| {
+        let over = Arc::new(AtomicBool::new(false));
+        let up = UpBody::Streaming {
+            prefix,
+            rest,
+            left: max_body.saturating_sub(read),
+            over: over.clone(),
+        };
+        Some((up, Some(over)))
+    };
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_REPLAY_BODY as u64) {
-        return Ok(UpBody::Streaming {
-            prefix: None,
-            rest: body,
-        });
+        return Ok(streaming(None, body, 0));
     }
     let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {
         // Trailers of a buffered request are dropped; they are rare in requests.
         if let Ok(data) = frame?.into_data() {
             buf.extend_from_slice(&data);
+            if buf.len() as u64 > max_body {
+                return Ok(None);
+            }
             if buf.len() > MAX_REPLAY_BODY {
-                return Ok(UpBody::Streaming {
-                    prefix: Some(buf.freeze()),
-                    rest: body,
-                });
+                let read = buf.len() as u64;
+                return Ok(streaming(Some(buf.freeze()), body, read));
             }
         }
     }
-    Ok(UpBody::Full(if buf.is_empty() {
+    let b = if buf.is_empty() {
         None
     } else {
         Some(buf.freeze())
-    }))
+    };
+    Ok(Some((UpBody::Full(b), None)))
 }
 
 /// Hop-by-hop headers, never forwarded in either direction.
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if let Some(c) = headers.get(header::CONNECTION) {
+        // Headers the sender named in `Connection` are hop-by-hop too. Rare beyond
+        // `keep-alive`/`close`, so the allocation is only paid when present.
+        let named: Vec<HeaderName> = std::iter::once(c)
+            .chain(headers.get_all(header::CONNECTION).iter().skip(1))
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|s| s.split(','))
+            .map(str::trim)
+            .filter(|n| !n.eq_ignore_ascii_case("close") && !n.eq_ignore_ascii_case("keep-alive"))
+            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
+    }
+    for n in &HOP_BY_HOP {
+        if headers.contains_key(n) {
+            headers.remove(n);
+        }
+    }
+}
+
+/// True when `headers` carry `Connection: close`.
+fn says_close(headers: &HeaderMap) -> bool {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|s| s.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        headers.remove(n);
-    }
-    for n in HOP_BY_HOP {
-        headers.remove(n);
-    }
+        .any(|t| t.trim().eq_ignore_ascii_case("close"))
 }
 
-/// The parts of the user's request that every attempt reuses.
-struct Outgoing {
-    method: Method,
-    path_and_query: http::uri::PathAndQuery,
-    headers: HeaderMap,
-}
-
-impl Outgoing {
-    fn new(parts: http::request::Parts, peer: SocketAddr) -> Self {
-        let mut headers = parts.headers;
-        strip_hop_by_hop(&mut headers);
-        let ip = peer.ip().to_string();
-        let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(prev) => format!("{prev}, {ip}"),
-            None => ip,
-        };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
-            headers.insert("x-forwarded-for", v);
+/// Appends `value` to the comma-separated list header `name`, or sets it.
+fn append_list(headers: &mut HeaderMap, name: HeaderName, value: &HeaderValue) {
+    match headers.get(&name) {
+        None => {
+            headers.insert(name, value.clone());
         }
-        if !headers.contains_key("x-forwarded-proto") {
-            headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-        }
-        if !headers.contains_key("x-forwarded-host") {
-            let host = headers.get(header::HOST).cloned().or_else(|| {
-                parts
-                    .uri
-                    .authority()
-                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            });
-            if let Some(h) = host {
-                headers.insert("x-forwarded-host", h);
+        Some(prev) => {
+            let mut v = Vec::with_capacity(prev.len() + 2 + value.len());
+            v.extend_from_slice(prev.as_bytes());
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(value.as_bytes());
+            if let Ok(v) = HeaderValue::from_bytes(&v) {
+                headers.insert(name, v);
             }
         }
-        // An absolute-form request URI carries the host the client wanted.
-        if !headers.contains_key(header::HOST)
-            && let Some(a) = parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            headers.insert(header::HOST, a);
-        }
-        let path_and_query = parts
+    }
+}
+
+/// Turns the user's request head into the one sent upstream (HTTP/1.1, origin-form,
+/// hop-by-hop headers removed, forwarding headers added). Allocates only for what the
+/// client sent unusually (absolute-form URI, existing forwarding headers).
+pub(crate) fn upstream_head(parts: &mut http::request::Parts, ctx: &ConnCtx) {
+    let headers = &mut parts.headers;
+    strip_hop_by_hop(headers);
+    append_list(headers, X_FORWARDED_FOR, &ctx.peer_ip);
+    append_list(headers, header::FORWARDED, &ctx.forwarded);
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
+    // An absolute-form request URI (or HTTP/2's :authority) carries the host the
+    // client wanted.
+    let authority = parts
+        .uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+    if !headers.contains_key(header::HOST)
+        && let Some(a) = &authority
+    {
+        headers.insert(header::HOST, a.clone());
+    }
+    if !headers.contains_key(&X_FORWARDED_HOST)
+        && let Some(h) = headers.get(header::HOST).cloned()
+    {
+        headers.insert(X_FORWARDED_HOST, h);
+    }
+    if parts.uri.scheme().is_some() || authority.is_some() {
+        let pq = parts
             .uri
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        Outgoing {
-            method: parts.method,
-            path_and_query,
-            headers,
+        parts.uri = Uri::from(pq);
+    }
+    parts.version = Version::HTTP_11;
+    parts.extensions = http::Extensions::new();
+}
+
+/// The request head kept for a retry.
+#[derive(Clone)]
+struct Head {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl Head {
+    fn from_parts(p: http::request::Parts) -> Self {
+        Head {
+            method: p.method,
+            uri: p.uri,
+            headers: p.headers,
         }
     }
 
-    fn request(&self, backend: SocketAddr, body: UpBody) -> Option<Request<UpBody>> {
-        let uri = Uri::builder()
-            .scheme("http")
-            .authority(backend.to_string())
-            .path_and_query(self.path_and_query.clone())
-            .build()
-            .ok()?;
+    fn into_request(self, body: UpBody) -> Request<UpBody> {
         let mut req = Request::new(body);
-        *req.method_mut() = self.method.clone();
-        *req.uri_mut() = uri;
-        *req.version_mut() = Version::HTTP_11;
-        *req.headers_mut() = self.headers.clone();
-        Some(req)
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        *req.headers_mut() = self.headers;
+        req
     }
+}
+
+/// The live table of `app`, if it is in the snapshot.
+#[inline]
+fn live_app(sh: &Shared, app: &AppRef) -> Option<Arc<AppTable>> {
+    sh.table.load().app(app.id).cloned()
 }
 
 /// Waits until `app` is routable in the live snapshot, or gives up after the app's
 /// hold timeout. Never awaits the control plane: it only watches for swaps.
-async fn routable_app(inner: &Inner, app: &str) -> Option<Arc<AppTable>> {
-    // Subscribe before looking, so a swap between the look and the wait is not missed.
-    let mut swapped = inner.swapped.subscribe();
+async fn routable_app(sh: &Shared, app: &AppRef) -> Option<Arc<AppTable>> {
+    if let Some(a) = live_app(sh, app)
+        && a.routable()
+    {
+        return Some(a);
+    }
+    // Subscribe before looking again, so a swap between the look and the wait is not
+    // missed.
+    let mut swapped = sh.swapped.subscribe();
     let mut deadline = None;
     loop {
-        let hold = {
-            let table = inner.table.load();
-            match table.apps.get(app) {
-                Some(a) if a.routable() => return Some(a.clone()),
-                Some(a) => {
-                    if deadline.is_none() {
-                        a.counters.held.fetch_add(1, Ordering::Relaxed);
-                    }
-                    a.hold_timeout
+        let hold = match live_app(sh, app) {
+            Some(a) if a.routable() => return Some(a),
+            Some(a) => {
+                if deadline.is_none() {
+                    a.counters.held.fetch_add(1, Ordering::Relaxed);
                 }
-                None => REMOVED_APP_HOLD,
+                a.hold_timeout
             }
+            None => REMOVED_APP_HOLD,
         };
         let d = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + hold);
         match tokio::time::timeout_at(d, swapped.changed()).await {
@@ -341,29 +564,78 @@ async fn routable_app(inner: &Inner, app: &str) -> Option<Arc<AppTable>> {
     }
 }
 
-/// Serves one user request. Never fails: errors become 502/503 responses.
-pub(crate) async fn handle(
-    inner: &Inner,
-    ctx: &ConnCtx,
-    req: Request<Incoming>,
-) -> Response<RespBody> {
-    if let Some(a) = inner.table.load().apps.get(&*ctx.app) {
-        a.counters.requests.fetch_add(1, Ordering::Relaxed);
+/// An idle pooled connection to `addr` that is ready for a request, or a new one.
+async fn checkout(
+    addr: SocketAddr,
+    connect_timeout: Duration,
+) -> Result<SendRequest<UpBody>, pool::ConnectError> {
+    while let Some(mut tx) = pool::take(addr) {
+        if tx.ready().await.is_ok() {
+            return Ok(tx);
+        }
     }
-    let (parts, body) = req.into_parts();
-    let body = match prepare_body(&parts.headers, body).await {
-        Ok(b) => b,
+    pool::connect(addr, connect_timeout, false).await
+}
+
+/// True for requests asking to switch protocols (WebSocket and the like).
+fn wants_upgrade(req: &Request<Incoming>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|s| s.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Serves one user request. Never fails: errors become 4xx/5xx responses.
+pub(crate) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<RespBody> {
+    let sh = &*ctx.shared;
+    let limits = match live_app(sh, &ctx.app) {
+        Some(a) => {
+            a.counters.requests.fetch_add(1, Ordering::Relaxed);
+            a.limits.clone()
+        }
+        None => Limits::default(),
+    };
+    match check_framing(req.headers(), limits.max_body_bytes) {
+        Ok(()) => {}
+        Err(Refusal::Ambiguous(msg)) => {
+            tracing::debug!(app = %ctx.app.name, peer = %ctx.peer, "{}", msg.trim_end());
+            return refuse(StatusCode::BAD_REQUEST, msg);
+        }
+        Err(Refusal::TooLarge) => {
+            return refuse(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+        }
+    }
+    if wants_upgrade(&req) {
+        return crate::tunnel::handle_upgrade(ctx, req, &limits).await;
+    }
+    let (mut parts, body) = req.into_parts();
+    let (body, over) = match prepare_body(&parts.headers, body, limits.max_body_bytes).await {
+        Ok(Some(b)) => b,
+        Ok(None) => return refuse(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
         Err(e) => {
-            tracing::debug!(app = %ctx.app, error = %e, "cannot read request body");
-            return local_response(StatusCode::BAD_REQUEST, "cannot read the request body\n");
+            tracing::debug!(app = %ctx.app.name, error = %e, "cannot read the request body");
+            return refuse(StatusCode::BAD_REQUEST, "cannot read the request body\n");
         }
     };
     let idempotent = is_idempotent(&parts.method);
-    let out = Outgoing::new(parts, ctx.peer);
+    upstream_head(&mut parts, ctx);
     let (replay, mut once) = match body {
         UpBody::Full(b) => (Some(b), None),
         streaming => (None, Some(streaming)),
     };
+    // A request whose bytes may have reached the app is resent only when idempotent;
+    // keep a copy of its head for that (the first attempt consumes the original).
+    let spare = (idempotent && replay.is_some()).then(|| Head {
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        headers: parts.headers.clone(),
+    });
+    let mut head = Some(Head::from_parts(parts));
 
     // Allocates only when an attempt fails.
     let mut tried: Vec<SocketAddr> = Vec::new();
@@ -375,8 +647,8 @@ pub(crate) async fn handle(
     // storm of pushes cannot spin a request forever.
     let mut spins = 0;
     while attempts < MAX_ATTEMPTS && spins < MAX_SPINS {
-        let Some(app) = routable_app(inner, &ctx.app).await else {
-            return no_backend(inner, ctx, last_version.as_deref());
+        let Some(app) = routable_app(sh, &ctx.app).await else {
+            return no_backend(sh, ctx, last_version.as_deref());
         };
         let primary = match &picked {
             Some((a, v)) if Arc::ptr_eq(a, &app) => *v,
@@ -389,7 +661,7 @@ pub(crate) async fn handle(
             },
         };
         picked = Some((app.clone(), primary));
-        let Some((vi, bi)) = app.pick_backend(primary, &tried, inner.now_ms()) else {
+        let Some((vi, bi)) = app.pick_backend(primary, &tried, || sh.now_ms()) else {
             spins += 1;
             continue;
         };
@@ -399,11 +671,10 @@ pub(crate) async fn handle(
         // Drain fence: the control plane removes a backend, then waits for its
         // in-flight count to reach 0. If a swap happened after we read the snapshot,
         // this backend may already be drained and gone: pick again from the new one.
-        let still_live = inner
+        let still_live = sh
             .table
             .load()
-            .apps
-            .get(&*ctx.app)
+            .app(ctx.app.id)
             .is_some_and(|a| Arc::ptr_eq(a, &app));
         if !still_live {
             spins += 1;
@@ -414,7 +685,27 @@ pub(crate) async fn handle(
         backend.state.requests.fetch_add(1, Ordering::Relaxed);
         version.counters.requests.fetch_add(1, Ordering::Relaxed);
         last_version = Some(version.counters.clone());
+        let addr = backend.addr;
 
+        let mut tx = match checkout(addr, limits.connect_timeout).await {
+            Ok(tx) => tx,
+            Err(e) => {
+                // Nothing was sent: always safe to try elsewhere.
+                drop(guard);
+                backend.state.failures.fetch_add(1, Ordering::Relaxed);
+                let until = sh.now_ms() + DOWN_FOR_MS;
+                backend
+                    .state
+                    .down_until_ms
+                    .fetch_max(until, Ordering::Relaxed);
+                tried.push(addr);
+                tracing::debug!(app = %ctx.app.name, backend = %addr, error = %e, "cannot connect upstream");
+                if attempts < MAX_ATTEMPTS {
+                    version.counters.retries.fetch_add(1, Ordering::Relaxed);
+                }
+                continue;
+            }
+        };
         let body = match &replay {
             Some(b) => UpBody::Full(b.clone()),
             None => match once.take() {
@@ -422,37 +713,62 @@ pub(crate) async fn handle(
                 None => break, // a streamed body cannot be sent twice
             },
         };
-        let Some(up_req) = out.request(backend.addr, body) else {
+        let Some(h) = head.take().or_else(|| spare.clone()) else {
             break;
         };
-        match inner.client.request(up_req).await {
-            Ok(resp) => {
+        let sent = tokio::time::timeout(limits.response_timeout, tx.try_send_request(h.into_request(body)));
+        match sent.await {
+            Ok(Ok(resp)) => {
                 let (mut parts, body) = resp.into_parts();
+                let reusable = !says_close(&parts.headers);
                 strip_hop_by_hop(&mut parts.headers);
                 version.counters.record_status(parts.status.as_u16());
+                let drain = is_event_stream(&parts.headers)
+                    .then(|| crate::tunnel::drain_signal(backend.state.clone(), limits.drain_grace));
                 return Response::from_parts(
                     parts,
                     RespBody::Upstream {
                         body,
                         guard: Some(guard),
+                        conn: reusable.then_some(Lent { addr, tx }),
+                        drain,
                     },
                 );
             }
-            Err(e) => {
+            Err(_) => {
                 drop(guard);
-                backend.state.failures.fetch_add(1, Ordering::Relaxed);
-                let connect = e.is_connect();
-                if connect {
-                    let until = inner.now_ms() + DOWN_FOR_MS;
-                    backend
-                        .state
-                        .down_until_ms
-                        .fetch_max(until, Ordering::Relaxed);
+                tracing::warn!(app = %ctx.app.name, backend = %addr, timeout = ?limits.response_timeout, "backend did not answer in time");
+                version.counters.router_errors.fetch_add(1, Ordering::Relaxed);
+                version.counters.record_status(504);
+                return local_response(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "gateway timeout: the backend did not answer in time\n",
+                );
+            }
+            Ok(Err(mut e)) => {
+                drop(guard);
+                if over.as_ref().is_some_and(|o| o.load(Ordering::Relaxed)) {
+                    return refuse(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
                 }
-                tried.push(backend.addr);
-                let retry = replay.is_some() && (connect || idempotent) && attempts < MAX_ATTEMPTS;
+                backend.state.failures.fetch_add(1, Ordering::Relaxed);
+                tried.push(addr);
+                // Not sent at all (the connection was closed under us): the request
+                // and its body come back and may go elsewhere whatever its method.
+                let unsent = match e.take_message() {
+                    Some(req) => {
+                        let (p, b) = req.into_parts();
+                        head = Some(Head::from_parts(p));
+                        if replay.is_none() {
+                            once = Some(b);
+                        }
+                        true
+                    }
+                    None => false,
+                };
+                let retry = unsent || (idempotent && replay.is_some());
+                let retry = retry && attempts < MAX_ATTEMPTS;
                 tracing::debug!(
-                    app = %ctx.app, backend = %backend.addr, connect, retry, error = %e,
+                    app = %ctx.app.name, backend = %addr, unsent, retry, error = %e.error(),
                     "upstream attempt failed"
                 );
                 if !retry {
@@ -462,7 +778,7 @@ pub(crate) async fn handle(
             }
         }
     }
-    tracing::warn!(app = %ctx.app, attempts, "every upstream attempt failed");
+    tracing::warn!(app = %ctx.app.name, attempts, "every upstream attempt failed");
     if let Some(v) = &last_version {
         v.router_errors.fetch_add(1, Ordering::Relaxed);
         v.record_status(502);
@@ -473,19 +789,77 @@ pub(crate) async fn handle(
     )
 }
 
-fn no_backend(inner: &Inner, ctx: &ConnCtx, last: Option<&VersionCounters>) -> Response<RespBody> {
+/// The 502 sent when no backend could take the request.
+pub(crate) fn bad_gateway(ctx: &ConnCtx) -> Response<RespBody> {
+    tracing::warn!(app = %ctx.app.name, "no backend answered");
+    local_response(
+        StatusCode::BAD_GATEWAY,
+        "bad gateway: no backend answered\n",
+    )
+}
+
+/// Picks a backend for a long-lived stream (an upgrade) and opens a fresh connection
+/// to it able to hand its socket over; connect failures try other backends.
+pub(crate) async fn pick_for_stream(
+    ctx: &ConnCtx,
+    limits: &Limits,
+) -> Option<(SendRequest<UpBody>, InFlight, Arc<BackendState>)> {
+    let sh = &*ctx.shared;
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    for _ in 0..MAX_ATTEMPTS {
+        let app = routable_app(sh, &ctx.app).await?;
+        let primary = app.pick_version()?;
+        let (vi, bi) = app.pick_backend(primary, &tried, || sh.now_ms())?;
+        let version = &app.versions[vi];
+        let backend = &version.backends[bi];
+        let guard = InFlight::start(backend.state.clone(), version.counters.clone());
+        let still_live = sh
+            .table
+            .load()
+            .app(ctx.app.id)
+            .is_some_and(|a| Arc::ptr_eq(a, &app));
+        if !still_live {
+            continue;
+        }
+        backend.state.requests.fetch_add(1, Ordering::Relaxed);
+        version.counters.requests.fetch_add(1, Ordering::Relaxed);
+        match pool::connect(backend.addr, limits.connect_timeout, true).await {
+            Ok(tx) => return Some((tx, guard, backend.state.clone())),
+            Err(e) => {
+                backend.state.failures.fetch_add(1, Ordering::Relaxed);
+                let until = sh.now_ms() + DOWN_FOR_MS;
+                backend
+                    .state
+                    .down_until_ms
+                    .fetch_max(until, Ordering::Relaxed);
+                tried.push(backend.addr);
+                tracing::debug!(app = %ctx.app.name, backend = %backend.addr, error = %e, "cannot connect upstream");
+            }
+        }
+    }
+    None
+}
+
+/// True for `Content-Type: text/event-stream` (server-sent events).
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
+}
+
+fn no_backend(sh: &Shared, ctx: &ConnCtx, last: Option<&VersionCounters>) -> Response<RespBody> {
     match last {
         Some(v) => {
             v.router_errors.fetch_add(1, Ordering::Relaxed);
             v.record_status(503);
         }
         None => {
-            if let Some(a) = inner.table.load().apps.get(&*ctx.app) {
+            if let Some(a) = live_app(sh, &ctx.app) {
                 a.counters.no_backend.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
-    tracing::warn!(app = %ctx.app, "no backend became ready within the hold timeout");
+    tracing::warn!(app = %ctx.app.name, "no backend became ready within the hold timeout");
     local_response(
         StatusCode::SERVICE_UNAVAILABLE,
         "service unavailable: no backend is ready\n",

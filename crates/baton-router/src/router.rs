@@ -7,9 +7,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -17,14 +14,9 @@ use tokio_util::task::TaskTracker;
 use crate::config::RoutingConfig;
 use crate::error::RouterError;
 use crate::listener;
-use crate::proxy::UpBody;
 use crate::stats::{ListenerStatus, PushResult, RouterHealth, RouterStats};
 use crate::table::{Registry, Table};
-
-/// Upstream connect timeout.
-pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long idle upstream connections stay in the pool.
-const POOL_IDLE: Duration = Duration::from_secs(30);
+use crate::worker::{self, Workers};
 
 /// The data plane: serves user traffic according to the last pushed [`RoutingConfig`].
 ///
@@ -36,20 +28,27 @@ pub struct Router {
 }
 
 pub(crate) struct Inner {
+    pub shared: Arc<Shared>,
+    /// Worker runtimes serving user traffic; stopped when the last clone of the router
+    /// is dropped.
+    workers: Workers,
+    /// Serialises pushes; guards state only the admin path touches.
+    state: Mutex<ApplyState>,
+}
+
+/// What the request path reads: shared by every worker.
+pub(crate) struct Shared {
     /// The live snapshot; read lock-free by every request.
     pub table: ArcSwap<Table>,
     /// Signalled (with the generation) after every swap; held requests wait on it.
     pub swapped: watch::Sender<u64>,
-    pub client: Client<HttpConnector, UpBody>,
     /// Origin of the router clock used for "backend down until" marks.
-    epoch: tokio::time::Instant,
+    epoch: std::time::Instant,
     started_ms: i64,
     /// Every listener and connection task, for draining on shutdown.
     pub tasks: TaskTracker,
     /// Parent of every listener's stop token.
     pub stopping: CancellationToken,
-    /// Serialises pushes; guards state only the admin path touches.
-    state: Mutex<ApplyState>,
 }
 
 #[derive(Default)]
@@ -64,7 +63,7 @@ struct ListenerHandle {
     stop: CancellationToken,
 }
 
-impl Inner {
+impl Shared {
     /// Milliseconds on the router clock (monotonic).
     pub fn now_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
@@ -78,28 +77,37 @@ impl Default for Router {
 }
 
 impl Router {
-    /// A router with an empty table (generation 0) and no listeners.
+    /// A router with an empty table (generation 0) and no listeners, serving user
+    /// traffic on one worker thread per CPU.
     pub fn new() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE)
-            .pool_timer(TokioTimer::new())
-            .build(connector);
+        Self::with_workers(worker::default_count())
+    }
+
+    /// Like [`Router::new`] with `workers` worker threads (at least one). Each worker
+    /// runs a single-threaded runtime with its own accept loop per listener and its own
+    /// upstream connection pool.
+    pub fn with_workers(workers: usize) -> Self {
+        let workers = Workers::start(workers).unwrap_or_else(|e| {
+            // Without worker threads, listeners run on the runtime that applies the
+            // config; slower on many cores but correct.
+            tracing::warn!(error = %e, "cannot start router worker threads");
+            Workers::none()
+        });
         let started_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         let (swapped, _) = watch::channel(0);
         Router {
             inner: Arc::new(Inner {
-                table: ArcSwap::from_pointee(Table::empty()),
-                swapped,
-                client,
-                epoch: tokio::time::Instant::now(),
-                started_ms,
-                tasks: TaskTracker::new(),
-                stopping: CancellationToken::new(),
+                shared: Arc::new(Shared {
+                    table: ArcSwap::from_pointee(Table::empty()),
+                    swapped,
+                    epoch: std::time::Instant::now(),
+                    started_ms,
+                    tasks: TaskTracker::new(),
+                    stopping: CancellationToken::new(),
+                }),
+                workers,
                 state: Mutex::new(ApplyState::default()),
             }),
         }
@@ -129,14 +137,14 @@ impl Router {
     ) -> Result<(PushResult, Vec<(String, std::io::Error)>), RouterError> {
         cfg.validate().map_err(RouterError::InvalidConfig)?;
         let mut st = self.state();
-        let old = self.inner.table.load_full();
+        let old = self.inner.shared.table.load_full();
         if cfg.generation < old.config.generation {
             return Err(RouterError::StaleGeneration {
                 current: old.config.generation,
                 pushed: cfg.generation,
             });
         }
-        if self.inner.stopping.is_cancelled() {
+        if self.inner.shared.stopping.is_cancelled() {
             // Shutting down: keep routing what is in flight, but do not open listeners.
             return Err(RouterError::Io(std::io::Error::other(
                 "router is shutting down",
@@ -190,12 +198,12 @@ impl Router {
 
         let generation = cfg.generation;
         let table = st.registry.build(&cfg, &old);
-        self.inner.table.store(Arc::new(table));
+        self.inner.shared.table.store(Arc::new(table));
         // Always notifies, even for an equal generation: held requests re-check.
-        self.inner.swapped.send_replace(generation);
+        self.inner.shared.swapped.send_replace(generation);
 
         for (app, requested, bound, l) in to_start {
-            let stop = self.inner.stopping.child_token();
+            let stop = self.inner.shared.stopping.child_token();
             if let Some(old) = st.listeners.insert(
                 app.clone(),
                 ListenerHandle {
@@ -207,7 +215,14 @@ impl Router {
                 old.stop.cancel();
             }
             tracing::info!(app = %app, listen = %bound, "listening");
-            listener::spawn_accept(self.inner.clone(), app.into(), l, stop);
+            let id = st.registry.app_id(&app);
+            listener::spawn_accept(
+                &self.inner.shared,
+                self.inner.workers.handles(),
+                listener::AppRef { id, name: app.into() },
+                l,
+                stop,
+            );
         }
         st.registry.prune(&cfg);
         tracing::info!(generation, apps = cfg.apps.len(), "routing config applied");
@@ -222,12 +237,12 @@ impl Router {
 
     /// The live config (what the last accepted push said).
     pub fn config(&self) -> RoutingConfig {
-        self.inner.table.load().config.as_ref().clone()
+        self.inner.shared.table.load().config.as_ref().clone()
     }
 
     /// Generation of the live config.
     pub fn generation(&self) -> u64 {
-        self.inner.table.load().config.generation
+        self.inner.shared.table.load().config.generation
     }
 
     /// The address `app` is being served on, if its listener is up.
@@ -246,7 +261,7 @@ impl Router {
         RouterHealth {
             pid: std::process::id(),
             generation: self.generation(),
-            started_ms: self.inner.started_ms,
+            started_ms: self.inner.shared.started_ms,
         }
     }
 
@@ -257,10 +272,10 @@ impl Router {
         {
             // Under the apply lock so no push can start a listener after this.
             let _st = self.state();
-            self.inner.stopping.cancel();
+            self.inner.shared.stopping.cancel();
         }
-        self.inner.tasks.close();
-        let done = tokio::time::timeout(grace, self.inner.tasks.wait())
+        self.inner.shared.tasks.close();
+        let done = tokio::time::timeout(grace, self.inner.shared.tasks.wait())
             .await
             .is_ok();
         if !done {

@@ -8,10 +8,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use tokio::sync::Notify;
 use std::time::Duration;
 
 use crate::config::RoutingConfig;
+use crate::limits::Limits;
 use crate::select;
 use crate::stats::{AppStats, BackendStats, RouterStats, VersionStats};
 
@@ -49,12 +52,19 @@ pub(crate) struct BackendState {
     /// Router-clock millisecond until which the picker avoids this backend after a
     /// connect failure.
     pub down_until_ms: AtomicU64,
+    /// Not in the live routing table: long-lived streams to it start their grace.
+    pub removed: AtomicBool,
+    /// Woken when `removed` becomes true.
+    pub removed_notify: Notify,
 }
 
 /// One routing snapshot.
 pub(crate) struct Table {
     pub config: Arc<RoutingConfig>,
     pub apps: HashMap<String, Arc<AppTable>>,
+    /// The same apps indexed by their stable id ([`Registry::app_id`]), so a request
+    /// finds its app without hashing its name.
+    by_id: Vec<Option<Arc<AppTable>>>,
 }
 
 impl Table {
@@ -62,12 +72,20 @@ impl Table {
         Table {
             config: Arc::new(RoutingConfig::default()),
             apps: HashMap::new(),
+            by_id: Vec::new(),
         }
+    }
+
+    /// The app with stable id `id`, if it is in this snapshot.
+    #[inline]
+    pub fn app(&self, id: usize) -> Option<&Arc<AppTable>> {
+        self.by_id.get(id).and_then(Option::as_ref)
     }
 }
 
 pub(crate) struct AppTable {
     pub hold_timeout: Duration,
+    pub limits: Limits,
     pub counters: Arc<AppCounters>,
     pub versions: Vec<VersionTable>,
     /// One smooth-WRR cycle over `versions` (indices); empty when nothing is routable.
@@ -105,23 +123,27 @@ impl AppTable {
     /// A backend for one attempt: round robin within `primary`, then the other
     /// versions with weight > 0, preferring backends not yet `tried` and not marked
     /// down (see [`select::rank`]). Returns (version index, backend index).
+    ///
+    /// `now_ms` is only called when some backend carries a "down" mark.
     pub fn pick_backend(
         &self,
         primary: usize,
         tried: &[SocketAddr],
-        now_ms: u64,
+        now_ms: impl Fn() -> u64,
     ) -> Option<(usize, usize)> {
         let order = std::iter::once(primary).chain(
             (0..self.versions.len()).filter(move |&v| v != primary && self.versions[v].weight > 0),
         );
-        let candidates = order.flat_map(|v| {
+        let now_ms = &now_ms;
+        let candidates = order.flat_map(move |v| {
             let version = &self.versions[v];
             // Lazily evaluated: other versions' counters only move when reached.
             let start = version.next.fetch_add(1, Ordering::Relaxed);
             select::rotated(version.backends.len(), start).map(move |b| {
                 let be = &version.backends[b];
                 let tried = tried.contains(&be.addr);
-                let down = be.state.down_until_ms.load(Ordering::Relaxed) > now_ms;
+                let until = be.state.down_until_ms.load(Ordering::Relaxed);
+                let down = until != 0 && until > now_ms();
                 ((v, b), select::rank(tried, down))
             })
         });
@@ -141,14 +163,25 @@ struct AppEntry {
 #[derive(Default)]
 pub(crate) struct Registry {
     apps: BTreeMap<String, AppEntry>,
+    /// Stable ids of app names; never reused, so a connection of a removed app can
+    /// never be served as another app.
+    ids: HashMap<String, usize>,
 }
 
 impl Registry {
+    /// The stable id of `app`, assigned on first sight.
+    pub fn app_id(&mut self, app: &str) -> usize {
+        let next = self.ids.len();
+        *self.ids.entry(app.to_string()).or_insert(next)
+    }
+
     /// Builds the snapshot for `cfg`, reusing counters by name/address and carrying
     /// round-robin positions over from `old` so a swap does not restart the split.
     pub fn build(&mut self, cfg: &RoutingConfig, old: &Table) -> Table {
         let mut apps = HashMap::new();
+        let mut by_id: Vec<Option<Arc<AppTable>>> = Vec::new();
         for app in &cfg.apps {
+            let id = self.app_id(&app.app);
             let entry = self.apps.entry(app.app.clone()).or_default();
             let old_app = old.apps.get(&app.app);
             let versions: Vec<VersionTable> = app
@@ -182,20 +215,44 @@ impl Registry {
                 .collect();
             let cycle = select::smooth_wrr_cycle(&weights);
             let next = old_app.map_or(0, |a| a.next.load(Ordering::Relaxed));
-            apps.insert(
-                app.app.clone(),
-                Arc::new(AppTable {
-                    hold_timeout: Duration::from_millis(app.hold_timeout_ms),
-                    counters: entry.counters.clone(),
-                    versions,
-                    cycle,
-                    next: AtomicUsize::new(next),
-                }),
-            );
+            let table = Arc::new(AppTable {
+                hold_timeout: Duration::from_millis(app.hold_timeout_ms),
+                limits: Limits::default(),
+                counters: entry.counters.clone(),
+                versions,
+                cycle,
+                next: AtomicUsize::new(next),
+            });
+            if by_id.len() <= id {
+                by_id.resize(id + 1, None);
+            }
+            by_id[id] = Some(table.clone());
+            apps.insert(app.app.clone(), table);
         }
+        self.mark_removed(cfg);
         Table {
             config: Arc::new(cfg.clone()),
             apps,
+            by_id,
+        }
+    }
+
+    /// Flags every known backend as in or out of `cfg`, waking the streams of those
+    /// that left it.
+    fn mark_removed(&self, cfg: &RoutingConfig) {
+        for (name, entry) in &self.apps {
+            let live = cfg.apps.iter().find(|a| &a.app == name);
+            for (addr, s) in &entry.backends {
+                let present = live.is_some_and(|a| {
+                    a.versions
+                        .iter()
+                        .any(|v| v.backends.iter().any(|b| b.address == *addr))
+                });
+                let was = s.removed.swap(!present, Ordering::SeqCst);
+                if !present && !was {
+                    s.removed_notify.notify_waiters();
+                }
+            }
         }
     }
 
