@@ -33,6 +33,19 @@ pub struct AppRoutes {
     pub hold_timeout_ms: u64,
     /// Weighted split between versions.
     pub versions: Vec<VersionRoute>,
+    /// Match rules, tried in order before the weighted split; the first rule whose
+    /// matches all hold picks the version (see [`crate::rules`]). A rule naming a
+    /// version that is absent or has no ready backend falls through to the split, so a
+    /// rollback that removes a version never has to edit the rules first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<RouteRule>,
+    /// Version-sticky cohorts (see [`crate::sticky`]); `None` routes each request by
+    /// weight alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<StickyConfig>,
+    /// Traffic mirroring to a version under test (see [`crate::mirror`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<MirrorConfig>,
 }
 
 /// One version of an application and its backends.
@@ -53,6 +66,161 @@ pub struct Backend {
     pub id: String,
     /// Where the instance listens for HTTP/1.1.
     pub address: SocketAddr,
+}
+
+/// One match rule: when every entry of `matches` holds, the request goes to `version`.
+/// An empty `matches` always holds.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RouteRule {
+    /// Conditions, all of which must hold.
+    #[serde(default)]
+    pub matches: Vec<Match>,
+    /// The version the matching requests go to.
+    pub version: String,
+}
+
+/// One condition of a [`RouteRule`]. JSON: `{"header": {"name": "X-Canary", "equals":
+/// "always"}}`, `{"header": {"name": "X-User", "regex": "^qa-"}}`, `{"cookie": {"name":
+/// "canary", "equals": "1"}}`, `{"path_prefix": "/api/"}`, `{"method": "GET"}`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Match {
+    /// A request header (any of its values) matches. Names are case-insensitive.
+    Header(NamedMatch),
+    /// A cookie of the `Cookie` header(s) matches; the first cookie with that name counts.
+    Cookie(NamedMatch),
+    /// The request path (without the query) starts with this string.
+    PathPrefix(String),
+    /// The request method equals this one (case-sensitive, as HTTP methods are).
+    Method(String),
+}
+
+/// A header or cookie name and how its value must look.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct NamedMatch {
+    /// Header or cookie name.
+    pub name: String,
+    /// The value test.
+    #[serde(flatten)]
+    pub value: ValueMatch,
+}
+
+/// How a header or cookie value is tested.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ValueMatch {
+    /// Byte-for-byte equality.
+    Equals(String),
+    /// An unanchored regular expression (`regex` crate syntax; use `^...$` to anchor).
+    Regex(String),
+}
+
+/// Default name of the sticky cohort cookie.
+pub const DEFAULT_STICKY_COOKIE: &str = "baton_cohort";
+
+/// Version-sticky cohorts of one app. JSON: `{"cookie": "baton_cohort", "max_age_s":
+/// 604800}`, both optional.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct StickyConfig {
+    /// Name of the cookie that carries the client's cohort number.
+    #[serde(default = "default_sticky_cookie")]
+    pub cookie: String,
+    /// Lifetime of the cookie, in seconds.
+    #[serde(default = "default_sticky_max_age")]
+    pub max_age_s: u64,
+}
+
+impl Default for StickyConfig {
+    fn default() -> Self {
+        StickyConfig {
+            cookie: default_sticky_cookie(),
+            max_age_s: default_sticky_max_age(),
+        }
+    }
+}
+
+fn default_sticky_cookie() -> String {
+    DEFAULT_STICKY_COOKIE.to_string()
+}
+
+fn default_sticky_max_age() -> u64 {
+    7 * 24 * 3600
+}
+
+/// Mirroring of one app's traffic to a version under test. JSON: `{"version": "v2",
+/// "percent": 10}`; every other field is optional.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct MirrorConfig {
+    /// The version that receives the copies. When it is absent or has no ready
+    /// backend, nothing is mirrored.
+    pub version: String,
+    /// Share of eligible requests copied, 0..=100.
+    pub percent: f64,
+    /// Methods eligible for mirroring (only idempotent ones are safe to send twice).
+    #[serde(default = "default_mirror_methods")]
+    pub methods: Vec<String>,
+    /// Requests with a larger body are not mirrored; responses are captured up to this
+    /// many bytes for comparison.
+    #[serde(default = "default_mirror_max_body")]
+    pub max_body_bytes: usize,
+    /// Response headers compared between primary and mirror (case-insensitive).
+    #[serde(default = "default_mirror_headers")]
+    pub compare_headers: Vec<String>,
+    /// JSON paths left out of the body comparison: `$.a.b`, `$.a[*].b`, `$.a[0]`,
+    /// `$.*.id`.
+    #[serde(default)]
+    pub ignore_json_paths: Vec<String>,
+    /// How many differing pairs are kept for the control plane to show.
+    #[serde(default = "default_mirror_samples")]
+    pub max_samples: usize,
+}
+
+// By hand because of the f64: bitwise equality of `percent` keeps `Eq` lawful (NaN is
+// rejected by validation anyway) so the config types can stay `Eq`.
+impl PartialEq for MirrorConfig {
+    fn eq(&self, other: &Self) -> bool {
+        self.version == other.version
+            && self.percent.to_bits() == other.percent.to_bits()
+            && self.methods == other.methods
+            && self.max_body_bytes == other.max_body_bytes
+            && self.compare_headers == other.compare_headers
+            && self.ignore_json_paths == other.ignore_json_paths
+            && self.max_samples == other.max_samples
+    }
+}
+
+impl Eq for MirrorConfig {}
+
+impl MirrorConfig {
+    /// A config mirroring `percent` of GET/HEAD requests to `version`, with the
+    /// defaults for everything else.
+    pub fn new(version: impl Into<String>, percent: f64) -> Self {
+        MirrorConfig {
+            version: version.into(),
+            percent,
+            methods: default_mirror_methods(),
+            max_body_bytes: default_mirror_max_body(),
+            compare_headers: default_mirror_headers(),
+            ignore_json_paths: Vec::new(),
+            max_samples: default_mirror_samples(),
+        }
+    }
+}
+
+fn default_mirror_methods() -> Vec<String> {
+    vec!["GET".into(), "HEAD".into()]
+}
+
+fn default_mirror_max_body() -> usize {
+    64 * 1024
+}
+
+fn default_mirror_headers() -> Vec<String> {
+    vec!["content-type".into()]
+}
+
+fn default_mirror_samples() -> usize {
+    20
 }
 
 impl RoutingConfig {
@@ -87,9 +255,51 @@ impl RoutingConfig {
                     ));
                 }
             }
+            validate_policies(app).map_err(|e| format!("apps[{i}].{e}"))?;
         }
         Ok(())
     }
+}
+
+/// Checks rules, sticky and mirror settings of one app; the message starts with the
+/// field path inside the app.
+fn validate_policies(app: &AppRoutes) -> Result<(), String> {
+    crate::rules::CompiledRules::compile(&app.rules).map_err(|e| e.to_string())?;
+    if let Some(sticky) = &app.sticky
+        && !crate::sticky::valid_cookie_name(&sticky.cookie)
+    {
+        return Err(format!(
+            "sticky.cookie: {:?} is not a valid cookie name (use letters, digits and -_.)",
+            sticky.cookie
+        ));
+    }
+    if let Some(m) = &app.mirror {
+        if !(m.percent.is_finite() && (0.0..=100.0).contains(&m.percent)) {
+            return Err(format!(
+                "mirror.percent: {} is not between 0 and 100",
+                m.percent
+            ));
+        }
+        for (k, method) in m.methods.iter().enumerate() {
+            if http::Method::from_bytes(method.as_bytes()).is_err() {
+                return Err(format!(
+                    "mirror.methods[{k}]: {method:?} is not an HTTP method"
+                ));
+            }
+        }
+        for (k, h) in m.compare_headers.iter().enumerate() {
+            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                return Err(format!(
+                    "mirror.compare_headers[{k}]: {h:?} is not a header name"
+                ));
+            }
+        }
+        for (k, p) in m.ignore_json_paths.iter().enumerate() {
+            crate::mirror::JsonPath::parse(p)
+                .map_err(|e| format!("mirror.ignore_json_paths[{k}]: {e}"))?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -102,6 +312,9 @@ mod tests {
             listen: SocketAddr::from(([127, 0, 0, 1], port)),
             hold_timeout_ms: 100,
             versions: vec![],
+            rules: vec![],
+            sticky: None,
+            mirror: None,
         }
     }
 
@@ -122,6 +335,108 @@ mod tests {
             apps: vec![app("a", 0), app("b", 0)],
         };
         assert!(cfg.validate().is_ok());
+    }
+
+    #[test]
+    fn old_json_still_parses() {
+        let old = r#"{"generation": 3, "apps": [{"app": "web", "listen": "127.0.0.1:8080",
+            "hold_timeout_ms": 100, "versions": [{"version": "v1", "weight": 1,
+            "backends": [{"id": "a", "address": "127.0.0.1:9000"}]}]}]}"#;
+        let cfg: RoutingConfig = serde_json::from_str(old).unwrap();
+        let a = &cfg.apps[0];
+        assert!(a.rules.is_empty() && a.sticky.is_none() && a.mirror.is_none());
+        // And a config without policies serialises as before.
+        assert!(!serde_json::to_string(&cfg).unwrap().contains("rules"));
+    }
+
+    #[test]
+    fn policies_json_shape() {
+        let text = r#"{"generation": 1, "apps": [{"app": "web", "listen": "127.0.0.1:0",
+            "hold_timeout_ms": 100, "versions": [],
+            "rules": [
+                {"matches": [{"header": {"name": "X-Canary", "equals": "always"}}], "version": "v2"},
+                {"matches": [{"header": {"name": "X-User", "regex": "^qa-"}},
+                             {"cookie": {"name": "canary", "equals": "1"}},
+                             {"path_prefix": "/api/"}, {"method": "GET"}], "version": "v2"}
+            ],
+            "sticky": {},
+            "mirror": {"version": "v2", "percent": 5, "ignore_json_paths": ["$.timestamp"]}
+        }]}"#;
+        let cfg: RoutingConfig = serde_json::from_str(text).unwrap();
+        cfg.validate().unwrap();
+        let a = &cfg.apps[0];
+        assert_eq!(
+            a.rules[0].matches[0],
+            Match::Header(NamedMatch {
+                name: "X-Canary".into(),
+                value: ValueMatch::Equals("always".into())
+            })
+        );
+        assert_eq!(a.rules[1].matches[2], Match::PathPrefix("/api/".into()));
+        assert_eq!(a.sticky, Some(StickyConfig::default()));
+        assert_eq!(a.sticky.as_ref().unwrap().cookie, "baton_cohort");
+        let m = a.mirror.as_ref().unwrap();
+        assert_eq!(m.methods, vec!["GET", "HEAD"]);
+        assert_eq!(m.max_body_bytes, 65536);
+        assert_eq!(m.compare_headers, vec!["content-type"]);
+        assert_eq!(m.max_samples, 20);
+        let back: RoutingConfig =
+            serde_json::from_str(&serde_json::to_string(&cfg).unwrap()).unwrap();
+        assert_eq!(back, cfg);
+    }
+
+    #[test]
+    fn invalid_policies_are_named() {
+        let mut cfg = RoutingConfig {
+            generation: 1,
+            apps: vec![app("a", 1)],
+        };
+        cfg.apps[0].rules = vec![
+            RouteRule {
+                matches: vec![],
+                version: "v2".into(),
+            },
+            RouteRule {
+                matches: vec![Match::Header(NamedMatch {
+                    name: "x".into(),
+                    value: ValueMatch::Regex("[".into()),
+                })],
+                version: "v2".into(),
+            },
+        ];
+        let e = cfg.validate().unwrap_err();
+        assert!(
+            e.starts_with("apps[0].rules[1].matches[0].header: invalid regex"),
+            "{e}"
+        );
+        cfg.apps[0].rules.clear();
+        cfg.apps[0].mirror = Some(MirrorConfig::new("v2", 101.0));
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .starts_with("apps[0].mirror.percent")
+        );
+        let mut m = MirrorConfig::new("v2", f64::NAN);
+        // Bitwise equality keeps Eq reflexive even for NaN (which validation rejects).
+        assert_eq!(m, m.clone());
+        m.percent = 10.0;
+        m.ignore_json_paths = vec!["timestamp".into()];
+        cfg.apps[0].mirror = Some(m);
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .starts_with("apps[0].mirror.ignore_json_paths[0]")
+        );
+        cfg.apps[0].mirror = None;
+        cfg.apps[0].sticky = Some(StickyConfig {
+            cookie: "a b".into(),
+            max_age_s: 1,
+        });
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .starts_with("apps[0].sticky.cookie")
+        );
     }
 
     #[test]

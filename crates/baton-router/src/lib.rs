@@ -17,11 +17,15 @@ pub mod config;
 mod error;
 pub mod limits;
 mod listener;
+pub mod metrics;
+pub mod mirror;
 mod pool;
 mod proxy;
 mod router;
+pub mod rules;
 pub mod select;
 pub mod stats;
+pub mod sticky;
 mod table;
 mod tunnel;
 mod worker;
@@ -155,6 +159,9 @@ pub async fn run_standalone_with(
                     })
                     .collect(),
             }],
+            rules: Vec::new(),
+            sticky: None,
+            mirror: None,
         }],
     };
     let (_, errors) = router.apply_detailed(cfg)?;

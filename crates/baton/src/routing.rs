@@ -97,6 +97,9 @@ impl RouterLink {
                 listen,
                 hold_timeout_ms: HOLD_TIMEOUT_MS,
                 versions,
+                rules: Vec::new(),
+                sticky: None,
+                mirror: None,
             },
         );
         inner.generation += 1;

@@ -201,6 +201,9 @@ pub fn config(
                         .collect(),
                 })
                 .collect(),
+            rules: Vec::new(),
+            sticky: None,
+            mirror: None,
         }],
     }
 }
