@@ -192,26 +192,30 @@ impl Matcher {
 }
 
 /// The value of the first cookie called `name` in the request's `Cookie` header(s)
-/// (HTTP/2 clients may send several), with surrounding double quotes removed. Scans
-/// without allocating; header values that are not valid UTF-8 are skipped.
+/// (HTTP/2 clients may send several), with surrounding double quotes removed; `None`
+/// when there is no such cookie or its value is not UTF-8. Scans bytes without
+/// allocating or validating the rest of the header.
 pub fn find_cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (k, v) = pair.trim().split_once('=')?;
-            if k.trim_end() != name {
-                return None;
+    let name = name.as_bytes();
+    for hv in headers.get_all(COOKIE) {
+        for pair in hv.as_bytes().split(|&b| b == b';') {
+            let pair = pair.trim_ascii_start();
+            if !pair.starts_with(name) {
+                continue;
             }
-            let v = v.trim_start();
-            Some(
-                v.strip_prefix('"')
-                    .and_then(|v| v.strip_suffix('"'))
-                    .unwrap_or(v),
-            )
-        })
+            let rest = pair[name.len()..].trim_ascii_start();
+            let Some(v) = rest.strip_prefix(b"=") else {
+                continue;
+            };
+            let v = v.trim_ascii();
+            let v = v
+                .strip_prefix(b"\"")
+                .and_then(|v| v.strip_suffix(b"\""))
+                .unwrap_or(v);
+            return std::str::from_utf8(v).ok();
+        }
+    }
+    None
 }
 
 #[cfg(test)]
