@@ -21,8 +21,8 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
-use crate::proxy::{self, ConnCtx};
 use crate::limits::Limits;
+use crate::proxy::{self, ConnCtx};
 use crate::router::Shared;
 
 /// Binds `addr` with SO_REUSEADDR, so a restarted router can take its ports back while
@@ -69,8 +69,9 @@ pub(crate) fn spawn_accept(
             return;
         }
     };
-    let mut copies: Vec<std::io::Result<std::net::TcpListener>> =
-        (1..workers.len()).map(|_| std_listener.try_clone()).collect();
+    let mut copies: Vec<std::io::Result<std::net::TcpListener>> = (1..workers.len())
+        .map(|_| std_listener.try_clone())
+        .collect();
     copies.push(Ok(std_listener));
     for (rt, l) in workers.iter().zip(copies) {
         let l = match l {

@@ -716,15 +716,19 @@ pub(crate) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Re
         let Some(h) = head.take().or_else(|| spare.clone()) else {
             break;
         };
-        let sent = tokio::time::timeout(limits.response_timeout, tx.try_send_request(h.into_request(body)));
+        let sent = tokio::time::timeout(
+            limits.response_timeout,
+            tx.try_send_request(h.into_request(body)),
+        );
         match sent.await {
             Ok(Ok(resp)) => {
                 let (mut parts, body) = resp.into_parts();
                 let reusable = !says_close(&parts.headers);
                 strip_hop_by_hop(&mut parts.headers);
                 version.counters.record_status(parts.status.as_u16());
-                let drain = is_event_stream(&parts.headers)
-                    .then(|| crate::tunnel::drain_signal(backend.state.clone(), limits.drain_grace));
+                let drain = is_event_stream(&parts.headers).then(|| {
+                    crate::tunnel::drain_signal(backend.state.clone(), limits.drain_grace)
+                });
                 return Response::from_parts(
                     parts,
                     RespBody::Upstream {
@@ -738,7 +742,10 @@ pub(crate) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Re
             Err(_) => {
                 drop(guard);
                 tracing::warn!(app = %ctx.app.name, backend = %addr, timeout = ?limits.response_timeout, "backend did not answer in time");
-                version.counters.router_errors.fetch_add(1, Ordering::Relaxed);
+                version
+                    .counters
+                    .router_errors
+                    .fetch_add(1, Ordering::Relaxed);
                 version.counters.record_status(504);
                 return local_response(
                     StatusCode::GATEWAY_TIMEOUT,

@@ -219,7 +219,10 @@ impl Router {
             listener::spawn_accept(
                 &self.inner.shared,
                 self.inner.workers.handles(),
-                listener::AppRef { id, name: app.into() },
+                listener::AppRef {
+                    id,
+                    name: app.into(),
+                },
                 l,
                 stop,
             );

@@ -84,8 +84,7 @@ pub(crate) async fn handle_upgrade(
     };
     let (mut tx, guard, state) = target;
     let up_req = Request::from_parts(parts, UpBody::Full(None));
-    let resp = match tokio::time::timeout(limits.response_timeout, tx.send_request(up_req)).await
-    {
+    let resp = match tokio::time::timeout(limits.response_timeout, tx.send_request(up_req)).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             tracing::debug!(app = %ctx.app.name, error = %e, "upgrade request failed");
@@ -279,7 +278,9 @@ impl Frames {
         let mut saw_close = false;
         while !data.is_empty() {
             if self.left > 0 {
-                let n = usize::try_from(self.left).unwrap_or(usize::MAX).min(data.len());
+                let n = usize::try_from(self.left)
+                    .unwrap_or(usize::MAX)
+                    .min(data.len());
                 self.left -= n as u64;
                 data = &data[n..];
                 continue;

@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# Benchmarks baton's router against nginx and HAProxy on this machine.
+#
+#   bench/router.sh                 # 3 rounds, 7 s per run (about 5 minutes)
+#   DURATION=10 ROUNDS=5 bench/router.sh
+#
+# One fast backend (a fixed 13-byte answer). Each proxy runs with one worker/thread
+# pinned to CPU 0; wrk and the backend share CPU 1. Cases: keep-alive with 64 and 256
+# connections, and `Connection: close` with 64. Runs are interleaved (every target
+# once per case per round) and the table shows medians over the rounds.
+set -euo pipefail
+
+DURATION=${DURATION:-7}
+ROUNDS=${ROUNDS:-3}
+PROXY_CPU=${PROXY_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+
+need=()
+command -v wrk >/dev/null || need+=(wrk)
+command -v haproxy >/dev/null || need+=(haproxy)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "installing ${need[*]}" >&2
+    SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+    $SUDO apt-get install -y "${need[@]}" >/dev/null 2>&1 || {
+        $SUDO apt-get update >/dev/null && $SUDO apt-get install -y "${need[@]}" >/dev/null 2>&1
+    } || $SUDO apt-get install -y "${need[@]/nginx-light/nginx}" >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+echo "building (release)" >&2
+(cd "$ROOT" && cargo build --release -q -p baton-router --example bench)
+(cd "$ROOT" && cargo build --release -q -p baton) || echo "the baton binary did not build; measuring the router through the helper" >&2
+HELPER=$TARGET/release/examples/bench
+if "$TARGET/release/baton" router --help 2>/dev/null | grep -q -- --workers; then
+    baton_cmd() { exec "$TARGET/release/baton" router --listen "127.0.0.1:$1" --upstream "127.0.0.1:$2" --workers 1; }
+else
+    # This build of the CLI has no --workers yet: the same router through the helper.
+    baton_cmd() { exec "$HELPER" router "127.0.0.1:$1" "127.0.0.1:$2" 1; }
+fi
+
+TMP=$(mktemp -d)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    [ -f "$TMP/nginx.pid" ] && kill "$(cat "$TMP/nginx.pid")" 2>/dev/null || true
+    wait 2>/dev/null || true
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+BACKEND=$(free_port); NGINX_PORT=$(free_port); HAPROXY_PORT=$(free_port); BATON_PORT=$(free_port)
+
+cat >"$TMP/nginx.conf" <<CONF
+worker_processes 1;
+pid $TMP/nginx.pid;
+error_log $TMP/nginx.err warn;
+events { worker_connections 8192; }
+http {
+    access_log off;
+    client_body_temp_path $TMP; proxy_temp_path $TMP; fastcgi_temp_path $TMP;
+    uwsgi_temp_path $TMP; scgi_temp_path $TMP;
+    keepalive_requests 1000000;
+    upstream backend { server 127.0.0.1:$BACKEND; keepalive 512; keepalive_requests 1000000; }
+    server {
+        listen 127.0.0.1:$NGINX_PORT backlog=4096;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+CONF
+
+cat >"$TMP/haproxy.cfg" <<CONF
+global
+    nbthread 1
+    maxconn 8000
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    option http-keep-alive
+frontend fe
+    bind 127.0.0.1:$HAPROXY_PORT
+    default_backend be
+backend be
+    http-reuse always
+    server s1 127.0.0.1:$BACKEND
+CONF
+
+wait_port() {
+    for _ in $(seq 1 200); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.05
+    done
+    echo "nothing listens on port $1" >&2
+    tail -n 5 "$TMP"/*.out "$TMP"/*.err >&2 2>/dev/null || true
+    exit 1
+}
+
+taskset -c "$LOAD_CPU" "$HELPER" backend "$BACKEND" & PIDS+=($!)
+taskset -c "$PROXY_CPU" "$NGINX" -c "$TMP/nginx.conf" -g 'daemon off;' 2>"$TMP/nginx.out" & PIDS+=($!)
+taskset -c "$PROXY_CPU" haproxy -f "$TMP/haproxy.cfg" -q 2>"$TMP/haproxy.out" & PIDS+=($!)
+baton_cmd "$BATON_PORT" "$BACKEND" >"$TMP/baton.out" 2>&1 & BATON_PID=$!; PIDS+=($BATON_PID)
+taskset -pc "$PROXY_CPU" "$BATON_PID" >/dev/null
+for t in /proc/$BATON_PID/task/*; do taskset -pc "$PROXY_CPU" "$(basename "$t")" >/dev/null; done
+for p in $BACKEND $NGINX_PORT $HAPROXY_PORT $BATON_PORT; do wait_port "$p"; done
+# Threads started after the first pinning (workers) are pinned too.
+for t in /proc/$BATON_PID/task/*; do taskset -pc "$PROXY_CPU" "$(basename "$t")" >/dev/null; done
+
+declare -A PORT=([direct]=$BACKEND [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT [baton]=$BATON_PORT)
+TARGETS=(direct nginx haproxy baton)
+CASES=("ka64|-c64|" "ka256|-c256|" "close64|-c64|-H|Connection: close")
+RESULTS=$TMP/results.tsv
+: >"$RESULTS"
+
+# One short warm-up per target so pools and caches are filled.
+for t in "${TARGETS[@]}"; do
+    taskset -c "$LOAD_CPU" wrk -t1 -c64 -d1s "http://127.0.0.1:${PORT[$t]}/" >/dev/null
+done
+
+total=$((ROUNDS * ${#CASES[@]} * ${#TARGETS[@]}))
+n=0
+for round in $(seq 1 "$ROUNDS"); do
+    for c in "${CASES[@]}"; do
+        IFS='|' read -r name conns h1 h2 <<<"$c"
+        for t in "${TARGETS[@]}"; do
+            n=$((n + 1))
+            echo "[$n/$total] round $round $name $t" >&2
+            args=(-t1 "$conns" -d"${DURATION}s" --latency)
+            [ -n "$h1" ] && args+=("$h1" "$h2")
+            out=$(taskset -c "$LOAD_CPU" wrk "${args[@]}" "http://127.0.0.1:${PORT[$t]}/")
+            printf '%s\t%s\t%s\n' "$name" "$t" "$(echo "$out" | tr '\n' '\037')" >>"$RESULTS"
+        done
+    done
+done
+
+cp "$RESULTS" "${RESULTS_COPY:-/tmp/baton-bench-results.tsv}"
+python3 - "$RESULTS" <<'PY'
+import re, statistics, sys
+
+def us(v):
+    m = re.match(r"([\d.]+)(us|ms|s)", v)
+    n, u = float(m.group(1)), m.group(2)
+    return n * {"us": 1, "ms": 1e3, "s": 1e6}[u]
+
+data = {}
+for line in open(sys.argv[1]):
+    case, target, out = line.rstrip("\n").split("\t")
+    out = out.replace("\x1f", "\n")
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    l50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
+    l99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
+    if not (m and l50 and l99):
+        print(f"unreadable wrk output for {case} {target}:\n{out}", file=sys.stderr)
+        continue
+    rps, p50, p99 = float(m.group(1)), us(l50.group(1)), us(l99.group(1))
+    errs = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
+    data.setdefault((case, target), []).append((rps, p50, p99, errs.group(0) if errs else ""))
+
+cases = ["ka64", "ka256", "close64"]
+targets = ["direct", "nginx", "haproxy", "baton"]
+print()
+print(f"{'case':<8} {'target':<8} {'req/s':>10} {'p50 µs':>9} {'p99 µs':>9} {'/nginx':>7} {'/haproxy':>9}  notes")
+for c in cases:
+    med = {}
+    for t in targets:
+        runs = data.get((c, t), [])
+        if not runs:
+            continue
+        med[t] = tuple(statistics.median(r[i] for r in runs) for i in range(3))
+    for t in targets:
+        if t not in med:
+            continue
+        rps, p50, p99 = med[t]
+        rn = f"{rps / med['nginx'][0]:.2f}x" if "nginx" in med and t not in ("direct", "nginx") else ""
+        rh = f"{rps / med['haproxy'][0]:.2f}x" if "haproxy" in med and t not in ("direct", "haproxy") else ""
+        notes = "; ".join(sorted({r[3] for r in data[(c, t)] if r[3]}))
+        print(f"{c:<8} {t:<8} {rps:>10.0f} {p50:>9.0f} {p99:>9.0f} {rn:>7} {rh:>9}  {notes}")
+print(f"\nmedians of {len(data[('ka64','nginx')])} interleaved runs per cell; proxies pinned to one CPU, wrk + backend on another")
+PY
