@@ -176,6 +176,9 @@ pub struct Rollout {
     /// Operators who approved gates, in order.
     #[serde(default)]
     pub approvals: Vec<String>,
+    /// Do nothing before this time (the next upgrade window opens).
+    #[serde(default)]
+    pub not_before_ms: Option<Millis>,
 }
 
 impl Rollout {
@@ -327,6 +330,7 @@ impl AppState {
     pub fn phase_name(&self) -> &'static str {
         match &self.rollout {
             Some(r) => match r.phase {
+                RolloutPhase::Progressing if r.not_before_ms.is_some() => "waiting_for_window",
                 RolloutPhase::Progressing if r.paused.is_some() => "paused",
                 RolloutPhase::Progressing if r.awaiting_approval(&self.params) => {
                     "awaiting_approval"
@@ -399,6 +403,9 @@ pub enum Input {
         kind: RolloutKind,
         operator: String,
         history_id: i64,
+        /// Start no earlier than this (outside an upgrade window).
+        #[serde(default)]
+        not_before_ms: Option<Millis>,
     },
     /// Stop the rollout in flight and go back to the stable release.
     Abort { by: String, reason: String },
@@ -521,6 +528,7 @@ fn apply_input(
             kind,
             operator,
             history_id,
+            not_before_ms,
         } => {
             if let Some(r) = &s.rollout {
                 return Err(EngineError::RolloutInProgress {
@@ -563,7 +571,18 @@ fn apply_input(
                 scale: None,
                 paused: None,
                 approvals: Vec::new(),
+                not_before_ms: not_before_ms.filter(|t| *t > now),
             });
+            if let Some(t) = not_before_ms.filter(|t| *t > now) {
+                event(
+                    actions,
+                    "waiting_for_window",
+                    format!(
+                        "outside the upgrade window: starts in {}s",
+                        (t - now) / 1000
+                    ),
+                );
+            }
         }
         Input::Abort { by, reason } => {
             let Some(r) = &s.rollout else {

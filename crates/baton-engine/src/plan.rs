@@ -45,6 +45,7 @@ pub fn plan(state: &AppState, to: Release) -> Result<Plan, EngineError> {
             kind: RolloutKind::Deploy,
             operator: "plan".into(),
             history_id: 0,
+            not_before_ms: None,
         },
         now,
     )?;

@@ -10,6 +10,28 @@ use crate::{
 };
 
 pub(crate) fn reconcile(s: &mut AppState, now: Millis, actions: &mut Vec<Action>) {
+    // A rollout scheduled for the next upgrade window waits, touching nothing.
+    if let Some(r) = &mut s.rollout
+        && let Some(t) = r.not_before_ms
+    {
+        if now < t || r.phase != RolloutPhase::Progressing {
+            if r.phase != RolloutPhase::Progressing {
+                // Aborted while waiting: nothing was started.
+                r.not_before_ms = None;
+            } else {
+                return;
+            }
+        } else {
+            r.not_before_ms = None;
+            r.started_ms = now;
+            r.last_progress_ms = now;
+            event(
+                actions,
+                "window_opened",
+                "the upgrade window is open: starting".into(),
+            );
+        }
+    }
     check_deadline(s, now, actions);
 
     if let Some(r) = &s.rollout

@@ -231,6 +231,24 @@ fn blue_green_drains_blue_after_the_delay() {
 }
 
 #[test]
+fn a_rollout_outside_the_window_waits_and_touches_nothing() {
+    let mut sim = deployed(2, 1, 0);
+    let opens = sim.now + 60_000;
+    sim.input(Input::Deploy {
+        to: rel(2, "v2"),
+        kind: RolloutKind::Deploy,
+        operator: "ops".into(),
+        history_id: 9,
+        not_before_ms: Some(opens),
+    });
+    assert_eq!(sim.state.phase_name(), "waiting_for_window");
+    sim.run(1_000, 30_000);
+    assert!(sim.state.instances.iter().all(|i| i.version == "v1"));
+    run_until(&mut sim, 120_000, |s| s.state.rollout.is_none());
+    assert_eq!(sim.state.stable, Some(rel(2, "v2")));
+}
+
+#[test]
 fn approve_without_a_gate_is_refused() {
     let mut sim = deployed_stepped(2, canary_steps());
     sim.deploy(rel(2, "v2"));
@@ -377,6 +395,7 @@ impl Sim {
             kind: RolloutKind::Deploy,
             operator: "test".into(),
             history_id: 7,
+            not_before_ms: None,
         });
     }
 
@@ -557,6 +576,7 @@ fn second_deploy_during_rollout_is_refused_and_changes_nothing() {
             kind: RolloutKind::Deploy,
             operator: "x".into(),
             history_id: 1,
+            not_before_ms: None,
         },
         sim.now,
     )
