@@ -5,7 +5,8 @@
 //! file, line, column and dotted field path, with a hint on how to fix it. Nothing
 //! here does I/O except [`load_spec`] reading the file.
 //!
-//! The YAML format is documented by `examples/quickstart.yaml` and by the JSON
+//! The YAML format is documented by `examples/quickstart.yaml` (rolling),
+//! `examples/canary.yaml`, `examples/blue-green.yaml` and by the JSON
 //! Schema from [`json_schema`] (checked in as `schema/baton-spec.schema.json`).
 
 mod error;
@@ -19,7 +20,8 @@ use std::path::Path;
 
 pub use error::SpecError;
 pub use model::{
-    AppSpec, DriverSpec, IntOrPercent, ProcessDriverSpec, ReadinessSpec, RollingSpec, StrategySpec,
+    AnalysisSpec, AppSpec, BlueGreenSpec, CanarySpec, CanaryStep, DriverSpec, HeaderMatch,
+    IntOrPercent, ProcessDriverSpec, ReadinessSpec, RollingSpec, StrategySpec,
 };
 pub use template::{PLACEHOLDERS, TemplateVars, render_template};
 
@@ -152,16 +154,24 @@ fn yaml_error(file: &str, map: &SourceMap, err: &serde_saphyr::Error) -> SpecErr
             } else {
                 join(locate::parent(&here).unwrap_or(""), field)
             };
-            let mut hint = format!("valid fields here: {}", backticked(expected));
-            if let Some(close) = suggest(field, expected) {
-                hint = format!("did you mean `{close}`? {hint}");
-            }
+            let hint = if expected.is_empty() {
+                // A map that takes no settings, such as a canary `approval: {}`.
+                validate::field_hint(locate::parent(&path).unwrap_or(""))
+            } else {
+                let mut hint = format!("valid fields here: {}", backticked(expected));
+                if let Some(close) = suggest(field, expected) {
+                    hint = format!("did you mean `{close}`? {hint}");
+                }
+                hint
+            };
             (path, format!("unknown field `{field}`"), hint)
         }
         E::SerdeUnknownVariant {
             variant, expected, ..
         } => {
-            let what = if here.starts_with("strategy") {
+            let what = if here.starts_with("strategy.canary.steps[") {
+                "canary step"
+            } else if here.starts_with("strategy") {
                 "strategy"
             } else if here.starts_with("driver") {
                 "driver"
@@ -214,8 +224,11 @@ fn yaml_error(file: &str, map: &SourceMap, err: &serde_saphyr::Error) -> SpecErr
         E::Message { msg, .. }
             if msg.starts_with("only one ") || msg.starts_with("no ") && msg.contains(" given") =>
         {
-            // From raw::OneKeyVisitor: about the whole `driver`/`strategy` map.
-            let path = if msg.contains("strategy") {
+            // From raw::OneKeyVisitor: about the whole `driver`/`strategy` map, or
+            // one canary step.
+            let path = if msg.contains("canary step") {
+                step_path(&here).unwrap_or("strategy.canary.steps")
+            } else if msg.contains("strategy") {
                 "strategy"
             } else {
                 "driver"
@@ -245,6 +258,15 @@ fn yaml_error(file: &str, map: &SourceMap, err: &serde_saphyr::Error) -> SpecErr
         message,
         hint,
     }
+}
+
+/// The canary step `path` is in: `strategy.canary.steps[2].pause.until` ->
+/// `strategy.canary.steps[2]`.
+fn step_path(path: &str) -> Option<&str> {
+    let prefix = "strategy.canary.steps[";
+    let rest = path.strip_prefix(prefix)?;
+    let close = rest.find(']')?;
+    Some(&path[..prefix.len() + close + 1])
 }
 
 /// serde-saphyr appends " at line L column C" to some messages; we print the

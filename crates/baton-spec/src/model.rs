@@ -37,6 +37,10 @@ pub struct AppSpec {
     /// Longest wait for the in-flight requests of a draining instance. Default 30s.
     #[serde(with = "duration_text")]
     pub drain_timeout: Duration,
+    /// Limits the new version is judged against, if the spec has an `analysis:`
+    /// section. Absent in JSON written before it existed, which reads as `None`.
+    #[serde(default)]
+    pub analysis: Option<AnalysisSpec>,
 }
 
 /// How instances are run. More drivers (ssh, container, kubernetes) come later.
@@ -84,13 +88,16 @@ pub struct ReadinessSpec {
     pub initial_delay: Duration,
 }
 
-/// How a new version replaces the old one. Blue-green and canary come later,
-/// as further variants (`blue_green: {...}`, `canary: {...}`).
+/// How a new version replaces the old one.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StrategySpec {
     /// Replace instances a few at a time.
     Rolling(RollingSpec),
+    /// Shift user traffic to the new version step by step, then promote it.
+    Canary(CanarySpec),
+    /// Bring up the full new set beside the old, preview it, then switch at once.
+    BlueGreen(BlueGreenSpec),
 }
 
 /// Rolling update parameters, with the Kubernetes meanings and defaults.
@@ -109,6 +116,117 @@ pub struct RollingSpec {
     pub progress_deadline: Duration,
     /// Crashes of new-version instances tolerated before the rollout fails. Default 3.
     pub max_restarts: u32,
+}
+
+/// Canary release parameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanarySpec {
+    /// The steps, in order; never empty. After the last one the new version is
+    /// promoted (all traffic, old instances drained and stopped).
+    pub steps: Vec<CanaryStep>,
+    /// How long a new instance must stay ready before it counts as available. Default 0.
+    #[serde(with = "duration_text")]
+    pub min_ready: Duration,
+    /// A step that makes no progress for this long fails. Default 10m.
+    #[serde(with = "duration_text")]
+    pub progress_deadline: Duration,
+    /// Crashes of new-version instances tolerated before the rollout fails. Default 3.
+    pub max_restarts: u32,
+    /// Requests matching this header reach the canary at any weight.
+    pub header_route: Option<HeaderMatch>,
+    /// Version-sticky sessions through a cohort cookie. Default false.
+    pub sticky: bool,
+    /// Idempotent requests that fail on the canary are retried on stable. Default false.
+    pub shielding: bool,
+}
+
+/// One step of a canary release.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CanaryStep {
+    /// Send this percentage (0..=100) of user traffic to the new version.
+    SetWeight(u32),
+    /// Wait this long (never zero), or, with `None`, until `baton promote`.
+    Pause(#[serde(with = "option_duration_text")] Option<Duration>),
+    /// Wait until `baton approve`.
+    Approval,
+    /// Run this many instances (1..=`instances`) of the new version, whatever its weight.
+    SetCanaryScale(u32),
+    /// Judge the new version with [`AppSpec::analysis`] for this long (never zero).
+    /// Validation makes sure the app has an analysis section.
+    Analysis(#[serde(with = "duration_text")] Duration),
+    /// Copy `percent` (1..=100) of user requests to the new version for `duration`
+    /// (never zero); a share of differing answers above `max_mismatch_rate`
+    /// (0..=1, default 0.01) fails the step.
+    Mirror {
+        percent: u32,
+        #[serde(with = "duration_text")]
+        duration: Duration,
+        max_mismatch_rate: f64,
+    },
+}
+
+/// A request header rule: header `name` (an HTTP token, matched without regard
+/// to case) with exactly the value `equals` (not empty, visible ASCII and spaces).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMatch {
+    pub name: String,
+    pub equals: String,
+}
+
+/// Blue-green release parameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlueGreenSpec {
+    /// A second router listener that reaches only the new (green) release.
+    /// Never the same address as [`AppSpec::listen`].
+    pub preview_listen: Option<SocketAddr>,
+    /// On the main listener, requests matching this header reach green.
+    /// Default `X-Baton-Preview: 1`.
+    pub preview_header: HeaderMatch,
+    /// Switch by itself this long after green is up and its checks passed;
+    /// `None` waits for `baton approve`.
+    #[serde(with = "option_duration_text")]
+    pub auto_promote_after: Option<Duration>,
+    /// Blue keeps running this long after the switch so that a rollback is
+    /// instant. Default 30s.
+    #[serde(with = "duration_text")]
+    pub scale_down_delay: Duration,
+    /// How long a new instance must stay ready before it counts as available. Default 0.
+    #[serde(with = "duration_text")]
+    pub min_ready: Duration,
+    /// A phase that makes no progress for this long fails. Default 10m.
+    #[serde(with = "duration_text")]
+    pub progress_deadline: Duration,
+    /// Crashes of new-version instances tolerated before the rollout fails. Default 3.
+    pub max_restarts: u32,
+}
+
+/// Analysis of the new version on the router's metrics. At least one limit is set.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnalysisSpec {
+    /// Time between two measurements. Default 5s, never zero.
+    #[serde(with = "duration_text")]
+    pub interval: Duration,
+    /// How far back each measurement looks. Default 30s, never zero.
+    #[serde(with = "duration_text")]
+    pub window: Duration,
+    /// Fewer requests than this to the new version in the window: no judgement. Default 50.
+    pub min_requests: u64,
+    /// Failing measurements in a row before rollback. Default 2, at least 1.
+    pub failure_limit: u32,
+    /// Highest error rate of the new version, 0..=1.
+    pub max_error_rate: Option<f64>,
+    /// Highest error rate of the new version above the stable one's, 0..=1.
+    pub max_error_rate_increase: Option<f64>,
+    /// Highest p99 latency of the new version, never zero.
+    #[serde(with = "option_duration_text")]
+    pub max_p99: Option<Duration>,
+    /// Highest p99 latency of the new version as a multiple of the stable one's, > 1.
+    pub max_p99_ratio: Option<f64>,
 }
 
 /// An absolute count of instances or a percentage of the desired count.
@@ -222,5 +340,27 @@ pub(crate) mod duration_text {
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
         humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// [`duration_text`] for an optional duration (`null` when absent).
+pub(crate) mod option_duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.collect_str(&humantime::format_duration(*d)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|text| humantime::parse_duration(&text).map_err(serde::de::Error::custom))
+            .transpose()
     }
 }

@@ -51,6 +51,12 @@ pub(crate) struct AppSpec {
     /// How a new version replaces the old one. Default: rolling with default settings.
     #[serde(default)]
     pub strategy: Option<StrategySpec>,
+    /// Automatic analysis of the new version on the router's own metrics: a
+    /// measurement that breaks a limit `failure_limit` times in a row rolls the
+    /// release back. Runs during canary `analysis` steps and in the background of
+    /// every rollout. Give at least one limit.
+    #[serde(default)]
+    pub analysis: Option<AnalysisSpec>,
 }
 
 /// The driver that runs instances. Exactly one key.
@@ -107,12 +113,19 @@ pub(crate) struct ReadinessSpec {
     pub initial_delay: Option<HumanDuration>,
 }
 
-/// The upgrade strategy. Exactly one key; `blue_green` and `canary` will join `rolling`.
+/// The upgrade strategy. Exactly one key: `rolling`, `canary` or `blue_green`.
 #[derive(Debug, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum StrategySpec {
     /// Replace instances a few at a time (`rolling: {}` or `rolling:` takes all defaults).
     Rolling(RollingSpec),
+    /// Start the new version beside the old one and shift user traffic to it step
+    /// by step (weights, pauses, approvals, analysis, mirroring), then promote it.
+    Canary(CanarySpec),
+    /// Bring up the full new set ("green") beside the old one ("blue") with no user
+    /// traffic, let it be tested through the preview routes, then switch all traffic
+    /// at once (`blue_green: {}` or `blue_green:` takes all defaults).
+    BlueGreen(BlueGreenSpec),
 }
 
 /// Rolling update settings, with the Kubernetes meanings and defaults.
@@ -136,6 +149,216 @@ pub(crate) struct RollingSpec {
     /// Crashes of new-version instances tolerated before the rollout fails. Default 3.
     #[serde(default)]
     pub max_restarts: Option<u32>,
+}
+
+/// Canary release settings.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CanarySpec {
+    /// What happens, in order, between starting the canary and promoting it. At
+    /// least one step. After the last step the new version gets all traffic.
+    #[schemars(required, length(min = 1))]
+    pub steps: Option<Vec<CanaryStep>>,
+    /// How long a new instance must stay ready before it counts as available. Default `0s`.
+    #[serde(default)]
+    pub min_ready: Option<HumanDuration>,
+    /// A step that makes no progress for this long fails the rollout (pauses and
+    /// approvals wait without limit). Default `10m`.
+    #[serde(default)]
+    pub progress_deadline: Option<HumanDuration>,
+    /// Crashes of new-version instances tolerated before the rollout fails. Default 3.
+    #[serde(default)]
+    pub max_restarts: Option<u32>,
+    /// Requests carrying this header go to the canary whatever its weight, so
+    /// testers can reach it at 0%, e.g. `{ name: X-Canary, equals: always }`.
+    #[serde(default)]
+    pub header_route: Option<HeaderMatch>,
+    /// Version-sticky sessions: a client that reached one version keeps reaching
+    /// it (a cohort cookie) while the weights change. Default `false`.
+    #[serde(default)]
+    pub sticky: Option<bool>,
+    /// Shielding: an idempotent request that fails on the canary (5xx or no
+    /// connection) is retried once on the stable version, and the user gets the
+    /// stable answer; the failure still counts against the canary. Default `false`.
+    #[serde(default)]
+    pub shielding: Option<bool>,
+}
+
+/// One canary step: a map with exactly one key.
+#[derive(Debug, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum CanaryStep {
+    /// Send this percentage (0 to 100) of user traffic to the new version: `set_weight: 10`.
+    SetWeight(#[schemars(range(max = 100))] u32),
+    /// Wait: `pause: { duration: 30s }`, or `pause: {}` until `baton promote`,
+    /// or `pause: { until: approved }` until `baton approve`.
+    Pause(PauseStep),
+    /// Wait until `baton approve` (the same as `pause: { until: approved }`): `approval: {}`.
+    Approval(ApprovalStep),
+    /// Run this many instances of the new version, whatever its weight:
+    /// `set_canary_scale: { instances: 2 }`.
+    SetCanaryScale(CanaryScaleStep),
+    /// Judge the new version with the top-level `analysis` settings for this long;
+    /// a failure rolls back: `analysis: { duration: 1m }`.
+    Analysis(AnalysisStep),
+    /// Copy a share of user requests to the new version (its answers are compared,
+    /// never returned) for this long; too many mismatches fail the step:
+    /// `mirror: { percent: 100, duration: 30s, max_mismatch_rate: 0.01 }`.
+    Mirror(MirrorStep),
+}
+
+/// A canary pause.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PauseStep {
+    /// Pause this long. Leave out to wait for `baton promote` (or `until`).
+    #[serde(default)]
+    pub duration: Option<HumanDuration>,
+    /// `approved`: wait for `baton approve`, which records who approved.
+    #[serde(default)]
+    pub until: Option<PauseUntil>,
+}
+
+/// What a pause waits for, kept as text until validation: only `approved`.
+#[derive(Debug, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct PauseUntil(pub String);
+
+impl JsonSchema for PauseUntil {
+    fn schema_name() -> Cow<'static, str> {
+        "PauseUntil".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "`approved`: wait for `baton approve`.",
+            "enum": ["approved"],
+        })
+    }
+}
+
+/// An approval gate; it takes no settings.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ApprovalStep {}
+
+/// The instance count of the canary.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CanaryScaleStep {
+    /// Instances of the new version, 1 to the app's `instances`.
+    #[schemars(required, range(min = 1))]
+    pub instances: Option<u32>,
+}
+
+/// An analysis step.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AnalysisStep {
+    /// How long to judge the new version.
+    #[schemars(required)]
+    pub duration: Option<HumanDuration>,
+}
+
+/// A mirroring step.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MirrorStep {
+    /// Share of user requests copied to the new version, 1 to 100.
+    #[schemars(required, range(min = 1, max = 100))]
+    pub percent: Option<u32>,
+    /// How long to mirror.
+    #[schemars(required)]
+    pub duration: Option<HumanDuration>,
+    /// Highest share (0 to 1) of mirrored requests whose answers may differ from
+    /// the stable version's before the step fails. Default 0.01.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 1))]
+    pub max_mismatch_rate: Option<f64>,
+}
+
+/// A request header rule: the header `name` with exactly the value `equals`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HeaderMatch {
+    /// Header name, such as `X-Canary` (matched without regard to case).
+    #[schemars(required, regex(pattern = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"))]
+    pub name: Option<String>,
+    /// The exact header value that matches, such as `always`.
+    #[schemars(required, length(min = 1))]
+    pub equals: Option<String>,
+}
+
+/// Blue-green release settings.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BlueGreenSpec {
+    /// A second router address, as IP:PORT, that reaches only the new (green)
+    /// release, for tests before the switch. Default: none (the preview header
+    /// still works).
+    #[serde(default)]
+    pub preview_listen: Option<String>,
+    /// Requests to the main `listen` address carrying this header reach green
+    /// before the switch. Default `{ name: X-Baton-Preview, equals: "1" }`.
+    #[serde(default)]
+    pub preview_header: Option<HeaderMatch>,
+    /// Switch traffic by itself this long after green is ready and its checks
+    /// passed. Default: wait for `baton approve`.
+    #[serde(default)]
+    pub auto_promote_after: Option<HumanDuration>,
+    /// How long blue keeps running after the switch, so that `baton rollback`
+    /// switches back at once. Default `30s`.
+    #[serde(default)]
+    pub scale_down_delay: Option<HumanDuration>,
+    /// How long a new instance must stay ready before it counts as available. Default `0s`.
+    #[serde(default)]
+    pub min_ready: Option<HumanDuration>,
+    /// A phase that makes no progress for this long fails the rollout (waiting
+    /// for approval does not count). Default `10m`.
+    #[serde(default)]
+    pub progress_deadline: Option<HumanDuration>,
+    /// Crashes of new-version instances tolerated before the rollout fails. Default 3.
+    #[serde(default)]
+    pub max_restarts: Option<u32>,
+}
+
+/// Limits the new version must stay within, measured by baton's router. Leave
+/// a limit out to not check it.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AnalysisSpec {
+    /// Time between two measurements. Default `5s`.
+    #[serde(default)]
+    pub interval: Option<HumanDuration>,
+    /// How far back each measurement looks. Default `30s`.
+    #[serde(default)]
+    pub window: Option<HumanDuration>,
+    /// Fewer requests than this to the new version in the window: no judgement
+    /// yet. Default 50.
+    #[serde(default)]
+    pub min_requests: Option<u64>,
+    /// Failing measurements in a row before the release is rolled back. Default 2.
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub failure_limit: Option<u32>,
+    /// Highest error rate (5xx answers and failed connections over requests) of
+    /// the new version, 0 to 1, e.g. `0.05`.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 1))]
+    pub max_error_rate: Option<f64>,
+    /// Highest error rate of the new version above the stable version's, 0 to 1,
+    /// e.g. `0.02` (two points more).
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 1))]
+    pub max_error_rate_increase: Option<f64>,
+    /// Highest p99 latency of the new version, e.g. `500ms`.
+    #[serde(default)]
+    pub max_p99: Option<HumanDuration>,
+    /// Highest p99 latency of the new version as a multiple of the stable
+    /// version's, above 1, e.g. `1.5`.
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub max_p99_ratio: Option<f64>,
 }
 
 /// An externally tagged enum read by hand, so that every mistake (a plain string,
@@ -202,7 +425,7 @@ impl<'de> Deserialize<'de> for DriverSpec {
 
 impl OneKeyEnum for StrategySpec {
     const WHAT: &'static str = "strategy";
-    const VARIANTS: &'static [&'static str] = &["rolling"];
+    const VARIANTS: &'static [&'static str] = &["rolling", "canary", "blue_green"];
 
     fn value<'de, A: MapAccess<'de>>(key: &str, map: &mut A) -> Result<Self, A::Error> {
         match key {
@@ -210,8 +433,53 @@ impl OneKeyEnum for StrategySpec {
             "rolling" => Ok(StrategySpec::Rolling(
                 map.next_value::<Option<RollingSpec>>()?.unwrap_or_default(),
             )),
+            // A canary needs its steps, so `canary:` alone is read as `canary: {}`
+            // and validation says what is missing.
+            "canary" => Ok(StrategySpec::Canary(
+                map.next_value::<Option<CanarySpec>>()?.unwrap_or_default(),
+            )),
+            "blue_green" => Ok(StrategySpec::BlueGreen(
+                map.next_value::<Option<BlueGreenSpec>>()?
+                    .unwrap_or_default(),
+            )),
             other => Err(A::Error::unknown_variant(other, Self::VARIANTS)),
         }
+    }
+}
+
+impl OneKeyEnum for CanaryStep {
+    const WHAT: &'static str = "canary step";
+    const VARIANTS: &'static [&'static str] = &[
+        "set_weight",
+        "pause",
+        "approval",
+        "set_canary_scale",
+        "analysis",
+        "mirror",
+    ];
+
+    fn value<'de, A: MapAccess<'de>>(key: &str, map: &mut A) -> Result<Self, A::Error> {
+        match key {
+            "set_weight" => Ok(CanaryStep::SetWeight(map.next_value()?)),
+            // `pause:` and `approval:` with no value mean `pause: {}` and `approval: {}`.
+            "pause" => Ok(CanaryStep::Pause(
+                map.next_value::<Option<PauseStep>>()?.unwrap_or_default(),
+            )),
+            "approval" => Ok(CanaryStep::Approval(
+                map.next_value::<Option<ApprovalStep>>()?
+                    .unwrap_or_default(),
+            )),
+            "set_canary_scale" => Ok(CanaryStep::SetCanaryScale(map.next_value()?)),
+            "analysis" => Ok(CanaryStep::Analysis(map.next_value()?)),
+            "mirror" => Ok(CanaryStep::Mirror(map.next_value()?)),
+            other => Err(A::Error::unknown_variant(other, Self::VARIANTS)),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for CanaryStep {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(OneKeyVisitor(PhantomData))
     }
 }
 

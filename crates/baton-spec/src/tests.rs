@@ -35,20 +35,7 @@ strategy:
 
 /// BASE with the line starting with `prefix` replaced by `replacement`.
 fn with(prefix: &str, replacement: &str) -> String {
-    let mut found = false;
-    let out: Vec<&str> = BASE
-        .lines()
-        .map(|l| {
-            if !found && l.trim_start().starts_with(prefix) {
-                found = true;
-                replacement
-            } else {
-                l
-            }
-        })
-        .collect();
-    assert!(found, "no line starts with {prefix:?}");
-    out.join("\n") + "\n"
+    replace_line(BASE, prefix, replacement)
 }
 
 #[track_caller]
@@ -93,7 +80,9 @@ fn base_parses_with_values_and_defaults() {
     assert_eq!(spec.readiness.success_threshold, 2);
     assert_eq!(spec.readiness.failure_threshold, 3);
     assert_eq!(spec.readiness.initial_delay, Duration::ZERO);
-    let StrategySpec::Rolling(r) = &spec.strategy;
+    let StrategySpec::Rolling(r) = &spec.strategy else {
+        panic!("not rolling")
+    };
     assert_eq!(r.max_surge, IntOrPercent::Count(1));
     assert_eq!(r.max_unavailable, IntOrPercent::Count(0));
     assert_eq!(r.min_ready, Duration::from_secs(2));
@@ -119,7 +108,9 @@ fn minimal_spec_takes_defaults() {
     assert_eq!(spec.readiness.interval, Duration::from_secs(1));
     assert_eq!(spec.readiness.success_threshold, 1);
     assert_eq!(spec.readiness.failure_threshold, 3);
-    let StrategySpec::Rolling(r) = &spec.strategy;
+    let StrategySpec::Rolling(r) = &spec.strategy else {
+        panic!("not rolling")
+    };
     assert_eq!(r.max_surge, IntOrPercent::Percent(25));
     assert_eq!(r.max_unavailable, IntOrPercent::Percent(25));
     assert_eq!(r.min_ready, Duration::ZERO);
@@ -134,7 +125,9 @@ fn empty_rolling_takes_defaults() {
             "name: a\nlisten: 127.0.0.1:80\ndriver: {{ process: {{ command: [app] }} }}\n{form}\n"
         );
         let spec = parse_spec("t.yaml", &yaml).unwrap();
-        let StrategySpec::Rolling(r) = &spec.strategy;
+        let StrategySpec::Rolling(r) = &spec.strategy else {
+            panic!("not rolling")
+        };
         assert_eq!(r.max_surge, IntOrPercent::Percent(25), "{form}");
     }
 }
@@ -189,12 +182,13 @@ fn unknown_driver_or_strategy() {
     );
     assert!(e.hint.contains("`process`"), "{e}");
     let e = expect(
-        &with("rolling:", "  canary:"),
+        &with("rolling:", "  canery:"),
         18,
         "strategy",
         "unknown strategy",
     );
-    assert!(e.hint.contains("`rolling`"), "{e}");
+    assert!(e.hint.contains("did you mean `canary`?"), "{e}");
+    assert!(e.hint.contains("`rolling`, `canary`, `blue_green`"), "{e}");
 }
 
 #[test]
@@ -362,7 +356,9 @@ fn percentages() {
         "neither",
     );
     let spec = parse_spec("t.yaml", &with("max_surge:", "    max_surge: 100%")).unwrap();
-    let StrategySpec::Rolling(r) = &spec.strategy;
+    let StrategySpec::Rolling(r) = &spec.strategy else {
+        panic!("not rolling")
+    };
     assert_eq!(r.max_surge, IntOrPercent::Percent(100));
 }
 
@@ -386,7 +382,9 @@ fn surge_and_unavailable_not_both_zero() {
         .replace("    max_surge: 1\n", "")
         .replace("instances: 3", "instances: 4");
     let spec = parse_spec("t.yaml", &yaml).unwrap(); // default 25% surge of 4 = 1
-    let StrategySpec::Rolling(r) = &spec.strategy;
+    let StrategySpec::Rolling(r) = &spec.strategy else {
+        panic!("not rolling")
+    };
     assert_eq!(r.max_surge.resolve_up(spec.instances), 1);
 }
 
@@ -537,7 +535,9 @@ fn app_spec_round_trips_through_json() {
     let DriverSpec::Process(p) = &mut spec.driver;
     p.workdir = Some(PathBuf::from("/srv/demo"));
     p.stop_grace = Duration::from_micros(1500);
-    let StrategySpec::Rolling(r) = &mut spec.strategy;
+    let StrategySpec::Rolling(r) = &mut spec.strategy else {
+        panic!("not rolling")
+    };
     r.max_surge = IntOrPercent::Percent(25);
 
     let json = serde_json::to_string(&spec).unwrap();
@@ -573,7 +573,9 @@ fn quickstart_example_parses() {
     assert_eq!(spec.instances, 3);
     let DriverSpec::Process(p) = &spec.driver;
     assert_eq!(p.command[..2], ["{baton}", "sample"]);
-    let StrategySpec::Rolling(r) = &spec.strategy;
+    let StrategySpec::Rolling(r) = &spec.strategy else {
+        panic!("not rolling")
+    };
     assert_eq!(r.max_surge, IntOrPercent::Count(1));
     assert_eq!(r.max_unavailable, IntOrPercent::Count(0));
 }
@@ -608,6 +610,7 @@ fn schema_describes_the_format() {
         "driver",
         "readiness",
         "strategy",
+        "analysis",
     ] {
         assert!(
             props.get(field).is_some(),
@@ -617,4 +620,773 @@ fn schema_describes_the_format() {
     assert_eq!(schema["additionalProperties"], false);
     let required = schema["required"].as_array().unwrap();
     assert!(required.iter().any(|v| v == "name"));
+    let defs = &schema["$defs"];
+    for def in ["CanarySpec", "CanaryStep", "BlueGreenSpec", "AnalysisSpec"] {
+        assert!(defs.get(def).is_some(), "{def} missing from the schema");
+    }
+    assert_eq!(defs["CanarySpec"]["required"], serde_json::json!(["steps"]));
+    assert_eq!(
+        defs["CanaryStep"]["oneOf"].as_array().map(Vec::len),
+        Some(6)
+    );
+}
+
+/// A valid canary spec; tests replace one line of it. Line numbers:
+const CANARY: &str = "\
+name: demo
+listen: 127.0.0.1:8080
+instances: 4
+driver: { process: { command: [app, \"{port}\"] } }
+strategy:
+  canary:
+    steps:
+      - set_weight: 10
+      - pause: { duration: 30s }
+      - set_canary_scale: { instances: 2 }
+      - analysis: { duration: 1m }
+      - mirror: { percent: 50, duration: 20s, max_mismatch_rate: 0.02 }
+      - set_weight: 50
+      - pause: { until: approved }
+      - approval: {}
+      - pause: {}
+      - set_weight: 100
+    header_route: { name: X-Canary, equals: always }
+    sticky: true
+    shielding: true
+    min_ready: 1s
+    progress_deadline: 5m
+    max_restarts: 1
+analysis:
+  interval: 2s
+  window: 20s
+  min_requests: 10
+  failure_limit: 3
+  max_error_rate: 0.05
+  max_error_rate_increase: 0.01
+  max_p99: 500ms
+  max_p99_ratio: 1.5
+";
+
+/// `doc` with the first line starting with `prefix` (after indentation)
+/// replaced by `replacement`.
+fn replace_line(doc: &str, prefix: &str, replacement: &str) -> String {
+    let mut found = false;
+    let out: Vec<&str> = doc
+        .lines()
+        .map(|l| {
+            if !found && l.trim_start().starts_with(prefix) {
+                found = true;
+                replacement
+            } else {
+                l
+            }
+        })
+        .collect();
+    assert!(found, "no line starts with {prefix:?}");
+    out.join("\n") + "\n"
+}
+
+fn canary_with(prefix: &str, replacement: &str) -> String {
+    replace_line(CANARY, prefix, replacement)
+}
+
+#[test]
+fn canary_parses_with_values_and_defaults() {
+    let spec = parse_spec("t.yaml", CANARY).unwrap();
+    let StrategySpec::Canary(c) = &spec.strategy else {
+        panic!("not canary: {:?}", spec.strategy)
+    };
+    assert_eq!(
+        c.steps,
+        [
+            CanaryStep::SetWeight(10),
+            CanaryStep::Pause(Some(Duration::from_secs(30))),
+            CanaryStep::SetCanaryScale(2),
+            CanaryStep::Analysis(Duration::from_secs(60)),
+            CanaryStep::Mirror {
+                percent: 50,
+                duration: Duration::from_secs(20),
+                max_mismatch_rate: 0.02
+            },
+            CanaryStep::SetWeight(50),
+            CanaryStep::Approval,
+            CanaryStep::Approval,
+            CanaryStep::Pause(None),
+            CanaryStep::SetWeight(100),
+        ]
+    );
+    assert_eq!(
+        c.header_route,
+        Some(HeaderMatch {
+            name: "X-Canary".into(),
+            equals: "always".into()
+        })
+    );
+    assert!(c.sticky);
+    assert!(c.shielding);
+    assert_eq!(c.min_ready, Duration::from_secs(1));
+    assert_eq!(c.progress_deadline, Duration::from_secs(300));
+    assert_eq!(c.max_restarts, 1);
+    let a = spec.analysis.as_ref().unwrap();
+    assert_eq!(
+        *a,
+        AnalysisSpec {
+            interval: Duration::from_secs(2),
+            window: Duration::from_secs(20),
+            min_requests: 10,
+            failure_limit: 3,
+            max_error_rate: Some(0.05),
+            max_error_rate_increase: Some(0.01),
+            max_p99: Some(Duration::from_millis(500)),
+            max_p99_ratio: Some(1.5),
+        }
+    );
+}
+
+#[test]
+fn canary_and_analysis_defaults() {
+    let yaml = "name: a\nlisten: 127.0.0.1:80\ndriver: { process: { command: [app] } }\n\
+                strategy: { canary: { steps: [{ set_weight: 20 }, { pause: }, { approval: }, \
+                { mirror: { percent: 100, duration: 1m } }] } }\n\
+                analysis: { max_p99: 1s }\n";
+    let spec = parse_spec("t.yaml", yaml).unwrap();
+    let StrategySpec::Canary(c) = &spec.strategy else {
+        panic!("not canary")
+    };
+    assert_eq!(
+        c.steps,
+        [
+            CanaryStep::SetWeight(20),
+            CanaryStep::Pause(None),
+            CanaryStep::Approval,
+            CanaryStep::Mirror {
+                percent: 100,
+                duration: Duration::from_secs(60),
+                max_mismatch_rate: 0.01
+            },
+        ]
+    );
+    assert_eq!(c.min_ready, Duration::ZERO);
+    assert_eq!(c.progress_deadline, Duration::from_secs(600));
+    assert_eq!(c.max_restarts, 3);
+    assert_eq!(c.header_route, None);
+    assert!(!c.sticky);
+    assert!(!c.shielding);
+    let a = spec.analysis.unwrap();
+    assert_eq!(a.interval, Duration::from_secs(5));
+    assert_eq!(a.window, Duration::from_secs(30));
+    assert_eq!(a.min_requests, 50);
+    assert_eq!(a.failure_limit, 2);
+    assert_eq!(a.max_error_rate, None);
+    assert_eq!(a.max_error_rate_increase, None);
+    assert_eq!(a.max_p99, Some(Duration::from_secs(1)));
+    assert_eq!(a.max_p99_ratio, None);
+    // Without the section there is no analysis.
+    assert_eq!(parse_spec("t.yaml", BASE).unwrap().analysis, None);
+}
+
+#[test]
+fn canary_needs_steps() {
+    for (form, needle) in [
+        ("  canary: {}", "missing required field `steps`"),
+        ("  canary:", "missing required field `steps`"),
+        ("  canary: { steps: [] }", "at least one step"),
+    ] {
+        let yaml = CANARY.replace(
+            &CANARY[CANARY.find("  canary:").unwrap()..CANARY.find("    header_route").unwrap()],
+            &format!("{form}\n"),
+        );
+        let yaml = yaml
+            .lines()
+            .filter(|l| !l.starts_with("    "))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let e = expect(&yaml, 6, "strategy.canary.steps", needle);
+        assert!(e.hint.contains("set_weight"), "{e}");
+    }
+}
+
+#[test]
+fn unknown_canary_step_lists_the_kinds() {
+    let e = expect(
+        &canary_with("- set_weight: 10", "      - set_wieght: 10"),
+        8,
+        "strategy.canary.steps[0]",
+        "unknown canary step `set_wieght`",
+    );
+    assert!(e.hint.contains("did you mean `set_weight`?"), "{e}");
+    for kind in [
+        "set_weight",
+        "pause",
+        "approval",
+        "set_canary_scale",
+        "analysis",
+        "mirror",
+    ] {
+        assert!(e.hint.contains(&format!("`{kind}`")), "{e}");
+    }
+    expect(
+        &canary_with("- set_weight: 10", "      - { set_weight: 10, pause: {} }"),
+        8,
+        "strategy.canary.steps[0]",
+        "only one canary step",
+    );
+    let e = expect(
+        &canary_with("- set_weight: 10", "      - {}"),
+        8,
+        "strategy.canary.steps[0]",
+        "no canary step given",
+    );
+    assert!(e.message.contains("set_canary_scale"), "{e}");
+    expect(
+        &canary_with("- set_weight: 10", "      - set_weight"),
+        8,
+        "strategy.canary.steps[0]",
+        "expected a map",
+    );
+}
+
+#[test]
+fn canary_weights() {
+    let e = expect(
+        &canary_with("- set_weight: 10", "      - set_weight: 101"),
+        8,
+        "strategy.canary.steps[0].set_weight",
+        "out of range 0..=100",
+    );
+    assert!(e.hint.contains("0 to 100"), "{e}");
+    expect(
+        &canary_with("- set_weight: 10", "      - set_weight: ten"),
+        8,
+        "strategy.canary.steps[0].set_weight",
+        "",
+    );
+    expect(
+        &canary_with("- set_weight: 10", "      - set_weight: -1"),
+        8,
+        "strategy.canary.steps[0].set_weight",
+        "",
+    );
+    let spec = parse_spec(
+        "t.yaml",
+        &canary_with("- set_weight: 10", "      - set_weight: 0"),
+    )
+    .unwrap();
+    let StrategySpec::Canary(c) = &spec.strategy else {
+        panic!("not canary")
+    };
+    assert_eq!(c.steps[0], CanaryStep::SetWeight(0));
+}
+
+#[test]
+fn canary_pauses() {
+    let e = expect(
+        &canary_with("- pause: { duration", "      - pause: { duraton: 30s }"),
+        9,
+        "strategy.canary.steps[1].pause.duraton",
+        "unknown field `duraton`",
+    );
+    assert!(e.hint.contains("did you mean `duration`?"), "{e}");
+    assert!(e.hint.contains("`until`"), "{e}");
+    let e = expect(
+        &canary_with("- pause: { until", "      - pause: { until: approve }"),
+        14,
+        "strategy.canary.steps[6].pause.until",
+        "unknown pause condition `approve`",
+    );
+    assert!(e.hint.contains("did you mean `approved`?"), "{e}");
+    let e = expect(
+        &canary_with("- pause: { until", "      - pause: { until: tomorrow }"),
+        14,
+        "strategy.canary.steps[6].pause.until",
+        "unknown pause condition",
+    );
+    assert!(e.hint.contains("`approved`"), "{e}");
+    expect(
+        &canary_with(
+            "- pause: { until",
+            "      - pause: { until: approved, duration: 1m }",
+        ),
+        14,
+        "strategy.canary.steps[6].pause.until",
+        "not both",
+    );
+    let e = expect(
+        &canary_with("- pause: { duration", "      - pause: { duration: 30 }"),
+        9,
+        "strategy.canary.steps[1].pause.duration",
+        "invalid duration",
+    );
+    assert!(e.hint.contains("\"1m30s\""), "{e}");
+    expect(
+        &canary_with("- pause: { duration", "      - pause: { duration: 0s }"),
+        9,
+        "strategy.canary.steps[1].pause.duration",
+        "longer than zero",
+    );
+    expect(
+        &canary_with("- pause: { duration", "      - pause: 30s"),
+        9,
+        "strategy.canary.steps[1].pause",
+        "expected a map",
+    );
+    let e = expect(
+        &canary_with("- approval", "      - approval: { by: ops }"),
+        15,
+        "strategy.canary.steps[7].approval.by",
+        "unknown field `by`",
+    );
+    assert!(e.hint.contains("no settings"), "{e}");
+}
+
+#[test]
+fn canary_scale() {
+    for bad in ["0", "5"] {
+        let e = expect(
+            &canary_with(
+                "- set_canary_scale",
+                &format!("      - set_canary_scale: {{ instances: {bad} }}"),
+            ),
+            10,
+            "strategy.canary.steps[2].set_canary_scale.instances",
+            "out of range 1..=4",
+        );
+        assert!(e.hint.contains("instances: 1"), "{e}");
+    }
+    expect(
+        &canary_with("- set_canary_scale", "      - set_canary_scale: {}"),
+        10,
+        "strategy.canary.steps[2].set_canary_scale.instances",
+        "missing required field `instances`",
+    );
+    parse_spec(
+        "t.yaml",
+        &canary_with(
+            "- set_canary_scale",
+            "      - set_canary_scale: { instances: 4 }",
+        ),
+    )
+    .unwrap();
+}
+
+#[test]
+fn canary_analysis_step() {
+    expect(
+        &canary_with("- analysis:", "      - analysis: { duration: soon }"),
+        11,
+        "strategy.canary.steps[3].analysis.duration",
+        "invalid duration",
+    );
+    expect(
+        &canary_with("- analysis:", "      - analysis: {}"),
+        11,
+        "strategy.canary.steps[3].analysis.duration",
+        "missing required field `duration`",
+    );
+    // The limits come from the top-level section, which must be there.
+    let yaml = CANARY[..CANARY.find("analysis:\n").unwrap()].to_owned();
+    let e = expect(
+        &yaml,
+        11,
+        "strategy.canary.steps[3].analysis",
+        "needs the top-level `analysis:` section",
+    );
+    assert!(e.hint.contains("max_error_rate"), "{e}");
+    // Without analysis steps, the section is optional.
+    let yaml = replace_line(&yaml, "- analysis:", "      - set_weight: 20");
+    assert_eq!(parse_spec("t.yaml", &yaml).unwrap().analysis, None);
+}
+
+#[test]
+fn canary_mirror_step() {
+    let line = |v: &str| canary_with("- mirror:", &format!("      - mirror: {v}"));
+    for (value, field, needle) in [
+        (
+            "{ percent: 0, duration: 20s }",
+            "percent",
+            "out of range 1..=100",
+        ),
+        (
+            "{ percent: 101, duration: 20s }",
+            "percent",
+            "out of range 1..=100",
+        ),
+        ("{ duration: 20s }", "percent", "missing required field"),
+        ("{ percent: 5 }", "duration", "missing required field"),
+        (
+            "{ percent: 5, duration: 0s }",
+            "duration",
+            "longer than zero",
+        ),
+        (
+            "{ percent: 5, duration: 1s, max_mismatch_rate: 1.5 }",
+            "max_mismatch_rate",
+            "out of range 0..=1",
+        ),
+        (
+            "{ percent: 5, duration: 1s, max_mismatch_rate: -0.1 }",
+            "max_mismatch_rate",
+            "out of range 0..=1",
+        ),
+        (
+            "{ percent: 5, duration: 1s, mismatch: 0.1 }",
+            "mismatch",
+            "unknown field",
+        ),
+    ] {
+        let e = expect(
+            &line(value),
+            12,
+            &format!("strategy.canary.steps[4].mirror.{field}"),
+            needle,
+        );
+        assert!(!e.hint.is_empty(), "{e}");
+    }
+}
+
+#[test]
+fn header_rules() {
+    let e = expect(
+        &canary_with(
+            "header_route:",
+            "    header_route: { name: X Canary, equals: a }",
+        ),
+        18,
+        "strategy.canary.header_route.name",
+        "not a valid HTTP header name",
+    );
+    assert!(e.hint.contains("X-Canary"), "{e}");
+    expect(
+        &canary_with(
+            "header_route:",
+            "    header_route: { name: X-Canary, equals: \"\" }",
+        ),
+        18,
+        "strategy.canary.header_route.equals",
+        "must not be empty",
+    );
+    expect(
+        &canary_with(
+            "header_route:",
+            "    header_route: { name: X-Canary, equals: \"a\\nb\" }",
+        ),
+        18,
+        "strategy.canary.header_route.equals",
+        "not a valid HTTP header value",
+    );
+    expect(
+        &canary_with("header_route:", "    header_route: { name: X-Canary }"),
+        18,
+        "strategy.canary.header_route.equals",
+        "missing required field `equals`",
+    );
+    let e = expect(
+        &canary_with("header_route:", "    header_route: { nam: X }"),
+        18,
+        "strategy.canary.header_route.nam",
+        "unknown field",
+    );
+    assert!(e.hint.contains("did you mean `name`?"), "{e}");
+    expect(
+        &canary_with("sticky:", "    sticky: maybe"),
+        19,
+        "strategy.canary.sticky",
+        "",
+    );
+}
+
+#[test]
+fn canary_min_ready_shorter_than_progress_deadline() {
+    expect(
+        &canary_with("min_ready:", "    min_ready: 5m"),
+        21,
+        "strategy.canary.min_ready",
+        "shorter than progress_deadline",
+    );
+    expect(
+        &canary_with("progress_deadline:", "    progress_deadline: 1x"),
+        22,
+        "strategy.canary.progress_deadline",
+        "invalid duration",
+    );
+}
+
+#[test]
+fn analysis_limits() {
+    let a = |prefix: &str, value: &str| canary_with(prefix, &format!("  {prefix} {value}"));
+    for (prefix, value, line, needle) in [
+        ("interval:", "0s", 25, "longer than zero"),
+        ("window:", "forever", 26, "invalid duration"),
+        ("min_requests:", "-1", 27, ""),
+        ("failure_limit:", "0", 28, "at least 1"),
+        ("max_error_rate:", "5", 29, "out of range 0..=1"),
+        ("max_error_rate_increase:", "-0.5", 30, "out of range 0..=1"),
+        ("max_p99:", "0ms", 31, "longer than zero"),
+        ("max_p99:", "fast", 31, "invalid duration"),
+        ("max_p99_ratio:", "1", 32, "not above 1"),
+        ("max_p99_ratio:", "0.5", 32, "not above 1"),
+        ("max_p99_ratio:", "x", 32, ""),
+    ] {
+        let field = format!("analysis.{}", prefix.trim_end_matches(':'));
+        expect(&a(prefix, value), line, &field, needle);
+    }
+    let e = expect(
+        &canary_with("max_error_rate:", "  max_eror_rate: 0.1"),
+        29,
+        "analysis.max_eror_rate",
+        "unknown field",
+    );
+    assert!(e.hint.contains("did you mean `max_error_rate`?"), "{e}");
+    // A section without any limit would check nothing.
+    let yaml = CANARY[..CANARY.find("  max_error_rate:").unwrap()].to_owned();
+    let e = expect(&yaml, 24, "analysis", "no limit given");
+    assert!(e.hint.contains("max_p99"), "{e}");
+}
+
+/// A valid blue-green spec. Line numbers:
+const BLUE_GREEN: &str = "\
+name: demo
+listen: 127.0.0.1:8080
+instances: 2
+driver: { process: { command: [app, \"{port}\"] } }
+strategy:
+  blue_green:
+    preview_listen: 127.0.0.1:8081
+    preview_header: { name: X-Preview, equals: \"yes\" }
+    auto_promote_after: 1m
+    scale_down_delay: 2m
+    min_ready: 3s
+    progress_deadline: 4m
+    max_restarts: 0
+";
+
+fn blue_green_with(prefix: &str, replacement: &str) -> String {
+    replace_line(BLUE_GREEN, prefix, replacement)
+}
+
+#[test]
+fn blue_green_parses_with_values_and_defaults() {
+    let spec = parse_spec("t.yaml", BLUE_GREEN).unwrap();
+    let StrategySpec::BlueGreen(b) = &spec.strategy else {
+        panic!("not blue-green")
+    };
+    assert_eq!(
+        *b,
+        BlueGreenSpec {
+            preview_listen: Some("127.0.0.1:8081".parse().unwrap()),
+            preview_header: HeaderMatch {
+                name: "X-Preview".into(),
+                equals: "yes".into()
+            },
+            auto_promote_after: Some(Duration::from_secs(60)),
+            scale_down_delay: Duration::from_secs(120),
+            min_ready: Duration::from_secs(3),
+            progress_deadline: Duration::from_secs(240),
+            max_restarts: 0,
+        }
+    );
+    for form in ["strategy: { blue_green: {} }", "strategy:\n  blue_green:"] {
+        let yaml = format!(
+            "name: a\nlisten: 127.0.0.1:80\ndriver: {{ process: {{ command: [app] }} }}\n{form}\n"
+        );
+        let spec = parse_spec("t.yaml", &yaml).unwrap();
+        let StrategySpec::BlueGreen(b) = &spec.strategy else {
+            panic!("not blue-green: {form}")
+        };
+        assert_eq!(
+            *b,
+            BlueGreenSpec {
+                preview_listen: None,
+                preview_header: HeaderMatch {
+                    name: "X-Baton-Preview".into(),
+                    equals: "1".into()
+                },
+                auto_promote_after: None,
+                scale_down_delay: Duration::from_secs(30),
+                min_ready: Duration::ZERO,
+                progress_deadline: Duration::from_secs(600),
+                max_restarts: 3,
+            },
+            "{form}"
+        );
+    }
+}
+
+#[test]
+fn blue_green_errors() {
+    for same in ["127.0.0.1:8080", "0.0.0.0:8080"] {
+        let e = expect(
+            &blue_green_with("preview_listen:", &format!("    preview_listen: {same}")),
+            7,
+            "strategy.blue_green.preview_listen",
+            "share its port with `listen`",
+        );
+        assert!(e.hint.contains("127.0.0.1:8081"), "{e}");
+    }
+    // Another address on the same port is a different listener.
+    parse_spec(
+        "t.yaml",
+        &blue_green_with("preview_listen:", "    preview_listen: 127.0.0.2:8080"),
+    )
+    .unwrap();
+    expect(
+        &blue_green_with("preview_listen:", "    preview_listen: localhost:8081"),
+        7,
+        "strategy.blue_green.preview_listen",
+        "not an IP:PORT",
+    );
+    expect(
+        &blue_green_with(
+            "preview_header:",
+            "    preview_header: { name: \"X:P\", equals: \"1\" }",
+        ),
+        8,
+        "strategy.blue_green.preview_header.name",
+        "not a valid HTTP header name",
+    );
+    for (prefix, field) in [
+        ("auto_promote_after:", "auto_promote_after"),
+        ("scale_down_delay:", "scale_down_delay"),
+        ("min_ready:", "min_ready"),
+        ("progress_deadline:", "progress_deadline"),
+    ] {
+        let e = expect(
+            &blue_green_with(prefix, &format!("    {prefix} later")),
+            BLUE_GREEN.lines().position(|l| l.contains(prefix)).unwrap() + 1,
+            &format!("strategy.blue_green.{field}"),
+            "invalid duration",
+        );
+        assert!(e.hint.contains("1m30s"), "{e}");
+    }
+    expect(
+        &blue_green_with("min_ready:", "    min_ready: 4m"),
+        11,
+        "strategy.blue_green.min_ready",
+        "shorter than progress_deadline",
+    );
+    let e = expect(
+        &blue_green_with("scale_down_delay:", "    scale_down_dealy: 2m"),
+        10,
+        "strategy.blue_green.scale_down_dealy",
+        "unknown field",
+    );
+    assert!(e.hint.contains("did you mean `scale_down_delay`?"), "{e}");
+}
+
+#[test]
+fn strategy_hint_names_every_strategy() {
+    let e = expect(
+        &with("strategy:", "strategy: canary"),
+        17,
+        "strategy",
+        "map",
+    );
+    for name in ["rolling", "canary", "blue_green"] {
+        assert!(e.hint.contains(name), "{e}");
+    }
+    let e = expect(
+        &with("rolling:", "  rolling: {}\n  canary: {}"),
+        18,
+        "strategy",
+        "only one strategy",
+    );
+    assert!(e.hint.contains("blue_green"), "{e}");
+}
+
+#[test]
+fn canary_and_blue_green_specs_round_trip_through_json() {
+    let mut spec = parse_spec("t.yaml", CANARY).unwrap();
+    let StrategySpec::Canary(c) = &mut spec.strategy else {
+        panic!("not canary")
+    };
+    c.steps.push(CanaryStep::Pause(Some(Duration::new(3, 7))));
+    c.steps.push(CanaryStep::Mirror {
+        percent: 3,
+        duration: Duration::from_nanos(1),
+        max_mismatch_rate: 0.1 + 0.2,
+    });
+    c.min_ready = Duration::new(0, 999_999_999);
+    let a = spec.analysis.as_mut().unwrap();
+    a.max_error_rate = Some(1.0 / 3.0);
+    a.max_p99_ratio = Some(1.000_000_000_000_000_2);
+    a.max_p99 = Some(Duration::new(86_400 * 400, 1));
+    let json = serde_json::to_string(&spec).unwrap();
+    let back: AppSpec = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, spec, "{json}");
+    let value = serde_json::to_value(&spec).unwrap();
+    let steps = &value["strategy"]["canary"]["steps"];
+    assert_eq!(steps[0], serde_json::json!({ "set_weight": 10 }));
+    assert_eq!(steps[1], serde_json::json!({ "pause": "30s" }));
+    assert_eq!(steps[6], "approval");
+    assert_eq!(steps[8], serde_json::json!({ "pause": null }));
+    assert_eq!(
+        value["analysis"]["max_p99"],
+        "1year 1month 4days 7h 26m 24s 1ns"
+    );
+
+    let mut spec = parse_spec("t.yaml", BLUE_GREEN).unwrap();
+    let json = serde_json::to_string(&spec).unwrap();
+    assert_eq!(serde_json::from_str::<AppSpec>(&json).unwrap(), spec);
+    let StrategySpec::BlueGreen(b) = &mut spec.strategy else {
+        panic!("not blue-green")
+    };
+    b.preview_listen = Some("[::1]:9000".parse().unwrap());
+    b.auto_promote_after = None;
+    b.scale_down_delay = Duration::new(1, 1);
+    let json = serde_json::to_string(&spec).unwrap();
+    assert_eq!(
+        serde_json::from_str::<AppSpec>(&json).unwrap(),
+        spec,
+        "{json}"
+    );
+    assert_eq!(
+        serde_json::to_value(&spec).unwrap()["analysis"],
+        serde_json::Value::Null
+    );
+}
+
+#[test]
+fn many_fractions_round_trip_through_json() {
+    let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+    for _ in 0..20_000 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let x = (rng >> 11) as f64 / (1u64 << 53) as f64;
+        let text = serde_json::to_string(&x).unwrap();
+        assert_eq!(serde_json::from_str::<f64>(&text).unwrap(), x, "{text}");
+    }
+}
+
+#[test]
+fn json_written_before_analysis_existed_still_reads() {
+    let spec = parse_spec("t.yaml", BASE).unwrap();
+    let mut value = serde_json::to_value(&spec).unwrap();
+    value.as_object_mut().unwrap().remove("analysis");
+    assert_eq!(serde_json::from_value::<AppSpec>(value).unwrap(), spec);
+}
+
+#[test]
+fn canary_example_parses() {
+    let spec = load_spec(&repo_root().join("examples/canary.yaml")).unwrap();
+    let StrategySpec::Canary(c) = &spec.strategy else {
+        panic!("not canary")
+    };
+    assert!(c.steps.contains(&CanaryStep::Approval));
+    assert_eq!(c.steps.last(), Some(&CanaryStep::SetWeight(100)));
+    assert!(c.header_route.is_some());
+    assert!(spec.analysis.is_some());
+    let DriverSpec::Process(p) = &spec.driver;
+    assert_eq!(p.command[..2], ["{baton}", "sample"]);
+}
+
+#[test]
+fn blue_green_example_parses() {
+    let spec = load_spec(&repo_root().join("examples/blue-green.yaml")).unwrap();
+    let StrategySpec::BlueGreen(b) = &spec.strategy else {
+        panic!("not blue-green")
+    };
+    assert!(b.preview_listen.is_some());
+    let DriverSpec::Process(p) = &spec.driver;
+    assert_eq!(p.command[..2], ["{baton}", "sample"]);
 }

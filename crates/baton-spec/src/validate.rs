@@ -7,9 +7,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::SpecError;
-use crate::locate::{SourceMap, join};
+use crate::locate::{Pos, SourceMap, join};
 use crate::model::{
-    AppSpec, DriverSpec, IntOrPercent, ProcessDriverSpec, ReadinessSpec, RollingSpec, StrategySpec,
+    AnalysisSpec, AppSpec, BlueGreenSpec, CanarySpec, CanaryStep, DriverSpec, HeaderMatch,
+    IntOrPercent, ProcessDriverSpec, ReadinessSpec, RollingSpec, StrategySpec,
 };
 use crate::raw;
 use crate::template::{PLACEHOLDERS, split_command, unknown_placeholders};
@@ -35,19 +36,43 @@ pub(crate) mod defaults {
     pub(crate) const MIN_READY: Duration = Duration::ZERO;
     pub(crate) const PROGRESS_DEADLINE: Duration = Duration::from_secs(600);
     pub(crate) const MAX_RESTARTS: u32 = 3;
+    pub(crate) const MAX_MISMATCH_RATE: f64 = 0.01;
+    pub(crate) const PREVIEW_HEADER_NAME: &str = "X-Baton-Preview";
+    pub(crate) const PREVIEW_HEADER_VALUE: &str = "1";
+    pub(crate) const SCALE_DOWN_DELAY: Duration = Duration::from_secs(30);
+    pub(crate) const ANALYSIS_INTERVAL: Duration = Duration::from_secs(5);
+    pub(crate) const ANALYSIS_WINDOW: Duration = Duration::from_secs(30);
+    pub(crate) const MIN_REQUESTS: u64 = 50;
+    pub(crate) const FAILURE_LIMIT: u32 = 2;
 }
 
 const DURATION_HINT: &str =
     "write a number followed by a unit (ns, us, ms, s, m, h, d), e.g. \"500ms\", \"2s\", \"1m30s\"";
 
+/// `path` without its sequence indices:
+/// `strategy.canary.steps[2].set_weight` -> `strategy.canary.steps.set_weight`.
+fn without_indices(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut in_index = false;
+    for ch in path.chars() {
+        match ch {
+            '[' => in_index = true,
+            ']' => in_index = false,
+            _ if !in_index => out.push(ch),
+            _ => {}
+        }
+    }
+    out
+}
+
 /// How to fix a value of the field at `path` (indices and env names are ignored).
 pub(crate) fn field_hint(path: &str) -> String {
     // `driver.process.command[2]` -> `driver.process.command`
-    let base = path.split('[').next().unwrap_or(path);
+    let base = without_indices(path);
     let base = if base.starts_with("driver.process.env.") {
         "driver.process.env.*"
     } else {
-        base
+        base.as_str()
     };
     let hint = match base {
         "name" => {
@@ -69,7 +94,14 @@ pub(crate) fn field_hint(path: &str) -> String {
         | "readiness.timeout"
         | "readiness.initial_delay"
         | "strategy.rolling.min_ready"
-        | "strategy.rolling.progress_deadline" => DURATION_HINT,
+        | "strategy.rolling.progress_deadline"
+        | "strategy.canary.min_ready"
+        | "strategy.canary.progress_deadline"
+        | "strategy.blue_green.min_ready"
+        | "strategy.blue_green.progress_deadline"
+        | "strategy.blue_green.scale_down_delay"
+        | "analysis.interval"
+        | "analysis.window" => DURATION_HINT,
         "driver" => {
             "choose one driver, e.g. `driver: { process: { command: [\"./server\", \"--port\", \"{port}\"] } }`; \
              available drivers: process"
@@ -94,7 +126,9 @@ pub(crate) fn field_hint(path: &str) -> String {
         }
         "strategy" => {
             "choose one strategy, e.g. `strategy: { rolling: { max_surge: 1, max_unavailable: 0 } }`; \
-             available strategies: rolling (`rolling: {}` takes the defaults)"
+             available strategies: rolling (`rolling: {}` takes the defaults), canary \
+             (`canary: { steps: [{ set_weight: 10 }, { pause: { duration: 1m } }] }`) and \
+             blue_green (`blue_green: {}` takes the defaults)"
         }
         "strategy.rolling" => {
             "give the rolling settings as a map, e.g. `rolling: { max_surge: 1, max_unavailable: 0 }`, \
@@ -103,8 +137,96 @@ pub(crate) fn field_hint(path: &str) -> String {
         "strategy.rolling.max_surge" | "strategy.rolling.max_unavailable" => {
             "give a count such as `1` or a percentage from 0% to 100% such as `\"25%\"`"
         }
-        "strategy.rolling.max_restarts" => {
+        "strategy.rolling.max_restarts"
+        | "strategy.canary.max_restarts"
+        | "strategy.blue_green.max_restarts" => {
             "give a whole number, e.g. `max_restarts: 3` (0 fails the rollout on the first crash)"
+        }
+        "strategy.canary" => {
+            "give the canary settings as a map with a list of steps, e.g. \
+             `canary: { steps: [{ set_weight: 10 }, { pause: { duration: 1m } }, { set_weight: 50 }] }`"
+        }
+        "strategy.canary.steps" => {
+            "give a list of steps, one key each, e.g. `- set_weight: 10` then \
+             `- pause: { duration: 30s }`; step kinds: set_weight, pause, approval, \
+             set_canary_scale, analysis, mirror"
+        }
+        "strategy.canary.steps.set_weight" => {
+            "give the percentage of user traffic for the new version, 0 to 100, e.g. `- set_weight: 10`"
+        }
+        "strategy.canary.steps.pause" => {
+            "write `- pause: { duration: 30s }` to wait that long, `- pause: {}` to wait for \
+             `baton promote`, or `- pause: { until: approved }` to wait for `baton approve`"
+        }
+        "strategy.canary.steps.pause.duration"
+        | "strategy.canary.steps.analysis.duration"
+        | "strategy.canary.steps.mirror.duration"
+        | "strategy.blue_green.auto_promote_after"
+        | "analysis.max_p99" => {
+            "write a duration longer than zero, e.g. \"500ms\", \"30s\", \"1m30s\""
+        }
+        "strategy.canary.steps.pause.until" => {
+            "the only value is `approved` (`- pause: { until: approved }` waits for `baton approve`); \
+             leave `until` out to wait for `baton promote`"
+        }
+        "strategy.canary.steps.approval" => {
+            "write `- approval: {}` (it takes no settings) to wait for `baton approve`"
+        }
+        "strategy.canary.steps.set_canary_scale"
+        | "strategy.canary.steps.set_canary_scale.instances" => {
+            "give the number of new-version instances, from 1 to the app's `instances`, \
+             e.g. `- set_canary_scale: { instances: 1 }`"
+        }
+        "strategy.canary.steps.analysis" => {
+            "give how long to judge the new version, e.g. `- analysis: { duration: 1m }`; \
+             the limits come from the top-level `analysis:` section"
+        }
+        "strategy.canary.steps.mirror" | "strategy.canary.steps.mirror.percent" => {
+            "give the share of requests to copy (1 to 100) and for how long, e.g. \
+             `- mirror: { percent: 100, duration: 30s, max_mismatch_rate: 0.01 }`"
+        }
+        "strategy.canary.steps.mirror.max_mismatch_rate" => {
+            "give a fraction from 0 to 1, e.g. `max_mismatch_rate: 0.01` (1% of answers may differ)"
+        }
+        "strategy.canary.header_route" | "strategy.blue_green.preview_header" => {
+            "give a header name and value, e.g. `{ name: X-Canary, equals: always }`"
+        }
+        "strategy.canary.header_route.name" | "strategy.blue_green.preview_header.name" => {
+            "give an HTTP header name: letters, digits and !#$%&'*+-.^_`|~, e.g. `name: X-Canary`"
+        }
+        "strategy.canary.header_route.equals" | "strategy.blue_green.preview_header.equals" => {
+            "give the exact header value that matches, visible characters and spaces, \
+             e.g. `equals: always` (quote numbers: `equals: \"1\"`)"
+        }
+        "strategy.canary.sticky" => {
+            "write `sticky: true` to keep each client on the version it first reached, or `false`"
+        }
+        "strategy.canary.shielding" => {
+            "write `shielding: true` to retry failed idempotent canary requests on the stable \
+             version, or `false`"
+        }
+        "strategy.blue_green" => {
+            "give the blue-green settings as a map, e.g. \
+             `blue_green: { preview_listen: 127.0.0.1:8081, scale_down_delay: 30s }`, \
+             or `blue_green: {}` for the defaults"
+        }
+        "strategy.blue_green.preview_listen" => {
+            "give an IP address and a port other than `listen`'s, e.g. `preview_listen: 127.0.0.1:8081`"
+        }
+        "analysis" => {
+            "give a map with at least one limit, e.g. \
+             `analysis: { max_error_rate: 0.05, max_p99: 500ms }`; limits: max_error_rate, \
+             max_error_rate_increase, max_p99, max_p99_ratio"
+        }
+        "analysis.min_requests" => "give a whole number, e.g. `min_requests: 50`",
+        "analysis.failure_limit" => {
+            "give a whole number, at least 1, e.g. `failure_limit: 2` (failing measurements in a row)"
+        }
+        "analysis.max_error_rate" | "analysis.max_error_rate_increase" => {
+            "give a fraction from 0 to 1, e.g. `0.05` for 5%"
+        }
+        "analysis.max_p99_ratio" => {
+            "give a multiple of the stable version's p99 above 1, e.g. `max_p99_ratio: 1.5`"
         }
         _ => "see examples/quickstart.yaml for a complete spec, and schema/baton-spec.schema.json",
     };
@@ -122,13 +244,23 @@ impl Checker<'_> {
     /// Records a problem with the value at `path`.
     fn fail(&mut self, path: &str, message: impl Into<String>, hint: impl Into<String>) {
         let pos = self.map.value_pos(path);
+        self.push(path, pos, message.into(), hint.into());
+    }
+
+    /// Records a problem with the map at `path` as a whole, placed at its key.
+    fn fail_at_key(&mut self, path: &str, message: impl Into<String>, hint: impl Into<String>) {
+        let pos = self.map.key_pos(path);
+        self.push(path, pos, message.into(), hint.into());
+    }
+
+    fn push(&mut self, path: &str, pos: Option<Pos>, message: String, hint: String) {
         self.errors.push(SpecError {
             file: self.file.to_owned(),
             line: pos.map(|p| p.line),
             column: pos.map(|p| p.column),
             field: path.to_owned(),
-            message: message.into(),
-            hint: hint.into(),
+            message,
+            hint,
         });
     }
 
@@ -217,6 +349,119 @@ impl Checker<'_> {
         }
     }
 
+    /// A value the user must give; absent, it is reported where its map is.
+    fn required<T>(&mut self, path: &str, value: Option<T>) -> Option<T> {
+        if value.is_none() {
+            let field = path.rsplit('.').next().unwrap_or(path);
+            self.fail(
+                path,
+                format!("missing required field `{field}`"),
+                field_hint(path),
+            );
+        }
+        value
+    }
+
+    /// A required duration that must be longer than zero.
+    fn required_positive(&mut self, path: &str, value: Option<&raw::HumanDuration>) -> Duration {
+        let Some(raw) = self.required(path, value) else {
+            return Duration::ZERO;
+        };
+        self.optional_positive(path, Some(raw)).unwrap_or_default()
+    }
+
+    /// An optional duration that, when given, must be longer than zero.
+    fn optional_positive(
+        &mut self,
+        path: &str,
+        value: Option<&raw::HumanDuration>,
+    ) -> Option<Duration> {
+        value?;
+        let d = self.duration(path, value, Duration::ZERO);
+        if d.is_zero() {
+            if self.errors.last().is_none_or(|e| e.field != path) {
+                self.fail(path, "must be longer than zero", field_hint(path));
+            }
+            return None;
+        }
+        Some(d)
+    }
+
+    /// A fraction in 0..=1.
+    fn fraction(&mut self, path: &str, value: Option<f64>) -> Option<f64> {
+        let v = value?;
+        if !(0.0..=1.0).contains(&v) {
+            self.fail(path, format!("{v} is out of range 0..=1"), field_hint(path));
+            return None;
+        }
+        Some(v)
+    }
+
+    /// A header rule; `None` if a part is missing (already reported).
+    fn header(&mut self, path: &str, h: raw::HeaderMatch) -> Option<HeaderMatch> {
+        let name_path = join(path, "name");
+        let equals_path = join(path, "equals");
+        let name = self.required(&name_path, h.name);
+        if let Some(name) = &name
+            && !is_header_token(name)
+        {
+            self.fail(
+                &name_path,
+                format!("`{name}` is not a valid HTTP header name"),
+                field_hint(&name_path),
+            );
+        }
+        let equals = self.required(&equals_path, h.equals);
+        if let Some(equals) = &equals
+            && !is_header_value(equals)
+        {
+            let message = if equals.is_empty() {
+                "must not be empty".to_owned()
+            } else {
+                format!(
+                    "`{}` is not a valid HTTP header value",
+                    equals.escape_debug()
+                )
+            };
+            self.fail(&equals_path, message, field_hint(&equals_path));
+        }
+        Some(HeaderMatch {
+            name: name?,
+            equals: equals?,
+        })
+    }
+
+    /// Reports a `min_ready` that is not shorter than `progress_deadline` (under `base`).
+    fn min_ready_before_deadline(
+        &mut self,
+        base: &str,
+        min_ready_given: bool,
+        min_ready: Duration,
+        progress_deadline: Duration,
+    ) {
+        if min_ready < progress_deadline {
+            return;
+        }
+        let at = join(
+            base,
+            if min_ready_given {
+                "min_ready"
+            } else {
+                "progress_deadline"
+            },
+        );
+        self.fail(
+            &at,
+            format!(
+                "min_ready ({}) must be shorter than progress_deadline ({})",
+                humantime::format_duration(min_ready),
+                humantime::format_duration(progress_deadline)
+            ),
+            "shorten min_ready or lengthen progress_deadline, otherwise no new instance \
+             could become available before the rollout times out",
+        );
+    }
+
     fn placeholders(&mut self, path: &str, template: &str) {
         let unknown = unknown_placeholders(template);
         if let Some(first) = unknown.first() {
@@ -251,6 +496,24 @@ fn is_valid_version(version: &str) -> bool {
         && version
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// An HTTP header name: a non-empty RFC 9110 token.
+fn is_header_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// An HTTP header value baton can match exactly: not empty, visible ASCII, spaces
+/// and tabs inside but not at either end (clients and proxies trim those).
+fn is_header_value(value: &str) -> bool {
+    !value.is_empty()
+        && value.trim_matches([' ', '\t']) == value
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_graphic() || b == b' ' || b == b'\t')
 }
 
 /// Validates `spec` (read from `file`, positions in `map`) and builds the typed spec.
@@ -322,12 +585,25 @@ pub(crate) fn validate(
         raw::DriverSpec::Process(p) => DriverSpec::Process(process_driver(&mut c, p)),
     };
     let readiness = readiness(&mut c, spec.readiness.unwrap_or_default());
+    let has_analysis = spec.analysis.is_some();
     let strategy = match spec
         .strategy
         .unwrap_or(raw::StrategySpec::Rolling(raw::RollingSpec::default()))
     {
         raw::StrategySpec::Rolling(r) => StrategySpec::Rolling(rolling(&mut c, r, instances)),
+        raw::StrategySpec::Canary(r) => {
+            StrategySpec::Canary(canary(&mut c, r, instances, has_analysis))
+        }
+        raw::StrategySpec::BlueGreen(r) => {
+            let listen = c
+                .errors
+                .iter()
+                .all(|e| e.field != "listen")
+                .then_some(listen);
+            StrategySpec::BlueGreen(blue_green(&mut c, r, listen))
+        }
     };
+    let analysis = spec.analysis.map(|a| analysis(&mut c, a));
 
     if c.errors.is_empty() {
         Ok(AppSpec {
@@ -340,6 +616,7 @@ pub(crate) fn validate(
             readiness,
             strategy,
             drain_timeout,
+            analysis,
         })
     } else {
         Err(c.errors)
@@ -496,28 +773,309 @@ fn rolling(c: &mut Checker<'_>, r: raw::RollingSpec, instances: u32) -> RollingS
         r.progress_deadline.as_ref(),
         defaults::PROGRESS_DEADLINE,
     );
-    if min_ready >= progress_deadline {
-        let at = if r.min_ready.is_some() {
-            MIN_READY
-        } else {
-            DEADLINE
-        };
-        c.fail(
-            at,
-            format!(
-                "min_ready ({}) must be shorter than progress_deadline ({})",
-                humantime::format_duration(min_ready),
-                humantime::format_duration(progress_deadline)
-            ),
-            "shorten min_ready or lengthen progress_deadline, otherwise no new instance \
-             could become available before the rollout times out",
-        );
-    }
+    c.min_ready_before_deadline(
+        "strategy.rolling",
+        r.min_ready.is_some(),
+        min_ready,
+        progress_deadline,
+    );
     RollingSpec {
         max_surge,
         max_unavailable,
         min_ready,
         progress_deadline,
         max_restarts: r.max_restarts.unwrap_or(defaults::MAX_RESTARTS),
+    }
+}
+
+fn canary(
+    c: &mut Checker<'_>,
+    r: raw::CanarySpec,
+    instances: u32,
+    has_analysis: bool,
+) -> CanarySpec {
+    const BASE: &str = "strategy.canary";
+    let steps_path = join(BASE, "steps");
+    let mut steps = Vec::new();
+    match c.required(&steps_path, r.steps) {
+        Some(raw_steps) if raw_steps.is_empty() => {
+            c.fail(
+                &steps_path,
+                "a canary needs at least one step",
+                field_hint(&steps_path),
+            );
+        }
+        Some(raw_steps) => {
+            for (i, step) in raw_steps.into_iter().enumerate() {
+                let path = format!("{steps_path}[{i}]");
+                if let Some(step) = canary_step(c, &path, step, instances, has_analysis) {
+                    steps.push(step);
+                }
+            }
+        }
+        None => {}
+    }
+    let min_ready_path = join(BASE, "min_ready");
+    let deadline_path = join(BASE, "progress_deadline");
+    let min_ready = c.duration(&min_ready_path, r.min_ready.as_ref(), defaults::MIN_READY);
+    let progress_deadline = c.duration(
+        &deadline_path,
+        r.progress_deadline.as_ref(),
+        defaults::PROGRESS_DEADLINE,
+    );
+    c.min_ready_before_deadline(BASE, r.min_ready.is_some(), min_ready, progress_deadline);
+    let header_route = r
+        .header_route
+        .and_then(|h| c.header(&join(BASE, "header_route"), h));
+    CanarySpec {
+        steps,
+        min_ready,
+        progress_deadline,
+        max_restarts: r.max_restarts.unwrap_or(defaults::MAX_RESTARTS),
+        header_route,
+        sticky: r.sticky.unwrap_or(false),
+        shielding: r.shielding.unwrap_or(false),
+    }
+}
+
+/// One canary step at `path` (`strategy.canary.steps[i]`); `None` if it is invalid.
+fn canary_step(
+    c: &mut Checker<'_>,
+    path: &str,
+    step: raw::CanaryStep,
+    instances: u32,
+    has_analysis: bool,
+) -> Option<CanaryStep> {
+    match step {
+        raw::CanaryStep::SetWeight(weight) => {
+            if weight > 100 {
+                let at = join(path, "set_weight");
+                c.fail(
+                    &at,
+                    format!("weight {weight} is out of range 0..=100"),
+                    field_hint(&at),
+                );
+                return None;
+            }
+            Some(CanaryStep::SetWeight(weight))
+        }
+        raw::CanaryStep::Pause(p) => {
+            let base = join(path, "pause");
+            let until_path = join(&base, "until");
+            match (p.until.map(|raw::PauseUntil(text)| text), &p.duration) {
+                (Some(_), Some(_)) => {
+                    c.fail(
+                        &until_path,
+                        "a pause has either a `duration` or `until`, not both",
+                        "write `- pause: { duration: 30s }` to wait a while, or \
+                         `- pause: { until: approved }` to wait for `baton approve`",
+                    );
+                    None
+                }
+                (Some(until), None) if until.trim() == "approved" => Some(CanaryStep::Approval),
+                (Some(until), None) => {
+                    let mut hint = field_hint(&until_path);
+                    if crate::suggest(until.trim(), &["approved"]).is_some() {
+                        hint = format!("did you mean `approved`? {hint}");
+                    }
+                    c.fail(
+                        &until_path,
+                        format!("unknown pause condition `{until}`"),
+                        hint,
+                    );
+                    None
+                }
+                (None, Some(_)) => {
+                    let d = c.optional_positive(&join(&base, "duration"), p.duration.as_ref())?;
+                    Some(CanaryStep::Pause(Some(d)))
+                }
+                (None, None) => Some(CanaryStep::Pause(None)),
+            }
+        }
+        raw::CanaryStep::Approval(raw::ApprovalStep {}) => Some(CanaryStep::Approval),
+        raw::CanaryStep::SetCanaryScale(s) => {
+            let at = join(&join(path, "set_canary_scale"), "instances");
+            let n = c.required(&at, s.instances)?;
+            if !(1..=instances).contains(&n) {
+                c.fail(
+                    &at,
+                    format!("{n} is out of range 1..={instances} (the app's `instances`)"),
+                    field_hint(&at),
+                );
+                return None;
+            }
+            Some(CanaryStep::SetCanaryScale(n))
+        }
+        raw::CanaryStep::Analysis(a) => {
+            let base = join(path, "analysis");
+            let d = c.required_positive(&join(&base, "duration"), a.duration.as_ref());
+            if !has_analysis {
+                c.fail(
+                    &base,
+                    "an analysis step needs the top-level `analysis:` section",
+                    "add the limits to judge by, e.g. \
+                     `analysis: { max_error_rate: 0.05, max_p99: 500ms }` at the top level",
+                );
+                return None;
+            }
+            (!d.is_zero()).then_some(CanaryStep::Analysis(d))
+        }
+        raw::CanaryStep::Mirror(m) => {
+            let base = join(path, "mirror");
+            let before = c.errors.len();
+            let percent_path = join(&base, "percent");
+            let percent = c.required(&percent_path, m.percent).unwrap_or(0);
+            if m.percent.is_some() && !(1..=100).contains(&percent) {
+                c.fail(
+                    &percent_path,
+                    format!("{percent} is out of range 1..=100"),
+                    field_hint(&percent_path),
+                );
+            }
+            let duration = c.required_positive(&join(&base, "duration"), m.duration.as_ref());
+            let max_mismatch_rate = c
+                .fraction(&join(&base, "max_mismatch_rate"), m.max_mismatch_rate)
+                .unwrap_or(defaults::MAX_MISMATCH_RATE);
+            (c.errors.len() == before).then_some(CanaryStep::Mirror {
+                percent,
+                duration,
+                max_mismatch_rate,
+            })
+        }
+    }
+}
+
+fn blue_green(
+    c: &mut Checker<'_>,
+    r: raw::BlueGreenSpec,
+    listen: Option<SocketAddr>,
+) -> BlueGreenSpec {
+    const BASE: &str = "strategy.blue_green";
+    let preview_path = join(BASE, "preview_listen");
+    let preview_listen = r.preview_listen.and_then(|text| {
+        let Ok(addr) = text.trim().parse::<SocketAddr>() else {
+            c.fail(
+                &preview_path,
+                format!("`{text}` is not an IP:PORT socket address"),
+                field_hint(&preview_path),
+            );
+            return None;
+        };
+        if let Some(listen) = listen
+            && same_listener(addr, listen)
+        {
+            c.fail(
+                &preview_path,
+                format!("{addr} would share its port with `listen` ({listen})"),
+                field_hint(&preview_path),
+            );
+            return None;
+        }
+        Some(addr)
+    });
+    let preview_header = match r.preview_header {
+        Some(h) => c.header(&join(BASE, "preview_header"), h),
+        None => None,
+    }
+    .unwrap_or_else(|| HeaderMatch {
+        name: defaults::PREVIEW_HEADER_NAME.to_owned(),
+        equals: defaults::PREVIEW_HEADER_VALUE.to_owned(),
+    });
+    let auto_promote_after = match &r.auto_promote_after {
+        Some(_) => Some(c.duration(
+            &join(BASE, "auto_promote_after"),
+            r.auto_promote_after.as_ref(),
+            Duration::ZERO,
+        )),
+        None => None,
+    };
+    let scale_down_delay = c.duration(
+        &join(BASE, "scale_down_delay"),
+        r.scale_down_delay.as_ref(),
+        defaults::SCALE_DOWN_DELAY,
+    );
+    let min_ready = c.duration(
+        &join(BASE, "min_ready"),
+        r.min_ready.as_ref(),
+        defaults::MIN_READY,
+    );
+    let progress_deadline = c.duration(
+        &join(BASE, "progress_deadline"),
+        r.progress_deadline.as_ref(),
+        defaults::PROGRESS_DEADLINE,
+    );
+    c.min_ready_before_deadline(BASE, r.min_ready.is_some(), min_ready, progress_deadline);
+    BlueGreenSpec {
+        preview_listen,
+        preview_header,
+        auto_promote_after,
+        scale_down_delay,
+        min_ready,
+        progress_deadline,
+        max_restarts: r.max_restarts.unwrap_or(defaults::MAX_RESTARTS),
+    }
+}
+
+/// Whether two listeners would need the same port: equal addresses, or the same
+/// port where one of them is a wildcard address.
+fn same_listener(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.port() != 0
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+fn analysis(c: &mut Checker<'_>, a: raw::AnalysisSpec) -> AnalysisSpec {
+    let interval = c.positive_duration(
+        "analysis.interval",
+        a.interval.as_ref(),
+        defaults::ANALYSIS_INTERVAL,
+    );
+    let window = c.positive_duration(
+        "analysis.window",
+        a.window.as_ref(),
+        defaults::ANALYSIS_WINDOW,
+    );
+    let failure_limit = c.at_least_one(
+        "analysis.failure_limit",
+        a.failure_limit,
+        defaults::FAILURE_LIMIT,
+    );
+    let max_error_rate = c.fraction("analysis.max_error_rate", a.max_error_rate);
+    let max_error_rate_increase = c.fraction(
+        "analysis.max_error_rate_increase",
+        a.max_error_rate_increase,
+    );
+    let max_p99 = c.optional_positive("analysis.max_p99", a.max_p99.as_ref());
+    let max_p99_ratio = a.max_p99_ratio.filter(|&ratio| {
+        let ok = ratio.is_finite() && ratio > 1.0;
+        if !ok {
+            c.fail(
+                "analysis.max_p99_ratio",
+                format!("{ratio} is not above 1"),
+                field_hint("analysis.max_p99_ratio"),
+            );
+        }
+        ok
+    });
+    if a.max_error_rate.is_none()
+        && a.max_error_rate_increase.is_none()
+        && a.max_p99.is_none()
+        && a.max_p99_ratio.is_none()
+    {
+        c.fail_at_key(
+            "analysis",
+            "no limit given, so nothing would be checked",
+            field_hint("analysis"),
+        );
+    }
+    AnalysisSpec {
+        interval,
+        window,
+        min_requests: a.min_requests.unwrap_or(defaults::MIN_REQUESTS),
+        failure_limit,
+        max_error_rate,
+        max_error_rate_increase,
+        max_p99,
+        max_p99_ratio,
     }
 }
