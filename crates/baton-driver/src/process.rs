@@ -218,29 +218,34 @@ impl ProcessDriver {
         // Wait for the leader, then give the rest of the group (workers it forked, which
         // got SIGTERM too) the remaining grace before sweeping them.
         let leader_exited = poll_until(deadline, || !self.is_running(handle)).await;
+        let members = || procfs::instance_group_members(handle.pid, &handle.instance_id);
         if leader_exited {
-            poll_until(deadline, || !procfs::group_has_live_member(handle.pid)).await;
+            poll_until(deadline, || members().is_empty()).await;
         }
         let outcome = if leader_exited {
             StopOutcome::Graceful
         } else {
             StopOutcome::Killed
         };
-        if procfs::group_has_live_member(handle.pid) {
-            if outcome == StopOutcome::Killed {
-                tracing::warn!(instance_id = %handle.instance_id, pid = handle.pid, "grace period over, killing instance");
-            }
+        if self.is_running(handle) {
+            // The leader is alive (identity checked), so the group is still ours.
+            tracing::warn!(instance_id = %handle.instance_id, pid = handle.pid, "grace period over, killing instance");
             signal_group(pgid, Signal::SIGKILL)?;
-            let gone = poll_until(Instant::now() + KILL_WAIT, || {
-                !self.is_running(handle) && !procfs::group_has_live_member(handle.pid)
-            })
-            .await;
-            if !gone {
-                return Err(DriverError::StillRunning {
-                    instance_id: handle.instance_id.clone(),
-                    pid: handle.pid,
-                });
-            }
+        }
+        // Stragglers the leader left behind are killed one by one: after the
+        // leader is gone its group number may belong to someone else.
+        for pid in members() {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+        let gone = poll_until(Instant::now() + KILL_WAIT, || {
+            !self.is_running(handle) && members().is_empty()
+        })
+        .await;
+        if !gone {
+            return Err(DriverError::StillRunning {
+                instance_id: handle.instance_id.clone(),
+                pid: handle.pid,
+            });
         }
         self.forget(handle);
         tracing::info!(instance_id = %handle.instance_id, pid = handle.pid, ?outcome, "instance stopped");

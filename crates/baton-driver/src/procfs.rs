@@ -120,13 +120,25 @@ fn pid_from_name(name: &OsStr) -> Option<u32> {
 }
 
 /// Whether any live (non-zombie) process is in process group `pgid`.
-pub(crate) fn group_has_live_member(pgid: u32) -> bool {
+/// Live members of process group `pgid` that belong to instance `instance_id`
+/// (they inherited its `BATON_INSTANCE_ID`). Checking the variable matters once
+/// the group's leader is gone: its number can then be reused by an unrelated
+/// process group, which must never be signalled.
+pub(crate) fn instance_group_members(pgid: u32, instance_id: &str) -> Vec<u32> {
     let Ok(pids) = list_pids() else {
-        // Cannot tell; assume alive so the caller escalates rather than leaking.
-        return true;
+        return Vec::new();
     };
     pids.into_iter()
-        .any(|pid| matches!(read_stat(pid), Ok(Some(st)) if st.pgrp == pgid && !st.is_dead()))
+        .filter(|&pid| matches!(read_stat(pid), Ok(Some(st)) if st.pgrp == pgid && !st.is_dead()))
+        .filter(|&pid| {
+            read_environ(pid).is_some_and(|env| {
+                env.iter().any(|(k, v)| {
+                    k.as_slice() == crate::ENV_INSTANCE_ID.as_bytes()
+                        && v.as_slice() == instance_id.as_bytes()
+                })
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

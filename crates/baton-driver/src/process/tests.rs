@@ -197,7 +197,7 @@ async fn stop_kills_a_process_that_ignores_sigterm() {
     assert!(started.elapsed() >= Duration::from_millis(300));
     assert_eq!(s.driver.status(&h), InstanceStatus::Gone);
     assert!(
-        !procfs::group_has_live_member(h.pid),
+        procfs::instance_group_members(h.pid, &h.instance_id).is_empty(),
         "sleep was killed too"
     );
     assert!(!s.log("i1").contains("survived"));
@@ -216,7 +216,7 @@ async fn stop_of_a_well_behaved_process_is_graceful_and_takes_its_children() {
     let outcome = s.driver.stop(&h, WAIT).await.unwrap();
     assert_eq!(outcome, StopOutcome::Graceful);
     assert!(started.elapsed() < WAIT);
-    assert!(!procfs::group_has_live_member(h.pid));
+    assert!(procfs::instance_group_members(h.pid, &h.instance_id).is_empty());
     assert_eq!(
         s.driver.stop(&h, WAIT).await.unwrap(),
         StopOutcome::AlreadyGone
