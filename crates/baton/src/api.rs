@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use baton_engine::{Release, RolloutKind, RolloutPhase};
+use baton_engine::{Input, Release, RolloutKind, RolloutPhase};
 use baton_spec::AppSpec;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -26,6 +26,11 @@ pub fn router(cp: Arc<ControlPlane>) -> Router {
         .route("/v1/apps/{app}", get(app_status))
         .route("/v1/apps/{app}/deploy", post(deploy))
         .route("/v1/apps/{app}/abort", post(abort))
+        .route("/v1/apps/{app}/promote", post(promote))
+        .route("/v1/apps/{app}/pause", post(pause))
+        .route("/v1/apps/{app}/resume", post(resume))
+        .route("/v1/apps/{app}/approve", post(approve))
+        .route("/v1/apps/{app}/retry", post(retry))
         .route("/v1/apps/{app}/rollback", post(rollback))
         .route("/v1/apps/{app}/plan", get(plan))
         .route("/v1/apps/{app}/history", get(history))
@@ -64,6 +69,7 @@ impl From<CommandError> for ApiError {
             CommandError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             CommandError::Engine(_) => StatusCode::CONFLICT,
             CommandError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            CommandError::Preflight(_) => StatusCode::UNPROCESSABLE_ENTITY,
         };
         ApiError(code, e.to_string())
     }
@@ -221,22 +227,132 @@ async fn abort(
     headers: HeaderMap,
     body: Option<Json<AbortBody>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let h = handle(&cp, &app).await?;
-    let (tx, rx) = tokio::sync::oneshot::channel();
     let reason = body
         .and_then(|b| b.0.reason)
         .unwrap_or_else(|| "no reason given".into());
+    let by = operator(&headers);
+    operate(&cp, &app, Input::Abort { by, reason }).await?;
+    Ok(Json(json!({"app": app, "aborted": true})))
+}
+
+/// Send an operator's input to the app's controller and wait for its answer.
+async fn operate(cp: &ControlPlane, app: &str, input: Input) -> Result<(), ApiError> {
+    let h = handle(cp, app).await?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
     h.commands
-        .send(Command::Abort {
-            operator: operator(&headers),
-            reason,
-            reply: tx,
-        })
+        .send(Command::Operate { input, reply: tx })
         .await
         .map_err(|_| anyhow::anyhow!("app controller stopped"))?;
     rx.await
         .map_err(|_| anyhow::anyhow!("app controller stopped"))??;
-    Ok(Json(json!({"app": app, "aborted": true})))
+    Ok(())
+}
+
+#[derive(Deserialize, Default)]
+struct PromoteBody {
+    #[serde(default)]
+    full: bool,
+}
+
+async fn promote(
+    State(cp): Cp,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+    body: Option<Json<PromoteBody>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let full = body.is_some_and(|b| b.0.full);
+    operate(
+        &cp,
+        &app,
+        Input::Promote {
+            by: operator(&headers),
+            full,
+        },
+    )
+    .await?;
+    Ok(Json(json!({"app": app, "promoted": true, "full": full})))
+}
+
+async fn pause(
+    State(cp): Cp,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    operate(
+        &cp,
+        &app,
+        Input::Pause {
+            by: operator(&headers),
+        },
+    )
+    .await?;
+    Ok(Json(json!({"app": app, "paused": true})))
+}
+
+async fn resume(
+    State(cp): Cp,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    operate(
+        &cp,
+        &app,
+        Input::Resume {
+            by: operator(&headers),
+        },
+    )
+    .await?;
+    Ok(Json(json!({"app": app, "resumed": true})))
+}
+
+async fn approve(
+    State(cp): Cp,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let by = operator(&headers);
+    operate(&cp, &app, Input::Approve { by: by.clone() }).await?;
+    Ok(Json(json!({"app": app, "approved_by": by})))
+}
+
+/// Run the release of the last aborted or rolled-back rollout again.
+async fn retry(
+    State(cp): Cp,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<DeployAccepted>, ApiError> {
+    let h = handle(&cp, &app).await?;
+    let view = h.status.borrow().clone();
+    let last = view
+        .state
+        .last_finished
+        .clone()
+        .filter(|f| f.outcome != baton_engine::Outcome::Succeeded)
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("{app}'s last rollout did not fail or abort; there is nothing to retry"),
+            )
+        })?;
+    let record = cp
+        .shared
+        .store()
+        .list_history(&app)
+        .map_err(anyhow::Error::from)?
+        .into_iter()
+        .find(|h| h.id == last.history_id)
+        .ok_or_else(|| anyhow::anyhow!("history record {} is missing", last.history_id))?;
+    Ok(Json(
+        send_deploy(
+            &h,
+            record.to_version,
+            BTreeMap::new(),
+            operator(&headers),
+            RolloutKind::Deploy,
+            Some(record.revision),
+        )
+        .await?,
+    ))
 }
 
 #[derive(Deserialize, Default)]
@@ -253,13 +369,27 @@ async fn rollback(
 ) -> Result<Json<DeployAccepted>, ApiError> {
     let h = handle(&cp, &app).await?;
     let view = h.status.borrow().clone();
-    if view.state.rollout.is_some() {
-        return Err(ApiError(
-            StatusCode::CONFLICT,
-            format!(
-                "a rollout of {app} is in progress; `baton abort {app}` returns it to the stable version"
-            ),
-        ));
+    if let Some(r) = &view.state.rollout {
+        // During a rollout (a blue-green scale-down delay included) a rollback
+        // is an abort: traffic returns to the stable release at once.
+        let Some(from) = r.from.clone() else {
+            return Err(ApiError(
+                StatusCode::CONFLICT,
+                format!(
+                    "{app}'s first release is still rolling out; there is nothing to roll back to"
+                ),
+            ));
+        };
+        let history_id = r.history_id;
+        let by = operator(&headers);
+        let reason = "rollback requested".to_string();
+        operate(&cp, &app, Input::Abort { by, reason }).await?;
+        return Ok(Json(DeployAccepted {
+            revision: from.revision,
+            history_id,
+            version: from.version,
+            unchanged: false,
+        }));
     }
     let target = match body.and_then(|b| b.0.to_revision) {
         Some(n) => n,

@@ -84,7 +84,27 @@ enum Cmd {
         #[arg(long)]
         reason: Option<String>,
     },
-    /// Return to the previous release (or a given revision) by the rolling path.
+    /// Move a canary or blue-green rollout past its current pause or gate.
+    Promote {
+        app: String,
+        /// Skip every remaining step (still without dropping requests).
+        #[arg(long)]
+        full: bool,
+    },
+    /// Hold a rollout where it is.
+    Pause { app: String },
+    /// Continue a paused rollout.
+    Resume { app: String },
+    /// Pass an approval gate (recorded with your name).
+    Approve { app: String },
+    /// Run the release of the last aborted or rolled-back rollout again.
+    Retry {
+        app: String,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Return to the previous release (or a given revision) by the rolling path;
+    /// during a rollout, abort it (traffic back to the stable release at once).
     Rollback {
         app: String,
         #[arg(long)]
@@ -283,7 +303,10 @@ async fn run(cli: Cli) -> Exit {
                 )
                 .await
             {
-                Ok(v) => v,
+                Ok(mut v) => {
+                    v["rollback"] = json!(true);
+                    v
+                }
                 Err(e) => return e.into(),
             };
             report_accepted(&api, &app, &accepted, wait, last_event).await
@@ -297,6 +320,24 @@ async fn run(cli: Cli) -> Exit {
                     println!("{app}: aborted; all traffic is going back to the stable version");
                     Exit::Ok
                 }
+                Err(e) => e.into(),
+            }
+        }
+        Cmd::Promote { app, full } => {
+            let done = if full {
+                "promoting fully"
+            } else {
+                "promoted to the next step"
+            };
+            simple(&api, &app, "promote", json!({"full": full}), done).await
+        }
+        Cmd::Pause { app } => simple(&api, &app, "pause", json!({}), "paused").await,
+        Cmd::Resume { app } => simple(&api, &app, "resume", json!({}), "resumed").await,
+        Cmd::Approve { app } => simple(&api, &app, "approve", json!({}), "approved").await,
+        Cmd::Retry { app, wait } => {
+            let last_event = last_event_id(&api, &app).await;
+            match api.post(&format!("/v1/apps/{app}/retry"), &json!({})).await {
+                Ok(accepted) => report_accepted(&api, &app, &accepted, wait, last_event).await,
                 Err(e) => e.into(),
             }
         }
@@ -351,6 +392,17 @@ async fn run(cli: Cli) -> Exit {
                 Err(e) => Exit::Failed(e.to_string()),
             }
         }
+    }
+}
+
+/// A command on a live rollout that answers at once.
+async fn simple(api: &ApiClient, app: &str, verb: &str, body: Value, done: &str) -> Exit {
+    match api.post(&format!("/v1/apps/{app}/{verb}"), &body).await {
+        Ok(_) => {
+            println!("{app}: {done}");
+            Exit::Ok
+        }
+        Err(e) => e.into(),
     }
 }
 
@@ -428,7 +480,9 @@ async fn report_accepted(
         println!("  follow it with `baton status {app}`");
         return Exit::Ok;
     }
-    wait_for_rollout(api, app, history_id, last_event).await
+    let rollback = accepted["rollback"].as_bool().unwrap_or(false);
+    let version = accepted["version"].as_str().map(str::to_string);
+    wait_for_rollout(api, app, history_id, last_event, rollback, version).await
 }
 
 /// Follow a rollout to its end, printing each event as it happens.
@@ -437,6 +491,8 @@ async fn wait_for_rollout(
     app: &str,
     history_id: i64,
     mut last_event: i64,
+    rollback: bool,
+    accepted_version: Option<String>,
 ) -> Exit {
     loop {
         if let Ok(v) = api
@@ -467,7 +523,10 @@ async fn wait_for_rollout(
                 .as_ref()
                 .is_none_or(|r| r.history_id != history_id)
         {
-            return if last.result == "succeeded" {
+            // A rollback that aborted a rollout succeeds when the app is back
+            // on the version it asked for.
+            let reached = status.stable_version.as_deref() == accepted_version.as_deref();
+            return if last.result == "succeeded" || (rollback && reached) {
                 println!(
                     "{} {app} now runs {}",
                     paint("✓", Color::Green),

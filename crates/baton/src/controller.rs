@@ -66,9 +66,10 @@ pub enum Command {
         revision: Option<u32>,
         reply: oneshot::Sender<Result<DeployAccepted, CommandError>>,
     },
-    Abort {
-        operator: String,
-        reason: String,
+    /// An operator's command on a live rollout: abort, promote, pause,
+    /// resume or approve.
+    Operate {
+        input: Input,
         reply: oneshot::Sender<Result<(), CommandError>>,
     },
     /// Drain and stop every instance (used by `baton down` and the demo).
@@ -92,6 +93,9 @@ pub enum CommandError {
     Engine(#[from] EngineError),
     #[error("{0}")]
     BadRequest(String),
+    /// A pre-flight check failed.
+    #[error("{0}")]
+    Preflight(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -127,26 +131,90 @@ pub struct AppController {
     checkers: HashMap<String, CancellationToken>,
     /// Drain/stop tasks already running, by instance id (so a restart does not double them).
     in_progress: HashMap<String, &'static str>,
+    /// Analysis of the rollout in flight.
+    analysis: AnalysisRun,
     shutdown: CancellationToken,
 }
 
 /// Resolve the spec's strategy into engine parameters.
 pub fn params_of(spec: &AppSpec) -> Params {
-    let StrategySpec::Rolling(r) = &spec.strategy;
-    Params {
-        instances: spec.instances,
-        max_surge: r.max_surge.resolve_up(spec.instances),
-        max_unavailable: r.max_unavailable.resolve_down(spec.instances),
-        min_ready_ms: r.min_ready.as_millis() as u64,
-        progress_deadline_ms: r.progress_deadline.as_millis() as u64,
-        max_restarts: r.max_restarts,
-        strategy: baton_engine::Strategy::Rolling,
+    use baton_engine::{Step, Strategy};
+    use baton_spec::CanaryStep;
+    let n = spec.instances;
+    let ms = |d: Duration| d.as_millis() as u64;
+    match &spec.strategy {
+        StrategySpec::Rolling(r) => Params {
+            instances: n,
+            max_surge: r.max_surge.resolve_up(n),
+            max_unavailable: r.max_unavailable.resolve_down(n),
+            min_ready_ms: ms(r.min_ready),
+            progress_deadline_ms: ms(r.progress_deadline),
+            max_restarts: r.max_restarts,
+            strategy: Strategy::Rolling,
+        },
+        StrategySpec::Canary(c) => Params {
+            instances: n,
+            // A first release (nothing to compare with) comes up all at once.
+            max_surge: n,
+            max_unavailable: 0,
+            min_ready_ms: ms(c.min_ready),
+            progress_deadline_ms: ms(c.progress_deadline),
+            max_restarts: c.max_restarts,
+            strategy: Strategy::Stepped {
+                steps: c
+                    .steps
+                    .iter()
+                    .map(|s| match s {
+                        CanaryStep::SetWeight(p) => Step::SetWeight { percent: *p },
+                        CanaryStep::Pause(d) => Step::Pause {
+                            duration_ms: d.map(ms),
+                        },
+                        CanaryStep::Approval => Step::Approval,
+                        CanaryStep::SetCanaryScale(k) => Step::SetScale { instances: *k },
+                        CanaryStep::Analysis(d) => Step::Analysis {
+                            duration_ms: ms(*d),
+                        },
+                        CanaryStep::Mirror {
+                            percent, duration, ..
+                        } => Step::Mirror {
+                            percent: *percent,
+                            duration_ms: ms(*duration),
+                        },
+                    })
+                    .collect(),
+            },
+        },
+        StrategySpec::BlueGreen(b) => Params {
+            instances: n,
+            max_surge: n,
+            max_unavailable: 0,
+            min_ready_ms: ms(b.min_ready),
+            progress_deadline_ms: ms(b.progress_deadline),
+            max_restarts: b.max_restarts,
+            strategy: Strategy::Stepped {
+                steps: vec![
+                    Step::SetScale { instances: n },
+                    match b.auto_promote_after {
+                        Some(d) => Step::Pause {
+                            duration_ms: Some(ms(d)),
+                        },
+                        None => Step::Approval,
+                    },
+                    Step::SetWeight { percent: 100 },
+                    Step::ScaleDownDelay {
+                        duration_ms: ms(b.scale_down_delay),
+                    },
+                ],
+            },
+        },
     }
 }
 
 pub fn strategy_name(spec: &AppSpec) -> &'static str {
     match spec.strategy {
         StrategySpec::Rolling(_) => "rolling",
+        StrategySpec::Canary(_) => "canary",
+        StrategySpec::BlueGreen(_) => "blue-green",
     }
 }
 
@@ -187,6 +255,7 @@ impl AppController {
             status,
             checkers: HashMap::new(),
             in_progress: HashMap::new(),
+            analysis: AnalysisRun::default(),
             shutdown,
         };
         tokio::spawn(controller.run());
@@ -213,6 +282,7 @@ impl AppController {
                 _ = tick.tick() => {
                     self.watch_exits().await;
                     self.apply_logged(Input::Tick).await;
+                    self.analyze().await;
                 }
             }
         }
@@ -314,18 +384,8 @@ impl AppController {
                 let result = self.deploy(version, env, operator, kind, revision).await;
                 let _ = reply.send(result);
             }
-            Command::Abort {
-                operator,
-                reason,
-                reply,
-            } => {
-                let result = self
-                    .apply(Input::Abort {
-                        by: operator,
-                        reason,
-                    })
-                    .await
-                    .map(|_| ());
+            Command::Operate { input, reply } => {
+                let result = self.apply(input).await;
                 let _ = reply.send(result);
             }
             Command::StopAll { reply } => {
@@ -352,6 +412,7 @@ impl AppController {
         }
         let app = self.spec.name.clone();
         let internal = |e: baton_store::StoreError| CommandError::Internal(e.to_string());
+        self.preflight(&version)?;
         let env_json =
             serde_json::to_string(&env).map_err(|e| CommandError::Internal(e.to_string()))?;
         let rev = {
@@ -417,6 +478,7 @@ impl AppController {
             kind,
             operator,
             history_id,
+            not_before_ms: None,
         };
         if let Err(e) = self.apply(input).await {
             let _ =
@@ -451,6 +513,48 @@ impl AppController {
             }
         }
         self.apply_logged(obs).await;
+    }
+
+    /// Checks that must pass before a rollout starts; a failure changes nothing.
+    fn preflight(&self, version: &str) -> Result<(), CommandError> {
+        let running: Vec<u32> = self
+            .state
+            .instances
+            .iter()
+            .filter_map(|i| self.handle_of(&i.id))
+            .map(|h| h.pid)
+            .collect();
+        let plan = baton_engine::plan(
+            &self.state,
+            Release {
+                revision: u32::MAX,
+                version: version.to_string(),
+            },
+        )?;
+        let extra = plan
+            .peak_instances
+            .saturating_sub(self.state.instances.len() as u32);
+        let results = crate::preflight::run(
+            &self.spec,
+            version,
+            &self.shared.baton_exe,
+            &self.shared.data_dir,
+            extra,
+            &running,
+        );
+        let failed: Vec<String> = results
+            .iter()
+            .filter(|r| !r.ok)
+            .map(|r| format!("{}: {}", r.check, r.detail))
+            .collect();
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(CommandError::Preflight(format!(
+                "pre-flight checks failed, nothing was changed:\n  {}",
+                failed.join("\n  ")
+            )))
+        }
     }
 
     async fn apply_logged(&mut self, input: Input) {
@@ -488,7 +592,8 @@ impl AppController {
         for e in &events {
             info!(app = %self.spec.name, kind = %e.kind, "{}", e.message);
         }
-        let routing_changed = next.routing() != self.state.routing();
+        let routing_changed = crate::routing::app_routes(&self.spec, &next)
+            != crate::routing::app_routes(&self.spec, &self.state);
         self.state = next;
         self.generation = generation;
         if routing_changed {
@@ -507,13 +612,8 @@ impl AppController {
     }
 
     async fn publish_routing(&self) {
-        let groups = self.state.routing();
-        if let Err(e) = self
-            .shared
-            .router
-            .publish(&self.spec.name, self.spec.listen, &groups)
-            .await
-        {
+        let routes = crate::routing::app_routes(&self.spec, &self.state);
+        if let Err(e) = self.shared.router.publish(routes).await {
             warn!(app = %self.spec.name, error = %format!("{e:#}"), "pushing the routing table to the router failed");
         }
     }
@@ -645,6 +745,75 @@ impl AppController {
         }
     }
 
+    /// Measure the new release on the router's metrics while it takes traffic;
+    /// a failure past the limit becomes an automatic rollback.
+    async fn analyze(&mut self) {
+        let Some(cfg) = crate::analysis::config_of(&self.spec) else {
+            return;
+        };
+        let Some(r) = self.state.rollout.clone() else {
+            self.analysis = AnalysisRun::default();
+            return;
+        };
+        if r.phase != baton_engine::RolloutPhase::Progressing {
+            return;
+        }
+        if self.analysis.history_id != r.history_id {
+            self.analysis = AnalysisRun {
+                history_id: r.history_id,
+                ..AnalysisRun::default()
+            };
+        }
+        let receives_traffic = self
+            .state
+            .routing()
+            .iter()
+            .any(|g| g.version == r.to.version && g.weight > 0);
+        let now = now_ms();
+        if !receives_traffic || now - self.analysis.last_ms < cfg.interval.as_millis() as i64 {
+            return;
+        }
+        self.analysis.last_ms = now;
+        let Ok(stats) = self.shared.router.client().stats().await else {
+            return;
+        };
+        let cumulative = |version: &str| {
+            stats
+                .apps
+                .iter()
+                .filter(|a| a.app == self.spec.name)
+                .flat_map(|a| a.versions.iter())
+                .find(|v| v.version == version)
+                .map(|v| crate::analysis::Cumulative {
+                    requests: v.requests,
+                    errors: v.status_5xx,
+                })
+                .unwrap_or_default()
+        };
+        let new = cumulative(&r.to.version);
+        let stable = r
+            .from
+            .as_ref()
+            .map(|f| cumulative(&f.version))
+            .unwrap_or_default();
+        let (new_window, stable_window) = self.analysis.tracker.push(now, new, stable, cfg.window);
+        match crate::analysis::judge(&cfg, &r.to.version, new_window, stable_window) {
+            Some((baton_engine::Verdict::Fail, reason)) => {
+                self.analysis.failures += 1;
+                info!(app = %self.spec.name, failures = self.analysis.failures, %reason, "analysis failed");
+                if self.analysis.failures >= cfg.failure_limit.max(1) {
+                    self.apply_logged(Input::Analysis {
+                        verdict: baton_engine::Verdict::Fail,
+                        reason,
+                    })
+                    .await;
+                }
+            }
+            Some((baton_engine::Verdict::Pass, _)) => self.analysis.failures = 0,
+            Some(_) | None => {}
+        }
+    }
+
     /// Keep one readiness checker per running instance, none for the others.
     fn sync_checkers(&mut self) {
         use baton_engine::InstancePhase as P;
@@ -690,10 +859,12 @@ impl AppController {
             token.cancel();
         }
         self.checkers.clear();
+        let mut empty = AppState::new(self.spec.name.clone(), params_of(&self.spec));
+        empty.instances.clear();
         let _ = self
             .shared
             .router
-            .publish(&self.spec.name, self.spec.listen, &[])
+            .publish(crate::routing::app_routes(&self.spec, &empty))
             .await;
         let grace = self.stop_grace();
         let handles: Vec<InstanceHandle> = self
@@ -705,6 +876,16 @@ impl AppController {
         let stops = handles.iter().map(|h| self.shared.driver.stop(h, grace));
         futures_join_all(stops).await;
     }
+}
+
+/// Analysis state of the rollout in flight (not persisted: after a restart the
+/// window simply starts again).
+#[derive(Default)]
+struct AnalysisRun {
+    history_id: i64,
+    last_ms: i64,
+    failures: u32,
+    tracker: crate::analysis::WindowTracker,
 }
 
 /// Await all futures (tiny stand-in to avoid a dependency for one call).

@@ -2,6 +2,7 @@
 //! a request. This crate is the binary's body: CLI, control plane (controller,
 //! API), the link to the router process, and the demo.
 
+pub mod analysis;
 pub mod api;
 pub mod cli;
 pub mod client;
@@ -9,5 +10,6 @@ pub mod controller;
 pub mod demo;
 pub mod health;
 pub mod loadgen;
+pub mod preflight;
 pub mod routing;
 pub mod server;

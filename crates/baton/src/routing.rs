@@ -13,13 +13,102 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use baton_engine::RouteGroup;
+use baton_engine::AppState;
+use baton_router::config::{Match, NamedMatch, RouteRule, StickyConfig, ValueMatch};
 use baton_router::{AdminClient, AppRoutes, Backend, RoutingConfig, VersionRoute};
+use baton_spec::{AppSpec, StrategySpec};
 use tokio::sync::Mutex;
 use tracing::info;
 
 /// How long a request waits for a ready instance before the router answers 503.
 const HOLD_TIMEOUT_MS: u64 = 10_000;
+/// Name suffix of the router entry serving a blue-green preview listener.
+const PREVIEW_SUFFIX: &str = "--preview";
+
+/// The router entries of one app for its current state: the main listener
+/// (weights, tester and preview header rules, sticky cohorts, mirroring) and,
+/// during a blue-green rollout with `preview_listen`, a listener reaching only
+/// the new release.
+pub fn app_routes(spec: &AppSpec, state: &AppState) -> Vec<AppRoutes> {
+    let groups = state.routing();
+    let versions: Vec<VersionRoute> = groups
+        .iter()
+        .map(|g| VersionRoute {
+            version: g.version.clone(),
+            weight: g.weight,
+            backends: g
+                .backends
+                .iter()
+                .filter_map(|(id, addr)| {
+                    Some(Backend {
+                        id: id.clone(),
+                        address: addr.parse().ok()?,
+                    })
+                })
+                .collect(),
+        })
+        .collect();
+    let new_version = state
+        .rollout
+        .as_ref()
+        .filter(|r| r.phase == baton_engine::RolloutPhase::Progressing && r.weight.is_some())
+        .map(|r| r.to.version.clone());
+    let mut rules = Vec::new();
+    let mut sticky = None;
+    let mut preview = None;
+    let header_rule = |h: &baton_spec::HeaderMatch, version: &str| RouteRule {
+        matches: vec![Match::Header(NamedMatch {
+            name: h.name.clone(),
+            value: ValueMatch::Equals(h.equals.clone()),
+        })],
+        version: version.to_string(),
+    };
+    match &spec.strategy {
+        StrategySpec::Canary(c) => {
+            if let (Some(h), Some(v)) = (&c.header_route, &new_version) {
+                rules.push(header_rule(h, v));
+            }
+            if c.sticky {
+                sticky = Some(StickyConfig::default());
+            }
+        }
+        StrategySpec::BlueGreen(b) => {
+            if let Some(v) = &new_version {
+                rules.push(header_rule(&b.preview_header, v));
+                if let Some(listen) = b.preview_listen {
+                    preview = Some(AppRoutes {
+                        app: format!("{}{PREVIEW_SUFFIX}", spec.name),
+                        listen,
+                        hold_timeout_ms: HOLD_TIMEOUT_MS,
+                        versions: versions
+                            .iter()
+                            .filter(|g| &g.version == v)
+                            .map(|g| VersionRoute {
+                                weight: 1,
+                                ..g.clone()
+                            })
+                            .collect(),
+                        rules: Vec::new(),
+                        sticky: None,
+                        mirror: None,
+                    });
+                }
+            }
+        }
+        StrategySpec::Rolling(_) => {}
+    }
+    let mut out = vec![AppRoutes {
+        app: spec.name.clone(),
+        listen: spec.listen,
+        hold_timeout_ms: HOLD_TIMEOUT_MS,
+        versions,
+        rules,
+        sticky,
+        mirror: None,
+    }];
+    out.extend(preview);
+    out
+}
 
 #[derive(Clone)]
 pub struct RouterLink {
@@ -65,43 +154,19 @@ impl RouterLink {
         })
     }
 
-    /// Replace one app's routes and push the whole table (one atomic snapshot).
-    pub async fn publish(
-        &self,
-        app: &str,
-        listen: SocketAddr,
-        groups: &[RouteGroup],
-    ) -> anyhow::Result<()> {
+    /// Replace one app's routes (and its preview listener's, if any) and push
+    /// the whole table: one atomic snapshot.
+    pub async fn publish(&self, routes: Vec<AppRoutes>) -> anyhow::Result<()> {
         let mut inner = self.inner.lock().await;
-        let versions = groups
-            .iter()
-            .map(|g| VersionRoute {
-                version: g.version.clone(),
-                weight: g.weight,
-                backends: g
-                    .backends
-                    .iter()
-                    .filter_map(|(id, addr)| {
-                        Some(Backend {
-                            id: id.clone(),
-                            address: addr.parse().ok()?,
-                        })
-                    })
-                    .collect(),
-            })
-            .collect();
-        inner.apps.insert(
-            app.to_string(),
-            AppRoutes {
-                app: app.to_string(),
-                listen,
-                hold_timeout_ms: HOLD_TIMEOUT_MS,
-                versions,
-                rules: Vec::new(),
-                sticky: None,
-                mirror: None,
-            },
-        );
+        let Some(main) = routes.first() else {
+            return Ok(());
+        };
+        // Entries of this app are the main one and `<app>--preview`.
+        let preview_name = format!("{}{PREVIEW_SUFFIX}", main.app);
+        inner.apps.remove(&preview_name);
+        for r in routes {
+            inner.apps.insert(r.app.clone(), r);
+        }
         inner.generation += 1;
         let cfg = RoutingConfig {
             generation: inner.generation,

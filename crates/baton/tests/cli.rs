@@ -121,3 +121,28 @@ fn demo_runs_a_real_upgrade_with_no_failed_request() {
     assert!(stdout.contains("failed:         0"), "{stdout}");
     assert!(stdout.contains("answered by v2"), "{stdout}");
 }
+
+#[test]
+fn failed_preflight_check_changes_nothing() {
+    let h = Harness::new();
+    h.bring_up("demo", 2, "    min_ready: 0s");
+    let history_before = h.cli_ok(&["history", "demo", "--json"]);
+    // The new spec names a command that does not exist.
+    let good = std::fs::read_to_string(h.dir.join("demo.yaml")).unwrap();
+    let broken = good.replace(&format!("\"{BATON}\""), "\"/no/such/server\"");
+    let path = h.dir.join("broken.yaml");
+    std::fs::write(&path, broken).unwrap();
+    h.cli_ok(&["apply", "-f", path_str(&path)]);
+    let generation = h.status("demo")["generation"].clone();
+    let out = h.cli(&["deploy", "demo", "v2", "--wait"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("pre-flight") && stderr.contains("/no/such/server"),
+        "{stderr}"
+    );
+    let s = h.status("demo");
+    assert_eq!(s["generation"], generation, "the state changed");
+    assert_eq!(s["stable_version"], "v1");
+    assert_eq!(h.cli_ok(&["history", "demo", "--json"]), history_before);
+}

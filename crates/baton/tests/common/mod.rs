@@ -219,15 +219,20 @@ impl Drop for Harness {
     }
 }
 
+/// SIGKILL a process and, when it leads one, its process group. Done with the
+/// syscalls directly: the `kill` utility's parsing of negative ids differs
+/// between versions and can end up signalling every process.
 fn kill_group(pid: u32) {
-    let _ = Command::new("kill")
-        .args(["-9", &format!("-{pid}")])
-        .stderr(Stdio::null())
-        .status();
-    let _ = Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .stderr(Stdio::null())
-        .status();
+    use nix::sys::signal::{Signal, kill, killpg};
+    use nix::unistd::Pid;
+    let Ok(raw) = i32::try_from(pid) else { return };
+    if raw <= 1 {
+        return;
+    }
+    if group_leader(pid) {
+        let _ = killpg(Pid::from_raw(raw), Signal::SIGKILL);
+    }
+    let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
 }
 
 fn pids() -> Vec<u32> {
@@ -290,12 +295,25 @@ fn processes_with_cmdline_part(part: &str) -> Vec<u32> {
         .collect()
 }
 
-/// Fetch `path` through the router once; returns (status, X-Version).
+/// Fetch `/` through the router once; returns (status, X-Version).
 pub fn get_version(addr: SocketAddr) -> (u16, String) {
+    get_version_with(addr, &[])
+}
+
+/// Fetch `/` with extra request headers; returns (status, X-Version).
+pub fn get_version_with(addr: SocketAddr, headers: &[(&str, &str)]) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).expect("connect router");
     s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    write!(s, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("write");
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    write!(
+        s,
+        "GET / HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n"
+    )
+    .expect("write");
     let mut buf = String::new();
     let _ = s.read_to_string(&mut buf);
     let status = buf

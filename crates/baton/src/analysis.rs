@@ -1,0 +1,257 @@
+//! Analysis of a new release on the router's own metrics: error rate and
+//! latency of the new version, absolute and relative to the stable one, over a
+//! sliding window. The judge is pure; the controller feeds it windows built
+//! from successive router stats snapshots and turns failures into rollbacks.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use baton_engine::Verdict;
+use serde::{Deserialize, Serialize};
+
+/// Limits the new release must stay within. `None` disables a check.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AnalysisConfig {
+    /// Time between two measurements.
+    pub interval: Duration,
+    /// Length of the window each measurement looks at.
+    pub window: Duration,
+    /// Fewer requests than this to the new version in the window: no judgement.
+    pub min_requests: u64,
+    /// Failing measurements in a row before the rollout fails.
+    pub failure_limit: u32,
+    /// Highest error rate (5xx and router errors over requests), 0..=1.
+    pub max_error_rate: Option<f64>,
+    /// Highest error rate above the stable version's, 0..=1.
+    pub max_error_rate_increase: Option<f64>,
+    /// Highest p99 latency.
+    pub max_p99: Option<Duration>,
+    /// Highest p99 latency as a multiple of the stable version's.
+    pub max_p99_ratio: Option<f64>,
+}
+
+/// The analysis settings of an app, if it has any.
+pub fn config_of(spec: &baton_spec::AppSpec) -> Option<AnalysisConfig> {
+    let a = spec.analysis.as_ref()?;
+    Some(AnalysisConfig {
+        interval: a.interval,
+        window: a.window,
+        min_requests: a.min_requests,
+        failure_limit: a.failure_limit,
+        max_error_rate: a.max_error_rate,
+        max_error_rate_increase: a.max_error_rate_increase,
+        max_p99: a.max_p99,
+        max_p99_ratio: a.max_p99_ratio,
+    })
+}
+
+/// What one version did during a window.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct WindowCounts {
+    pub requests: u64,
+    pub errors: u64,
+    /// p99 latency in the window, when the router measures it.
+    pub p99: Option<Duration>,
+}
+
+impl WindowCounts {
+    pub fn error_rate(&self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.errors as f64 / self.requests as f64
+        }
+    }
+}
+
+/// Judge one window. `None` means "not enough data to say".
+pub fn judge(
+    cfg: &AnalysisConfig,
+    new_version: &str,
+    new: WindowCounts,
+    stable: WindowCounts,
+) -> Option<(Verdict, String)> {
+    if new.requests < cfg.min_requests {
+        return None;
+    }
+    let window = humantime::format_duration(cfg.window);
+    let rate = new.error_rate();
+    if let Some(limit) = cfg.max_error_rate
+        && rate > limit
+    {
+        return Some((
+            Verdict::Fail,
+            format!(
+                "error rate of {new_version} {rate:.3} > limit {limit} over the last {window} ({} of {} requests failed)",
+                new.errors, new.requests
+            ),
+        ));
+    }
+    if let Some(limit) = cfg.max_error_rate_increase
+        && stable.requests > 0
+        && rate - stable.error_rate() > limit
+    {
+        return Some((
+            Verdict::Fail,
+            format!(
+                "error rate of {new_version} {rate:.3} exceeds the stable version's {:.3} by more than {limit} over the last {window}",
+                stable.error_rate()
+            ),
+        ));
+    }
+    if let (Some(limit), Some(p99)) = (cfg.max_p99, new.p99)
+        && p99 > limit
+    {
+        return Some((
+            Verdict::Fail,
+            format!(
+                "p99 latency of {new_version} {}ms > limit {}ms over the last {window}",
+                p99.as_millis(),
+                limit.as_millis()
+            ),
+        ));
+    }
+    if let (Some(ratio), Some(p99), Some(base)) = (cfg.max_p99_ratio, new.p99, stable.p99)
+        && !base.is_zero()
+        && p99.as_secs_f64() / base.as_secs_f64() > ratio
+    {
+        return Some((
+            Verdict::Fail,
+            format!(
+                "p99 latency of {new_version} {}ms is more than {ratio}× the stable version's {}ms over the last {window}",
+                p99.as_millis(),
+                base.as_millis()
+            ),
+        ));
+    }
+    Some((
+        Verdict::Pass,
+        format!("{new_version} within limits over the last {window}"),
+    ))
+}
+
+/// Cumulative counters of one version at one instant (from router stats).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Cumulative {
+    pub requests: u64,
+    pub errors: u64,
+}
+
+/// Turns cumulative snapshots into window counts.
+#[derive(Debug, Default)]
+pub struct WindowTracker {
+    /// (milliseconds, new version, stable version), oldest first.
+    samples: VecDeque<(i64, Cumulative, Cumulative)>,
+}
+
+impl WindowTracker {
+    /// Record a snapshot and return the counts over the last `window` (from the
+    /// oldest snapshot at least `window` old, or the oldest one there is).
+    pub fn push(
+        &mut self,
+        now_ms: i64,
+        new: Cumulative,
+        stable: Cumulative,
+        window: Duration,
+    ) -> (WindowCounts, WindowCounts) {
+        self.samples.push_back((now_ms, new, stable));
+        let horizon = now_ms - window.as_millis() as i64;
+        // Keep exactly one sample at or before the horizon as the base.
+        while self.samples.len() > 2 && self.samples[1].0 <= horizon {
+            self.samples.pop_front();
+        }
+        let (_, base_new, base_stable) = self.samples[0];
+        let delta = |now: Cumulative, base: Cumulative| WindowCounts {
+            requests: now.requests.saturating_sub(base.requests),
+            errors: now.errors.saturating_sub(base.errors),
+            p99: None,
+        };
+        (delta(new, base_new), delta(stable, base_stable))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> AnalysisConfig {
+        AnalysisConfig {
+            interval: Duration::from_secs(1),
+            window: Duration::from_secs(10),
+            min_requests: 50,
+            failure_limit: 2,
+            max_error_rate: Some(0.05),
+            max_error_rate_increase: Some(0.02),
+            max_p99: Some(Duration::from_millis(100)),
+            max_p99_ratio: Some(2.0),
+        }
+    }
+
+    fn counts(requests: u64, errors: u64, p99_ms: u64) -> WindowCounts {
+        WindowCounts {
+            requests,
+            errors,
+            p99: Some(Duration::from_millis(p99_ms)),
+        }
+    }
+
+    #[test]
+    fn too_few_requests_is_no_verdict() {
+        assert_eq!(
+            judge(&cfg(), "v2", counts(10, 10, 1), counts(1000, 0, 1)),
+            None
+        );
+    }
+
+    #[test]
+    fn error_rate_over_the_limit_fails_and_names_metric_value_limit_window() {
+        let (v, reason) = judge(&cfg(), "v2", counts(1000, 210, 5), counts(1000, 0, 5)).unwrap();
+        assert_eq!(v, Verdict::Fail);
+        assert!(
+            reason.contains("error rate of v2 0.210 > limit 0.05"),
+            "{reason}"
+        );
+        assert!(reason.contains("10s"), "{reason}");
+    }
+
+    #[test]
+    fn relative_error_rate_compares_with_stable() {
+        let mut c = cfg();
+        c.max_error_rate = None;
+        let (v, _) = judge(&c, "v2", counts(1000, 40, 5), counts(1000, 10, 5)).unwrap();
+        assert_eq!(v, Verdict::Fail);
+        let (v, _) = judge(&c, "v2", counts(1000, 25, 5), counts(1000, 10, 5)).unwrap();
+        assert_eq!(v, Verdict::Pass);
+    }
+
+    #[test]
+    fn latency_checks_absolute_and_relative() {
+        let (v, reason) = judge(&cfg(), "v2", counts(1000, 0, 250), counts(1000, 0, 5)).unwrap();
+        assert_eq!(v, Verdict::Fail);
+        assert!(
+            reason.contains("p99 latency of v2 250ms > limit 100ms"),
+            "{reason}"
+        );
+        let mut c = cfg();
+        c.max_p99 = None;
+        let (v, reason) = judge(&c, "v2", counts(1000, 0, 30), counts(1000, 0, 10)).unwrap();
+        assert_eq!(v, Verdict::Fail, "{reason}");
+    }
+
+    #[test]
+    fn tracker_windows_deltas() {
+        let mut t = WindowTracker::default();
+        let w = Duration::from_secs(10);
+        let c = |r, e| Cumulative {
+            requests: r,
+            errors: e,
+        };
+        t.push(0, c(0, 0), c(0, 0), w);
+        t.push(5_000, c(100, 1), c(900, 0), w);
+        let (new, stable) = t.push(10_000, c(200, 2), c(1800, 0), w);
+        assert_eq!((new.requests, new.errors, stable.requests), (200, 2, 1800));
+        // The first sample ages out: the window now starts at 5 s.
+        let (new, _) = t.push(15_000, c(300, 30), c(2700, 0), w);
+        assert_eq!((new.requests, new.errors), (200, 29));
+    }
+}

@@ -1,0 +1,172 @@
+//! Pre-flight checks, run before a rollout changes anything: the command
+//! exists, the host has the memory and disk the plan's surge needs. A failed
+//! check refuses the deploy with the reason; nothing is created or started.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use baton_spec::{AppSpec, DriverSpec, TemplateVars};
+
+/// One check's outcome, for the refusal message and the event log.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CheckResult {
+    pub check: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// Run every check for a rollout of `version` of `spec`, starting `extra`
+/// instances beside `running_pids` (the instances that run now).
+pub fn run(
+    spec: &AppSpec,
+    version: &str,
+    baton_exe: &str,
+    data_dir: &Path,
+    extra_instances: u32,
+    running_pids: &[u32],
+) -> Vec<CheckResult> {
+    let mut results = vec![command_exists(spec, version, baton_exe)];
+    results.push(memory(extra_instances, running_pids));
+    results.push(disk(data_dir));
+    results
+}
+
+fn command_exists(spec: &AppSpec, version: &str, baton_exe: &str) -> CheckResult {
+    let DriverSpec::Process(p) = &spec.driver;
+    let vars = TemplateVars {
+        version,
+        port: 0,
+        app: &spec.name,
+        instance: "preflight",
+        baton: baton_exe,
+    };
+    let program = p
+        .command
+        .first()
+        .map(|c| baton_spec::render_template(c, &vars))
+        .unwrap_or_default();
+    let workdir = p.workdir.clone();
+    match resolve_program(&program, workdir.as_deref()) {
+        Some(path) => CheckResult {
+            check: "command".into(),
+            ok: true,
+            detail: format!("{} is executable", path.display()),
+        },
+        None => CheckResult {
+            check: "command".into(),
+            ok: false,
+            detail: format!(
+                "the command `{program}` of version {version} was not found or is not executable; \
+                 install it, or fix driver.process.command in the spec"
+            ),
+        },
+    }
+}
+
+/// Find `program` as a path (relative to `workdir`) or on PATH.
+fn resolve_program(program: &str, workdir: Option<&Path>) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    if program.contains('/') {
+        let path = match workdir {
+            Some(dir) if !program.starts_with('/') => dir.join(program),
+            _ => PathBuf::from(program),
+        };
+        return executable(&path).then_some(path);
+    }
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|dir| dir.join(program))
+        .find(|p| executable(p))
+}
+
+/// Numbers from /proc/meminfo, in KiB.
+fn meminfo() -> BTreeMap<String, u64> {
+    std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            Some((k.to_string(), v.split_whitespace().next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The surge needs roughly what the running instances use, per new instance.
+fn memory(extra_instances: u32, running_pids: &[u32]) -> CheckResult {
+    let available = meminfo().get("MemAvailable").copied().unwrap_or(0);
+    let sizes: Vec<u64> = running_pids.iter().filter_map(|p| rss_kib(*p)).collect();
+    let per_instance = if sizes.is_empty() {
+        0
+    } else {
+        sizes.iter().sum::<u64>() / sizes.len() as u64
+    };
+    let needed = per_instance * u64::from(extra_instances);
+    CheckResult {
+        check: "memory".into(),
+        ok: needed <= available,
+        detail: format!(
+            "{} MiB needed for {extra_instances} more instance(s) at ~{} MiB each, {} MiB available",
+            needed / 1024,
+            per_instance / 1024,
+            available / 1024
+        ),
+    }
+}
+
+/// Instance logs go to the data dir; refuse to start when it is nearly full.
+fn disk(data_dir: &Path) -> CheckResult {
+    const MIN_FREE_MIB: u64 = 64;
+    let free_mib = nix::sys::statvfs::statvfs(data_dir)
+        .map(|s| s.blocks_available() * s.fragment_size() / (1024 * 1024))
+        .unwrap_or(u64::MAX);
+    CheckResult {
+        check: "disk".into(),
+        ok: free_mib >= MIN_FREE_MIB,
+        detail: format!(
+            "{free_mib} MiB free in {} (at least {MIN_FREE_MIB} MiB needed for instance logs)",
+            data_dir.display()
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_programs_on_path_and_by_path() {
+        assert!(resolve_program("sh", None).is_some());
+        assert!(resolve_program("/bin/sh", None).is_some());
+        assert!(resolve_program("no-such-program-baton", None).is_none());
+        assert!(resolve_program("./no/such/file", Some(Path::new("/"))).is_none());
+    }
+
+    #[test]
+    fn memory_check_scales_with_the_surge() {
+        let me = std::process::id();
+        assert!(memory(1, &[me]).ok);
+        assert!(!memory(u32::MAX, &[me]).ok);
+        assert!(
+            memory(3, &[]).ok,
+            "nothing running: nothing to estimate from"
+        );
+    }
+}
