@@ -70,6 +70,9 @@ pub enum Step {
     /// compare its answers with the stable ones; too many mismatches roll back
     /// (the controller judges them and reports an `Analysis` verdict).
     Mirror { percent: u32, duration_ms: u64 },
+    /// Run the smoke tests against the new release before any user reaches
+    /// it; waits for the controller's `ChecksPassed` (a failure rolls back).
+    Checks,
     /// Blue-green: traffic is on the new release, the old one is kept ready
     /// (not routed) this long so a rollback is an instant switch back.
     ScaleDownDelay { duration_ms: u64 },
@@ -84,6 +87,7 @@ impl Step {
                 | Step::Approval
                 | Step::Analysis { .. }
                 | Step::Mirror { .. }
+                | Step::Checks
                 | Step::ScaleDownDelay { .. }
         )
     }
@@ -419,6 +423,10 @@ pub enum Input {
     Resume { by: String },
     /// Result of an analysis run of the new release.
     Analysis { verdict: Verdict, reason: String },
+    /// The smoke tests of the current `Checks` step passed.
+    ChecksPassed { summary: String },
+    /// A smoke test failed: roll back before any user reaches the new release.
+    ChecksFailed { reason: String },
     /// The driver started the instance.
     Started {
         id: String,
@@ -685,6 +693,35 @@ fn apply_input(
             if r.paused.take().is_some() {
                 r.last_progress_ms = now;
                 event(actions, "resumed", format!("resumed by {by}"));
+            }
+        }
+        Input::ChecksPassed { summary } => {
+            let at_checks = s.rollout.as_ref().is_some_and(|r| {
+                r.phase == RolloutPhase::Progressing
+                    && r.step_started_ms.is_some()
+                    && matches!(r.current_step(&s.params), Some(Step::Checks))
+            });
+            if at_checks && let Some(r) = &mut s.rollout {
+                r.step += 1;
+                r.step_started_ms = None;
+                r.last_progress_ms = now;
+                event(actions, "checks_passed", summary);
+            }
+        }
+        Input::ChecksFailed { reason } => {
+            let progressing = s
+                .rollout
+                .as_ref()
+                .is_some_and(|r| r.phase == RolloutPhase::Progressing);
+            if progressing {
+                event(actions, "checks_failed", reason.clone());
+                fail_rollout(
+                    s,
+                    format!("smoke test failed: {reason}"),
+                    false,
+                    now,
+                    actions,
+                );
             }
         }
         Input::Analysis { verdict, reason } => {

@@ -90,6 +90,14 @@ pub fn plan(state: &AppState, to: Release) -> Result<Plan, EngineError> {
                 },
                 Some(r)
                     if r.step_started_ms.is_some()
+                        && matches!(r.current_step(&s.params), Some(crate::Step::Checks)) =>
+                {
+                    Input::ChecksPassed {
+                        summary: "smoke tests pass".into(),
+                    }
+                }
+                Some(r)
+                    if r.step_started_ms.is_some()
                         && r.paused.is_none()
                         && matches!(
                             r.current_step(&s.params),

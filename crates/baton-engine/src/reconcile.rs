@@ -334,6 +334,7 @@ fn describe(step: &Step) -> String {
         } => format!("pause {}", fmt_ms(*d as i64)),
         Step::Pause { duration_ms: None } => "pause until promoted".into(),
         Step::Approval => "wait for approval".into(),
+        Step::Checks => "run the smoke tests against the new release".into(),
         Step::Analysis { duration_ms } => format!("analysis for {}", fmt_ms(*duration_ms as i64)),
         Step::Mirror {
             percent,
@@ -454,7 +455,7 @@ fn reconcile_stepped(s: &mut AppState, steps: &[Step], now: Millis, actions: &mu
                 | Step::Mirror { duration_ms: d, .. }
                 | Step::ScaleDownDelay { duration_ms: d },
             ) => now.saturating_sub(started) >= *d as i64,
-            Some(Step::Pause { duration_ms: None } | Step::Approval) => false,
+            Some(Step::Pause { duration_ms: None } | Step::Approval | Step::Checks) => false,
         };
         if !advance {
             break;

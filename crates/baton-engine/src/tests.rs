@@ -249,6 +249,53 @@ fn a_rollout_outside_the_window_waits_and_touches_nothing() {
 }
 
 #[test]
+fn checks_gate_holds_until_smoke_tests_pass_and_a_failure_rolls_back() {
+    let steps = vec![
+        Step::SetScale { instances: 2 },
+        Step::Checks,
+        Step::SetWeight { percent: 100 },
+    ];
+    let mut sim = deployed_stepped(2, steps.clone());
+    sim.deploy(rel(2, "v2"));
+    run_until(&mut sim, 30_000, |s| {
+        s.state.rollout.as_ref().is_some_and(|r| {
+            r.step_started_ms.is_some()
+                && matches!(r.current_step(&s.state.params), Some(Step::Checks))
+        })
+    });
+    sim.run(100, 10_000);
+    assert_eq!(
+        weight_of(&sim, "v2"),
+        0,
+        "no user traffic before the checks pass"
+    );
+    sim.input(Input::ChecksPassed {
+        summary: "2 smoke tests passed".into(),
+    });
+    run_until(&mut sim, 30_000, |s| s.state.rollout.is_none());
+    assert_eq!(sim.finished().map(|f| f.0), Some(Outcome::Succeeded));
+
+    let mut sim = deployed_stepped(2, steps);
+    sim.deploy(rel(2, "v2"));
+    run_until(&mut sim, 30_000, |s| {
+        s.state
+            .rollout
+            .as_ref()
+            .is_some_and(|r| r.step_started_ms.is_some() && r.step == 1)
+    });
+    sim.input(Input::ChecksFailed {
+        reason: "home page: HTTP 500".into(),
+    });
+    sim.run(100, 30_000);
+    assert_eq!(sim.finished().map(|f| f.0), Some(Outcome::RolledBack));
+    assert!(
+        !sim.log
+            .iter()
+            .any(|a| matches!(a, Action::Event { kind, .. } if kind == "weight_set"))
+    );
+}
+
+#[test]
 fn approve_without_a_gate_is_refused() {
     let mut sim = deployed_stepped(2, canary_steps());
     sim.deploy(rel(2, "v2"));
