@@ -322,7 +322,11 @@ fn desired_new_scale(r: &Rollout, steps: &[Step], n: u32) -> u32 {
         Step::SetWeight { percent } => (*percent).max(weight),
         _ => weight,
     };
-    scale_for(weight, n)
+    match step {
+        // Smoke tests need at least one instance of the new release to test.
+        Step::Checks => scale_for(weight, n).max(1),
+        _ => scale_for(weight, n),
+    }
 }
 
 fn describe(step: &Step) -> String {
