@@ -9,6 +9,7 @@ pub mod client;
 pub mod controller;
 pub mod demo;
 pub mod health;
+pub mod hooks;
 pub mod loadgen;
 pub mod preflight;
 pub mod routing;
