@@ -40,6 +40,7 @@ fn main() {
                     listen,
                     upstreams: vec![upstream],
                     workers: Some(workers),
+                    metrics_listen: None,
                 };
                 if let Err(e) = baton_router::run_standalone_with(opts, stop).await {
                     eprintln!("router: {e}");

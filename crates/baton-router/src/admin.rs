@@ -7,13 +7,16 @@
 //! | GET    | `/v1/config`  |                 | [`RoutingConfig`] (the live one)         |
 //! | PUT    | `/v1/config`  | [`RoutingConfig`] | [`PushResult`]; 409 if the generation is lower than the live one; 400 if invalid |
 //! | GET    | `/v1/stats`   |                 | [`RouterStats`]                          |
+//! | GET    | `/v1/windows?seconds=N` |       | [`WindowsReport`] (N in 1..=64, default 10) |
+//! | GET    | `/v1/mirror`  |                 | [`MirrorReports`]                        |
+//! | GET    | `/metrics`    |                 | Prometheus text format 0.0.4             |
 //!
 //! Errors are `{"error": "...", "generation": <live generation>}`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -29,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::RoutingConfig;
 use crate::error::RouterError;
 use crate::router::Router;
-use crate::stats::{PushResult, RouterHealth, RouterStats};
+use crate::stats::{MirrorReports, PushResult, RouterHealth, RouterStats, WindowsReport};
 
 /// Deadline of each [`AdminClient`] call.
 pub const ADMIN_CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -48,6 +51,9 @@ fn admin_routes(router: Router) -> Axum {
         .route("/v1/health", get(health))
         .route("/v1/config", get(get_config).put(put_config))
         .route("/v1/stats", get(stats))
+        .route("/v1/windows", get(windows))
+        .route("/v1/mirror", get(mirror))
+        .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_CONFIG_BYTES))
         .with_state(router)
 }
@@ -62,6 +68,56 @@ async fn get_config(State(r): State<Router>) -> Json<RoutingConfig> {
 
 async fn stats(State(r): State<Router>) -> Json<RouterStats> {
     Json(r.stats())
+}
+
+/// Query of `GET /v1/windows`.
+#[derive(Deserialize)]
+struct WindowQuery {
+    seconds: Option<u64>,
+}
+
+/// Window read when `seconds` is not given.
+const DEFAULT_WINDOW_S: u64 = 10;
+
+async fn windows(State(r): State<Router>, Query(q): Query<WindowQuery>) -> Json<WindowsReport> {
+    let s = q.seconds.unwrap_or(DEFAULT_WINDOW_S);
+    Json(r.windows(Duration::from_secs(s)))
+}
+
+async fn mirror(State(r): State<Router>) -> Json<MirrorReports> {
+    Json(r.mirror_reports())
+}
+
+async fn metrics(State(r): State<Router>) -> Response {
+    prometheus_response(r.prometheus())
+}
+
+/// The `/metrics` answer: Prometheus text format 0.0.4.
+pub(crate) fn prometheus_response(text: String) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// Serves `GET /metrics` (and `GET /v1/windows`) over TCP until `shutdown` is
+/// cancelled: the standalone router's metrics endpoint.
+pub(crate) async fn serve_metrics_tcp(
+    router: Router,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let app = Axum::new()
+        .route("/metrics", get(metrics))
+        .route("/v1/windows", get(windows))
+        .with_state(router);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
 }
 
 async fn put_config(State(r): State<Router>, body: Bytes) -> Response {
@@ -185,10 +241,38 @@ impl AdminClient {
         self.json(Method::GET, "/v1/stats", None).await
     }
 
+    /// `GET /v1/windows?seconds=N`: per (app, version) metrics over the last `seconds`
+    /// (1..=64).
+    pub async fn windows(&self, seconds: u64) -> Result<WindowsReport, RouterError> {
+        self.json(Method::GET, &format!("/v1/windows?seconds={seconds}"), None)
+            .await
+    }
+
+    /// `GET /v1/mirror`: mirror comparisons per app.
+    pub async fn mirror(&self) -> Result<MirrorReports, RouterError> {
+        self.json(Method::GET, "/v1/mirror", None).await
+    }
+
+    /// `GET /metrics`: the Prometheus text.
+    pub async fn metrics(&self) -> Result<String, RouterError> {
+        let call = self.call(Method::GET, "/metrics", None);
+        let (status, bytes) = tokio::time::timeout(ADMIN_CALL_TIMEOUT, call)
+            .await
+            .map_err(|_| RouterError::Timeout(ADMIN_CALL_TIMEOUT))??;
+        let body = String::from_utf8_lossy(&bytes).into_owned();
+        if status != http::StatusCode::OK {
+            return Err(RouterError::Status {
+                status: status.as_u16(),
+                body,
+            });
+        }
+        Ok(body)
+    }
+
     async fn json<T: serde::de::DeserializeOwned>(
         &self,
         method: Method,
-        path: &'static str,
+        path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<T, RouterError> {
         let call = self.call(method, path, body);
@@ -207,7 +291,7 @@ impl AdminClient {
     async fn call(
         &self,
         method: Method,
-        path: &'static str,
+        path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<(http::StatusCode, Bytes), RouterError> {
         let stream =
@@ -223,7 +307,9 @@ impl AdminClient {
         let has_body = body.is_some();
         let mut req = Request::new(Full::new(Bytes::from(body.unwrap_or_default())));
         *req.method_mut() = method;
-        *req.uri_mut() = http::Uri::from_static(path);
+        *req.uri_mut() = http::Uri::try_from(path).map_err(|e| {
+            RouterError::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+        })?;
         req.headers_mut()
             .insert(header::HOST, http::HeaderValue::from_static("baton-router"));
         if has_body {

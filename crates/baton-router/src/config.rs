@@ -11,6 +11,8 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::limits::AppLimits;
+
 /// The whole routing table of the router. Replaced as a unit on every push.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 pub struct RoutingConfig {
@@ -46,6 +48,28 @@ pub struct AppRoutes {
     /// Traffic mirroring to a version under test (see [`crate::mirror`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror: Option<MirrorConfig>,
+    /// Shielding: idempotent requests that another version answers with a 5xx (or that
+    /// fail to reach it) are retried once on the stable version named here; `None`
+    /// never shields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shield: Option<ShieldConfig>,
+    /// Timeouts and size limits of this app's traffic.
+    #[serde(default)]
+    pub limits: AppLimits,
+}
+
+/// Shielding of one app. JSON: `{"version": "v1"}`.
+///
+/// When a request was routed to a version other than `version` and is idempotent
+/// (GET, HEAD, OPTIONS, PUT, DELETE, TRACE) with a buffered body, a 5xx answer or a
+/// failed attempt is retried once on a backend of `version` and the user gets that
+/// answer. The failure still counts against the version that failed (in its stats
+/// and metrics); the retry counts as a request of `version`. Non-idempotent requests
+/// are never shielded.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ShieldConfig {
+    /// The stable version that answers in place of a failing one.
+    pub version: String,
 }
 
 /// One version of an application and its backends.
@@ -128,6 +152,11 @@ pub struct StickyConfig {
     /// Lifetime of the cookie, in seconds.
     #[serde(default = "default_sticky_max_age")]
     pub max_age_s: u64,
+    /// The version whose share grows during a rollout (the canary). Cohorts are laid
+    /// out with this version first, so raising its weight only moves clients onto it
+    /// and nobody already on it is moved back. `None`: the versions' config order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_version: Option<String>,
 }
 
 impl Default for StickyConfig {
@@ -135,6 +164,7 @@ impl Default for StickyConfig {
         StickyConfig {
             cookie: default_sticky_cookie(),
             max_age_s: default_sticky_max_age(),
+            new_version: None,
         }
     }
 }
@@ -315,6 +345,8 @@ mod tests {
             rules: vec![],
             sticky: None,
             mirror: None,
+            shield: None,
+            limits: AppLimits::default(),
         }
     }
 
@@ -431,6 +463,7 @@ mod tests {
         cfg.apps[0].sticky = Some(StickyConfig {
             cookie: "a b".into(),
             max_age_s: 1,
+            new_version: None,
         });
         assert!(
             cfg.validate()

@@ -42,7 +42,8 @@ pub use error::RouterError;
 pub use limits::AppLimits;
 pub use router::Router;
 pub use stats::{
-    AppStats, BackendStats, ListenerStatus, PushResult, RouterHealth, RouterStats, VersionStats,
+    AppMirrorReport, AppStats, AppWindows, BackendStats, ListenerStatus, MirrorReports, PushResult,
+    RouterHealth, RouterStats, VersionStats, VersionWindow, WindowsReport,
 };
 
 /// How long in-flight requests get to finish once the router is asked to stop.
@@ -112,6 +113,7 @@ pub async fn run_standalone(
             listen,
             upstreams,
             workers: None,
+            metrics_listen: None,
         },
         shutdown,
     )
@@ -128,6 +130,9 @@ pub struct StandaloneOptions {
     /// Worker threads (each a single-threaded runtime with its own accept loop and
     /// upstream pool); `None` for one per CPU.
     pub workers: Option<usize>,
+    /// Where to serve `GET /metrics` (Prometheus text) and `GET /v1/windows` over
+    /// plain HTTP; `None` for no metrics endpoint.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// [`run_standalone`] with every option.
@@ -139,6 +144,7 @@ pub async fn run_standalone_with(
         listen,
         upstreams,
         workers,
+        metrics_listen,
     } = opts;
     let router = Router::with_workers(workers.unwrap_or_else(worker::default_count));
     let cfg = RoutingConfig {
@@ -162,6 +168,8 @@ pub async fn run_standalone_with(
             rules: Vec::new(),
             sticky: None,
             mirror: None,
+            shield: None,
+            limits: AppLimits::default(),
         }],
     };
     let (_, errors) = router.apply_detailed(cfg)?;
@@ -171,8 +179,22 @@ pub async fn run_standalone_with(
             source,
         });
     }
+    let metrics_stop = CancellationToken::new();
+    if let Some(addr) = metrics_listen {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| RouterError::Bind { addr, source })?;
+        tracing::info!(listen = %l.local_addr().unwrap_or(addr), "serving /metrics");
+        let (router, stop) = (router.clone(), metrics_stop.clone());
+        tokio::spawn(async move {
+            if let Err(e) = admin::serve_metrics_tcp(router, l, stop).await {
+                tracing::warn!(error = %e, "metrics endpoint stopped");
+            }
+        });
+    }
     tracing::info!(%listen, upstreams = upstreams.len(), "standalone router started");
     shutdown.cancelled().await;
+    metrics_stop.cancel();
     router.shutdown(DRAIN_DEADLINE).await;
     Ok(())
 }

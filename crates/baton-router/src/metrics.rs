@@ -335,6 +335,12 @@ impl Merged {
         self.active_connections
     }
 
+    /// Replaces the active connections with a gauge read elsewhere (the router uses
+    /// its upstream connections in use, i.e. requests in flight to the version).
+    pub fn set_active_connections(&mut self, n: i64) {
+        self.active_connections = n;
+    }
+
     /// Counters and latency percentiles of what was merged.
     pub fn stats(&self) -> WindowStats {
         let c = &self.counters;
@@ -402,7 +408,8 @@ pub struct WindowStats {
     pub mirror_matches: u64,
     /// Mirror comparisons that differed.
     pub mirror_mismatches: u64,
-    /// Connections open now.
+    /// Connections open now (as read by the router: upstream connections to this
+    /// version in use, i.e. its requests in flight).
     pub active_connections: i64,
 }
 
@@ -521,6 +528,19 @@ pub fn render_prometheus(out: &mut String, series: &[Series<'_>]) {
         let c = &s.totals.counters;
         sample(out, name, s, &[("result", "match")], c.mirror_matches);
         sample(out, name, s, &[("result", "mismatch")], c.mirror_mismatches);
+    }
+}
+
+/// Appends the gauge `baton_client_connections{app}`: client connections open now, per
+/// app (a keep-alive connection is not tied to one version).
+pub fn render_app_connections(out: &mut String, apps: &[(&str, i64)]) {
+    let name = "baton_client_connections";
+    family(out, name, "gauge", "Client connections open now, per app.");
+    for (app, n) in apps {
+        out.push_str(name);
+        out.push_str("{app=\"");
+        escape_label(out, app);
+        let _ = writeln!(out, "\"}} {n}");
     }
 }
 

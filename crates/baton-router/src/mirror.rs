@@ -13,7 +13,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::config::MirrorConfig;
@@ -361,7 +361,7 @@ fn remove_at(v: &mut Value, segs: &[Segment]) {
 }
 
 /// A captured response as shown to the control plane.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CapturedSummary {
     /// HTTP status code.
     pub status: u16,
@@ -389,7 +389,7 @@ impl From<&Captured> for CapturedSummary {
 }
 
 /// One differing pair.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MismatchSample {
     /// Request method.
     pub method: String,
@@ -406,7 +406,7 @@ pub struct MismatchSample {
 }
 
 /// Match and mismatch counts of one path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct PathCounts {
     /// Comparisons that matched.
     pub matches: u64,
@@ -415,7 +415,7 @@ pub struct PathCounts {
 }
 
 /// Counts of one path, as reported.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PathReport {
     /// Request path.
     pub path: String,
@@ -426,7 +426,7 @@ pub struct PathReport {
 
 /// What [`MismatchSamples::report`] returns: the samples (oldest first) and the
 /// per-path counts (most mismatches first).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MirrorReport {
     /// Comparisons of all paths.
     pub total: PathCounts,

@@ -1,7 +1,10 @@
 //! The request path: hold while nothing is routable, pick a backend, forward, retry
 //! what is safe to retry, stream the answer back.
 //!
-//! Reads the routing snapshot without locks; touches only atomics otherwise.
+//! Reads the routing snapshot without locks; touches only atomics otherwise, plus the
+//! worker's own (uncontended) metrics shard once per response. Match rules, sticky
+//! cohorts, shielding and mirroring are compiled into the snapshot per push and cost
+//! nothing to an app that does not use them.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -9,7 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -20,9 +23,19 @@ use hyper::client::conn::http1::SendRequest;
 
 use crate::limits::Limits;
 use crate::listener::AppRef;
+use crate::metrics::RequestSample;
+use crate::mirror::{Captured, Comparison};
 use crate::pool;
 use crate::router::Shared;
-use crate::table::{AppTable, BackendState, VersionCounters};
+use crate::table::{
+    AppCounters, AppTable, BackendState, MirrorState, MirrorTable, VersionCounters,
+};
+
+thread_local! {
+    /// This worker's cohort generator for sticky apps.
+    static COHORTS: std::cell::RefCell<crate::sticky::CohortRng> =
+        std::cell::RefCell::new(crate::sticky::CohortRng::from_clock(crate::worker::index() as u64));
+}
 
 /// Request bodies up to this size are buffered so the request can be replayed.
 pub(crate) const MAX_REPLAY_BODY: usize = 1024 * 1024;
@@ -34,6 +47,10 @@ const DOWN_FOR_MS: u64 = 1000;
 const REMOVED_APP_HOLD: Duration = Duration::from_secs(1);
 /// Bound on loop turns of one request that made no attempt.
 const MAX_SPINS: usize = 16;
+/// Mirror copies under way per app and worker; more are dropped (and counted).
+pub(crate) const MIRROR_MAX_IN_FLIGHT: usize = 64;
+/// Marks the copies sent to a mirror target.
+const X_BATON_MIRROR: HeaderName = HeaderName::from_static("x-baton-mirror");
 
 /// What a client connection knows about itself.
 pub(crate) struct ConnCtx {
@@ -44,6 +61,16 @@ pub(crate) struct ConnCtx {
     peer_ip: HeaderValue,
     /// This hop's `Forwarded` element (`for=...;proto=http`), made once.
     forwarded: HeaderValue,
+    /// The app's counters, where this connection is counted as open.
+    app_counters: Option<Arc<AppCounters>>,
+}
+
+impl Drop for ConnCtx {
+    fn drop(&mut self) {
+        if let Some(c) = &self.app_counters {
+            c.connections.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl ConnCtx {
@@ -52,7 +79,12 @@ impl ConnCtx {
             std::net::IpAddr::V4(ip) => format!("for={ip};proto=http"),
             std::net::IpAddr::V6(ip) => format!("for=\"[{ip}]\";proto=http"),
         };
+        let app_counters = live_app(&shared, &app).map(|a| a.counters.clone());
+        if let Some(c) = &app_counters {
+            c.connections.fetch_add(1, Ordering::Relaxed);
+        }
         ConnCtx {
+            app_counters,
             shared,
             app,
             peer,
@@ -195,6 +227,102 @@ pub(crate) enum RespBody {
         /// left the routing table and its grace has passed; the body then ends cleanly.
         drain: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     },
+    /// Streamed from a backend like `Upstream`, and recorded in the version's metrics
+    /// when it ends (or the client goes away).
+    Proxied(Proxied),
+}
+
+/// A backend's response on its way to the user; see [`RespBody::Proxied`].
+pub(crate) struct Proxied {
+    body: Incoming,
+    guard: Option<InFlight>,
+    conn: Option<Lent>,
+    drain: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    start: Instant,
+    status: u16,
+    bytes_in: u64,
+    bytes_out: u64,
+    /// For endless streams (server-sent events) the latency is taken at the response
+    /// head, not at the stream's end.
+    head_latency: Option<Duration>,
+    /// The copy of the body kept for a mirror comparison.
+    tee: Option<Box<Tee>>,
+}
+
+impl Proxied {
+    /// Ends the response once: returns the connection to the pool when `complete`,
+    /// records the request, hands the captured body to the mirror task.
+    fn finish(&mut self, complete: bool) {
+        let Some(guard) = self.guard.take() else {
+            return;
+        };
+        if let Some(c) = self.conn.take()
+            && complete
+        {
+            pool::put(c.addr, c.tx);
+        }
+        let now = Instant::now();
+        let latency = self
+            .head_latency
+            .unwrap_or_else(|| now.saturating_duration_since(self.start));
+        guard.version.record(
+            now,
+            &RequestSample {
+                status: self.status,
+                latency,
+                bytes_in: self.bytes_in,
+                bytes_out: self.bytes_out,
+                router_error: false,
+            },
+        );
+        if let Some(t) = self.tee.take()
+            && complete
+        {
+            t.send();
+        }
+    }
+}
+
+/// The user's response as captured for a mirror comparison: chunks are shared with
+/// what is sent (no copy on the user's path).
+struct Tee {
+    max: usize,
+    len: usize,
+    chunks: Vec<Bytes>,
+    truncated: bool,
+    status: u16,
+    headers: Vec<(String, String)>,
+    tx: tokio::sync::oneshot::Sender<PrimaryCapture>,
+}
+
+struct PrimaryCapture {
+    status: u16,
+    headers: Vec<(String, String)>,
+    chunks: Vec<Bytes>,
+    truncated: bool,
+}
+
+impl Tee {
+    fn push(&mut self, d: &Bytes) {
+        let room = self.max - self.len;
+        if d.len() > room {
+            self.truncated = true;
+        }
+        let n = d.len().min(room);
+        if n > 0 {
+            self.chunks.push(d.slice(..n));
+            self.len += n;
+        }
+    }
+
+    fn send(self) {
+        let _ = self.tx.send(PrimaryCapture {
+            status: self.status,
+            headers: self.headers,
+            chunks: self.chunks,
+            truncated: self.truncated,
+        });
+    }
 }
 
 impl RespBody {
@@ -243,6 +371,32 @@ impl Body for RespBody {
                 }
                 r
             }
+            RespBody::Proxied(p) => {
+                let r = Pin::new(&mut p.body).poll_frame(cx);
+                match &r {
+                    Poll::Ready(None) => p.finish(true),
+                    Poll::Ready(Some(Err(_))) => p.finish(false),
+                    Poll::Ready(Some(Ok(f))) => {
+                        if let Some(d) = f.data_ref() {
+                            p.bytes_out += d.len() as u64;
+                            if let Some(t) = &mut p.tee {
+                                t.push(d);
+                            }
+                        }
+                    }
+                    Poll::Pending => {
+                        if let Some(d) = &mut p.drain
+                            && d.as_mut().poll(cx).is_ready()
+                        {
+                            p.conn = None;
+                            p.finish(false);
+                            p.drain = None;
+                            return Poll::Ready(None);
+                        }
+                    }
+                }
+                r
+            }
         }
     }
 
@@ -250,6 +404,7 @@ impl Body for RespBody {
         match self {
             RespBody::Full(b) => b.is_none(),
             RespBody::Upstream { body, guard, .. } => guard.is_none() || body.is_end_stream(),
+            RespBody::Proxied(p) => p.guard.is_none() || p.body.is_end_stream(),
         }
     }
 
@@ -257,6 +412,7 @@ impl Body for RespBody {
         match self {
             RespBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             RespBody::Upstream { body, .. } => body.size_hint(),
+            RespBody::Proxied(p) => p.body.size_hint(),
         }
     }
 }
@@ -271,6 +427,10 @@ impl Drop for RespBody {
         {
             let done = body.is_end_stream();
             Self::finish(guard, conn, done);
+        }
+        if let RespBody::Proxied(p) = self {
+            let done = p.body.is_end_stream();
+            p.finish(done);
         }
     }
 }
@@ -590,10 +750,78 @@ fn wants_upgrade(req: &Request<Incoming>) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
+/// The mirror copy of one request, decided before the first attempt.
+struct MirrorPlan {
+    app: Arc<AppTable>,
+    head: Head,
+    body: Option<Bytes>,
+}
+
+/// Frees a mirror slot when the copy's task ends.
+struct MirrorSlot(Arc<MirrorState>);
+
+impl Drop for MirrorSlot {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A new cohort from this worker's generator.
+fn next_cohort() -> u16 {
+    COHORTS.with_borrow_mut(crate::sticky::CohortRng::next_cohort)
+}
+
+/// Records a response the router generated itself in `v`'s metrics.
+fn record_local(v: &VersionCounters, start: Instant, status: u16, bytes_in: u64) {
+    let now = Instant::now();
+    v.record(
+        now,
+        &RequestSample {
+            status,
+            latency: now.saturating_duration_since(start),
+            bytes_in,
+            bytes_out: 0,
+            router_error: true,
+        },
+    );
+}
+
+/// Records a failure of `v` that shielding answers from the stable version: it counts
+/// against `v` (stats and metrics) though the user never sees it.
+fn record_shielded(v: &VersionCounters, start: Instant, status: u16, bytes_in: u64, ours: bool) {
+    v.shielded.fetch_add(1, Ordering::Relaxed);
+    let now = Instant::now();
+    v.record(
+        now,
+        &RequestSample {
+            status,
+            latency: now.saturating_duration_since(start),
+            bytes_in,
+            bytes_out: 0,
+            router_error: ours,
+        },
+    );
+}
+
+/// Reads and drops the rest of a response nobody will see, so that its upstream
+/// connection can be reused.
+async fn discard(mut body: RespBody) {
+    let read = async {
+        while let Some(f) = body.frame().await {
+            if f.is_err() {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
+}
+
 /// Serves one user request. Never fails: errors become 4xx/5xx responses.
 pub(crate) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<RespBody> {
+    let start = Instant::now();
     let sh = &*ctx.shared;
-    let limits = match live_app(sh, &ctx.app) {
+    let app0 = live_app(sh, &ctx.app);
+    let limits = match &app0 {
         Some(a) => {
             a.counters.requests.fetch_add(1, Ordering::Relaxed);
             a.limits.clone()
@@ -623,11 +851,56 @@ pub(crate) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Re
         }
     };
     let idempotent = is_idempotent(&parts.method);
+    // Sticky apps: the client's cohort, or a new one stored by the response.
+    let (cohort, set_cookie) = match app0.as_deref().and_then(|a| a.sticky.as_ref()) {
+        None => (None, None),
+        Some(st) => match crate::sticky::cohort_from_headers(&parts.headers, &st.cookie) {
+            Some(c) => (Some(c), None),
+            None => {
+                let c = next_cohort();
+                let v = crate::sticky::set_cookie_value(&st.cookie, c, st.max_age_s);
+                (Some(c), Some(v))
+            }
+        },
+    };
     upstream_head(&mut parts, ctx);
     let (replay, mut once) = match body {
         UpBody::Full(b) => (Some(b), None),
         streaming => (None, Some(streaming)),
     };
+    let bytes_in = match &replay {
+        Some(b) => b.as_ref().map_or(0, |b| b.len() as u64),
+        None => parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    };
+    let mut mirror = match (&app0, &replay) {
+        (Some(a), Some(b)) => a
+            .mirror
+            .as_ref()
+            .filter(|m| {
+                crate::mirror::method_allowed(&m.cfg, &parts.method)
+                    && b.as_ref().map_or(0, Bytes::len) <= m.cfg.max_body_bytes
+                    && crate::mirror::should_mirror(
+                        m.state.counter.fetch_add(1, Ordering::Relaxed),
+                        m.cfg.percent,
+                    )
+            })
+            .map(|_| MirrorPlan {
+                app: a.clone(),
+                head: Head {
+                    method: parts.method.clone(),
+                    uri: parts.uri.clone(),
+                    headers: parts.headers.clone(),
+                },
+                body: b.clone(),
+            }),
+        _ => None,
+    };
+    drop(app0);
     // A request whose bytes may have reached the app is resent only when idempotent;
     // keep a copy of its head for that (the first attempt consumes the original).
     let spare = (idempotent && replay.is_some()).then(|| Head {
@@ -635,6 +908,8 @@ pub(crate) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Re
         uri: parts.uri.clone(),
         headers: parts.headers.clone(),
     });
+    // Shielding applies to what can be replayed safely: idempotent, buffered.
+    let shieldable = spare.is_some();
     let mut head = Some(Head::from_parts(parts));
 
     // Allocates only when an attempt fails.
@@ -643,22 +918,34 @@ pub(crate) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Re
     // The version picked for this request, tied to the snapshot it was picked in.
     let mut picked: Option<(Arc<AppTable>, usize)> = None;
     let mut attempts = 0;
+    let mut max_attempts = MAX_ATTEMPTS;
+    // Shielding used (at most once per request), and the next pick must be the stable
+    // version.
+    let mut shield_used = false;
+    let mut to_stable = false;
     // Loop turns that made no attempt (snapshot swapped underneath); bounded so a
     // storm of pushes cannot spin a request forever.
     let mut spins = 0;
-    while attempts < MAX_ATTEMPTS && spins < MAX_SPINS {
+    while attempts < max_attempts && spins < MAX_SPINS {
         let Some(app) = routable_app(sh, &ctx.app).await else {
-            return no_backend(sh, ctx, last_version.as_deref());
+            return no_backend(sh, ctx, last_version.as_deref(), start, bytes_in);
         };
         let primary = match &picked {
             Some((a, v)) if Arc::ptr_eq(a, &app) => *v,
-            _ => match app.pick_version() {
-                Some(v) => v,
-                None => {
-                    spins += 1;
-                    continue; // swapped to unroutable meanwhile; hold again
+            _ => {
+                let stable = if to_stable { app.shield } else { None };
+                let chosen = stable.or_else(|| {
+                    let h = head.as_ref().or(spare.as_ref())?;
+                    app.choose_version(&h.method, h.uri.path(), &h.headers, cohort)
+                });
+                match chosen {
+                    Some(v) => v,
+                    None => {
+                        spins += 1;
+                        continue; // swapped to unroutable meanwhile; hold again
+                    }
                 }
-            },
+            }
         };
         picked = Some((app.clone(), primary));
         let Some((vi, bi)) = app.pick_backend(primary, &tried, || sh.now_ms()) else {
@@ -686,6 +973,8 @@ pub(crate) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Re
         version.counters.requests.fetch_add(1, Ordering::Relaxed);
         last_version = Some(version.counters.clone());
         let addr = backend.addr;
+        // A failure of this attempt goes to the stable version instead of the user.
+        let shield_here = shieldable && !shield_used && app.shield.is_some_and(|s| s != vi);
 
         let mut tx = match checkout(addr, limits.connect_timeout).await {
             Ok(tx) => tx,
@@ -700,7 +989,11 @@ pub(crate) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Re
                     .fetch_max(until, Ordering::Relaxed);
                 tried.push(addr);
                 tracing::debug!(app = %ctx.app.name, backend = %addr, error = %e, "cannot connect upstream");
-                if attempts < MAX_ATTEMPTS {
+                if shield_here {
+                    record_shielded(&version.counters, start, 502, bytes_in, true);
+                    (shield_used, to_stable, picked) = (true, true, None);
+                    max_attempts = max_attempts.max(attempts + 1);
+                } else if attempts < max_attempts {
                     version.counters.retries.fetch_add(1, Ordering::Relaxed);
                 }
                 continue;
@@ -725,19 +1018,50 @@ pub(crate) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Re
                 let (mut parts, body) = resp.into_parts();
                 let reusable = !says_close(&parts.headers);
                 strip_hop_by_hop(&mut parts.headers);
-                version.counters.record_status(parts.status.as_u16());
-                let drain = is_event_stream(&parts.headers).then(|| {
-                    crate::tunnel::drain_signal(backend.state.clone(), limits.drain_grace)
-                });
-                return Response::from_parts(
-                    parts,
-                    RespBody::Upstream {
+                let status = parts.status.as_u16();
+                version.counters.record_status(status);
+                let conn = reusable.then_some(Lent { addr, tx });
+                if shield_here && parts.status.is_server_error() {
+                    tracing::debug!(app = %ctx.app.name, backend = %addr, status, "shielded: retrying on the stable version");
+                    record_shielded(&version.counters, start, status, bytes_in, false);
+                    (shield_used, to_stable, picked) = (true, true, None);
+                    max_attempts = max_attempts.max(attempts + 1);
+                    let rest = RespBody::Upstream {
                         body,
                         guard: Some(guard),
-                        conn: reusable.then_some(Lent { addr, tx }),
+                        conn,
+                        drain: None,
+                    };
+                    tokio::spawn(discard(rest));
+                    continue;
+                }
+                let stream = is_event_stream(&parts.headers);
+                let drain = stream.then(|| {
+                    crate::tunnel::drain_signal(backend.state.clone(), limits.drain_grace)
+                });
+                let tee = match mirror.take() {
+                    Some(plan) if !stream => start_mirror(plan, vi, &parts, &limits),
+                    _ => None,
+                };
+                let mut resp = Response::from_parts(
+                    parts,
+                    RespBody::Proxied(Proxied {
+                        body,
+                        guard: Some(guard),
+                        conn,
                         drain,
-                    },
+                        start,
+                        status,
+                        bytes_in,
+                        bytes_out: 0,
+                        head_latency: stream.then(|| start.elapsed()),
+                        tee,
+                    }),
                 );
+                if let Some(c) = set_cookie {
+                    resp.headers_mut().append(header::SET_COOKIE, c);
+                }
+                return resp;
             }
             Err(_) => {
                 drop(guard);
@@ -747,6 +1071,7 @@ pub(crate) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Re
                     .router_errors
                     .fetch_add(1, Ordering::Relaxed);
                 version.counters.record_status(504);
+                record_local(&version.counters, start, 504, bytes_in);
                 return local_response(
                     StatusCode::GATEWAY_TIMEOUT,
                     "gateway timeout: the backend did not answer in time\n",
@@ -772,8 +1097,14 @@ pub(crate) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Re
                     }
                     None => false,
                 };
+                if shield_here {
+                    record_shielded(&version.counters, start, 502, bytes_in, true);
+                    (shield_used, to_stable, picked) = (true, true, None);
+                    max_attempts = max_attempts.max(attempts + 1);
+                    continue;
+                }
                 let retry = unsent || (idempotent && replay.is_some());
-                let retry = retry && attempts < MAX_ATTEMPTS;
+                let retry = retry && attempts < max_attempts;
                 tracing::debug!(
                     app = %ctx.app.name, backend = %addr, unsent, retry, error = %e.error(),
                     "upstream attempt failed"
@@ -789,11 +1120,184 @@ pub(crate) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Re
     if let Some(v) = &last_version {
         v.router_errors.fetch_add(1, Ordering::Relaxed);
         v.record_status(502);
+        record_local(v, start, 502, bytes_in);
     }
     local_response(
         StatusCode::BAD_GATEWAY,
         "bad gateway: no backend answered\n",
     )
+}
+
+/// Starts the mirror copy of a request whose primary answered with `parts` from
+/// version `primary`: spawns the copy (never awaited by the user's request) and
+/// returns the tee that captures the user's response for the comparison. `None` when
+/// the primary is the mirror version itself or too many copies are under way.
+fn start_mirror(
+    plan: MirrorPlan,
+    primary: usize,
+    parts: &http::response::Parts,
+    limits: &Limits,
+) -> Option<Box<Tee>> {
+    let m = plan.app.mirror.as_ref()?;
+    if primary == m.version {
+        return None;
+    }
+    let state = &m.state;
+    if state.in_flight.fetch_add(1, Ordering::Relaxed) >= m.max_in_flight {
+        state.in_flight.fetch_sub(1, Ordering::Relaxed);
+        state.dropped.fetch_add(1, Ordering::Relaxed);
+        return None;
+    }
+    let slot = MirrorSlot(state.clone());
+    let headers = m
+        .compare
+        .iter()
+        .filter_map(|(n, name)| {
+            let v = parts.headers.get(n)?.to_str().ok()?;
+            Some((name.clone(), v.to_string()))
+        })
+        .collect();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let tee = Box::new(Tee {
+        max: m.cfg.max_body_bytes,
+        len: 0,
+        chunks: Vec::new(),
+        truncated: false,
+        status: parts.status.as_u16(),
+        headers,
+        tx,
+    });
+    tokio::spawn(run_mirror(plan, slot, rx, limits.clone()));
+    Some(tee)
+}
+
+/// Sends the copy, waits for both responses, compares them and records the outcome.
+async fn run_mirror(
+    plan: MirrorPlan,
+    slot: MirrorSlot,
+    primary: tokio::sync::oneshot::Receiver<PrimaryCapture>,
+    limits: Limits,
+) {
+    let Some(m) = plan.app.mirror.as_ref() else {
+        return;
+    };
+    let mirrored =
+        match tokio::time::timeout(limits.response_timeout, mirror_call(&plan, m, &limits)).await {
+            Ok(r) => r,
+            Err(_) => Err("the mirror did not answer in time".to_string()),
+        };
+    let primary = match tokio::time::timeout(limits.response_timeout, primary).await {
+        Ok(Ok(p)) => p,
+        // The user's response did not complete: nothing to compare with.
+        _ => {
+            slot.0.abandoned.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    };
+    let body = match primary.chunks.len() {
+        0 => Bytes::new(),
+        1 => primary.chunks[0].clone(),
+        _ => {
+            let mut b = BytesMut::new();
+            for c in &primary.chunks {
+                b.extend_from_slice(c);
+            }
+            b.freeze()
+        }
+    };
+    let primary = Captured {
+        status: primary.status,
+        headers: primary.headers,
+        body,
+        truncated: primary.truncated,
+    };
+    let (outcome, mirror) = match mirrored {
+        Ok(c) => (crate::mirror::compare(&primary, &c, &m.cfg), c),
+        Err(e) => (
+            Comparison::Mismatch {
+                reasons: vec![format!("mirror failed: {e}")],
+            },
+            Captured::default(),
+        ),
+    };
+    plan.app.versions[m.version]
+        .counters
+        .record_mirror(Instant::now(), outcome.is_match());
+    let at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    m.state.samples().record(
+        plan.head.method.as_str(),
+        plan.head.uri.path(),
+        &primary,
+        &mirror,
+        &outcome,
+        at_ms,
+    );
+    drop(slot);
+}
+
+/// One request to a backend of the mirror version, its response captured up to
+/// `max_body_bytes`.
+async fn mirror_call(
+    plan: &MirrorPlan,
+    m: &MirrorTable,
+    limits: &Limits,
+) -> Result<Captured, String> {
+    let addr = plan
+        .app
+        .pick_in_version(m.version)
+        .ok_or_else(|| "no backend".to_string())?;
+    let mut tx = checkout(addr, limits.connect_timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut req = plan
+        .head
+        .clone()
+        .into_request(UpBody::Full(plan.body.clone()));
+    req.headers_mut()
+        .insert(X_BATON_MIRROR, HeaderValue::from_static("1"));
+    let resp = tx.send_request(req).await.map_err(|e| e.to_string())?;
+    let (parts, mut body) = resp.into_parts();
+    let reusable = !says_close(&parts.headers);
+    let headers = m
+        .compare
+        .iter()
+        .filter_map(|(n, name)| {
+            let v = parts.headers.get(n)?.to_str().ok()?;
+            Some((name.clone(), v.to_string()))
+        })
+        .collect();
+    let max = m.cfg.max_body_bytes;
+    let mut buf = BytesMut::new();
+    let mut truncated = false;
+    let mut complete = body.is_end_stream();
+    while !complete {
+        match body.frame().await {
+            None => complete = true,
+            Some(Err(e)) => return Err(e.to_string()),
+            Some(Ok(f)) => {
+                if let Ok(d) = f.into_data() {
+                    let room = max - buf.len();
+                    if d.len() > room {
+                        buf.extend_from_slice(&d[..room]);
+                        truncated = true;
+                        break;
+                    }
+                    buf.extend_from_slice(&d);
+                }
+            }
+        }
+    }
+    if complete && reusable {
+        pool::put(addr, tx);
+    }
+    Ok(Captured {
+        status: parts.status.as_u16(),
+        headers,
+        body: buf.freeze(),
+        truncated,
+    })
 }
 
 /// The 502 sent when no backend could take the request.
@@ -854,11 +1358,18 @@ fn is_event_stream(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
 }
 
-fn no_backend(sh: &Shared, ctx: &ConnCtx, last: Option<&VersionCounters>) -> Response<RespBody> {
+fn no_backend(
+    sh: &Shared,
+    ctx: &ConnCtx,
+    last: Option<&VersionCounters>,
+    start: Instant,
+    bytes_in: u64,
+) -> Response<RespBody> {
     match last {
         Some(v) => {
             v.router_errors.fetch_add(1, Ordering::Relaxed);
             v.record_status(503);
+            record_local(v, start, 503, bytes_in);
         }
         None => {
             if let Some(a) = live_app(sh, &ctx.app) {

@@ -14,7 +14,9 @@ use tokio_util::task::TaskTracker;
 use crate::config::RoutingConfig;
 use crate::error::RouterError;
 use crate::listener;
-use crate::stats::{ListenerStatus, PushResult, RouterHealth, RouterStats};
+use crate::stats::{
+    ListenerStatus, MirrorReports, PushResult, RouterHealth, RouterStats, WindowsReport,
+};
 use crate::table::{Registry, Table};
 use crate::worker::{self, Workers};
 
@@ -51,7 +53,6 @@ pub(crate) struct Shared {
     pub stopping: CancellationToken,
 }
 
-#[derive(Default)]
 struct ApplyState {
     registry: Registry,
     listeners: HashMap<String, ListenerHandle>,
@@ -97,18 +98,23 @@ impl Router {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         let (swapped, _) = watch::channel(0);
+        let epoch = std::time::Instant::now();
+        let shards = workers.handles().len().max(1);
         Router {
             inner: Arc::new(Inner {
                 shared: Arc::new(Shared {
                     table: ArcSwap::from_pointee(Table::empty()),
                     swapped,
-                    epoch: std::time::Instant::now(),
+                    epoch,
                     started_ms,
                     tasks: TaskTracker::new(),
                     stopping: CancellationToken::new(),
                 }),
                 workers,
-                state: Mutex::new(ApplyState::default()),
+                state: Mutex::new(ApplyState {
+                    registry: Registry::new(epoch, shards),
+                    listeners: HashMap::new(),
+                }),
             }),
         }
     }
@@ -257,6 +263,22 @@ impl Router {
     pub fn stats(&self) -> RouterStats {
         let generation = self.generation();
         self.state().registry.stats(generation)
+    }
+
+    /// Per (app, version) metrics over the last `last` (rounded up to whole seconds,
+    /// 1..=64).
+    pub fn windows(&self, last: Duration) -> WindowsReport {
+        self.state().registry.windows(last)
+    }
+
+    /// Every metric in the Prometheus text format (version 0.0.4).
+    pub fn prometheus(&self) -> String {
+        self.state().registry.prometheus()
+    }
+
+    /// Mirror comparisons per app.
+    pub fn mirror_reports(&self) -> MirrorReports {
+        self.state().registry.mirror_reports()
     }
 
     /// Process id, live generation and start time.

@@ -1,4 +1,5 @@
-//! Wire types of the admin API (`/v1/health`, `/v1/config` push result, `/v1/stats`).
+//! Wire types of the admin API (`/v1/health`, `/v1/config` push result, `/v1/stats`,
+//! `/v1/windows`, `/v1/mirror`).
 //!
 //! Shared by the router (which serialises them) and [`crate::AdminClient`] (which
 //! deserialises them), so both sides agree by construction.
@@ -6,6 +7,9 @@
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
+
+use crate::metrics::WindowStats;
+use crate::mirror::MirrorReport;
 
 /// Answer of `GET /v1/health`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -61,6 +65,12 @@ pub struct AppStats {
     /// 503s for requests that found no backend within `hold_timeout_ms` (not attributed
     /// to any version).
     pub no_backend: u64,
+    /// Client connections open now.
+    #[serde(default)]
+    pub connections: u64,
+    /// Mirror copies not sent because too many were already under way.
+    #[serde(default)]
+    pub mirror_dropped: u64,
     /// Per version: the live ones, plus removed ones until their counters are pruned
     /// (a removed version stays while it has requests in flight).
     pub versions: Vec<VersionStats>,
@@ -96,6 +106,10 @@ pub struct VersionStats {
     pub retries: u64,
     /// Attempts whose response is not finished yet.
     pub in_flight: u64,
+    /// Failures of this version (5xx answers, failed attempts) that shielding retried
+    /// on the stable version; also counted in the status classes above.
+    #[serde(default)]
+    pub shielded: u64,
 }
 
 /// Counters of one backend address.
@@ -109,4 +123,61 @@ pub struct BackendStats {
     pub requests: u64,
     /// Attempts that failed before a response (connect error, reset, ...).
     pub failures: u64,
+}
+
+/// Answer of `GET /v1/windows?seconds=N`: per (app, version) metrics over the last N
+/// seconds (1..=64; the current second included).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct WindowsReport {
+    /// The window asked for, in seconds.
+    pub window_s: u64,
+    /// Per app, sorted by name.
+    pub apps: Vec<AppWindows>,
+}
+
+/// The windows of one app.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct AppWindows {
+    /// App name.
+    pub app: String,
+    /// Client connections open now.
+    pub connections: u64,
+    /// Per version, sorted by name (removed versions while their counters remain).
+    pub versions: Vec<VersionWindow>,
+}
+
+/// The window of one (app, version). Requests count responses sent to users, plus the
+/// failures of this version that shielding answered from the stable version.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct VersionWindow {
+    /// Version name.
+    pub version: String,
+    /// Counters and latency percentiles.
+    #[serde(flatten)]
+    pub stats: WindowStats,
+}
+
+/// Answer of `GET /v1/mirror`: the mirror comparisons of each app that mirrors or
+/// has mirrored since the router started.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct MirrorReports {
+    /// Per app, sorted by name.
+    pub apps: Vec<AppMirrorReport>,
+}
+
+/// The mirror comparisons of one app.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct AppMirrorReport {
+    /// App name.
+    pub app: String,
+    /// The version receiving copies in the live config; `None` when mirroring is off
+    /// now (the counts are kept).
+    pub version: Option<String>,
+    /// Copies not sent because too many were already under way.
+    pub dropped: u64,
+    /// Copies not compared because the user's response did not complete.
+    pub abandoned: u64,
+    /// Counts per path and the last differing pairs.
+    #[serde(flatten)]
+    pub report: MirrorReport,
 }

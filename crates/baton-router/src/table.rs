@@ -7,16 +7,23 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-use std::time::Duration;
+use http::HeaderName;
 use tokio::sync::Notify;
 
-use crate::config::RoutingConfig;
+use crate::config::{MirrorConfig, RoutingConfig};
 use crate::limits::Limits;
+use crate::metrics::{Merged, RequestSample, Series, VersionMetrics, WindowStats};
+use crate::mirror::{MirrorReport, MismatchSamples};
+use crate::rules::CompiledRules;
 use crate::select;
-use crate::stats::{AppStats, BackendStats, RouterStats, VersionStats};
+use crate::stats::{
+    AppMirrorReport, AppStats, AppWindows, BackendStats, MirrorReports, RouterStats, VersionStats,
+    VersionWindow, WindowsReport,
+};
 
 /// Counters of one app.
 #[derive(Default)]
@@ -24,22 +31,106 @@ pub(crate) struct AppCounters {
     pub requests: AtomicU64,
     pub held: AtomicU64,
     pub no_backend: AtomicU64,
+    /// Client connections open now.
+    pub connections: AtomicI64,
+}
+
+/// Mirroring state of one app; survives config pushes.
+#[derive(Default)]
+pub(crate) struct MirrorState {
+    /// Eligible requests seen (input of [`crate::mirror::should_mirror`]).
+    pub counter: AtomicU64,
+    /// Mirror copies under way.
+    pub in_flight: AtomicUsize,
+    /// Copies not sent because too many were under way.
+    pub dropped: AtomicU64,
+    /// Copies whose comparison could not be made (the user's response did not end).
+    pub abandoned: AtomicU64,
+    pub samples: Mutex<MismatchSamples>,
+}
+
+impl MirrorState {
+    pub fn samples(&self) -> MutexGuard<'_, MismatchSamples> {
+        self.samples.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One worker's metrics of one (app, version), on its own cache lines.
+#[repr(align(128))]
+pub(crate) struct Shard(Mutex<VersionMetrics>);
+
+impl Shard {
+    fn lock(&self) -> MutexGuard<'_, VersionMetrics> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// Counters of one (app, version).
-#[derive(Default)]
 pub(crate) struct VersionCounters {
     pub requests: AtomicU64,
     pub status: [AtomicU64; 5],
     pub router_errors: AtomicU64,
     pub retries: AtomicU64,
     pub in_flight: AtomicU64,
+    /// Failures of this version that shielding retried on the stable version.
+    pub shielded: AtomicU64,
+    /// Windowed metrics, one shard per worker: each worker only locks its own, so the
+    /// lock is uncontended except for the admin reader's brief visits.
+    metrics: Box<[Shard]>,
 }
 
 impl VersionCounters {
+    fn new(epoch: Instant, shards: usize) -> Self {
+        VersionCounters {
+            requests: AtomicU64::new(0),
+            status: Default::default(),
+            router_errors: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            shielded: AtomicU64::new(0),
+            metrics: (0..shards.max(1))
+                .map(|_| Shard(Mutex::new(VersionMetrics::new(epoch))))
+                .collect(),
+        }
+    }
+
     pub fn record_status(&self, status: u16) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.status[class].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// This worker's metrics shard.
+    #[inline]
+    fn shard(&self) -> &Shard {
+        &self.metrics[crate::worker::index() % self.metrics.len()]
+    }
+
+    /// Records one finished request in this worker's metrics shard.
+    pub fn record(&self, now: Instant, sample: &RequestSample) {
+        self.shard().lock().record(now, sample);
+    }
+
+    /// Records one mirror comparison in this worker's metrics shard.
+    pub fn record_mirror(&self, now: Instant, matched: bool) {
+        self.shard().lock().record_mirror(now, matched);
+    }
+
+    fn window(&self, last: Duration, now: Instant) -> WindowStats {
+        let mut m = Merged::new();
+        for s in self.metrics.iter() {
+            m.add_window(&s.lock(), last, now);
+        }
+        m.set_active_connections(self.in_flight.load(Ordering::Relaxed) as i64);
+        m.stats()
+    }
+
+    fn totals(&self) -> Merged {
+        let mut m = Merged::new();
+        for s in self.metrics.iter() {
+            m.add_totals(&s.lock());
+        }
+        m.set_active_connections(self.in_flight.load(Ordering::Relaxed) as i64);
+        m
     }
 }
 
@@ -88,12 +179,21 @@ pub(crate) struct AppTable {
     pub limits: Limits,
     pub counters: Arc<AppCounters>,
     pub versions: Vec<VersionTable>,
+    /// Match rules, compiled once per push.
+    pub rules: CompiledRules,
+    /// Version-sticky cohorts, when configured.
+    pub sticky: Option<StickyTable>,
+    /// Mirroring, when configured and its version is present with a backend.
+    pub mirror: Option<MirrorTable>,
+    /// Index of the shield (stable) version, when shielding is on and it is present.
+    pub shield: Option<usize>,
     /// One smooth-WRR cycle over `versions` (indices); empty when nothing is routable.
     cycle: Vec<usize>,
     next: AtomicUsize,
 }
 
 pub(crate) struct VersionTable {
+    pub name: String,
     pub counters: Arc<VersionCounters>,
     pub backends: Vec<BackendEntry>,
     weight: u32,
@@ -105,7 +205,64 @@ pub(crate) struct BackendEntry {
     pub state: Arc<BackendState>,
 }
 
+/// Sticky cohorts of one app, resolved against its versions.
+pub(crate) struct StickyTable {
+    pub cookie: String,
+    pub max_age_s: u64,
+    /// Version indices in cohort order (the growing version first).
+    order: Vec<usize>,
+    /// Their weights in that order; 0 for a version without backends.
+    weights: Vec<u32>,
+}
+
+/// Mirroring of one app, resolved against its versions.
+pub(crate) struct MirrorTable {
+    pub cfg: Arc<MirrorConfig>,
+    /// Index of the version receiving the copies (it has at least one backend).
+    pub version: usize,
+    /// `cfg.compare_headers`, parsed, with the names as configured.
+    pub compare: Vec<(HeaderName, String)>,
+    pub state: Arc<MirrorState>,
+    /// Most copies under way at once (per worker, summed over workers).
+    pub max_in_flight: usize,
+}
+
 impl AppTable {
+    /// The version a new request goes to: the first match rule whose version has a
+    /// backend, else the client's sticky cohort (`cohort`), else the weighted split.
+    /// Does not allocate.
+    pub fn choose_version(
+        &self,
+        method: &http::Method,
+        path: &str,
+        headers: &http::HeaderMap,
+        cohort: Option<u16>,
+    ) -> Option<usize> {
+        if !self.rules.is_empty()
+            && let Some(name) = self.rules.route(method, path, headers)
+            && let Some(i) = self.versions.iter().position(|v| v.name == name)
+            && !self.versions[i].backends.is_empty()
+        {
+            return Some(i);
+        }
+        if let (Some(st), Some(c)) = (&self.sticky, cohort)
+            && let Some(i) = crate::sticky::index_for_cohort(c, &st.weights)
+        {
+            return Some(st.order[i]);
+        }
+        self.pick_version()
+    }
+
+    /// A backend of version `v` only (round robin), for a mirror copy.
+    pub fn pick_in_version(&self, v: usize) -> Option<SocketAddr> {
+        let version = self.versions.get(v)?;
+        if version.backends.is_empty() {
+            return None;
+        }
+        let n = version.next.fetch_add(1, Ordering::Relaxed);
+        Some(version.backends[n % version.backends.len()].addr)
+    }
+
     /// True when at least one version with weight > 0 has a backend.
     pub fn routable(&self) -> bool {
         !self.cycle.is_empty()
@@ -156,19 +313,41 @@ struct AppEntry {
     counters: Arc<AppCounters>,
     versions: BTreeMap<String, Arc<VersionCounters>>,
     backends: BTreeMap<SocketAddr, Arc<BackendState>>,
+    mirror: Arc<MirrorState>,
+    /// The mirror target of the live config, for reports.
+    mirror_version: Option<String>,
 }
 
 /// Every counter the router keeps, by app. Touched only when applying a config and
 /// when reading stats (both on the admin path, under the router's apply lock).
-#[derive(Default)]
 pub(crate) struct Registry {
     apps: BTreeMap<String, AppEntry>,
     /// Stable ids of app names; never reused, so a connection of a removed app can
     /// never be served as another app.
     ids: HashMap<String, usize>,
+    /// Origin of every metrics shard's one-second buckets.
+    epoch: Instant,
+    /// Metrics shards per version: one per worker.
+    shards: usize,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry::new(Instant::now(), 1)
+    }
 }
 
 impl Registry {
+    /// An empty registry whose metrics have `shards` shards per version.
+    pub fn new(epoch: Instant, shards: usize) -> Self {
+        Registry {
+            apps: BTreeMap::new(),
+            ids: HashMap::new(),
+            epoch,
+            shards: shards.max(1),
+        }
+    }
+
     /// The stable id of `app`, assigned on first sight.
     pub fn app_id(&mut self, app: &str) -> usize {
         let next = self.ids.len();
@@ -180,6 +359,7 @@ impl Registry {
     pub fn build(&mut self, cfg: &RoutingConfig, old: &Table) -> Table {
         let mut apps = HashMap::new();
         let mut by_id: Vec<Option<Arc<AppTable>>> = Vec::new();
+        let (epoch, shards) = (self.epoch, self.shards);
         for app in &cfg.apps {
             let id = self.app_id(&app.app);
             let entry = self.apps.entry(app.app.clone()).or_default();
@@ -189,7 +369,11 @@ impl Registry {
                 .iter()
                 .enumerate()
                 .map(|(i, v)| {
-                    let counters = entry.versions.entry(v.version.clone()).or_default().clone();
+                    let counters = entry
+                        .versions
+                        .entry(v.version.clone())
+                        .or_insert_with(|| Arc::new(VersionCounters::new(epoch, shards)))
+                        .clone();
                     let backends = v
                         .backends
                         .iter()
@@ -202,6 +386,7 @@ impl Registry {
                         .and_then(|a| a.versions.get(i))
                         .map_or(0, |ov| ov.next.load(Ordering::Relaxed));
                     VersionTable {
+                        name: v.version.clone(),
                         counters,
                         backends,
                         weight: v.weight,
@@ -215,10 +400,54 @@ impl Registry {
                 .collect();
             let cycle = select::smooth_wrr_cycle(&weights);
             let next = old_app.map_or(0, |a| a.next.load(Ordering::Relaxed));
+            let index_of = |name: &str| versions.iter().position(|v| v.name == name);
+            // Validated before the build: compiling cannot fail here.
+            let rules = CompiledRules::compile(&app.rules).unwrap_or_default();
+            let sticky = app.sticky.as_ref().map(|st| {
+                let first = st.new_version.as_deref().and_then(index_of);
+                let order: Vec<usize> = first
+                    .into_iter()
+                    .chain((0..versions.len()).filter(|&i| Some(i) != first))
+                    .collect();
+                let weights = order.iter().map(|&i| weights[i]).collect();
+                StickyTable {
+                    cookie: st.cookie.clone(),
+                    max_age_s: st.max_age_s,
+                    order,
+                    weights,
+                }
+            });
+            entry.mirror_version = app.mirror.as_ref().map(|m| m.version.clone());
+            let mirror = app.mirror.as_ref().and_then(|m| {
+                let version = index_of(&m.version)?;
+                if versions[version].backends.is_empty() {
+                    return None;
+                }
+                entry.mirror.samples().set_max_samples(m.max_samples);
+                Some(MirrorTable {
+                    cfg: Arc::new(m.clone()),
+                    version,
+                    compare: m
+                        .compare_headers
+                        .iter()
+                        .filter_map(|h| {
+                            let n = HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes());
+                            n.ok().map(|n| (n, h.clone()))
+                        })
+                        .collect(),
+                    state: entry.mirror.clone(),
+                    max_in_flight: crate::proxy::MIRROR_MAX_IN_FLIGHT * shards,
+                })
+            });
+            let shield = app.shield.as_ref().and_then(|s| index_of(&s.version));
             let table = Arc::new(AppTable {
                 hold_timeout: Duration::from_millis(app.hold_timeout_ms),
-                limits: Limits::default(),
+                limits: Limits::from(&app.limits),
                 counters: entry.counters.clone(),
+                rules,
+                sticky,
+                mirror,
+                shield,
                 versions,
                 cycle,
                 next: AtomicUsize::new(next),
@@ -287,6 +516,8 @@ impl Registry {
                 requests: get(&e.counters.requests),
                 held: get(&e.counters.held),
                 no_backend: get(&e.counters.no_backend),
+                connections: e.counters.connections.load(Ordering::Relaxed).max(0) as u64,
+                mirror_dropped: get(&e.mirror.dropped),
                 versions: e
                     .versions
                     .iter()
@@ -301,6 +532,7 @@ impl Registry {
                         router_errors: get(&c.router_errors),
                         retries: get(&c.retries),
                         in_flight: get(&c.in_flight),
+                        shielded: get(&c.shielded),
                     })
                     .collect(),
                 backends: e
@@ -316,5 +548,81 @@ impl Registry {
             })
             .collect();
         RouterStats { generation, apps }
+    }
+
+    /// Every (app, version)'s metrics over the last `last` (whole seconds).
+    pub fn windows(&self, last: Duration) -> WindowsReport {
+        let now = Instant::now();
+        WindowsReport {
+            window_s: last.as_secs(),
+            apps: self
+                .apps
+                .iter()
+                .map(|(name, e)| AppWindows {
+                    app: name.clone(),
+                    connections: e.counters.connections.load(Ordering::Relaxed).max(0) as u64,
+                    versions: e
+                        .versions
+                        .iter()
+                        .map(|(v, c)| VersionWindow {
+                            version: v.clone(),
+                            stats: c.window(last, now),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The Prometheus text exposition of every (app, version)'s totals, plus each
+    /// app's open client connections.
+    pub fn prometheus(&self) -> String {
+        let merged: Vec<(&str, &str, Merged)> = self
+            .apps
+            .iter()
+            .flat_map(|(app, e)| {
+                e.versions
+                    .iter()
+                    .map(move |(v, c)| (app.as_str(), v.as_str(), c.totals()))
+            })
+            .collect();
+        let series: Vec<Series<'_>> = merged
+            .iter()
+            .map(|(app, version, totals)| Series {
+                app,
+                version,
+                totals,
+            })
+            .collect();
+        let mut out = String::new();
+        crate::metrics::render_prometheus(&mut out, &series);
+        let apps: Vec<(&str, i64)> = self
+            .apps
+            .iter()
+            .map(|(a, e)| (a.as_str(), e.counters.connections.load(Ordering::Relaxed)))
+            .collect();
+        crate::metrics::render_app_connections(&mut out, &apps);
+        out
+    }
+
+    /// Mirror comparisons of every app that has mirrored (or mirrors now).
+    pub fn mirror_reports(&self) -> MirrorReports {
+        MirrorReports {
+            apps: self
+                .apps
+                .iter()
+                .filter_map(|(name, e)| {
+                    let report: MirrorReport = e.mirror.samples().report();
+                    let seen = report.total.matches + report.total.mismatches > 0;
+                    (seen || e.mirror_version.is_some()).then(|| AppMirrorReport {
+                        app: name.clone(),
+                        version: e.mirror_version.clone(),
+                        dropped: e.mirror.dropped.load(Ordering::Relaxed),
+                        abandoned: e.mirror.abandoned.load(Ordering::Relaxed),
+                        report,
+                    })
+                })
+                .collect(),
+        }
     }
 }

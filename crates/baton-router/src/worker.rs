@@ -2,10 +2,23 @@
 //! per listener and its own upstream pool ([`crate::pool`]), so nothing on the request
 //! path is shared between cores except the routing snapshot and the counters.
 
+use std::cell::Cell;
 use std::num::NonZeroUsize;
 
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
+
+thread_local! {
+    /// Index of the worker running on this thread; 0 on any other thread.
+    static INDEX: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Index of the worker thread calling (0 outside workers): selects the worker's own
+/// metrics shard.
+#[inline]
+pub(crate) fn index() -> usize {
+    INDEX.with(Cell::get)
+}
 
 /// The worker runtimes. Dropping this stops every worker (their tasks are dropped).
 pub(crate) struct Workers {
@@ -34,6 +47,7 @@ impl Workers {
             std::thread::Builder::new()
                 .name(format!("baton-worker-{i}"))
                 .spawn(move || {
+                    INDEX.with(|c| c.set(i));
                     rt.block_on(async move {
                         let sweep = async {
                             let mut every = tokio::time::interval(crate::pool::SWEEP_EVERY);

@@ -91,6 +91,8 @@ pub fn app_routes(spec: &AppSpec, state: &AppState) -> Vec<AppRoutes> {
                         rules: Vec::new(),
                         sticky: None,
                         mirror: None,
+                        shield: None,
+                        limits: Default::default(),
                     });
                 }
             }
@@ -105,6 +107,8 @@ pub fn app_routes(spec: &AppSpec, state: &AppState) -> Vec<AppRoutes> {
         rules,
         sticky,
         mirror: None,
+        shield: None,
+        limits: Default::default(),
     }];
     out.extend(preview);
     out
