@@ -392,7 +392,9 @@ mod tests {
                              {"path_prefix": "/api/"}, {"method": "GET"}], "version": "v2"}
             ],
             "sticky": {},
-            "mirror": {"version": "v2", "percent": 5, "ignore_json_paths": ["$.timestamp"]}
+            "mirror": {"version": "v2", "percent": 5, "ignore_json_paths": ["$.timestamp"]},
+            "shield": {"version": "v1"},
+            "limits": {"max_body_bytes": 1000}
         }]}"#;
         let cfg: RoutingConfig = serde_json::from_str(text).unwrap();
         cfg.validate().unwrap();
@@ -406,6 +408,12 @@ mod tests {
         );
         assert_eq!(a.rules[1].matches[2], Match::PathPrefix("/api/".into()));
         assert_eq!(a.sticky, Some(StickyConfig::default()));
+        assert_eq!(a.shield.as_ref().map(|s| s.version.as_str()), Some("v1"));
+        assert_eq!(a.limits.max_body_bytes, 1000);
+        assert_eq!(
+            a.limits.client_header_timeout_ms,
+            AppLimits::default().client_header_timeout_ms
+        );
         assert_eq!(a.sticky.as_ref().unwrap().cookie, "baton_cohort");
         let m = a.mirror.as_ref().unwrap();
         assert_eq!(m.methods, vec!["GET", "HEAD"]);

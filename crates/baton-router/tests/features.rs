@@ -752,3 +752,28 @@ async fn slow_or_refusing_mirror_adds_no_latency_and_no_errors() {
         assert_eq!((v1.status_2xx, v1.status_5xx), (200, 0));
     }
 }
+
+// ---------------------------------------------------------------------------------
+// Per-app limits
+
+#[tokio::test]
+async fn per_app_limits_come_from_the_pushed_config() {
+    let a = status_backend("v1").await;
+    let router = Router::new();
+    let mut cfg = config(1, 1000, &[("v1", 1, &[a])]);
+    cfg.apps[0].limits.max_body_bytes = 10;
+    let listen = start(&router, cfg.clone());
+    let r = request(listen, "POST", b"0123456789abcdef").await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    let r = request(listen, "POST", b"0123456789").await;
+    assert_eq!(r.status, StatusCode::OK);
+    // A config without `limits` gets the defaults.
+    let mut json = serde_json::to_value(&cfg).unwrap();
+    json["apps"][0].as_object_mut().unwrap().remove("limits");
+    json["generation"] = 2.into();
+    let back: RoutingConfig = serde_json::from_value(json).unwrap();
+    assert_eq!(back.apps[0].limits, baton_router::AppLimits::default());
+    router.apply(back).unwrap();
+    let r = request(listen, "POST", b"0123456789abcdef").await;
+    assert_eq!(r.status, StatusCode::OK);
+}
