@@ -6,7 +6,8 @@
 //! here does I/O except [`load_spec`] reading the file.
 //!
 //! The YAML format is documented by `examples/quickstart.yaml` (rolling),
-//! `examples/canary.yaml`, `examples/blue-green.yaml` and by the JSON
+//! `examples/canary.yaml`, `examples/blue-green.yaml` (with smoke tests,
+//! warm-up and upgrade windows) and by the JSON
 //! Schema from [`json_schema`] (checked in as `schema/baton-spec.schema.json`).
 
 mod error;
@@ -15,15 +16,21 @@ mod model;
 mod raw;
 mod template;
 mod validate;
+mod window;
 
 use std::path::Path;
 
 pub use error::SpecError;
 pub use model::{
     AnalysisSpec, AppSpec, BlueGreenSpec, CanarySpec, CanaryStep, DriverSpec, HeaderMatch,
-    IntOrPercent, ProcessDriverSpec, ReadinessSpec, RollingSpec, StrategySpec,
+    HooksSpec, IntOrPercent, OnWindowEnd, PreflightCheck, ProcessDriverSpec, ReadinessSpec,
+    RollingSpec, SmokeTest, StrategySpec, TimeOfDay, UpgradeWindow, UpgradeWindows, WarmupSpec,
+    Weekday,
 };
-pub use template::{PLACEHOLDERS, TemplateVars, render_template};
+pub use template::{
+    PLACEHOLDERS, PREFLIGHT_PLACEHOLDERS, SMOKE_PLACEHOLDERS, TemplateVars, render_template,
+    render_template_with,
+};
 
 use locate::{Pos, SourceMap, join};
 
@@ -171,6 +178,8 @@ fn yaml_error(file: &str, map: &SourceMap, err: &serde_saphyr::Error) -> SpecErr
         } => {
             let what = if here.starts_with("strategy.canary.steps[") {
                 "canary step"
+            } else if here.starts_with("hooks.smoke[") {
+                "smoke test"
             } else if here.starts_with("strategy") {
                 "strategy"
             } else if here.starts_with("driver") {
@@ -225,9 +234,11 @@ fn yaml_error(file: &str, map: &SourceMap, err: &serde_saphyr::Error) -> SpecErr
             if msg.starts_with("only one ") || msg.starts_with("no ") && msg.contains(" given") =>
         {
             // From raw::OneKeyVisitor: about the whole `driver`/`strategy` map, or
-            // one canary step.
+            // one canary step or smoke test.
             let path = if msg.contains("canary step") {
-                step_path(&here).unwrap_or("strategy.canary.steps")
+                element_path(&here, "strategy.canary.steps").unwrap_or("strategy.canary.steps")
+            } else if msg.contains("smoke test") {
+                element_path(&here, "hooks.smoke").unwrap_or("hooks.smoke")
             } else if msg.contains("strategy") {
                 "strategy"
             } else {
@@ -260,13 +271,13 @@ fn yaml_error(file: &str, map: &SourceMap, err: &serde_saphyr::Error) -> SpecErr
     }
 }
 
-/// The canary step `path` is in: `strategy.canary.steps[2].pause.until` ->
+/// The element of the list `list` that `path` is in:
+/// (`strategy.canary.steps[2].pause.until`, `strategy.canary.steps`) ->
 /// `strategy.canary.steps[2]`.
-fn step_path(path: &str) -> Option<&str> {
-    let prefix = "strategy.canary.steps[";
-    let rest = path.strip_prefix(prefix)?;
+fn element_path<'p>(path: &'p str, list: &str) -> Option<&'p str> {
+    let rest = path.strip_prefix(list)?.strip_prefix('[')?;
     let close = rest.find(']')?;
-    Some(&path[..prefix.len() + close + 1])
+    Some(&path[..list.len() + 1 + close + 1])
 }
 
 /// serde-saphyr appends " at line L column C" to some messages; we print the

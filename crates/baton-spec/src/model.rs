@@ -41,6 +41,18 @@ pub struct AppSpec {
     /// section. Absent in JSON written before it existed, which reads as `None`.
     #[serde(default)]
     pub analysis: Option<AnalysisSpec>,
+    /// User-defined pre-flight commands, run in order before a rollout changes
+    /// anything; a non-zero exit blocks the upgrade. Empty when the spec has none
+    /// (and in JSON written before they existed).
+    #[serde(default)]
+    pub preflight: Vec<PreflightCheck>,
+    /// Smoke tests against the new release before it gets user traffic, and
+    /// warm-up of each new instance. Default: neither.
+    #[serde(default)]
+    pub hooks: HooksSpec,
+    /// When upgrades may run; `None` means at any time.
+    #[serde(default)]
+    pub upgrade_windows: Option<UpgradeWindows>,
 }
 
 /// How instances are run. More drivers (ssh, container, kubernetes) come later.
@@ -227,6 +239,302 @@ pub struct AnalysisSpec {
     pub max_p99: Option<Duration>,
     /// Highest p99 latency of the new version as a multiple of the stable one's, > 1.
     pub max_p99_ratio: Option<f64>,
+}
+
+/// A user-defined pre-flight check: a command that must exit 0 before a
+/// rollout may start.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreflightCheck {
+    /// Shown in the refusal message and the event log; unique among the checks.
+    pub name: String,
+    /// The argv template, never empty. Placeholders: [`crate::PREFLIGHT_PLACEHOLDERS`]
+    /// (`{version}` is the version about to be deployed).
+    pub command: Vec<String>,
+    /// The check fails if the command runs longer than this. Default 5m, never zero.
+    #[serde(with = "duration_text")]
+    pub timeout: Duration,
+}
+
+/// Checks run while a rollout is under way.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HooksSpec {
+    /// Run in order against the new release (through its preview) before it
+    /// gets any user traffic; the first failure aborts the rollout.
+    pub smoke: Vec<SmokeTest>,
+    /// Requests sent to each new instance before it takes user traffic.
+    pub warmup: Option<WarmupSpec>,
+}
+
+/// One smoke test. Test names are unique among the smoke tests.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum SmokeTest {
+    /// A command that must exit 0.
+    Command {
+        name: String,
+        /// The argv template, never empty. Placeholders: [`crate::SMOKE_PLACEHOLDERS`]
+        /// (`{preview_url}` is the base URL reaching only the new release, without
+        /// a trailing '/'; render with [`crate::render_template_with`]).
+        command: Vec<String>,
+        /// The test fails if the command runs longer than this. Default 5m, never zero.
+        #[serde(with = "duration_text")]
+        timeout: Duration,
+    },
+    /// `count` requests, `concurrency` at a time, each of which must answer
+    /// `expect_status` (and contain `expect_body`, if given).
+    Http {
+        name: String,
+        /// An HTTP method token; the standard methods are upper case. Default `GET`.
+        method: String,
+        /// Request path (and query), starting with '/'.
+        path: String,
+        /// 100..=599. Default 200.
+        expect_status: u16,
+        /// A substring the answer body must contain; never empty.
+        expect_body: Option<String>,
+        /// 1..=100000. Default 1.
+        count: u32,
+        /// 1..=`count`. Default 1.
+        concurrency: u32,
+        /// Longest wait for one answer. Default 10s, never zero.
+        #[serde(with = "duration_text")]
+        timeout: Duration,
+    },
+}
+
+impl SmokeTest {
+    /// The test's name.
+    pub fn name(&self) -> &str {
+        match self {
+            SmokeTest::Command { name, .. } | SmokeTest::Http { name, .. } => name,
+        }
+    }
+}
+
+/// Warm-up: `GET path` sent `requests` times, `concurrency` at a time, to each
+/// new instance after it is ready and before it takes user traffic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarmupSpec {
+    /// Starts with '/'. Default `/`.
+    pub path: String,
+    /// 1..=100000.
+    pub requests: u32,
+    /// 1..=`requests`. Default 4 (or `requests`, if fewer).
+    pub concurrency: u32,
+}
+
+/// When upgrades may run: the union of the `allowed` windows, read on the wall
+/// clock of `timezone`. A deploy outside every window waits for the next one.
+///
+/// A window is open while the local clock shows a time in `[start, end)` on one
+/// of its days (for a window crossing midnight, `days` are the days it starts
+/// on). Local times that a DST change skips never occur, and those it repeats
+/// occur twice; see [`UpgradeWindows::is_open`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeWindows {
+    /// An IANA time zone name known to this machine's (or baton's bundled)
+    /// time zone database, as the database spells it. Default `UTC`.
+    pub timezone: String,
+    /// Never empty.
+    pub allowed: Vec<UpgradeWindow>,
+    /// What a rollout still running when its window closes does. Default finish.
+    pub on_end: OnWindowEnd,
+}
+
+/// One allowed window.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeWindow {
+    /// The days the window starts on, Monday first, without repeats; never
+    /// empty. Default every day.
+    pub days: Vec<Weekday>,
+    /// Opening time, 00:00..=23:59.
+    pub start: TimeOfDay,
+    /// Closing time (exclusive), 00:00..=24:00 and never equal to `start`. Before
+    /// `start`, the window crosses midnight and closes on the next day.
+    pub end: TimeOfDay,
+}
+
+impl UpgradeWindow {
+    /// Whether the window closes on the day after it opens (`end` before `start`;
+    /// an `end` of 24:00 closes at the end of the opening day).
+    pub fn crosses_midnight(&self) -> bool {
+        self.end < self.start
+    }
+}
+
+/// A wall-clock time of day with minute precision: `hour` 0..=23 and `minute`
+/// 0..=59, or 24:00 (the end of the day, only as a window's `end`).
+///
+/// Written as `"HH:MM"` in YAML and JSON.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TimeOfDay {
+    pub hour: u8,
+    pub minute: u8,
+}
+
+impl TimeOfDay {
+    /// 24:00, the midnight that ends a day.
+    pub const END_OF_DAY: TimeOfDay = TimeOfDay {
+        hour: 24,
+        minute: 0,
+    };
+
+    /// Minutes since midnight, 0..=1440.
+    pub fn minutes(self) -> u16 {
+        u16::from(self.hour) * 60 + u16::from(self.minute)
+    }
+
+    /// Parses `H:MM` or `HH:MM`, 00:00..=24:00.
+    pub fn parse(text: &str) -> Option<TimeOfDay> {
+        let (h, m) = text.split_once(':')?;
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if !digits(h) || h.len() > 2 || !digits(m) || m.len() != 2 {
+            return None;
+        }
+        let t = TimeOfDay {
+            hour: h.parse().ok()?,
+            minute: m.parse().ok()?,
+        };
+        (t.minute < 60 && (t.hour < 24 || t == TimeOfDay::END_OF_DAY)).then_some(t)
+    }
+}
+
+impl fmt::Display for TimeOfDay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:02}:{:02}", self.hour, self.minute)
+    }
+}
+
+impl Serialize for TimeOfDay {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for TimeOfDay {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        TimeOfDay::parse(&text).ok_or_else(|| {
+            serde::de::Error::invalid_value(serde::de::Unexpected::Str(&text), &"a time as HH:MM")
+        })
+    }
+}
+
+/// A day of the week. Written `mon`, `tue`, ... `sun`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Weekday {
+    Mon,
+    Tue,
+    Wed,
+    Thu,
+    Fri,
+    Sat,
+    Sun,
+}
+
+impl Weekday {
+    /// Every day, Monday first.
+    pub const ALL: [Weekday; 7] = [
+        Weekday::Mon,
+        Weekday::Tue,
+        Weekday::Wed,
+        Weekday::Thu,
+        Weekday::Fri,
+        Weekday::Sat,
+        Weekday::Sun,
+    ];
+
+    /// The short name: `mon`...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Weekday::Mon => "mon",
+            Weekday::Tue => "tue",
+            Weekday::Wed => "wed",
+            Weekday::Thu => "thu",
+            Weekday::Fri => "fri",
+            Weekday::Sat => "sat",
+            Weekday::Sun => "sun",
+        }
+    }
+
+    /// Parses `mon` or `monday` (any case).
+    pub fn parse(text: &str) -> Option<Weekday> {
+        let lower = text.trim().to_ascii_lowercase();
+        Weekday::ALL
+            .into_iter()
+            .find(|d| lower == d.as_str() || lower == d.full_name_lower())
+    }
+}
+
+impl Weekday {
+    /// `Monday`...
+    pub fn full_name(self) -> &'static str {
+        match self {
+            Weekday::Mon => "Monday",
+            Weekday::Tue => "Tuesday",
+            Weekday::Wed => "Wednesday",
+            Weekday::Thu => "Thursday",
+            Weekday::Fri => "Friday",
+            Weekday::Sat => "Saturday",
+            Weekday::Sun => "Sunday",
+        }
+    }
+
+    /// `monday`...
+    pub(crate) fn full_name_lower(self) -> &'static str {
+        match self {
+            Weekday::Mon => "monday",
+            Weekday::Tue => "tuesday",
+            Weekday::Wed => "wednesday",
+            Weekday::Thu => "thursday",
+            Weekday::Fri => "friday",
+            Weekday::Sat => "saturday",
+            Weekday::Sun => "sunday",
+        }
+    }
+
+    /// The day before.
+    pub fn previous(self) -> Weekday {
+        Weekday::ALL[(self as usize + 6) % 7]
+    }
+}
+
+impl fmt::Display for Weekday {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<jiff::civil::Weekday> for Weekday {
+    fn from(d: jiff::civil::Weekday) -> Weekday {
+        use jiff::civil::Weekday as W;
+        match d {
+            W::Monday => Weekday::Mon,
+            W::Tuesday => Weekday::Tue,
+            W::Wednesday => Weekday::Wed,
+            W::Thursday => Weekday::Thu,
+            W::Friday => Weekday::Fri,
+            W::Saturday => Weekday::Sat,
+            W::Sunday => Weekday::Sun,
+        }
+    }
+}
+
+/// What a rollout still running when its upgrade window closes does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnWindowEnd {
+    /// Carry on to the end.
+    #[default]
+    Finish,
+    /// Pause where it is, and resume when the next window opens.
+    Pause,
 }
 
 /// An absolute count of instances or a percentage of the desired count.

@@ -57,6 +57,20 @@ pub(crate) struct AppSpec {
     /// every rollout. Give at least one limit.
     #[serde(default)]
     pub analysis: Option<AnalysisSpec>,
+    /// Your own pre-flight checks: commands run in order before an upgrade changes
+    /// anything (after baton's built-in checks), such as a vulnerability scanner.
+    /// A non-zero exit or a timeout blocks the upgrade and nothing is changed.
+    #[serde(default)]
+    pub preflight: Option<Vec<PreflightCheck>>,
+    /// Smoke tests run against the new release before any user reaches it, and
+    /// warm-up requests sent to each new instance before it takes user traffic.
+    /// A failure aborts the rollout; the output is kept in the event log.
+    #[serde(default)]
+    pub hooks: Option<HooksSpec>,
+    /// When upgrades may run. A deploy outside every window waits for the next
+    /// one (unless an operator passes `--now`). Default: at any time.
+    #[serde(default)]
+    pub upgrade_windows: Option<UpgradeWindows>,
 }
 
 /// The driver that runs instances. Exactly one key.
@@ -361,6 +375,213 @@ pub(crate) struct AnalysisSpec {
     pub max_p99_ratio: Option<f64>,
 }
 
+/// A pre-flight check: a command that must exit 0.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PreflightCheck {
+    /// Names the check in messages and the event log; unique among the checks.
+    #[schemars(required, length(min = 1))]
+    pub name: Option<String>,
+    /// The command: a list of arguments, or one string split like a shell does.
+    /// Placeholders `{version}` (the version about to be deployed), `{app}` and
+    /// `{baton}` (the path of the baton binary) are replaced.
+    #[schemars(required)]
+    pub command: Option<CommandLine>,
+    /// The check fails if the command runs longer than this. Default `5m`.
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+}
+
+/// Checks run during a rollout.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HooksSpec {
+    /// Tests run in order against the new release through its preview (the
+    /// blue-green preview address or header, or the canary header route) before
+    /// it gets any user traffic; the first failure aborts the rollout.
+    #[serde(default)]
+    pub smoke: Option<Vec<SmokeTest>>,
+    /// Requests sent to each new instance once it is ready and before it takes
+    /// user traffic, to fill its caches, e.g. `{ path: /, requests: 50 }`.
+    #[serde(default)]
+    pub warmup: Option<WarmupSpec>,
+}
+
+/// One smoke test: a map with exactly one key, `command` or `http`.
+#[derive(Debug, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum SmokeTest {
+    /// A command that must exit 0:
+    /// `command: { name: api tests, command: ["./api-tests", "{preview_url}"] }`.
+    Command(SmokeCommand),
+    /// HTTP requests to the new release that must all get the expected answer:
+    /// `http: { name: home page, path: /, expect_status: 200, count: 20 }`.
+    Http(SmokeHttp),
+}
+
+/// A smoke test command.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SmokeCommand {
+    /// Names the test in messages and the event log; unique among the smoke tests.
+    #[schemars(required, length(min = 1))]
+    pub name: Option<String>,
+    /// The command: a list of arguments, or one string split like a shell does.
+    /// Placeholders `{preview_url}` (such as `http://127.0.0.1:8081`, reaching only
+    /// the new release), `{version}`, `{app}` and `{baton}` are replaced.
+    #[schemars(required)]
+    pub command: Option<CommandLine>,
+    /// The test fails if the command runs longer than this. Default `5m`.
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+}
+
+/// A smoke test made of HTTP requests.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SmokeHttp {
+    /// Names the test in messages and the event log; unique among the smoke tests.
+    #[schemars(required, length(min = 1))]
+    pub name: Option<String>,
+    /// The request method, such as `GET`, `HEAD` or `POST`. Default `GET`.
+    #[serde(default)]
+    #[schemars(regex(pattern = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"))]
+    pub method: Option<String>,
+    /// The request path, starting with '/', with a query string if needed.
+    #[schemars(required, regex(pattern = r"^/"))]
+    pub path: Option<String>,
+    /// The status every answer must have, 100 to 599. Default 200.
+    #[serde(default)]
+    #[schemars(range(min = 100, max = 599))]
+    pub expect_status: Option<u32>,
+    /// Text every answer body must contain. Default: any body.
+    #[serde(default)]
+    #[schemars(length(min = 1))]
+    pub expect_body: Option<String>,
+    /// How many requests to send, 1 to 100000. Default 1.
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 100_000))]
+    pub count: Option<u32>,
+    /// How many requests are in flight at once, 1 to `count`. Default 1.
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub concurrency: Option<u32>,
+    /// Longest wait for each answer. Default `10s`.
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+}
+
+/// Warm-up of each new instance: `GET path`, `requests` times.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WarmupSpec {
+    /// The path requested, starting with '/'. Default `/`.
+    #[serde(default)]
+    #[schemars(regex(pattern = r"^/"))]
+    pub path: Option<String>,
+    /// Requests sent to each new instance, 1 to 100000.
+    #[schemars(required, range(min = 1, max = 100_000))]
+    pub requests: Option<u32>,
+    /// How many requests are in flight at once, 1 to `requests`. Default 4.
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub concurrency: Option<u32>,
+}
+
+/// When upgrades may run: the allowed windows, read on the clock of `timezone`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpgradeWindows {
+    /// An IANA time zone name such as `Europe/Berlin` or `America/New_York`.
+    /// Default `UTC`.
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// The windows; upgrades may run while any of them is open. At least one.
+    #[schemars(required, length(min = 1))]
+    pub allowed: Option<Vec<UpgradeWindow>>,
+    /// What a rollout still running when its window closes does: `finish` (the
+    /// default) carries on, `pause` waits for the next window.
+    #[serde(default)]
+    pub on_end: Option<OnWindowEndText>,
+}
+
+/// One allowed window, e.g. `{ days: [mon, tue, wed, thu, fri], start: "02:00", end: "05:00" }`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpgradeWindow {
+    /// The days the window opens on: `mon` ... `sun` (or `monday` ...). Default
+    /// every day.
+    #[serde(default)]
+    #[schemars(length(min = 1))]
+    pub days: Option<Vec<WeekdayText>>,
+    /// Opening time, `"HH:MM"` (quote it), 00:00 to 23:59.
+    #[schemars(required)]
+    pub start: Option<TimeText>,
+    /// Closing time, `"HH:MM"`, up to `"24:00"` (the end of the day). Before
+    /// `start`, the window crosses midnight and closes the next day.
+    #[schemars(required)]
+    pub end: Option<TimeText>,
+}
+
+/// A day of the week, kept as text until validation.
+#[derive(Debug, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct WeekdayText(pub String);
+
+impl JsonSchema for WeekdayText {
+    fn schema_name() -> Cow<'static, str> {
+        "Weekday".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A day of the week: `mon`, `tue`, `wed`, `thu`, `fri`, `sat`, \
+                            `sun`, or the full English name.",
+            "type": "string",
+            "examples": ["mon", "sat"],
+        })
+    }
+}
+
+/// A time of day, kept as text until validation.
+#[derive(Debug, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct TimeText(pub String);
+
+impl JsonSchema for TimeText {
+    fn schema_name() -> Cow<'static, str> {
+        "TimeOfDay".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A time of day on a 24-hour clock, `\"HH:MM\"`.",
+            "type": "string",
+            "pattern": "^([01]?[0-9]|2[0-3]):[0-5][0-9]$|^24:00$",
+            "examples": ["02:00", "23:30"],
+        })
+    }
+}
+
+/// What happens at the end of a window, kept as text until validation.
+#[derive(Debug, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct OnWindowEndText(pub String);
+
+impl JsonSchema for OnWindowEndText {
+    fn schema_name() -> Cow<'static, str> {
+        "OnWindowEnd".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "`finish`: a running rollout carries on; `pause`: it pauses \
+                            until the next window opens.",
+            "enum": ["finish", "pause"],
+        })
+    }
+}
+
 /// An externally tagged enum read by hand, so that every mistake (a plain string,
 /// no key, two keys, an unknown key) gets an error at the right position; the
 /// derived form reports some of these at the end of the document instead.
@@ -478,6 +699,25 @@ impl OneKeyEnum for CanaryStep {
 }
 
 impl<'de> Deserialize<'de> for CanaryStep {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(OneKeyVisitor(PhantomData))
+    }
+}
+
+impl OneKeyEnum for SmokeTest {
+    const WHAT: &'static str = "smoke test";
+    const VARIANTS: &'static [&'static str] = &["command", "http"];
+
+    fn value<'de, A: MapAccess<'de>>(key: &str, map: &mut A) -> Result<Self, A::Error> {
+        match key {
+            "command" => Ok(SmokeTest::Command(map.next_value()?)),
+            "http" => Ok(SmokeTest::Http(map.next_value()?)),
+            other => Err(A::Error::unknown_variant(other, Self::VARIANTS)),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SmokeTest {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserializer.deserialize_map(OneKeyVisitor(PhantomData))
     }

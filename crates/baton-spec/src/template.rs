@@ -19,17 +19,36 @@ pub struct TemplateVars<'a> {
     pub baton: &'a str,
 }
 
-/// The placeholder names a template may use.
+/// The placeholder names an instance command or env value may use.
 pub const PLACEHOLDERS: [&str; 5] = ["version", "port", "app", "instance", "baton"];
+
+/// The placeholder names a pre-flight command may use (there is no instance yet).
+pub const PREFLIGHT_PLACEHOLDERS: [&str; 3] = ["version", "app", "baton"];
+
+/// The placeholder names a smoke test command may use: `{preview_url}` is the
+/// base URL that reaches only the new release, without a trailing '/'.
+pub const SMOKE_PLACEHOLDERS: [&str; 4] = ["preview_url", "version", "app", "baton"];
 
 /// Replaces `{version}`, `{port}`, `{app}`, `{instance}` and `{baton}` in `template`.
 /// Anything else, including unknown placeholders, is copied unchanged (validation
 /// has already rejected unknown placeholders in a spec).
 pub fn render_template(template: &str, vars: &TemplateVars) -> String {
+    render_template_with(template, vars, &[])
+}
+
+/// [`render_template`] with more placeholders: each `(name, value)` of `extra`
+/// replaces `{name}`, e.g. `&[("preview_url", "http://127.0.0.1:8081")]` for a
+/// smoke test command. `extra` comes first, so it may also override a standard one.
+pub fn render_template_with(template: &str, vars: &TemplateVars, extra: &[(&str, &str)]) -> String {
     let mut out = String::with_capacity(template.len() + 16);
     let mut rest = template;
     while let Some((before, name, after)) = next_placeholder(rest) {
         out.push_str(before);
+        if let Some((_, value)) = extra.iter().find(|(n, _)| *n == name) {
+            out.push_str(value);
+            rest = after;
+            continue;
+        }
         match name {
             "version" => out.push_str(vars.version),
             "port" => out.push_str(&vars.port.to_string()),
@@ -48,12 +67,12 @@ pub fn render_template(template: &str, vars: &TemplateVars) -> String {
     out
 }
 
-/// Names of the placeholders in `template` that are not in [`PLACEHOLDERS`].
-pub(crate) fn unknown_placeholders(template: &str) -> Vec<&str> {
+/// Names of the placeholders in `template` that are not in `allowed`.
+pub(crate) fn unknown_placeholders<'t>(template: &'t str, allowed: &[&str]) -> Vec<&'t str> {
     let mut unknown = Vec::new();
     let mut rest = template;
     while let Some((_, name, after)) = next_placeholder(rest) {
-        if !PLACEHOLDERS.contains(&name) {
+        if !allowed.contains(&name) {
             unknown.push(name);
         }
         rest = after;
@@ -179,10 +198,26 @@ mod tests {
     #[test]
     fn finds_unknown_placeholders() {
         assert_eq!(
-            unknown_placeholders("{port} {prot} {x_1}"),
+            unknown_placeholders("{port} {prot} {x_1}", &PLACEHOLDERS),
             vec!["prot", "x_1"]
         );
-        assert!(unknown_placeholders(r#"{"json": {}} {port}"#).is_empty());
+        assert!(unknown_placeholders(r#"{"json": {}} {port}"#, &PLACEHOLDERS).is_empty());
+        assert_eq!(
+            unknown_placeholders("{preview_url} {port}", &SMOKE_PLACEHOLDERS),
+            vec!["port"]
+        );
+    }
+
+    #[test]
+    fn renders_extra_placeholders() {
+        assert_eq!(
+            render_template_with(
+                "{preview_url}/healthz?v={version}&x={nope}",
+                &vars(),
+                &[("preview_url", "http://127.0.0.1:8081")]
+            ),
+            "http://127.0.0.1:8081/healthz?v=v2&x={nope}"
+        );
     }
 
     #[test]

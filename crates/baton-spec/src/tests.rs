@@ -611,6 +611,9 @@ fn schema_describes_the_format() {
         "readiness",
         "strategy",
         "analysis",
+        "preflight",
+        "hooks",
+        "upgrade_windows",
     ] {
         assert!(
             props.get(field).is_some(),
@@ -621,13 +624,30 @@ fn schema_describes_the_format() {
     let required = schema["required"].as_array().unwrap();
     assert!(required.iter().any(|v| v == "name"));
     let defs = &schema["$defs"];
-    for def in ["CanarySpec", "CanaryStep", "BlueGreenSpec", "AnalysisSpec"] {
+    for def in [
+        "CanarySpec",
+        "CanaryStep",
+        "BlueGreenSpec",
+        "AnalysisSpec",
+        "PreflightCheck",
+        "SmokeTest",
+        "WarmupSpec",
+        "UpgradeWindows",
+        "UpgradeWindow",
+        "Weekday",
+        "OnWindowEnd",
+    ] {
         assert!(defs.get(def).is_some(), "{def} missing from the schema");
     }
     assert_eq!(defs["CanarySpec"]["required"], serde_json::json!(["steps"]));
     assert_eq!(
         defs["CanaryStep"]["oneOf"].as_array().map(Vec::len),
         Some(6)
+    );
+    assert_eq!(defs["SmokeTest"]["oneOf"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        defs["UpgradeWindows"]["required"],
+        serde_json::json!(["allowed"])
     );
 }
 
@@ -1389,4 +1409,807 @@ fn blue_green_example_parses() {
     assert!(b.preview_listen.is_some());
     let DriverSpec::Process(p) = &spec.driver;
     assert_eq!(p.command[..2], ["{baton}", "sample"]);
+}
+
+/// A valid spec with pre-flight checks, hooks and upgrade windows; tests replace
+/// one line of it. Line numbers:
+const CHECKS: &str = "\
+name: demo
+listen: 127.0.0.1:8080
+driver: { process: { command: [app, \"{port}\"] } }
+preflight:
+  - name: vulnerability scan
+    command: [\"sh\", \"-c\", \"echo scanning {app} {version}\"]
+    timeout: 2m
+  - name: deps
+    command: ./check-deps {baton} {version}
+hooks:
+  smoke:
+    - http: { name: home page, path: /, expect_status: 200, expect_body: version, count: 20, concurrency: 4 }
+    - command: { name: api tests, command: [\"sh\", \"-c\", \"curl -fsS {preview_url}/healthz\"] }
+    - http:
+        name: search
+        method: post
+        path: /search?q=x
+        expect_status: 201
+        timeout: 2s
+  warmup: { path: /, requests: 50 }
+upgrade_windows:
+  timezone: Europe/Berlin
+  allowed:
+    - { days: [mon, tue, wed, thu, fri], start: \"02:00\", end: \"05:00\" }
+    - days: [Saturday, sun, sat]
+      start: \"22:00\"
+      end: \"03:00\"
+  on_end: pause
+";
+
+fn checks_with(prefix: &str, replacement: &str) -> String {
+    replace_line(CHECKS, prefix, replacement)
+}
+
+#[test]
+fn checks_parse_with_values_and_defaults() {
+    let spec = parse_spec("t.yaml", CHECKS).unwrap();
+    assert_eq!(
+        spec.preflight,
+        [
+            PreflightCheck {
+                name: "vulnerability scan".into(),
+                command: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "echo scanning {app} {version}".into()
+                ],
+                timeout: Duration::from_secs(120),
+            },
+            PreflightCheck {
+                name: "deps".into(),
+                command: vec!["./check-deps".into(), "{baton}".into(), "{version}".into()],
+                timeout: Duration::from_secs(300),
+            },
+        ]
+    );
+    assert_eq!(
+        spec.hooks.smoke,
+        [
+            SmokeTest::Http {
+                name: "home page".into(),
+                method: "GET".into(),
+                path: "/".into(),
+                expect_status: 200,
+                expect_body: Some("version".into()),
+                count: 20,
+                concurrency: 4,
+                timeout: Duration::from_secs(10),
+            },
+            SmokeTest::Command {
+                name: "api tests".into(),
+                command: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "curl -fsS {preview_url}/healthz".into()
+                ],
+                timeout: Duration::from_secs(300),
+            },
+            SmokeTest::Http {
+                name: "search".into(),
+                method: "POST".into(),
+                path: "/search?q=x".into(),
+                expect_status: 201,
+                expect_body: None,
+                count: 1,
+                concurrency: 1,
+                timeout: Duration::from_secs(2),
+            },
+        ]
+    );
+    assert_eq!(spec.hooks.smoke[1].name(), "api tests");
+    assert_eq!(
+        spec.hooks.warmup,
+        Some(WarmupSpec {
+            path: "/".into(),
+            requests: 50,
+            concurrency: 4
+        })
+    );
+    let hm = |hour, minute| TimeOfDay { hour, minute };
+    assert_eq!(
+        spec.upgrade_windows,
+        Some(UpgradeWindows {
+            timezone: "Europe/Berlin".into(),
+            allowed: vec![
+                UpgradeWindow {
+                    days: Weekday::ALL[..5].to_vec(),
+                    start: hm(2, 0),
+                    end: hm(5, 0),
+                },
+                UpgradeWindow {
+                    days: vec![Weekday::Sat, Weekday::Sun],
+                    start: hm(22, 0),
+                    end: hm(3, 0),
+                },
+            ],
+            on_end: OnWindowEnd::Pause,
+        })
+    );
+    assert!(spec.upgrade_windows.as_ref().unwrap().allowed[1].crosses_midnight());
+}
+
+#[test]
+fn checks_and_windows_are_optional() {
+    let spec = parse_spec("t.yaml", BASE).unwrap();
+    assert!(spec.preflight.is_empty());
+    assert_eq!(spec.hooks, HooksSpec::default());
+    assert_eq!(spec.upgrade_windows, None);
+    for form in [
+        "hooks: {}",
+        "hooks:",
+        "hooks: { smoke: [] }",
+        "preflight: []",
+    ] {
+        let spec = parse_spec("t.yaml", &format!("{BASE}{form}\n")).unwrap();
+        assert_eq!(spec.hooks, HooksSpec::default(), "{form}");
+        assert!(spec.preflight.is_empty(), "{form}");
+    }
+    let yaml = format!(
+        "{BASE}hooks: {{ warmup: {{ requests: 2 }} }}\n\
+         upgrade_windows: {{ allowed: [{{ start: \"1:30\", end: \"24:00\" }}] }}\n"
+    );
+    let spec = parse_spec("t.yaml", &yaml).unwrap();
+    // The default concurrency is 4, but never more than the requests.
+    assert_eq!(
+        spec.hooks.warmup,
+        Some(WarmupSpec {
+            path: "/".into(),
+            requests: 2,
+            concurrency: 2
+        })
+    );
+    assert_eq!(
+        spec.upgrade_windows,
+        Some(UpgradeWindows {
+            timezone: "UTC".into(),
+            allowed: vec![UpgradeWindow {
+                days: Weekday::ALL.to_vec(),
+                start: TimeOfDay {
+                    hour: 1,
+                    minute: 30
+                },
+                end: TimeOfDay::END_OF_DAY,
+            }],
+            on_end: OnWindowEnd::Finish,
+        })
+    );
+    // Time zone names are looked up without regard to case and stored as the
+    // database spells them.
+    let spec = parse_spec(
+        "t.yaml",
+        &checks_with("timezone:", "  timezone: america/new_york"),
+    )
+    .unwrap();
+    assert_eq!(spec.upgrade_windows.unwrap().timezone, "America/New_York");
+}
+
+#[test]
+fn unknown_smoke_test_kind_lists_the_kinds() {
+    let e = expect(
+        &checks_with("- http: { name: home", "    - comand: { name: x }"),
+        12,
+        "hooks.smoke[0]",
+        "unknown smoke test `comand`",
+    );
+    assert!(e.hint.contains("did you mean `command`?"), "{e}");
+    assert!(e.hint.contains("`command`, `http`"), "{e}");
+    let e = expect(
+        &checks_with(
+            "- http: { name: home",
+            "    - { http: { name: a, path: / }, command: { name: b, command: x } }",
+        ),
+        12,
+        "hooks.smoke[0]",
+        "only one smoke test",
+    );
+    assert!(e.hint.contains("http"), "{e}");
+    expect(
+        &checks_with("- http: { name: home", "    - {}"),
+        12,
+        "hooks.smoke[0]",
+        "no smoke test given",
+    );
+    let e = expect(
+        &checks_with("expect_status: 201", "        expect_staus: 201"),
+        18,
+        "hooks.smoke[2].http.expect_staus",
+        "unknown field",
+    );
+    assert!(e.hint.contains("did you mean `expect_status`?"), "{e}");
+}
+
+#[test]
+fn window_times_are_hh_mm() {
+    let line = |start: &str, end: &str| {
+        format!("    - {{ days: [mon, tue, wed, thu, fri], start: {start}, end: {end} }}")
+    };
+    for bad in [
+        "\"2am\"",
+        "\"2:0\"",
+        "\"24:00\"",
+        "\"12:60\"",
+        "\"-1:00\"",
+        "\"\"",
+    ] {
+        let e = expect(
+            &checks_with("- { days: [mon", &line(bad, "\"05:00\"")),
+            24,
+            "upgrade_windows.allowed[0].start",
+            "is not a time of day as HH:MM, 00:00 to 23:59",
+        );
+        assert!(e.hint.contains("\"HH:MM\""), "{e}");
+    }
+    for bad in ["\"25:00\"", "\"24:01\"", "\"5\""] {
+        expect(
+            &checks_with("- { days: [mon", &line("\"02:00\"", bad)),
+            24,
+            "upgrade_windows.allowed[0].end",
+            "00:00 to 24:00",
+        );
+    }
+    expect(
+        &checks_with("start: \"22:00\"", "      start: 22"),
+        26,
+        "upgrade_windows.allowed[1].start",
+        "",
+    );
+    // Unquoted times are text in YAML 1.2.
+    let spec = parse_spec(
+        "t.yaml",
+        &checks_with("- { days: [mon", &line("02:00", "5:30")),
+    )
+    .unwrap();
+    let w = &spec.upgrade_windows.unwrap().allowed[0];
+    assert_eq!(
+        (w.start.to_string(), w.end.to_string()),
+        ("02:00".into(), "05:30".into())
+    );
+    expect(
+        &checks_with("start: \"22:00\"", "      strat: \"22:00\""),
+        26,
+        "upgrade_windows.allowed[1].strat",
+        "unknown field",
+    );
+    let yaml = CHECKS.replace("      start: \"22:00\"\n", "");
+    expect(
+        &yaml,
+        25,
+        "upgrade_windows.allowed[1].start",
+        "missing required field `start`",
+    );
+}
+
+#[test]
+fn unknown_weekday() {
+    let e = expect(
+        &checks_with("- days: [Saturday", "    - days: [Saturday, sun, wensday]"),
+        25,
+        "upgrade_windows.allowed[1].days[2]",
+        "unknown weekday `wensday`",
+    );
+    assert!(e.hint.contains("did you mean `wed`?"), "{e}");
+    assert!(e.hint.contains("mon, tue, wed"), "{e}");
+    let e = expect(
+        &checks_with("- days: [Saturday", "    - days: [sut]"),
+        25,
+        "upgrade_windows.allowed[1].days[0]",
+        "unknown weekday `sut`",
+    );
+    assert!(
+        e.hint.contains("did you mean `sat`?") || e.hint.contains("did you mean `sun`?"),
+        "{e}"
+    );
+    expect(
+        &checks_with("- days: [Saturday", "    - days: []"),
+        25,
+        "upgrade_windows.allowed[1].days",
+        "no days given",
+    );
+}
+
+#[test]
+fn unknown_time_zone() {
+    let e = expect(
+        &checks_with("timezone:", "  timezone: Europe/Berln"),
+        22,
+        "upgrade_windows.timezone",
+        "unknown time zone `Europe/Berln`",
+    );
+    assert!(e.hint.contains("did you mean `Europe/Berlin`?"), "{e}");
+    assert!(e.hint.contains("IANA time zone"), "{e}");
+    for bad in ["CEST", "\"\"", "Mars/Olympus_Mons", "+02:00"] {
+        expect(
+            &checks_with("timezone:", &format!("  timezone: {bad}")),
+            22,
+            "upgrade_windows.timezone",
+            "unknown time zone",
+        );
+    }
+}
+
+#[test]
+fn upgrade_windows_need_a_window() {
+    let lines: Vec<&str> = CHECKS.lines().collect();
+    let mut yaml = lines[..22].join("\n");
+    yaml.push_str("\n  allowed: []\n  on_end: pause\n");
+    let e = expect(&yaml, 23, "upgrade_windows.allowed", "no window given");
+    assert!(e.hint.contains("start: \"01:00\""), "{e}");
+    let yaml = lines[..22].join("\n") + "\n";
+    expect(
+        &yaml,
+        21,
+        "upgrade_windows.allowed",
+        "missing required field `allowed`",
+    );
+}
+
+#[test]
+fn window_start_and_end_differ() {
+    let e = expect(
+        &checks_with("end: \"03:00\"", "      end: \"22:00\""),
+        27,
+        "upgrade_windows.allowed[1].end",
+        "both 22:00",
+    );
+    assert!(e.hint.contains("\"24:00\""), "{e}");
+}
+
+#[test]
+fn unknown_on_end() {
+    let e = expect(
+        &checks_with("on_end:", "  on_end: paus"),
+        28,
+        "upgrade_windows.on_end",
+        "unknown on_end `paus`",
+    );
+    assert!(e.hint.contains("did you mean `pause`?"), "{e}");
+}
+
+#[test]
+fn smoke_count_and_concurrency_ranges() {
+    let line = |count: &str, concurrency: &str| {
+        format!(
+            "    - http: {{ name: home page, path: /, count: {count}, concurrency: {concurrency} }}"
+        )
+    };
+    for (count, concurrency, field, needle) in [
+        ("0", "1", "count", "0 is out of range 1..=100000"),
+        ("100001", "1", "count", "100001 is out of range 1..=100000"),
+        (
+            "20",
+            "0",
+            "concurrency",
+            "0 is out of range 1..=20 (the test's `count`)",
+        ),
+        ("20", "21", "concurrency", "21 is out of range 1..=20"),
+    ] {
+        let e = expect(
+            &checks_with("- http: { name: home", &line(count, concurrency)),
+            12,
+            &format!("hooks.smoke[0].http.{field}"),
+            needle,
+        );
+        assert!(e.hint.contains(&format!("`{field}: ")), "{e}");
+    }
+    parse_spec(
+        "t.yaml",
+        &checks_with("- http: { name: home", &line("100000", "100000")),
+    )
+    .unwrap();
+    expect(
+        &checks_with("warmup:", "  warmup: { path: /, requests: 0 }"),
+        20,
+        "hooks.warmup.requests",
+        "out of range 1..=100000",
+    );
+    expect(
+        &checks_with("warmup:", "  warmup: { path: /, requests: 100001 }"),
+        20,
+        "hooks.warmup.requests",
+        "out of range 1..=100000",
+    );
+    expect(
+        &checks_with("warmup:", "  warmup: { requests: 5, concurrency: 6 }"),
+        20,
+        "hooks.warmup.concurrency",
+        "6 is out of range 1..=5",
+    );
+    expect(
+        &checks_with("warmup:", "  warmup: { path: / }"),
+        20,
+        "hooks.warmup.requests",
+        "missing required field `requests`",
+    );
+}
+
+#[test]
+fn smoke_status_method_and_body() {
+    for status in ["99", "600", "70000"] {
+        expect(
+            &checks_with(
+                "expect_status: 201",
+                &format!("        expect_status: {status}"),
+            ),
+            18,
+            "hooks.smoke[2].http.expect_status",
+            "out of range 100..=599",
+        );
+    }
+    let e = expect(
+        &checks_with("method: post", "        method: \"GE T\""),
+        16,
+        "hooks.smoke[2].http.method",
+        "not a valid HTTP method",
+    );
+    assert!(e.hint.contains("HEAD"), "{e}");
+    // Other method tokens are kept as written.
+    let spec = parse_spec(
+        "t.yaml",
+        &checks_with("method: post", "        method: PROPFIND"),
+    )
+    .unwrap();
+    let SmokeTest::Http { method, .. } = &spec.hooks.smoke[2] else {
+        panic!("not http")
+    };
+    assert_eq!(method, "PROPFIND");
+    expect(
+        &checks_with("method: post", "        expect_body: \"\""),
+        16,
+        "hooks.smoke[2].http.expect_body",
+        "must not be empty",
+    );
+    expect(
+        &checks_with("timeout: 2s", "        timeout: 0s"),
+        19,
+        "hooks.smoke[2].http.timeout",
+        "longer than zero",
+    );
+}
+
+#[test]
+fn request_paths_start_with_slash() {
+    let e = expect(
+        &checks_with("path: /search", "        path: search"),
+        17,
+        "hooks.smoke[2].http.path",
+        "does not start with '/'",
+    );
+    assert!(e.hint.contains("path: /"), "{e}");
+    expect(
+        &checks_with("path: /search", "        path: \"/a b\""),
+        17,
+        "hooks.smoke[2].http.path",
+        "contains a space",
+    );
+    expect(
+        &checks_with("warmup:", "  warmup: { path: index.html, requests: 5 }"),
+        20,
+        "hooks.warmup.path",
+        "does not start with '/'",
+    );
+    let yaml = CHECKS.replace("        path: /search?q=x\n", "");
+    expect(
+        &yaml,
+        14,
+        "hooks.smoke[2].http.path",
+        "missing required field `path`",
+    );
+}
+
+#[test]
+fn placeholders_depend_on_the_command() {
+    // {port} and {instance} exist only for instances.
+    let e = expect(
+        &checks_with(
+            "command: [\"sh\", \"-c\", \"echo scanning",
+            "    command: [scan, --port, \"{port}\"]",
+        ),
+        6,
+        "preflight[0].command[2]",
+        "{port} cannot be used in a pre-flight command",
+    );
+    assert!(e.hint.contains("{version}, {app}, {baton}"), "{e}");
+    assert!(
+        e.hint.contains("{port} exists only in instance commands"),
+        "{e}"
+    );
+    expect(
+        &checks_with(
+            "command: ./check-deps",
+            "    command: ./check-deps {instance}",
+        ),
+        9,
+        "preflight[1].command",
+        "{instance} cannot be used in a pre-flight command",
+    );
+    let e = expect(
+        &checks_with(
+            "- command: { name: api tests",
+            "    - command: { name: api tests, command: [curl, \"{preview_url}:{port}\"] }",
+        ),
+        13,
+        "hooks.smoke[1].command.command[1]",
+        "{port} cannot be used in a smoke test command",
+    );
+    assert!(
+        e.hint.contains("{preview_url}, {version}, {app}, {baton}"),
+        "{e}"
+    );
+    // {preview_url} exists only in smoke test commands.
+    let e = expect(
+        &checks_with(
+            "command: [\"sh\", \"-c\", \"echo scanning",
+            "    command: [scan, \"{preview_url}\"]",
+        ),
+        6,
+        "preflight[0].command[1]",
+        "{preview_url} cannot be used in a pre-flight command",
+    );
+    assert!(
+        e.hint
+            .contains("{preview_url} exists only in a smoke test command"),
+        "{e}"
+    );
+    expect(
+        &checks_with(
+            "driver:",
+            "driver: { process: { command: [app, \"{preview_url}\"] } }",
+        ),
+        3,
+        "driver.process.command[1]",
+        "{preview_url} cannot be used in instance commands",
+    );
+    // Unknown everywhere.
+    let e = expect(
+        &checks_with(
+            "- command: { name: api tests",
+            "    - command: { name: api tests, command: [test, \"{verison}\"] }",
+        ),
+        13,
+        "hooks.smoke[1].command.command[1]",
+        "unknown placeholder {verison}",
+    );
+    assert!(e.hint.contains("did you mean {version}?"), "{e}");
+}
+
+#[test]
+fn check_commands_must_not_be_empty() {
+    let e = expect(
+        &checks_with(
+            "command: [\"sh\", \"-c\", \"echo scanning",
+            "    command: []",
+        ),
+        6,
+        "preflight[0].command",
+        "the command is empty",
+    );
+    assert!(e.hint.contains("{version}"), "{e}");
+    expect(
+        &checks_with("command: ./check-deps", "    command: \"  \""),
+        9,
+        "preflight[1].command",
+        "the command is empty",
+    );
+    expect(
+        &checks_with("command: ./check-deps", "    command: \"./check 'x\""),
+        9,
+        "preflight[1].command",
+        "quote",
+    );
+    let e = expect(
+        &checks_with(
+            "- command: { name: api tests",
+            "    - command: { name: api tests, command: \"\" }",
+        ),
+        13,
+        "hooks.smoke[1].command.command",
+        "the command is empty",
+    );
+    assert!(e.hint.contains("{preview_url}"), "{e}");
+    expect(
+        &checks_with(
+            "- command: { name: api tests",
+            "    - command: { name: api tests }",
+        ),
+        13,
+        "hooks.smoke[1].command.command",
+        "missing required field `command`",
+    );
+    expect(
+        &checks_with("timeout: 2m", "    timeout: 0s"),
+        7,
+        "preflight[0].timeout",
+        "longer than zero",
+    );
+}
+
+#[test]
+fn check_names_are_required_and_unique() {
+    let e = expect(
+        &checks_with("- name: deps", "  - name: vulnerability scan"),
+        8,
+        "preflight[1].name",
+        "another pre-flight check is already named `vulnerability scan`",
+    );
+    assert!(e.hint.contains("its own name"), "{e}");
+    expect(
+        &checks_with("name: search", "        name: home page"),
+        15,
+        "hooks.smoke[2].http.name",
+        "another smoke test is already named `home page`",
+    );
+    expect(
+        &checks_with("- name: deps", "  - name: \" \""),
+        8,
+        "preflight[1].name",
+        "must not be empty",
+    );
+    let yaml = CHECKS.replace("        name: search\n", "");
+    expect(
+        &yaml,
+        14,
+        "hooks.smoke[2].http.name",
+        "missing required field `name`",
+    );
+}
+
+#[test]
+fn all_check_errors_are_collected() {
+    let yaml = checks_with("timezone:", "  timezone: Nowhere")
+        .replace("count: 20, concurrency: 4", "count: 20, concurrency: 40")
+        .replace("timeout: 2m", "timeout: soon");
+    let errors = parse_spec_all("t.yaml", &yaml).unwrap_err();
+    let fields: Vec<_> = errors.iter().map(|e| (e.line, e.field.as_str())).collect();
+    assert_eq!(
+        fields,
+        [
+            (Some(7), "preflight[0].timeout"),
+            (Some(12), "hooks.smoke[0].http.concurrency"),
+            (Some(22), "upgrade_windows.timezone"),
+        ]
+    );
+}
+
+#[test]
+fn checks_and_windows_round_trip_through_json() {
+    let mut spec = parse_spec("t.yaml", CHECKS).unwrap();
+    spec.preflight[0].timeout = Duration::new(1, 1);
+    if let SmokeTest::Http { timeout, .. } = &mut spec.hooks.smoke[0] {
+        *timeout = Duration::from_nanos(999);
+    }
+    let w = spec.upgrade_windows.as_mut().unwrap();
+    w.allowed.push(UpgradeWindow {
+        days: vec![Weekday::Wed],
+        start: TimeOfDay { hour: 0, minute: 0 },
+        end: TimeOfDay::END_OF_DAY,
+    });
+    let json = serde_json::to_string(&spec).unwrap();
+    let back: AppSpec = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, spec, "{json}");
+    let value = serde_json::to_value(&spec).unwrap();
+    assert_eq!(
+        value["preflight"][0],
+        serde_json::json!({
+            "name": "vulnerability scan",
+            "command": ["sh", "-c", "echo scanning {app} {version}"],
+            "timeout": "1s 1ns",
+        })
+    );
+    assert_eq!(
+        value["hooks"]["smoke"][0],
+        serde_json::json!({ "http": {
+            "name": "home page",
+            "method": "GET",
+            "path": "/",
+            "expect_status": 200,
+            "expect_body": "version",
+            "count": 20,
+            "concurrency": 4,
+            "timeout": "999ns",
+        }})
+    );
+    assert_eq!(value["hooks"]["smoke"][1]["command"]["timeout"], "5m");
+    assert_eq!(
+        value["hooks"]["warmup"],
+        serde_json::json!({ "path": "/", "requests": 50, "concurrency": 4 })
+    );
+    assert_eq!(
+        value["upgrade_windows"],
+        serde_json::json!({
+            "timezone": "Europe/Berlin",
+            "allowed": [
+                { "days": ["mon", "tue", "wed", "thu", "fri"], "start": "02:00", "end": "05:00" },
+                { "days": ["sat", "sun"], "start": "22:00", "end": "03:00" },
+                { "days": ["wed"], "start": "00:00", "end": "24:00" },
+            ],
+            "on_end": "pause",
+        })
+    );
+    // Every on_end and weekday.
+    let mut spec = parse_spec("t.yaml", CHECKS).unwrap();
+    let w = spec.upgrade_windows.as_mut().unwrap();
+    w.on_end = OnWindowEnd::Finish;
+    w.allowed[0].days = Weekday::ALL.to_vec();
+    let json = serde_json::to_string(&spec).unwrap();
+    assert_eq!(serde_json::from_str::<AppSpec>(&json).unwrap(), spec);
+    assert!(json.contains(r#""on_end":"finish""#), "{json}");
+    // Invalid stored values are refused rather than misread.
+    for (bad, good) in [
+        (r#""start":"02:00""#, r#""start":"2:0""#),
+        (r#""start":"02:00""#, r#""start":"24:00x""#),
+        (r#""mon""#, r#""monday""#),
+    ] {
+        let broken = json.replacen(bad, good, 1);
+        assert_ne!(broken, json);
+        assert!(
+            serde_json::from_str::<AppSpec>(&broken).is_err(),
+            "{broken}"
+        );
+    }
+}
+
+#[test]
+fn json_written_before_checks_existed_still_reads() {
+    let spec = parse_spec("t.yaml", CANARY).unwrap();
+    let mut value = serde_json::to_value(&spec).unwrap();
+    let object = value.as_object_mut().unwrap();
+    for field in ["preflight", "hooks", "upgrade_windows"] {
+        assert!(object.remove(field).is_some(), "{field}");
+    }
+    assert_eq!(serde_json::from_value::<AppSpec>(value).unwrap(), spec);
+}
+
+#[test]
+fn blue_green_example_has_checks_and_an_open_window() {
+    let spec = load_spec(&repo_root().join("examples/blue-green.yaml")).unwrap();
+    assert!(matches!(
+        spec.hooks.smoke.as_slice(),
+        [SmokeTest::Http { .. }]
+    ));
+    assert!(spec.hooks.warmup.is_some());
+    let w = spec.upgrade_windows.unwrap();
+    // The example deploys at any time.
+    let mut t: jiff::Timestamp = "2026-03-29T00:59:00Z".parse().unwrap();
+    for _ in 0..200 {
+        assert!(w.is_open(t), "{t}");
+        t += jiff::SignedDuration::from_mins(97);
+    }
+}
+
+#[test]
+fn quickstart_commented_checks_parse_when_uncommented() {
+    let text = std::fs::read_to_string(repo_root().join("examples/quickstart.yaml")).unwrap();
+    let (_, block) = text
+        .split_once("# Optional checks and upgrade windows")
+        .unwrap();
+    let uncommented: String = block
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.strip_prefix("# "))
+        .filter(|l| !l.starts_with("# ") && *l != "#")
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let yaml = text.replace(block, "") + "\n" + &uncommented;
+    let spec = parse_spec("quickstart.yaml", &yaml).unwrap();
+    assert_eq!(spec.preflight.len(), 1);
+    assert_eq!(spec.hooks.smoke.len(), 2);
+    let w = spec.upgrade_windows.unwrap();
+    assert_eq!(
+        (w.timezone.as_str(), w.on_end),
+        ("Europe/Berlin", OnWindowEnd::Pause)
+    );
+    // Friday 23:00 in Berlin waits for Monday 02:00.
+    let friday: jiff::Timestamp = "2026-11-20T22:00:00Z".parse().unwrap();
+    assert_eq!(
+        w.next_open(friday),
+        Some("2026-11-23T01:00:00Z".parse().unwrap())
+    );
 }

@@ -10,10 +10,14 @@ use crate::error::SpecError;
 use crate::locate::{Pos, SourceMap, join};
 use crate::model::{
     AnalysisSpec, AppSpec, BlueGreenSpec, CanarySpec, CanaryStep, DriverSpec, HeaderMatch,
-    IntOrPercent, ProcessDriverSpec, ReadinessSpec, RollingSpec, StrategySpec,
+    HooksSpec, IntOrPercent, OnWindowEnd, PreflightCheck, ProcessDriverSpec, ReadinessSpec,
+    RollingSpec, SmokeTest, StrategySpec, TimeOfDay, UpgradeWindow, UpgradeWindows, WarmupSpec,
+    Weekday,
 };
 use crate::raw;
-use crate::template::{PLACEHOLDERS, split_command, unknown_placeholders};
+use crate::template::{
+    PLACEHOLDERS, PREFLIGHT_PLACEHOLDERS, SMOKE_PLACEHOLDERS, split_command, unknown_placeholders,
+};
 
 /// Defaults, in one place so docs and code agree.
 pub(crate) mod defaults {
@@ -44,7 +48,20 @@ pub(crate) mod defaults {
     pub(crate) const ANALYSIS_WINDOW: Duration = Duration::from_secs(30);
     pub(crate) const MIN_REQUESTS: u64 = 50;
     pub(crate) const FAILURE_LIMIT: u32 = 2;
+    pub(crate) const PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(300);
+    pub(crate) const SMOKE_COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
+    pub(crate) const SMOKE_HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+    pub(crate) const SMOKE_METHOD: &str = "GET";
+    pub(crate) const SMOKE_STATUS: u16 = 200;
+    pub(crate) const SMOKE_COUNT: u32 = 1;
+    pub(crate) const SMOKE_CONCURRENCY: u32 = 1;
+    pub(crate) const WARMUP_PATH: &str = "/";
+    pub(crate) const WARMUP_CONCURRENCY: u32 = 4;
+    pub(crate) const TIMEZONE: &str = "UTC";
 }
+
+/// Most requests one smoke test or warm-up may send.
+const MAX_REQUESTS: u32 = 100_000;
 
 const DURATION_HINT: &str =
     "write a number followed by a unit (ns, us, ms, s, m, h, d), e.g. \"500ms\", \"2s\", \"1m30s\"";
@@ -102,6 +119,9 @@ pub(crate) fn field_hint(path: &str) -> String {
         | "strategy.blue_green.scale_down_delay"
         | "analysis.interval"
         | "analysis.window" => DURATION_HINT,
+        "preflight.timeout" | "hooks.smoke.command.timeout" | "hooks.smoke.http.timeout" => {
+            "write a duration longer than zero, e.g. \"10s\", \"2m\", \"1m30s\""
+        }
         "driver" => {
             "choose one driver, e.g. `driver: { process: { command: [\"./server\", \"--port\", \"{port}\"] } }`; \
              available drivers: process"
@@ -227,6 +247,94 @@ pub(crate) fn field_hint(path: &str) -> String {
         }
         "analysis.max_p99_ratio" => {
             "give a multiple of the stable version's p99 above 1, e.g. `max_p99_ratio: 1.5`"
+        }
+        "preflight" => {
+            "give a list of checks, e.g. `preflight: [{ name: scan, command: [\"./scan\", \"{version}\"] }]`"
+        }
+        "preflight.name" | "hooks.smoke.command.name" | "hooks.smoke.http.name" => {
+            "give a short name, unique in its list, e.g. `name: vulnerability scan`"
+        }
+        "preflight.command" => {
+            "give a non-empty list such as `command: [\"./scan\", \"--app\", \"{app}\"]` or one \
+             string such as `command: ./scan {app} {version}`; placeholders {version}, {app} and \
+             {baton} may be used"
+        }
+        "hooks" => {
+            "give a map, e.g. `hooks: { smoke: [{ http: { name: home, path: / } }], \
+             warmup: { requests: 50 } }`"
+        }
+        "hooks.smoke" => {
+            "give a list of tests, one key each, e.g. `- http: { name: home page, path: / }` or \
+             `- command: { name: api tests, command: [\"./api-tests\", \"{preview_url}\"] }`; \
+             test kinds: command, http"
+        }
+        "hooks.smoke.command" => {
+            "give a name and a command, e.g. \
+             `- command: { name: api tests, command: [\"./api-tests\", \"{preview_url}\"] }`"
+        }
+        "hooks.smoke.command.command" => {
+            "give a non-empty list such as `command: [\"./api-tests\", \"{preview_url}\"]` or one \
+             string such as `command: ./api-tests {preview_url}`; placeholders {preview_url}, \
+             {version}, {app} and {baton} may be used"
+        }
+        "hooks.smoke.http" => {
+            "give at least a name and a path, e.g. \
+             `- http: { name: home page, path: /, expect_status: 200, count: 20, concurrency: 4 }`"
+        }
+        "hooks.smoke.http.method" => {
+            "give an HTTP method such as `GET`, `HEAD` or `POST` (the default is GET)"
+        }
+        "hooks.smoke.http.path" | "hooks.warmup.path" => {
+            "give an HTTP path starting with '/', without spaces, e.g. `path: /` or \
+             `path: /search?q=x`"
+        }
+        "hooks.smoke.http.expect_status" => {
+            "give an HTTP status code from 100 to 599, e.g. `expect_status: 200`"
+        }
+        "hooks.smoke.http.expect_body" => {
+            "give text every answer body must contain, e.g. `expect_body: ok`, or leave \
+             `expect_body` out to accept any body"
+        }
+        "hooks.smoke.http.count" => {
+            "give the number of requests, from 1 to 100000, e.g. `count: 20`"
+        }
+        "hooks.smoke.http.concurrency" => {
+            "give how many requests run at once, from 1 to the test's `count`, e.g. `concurrency: 4`"
+        }
+        "hooks.warmup" => {
+            "give the number of requests for each new instance, e.g. \
+             `warmup: { path: /, requests: 50, concurrency: 4 }`"
+        }
+        "hooks.warmup.requests" => {
+            "give the number of requests for each new instance, from 1 to 100000, e.g. `requests: 50`"
+        }
+        "hooks.warmup.concurrency" => {
+            "give how many requests run at once, from 1 to `requests`, e.g. `concurrency: 4`"
+        }
+        "upgrade_windows" => {
+            "give a time zone and the allowed windows, e.g. `upgrade_windows: { timezone: \
+             Europe/Berlin, allowed: [{ days: [mon, tue, wed, thu, fri], start: \"02:00\", \
+             end: \"05:00\" }] }`"
+        }
+        "upgrade_windows.timezone" => {
+            "give an IANA time zone name, such as `Europe/Berlin`, `America/New_York` or `UTC`; \
+             check the spelling (Area/City, with capitals) against the IANA time zone database"
+        }
+        "upgrade_windows.allowed" => {
+            "give at least one window, e.g. `- { days: [sat, sun], start: \"01:00\", end: \"06:00\" }`"
+        }
+        "upgrade_windows.allowed.days" => {
+            "give a list of days: mon, tue, wed, thu, fri, sat, sun, e.g. `days: [mon, tue, wed]`; \
+             leave `days` out for every day"
+        }
+        "upgrade_windows.allowed.start" | "upgrade_windows.allowed.end" => {
+            "write a 24-hour time as \"HH:MM\" in quotes, e.g. `start: \"02:00\"`, \
+             `end: \"05:30\"`; an end of \"24:00\" is midnight at the end of the day, and an end \
+             before the start closes the window on the next day"
+        }
+        "upgrade_windows.on_end" => {
+            "write `on_end: finish` to let a running rollout finish after its window closes, or \
+             `on_end: pause` to pause it until the next window"
         }
         _ => "see examples/quickstart.yaml for a complete spec, and schema/baton-spec.schema.json",
     };
@@ -462,22 +570,192 @@ impl Checker<'_> {
         );
     }
 
-    fn placeholders(&mut self, path: &str, template: &str) {
-        let unknown = unknown_placeholders(template);
-        if let Some(first) = unknown.first() {
-            let list = unknown
+    /// Reports placeholders in `template` that `used` does not allow.
+    fn placeholders(&mut self, path: &str, template: &str, used: TemplateUse) {
+        let allowed = used.allowed();
+        let unknown = unknown_placeholders(template, allowed);
+        let Some(first) = unknown.first() else {
+            return;
+        };
+        let braced = |names: &[&str]| {
+            names
                 .iter()
                 .map(|n| format!("{{{n}}}"))
                 .collect::<Vec<_>>()
-                .join(", ");
-            let mut hint = format!(
-                "the placeholders are {}",
-                PLACEHOLDERS.map(|n| format!("{{{n}}}")).join(", ")
-            );
-            if let Some(close) = crate::suggest(first, &PLACEHOLDERS) {
-                hint = format!("did you mean {{{close}}}? {hint}");
+                .join(", ")
+        };
+        let list = braced(&unknown);
+        let elsewhere: Vec<&str> = unknown
+            .iter()
+            .copied()
+            .filter(|n| TemplateUse::ALL.iter().any(|u| u.allowed().contains(n)))
+            .collect();
+        let message = if elsewhere.len() == unknown.len() {
+            format!("{list} cannot be used in {}", used.what())
+        } else {
+            format!("unknown placeholder {list}")
+        };
+        let mut hint = match used {
+            TemplateUse::Instance => format!("the placeholders are {}", braced(allowed)),
+            _ => format!(
+                "the placeholders of {} are {}",
+                used.what(),
+                braced(allowed)
+            ),
+        };
+        for name in elsewhere {
+            let only = TemplateUse::ALL
+                .iter()
+                .filter(|u| u.allowed().contains(&name))
+                .map(|u| u.what())
+                .collect::<Vec<_>>()
+                .join(" and ");
+            hint = format!("{hint}; {{{name}}} exists only in {only}");
+        }
+        if let Some(close) = crate::suggest(first, allowed) {
+            hint = format!("did you mean {{{close}}}? {hint}");
+        }
+        self.fail(path, message, hint);
+    }
+
+    /// A command at `path`: a list, or one string split like a shell does; never
+    /// empty, and with only the placeholders `used` allows.
+    fn command(&mut self, path: &str, command: raw::CommandLine, used: TemplateUse) -> Vec<String> {
+        let (command, from_list) = match command {
+            raw::CommandLine::List(args) => (args, true),
+            raw::CommandLine::Line(line) => match split_command(&line) {
+                Ok(words) => (words, false),
+                Err(e) => {
+                    self.fail(
+                        path,
+                        format!("cannot split the command: {e}"),
+                        "close every quote, or give the command as a list of arguments",
+                    );
+                    (Vec::new(), false)
+                }
+            },
+        };
+        if command.is_empty() || command[0].trim().is_empty() {
+            if self.errors.iter().all(|e| e.field != path) {
+                self.fail(path, "the command is empty", field_hint(path));
             }
-            self.fail(path, format!("unknown placeholder {list}"), hint);
+        } else {
+            for (i, arg) in command.iter().enumerate() {
+                // Elements of a one-string command have no place of their own.
+                let at = if from_list {
+                    format!("{path}[{i}]")
+                } else {
+                    path.to_owned()
+                };
+                self.placeholders(&at, arg, used);
+            }
+        }
+        command
+    }
+
+    /// A required name at `path`, not blank and not in `taken` (where it is added);
+    /// `what` names the list's items in the message.
+    fn unique_name(
+        &mut self,
+        path: &str,
+        name: Option<String>,
+        taken: &mut Vec<String>,
+        what: &str,
+    ) -> String {
+        let Some(name) = self.required(path, name) else {
+            return String::new();
+        };
+        if name.trim().is_empty() {
+            self.fail(path, "must not be empty", field_hint(path));
+        } else if taken.contains(&name) {
+            self.fail(
+                path,
+                format!("another {what} is already named `{name}`"),
+                format!(
+                    "give each {what} its own name, so that messages and events can tell them apart"
+                ),
+            );
+        } else {
+            taken.push(name.clone());
+        }
+        name
+    }
+
+    /// An HTTP request path at `path`: starts with '/', no spaces or control characters.
+    fn request_path(&mut self, path: &str, value: &str) {
+        if !value.starts_with('/') {
+            self.fail(
+                path,
+                format!("`{value}` does not start with '/'"),
+                field_hint(path),
+            );
+        } else if value
+            .chars()
+            .any(|ch| ch.is_whitespace() || ch.is_control())
+        {
+            self.fail(
+                path,
+                format!(
+                    "`{}` contains a space or control character",
+                    value.escape_debug()
+                ),
+                field_hint(path),
+            );
+        }
+    }
+
+    /// A count in `1..=max` at `path`, `default` when absent; `max_what` explains `max`.
+    fn count_in(
+        &mut self,
+        path: &str,
+        value: Option<u32>,
+        default: u32,
+        max: u32,
+        max_what: &str,
+    ) -> u32 {
+        let n = value.unwrap_or(default);
+        if !(1..=max).contains(&n) {
+            self.fail(
+                path,
+                format!("{n} is out of range 1..={max}{max_what}"),
+                field_hint(path),
+            );
+        }
+        n
+    }
+}
+
+/// Where a command template is used, which decides its placeholders.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TemplateUse {
+    /// `driver.process.command` and env values.
+    Instance,
+    /// `preflight[].command`.
+    Preflight,
+    /// `hooks.smoke[].command.command`.
+    Smoke,
+}
+
+impl TemplateUse {
+    const ALL: [TemplateUse; 3] = [
+        TemplateUse::Instance,
+        TemplateUse::Preflight,
+        TemplateUse::Smoke,
+    ];
+
+    fn allowed(self) -> &'static [&'static str] {
+        match self {
+            TemplateUse::Instance => &PLACEHOLDERS,
+            TemplateUse::Preflight => &PREFLIGHT_PLACEHOLDERS,
+            TemplateUse::Smoke => &SMOKE_PLACEHOLDERS,
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            TemplateUse::Instance => "instance commands and env values",
+            TemplateUse::Preflight => "a pre-flight command",
+            TemplateUse::Smoke => "a smoke test command",
         }
     }
 }
@@ -604,6 +882,9 @@ pub(crate) fn validate(
         }
     };
     let analysis = spec.analysis.map(|a| analysis(&mut c, a));
+    let preflight = preflight(&mut c, spec.preflight.unwrap_or_default());
+    let hooks = hooks(&mut c, spec.hooks.unwrap_or_default());
+    let upgrade_windows = spec.upgrade_windows.map(|w| upgrade_windows(&mut c, w));
 
     if c.errors.is_empty() {
         Ok(AppSpec {
@@ -617,6 +898,9 @@ pub(crate) fn validate(
             strategy,
             drain_timeout,
             analysis,
+            preflight,
+            hooks,
+            upgrade_windows,
         })
     } else {
         Err(c.errors)
@@ -625,40 +909,7 @@ pub(crate) fn validate(
 
 fn process_driver(c: &mut Checker<'_>, p: raw::ProcessDriverSpec) -> ProcessDriverSpec {
     const BASE: &str = "driver.process";
-    let command_path = join(BASE, "command");
-    let (command, from_list) = match p.command {
-        raw::CommandLine::List(args) => (args, true),
-        raw::CommandLine::Line(line) => match split_command(&line) {
-            Ok(words) => (words, false),
-            Err(e) => {
-                c.fail(
-                    &command_path,
-                    format!("cannot split the command: {e}"),
-                    "close every quote, or give the command as a list of arguments",
-                );
-                (Vec::new(), false)
-            }
-        },
-    };
-    if command.is_empty() || command[0].trim().is_empty() {
-        if c.errors.iter().all(|e| e.field != command_path) {
-            c.fail(
-                &command_path,
-                "the command is empty",
-                field_hint(&command_path),
-            );
-        }
-    } else {
-        for (i, arg) in command.iter().enumerate() {
-            // Elements of a one-string command have no place of their own.
-            let path = if from_list {
-                format!("{command_path}[{i}]")
-            } else {
-                command_path.clone()
-            };
-            c.placeholders(&path, arg);
-        }
-    }
+    let command = c.command(&join(BASE, "command"), p.command, TemplateUse::Instance);
 
     let env: BTreeMap<String, String> = p.env.unwrap_or_default();
     for (name, value) in &env {
@@ -670,7 +921,7 @@ fn process_driver(c: &mut Checker<'_>, p: raw::ProcessDriverSpec) -> ProcessDriv
                 "use a name without '=' such as `RUST_LOG`",
             );
         }
-        c.placeholders(&path, value);
+        c.placeholders(&path, value, TemplateUse::Instance);
     }
 
     let workdir = match p.workdir {
@@ -1077,5 +1328,352 @@ fn analysis(c: &mut Checker<'_>, a: raw::AnalysisSpec) -> AnalysisSpec {
         max_error_rate_increase,
         max_p99,
         max_p99_ratio,
+    }
+}
+
+fn preflight(c: &mut Checker<'_>, checks: Vec<raw::PreflightCheck>) -> Vec<PreflightCheck> {
+    let mut names = Vec::new();
+    let mut out = Vec::with_capacity(checks.len());
+    for (i, check) in checks.into_iter().enumerate() {
+        let base = format!("preflight[{i}]");
+        let name = c.unique_name(
+            &join(&base, "name"),
+            check.name,
+            &mut names,
+            "pre-flight check",
+        );
+        let command_path = join(&base, "command");
+        let command = match c.required(&command_path, check.command) {
+            Some(command) => c.command(&command_path, command, TemplateUse::Preflight),
+            None => Vec::new(),
+        };
+        let timeout = c.positive_duration(
+            &join(&base, "timeout"),
+            check.timeout.as_ref(),
+            defaults::PREFLIGHT_TIMEOUT,
+        );
+        out.push(PreflightCheck {
+            name,
+            command,
+            timeout,
+        });
+    }
+    out
+}
+
+/// The standard HTTP methods, written upper case whatever the spec's case.
+const HTTP_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+fn hooks(c: &mut Checker<'_>, h: raw::HooksSpec) -> HooksSpec {
+    let mut names = Vec::new();
+    let mut smoke = Vec::new();
+    for (i, test) in h.smoke.unwrap_or_default().into_iter().enumerate() {
+        let path = format!("hooks.smoke[{i}]");
+        smoke.push(match test {
+            raw::SmokeTest::Command(t) => {
+                let base = join(&path, "command");
+                let name = c.unique_name(&join(&base, "name"), t.name, &mut names, "smoke test");
+                let command_path = join(&base, "command");
+                let command = match c.required(&command_path, t.command) {
+                    Some(command) => c.command(&command_path, command, TemplateUse::Smoke),
+                    None => Vec::new(),
+                };
+                let timeout = c.positive_duration(
+                    &join(&base, "timeout"),
+                    t.timeout.as_ref(),
+                    defaults::SMOKE_COMMAND_TIMEOUT,
+                );
+                SmokeTest::Command {
+                    name,
+                    command,
+                    timeout,
+                }
+            }
+            raw::SmokeTest::Http(t) => smoke_http(c, &join(&path, "http"), t, &mut names),
+        });
+    }
+    let warmup = h.warmup.map(|w| warmup(c, w));
+    HooksSpec { smoke, warmup }
+}
+
+fn smoke_http(
+    c: &mut Checker<'_>,
+    base: &str,
+    t: raw::SmokeHttp,
+    names: &mut Vec<String>,
+) -> SmokeTest {
+    let name = c.unique_name(&join(base, "name"), t.name, names, "smoke test");
+    let method_path = join(base, "method");
+    let method = match t.method {
+        None => defaults::SMOKE_METHOD.to_owned(),
+        Some(m) if !is_header_token(&m) => {
+            c.fail(
+                &method_path,
+                format!("`{}` is not a valid HTTP method", m.escape_debug()),
+                field_hint(&method_path),
+            );
+            m
+        }
+        Some(m) => {
+            let upper = m.to_ascii_uppercase();
+            if HTTP_METHODS.contains(&upper.as_str()) {
+                upper
+            } else {
+                m
+            }
+        }
+    };
+    let path_path = join(base, "path");
+    let path = c.required(&path_path, t.path).unwrap_or_default();
+    if c.errors.last().is_none_or(|e| e.field != path_path) {
+        c.request_path(&path_path, &path);
+    }
+    let status_path = join(base, "expect_status");
+    let expect_status = match t.expect_status {
+        None => defaults::SMOKE_STATUS,
+        Some(code) => match u16::try_from(code) {
+            Ok(code) if (100..=599).contains(&code) => code,
+            _ => {
+                c.fail(
+                    &status_path,
+                    format!("{code} is out of range 100..=599"),
+                    field_hint(&status_path),
+                );
+                defaults::SMOKE_STATUS
+            }
+        },
+    };
+    let body_path = join(base, "expect_body");
+    if t.expect_body.as_deref() == Some("") {
+        c.fail(&body_path, "must not be empty", field_hint(&body_path));
+    }
+    let count_path = join(base, "count");
+    let count = c.count_in(
+        &count_path,
+        t.count,
+        defaults::SMOKE_COUNT,
+        MAX_REQUESTS,
+        "",
+    );
+    let count_ok = c.errors.last().is_none_or(|e| e.field != count_path);
+    let concurrency_path = join(base, "concurrency");
+    let concurrency = if count_ok {
+        c.count_in(
+            &concurrency_path,
+            t.concurrency,
+            defaults::SMOKE_CONCURRENCY,
+            count,
+            " (the test's `count`)",
+        )
+    } else {
+        c.count_in(
+            &concurrency_path,
+            t.concurrency,
+            defaults::SMOKE_CONCURRENCY,
+            MAX_REQUESTS,
+            "",
+        )
+    };
+    let timeout = c.positive_duration(
+        &join(base, "timeout"),
+        t.timeout.as_ref(),
+        defaults::SMOKE_HTTP_TIMEOUT,
+    );
+    SmokeTest::Http {
+        name,
+        method,
+        path,
+        expect_status,
+        expect_body: t.expect_body,
+        count,
+        concurrency,
+        timeout,
+    }
+}
+
+fn warmup(c: &mut Checker<'_>, w: raw::WarmupSpec) -> WarmupSpec {
+    const BASE: &str = "hooks.warmup";
+    let path_path = join(BASE, "path");
+    let path = w.path.unwrap_or_else(|| defaults::WARMUP_PATH.to_owned());
+    c.request_path(&path_path, &path);
+    let requests_path = join(BASE, "requests");
+    let requests = match c.required(&requests_path, w.requests) {
+        Some(n) => c.count_in(&requests_path, Some(n), n, MAX_REQUESTS, ""),
+        None => 1,
+    };
+    let requests_ok = c.errors.last().is_none_or(|e| e.field != requests_path);
+    let concurrency = match w.concurrency {
+        None => defaults::WARMUP_CONCURRENCY.min(requests.max(1)),
+        Some(n) => c.count_in(
+            &join(BASE, "concurrency"),
+            Some(n),
+            n,
+            if requests_ok { requests } else { MAX_REQUESTS },
+            if requests_ok { " (`requests`)" } else { "" },
+        ),
+    };
+    WarmupSpec {
+        path,
+        requests,
+        concurrency,
+    }
+}
+
+fn upgrade_windows(c: &mut Checker<'_>, w: raw::UpgradeWindows) -> UpgradeWindows {
+    const BASE: &str = "upgrade_windows";
+    let timezone = match w.timezone {
+        None => defaults::TIMEZONE.to_owned(),
+        Some(name) => time_zone(c, &join(BASE, "timezone"), name),
+    };
+    let allowed_path = join(BASE, "allowed");
+    let mut allowed = Vec::new();
+    match c.required(&allowed_path, w.allowed) {
+        Some(windows) if windows.is_empty() => {
+            c.fail(
+                &allowed_path,
+                "no window given, so no upgrade could ever run",
+                field_hint(&allowed_path),
+            );
+        }
+        Some(windows) => {
+            for (i, window) in windows.into_iter().enumerate() {
+                let path = format!("{allowed_path}[{i}]");
+                if let Some(window) = upgrade_window(c, &path, window) {
+                    allowed.push(window);
+                }
+            }
+        }
+        None => {}
+    }
+    let on_end_path = join(BASE, "on_end");
+    let on_end = match w.on_end.map(|raw::OnWindowEndText(text)| text) {
+        None => OnWindowEnd::default(),
+        Some(text) => match text.trim() {
+            "finish" => OnWindowEnd::Finish,
+            "pause" => OnWindowEnd::Pause,
+            other => {
+                let mut hint = field_hint(&on_end_path);
+                if let Some(close) = crate::suggest(other, &["finish", "pause"]) {
+                    hint = format!("did you mean `{close}`? {hint}");
+                }
+                c.fail(&on_end_path, format!("unknown on_end `{other}`"), hint);
+                OnWindowEnd::default()
+            }
+        },
+    };
+    UpgradeWindows {
+        timezone,
+        allowed,
+        on_end,
+    }
+}
+
+/// A time zone name known to the time zone database, as the database spells it.
+fn time_zone(c: &mut Checker<'_>, path: &str, name: String) -> String {
+    let trimmed = name.trim();
+    if let Ok(tz) = jiff::tz::TimeZone::get(trimmed)
+        && !trimmed.is_empty()
+    {
+        return tz.iana_name().unwrap_or(trimmed).to_owned();
+    }
+    let known: Vec<String> = jiff::tz::db()
+        .available()
+        .map(|n| n.as_str().to_owned())
+        .collect();
+    let known: Vec<&str> = known.iter().map(String::as_str).collect();
+    let mut hint = field_hint(path);
+    if let Some(close) = crate::suggest(trimmed, &known) {
+        hint = format!("did you mean `{close}`? {hint}");
+    }
+    c.fail(path, format!("unknown time zone `{name}`"), hint);
+    name
+}
+
+/// One window at `path`; `None` if it is invalid.
+fn upgrade_window(c: &mut Checker<'_>, path: &str, w: raw::UpgradeWindow) -> Option<UpgradeWindow> {
+    let before = c.errors.len();
+    let days_path = join(path, "days");
+    let days = match w.days {
+        None => Weekday::ALL.to_vec(),
+        Some(days) if days.is_empty() => {
+            c.fail(
+                &days_path,
+                "no days given, so the window would never open",
+                field_hint(&days_path),
+            );
+            Vec::new()
+        }
+        Some(days) => {
+            let mut out = Vec::with_capacity(days.len());
+            for (j, raw::WeekdayText(text)) in days.into_iter().enumerate() {
+                match Weekday::parse(&text) {
+                    Some(day) => out.push(day),
+                    None => {
+                        let at = format!("{days_path}[{j}]");
+                        let lower = text.trim().to_ascii_lowercase();
+                        let mut hint = field_hint(&at);
+                        let close = crate::suggest(&lower, &Weekday::ALL.map(Weekday::as_str))
+                            .or_else(|| {
+                                crate::suggest(&lower, &Weekday::ALL.map(Weekday::full_name_lower))
+                                    .and_then(Weekday::parse)
+                                    .map(Weekday::as_str)
+                            });
+                        if let Some(close) = close {
+                            hint = format!("did you mean `{close}`? {hint}");
+                        }
+                        c.fail(&at, format!("unknown weekday `{text}`"), hint);
+                    }
+                }
+            }
+            out.sort_unstable();
+            out.dedup();
+            out
+        }
+    };
+    let start = time_of_day(c, &join(path, "start"), w.start, false);
+    let end_path = join(path, "end");
+    let end = time_of_day(c, &end_path, w.end, true);
+    if let (Some(start), Some(end)) = (start, end)
+        && start == end
+    {
+        c.fail(
+            &end_path,
+            format!("start and end are both {start}, so the window would be empty"),
+            "give an end other than the start; for a whole day write `start: \"00:00\"` and \
+             `end: \"24:00\"`",
+        );
+    }
+    (c.errors.len() == before).then(|| UpgradeWindow {
+        days,
+        start: start.unwrap_or_default(),
+        end: end.unwrap_or_default(),
+    })
+}
+
+/// A required `"HH:MM"` at `path`; 24:00 only if `is_end`.
+fn time_of_day(
+    c: &mut Checker<'_>,
+    path: &str,
+    value: Option<raw::TimeText>,
+    is_end: bool,
+) -> Option<TimeOfDay> {
+    let raw::TimeText(text) = c.required(path, value)?;
+    match TimeOfDay::parse(text.trim()) {
+        Some(t) if t != TimeOfDay::END_OF_DAY || is_end => Some(t),
+        _ => {
+            let range = if is_end {
+                "00:00 to 24:00"
+            } else {
+                "00:00 to 23:59"
+            };
+            c.fail(
+                path,
+                format!("`{text}` is not a time of day as HH:MM, {range}"),
+                field_hint(path),
+            );
+            None
+        }
     }
 }
