@@ -11,6 +11,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::HeaderValue;
@@ -123,6 +124,7 @@ async fn accept_loop(
             .load()
             .app(app.id)
             .map_or_else(Limits::default, |a| a.limits.clone());
+        let header_timeout = limits.client_header_timeout;
         let b = match &builder {
             Some((l, b)) if *l == limits => b.clone(),
             _ => {
@@ -132,7 +134,7 @@ async fn accept_loop(
             }
         };
         let ctx = Arc::new(ConnCtx::new(shared.clone(), app.clone(), peer));
-        let fut = serve_conn(b, ctx, stream, stop.clone());
+        let fut = serve_conn(b, ctx, stream, stop.clone(), header_timeout);
         tokio::spawn(shared.tasks.track_future(fut));
     }
     tracing::debug!(app = %app.name, "listener stopped");
@@ -164,17 +166,44 @@ async fn serve_conn(
     ctx: Arc<ConnCtx>,
     stream: tokio::net::TcpStream,
     stop: CancellationToken,
+    header_timeout: Duration,
 ) {
+    // hyper's header timer only starts once the protocol is known, and telling HTTP/1
+    // from HTTP/2 has no deadline of its own: a client that connects and sends nothing
+    // (or the first bytes of an HTTP/2 preface) would hold the connection forever. So
+    // the first request must arrive within the header timeout (an HTTP/2 client that
+    // opens a connection and sends no request in that time is dropped too); after it,
+    // hyper's own timers govern (header read and keep-alive idle for HTTP/1.1, pings for
+    // HTTP/2).
+    let peer = ctx.peer;
+    let first_seen = Arc::new(AtomicBool::new(false));
+    let seen = first_seen.clone();
     let svc = service_fn(move |req| {
         let ctx = ctx.clone();
+        if !seen.load(Ordering::Relaxed) {
+            seen.store(true, Ordering::Relaxed);
+        }
         async move { Ok::<_, Infallible>(proxy::handle(&ctx, req).await) }
     });
     let mut conn = pin!(builder.serve_connection_with_upgrades(TokioIo::new(stream), svc));
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = stop.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+    let first_deadline = tokio::time::sleep(header_timeout);
+    let mut first_deadline = pin!(first_deadline);
+    let mut watching = true;
+    let result = loop {
+        tokio::select! {
+            r = conn.as_mut() => break r,
+            _ = stop.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                break conn.await;
+            }
+            () = first_deadline.as_mut(), if watching => {
+                if first_seen.load(Ordering::Relaxed) {
+                    watching = false;
+                } else {
+                    tracing::debug!(%peer, "no request within the header timeout");
+                    return;
+                }
+            }
         }
     };
     if let Err(e) = result {
