@@ -8,6 +8,14 @@
 //! requests while nothing is routable, retries what is safe to retry, and counts
 //! everything in atomics ([`RouterStats`]).
 //!
+//! Per request, in order: match [`rules`], then the client's sticky cohort
+//! ([`sticky`]), then the weighted split; an idempotent request that a non-stable
+//! version fails is retried once on the stable one when the app is shielded; a share of
+//! requests is copied to a version under test and the answers compared ([`mirror`]);
+//! every response is recorded in per-(app, version) windowed [`metrics`], read with
+//! `GET /v1/windows` and `GET /metrics`. All of this is compiled into the snapshot once
+//! per push.
+//!
 //! Module map: [`config`] (wire types of the table), [`select`] (pure picking logic),
 //! `table` (the snapshot and its counters), `proxy` (the request path), `listener`
 //! (accept loops), [`admin`] (admin API and its client), [`stats`] (admin wire types).
