@@ -142,6 +142,7 @@ pub async fn deploy_declared_version(
         operator.into(),
         RolloutKind::Deploy,
         None,
+        false,
     )
     .await
     .map(Some)
@@ -154,6 +155,7 @@ async fn send_deploy(
     operator: String,
     kind: RolloutKind,
     revision: Option<u32>,
+    now: bool,
 ) -> Result<DeployAccepted, ApiError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     handle
@@ -164,6 +166,7 @@ async fn send_deploy(
             operator,
             kind,
             revision,
+            now,
             reply: tx,
         })
         .await
@@ -178,6 +181,9 @@ struct DeployBody {
     version: String,
     #[serde(default)]
     env: BTreeMap<String, String>,
+    /// Start even outside the app's upgrade windows.
+    #[serde(default)]
+    now: bool,
 }
 
 async fn deploy(
@@ -210,6 +216,7 @@ async fn deploy(
             operator(&headers),
             RolloutKind::Deploy,
             None,
+            body.now,
         )
         .await?,
     ))
@@ -350,6 +357,7 @@ async fn retry(
             operator(&headers),
             RolloutKind::Deploy,
             Some(record.revision),
+            false,
         )
         .await?,
     ))
@@ -445,6 +453,7 @@ async fn rollback(
             operator(&headers),
             RolloutKind::Rollback,
             Some(target),
+            true,
         )
         .await?,
     ))

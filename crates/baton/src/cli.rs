@@ -65,6 +65,9 @@ enum Cmd {
         /// Wait for the end, showing progress; exit 1 if it fails or is rolled back.
         #[arg(long)]
         wait: bool,
+        /// Start now, even outside the app's upgrade windows.
+        #[arg(long)]
+        now: bool,
     },
     /// Show apps, instances and traffic.
     Status {
@@ -264,6 +267,7 @@ async fn run(cli: Cli) -> Exit {
             version,
             env,
             wait,
+            now,
         } => {
             let mut vars = BTreeMap::new();
             for kv in env {
@@ -281,7 +285,7 @@ async fn run(cli: Cli) -> Exit {
             let accepted = match api
                 .post(
                     &format!("/v1/apps/{app}/deploy"),
-                    &json!({"version": version, "env": vars}),
+                    &json!({"version": version, "env": vars, "now": now}),
                 )
                 .await
             {

@@ -64,6 +64,8 @@ pub enum Command {
         kind: RolloutKind,
         /// Roll back to this existing revision instead of creating one.
         revision: Option<u32>,
+        /// Start now even outside the app's upgrade windows.
+        now: bool,
         reply: oneshot::Sender<Result<DeployAccepted, CommandError>>,
     },
     /// An operator's command on a live rollout: abort, promote, pause,
@@ -133,6 +135,10 @@ pub struct AppController {
     in_progress: HashMap<String, &'static str>,
     /// Analysis of the rollout in flight.
     analysis: AnalysisRun,
+    /// Instances that got their warm-up requests.
+    warmed: std::collections::HashSet<String>,
+    /// History id of the rollout whose smoke tests are running or done.
+    checks_started_for: Option<(i64, usize)>,
     shutdown: CancellationToken,
 }
 
@@ -152,62 +158,80 @@ pub fn params_of(spec: &AppSpec) -> Params {
             max_restarts: r.max_restarts,
             strategy: Strategy::Rolling,
         },
-        StrategySpec::Canary(c) => Params {
-            instances: n,
-            // A first release (nothing to compare with) comes up all at once.
-            max_surge: n,
-            max_unavailable: 0,
-            min_ready_ms: ms(c.min_ready),
-            progress_deadline_ms: ms(c.progress_deadline),
-            max_restarts: c.max_restarts,
-            strategy: Strategy::Stepped {
-                steps: c
-                    .steps
-                    .iter()
-                    .map(|s| match s {
-                        CanaryStep::SetWeight(p) => Step::SetWeight { percent: *p },
-                        CanaryStep::Pause(d) => Step::Pause {
-                            duration_ms: d.map(ms),
-                        },
-                        CanaryStep::Approval => Step::Approval,
-                        CanaryStep::SetCanaryScale(k) => Step::SetScale { instances: *k },
-                        CanaryStep::Analysis(d) => Step::Analysis {
-                            duration_ms: ms(*d),
-                        },
-                        CanaryStep::Mirror {
-                            percent, duration, ..
-                        } => Step::Mirror {
-                            percent: *percent,
-                            duration_ms: ms(*duration),
-                        },
-                    })
-                    .collect(),
+        StrategySpec::Canary(c) => with_checks(
+            spec,
+            0,
+            Params {
+                instances: n,
+                // A first release (nothing to compare with) comes up all at once.
+                max_surge: n,
+                max_unavailable: 0,
+                min_ready_ms: ms(c.min_ready),
+                progress_deadline_ms: ms(c.progress_deadline),
+                max_restarts: c.max_restarts,
+                strategy: Strategy::Stepped {
+                    steps: c
+                        .steps
+                        .iter()
+                        .map(|s| match s {
+                            CanaryStep::SetWeight(p) => Step::SetWeight { percent: *p },
+                            CanaryStep::Pause(d) => Step::Pause {
+                                duration_ms: d.map(ms),
+                            },
+                            CanaryStep::Approval => Step::Approval,
+                            CanaryStep::SetCanaryScale(k) => Step::SetScale { instances: *k },
+                            CanaryStep::Analysis(d) => Step::Analysis {
+                                duration_ms: ms(*d),
+                            },
+                            CanaryStep::Mirror {
+                                percent, duration, ..
+                            } => Step::Mirror {
+                                percent: *percent,
+                                duration_ms: ms(*duration),
+                            },
+                        })
+                        .collect(),
+                },
             },
-        },
-        StrategySpec::BlueGreen(b) => Params {
-            instances: n,
-            max_surge: n,
-            max_unavailable: 0,
-            min_ready_ms: ms(b.min_ready),
-            progress_deadline_ms: ms(b.progress_deadline),
-            max_restarts: b.max_restarts,
-            strategy: Strategy::Stepped {
-                steps: vec![
-                    Step::SetScale { instances: n },
-                    match b.auto_promote_after {
-                        Some(d) => Step::Pause {
-                            duration_ms: Some(ms(d)),
+        ),
+        StrategySpec::BlueGreen(b) => with_checks(
+            spec,
+            1,
+            Params {
+                instances: n,
+                max_surge: n,
+                max_unavailable: 0,
+                min_ready_ms: ms(b.min_ready),
+                progress_deadline_ms: ms(b.progress_deadline),
+                max_restarts: b.max_restarts,
+                strategy: Strategy::Stepped {
+                    steps: vec![
+                        Step::SetScale { instances: n },
+                        match b.auto_promote_after {
+                            Some(d) => Step::Pause {
+                                duration_ms: Some(ms(d)),
+                            },
+                            None => Step::Approval,
                         },
-                        None => Step::Approval,
-                    },
-                    Step::SetWeight { percent: 100 },
-                    Step::ScaleDownDelay {
-                        duration_ms: ms(b.scale_down_delay),
-                    },
-                ],
+                        Step::SetWeight { percent: 100 },
+                        Step::ScaleDownDelay {
+                            duration_ms: ms(b.scale_down_delay),
+                        },
+                    ],
+                },
             },
-        },
+        ),
     }
+}
+
+/// Smoke tests run as a `Checks` step at `at` (before any user traffic).
+fn with_checks(spec: &AppSpec, at: usize, mut params: Params) -> Params {
+    if let baton_engine::Strategy::Stepped { steps } = &mut params.strategy
+        && !spec.hooks.smoke.is_empty()
+    {
+        steps.insert(at.min(steps.len()), baton_engine::Step::Checks);
+    }
+    params
 }
 
 pub fn strategy_name(spec: &AppSpec) -> &'static str {
@@ -256,6 +280,8 @@ impl AppController {
             checkers: HashMap::new(),
             in_progress: HashMap::new(),
             analysis: AnalysisRun::default(),
+            warmed: Default::default(),
+            checks_started_for: None,
             shutdown,
         };
         tokio::spawn(controller.run());
@@ -283,6 +309,8 @@ impl AppController {
                     self.watch_exits().await;
                     self.apply_logged(Input::Tick).await;
                     self.analyze().await;
+                    self.start_checks_if_due();
+                    self.follow_window().await;
                 }
             }
         }
@@ -379,9 +407,12 @@ impl AppController {
                 operator,
                 kind,
                 revision,
+                now,
                 reply,
             } => {
-                let result = self.deploy(version, env, operator, kind, revision).await;
+                let result = self
+                    .deploy(version, env, operator, kind, revision, now)
+                    .await;
                 let _ = reply.send(result);
             }
             Command::Operate { input, reply } => {
@@ -402,6 +433,7 @@ impl AppController {
         operator: String,
         kind: RolloutKind,
         revision: Option<u32>,
+        now: bool,
     ) -> Result<DeployAccepted, CommandError> {
         if let Some(r) = &self.state.rollout {
             return Err(EngineError::RolloutInProgress {
@@ -412,7 +444,7 @@ impl AppController {
         }
         let app = self.spec.name.clone();
         let internal = |e: baton_store::StoreError| CommandError::Internal(e.to_string());
-        self.preflight(&version)?;
+        self.preflight(&version).await?;
         let env_json =
             serde_json::to_string(&env).map_err(|e| CommandError::Internal(e.to_string()))?;
         let rev = {
@@ -478,7 +510,11 @@ impl AppController {
             kind,
             operator,
             history_id,
-            not_before_ms: None,
+            not_before_ms: if now {
+                None
+            } else {
+                crate::windows::next_start_ms(&self.spec, now_ms())
+            },
         };
         if let Err(e) = self.apply(input).await {
             let _ =
@@ -499,6 +535,33 @@ impl AppController {
     /// instance was already given up (drained while still starting) is stopped
     /// here, so it cannot linger as an orphan.
     async fn observe(&mut self, obs: Observation) {
+        // Warm-up: a new instance of the release being rolled out gets its
+        // warm-up requests before the engine hears it is ready (and routes to it).
+        if let Input::Ready { id } = &obs
+            && let Some(warmup) = self.spec.hooks.warmup.clone()
+            && !self.warmed.contains(id)
+            && let Some(inst) = self.state.instance(id)
+            && self
+                .state
+                .rollout
+                .as_ref()
+                .is_some_and(|r| r.to.revision == inst.revision)
+            && let Some(addr) = inst
+                .address
+                .as_deref()
+                .and_then(|a| a.parse::<SocketAddr>().ok())
+        {
+            self.warmed.insert(id.clone());
+            let (id, tx) = (id.clone(), self.observations_tx.clone());
+            tokio::spawn(async move {
+                let done =
+                    crate::hooks::warm_up(addr, &warmup.path, warmup.requests, warmup.concurrency)
+                        .await;
+                info!(instance = %id, requests = done, "warm-up done");
+                let _ = tx.send(Input::Ready { id });
+            });
+            return;
+        }
         if let Input::Started { id, handle, .. } = &obs {
             let pending = self
                 .state
@@ -516,7 +579,7 @@ impl AppController {
     }
 
     /// Checks that must pass before a rollout starts; a failure changes nothing.
-    fn preflight(&self, version: &str) -> Result<(), CommandError> {
+    async fn preflight(&self, version: &str) -> Result<(), CommandError> {
         let running: Vec<u32> = self
             .state
             .instances
@@ -542,11 +605,29 @@ impl AppController {
             extra,
             &running,
         );
-        let failed: Vec<String> = results
+        let mut failed: Vec<String> = results
             .iter()
             .filter(|r| !r.ok)
             .map(|r| format!("{}: {}", r.check, r.detail))
             .collect();
+        // The user's own checks (a vulnerability scanner, a dependency check...).
+        for check in &self.spec.preflight {
+            let vars = TemplateVars {
+                version,
+                port: 0,
+                app: &self.spec.name,
+                instance: "preflight",
+                baton: &self.shared.baton_exe,
+            };
+            let argv: Vec<String> = check
+                .command
+                .iter()
+                .map(|a| baton_spec::render_template(a, &vars))
+                .collect();
+            if let Err(e) = crate::hooks::run_command(&check.name, &argv, check.timeout).await {
+                failed.push(e);
+            }
+        }
         if failed.is_empty() {
             Ok(())
         } else {
@@ -811,6 +892,138 @@ impl AppController {
             }
             Some((baton_engine::Verdict::Pass, _)) => self.analysis.failures = 0,
             Some(_) | None => {}
+        }
+    }
+
+    /// At a `Checks` step, run the smoke tests once against the new release
+    /// (its preview listener, or one of its instances directly).
+    fn start_checks_if_due(&mut self) {
+        let Some(r) = &self.state.rollout else { return };
+        let at_checks = r.phase == baton_engine::RolloutPhase::Progressing
+            && r.step_started_ms.is_some()
+            && matches!(
+                r.current_step(&self.state.params),
+                Some(baton_engine::Step::Checks)
+            );
+        let key = (r.history_id, r.step);
+        if !at_checks || self.checks_started_for == Some(key) {
+            return;
+        }
+        let preview = match &self.spec.strategy {
+            StrategySpec::BlueGreen(b) => b.preview_listen,
+            _ => None,
+        };
+        let base = preview
+            .or_else(|| {
+                self.state
+                    .instances
+                    .iter()
+                    .filter(|i| i.revision == r.to.revision && i.is_routable())
+                    .find_map(|i| i.address.as_deref()?.parse().ok())
+            })
+            .map(|a: SocketAddr| format!("http://{a}"));
+        let Some(base) = base else { return };
+        self.checks_started_for = Some(key);
+        let smoke = self.spec.hooks.smoke.clone();
+        let (version, app, baton) = (
+            r.to.version.clone(),
+            self.spec.name.clone(),
+            self.shared.baton_exe.clone(),
+        );
+        let tx = self.observations_tx.clone();
+        tokio::spawn(async move {
+            let mut passed = Vec::new();
+            for test in &smoke {
+                let result = match test {
+                    baton_spec::SmokeTest::Http {
+                        name,
+                        method,
+                        path,
+                        expect_status,
+                        expect_body,
+                        count,
+                        concurrency,
+                        timeout,
+                    } => {
+                        let check = crate::hooks::HttpCheck {
+                            name: name.clone(),
+                            method: method.clone(),
+                            path: path.clone(),
+                            expect_status: *expect_status,
+                            expect_body: expect_body.clone(),
+                            count: *count,
+                            concurrency: *concurrency,
+                            timeout: *timeout,
+                        };
+                        crate::hooks::run_http(&base, &check).await
+                    }
+                    baton_spec::SmokeTest::Command {
+                        name,
+                        command,
+                        timeout,
+                    } => {
+                        let argv: Vec<String> = command
+                            .iter()
+                            .map(|a| {
+                                baton_spec::render_template_with(
+                                    a,
+                                    &TemplateVars {
+                                        version: &version,
+                                        port: 0,
+                                        app: &app,
+                                        instance: "smoke",
+                                        baton: &baton,
+                                    },
+                                    &[("preview_url", base.as_str())],
+                                )
+                            })
+                            .collect();
+                        crate::hooks::run_command(name, &argv, *timeout).await
+                    }
+                };
+                match result {
+                    Ok(summary) => passed.push(summary),
+                    Err(reason) => {
+                        let _ = tx.send(Input::ChecksFailed { reason });
+                        return;
+                    }
+                }
+            }
+            let _ = tx.send(Input::ChecksPassed {
+                summary: passed.join("; "),
+            });
+        });
+    }
+
+    /// Upgrade windows: a rollout still running when its window closes is
+    /// paused (if the spec says so) and resumed when the next one opens.
+    async fn follow_window(&mut self) {
+        let Some(w) = &self.spec.upgrade_windows else {
+            return;
+        };
+        if w.on_end != baton_spec::OnWindowEnd::Pause {
+            return;
+        }
+        let Some(r) = &self.state.rollout else { return };
+        if r.phase != baton_engine::RolloutPhase::Progressing || r.not_before_ms.is_some() {
+            return;
+        }
+        let open = crate::windows::is_open(w, now_ms());
+        const BY_WINDOW: &str = "the upgrade window";
+        match (&r.paused, open) {
+            (None, false) => {
+                self.apply_logged(Input::Pause {
+                    by: BY_WINDOW.into(),
+                })
+                .await
+            }
+            (Some(p), true) if p.contains(BY_WINDOW) => {
+                self.apply_logged(Input::Resume {
+                    by: BY_WINDOW.into(),
+                })
+                .await
+            }
+            _ => {}
         }
     }
 

@@ -77,6 +77,7 @@ async fn drive(
             operator: std::env::var("USER").unwrap_or_else(|_| "demo".into()),
             kind: baton_engine::RolloutKind::Deploy,
             revision: None,
+            now: true,
             reply: tx,
         })
         .await

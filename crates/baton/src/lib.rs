@@ -14,3 +14,4 @@ pub mod loadgen;
 pub mod preflight;
 pub mod routing;
 pub mod server;
+pub mod windows;

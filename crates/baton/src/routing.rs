@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use baton_engine::AppState;
-use baton_router::config::{Match, NamedMatch, RouteRule, StickyConfig, ValueMatch};
+use baton_router::config::{Match, NamedMatch, RouteRule, ShieldConfig, StickyConfig, ValueMatch};
 use baton_router::{AdminClient, AppRoutes, Backend, RoutingConfig, VersionRoute};
 use baton_spec::{AppSpec, StrategySpec};
 use tokio::sync::Mutex;
@@ -55,6 +55,7 @@ pub fn app_routes(spec: &AppSpec, state: &AppState) -> Vec<AppRoutes> {
         .map(|r| r.to.version.clone());
     let mut rules = Vec::new();
     let mut sticky = None;
+    let mut shield = None;
     let mut preview = None;
     let header_rule = |h: &baton_spec::HeaderMatch, version: &str| RouteRule {
         matches: vec![Match::Header(NamedMatch {
@@ -69,7 +70,21 @@ pub fn app_routes(spec: &AppSpec, state: &AppState) -> Vec<AppRoutes> {
                 rules.push(header_rule(h, v));
             }
             if c.sticky {
-                sticky = Some(StickyConfig::default());
+                // The canary takes the low cohorts, so raising its weight only
+                // moves new users to it and never moves anyone back.
+                sticky = Some(StickyConfig {
+                    new_version: new_version.clone(),
+                    ..StickyConfig::default()
+                });
+            }
+            // Shielding: idempotent requests the canary fails are answered by stable.
+            if c.shielding
+                && new_version.is_some()
+                && let Some(from) = state.rollout.as_ref().and_then(|r| r.from.as_ref())
+            {
+                shield = Some(ShieldConfig {
+                    version: from.version.clone(),
+                });
             }
         }
         StrategySpec::BlueGreen(b) => {
@@ -107,7 +122,7 @@ pub fn app_routes(spec: &AppSpec, state: &AppState) -> Vec<AppRoutes> {
         rules,
         sticky,
         mirror: None,
-        shield: None,
+        shield,
         limits: Default::default(),
     }];
     out.extend(preview);

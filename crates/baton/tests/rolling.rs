@@ -207,7 +207,7 @@ fn control_plane_killed_mid_rollout_resumes_without_failures_or_orphans() {
     let report = rt.block_on(load.finish());
     assert_no_failures(&report);
 
-    let s = h.status("demo");
+    let s = wait_for_instances(&h, "demo", 4);
     let ids: Vec<String> = s["instances"]
         .as_array()
         .unwrap()

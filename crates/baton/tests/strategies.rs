@@ -123,3 +123,195 @@ fn failing_canary_is_rolled_back_by_analysis() {
     assert_eq!(history[0]["result"], "rolled_back");
     assert!(history[0]["notes"].as_str().unwrap().contains("error rate"));
 }
+fn events(h: &Harness) -> Vec<Value> {
+    serde_json::from_str::<Value>(&h.cli_ok(&["events", "demo", "--json"]))
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn blue_green_waits_for_approval_then_switches_and_rolls_back_instantly() {
+    let h = Harness::new();
+    let path = spec(&h, 2, "  blue_green:\n    scale_down_delay: 60s", "");
+    bring_up(&h, &path);
+    h.cli_ok(&["deploy", "demo", "v2"]);
+    wait_until(
+        "green to be up and waiting",
+        Duration::from_secs(60),
+        || h.status("demo")["phase"] == "awaiting_approval",
+    );
+    // Users are all on blue; the preview header reaches green.
+    assert_eq!(share(&h, 500, "v1"), 100.0);
+    for _ in 0..20 {
+        assert_eq!(
+            get_version_with(h.listen, &[("X-Baton-Preview", "1")]),
+            (200, "v2".to_string())
+        );
+    }
+
+    let (out, report) = with_load(h.load(300_000), 3_000, || h.cli(&["approve", "demo"]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_no_failures(&report);
+    wait_until("the switch", Duration::from_secs(30), || {
+        weight(&h.status("demo"), "v2") == 100
+    });
+    assert_eq!(share(&h, 500, "v2"), 100.0);
+    let approvals: Vec<Value> = events(&h)
+        .into_iter()
+        .filter(|e| e["kind"] == "approved")
+        .collect();
+    assert_eq!(approvals.len(), 1);
+    assert!(approvals[0]["message"].as_str().unwrap().contains("tester"));
+
+    // Inside the scale-down delay, rollback is an instant switch back.
+    let before = events(&h).len();
+    let started = std::time::Instant::now();
+    h.cli_ok(&["rollback", "demo"]);
+    let took = started.elapsed();
+    assert_eq!(share(&h, 500, "v1"), 100.0);
+    assert!(took < Duration::from_secs(2), "rollback took {took:?}");
+    let after = events(&h);
+    assert!(
+        !after[before..]
+            .iter()
+            .any(|e| e["kind"] == "instance_started"),
+        "the switch back started an instance: {:?}",
+        &after[before..]
+    );
+}
+
+#[test]
+fn failing_smoke_test_aborts_before_any_user_reaches_v2() {
+    let h = Harness::new();
+    let path = spec(
+        &h,
+        2,
+        "  blue_green:\n    auto_promote_after: 0s\n    scale_down_delay: 5s",
+        "hooks:\n  smoke:\n    - http: { name: home page, path: /, expect_body: \"no such text\", count: 5 }",
+    );
+    bring_up(&h, &path);
+    let (out, report) = with_load(h.load(200_000), 1_000, || {
+        h.cli(&["deploy", "demo", "v2", "--wait"])
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("smoke test failed") && stderr.contains("home page"),
+        "{stderr}"
+    );
+    assert_no_failures(&report);
+    assert_eq!(
+        report.by_version.get("v2"),
+        None,
+        "a user reached v2: {:?}",
+        report.by_version
+    );
+    let kinds: Vec<String> = events(&h)
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert!(kinds.contains(&"checks_failed".to_string()), "{kinds:?}");
+    assert!(!kinds.contains(&"weight_set".to_string()), "{kinds:?}");
+}
+
+#[test]
+fn passing_smoke_tests_and_warm_up_let_blue_green_switch_by_itself() {
+    let h = Harness::new();
+    let path = spec(
+        &h,
+        2,
+        "  blue_green:\n    auto_promote_after: 0s\n    scale_down_delay: 1s",
+        "hooks:\n  smoke:\n    - http: { name: home page, path: /, expect_body: v2, count: 10, concurrency: 2 }\n  warmup: { path: /, requests: 20 }",
+    );
+    bring_up(&h, &path);
+    let (out, report) = with_load(h.load(200_000), 2_000, || {
+        h.cli(&["deploy", "demo", "v2", "--wait"])
+    });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_no_failures(&report);
+    let passed: Vec<Value> = events(&h)
+        .into_iter()
+        .filter(|e| e["kind"] == "checks_passed")
+        .collect();
+    assert_eq!(passed.len(), 1);
+    assert!(passed[0]["message"].as_str().unwrap().contains("home page"));
+}
+
+#[test]
+fn failing_preflight_scanner_changes_nothing() {
+    let h = Harness::new();
+    let path = spec(
+        &h,
+        2,
+        "  canary:\n    steps:\n      - set_weight: 50",
+        "preflight:\n  - name: vulnerability scan\n    command: [\"sh\", \"-c\", \"echo CVE-2026-0001 found in {version}; exit 1\"]",
+    );
+    h.cli_ok(&["apply", "-f", path_str(&path)]);
+    let out = h.cli(&["deploy", "demo", "v1", "--wait"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("vulnerability scan") && stderr.contains("CVE-2026-0001 found in v1"),
+        "{stderr}"
+    );
+    let s = h.status("demo");
+    assert_eq!(s["phase"], "empty");
+    assert!(s["instances"].as_array().unwrap().is_empty());
+    assert!(h.owned_instance_pids().is_empty());
+    let history: Value = serde_json::from_str(&h.cli_ok(&["history", "demo", "--json"])).unwrap();
+    assert!(history.as_array().unwrap().is_empty());
+}
+
+#[test]
+fn deploy_outside_the_upgrade_window_waits_and_now_proceeds() {
+    let h = Harness::new();
+    // A one-minute window twelve hours away: closed now, whatever the time.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let minute_of_day = (now / 60 + 12 * 60) % (24 * 60);
+    let (hh, mm) = (minute_of_day / 60, minute_of_day % 60);
+    let (eh, em) = (((minute_of_day + 1) % 1440) / 60, (minute_of_day + 1) % 60);
+    let windows = format!(
+        "upgrade_windows:\n  timezone: UTC\n  allowed:\n    - {{ start: \"{hh:02}:{mm:02}\", end: \"{eh:02}:{em:02}\" }}"
+    );
+    let path = spec(
+        &h,
+        2,
+        "  rolling:\n    max_surge: 1\n    max_unavailable: 0",
+        &windows,
+    );
+    h.cli_ok(&["apply", "-f", path_str(&path)]);
+    h.cli_ok(&["deploy", "demo", "v1", "--now", "--wait"]);
+    h.cli_ok(&["deploy", "demo", "v2"]);
+    let s = h.status("demo");
+    assert_eq!(s["phase"], "waiting_for_window", "{s}");
+    // Nothing starts while it waits.
+    std::thread::sleep(Duration::from_millis(1500));
+    let s = h.status("demo");
+    assert!(
+        s["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["version"] == "v1"),
+        "{s}"
+    );
+    h.cli_ok(&["abort", "demo"]);
+    wait_until("the abort", Duration::from_secs(30), || {
+        h.status("demo")["phase"] == "stable"
+    });
+    h.cli_ok(&["deploy", "demo", "v2", "--now", "--wait"]);
+    assert_eq!(h.status("demo")["stable_version"], "v2");
+}
