@@ -323,8 +323,9 @@ fn desired_new_scale(r: &Rollout, steps: &[Step], n: u32) -> u32 {
         _ => weight,
     };
     match step {
-        // Smoke tests need at least one instance of the new release to test.
-        Step::Checks => scale_for(weight, n).max(1),
+        // Smoke tests and mirrored traffic need at least one instance of the
+        // new release, even at weight 0.
+        Step::Checks | Step::Mirror { .. } => scale_for(weight, n).max(1),
         _ => scale_for(weight, n),
     }
 }

@@ -1,9 +1,8 @@
 //! Analysis of a new release on the router's own metrics: error rate and
 //! latency of the new version, absolute and relative to the stable one, over a
-//! sliding window. The judge is pure; the controller feeds it windows built
-//! from successive router stats snapshots and turns failures into rollbacks.
+//! sliding window. The judge is pure; the controller feeds it the router's
+//! windowed metrics and turns failures into rollbacks.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use baton_engine::Verdict;
@@ -130,46 +129,6 @@ pub fn judge(
     ))
 }
 
-/// Cumulative counters of one version at one instant (from router stats).
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Cumulative {
-    pub requests: u64,
-    pub errors: u64,
-}
-
-/// Turns cumulative snapshots into window counts.
-#[derive(Debug, Default)]
-pub struct WindowTracker {
-    /// (milliseconds, new version, stable version), oldest first.
-    samples: VecDeque<(i64, Cumulative, Cumulative)>,
-}
-
-impl WindowTracker {
-    /// Record a snapshot and return the counts over the last `window` (from the
-    /// oldest snapshot at least `window` old, or the oldest one there is).
-    pub fn push(
-        &mut self,
-        now_ms: i64,
-        new: Cumulative,
-        stable: Cumulative,
-        window: Duration,
-    ) -> (WindowCounts, WindowCounts) {
-        self.samples.push_back((now_ms, new, stable));
-        let horizon = now_ms - window.as_millis() as i64;
-        // Keep exactly one sample at or before the horizon as the base.
-        while self.samples.len() > 2 && self.samples[1].0 <= horizon {
-            self.samples.pop_front();
-        }
-        let (_, base_new, base_stable) = self.samples[0];
-        let delta = |now: Cumulative, base: Cumulative| WindowCounts {
-            requests: now.requests.saturating_sub(base.requests),
-            errors: now.errors.saturating_sub(base.errors),
-            p99: None,
-        };
-        (delta(new, base_new), delta(stable, base_stable))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,22 +195,5 @@ mod tests {
         c.max_p99 = None;
         let (v, reason) = judge(&c, "v2", counts(1000, 0, 30), counts(1000, 0, 10)).unwrap();
         assert_eq!(v, Verdict::Fail, "{reason}");
-    }
-
-    #[test]
-    fn tracker_windows_deltas() {
-        let mut t = WindowTracker::default();
-        let w = Duration::from_secs(10);
-        let c = |r, e| Cumulative {
-            requests: r,
-            errors: e,
-        };
-        t.push(0, c(0, 0), c(0, 0), w);
-        t.push(5_000, c(100, 1), c(900, 0), w);
-        let (new, stable) = t.push(10_000, c(200, 2), c(1800, 0), w);
-        assert_eq!((new.requests, new.errors, stable.requests), (200, 2, 1800));
-        // The first sample ages out: the window now starts at 5 s.
-        let (new, _) = t.push(15_000, c(300, 30), c(2700, 0), w);
-        assert_eq!((new.requests, new.errors), (200, 29));
     }
 }

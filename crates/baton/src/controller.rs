@@ -826,17 +826,15 @@ impl AppController {
         }
     }
 
-    /// Measure the new release on the router's metrics while it takes traffic;
-    /// a failure past the limit becomes an automatic rollback.
+    /// Measure the new release on the router's metrics while it takes traffic
+    /// (or mirrored traffic); a failure past the limit becomes an automatic
+    /// rollback.
     async fn analyze(&mut self) {
-        let Some(cfg) = crate::analysis::config_of(&self.spec) else {
-            return;
-        };
         let Some(r) = self.state.rollout.clone() else {
             self.analysis = AnalysisRun::default();
             return;
         };
-        if r.phase != baton_engine::RolloutPhase::Progressing {
+        if r.phase != baton_engine::RolloutPhase::Progressing || r.not_before_ms.is_some() {
             return;
         }
         if self.analysis.history_id != r.history_id {
@@ -845,40 +843,80 @@ impl AppController {
                 ..AnalysisRun::default()
             };
         }
+        let mirror_limit = self.mirror_limit(&r);
+        let cfg = crate::analysis::config_of(&self.spec);
         let receives_traffic = self
             .state
             .routing()
             .iter()
             .any(|g| g.version == r.to.version && g.weight > 0);
+        let interval = cfg.as_ref().map_or(Duration::from_secs(1), |c| c.interval);
         let now = now_ms();
-        if !receives_traffic || now - self.analysis.last_ms < cfg.interval.as_millis() as i64 {
+        if now - self.analysis.last_ms < interval.as_millis() as i64 {
+            return;
+        }
+        let judge_traffic = cfg.is_some() && receives_traffic;
+        if !judge_traffic && mirror_limit.is_none() {
             return;
         }
         self.analysis.last_ms = now;
-        let Ok(stats) = self.shared.router.client().stats().await else {
+        let window = cfg.as_ref().map_or(Duration::from_secs(10), |c| c.window);
+        let Ok(report) = self
+            .shared
+            .router
+            .client()
+            .windows(window.as_secs().clamp(1, 64))
+            .await
+        else {
             return;
         };
-        let cumulative = |version: &str| {
-            stats
+        let stats_of = |version: &str| {
+            report
                 .apps
                 .iter()
                 .filter(|a| a.app == self.spec.name)
                 .flat_map(|a| a.versions.iter())
                 .find(|v| v.version == version)
-                .map(|v| crate::analysis::Cumulative {
-                    requests: v.requests,
-                    errors: v.status_5xx,
-                })
-                .unwrap_or_default()
+                .map(|v| v.stats.clone())
         };
-        let new = cumulative(&r.to.version);
-        let stable = r
-            .from
-            .as_ref()
-            .map(|f| cumulative(&f.version))
-            .unwrap_or_default();
-        let (new_window, stable_window) = self.analysis.tracker.push(now, new, stable, cfg.window);
-        match crate::analysis::judge(&cfg, &r.to.version, new_window, stable_window) {
+        let new = stats_of(&r.to.version);
+        // Mirror step: the new release's answers compared with the stable ones.
+        if let (Some((percent_limit, step)), Some(new)) = (mirror_limit, &new) {
+            let compared = new.mirror_matches + new.mirror_mismatches;
+            if compared >= 20 {
+                let rate = new.mirror_mismatches as f64 / compared as f64;
+                if rate > percent_limit {
+                    let reason = format!(
+                        "mirrored responses of {} differ from {}'s: {} of {compared} ({:.1}%) > limit {:.1}% (step {})",
+                        r.to.version,
+                        r.from.as_ref().map_or("stable", |f| f.version.as_str()),
+                        new.mirror_mismatches,
+                        rate * 100.0,
+                        percent_limit * 100.0,
+                        step + 1
+                    );
+                    self.apply_logged(Input::Analysis {
+                        verdict: baton_engine::Verdict::Fail,
+                        reason,
+                    })
+                    .await;
+                    return;
+                }
+            }
+        }
+        let Some(cfg) = cfg.filter(|_| judge_traffic) else {
+            return;
+        };
+        let counts = |s: Option<baton_router::metrics::WindowStats>| {
+            s.map(|s| crate::analysis::WindowCounts {
+                requests: s.requests,
+                errors: s.status[4],
+                p99: (s.requests > 0).then(|| Duration::from_micros(s.p99_us)),
+            })
+            .unwrap_or_default()
+        };
+        let stable = r.from.as_ref().and_then(|f| stats_of(&f.version));
+        match crate::analysis::judge(&cfg, &r.to.version, counts(new), counts(stable)) {
             Some((baton_engine::Verdict::Fail, reason)) => {
                 self.analysis.failures += 1;
                 info!(app = %self.spec.name, failures = self.analysis.failures, %reason, "analysis failed");
@@ -892,6 +930,26 @@ impl AppController {
             }
             Some((baton_engine::Verdict::Pass, _)) => self.analysis.failures = 0,
             Some(_) | None => {}
+        }
+    }
+
+    /// At a mirror step: the mismatch rate allowed, and the step index.
+    fn mirror_limit(&self, r: &baton_engine::Rollout) -> Option<(f64, usize)> {
+        r.step_started_ms?;
+        let baton_engine::Step::Mirror { .. } = r.current_step(&self.state.params)? else {
+            return None;
+        };
+        let StrategySpec::Canary(c) = &self.spec.strategy else {
+            return None;
+        };
+        // Steps of the spec map one to one onto the engine's, after the
+        // optional leading smoke-test step.
+        let offset = usize::from(!self.spec.hooks.smoke.is_empty());
+        match c.steps.get(r.step.checked_sub(offset)?)? {
+            baton_spec::CanaryStep::Mirror {
+                max_mismatch_rate, ..
+            } => Some((*max_mismatch_rate, r.step)),
+            _ => None,
         }
     }
 
@@ -1092,13 +1150,12 @@ impl AppController {
 }
 
 /// Analysis state of the rollout in flight (not persisted: after a restart the
-/// window simply starts again).
+/// count of failing measurements simply starts again).
 #[derive(Default)]
 struct AnalysisRun {
     history_id: i64,
     last_ms: i64,
     failures: u32,
-    tracker: crate::analysis::WindowTracker,
 }
 
 /// Await all futures (tiny stand-in to avoid a dependency for one call).

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use baton_engine::AppState;
-use baton_router::config::{Match, NamedMatch, RouteRule, ShieldConfig, StickyConfig, ValueMatch};
+use baton_router::config::{
+    Match, MirrorConfig, NamedMatch, RouteRule, ShieldConfig, StickyConfig, ValueMatch,
+};
 use baton_router::{AdminClient, AppRoutes, Backend, RoutingConfig, VersionRoute};
 use baton_spec::{AppSpec, StrategySpec};
 use tokio::sync::Mutex;
@@ -114,6 +116,19 @@ pub fn app_routes(spec: &AppSpec, state: &AppState) -> Vec<AppRoutes> {
         }
         StrategySpec::Rolling(_) => {}
     }
+    // A mirror step copies traffic to the new release and compares answers.
+    let mirror = state.rollout.as_ref().and_then(|r| {
+        if r.phase != baton_engine::RolloutPhase::Progressing || r.step_started_ms.is_none() {
+            return None;
+        }
+        match r.current_step(&state.params)? {
+            baton_engine::Step::Mirror { percent, .. } => serde_json::from_value::<MirrorConfig>(
+                serde_json::json!({"version": r.to.version, "percent": *percent as f64}),
+            )
+            .ok(),
+            _ => None,
+        }
+    });
     let mut out = vec![AppRoutes {
         app: spec.name.clone(),
         listen: spec.listen,
@@ -121,7 +136,7 @@ pub fn app_routes(spec: &AppSpec, state: &AppState) -> Vec<AppRoutes> {
         versions,
         rules,
         sticky,
-        mirror: None,
+        mirror,
         shield,
         limits: Default::default(),
     }];

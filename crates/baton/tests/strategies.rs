@@ -315,3 +315,91 @@ fn deploy_outside_the_upgrade_window_waits_and_now_proceeds() {
     h.cli_ok(&["deploy", "demo", "v2", "--now", "--wait"]);
     assert_eq!(h.status("demo")["stable_version"], "v2");
 }
+
+#[test]
+fn slow_canary_is_rolled_back_by_the_latency_check() {
+    let h = Harness::new();
+    let path = spec(
+        &h,
+        2,
+        "  canary:\n    steps:\n      - set_weight: 50\n      - pause: { duration: 60s }",
+        "analysis:\n  interval: 500ms\n  window: 3s\n  min_requests: 20\n  failure_limit: 2\n  max_p99: 100ms",
+    );
+    bring_up(&h, &path);
+    let (out, report) = with_load(h.load(500_000), 1_000, || {
+        h.cli(&[
+            "deploy",
+            "demo",
+            "v2",
+            "--env",
+            "SAMPLE_LATENCY_MS=200",
+            "--wait",
+        ])
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("p99 latency of v2") && stderr.contains("limit 100ms"),
+        "{stderr}"
+    );
+    assert_no_failures(&report);
+    let history: Value = serde_json::from_str(&h.cli_ok(&["history", "demo", "--json"])).unwrap();
+    assert_eq!(history[0]["result"], "rolled_back");
+}
+
+#[test]
+fn shielded_bad_canary_shows_users_no_error_and_is_still_rolled_back() {
+    let h = Harness::new();
+    let path = spec(
+        &h,
+        2,
+        "  canary:\n    shielding: true\n    steps:\n      - set_weight: 50\n      - pause: { duration: 60s }",
+        "analysis:\n  interval: 500ms\n  window: 3s\n  min_requests: 20\n  failure_limit: 2\n  max_error_rate: 0.05",
+    );
+    bring_up(&h, &path);
+    let (out, report) = with_load(h.load(500_000), 2_000, || {
+        h.cli(&[
+            "deploy",
+            "demo",
+            "v2",
+            "--env",
+            "SAMPLE_ERROR_RATE=0.2",
+            "--wait",
+        ])
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("error rate of v2"), "{stderr}");
+    // Every GET the canary failed was answered by the stable version.
+    assert_no_failures(&report);
+}
+
+#[test]
+fn mirror_step_compares_answers_before_any_user_sees_v2() {
+    let h = Harness::new();
+    // The sample's answer names its version, so every mirrored answer of v2
+    // differs from v1's: the mirror step must fail and roll back.
+    let path = spec(
+        &h,
+        2,
+        "  canary:\n    steps:\n      - mirror: { percent: 100, duration: 60s, max_mismatch_rate: 0.01 }\n      - set_weight: 100",
+        "",
+    );
+    bring_up(&h, &path);
+    let (out, report) = with_load(h.load(500_000), 1_000, || {
+        h.cli(&["deploy", "demo", "v2", "--wait"])
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("mirrored responses of v2 differ"),
+        "{stderr}"
+    );
+    assert_no_failures(&report);
+    assert_eq!(
+        report.by_version.get("v2"),
+        None,
+        "users saw v2: {:?}",
+        report.by_version
+    );
+}
