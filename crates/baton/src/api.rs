@@ -157,6 +157,20 @@ async fn send_deploy(
     revision: Option<u32>,
     now: bool,
 ) -> Result<DeployAccepted, ApiError> {
+    send_deploy_with(handle, version, env, operator, kind, revision, now, None).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn send_deploy_with(
+    handle: &AppHandle,
+    version: String,
+    env: BTreeMap<String, String>,
+    operator: String,
+    kind: RolloutKind,
+    revision: Option<u32>,
+    now: bool,
+    strategy: Option<baton_spec::StrategySpec>,
+) -> Result<DeployAccepted, ApiError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     handle
         .commands
@@ -167,6 +181,7 @@ async fn send_deploy(
             kind,
             revision,
             now,
+            strategy,
             reply: tx,
         })
         .await
@@ -184,6 +199,9 @@ struct DeployBody {
     /// Start even outside the app's upgrade windows.
     #[serde(default)]
     now: bool,
+    /// `rolling`, `blue-green` or `canary` for this rollout only.
+    #[serde(default)]
+    strategy: Option<String>,
 }
 
 async fn deploy(
@@ -193,6 +211,13 @@ async fn deploy(
     Json(body): Json<DeployBody>,
 ) -> Result<Json<DeployAccepted>, ApiError> {
     let h = handle(&cp, &app).await?;
+    let strategy = match &body.strategy {
+        Some(name) => Some(
+            crate::controller::strategy_by_name(&h.status.borrow().spec, name)
+                .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?,
+        ),
+        None => None,
+    };
     if body.version.is_empty()
         || body.version.len() > 64
         || !body
@@ -209,7 +234,7 @@ async fn deploy(
         ));
     }
     Ok(Json(
-        send_deploy(
+        send_deploy_with(
             &h,
             body.version,
             body.env,
@@ -217,6 +242,7 @@ async fn deploy(
             RolloutKind::Deploy,
             None,
             body.now,
+            strategy,
         )
         .await?,
     ))
@@ -462,6 +488,8 @@ async fn rollback(
 #[derive(Deserialize)]
 struct PlanQuery {
     version: String,
+    #[serde(default)]
+    strategy: Option<String>,
 }
 
 async fn plan(
@@ -471,6 +499,13 @@ async fn plan(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let h = handle(&cp, &app).await?;
     let view = h.status.borrow().clone();
+    let mut spec = view.spec.clone();
+    if let Some(name) = &q.strategy {
+        spec.strategy = crate::controller::strategy_by_name(&spec, name)
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
+    }
+    let mut state = view.state.clone();
+    state.params = crate::controller::params_of(&spec);
     let next_revision = cp
         .shared
         .store()
@@ -482,7 +517,7 @@ async fn plan(
         .unwrap_or(0)
         + 1;
     let plan = baton_engine::plan(
-        &view.state,
+        &state,
         Release {
             revision: next_revision,
             version: q.version.clone(),
@@ -493,11 +528,11 @@ async fn plan(
         "app": app,
         "from_version": view.state.stable.as_ref().map(|r| r.version.clone()),
         "to_version": q.version,
-        "strategy": strategy_name(&view.spec),
+        "strategy": strategy_name(&spec),
         "instances": view.spec.instances,
-        "max_surge": view.state.params.effective_surge(),
-        "max_unavailable": view.state.params.max_unavailable,
-        "min_ready_ms": view.state.params.min_ready_ms,
+        "max_surge": state.params.effective_surge(),
+        "max_unavailable": state.params.max_unavailable,
+        "min_ready_ms": state.params.min_ready_ms,
         "peak_instances": plan.peak_instances,
         "min_duration_ms": plan.min_duration_ms,
         "steps": plan.steps,

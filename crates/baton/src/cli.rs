@@ -68,6 +68,9 @@ enum Cmd {
         /// Start now, even outside the app's upgrade windows.
         #[arg(long)]
         now: bool,
+        /// Use this strategy for this rollout instead of the spec's.
+        #[arg(long, value_parser = ["rolling", "blue-green", "canary"])]
+        strategy: Option<String>,
     },
     /// Show apps, instances and traffic.
     Status {
@@ -120,6 +123,9 @@ enum Cmd {
     Plan {
         app: String,
         version: String,
+        /// Plan with this strategy instead of the spec's.
+        #[arg(long, value_parser = ["rolling", "blue-green", "canary"])]
+        strategy: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -268,6 +274,7 @@ async fn run(cli: Cli) -> Exit {
             env,
             wait,
             now,
+            strategy,
         } => {
             let mut vars = BTreeMap::new();
             for kv in env {
@@ -285,7 +292,7 @@ async fn run(cli: Cli) -> Exit {
             let accepted = match api
                 .post(
                     &format!("/v1/apps/{app}/deploy"),
-                    &json!({"version": version, "env": vars, "now": now}),
+                    &json!({"version": version, "env": vars, "now": now, "strategy": strategy}),
                 )
                 .await
             {
@@ -348,7 +355,12 @@ async fn run(cli: Cli) -> Exit {
         Cmd::Status { app, json } => status(&api, app, json).await,
         Cmd::History { app, json } => history(&api, &app, json).await,
         Cmd::Events { app, json } => events(&api, &app, json).await,
-        Cmd::Plan { app, version, json } => plan(&api, &app, &version, json).await,
+        Cmd::Plan {
+            app,
+            version,
+            strategy,
+            json,
+        } => plan(&api, &app, &version, strategy.as_deref(), json).await,
         Cmd::Demo { instances } => match crate::demo::run(instances).await {
             Ok(true) => Exit::Ok,
             Ok(false) => Exit::Failed("the demo upgrade did not succeed (see above)".into()),
@@ -691,9 +703,18 @@ async fn events(api: &ApiClient, app: &str, as_json: bool) -> Exit {
     Exit::Ok
 }
 
-async fn plan(api: &ApiClient, app: &str, version: &str, as_json: bool) -> Exit {
+async fn plan(
+    api: &ApiClient,
+    app: &str,
+    version: &str,
+    strategy: Option<&str>,
+    as_json: bool,
+) -> Exit {
+    let strategy = strategy
+        .map(|s| format!("&strategy={s}"))
+        .unwrap_or_default();
     let v = match api
-        .get(&format!("/v1/apps/{app}/plan?version={version}"))
+        .get(&format!("/v1/apps/{app}/plan?version={version}{strategy}"))
         .await
     {
         Ok(v) => v,

@@ -66,6 +66,8 @@ pub enum Command {
         revision: Option<u32>,
         /// Start now even outside the app's upgrade windows.
         now: bool,
+        /// Use this strategy for this rollout instead of the spec's.
+        strategy: Option<StrategySpec>,
         reply: oneshot::Sender<Result<DeployAccepted, CommandError>>,
     },
     /// An operator's command on a live rollout: abort, promote, pause,
@@ -137,6 +139,9 @@ pub struct AppController {
     analysis: AnalysisRun,
     /// Instances that got their warm-up requests.
     warmed: std::collections::HashSet<String>,
+    /// `deploy --strategy`: the strategy of the rollout in flight when it is
+    /// not the spec's own.
+    strategy_override: Option<StrategySpec>,
     /// History id of the rollout whose smoke tests are running or done.
     checks_started_for: Option<(i64, usize)>,
     shutdown: CancellationToken,
@@ -234,6 +239,58 @@ fn with_checks(spec: &AppSpec, at: usize, mut params: Params) -> Params {
     params
 }
 
+/// The strategy `deploy --strategy NAME` uses: the spec's own when it is of
+/// that kind, otherwise that kind with baton's defaults.
+pub fn strategy_by_name(spec: &AppSpec, name: &str) -> Result<StrategySpec, String> {
+    use baton_spec::{
+        BlueGreenSpec, CanarySpec, CanaryStep, HeaderMatch, IntOrPercent, RollingSpec,
+    };
+    let name = name.replace('_', "-");
+    if strategy_name(spec) == name {
+        return Ok(spec.strategy.clone());
+    }
+    const DEADLINE: Duration = Duration::from_secs(600);
+    match name.as_str() {
+        "rolling" => Ok(StrategySpec::Rolling(RollingSpec {
+            max_surge: IntOrPercent::Percent(25),
+            max_unavailable: IntOrPercent::Percent(25),
+            min_ready: Duration::ZERO,
+            progress_deadline: DEADLINE,
+            max_restarts: 3,
+        })),
+        "canary" => Ok(StrategySpec::Canary(CanarySpec {
+            steps: vec![
+                CanaryStep::SetWeight(10),
+                CanaryStep::Pause(Some(Duration::from_secs(30))),
+                CanaryStep::SetWeight(50),
+                CanaryStep::Pause(Some(Duration::from_secs(30))),
+                CanaryStep::SetWeight(100),
+            ],
+            min_ready: Duration::ZERO,
+            progress_deadline: DEADLINE,
+            max_restarts: 3,
+            header_route: None,
+            sticky: false,
+            shielding: false,
+        })),
+        "blue-green" => Ok(StrategySpec::BlueGreen(BlueGreenSpec {
+            preview_listen: None,
+            preview_header: HeaderMatch {
+                name: "X-Baton-Preview".into(),
+                equals: "1".into(),
+            },
+            auto_promote_after: None,
+            scale_down_delay: Duration::from_secs(30),
+            min_ready: Duration::ZERO,
+            progress_deadline: DEADLINE,
+            max_restarts: 3,
+        })),
+        other => Err(format!(
+            "unknown strategy {other:?}: use rolling, blue-green or canary"
+        )),
+    }
+}
+
 pub fn strategy_name(spec: &AppSpec) -> &'static str {
     match spec.strategy {
         StrategySpec::Rolling(_) => "rolling",
@@ -281,6 +338,7 @@ impl AppController {
             in_progress: HashMap::new(),
             analysis: AnalysisRun::default(),
             warmed: Default::default(),
+            strategy_override: None,
             checks_started_for: None,
             shutdown,
         };
@@ -385,6 +443,19 @@ impl AppController {
         Ok(())
     }
 
+    /// The spec the rollout in flight runs under (`deploy --strategy` may
+    /// replace the strategy for one rollout).
+    fn effective_spec(&self) -> std::borrow::Cow<'_, AppSpec> {
+        match &self.strategy_override {
+            Some(st) if self.state.rollout.is_some() => {
+                let mut spec = self.spec.clone();
+                spec.strategy = st.clone();
+                std::borrow::Cow::Owned(spec)
+            }
+            _ => std::borrow::Cow::Borrowed(&self.spec),
+        }
+    }
+
     fn stop_grace(&self) -> Duration {
         let DriverSpec::Process(p) = &self.spec.driver;
         p.stop_grace
@@ -408,10 +479,11 @@ impl AppController {
                 kind,
                 revision,
                 now,
+                strategy,
                 reply,
             } => {
                 let result = self
-                    .deploy(version, env, operator, kind, revision, now)
+                    .deploy(version, env, operator, kind, revision, now, strategy)
                     .await;
                 let _ = reply.send(result);
             }
@@ -426,6 +498,8 @@ impl AppController {
         }
     }
 
+    // The arguments are the fields of `Command::Deploy`, unpacked.
+    #[allow(clippy::too_many_arguments)]
     async fn deploy(
         &mut self,
         version: String,
@@ -434,6 +508,7 @@ impl AppController {
         kind: RolloutKind,
         revision: Option<u32>,
         now: bool,
+        strategy: Option<StrategySpec>,
     ) -> Result<DeployAccepted, CommandError> {
         if let Some(r) = &self.state.rollout {
             return Err(EngineError::RolloutInProgress {
@@ -502,6 +577,17 @@ impl AppController {
                 now_ms(),
             )
             .map_err(internal)?;
+        if let Some(strategy) = strategy
+            && strategy != self.spec.strategy
+        {
+            let mut spec = self.spec.clone();
+            spec.strategy = strategy.clone();
+            self.strategy_override = Some(strategy);
+            self.apply(Input::UpdateParams {
+                params: params_of(&spec),
+            })
+            .await?;
+        }
         let input = Input::Deploy {
             to: Release {
                 revision: rev.number,
@@ -673,8 +759,9 @@ impl AppController {
         for e in &events {
             info!(app = %self.spec.name, kind = %e.kind, "{}", e.message);
         }
-        let routing_changed = crate::routing::app_routes(&self.spec, &next)
-            != crate::routing::app_routes(&self.spec, &self.state);
+        let rollout_ended = self.state.rollout.is_some() && next.rollout.is_none();
+        let routing_changed = crate::routing::app_routes(&self.effective_spec(), &next)
+            != crate::routing::app_routes(&self.effective_spec(), &self.state);
         self.state = next;
         self.generation = generation;
         if routing_changed {
@@ -684,6 +771,11 @@ impl AppController {
             self.execute(action).await;
         }
         self.sync_checkers();
+        if rollout_ended && self.strategy_override.take().is_some() {
+            // The one-off strategy is done: back to the spec's own.
+            let params = params_of(&self.spec);
+            Box::pin(self.apply(Input::UpdateParams { params })).await?;
+        }
         self.status.send_replace(Arc::new(AppView {
             state: self.state.clone(),
             generation: self.generation,
@@ -693,7 +785,7 @@ impl AppController {
     }
 
     async fn publish_routing(&self) {
-        let routes = crate::routing::app_routes(&self.spec, &self.state);
+        let routes = crate::routing::app_routes(&self.effective_spec(), &self.state);
         if let Err(e) = self.shared.router.publish(routes).await {
             warn!(app = %self.spec.name, error = %format!("{e:#}"), "pushing the routing table to the router failed");
         }
@@ -939,7 +1031,8 @@ impl AppController {
         let baton_engine::Step::Mirror { .. } = r.current_step(&self.state.params)? else {
             return None;
         };
-        let StrategySpec::Canary(c) = &self.spec.strategy else {
+        let spec = self.effective_spec();
+        let StrategySpec::Canary(c) = &spec.strategy else {
             return None;
         };
         // Steps of the spec map one to one onto the engine's, after the
@@ -967,7 +1060,7 @@ impl AppController {
         if !at_checks || self.checks_started_for == Some(key) {
             return;
         }
-        let preview = match &self.spec.strategy {
+        let preview = match &self.effective_spec().strategy {
             StrategySpec::BlueGreen(b) => b.preview_listen,
             _ => None,
         };

@@ -78,6 +78,7 @@ async fn drive(
             kind: baton_engine::RolloutKind::Deploy,
             revision: None,
             now: true,
+            strategy: None,
             reply: tx,
         })
         .await

@@ -403,3 +403,49 @@ fn mirror_step_compares_answers_before_any_user_sees_v2() {
         report.by_version
     );
 }
+
+#[test]
+fn deploy_and_plan_take_a_one_off_strategy() {
+    let h = Harness::new();
+    let path = spec(
+        &h,
+        2,
+        "  rolling:\n    max_surge: 1\n    max_unavailable: 0",
+        "",
+    );
+    bring_up(&h, &path);
+    let plan: Value = serde_json::from_str(&h.cli_ok(&[
+        "plan",
+        "demo",
+        "v2",
+        "--strategy",
+        "blue-green",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(plan["strategy"], "blue-green");
+    let kinds: Vec<&str> = plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"approved"), "{kinds:?}");
+    assert_eq!(plan["peak_instances"], 4, "blue and green side by side");
+    h.cli_ok(&["deploy", "demo", "v2", "--strategy", "blue-green"]);
+    wait_until(
+        "green to wait for approval",
+        Duration::from_secs(60),
+        || h.status("demo")["phase"] == "awaiting_approval",
+    );
+    h.cli_ok(&["promote", "demo", "--full"]);
+    wait_until("the switch to finish", Duration::from_secs(60), || {
+        let s = h.status("demo");
+        s["phase"] == "stable" && s["stable_version"] == "v2"
+    });
+    // The next plan is the spec's own strategy again.
+    let plan: Value = serde_json::from_str(&h.cli_ok(&["plan", "demo", "v3", "--json"])).unwrap();
+    assert_eq!(plan["strategy"], "rolling");
+    let out = h.cli(&["deploy", "demo", "v3", "--strategy", "sideways"]);
+    assert_eq!(out.status.code(), Some(2));
+}
