@@ -14,7 +14,9 @@ use baton_spec::AppSpec;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::controller::{AppHandle, AppView, Command, CommandError, DeployAccepted, strategy_name};
+use crate::controller::{
+    AppHandle, AppView, Command, CommandError, DeployAccepted, DeployRequest, strategy_name,
+};
 use crate::server::ControlPlane;
 
 type Cp = State<Arc<ControlPlane>>;
@@ -137,12 +139,7 @@ pub async fn deploy_declared_version(
     }
     send_deploy(
         handle,
-        version.clone(),
-        BTreeMap::new(),
-        operator.into(),
-        RolloutKind::Deploy,
-        None,
-        false,
+        DeployRequest::new(version.clone(), operator.into(), RolloutKind::Deploy),
     )
     .await
     .map(Some)
@@ -150,40 +147,12 @@ pub async fn deploy_declared_version(
 
 async fn send_deploy(
     handle: &AppHandle,
-    version: String,
-    env: BTreeMap<String, String>,
-    operator: String,
-    kind: RolloutKind,
-    revision: Option<u32>,
-    now: bool,
-) -> Result<DeployAccepted, ApiError> {
-    send_deploy_with(handle, version, env, operator, kind, revision, now, None).await
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn send_deploy_with(
-    handle: &AppHandle,
-    version: String,
-    env: BTreeMap<String, String>,
-    operator: String,
-    kind: RolloutKind,
-    revision: Option<u32>,
-    now: bool,
-    strategy: Option<baton_spec::StrategySpec>,
+    request: DeployRequest,
 ) -> Result<DeployAccepted, ApiError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     handle
         .commands
-        .send(Command::Deploy {
-            version,
-            env,
-            operator,
-            kind,
-            revision,
-            now,
-            strategy,
-            reply: tx,
-        })
+        .send(Command::Deploy { request, reply: tx })
         .await
         .map_err(|_| anyhow::anyhow!("app controller stopped"))?;
     Ok(rx
@@ -202,6 +171,9 @@ struct DeployBody {
     /// `rolling`, `blue-green` or `canary` for this rollout only.
     #[serde(default)]
     strategy: Option<String>,
+    /// Expected sha256 of the release's program.
+    #[serde(default)]
+    sha256: Option<String>,
 }
 
 async fn deploy(
@@ -234,15 +206,15 @@ async fn deploy(
         ));
     }
     Ok(Json(
-        send_deploy_with(
+        send_deploy(
             &h,
-            body.version,
-            body.env,
-            operator(&headers),
-            RolloutKind::Deploy,
-            None,
-            body.now,
-            strategy,
+            DeployRequest {
+                env: body.env,
+                now: body.now,
+                strategy,
+                sha256: body.sha256,
+                ..DeployRequest::new(body.version, operator(&headers), RolloutKind::Deploy)
+            },
         )
         .await?,
     ))
@@ -378,12 +350,10 @@ async fn retry(
     Ok(Json(
         send_deploy(
             &h,
-            record.to_version,
-            BTreeMap::new(),
-            operator(&headers),
-            RolloutKind::Deploy,
-            Some(record.revision),
-            false,
+            DeployRequest {
+                revision: Some(record.revision),
+                ..DeployRequest::new(record.to_version, operator(&headers), RolloutKind::Deploy)
+            },
         )
         .await?,
     ))
@@ -474,12 +444,11 @@ async fn rollback(
     Ok(Json(
         send_deploy(
             &h,
-            rev.version,
-            BTreeMap::new(),
-            operator(&headers),
-            RolloutKind::Rollback,
-            Some(target),
-            true,
+            DeployRequest {
+                revision: Some(target),
+                now: true,
+                ..DeployRequest::new(rev.version, operator(&headers), RolloutKind::Rollback)
+            },
         )
         .await?,
     ))

@@ -71,6 +71,9 @@ enum Cmd {
         /// Use this strategy for this rollout instead of the spec's.
         #[arg(long, value_parser = ["rolling", "blue-green", "canary"])]
         strategy: Option<String>,
+        /// Refuse the release unless its program has this sha256 (pre-flight).
+        #[arg(long, value_name = "HEX")]
+        sha256: Option<String>,
     },
     /// Show apps, instances and traffic.
     Status {
@@ -275,6 +278,7 @@ async fn run(cli: Cli) -> Exit {
             wait,
             now,
             strategy,
+            sha256,
         } => {
             let mut vars = BTreeMap::new();
             for kv in env {
@@ -292,7 +296,7 @@ async fn run(cli: Cli) -> Exit {
             let accepted = match api
                 .post(
                     &format!("/v1/apps/{app}/deploy"),
-                    &json!({"version": version, "env": vars, "now": now, "strategy": strategy}),
+                    &json!({"version": version, "env": vars, "now": now, "strategy": strategy, "sha256": sha256}),
                 )
                 .await
             {

@@ -58,16 +58,7 @@ pub enum Command {
         reply: oneshot::Sender<anyhow::Result<()>>,
     },
     Deploy {
-        version: String,
-        env: BTreeMap<String, String>,
-        operator: String,
-        kind: RolloutKind,
-        /// Roll back to this existing revision instead of creating one.
-        revision: Option<u32>,
-        /// Start now even outside the app's upgrade windows.
-        now: bool,
-        /// Use this strategy for this rollout instead of the spec's.
-        strategy: Option<StrategySpec>,
+        request: DeployRequest,
         reply: oneshot::Sender<Result<DeployAccepted, CommandError>>,
     },
     /// An operator's command on a live rollout: abort, promote, pause,
@@ -78,6 +69,39 @@ pub enum Command {
     },
     /// Drain and stop every instance (used by `baton down` and the demo).
     StopAll { reply: oneshot::Sender<()> },
+}
+
+/// What `deploy` (and `rollback`, `retry`) asks for.
+#[derive(Debug, Clone)]
+pub struct DeployRequest {
+    pub version: String,
+    /// Environment variables of this release.
+    pub env: BTreeMap<String, String>,
+    pub operator: String,
+    pub kind: RolloutKind,
+    /// Roll back to this existing revision instead of creating one.
+    pub revision: Option<u32>,
+    /// Start now even outside the app's upgrade windows.
+    pub now: bool,
+    /// Use this strategy for this rollout instead of the spec's.
+    pub strategy: Option<StrategySpec>,
+    /// Expected sha256 of the release's program (pre-flight check).
+    pub sha256: Option<String>,
+}
+
+impl DeployRequest {
+    pub fn new(version: String, operator: String, kind: RolloutKind) -> Self {
+        DeployRequest {
+            version,
+            env: BTreeMap::new(),
+            operator,
+            kind,
+            revision: None,
+            now: false,
+            strategy: None,
+            sha256: None,
+        }
+    }
 }
 
 /// Accepted deploy.
@@ -472,19 +496,8 @@ impl AppController {
                     .map_err(|e| anyhow::anyhow!(e));
                 let _ = reply.send(result.map(|_| ()));
             }
-            Command::Deploy {
-                version,
-                env,
-                operator,
-                kind,
-                revision,
-                now,
-                strategy,
-                reply,
-            } => {
-                let result = self
-                    .deploy(version, env, operator, kind, revision, now, strategy)
-                    .await;
+            Command::Deploy { request, reply } => {
+                let result = self.deploy(request).await;
                 let _ = reply.send(result);
             }
             Command::Operate { input, reply } => {
@@ -498,18 +511,17 @@ impl AppController {
         }
     }
 
-    // The arguments are the fields of `Command::Deploy`, unpacked.
-    #[allow(clippy::too_many_arguments)]
-    async fn deploy(
-        &mut self,
-        version: String,
-        env: BTreeMap<String, String>,
-        operator: String,
-        kind: RolloutKind,
-        revision: Option<u32>,
-        now: bool,
-        strategy: Option<StrategySpec>,
-    ) -> Result<DeployAccepted, CommandError> {
+    async fn deploy(&mut self, request: DeployRequest) -> Result<DeployAccepted, CommandError> {
+        let DeployRequest {
+            version,
+            env,
+            operator,
+            kind,
+            revision,
+            now,
+            strategy,
+            sha256,
+        } = request;
         if let Some(r) = &self.state.rollout {
             return Err(EngineError::RolloutInProgress {
                 app: self.spec.name.clone(),
@@ -519,7 +531,7 @@ impl AppController {
         }
         let app = self.spec.name.clone();
         let internal = |e: baton_store::StoreError| CommandError::Internal(e.to_string());
-        self.preflight(&version).await?;
+        self.preflight(&version, sha256.as_deref()).await?;
         let env_json =
             serde_json::to_string(&env).map_err(|e| CommandError::Internal(e.to_string()))?;
         let rev = {
@@ -665,7 +677,7 @@ impl AppController {
     }
 
     /// Checks that must pass before a rollout starts; a failure changes nothing.
-    async fn preflight(&self, version: &str) -> Result<(), CommandError> {
+    async fn preflight(&self, version: &str, sha256: Option<&str>) -> Result<(), CommandError> {
         let running: Vec<u32> = self
             .state
             .instances
@@ -683,14 +695,21 @@ impl AppController {
         let extra = plan
             .peak_instances
             .saturating_sub(self.state.instances.len() as u32);
-        let results = crate::preflight::run(
-            &self.spec,
+        let serves = self
+            .shared
+            .router
+            .serves(&self.spec.name, self.spec.listen)
+            .await;
+        let results = crate::preflight::run(&crate::preflight::Preflight {
+            spec: &self.spec,
             version,
-            &self.shared.baton_exe,
-            &self.shared.data_dir,
-            extra,
-            &running,
-        );
+            baton_exe: &self.shared.baton_exe,
+            data_dir: &self.shared.data_dir,
+            extra_instances: extra,
+            running_pids: &running,
+            sha256,
+            router_serves_app: serves,
+        });
         let mut failed: Vec<String> = results
             .iter()
             .filter(|r| !r.ok)

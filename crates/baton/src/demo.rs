@@ -72,13 +72,14 @@ async fn drive(
     handle
         .commands
         .send(crate::controller::Command::Deploy {
-            version: "v2".into(),
-            env: Default::default(),
-            operator: std::env::var("USER").unwrap_or_else(|_| "demo".into()),
-            kind: baton_engine::RolloutKind::Deploy,
-            revision: None,
-            now: true,
-            strategy: None,
+            request: crate::controller::DeployRequest {
+                now: true,
+                ..crate::controller::DeployRequest::new(
+                    "v2".into(),
+                    std::env::var("USER").unwrap_or_else(|_| "demo".into()),
+                    baton_engine::RolloutKind::Deploy,
+                )
+            },
             reply: tx,
         })
         .await

@@ -15,23 +15,102 @@ pub struct CheckResult {
     pub detail: String,
 }
 
-/// Run every check for a rollout of `version` of `spec`, starting `extra`
-/// instances beside `running_pids` (the instances that run now).
-pub fn run(
-    spec: &AppSpec,
-    version: &str,
-    baton_exe: &str,
-    data_dir: &Path,
-    extra_instances: u32,
-    running_pids: &[u32],
-) -> Vec<CheckResult> {
-    let mut results = vec![command_exists(spec, version, baton_exe)];
+/// What the checks look at.
+pub struct Preflight<'a> {
+    pub spec: &'a AppSpec,
+    pub version: &'a str,
+    pub baton_exe: &'a str,
+    pub data_dir: &'a Path,
+    /// Instances the rollout adds at its peak (from the plan).
+    pub extra_instances: u32,
+    /// Instances running now, to estimate the size of one.
+    pub running_pids: &'a [u32],
+    /// Expected sha256 of the release's program (`deploy --sha256`).
+    pub sha256: Option<&'a str>,
+    /// The router already listens on the app's address.
+    pub router_serves_app: bool,
+}
+
+/// Run every check for a rollout.
+pub fn run(p: &Preflight<'_>) -> Vec<CheckResult> {
+    let (spec, version, baton_exe, data_dir) = (p.spec, p.version, p.baton_exe, p.data_dir);
+    let (extra_instances, running_pids, sha256, router_serves_app) = (
+        p.extra_instances,
+        p.running_pids,
+        p.sha256,
+        p.router_serves_app,
+    );
+    let (command, program) = command_exists(spec, version, baton_exe);
+    let mut results = vec![command];
+    if let Some(want) = sha256 {
+        results.push(match program {
+            Some(program) => checksum(&program, want),
+            None => CheckResult {
+                check: "checksum".into(),
+                ok: false,
+                detail: "no program to check".into(),
+            },
+        });
+    }
+    if !router_serves_app {
+        results.push(port_free(spec.listen));
+    }
     results.push(memory(extra_instances, running_pids));
     results.push(disk(data_dir));
     results
 }
 
-fn command_exists(spec: &AppSpec, version: &str, baton_exe: &str) -> CheckResult {
+/// The release's program is exactly the artifact that was vetted.
+fn checksum(program: &Path, want: &str) -> CheckResult {
+    use sha2::{Digest, Sha256};
+    let got = std::fs::read(program).map(|bytes| {
+        Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    });
+    let (ok, detail) = match got {
+        Ok(got) if got.eq_ignore_ascii_case(want.trim()) => {
+            (true, format!("{} has sha256 {got}", program.display()))
+        }
+        Ok(got) => (
+            false,
+            format!(
+                "{} has sha256 {got}, expected {want}: this is not the artifact that was checked",
+                program.display()
+            ),
+        ),
+        Err(e) => (false, format!("cannot read {}: {e}", program.display())),
+    };
+    CheckResult {
+        check: "checksum".into(),
+        ok,
+        detail,
+    }
+}
+
+/// The router must be able to listen where the spec says.
+fn port_free(listen: std::net::SocketAddr) -> CheckResult {
+    let ok = std::net::TcpListener::bind(listen).is_ok();
+    CheckResult {
+        check: "port".into(),
+        ok,
+        detail: if ok {
+            format!("{listen} is free")
+        } else {
+            format!(
+                "{listen} is already in use by another program; free it or change `listen` in the spec"
+            )
+        },
+    }
+}
+
+/// The release's program exists and is executable; returns where it is.
+fn command_exists(
+    spec: &AppSpec,
+    version: &str,
+    baton_exe: &str,
+) -> (CheckResult, Option<PathBuf>) {
     let DriverSpec::Process(p) = &spec.driver;
     let vars = TemplateVars {
         version,
@@ -47,19 +126,25 @@ fn command_exists(spec: &AppSpec, version: &str, baton_exe: &str) -> CheckResult
         .unwrap_or_default();
     let workdir = p.workdir.clone();
     match resolve_program(&program, workdir.as_deref()) {
-        Some(path) => CheckResult {
-            check: "command".into(),
-            ok: true,
-            detail: format!("{} is executable", path.display()),
-        },
-        None => CheckResult {
-            check: "command".into(),
-            ok: false,
-            detail: format!(
-                "the command `{program}` of version {version} was not found or is not executable; \
+        Some(path) => (
+            CheckResult {
+                check: "command".into(),
+                ok: true,
+                detail: format!("{} is executable", path.display()),
+            },
+            Some(path),
+        ),
+        None => (
+            CheckResult {
+                check: "command".into(),
+                ok: false,
+                detail: format!(
+                    "the command `{program}` of version {version} was not found or is not executable; \
                  install it, or fix driver.process.command in the spec"
-            ),
-        },
+                ),
+            },
+            None,
+        ),
     }
 }
 

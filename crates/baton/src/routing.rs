@@ -240,6 +240,13 @@ impl RouterLink {
         }
     }
 
+    /// Whether the router already listens on `listen` for `app` (so the port
+    /// being busy is not a problem).
+    pub async fn serves(&self, app: &str, listen: SocketAddr) -> bool {
+        let inner = self.inner.lock().await;
+        inner.apps.get(app).is_some_and(|a| a.listen == listen)
+    }
+
     /// The router's pid, for `baton down`.
     pub async fn pid(&self) -> Option<u32> {
         self.client.health().await.ok().map(|h| h.pid)

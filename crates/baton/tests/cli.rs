@@ -146,3 +146,25 @@ fn failed_preflight_check_changes_nothing() {
     assert_eq!(s["stable_version"], "v1");
     assert_eq!(h.cli_ok(&["history", "demo", "--json"]), history_before);
 }
+
+#[test]
+fn deploy_checks_the_artifact_checksum() {
+    use sha2::{Digest, Sha256};
+    let h = Harness::new();
+    h.bring_up("demo", 1, "    min_ready: 0s");
+    let wrong = "0".repeat(64);
+    let out = h.cli(&["deploy", "demo", "v2", "--sha256", &wrong, "--wait"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("checksum") && stderr.contains("expected 000000"),
+        "{stderr}"
+    );
+    assert_eq!(h.status("demo")["stable_version"], "v1");
+    let right: String = Sha256::digest(std::fs::read(BATON).unwrap())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    h.cli_ok(&["deploy", "demo", "v2", "--sha256", &right, "--wait"]);
+    assert_eq!(h.status("demo")["stable_version"], "v2");
+}
