@@ -36,6 +36,9 @@ pub struct Params {
     /// How traffic moves to the new release.
     #[serde(default)]
     pub strategy: Strategy,
+    /// Past the progress deadline, pause for a person instead of rolling back.
+    #[serde(default)]
+    pub pause_on_deadline: bool,
 }
 
 /// How a rollout moves traffic.

@@ -210,7 +210,18 @@ fn check_deadline(s: &mut AppState, now: Millis, actions: &mut Vec<Action>) {
             ready,
             s.params.instances
         );
-        fail_rollout(s, reason, false, now, actions);
+        if s.params.pause_on_deadline {
+            if let Some(r) = &mut s.rollout {
+                r.paused = Some(reason.clone());
+            }
+            event(
+                actions,
+                "paused",
+                format!("{reason}; paused for a person (`baton resume` or `baton abort`)"),
+            );
+        } else {
+            fail_rollout(s, reason, false, now, actions);
+        }
     }
 }
 

@@ -18,6 +18,7 @@ fn params(n: u32, surge: u32, unavailable: u32) -> Params {
         progress_deadline_ms: 30_000,
         max_restarts: 2,
         strategy: Strategy::Rolling,
+        pause_on_deadline: false,
     }
 }
 
@@ -559,6 +560,33 @@ fn never_ready_version_fails_at_deadline_and_old_keeps_full_capacity() {
     assert_eq!(sim.state.stable, Some(rel(1, "v1")));
     assert_eq!(sim.routable_versions(), vec!["v1"; 4]);
     assert!(sim.state.instances.iter().all(|i| i.version == "v1"));
+}
+
+#[test]
+fn a_stalled_rollout_can_pause_instead_of_rolling_back() {
+    let mut sim = deployed(2, 1, 0);
+    sim.state.params.pause_on_deadline = true;
+    sim.never_ready.push("v2".into());
+    sim.deploy(rel(2, "v2"));
+    sim.run(100, 60_000);
+    assert_eq!(sim.state.phase_name(), "paused");
+    assert!(sim.finished().is_none(), "nothing was rolled back");
+    assert!(
+        sim.state
+            .rollout
+            .as_ref()
+            .unwrap()
+            .paused
+            .as_ref()
+            .unwrap()
+            .contains("progress deadline")
+    );
+    sim.input(Input::Abort {
+        by: "op".into(),
+        reason: "stuck".into(),
+    });
+    sim.run(100, 30_000);
+    assert_eq!(sim.finished().map(|f| f.0), Some(Outcome::Aborted));
 }
 
 #[test]

@@ -23,9 +23,9 @@ use std::path::Path;
 pub use error::SpecError;
 pub use model::{
     AnalysisSpec, AppSpec, BlueGreenSpec, CanarySpec, CanaryStep, DriverSpec, HeaderMatch,
-    HooksSpec, IntOrPercent, OnWindowEnd, PreflightCheck, ProcessDriverSpec, ReadinessSpec,
-    RollingSpec, SmokeTest, StrategySpec, TimeOfDay, UpgradeWindow, UpgradeWindows, WarmupSpec,
-    Weekday,
+    HooksSpec, IntOrPercent, OnProgressDeadline, OnWindowEnd, PreflightCheck, ProcessDriverSpec,
+    ReadinessSpec, RollingSpec, SmokeTest, StrategySpec, TimeOfDay, UpgradeWindow, UpgradeWindows,
+    WarmupSpec, Weekday,
 };
 pub use template::{
     PLACEHOLDERS, PREFLIGHT_PLACEHOLDERS, SMOKE_PLACEHOLDERS, TemplateVars, render_template,

@@ -53,6 +53,20 @@ pub struct AppSpec {
     /// When upgrades may run; `None` means at any time.
     #[serde(default)]
     pub upgrade_windows: Option<UpgradeWindows>,
+    /// What a rollout past its progress deadline does.
+    #[serde(default)]
+    pub on_progress_deadline: OnProgressDeadline,
+}
+
+/// What a rollout that makes no progress before its deadline does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnProgressDeadline {
+    /// Roll back to the stable version.
+    #[default]
+    Abort,
+    /// Hold the rollout where it is until a person resumes or aborts it.
+    Pause,
 }
 
 /// How instances are run. More drivers (ssh, container, kubernetes) come later.

@@ -71,6 +71,10 @@ pub(crate) struct AppSpec {
     /// one (unless an operator passes `--now`). Default: at any time.
     #[serde(default)]
     pub upgrade_windows: Option<UpgradeWindows>,
+    /// What a rollout that makes no progress before its `progress_deadline` does:
+    /// `abort` (roll back, the default) or `pause` (wait for a person).
+    #[serde(default)]
+    pub on_progress_deadline: Option<OnDeadlineText>,
 }
 
 /// The driver that runs instances. Exactly one key.
@@ -559,6 +563,25 @@ impl JsonSchema for TimeText {
             "type": "string",
             "pattern": "^([01]?[0-9]|2[0-3]):[0-5][0-9]$|^24:00$",
             "examples": ["02:00", "23:30"],
+        })
+    }
+}
+
+/// What a stalled rollout does, kept as text until validation.
+#[derive(Debug, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct OnDeadlineText(pub String);
+
+impl JsonSchema for OnDeadlineText {
+    fn schema_name() -> Cow<'static, str> {
+        "OnProgressDeadline".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "`abort`: roll back to the stable version; `pause`: hold the \
+                            rollout for a person (`baton resume` or `baton abort`).",
+            "enum": ["abort", "pause"],
         })
     }
 }

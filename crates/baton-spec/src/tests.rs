@@ -2213,3 +2213,17 @@ fn quickstart_commented_checks_parse_when_uncommented() {
         Some("2026-11-23T01:00:00Z".parse().unwrap())
     );
 }
+
+#[test]
+fn on_progress_deadline_takes_abort_or_pause() {
+    let base = include_str!("../../../examples/quickstart.yaml");
+    let spec = parse_spec("q.yaml", &format!("{base}\non_progress_deadline: pause\n")).unwrap();
+    assert_eq!(spec.on_progress_deadline, crate::OnProgressDeadline::Pause);
+    let spec = parse_spec("q.yaml", base).unwrap();
+    assert_eq!(spec.on_progress_deadline, crate::OnProgressDeadline::Abort);
+    let text = format!("{base}\non_progress_deadline: wait\n");
+    let err = parse_spec("q.yaml", &text).unwrap_err();
+    assert_eq!(err.field, "on_progress_deadline");
+    assert_eq!(err.line, Some(text.lines().count()));
+    assert!(err.hint.contains("pause"), "{}", err.hint);
+}

@@ -10,9 +10,9 @@ use crate::error::SpecError;
 use crate::locate::{Pos, SourceMap, join};
 use crate::model::{
     AnalysisSpec, AppSpec, BlueGreenSpec, CanarySpec, CanaryStep, DriverSpec, HeaderMatch,
-    HooksSpec, IntOrPercent, OnWindowEnd, PreflightCheck, ProcessDriverSpec, ReadinessSpec,
-    RollingSpec, SmokeTest, StrategySpec, TimeOfDay, UpgradeWindow, UpgradeWindows, WarmupSpec,
-    Weekday,
+    HooksSpec, IntOrPercent, OnProgressDeadline, OnWindowEnd, PreflightCheck, ProcessDriverSpec,
+    ReadinessSpec, RollingSpec, SmokeTest, StrategySpec, TimeOfDay, UpgradeWindow, UpgradeWindows,
+    WarmupSpec, Weekday,
 };
 use crate::raw;
 use crate::template::{
@@ -331,6 +331,10 @@ pub(crate) fn field_hint(path: &str) -> String {
             "write a 24-hour time as \"HH:MM\" in quotes, e.g. `start: \"02:00\"`, \
              `end: \"05:30\"`; an end of \"24:00\" is midnight at the end of the day, and an end \
              before the start closes the window on the next day"
+        }
+        "on_progress_deadline" => {
+            "write `on_progress_deadline: abort` to roll a stalled rollout back (the default), \
+             or `on_progress_deadline: pause` to hold it for a person"
         }
         "upgrade_windows.on_end" => {
             "write `on_end: finish` to let a running rollout finish after its window closes, or \
@@ -885,6 +889,21 @@ pub(crate) fn validate(
     let preflight = preflight(&mut c, spec.preflight.unwrap_or_default());
     let hooks = hooks(&mut c, spec.hooks.unwrap_or_default());
     let upgrade_windows = spec.upgrade_windows.map(|w| upgrade_windows(&mut c, w));
+    let on_progress_deadline = match spec.on_progress_deadline.map(|raw::OnDeadlineText(t)| t) {
+        None => OnProgressDeadline::Abort,
+        Some(text) => match text.as_str() {
+            "abort" => OnProgressDeadline::Abort,
+            "pause" => OnProgressDeadline::Pause,
+            other => {
+                c.fail(
+                    "on_progress_deadline",
+                    format!("unknown on_progress_deadline `{other}`"),
+                    field_hint("on_progress_deadline"),
+                );
+                OnProgressDeadline::Abort
+            }
+        },
+    };
 
     if c.errors.is_empty() {
         Ok(AppSpec {
@@ -901,6 +920,7 @@ pub(crate) fn validate(
             preflight,
             hooks,
             upgrade_windows,
+            on_progress_deadline,
         })
     } else {
         Err(c.errors)

@@ -173,6 +173,14 @@ pub struct AppController {
 
 /// Resolve the spec's strategy into engine parameters.
 pub fn params_of(spec: &AppSpec) -> Params {
+    Params {
+        pause_on_deadline: spec.on_progress_deadline == baton_spec::OnProgressDeadline::Pause,
+        ..strategy_params(spec)
+    }
+}
+
+/// The strategy part of the engine parameters.
+fn strategy_params(spec: &AppSpec) -> Params {
     use baton_engine::{Step, Strategy};
     use baton_spec::CanaryStep;
     let n = spec.instances;
@@ -185,6 +193,7 @@ pub fn params_of(spec: &AppSpec) -> Params {
             min_ready_ms: ms(r.min_ready),
             progress_deadline_ms: ms(r.progress_deadline),
             max_restarts: r.max_restarts,
+            pause_on_deadline: false,
             strategy: Strategy::Rolling,
         },
         StrategySpec::Canary(c) => with_checks(
@@ -198,6 +207,7 @@ pub fn params_of(spec: &AppSpec) -> Params {
                 min_ready_ms: ms(c.min_ready),
                 progress_deadline_ms: ms(c.progress_deadline),
                 max_restarts: c.max_restarts,
+                pause_on_deadline: false,
                 strategy: Strategy::Stepped {
                     steps: c
                         .steps
@@ -233,6 +243,7 @@ pub fn params_of(spec: &AppSpec) -> Params {
                 min_ready_ms: ms(b.min_ready),
                 progress_deadline_ms: ms(b.progress_deadline),
                 max_restarts: b.max_restarts,
+                pause_on_deadline: false,
                 strategy: Strategy::Stepped {
                     steps: vec![
                         Step::SetScale { instances: n },
