@@ -447,7 +447,35 @@ fn deploy_and_plan_take_a_one_off_strategy() {
         Duration::from_secs(60),
         || h.status("demo")["phase"] == "awaiting_approval",
     );
-    h.cli_ok(&["promote", "demo", "--full"]);
+    h.cli_ok(&["approve", "demo"]);
+    wait_until("the switch", Duration::from_secs(30), || {
+        weight(&h.status("demo"), "v2") == 100
+    });
+    // What ran so far is what the plan said: the same starts, approval and switch.
+    let executed: Vec<String> = events(&h)
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_string())
+        .collect();
+    let count = |v: &[&str], k: &str| v.iter().filter(|x| **x == k).count();
+    let executed: Vec<&str> = executed.iter().map(String::as_str).collect();
+    let since_deploy = &executed[executed
+        .iter()
+        .rposition(|k| *k == "rollout_started")
+        .unwrap()..];
+    for kind in [
+        "instance_started",
+        "instance_ready",
+        "approved",
+        "weight_set",
+    ] {
+        assert_eq!(
+            count(&kinds, kind),
+            count(since_deploy, kind),
+            "{kind}: plan {kinds:?}, executed {since_deploy:?}"
+        );
+    }
+    // Skip the scale-down delay.
+    h.cli_ok(&["promote", "demo"]);
     wait_until("the switch to finish", Duration::from_secs(60), || {
         let s = h.status("demo");
         s["phase"] == "stable" && s["stable_version"] == "v2"
