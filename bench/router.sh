@@ -3,6 +3,8 @@
 #
 #   bench/router.sh                 # 3 rounds, 7 s per run (about 5 minutes)
 #   DURATION=10 ROUNDS=5 bench/router.sh
+#   BASE_BIN=/tmp/bench-old bench/router.sh   # also measure another build's helper
+#                                             # (`examples/bench`) as target "base"
 #
 # One fast backend (a fixed 13-byte answer). Each proxy runs with one worker/thread
 # pinned to CPU 0; wrk and the backend share CPU 1. Cases: keep-alive with 64 and 256
@@ -110,12 +112,20 @@ taskset -c "$PROXY_CPU" haproxy -f "$TMP/haproxy.cfg" -q 2>"$TMP/haproxy.out" & 
 baton_cmd "$BATON_PORT" "$BACKEND" >"$TMP/baton.out" 2>&1 & BATON_PID=$!; PIDS+=($BATON_PID)
 taskset -pc "$PROXY_CPU" "$BATON_PID" >/dev/null
 for t in /proc/$BATON_PID/task/*; do taskset -pc "$PROXY_CPU" "$(basename "$t")" >/dev/null; done
-for p in $BACKEND $NGINX_PORT $HAPROXY_PORT $BATON_PORT; do wait_port "$p"; done
+PORTS=($BACKEND $NGINX_PORT $HAPROXY_PORT $BATON_PORT)
+if [ -n "${BASE_BIN:-}" ]; then
+    BASE_PORT=$(free_port)
+    taskset -c "$PROXY_CPU" "$BASE_BIN" router "127.0.0.1:$BASE_PORT" "127.0.0.1:$BACKEND" 1 \
+        >"$TMP/base.out" 2>&1 & PIDS+=($!)
+    PORTS+=($BASE_PORT)
+fi
+for p in "${PORTS[@]}"; do wait_port "$p"; done
 # Threads started after the first pinning (workers) are pinned too.
 for t in /proc/$BATON_PID/task/*; do taskset -pc "$PROXY_CPU" "$(basename "$t")" >/dev/null; done
 
 declare -A PORT=([direct]=$BACKEND [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT [baton]=$BATON_PORT)
 TARGETS=(direct nginx haproxy baton)
+[ -n "${BASE_BIN:-}" ] && { PORT[base]=$BASE_PORT; TARGETS+=(base); }
 CASES=("ka64|-c64|" "ka256|-c256|" "close64|-c64|-H|Connection: close")
 RESULTS=$TMP/results.tsv
 : >"$RESULTS"
@@ -165,7 +175,7 @@ for line in open(sys.argv[1]):
     data.setdefault((case, target), []).append((rps, p50, p99, errs.group(0) if errs else ""))
 
 cases = ["ka64", "ka256", "close64"]
-targets = ["direct", "nginx", "haproxy", "baton"]
+targets = ["direct", "nginx", "haproxy", "baton", "base"]
 print()
 print(f"{'case':<8} {'target':<8} {'req/s':>10} {'p50 µs':>9} {'p99 µs':>9} {'/nginx':>7} {'/haproxy':>9}  notes")
 for c in cases:

@@ -8,22 +8,27 @@
 //! that is already in use must fail.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::HeaderValue;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
 use crate::limits::Limits;
-use crate::proxy::{self, ConnCtx};
+use crate::proxy::{self, ConnCtx, RespBody};
 use crate::router::Shared;
 
 /// Binds `addr` with SO_REUSEADDR, so a restarted router can take its ports back while
@@ -103,7 +108,7 @@ async fn accept_loop(
             return;
         }
     };
-    let mut builder: Option<(Limits, Arc<auto::Builder<TokioExecutor>>)> = None;
+    let mut builder: Option<(Limits, Arc<ConnBuilders>)> = None;
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => break,
@@ -140,69 +145,273 @@ async fn accept_loop(
     tracing::debug!(app = %app.name, "listener stopped");
 }
 
-/// The HTTP/1.1 + h2c server settings for one app's client connections.
-fn conn_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .keep_alive(true)
-        // hyper starts this timer whenever it waits for a request head, so it bounds
-        // both a slow client sending its headers and an idle keep-alive connection.
-        .header_read_timeout(limits.client_header_timeout)
+/// The HTTP/1.1 and h2c server settings for one app's client connections.
+pub(crate) struct ConnBuilders {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+}
+
+fn conn_builder(limits: &Limits) -> ConnBuilders {
+    let mut h1 = http1::Builder::new();
+    // No hyper timer: the header timeout (slow heads and idle keep-alive connections)
+    // is kept by one coarse timer per connection in `serve_conn`, which costs nothing
+    // per request (hyper's arms and disarms a timer for every request head).
+    h1.keep_alive(true)
         // Over this, hyper answers 431 itself; its minimum buffer is 8 KiB.
         .max_buf_size(limits.max_header_bytes.max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(limits.client_header_timeout))
         .keep_alive_timeout(Duration::from_secs(20));
-    builder
+    ConnBuilders {
+        http1: h1,
+        http2: h2,
+    }
+}
+
+/// The client connection preface of HTTP/2 (RFC 9113 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How many bytes the first read of a connection takes (a typical request head).
+const FIRST_READ: usize = 2048;
+
+/// A client connection whose first bytes were already read (to tell HTTP/1 from
+/// HTTP/2): they are read again first.
+struct Prefixed {
+    prefix: Bytes,
+    io: TcpStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// Reads the first bytes of a connection, enough to tell an HTTP/2 preface from an
+/// HTTP/1 request (usually the whole request head, in one read). `None` when the
+/// client closed or failed first.
+async fn first_bytes(stream: &mut TcpStream) -> Option<(Bytes, bool)> {
+    let mut buf = [0u8; FIRST_READ];
+    let mut have = 0;
+    loop {
+        match stream.read(&mut buf[have..]).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => have += n,
+        }
+        let common = have.min(H2_PREFACE.len());
+        if buf[..common] != H2_PREFACE[..common] {
+            return Some((Bytes::copy_from_slice(&buf[..have]), false));
+        }
+        if have >= H2_PREFACE.len() {
+            return Some((Bytes::copy_from_slice(&buf[..have]), true));
+        }
+    }
+}
+
+/// A client connection being served, by either protocol.
+trait Serving: Future<Output = hyper::Result<()>> {
+    fn shut_down(self: Pin<&mut Self>);
+}
+
+impl<S> Serving for http1::UpgradeableConnection<TokioIo<Prefixed>, S>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = Tracked>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn shut_down(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<S> Serving for http2::Connection<TokioIo<Prefixed>, S, TokioExecutor>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = Tracked>,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn shut_down(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Counts a request as under way on its connection until its response has been sent
+/// (or abandoned); then the connection waits for a next request head again.
+struct Active(Arc<ConnCtx>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        let c = &self.0;
+        c.idle_since_ms.store(c.shared.now_ms(), Ordering::Relaxed);
+        c.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that ends its request's [`Active`] count when dropped.
+pub(crate) struct Tracked {
+    body: RespBody,
+    _active: Active,
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    #[inline]
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    #[inline]
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    #[inline]
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }
 
 async fn serve_conn(
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builders: Arc<ConnBuilders>,
     ctx: Arc<ConnCtx>,
-    stream: tokio::net::TcpStream,
+    mut stream: TcpStream,
     stop: CancellationToken,
     header_timeout: Duration,
 ) {
-    // hyper's header timer only starts once the protocol is known, and telling HTTP/1
-    // from HTTP/2 has no deadline of its own: a client that connects and sends nothing
-    // (or the first bytes of an HTTP/2 preface) would hold the connection forever. So
-    // the first request must arrive within the header timeout (an HTTP/2 client that
-    // opens a connection and sends no request in that time is dropped too); after it,
-    // hyper's own timers govern (header read and keep-alive idle for HTTP/1.1, pings for
-    // HTTP/2).
+    // One timer per connection. Until the protocol is known and until the first
+    // request head has arrived, it bounds the wait from the accept. After that, for
+    // HTTP/1 it bounds every wait for a request head (a slow client sending its
+    // headers, and an idle keep-alive connection), counted from the end of the
+    // previous response; HTTP/2 connections are then kept by their pings.
+    let deadline = pin!(tokio::time::sleep(header_timeout));
+    let mut deadline = deadline;
     let peer = ctx.peer;
-    let first_seen = Arc::new(AtomicBool::new(false));
-    let seen = first_seen.clone();
-    let svc = service_fn(move |req| {
-        let ctx = ctx.clone();
-        if !seen.load(Ordering::Relaxed) {
-            seen.store(true, Ordering::Relaxed);
+    let first = tokio::select! {
+        r = first_bytes(&mut stream) => r,
+        () = deadline.as_mut() => {
+            tracing::debug!(%peer, "no request within the header timeout");
+            return;
         }
-        async move { Ok::<_, Infallible>(proxy::handle(&ctx, req).await) }
+        _ = stop.cancelled() => return,
+    };
+    let Some((prefix, h2)) = first else {
+        return;
+    };
+    let io = TokioIo::new(Prefixed { prefix, io: stream });
+    let c = ctx.clone();
+    let svc = service_fn(move |req| {
+        let ctx = c.clone();
+        ctx.active.fetch_add(1, Ordering::Relaxed);
+        ctx.heads.fetch_add(1, Ordering::Relaxed);
+        let active = Active(ctx);
+        async move {
+            let body = proxy::handle(&active.0, req).await;
+            Ok::<_, Infallible>(body.map(|body| Tracked {
+                body,
+                _active: active,
+            }))
+        }
     });
-    let mut conn = pin!(builder.serve_connection_with_upgrades(TokioIo::new(stream), svc));
-    let first_deadline = tokio::time::sleep(header_timeout);
-    let mut first_deadline = pin!(first_deadline);
+    if h2 {
+        let conn = builders.http2.serve_connection(io, svc);
+        drive(conn, &ctx, stop, deadline, header_timeout, false).await;
+    } else {
+        let conn = builders.http1.serve_connection(io, svc).with_upgrades();
+        drive(conn, &ctx, stop, deadline, header_timeout, true).await;
+    }
+}
+
+/// Serves a connection until it ends, `stop` asks it to finish, or it waits longer
+/// than `header_timeout` for a request head (`every_head`: for every request, else
+/// only for the first).
+async fn drive<C: Serving>(
+    conn: C,
+    ctx: &ConnCtx,
+    stop: CancellationToken,
+    mut deadline: Pin<&mut tokio::time::Sleep>,
+    header_timeout: Duration,
+    every_head: bool,
+) {
+    let mut conn = pin!(conn);
+    let timeout_ms = u64::try_from(header_timeout.as_millis()).unwrap_or(u64::MAX);
     let mut watching = true;
     let result = loop {
         tokio::select! {
             r = conn.as_mut() => break r,
             _ = stop.cancelled() => {
-                conn.as_mut().graceful_shutdown();
+                conn.as_mut().shut_down();
                 break conn.await;
             }
-            () = first_deadline.as_mut(), if watching => {
-                if first_seen.load(Ordering::Relaxed) {
+            () = deadline.as_mut(), if watching => {
+                if !every_head {
+                    if ctx.heads.load(Ordering::Relaxed) == 0 {
+                        tracing::debug!(peer = %ctx.peer, "no request within the header timeout");
+                        return;
+                    }
                     watching = false;
-                } else {
-                    tracing::debug!(%peer, "no request within the header timeout");
+                    continue;
+                }
+                let now = tokio::time::Instant::now();
+                if ctx.active.load(Ordering::Relaxed) > 0 {
+                    // A response is under way; look again a timeout later.
+                    deadline.as_mut().reset(now + header_timeout);
+                    continue;
+                }
+                let idle_ms = ctx
+                    .shared
+                    .now_ms()
+                    .saturating_sub(ctx.idle_since_ms.load(Ordering::Relaxed));
+                if idle_ms >= timeout_ms {
+                    tracing::debug!(peer = %ctx.peer, "no request head within the header timeout");
                     return;
                 }
+                deadline.as_mut().reset(now + Duration::from_millis(timeout_ms - idle_ms));
             }
         }
     };

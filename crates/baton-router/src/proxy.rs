@@ -10,7 +10,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -63,6 +63,12 @@ pub(crate) struct ConnCtx {
     forwarded: HeaderValue,
     /// The app's counters, where this connection is counted as open.
     app_counters: Option<Arc<AppCounters>>,
+    /// Requests under way on this connection (HTTP/1: at most one).
+    pub active: AtomicU32,
+    /// Requests received on this connection so far.
+    pub heads: AtomicU64,
+    /// When the last response ended ([`Shared::now_ms`]), or the connection was made.
+    pub idle_since_ms: AtomicU64,
 }
 
 impl Drop for ConnCtx {
@@ -85,6 +91,9 @@ impl ConnCtx {
         }
         ConnCtx {
             app_counters,
+            active: AtomicU32::new(0),
+            heads: AtomicU64::new(0),
+            idle_since_ms: AtomicU64::new(shared.now_ms()),
             shared,
             app,
             peer,
