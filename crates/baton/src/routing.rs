@@ -275,8 +275,18 @@ fn start_router(data_dir: &Path, socket: &Path, baton_exe: &str) -> anyhow::Resu
         // or its death does not take the data plane with it.
         .env_remove("BATON_OWNER");
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    cmd.spawn()
+    let mut child = cmd
+        .spawn()
         .with_context(|| format!("starting the router ({baton_exe} __router)"))?;
+    // Reap it if it ever exits while this control plane runs (no zombie); a
+    // restarted control plane re-attaches to a router it did not start.
+    std::thread::Builder::new()
+        .name("router-reaper".into())
+        .spawn(move || {
+            let status = child.wait();
+            tracing::info!(?status, "the router process exited");
+        })
+        .context("starting the router reaper thread")?;
     Ok(())
 }
 
