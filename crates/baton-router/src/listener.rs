@@ -421,6 +421,6 @@ async fn drive<C: Serving>(
 }
 
 /// The `X-Forwarded-For` value of a client at `ip` (computed once per connection).
-pub(crate) fn ip_header(peer: SocketAddr) -> HeaderValue {
-    HeaderValue::try_from(peer.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"))
+pub(crate) fn ip_header(ip: std::net::IpAddr) -> HeaderValue {
+    HeaderValue::try_from(ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
 }

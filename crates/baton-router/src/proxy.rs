@@ -81,10 +81,7 @@ impl Drop for ConnCtx {
 
 impl ConnCtx {
     pub fn new(shared: Arc<Shared>, app: AppRef, peer: SocketAddr) -> Self {
-        let forwarded = match peer.ip() {
-            std::net::IpAddr::V4(ip) => format!("for={ip};proto=http"),
-            std::net::IpAddr::V6(ip) => format!("for=\"[{ip}]\";proto=http"),
-        };
+        let (peer_ip, forwarded) = forwarding_values(peer.ip());
         let app_counters = live_app(&shared, &app).map(|a| a.counters.clone());
         if let Some(c) = &app_counters {
             c.connections.fetch_add(1, Ordering::Relaxed);
@@ -97,11 +94,37 @@ impl ConnCtx {
             shared,
             app,
             peer,
-            peer_ip: crate::listener::ip_header(peer),
-            forwarded: HeaderValue::try_from(forwarded)
-                .unwrap_or(HeaderValue::from_static("for=unknown")),
+            peer_ip,
+            forwarded,
         }
     }
+}
+
+thread_local! {
+    /// The forwarding header values of the last client address seen by this worker:
+    /// clients usually open many connections in a row.
+    static LAST_PEER: std::cell::RefCell<Option<(std::net::IpAddr, HeaderValue, HeaderValue)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// `X-Forwarded-For` and `Forwarded` values of a client at `ip`; formatted only when
+/// the address differs from the previous connection's on this worker.
+fn forwarding_values(ip: std::net::IpAddr) -> (HeaderValue, HeaderValue) {
+    LAST_PEER.with_borrow_mut(|last| {
+        if let Some((a, x, f)) = last.as_ref()
+            && *a == ip
+        {
+            return (x.clone(), f.clone());
+        }
+        let forwarded = match ip {
+            std::net::IpAddr::V4(ip) => format!("for={ip};proto=http"),
+            std::net::IpAddr::V6(ip) => format!("for=\"[{ip}]\";proto=http"),
+        };
+        let x = crate::listener::ip_header(ip);
+        let f = HeaderValue::try_from(forwarded).unwrap_or(HeaderValue::from_static("for=unknown"));
+        *last = Some((ip, x.clone(), f.clone()));
+        (x, f)
+    })
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -580,11 +603,24 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if let Some(c) = headers.get(header::CONNECTION) {
+    // One pass over the (few) names instead of a hashed look-up per hop-by-hop name
+    // (standard names compare as small integers); most heads carry none of them.
+    let mut present = 0u8;
+    for k in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
+        return;
+    }
+    // `HOP_BY_HOP[0]` is `Connection`.
+    if present & 1 != 0 {
         // Headers the sender named in `Connection` are hop-by-hop too. Rare beyond
         // `keep-alive`/`close`, so the allocation is only paid when present.
-        let named: Vec<HeaderName> = std::iter::once(c)
-            .chain(headers.get_all(header::CONNECTION).iter().skip(1))
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|s| s.split(','))
             .map(str::trim)
@@ -595,8 +631,8 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(n);
         }
     }
-    for n in &HOP_BY_HOP {
-        if headers.contains_key(n) {
+    for (i, n) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
             headers.remove(n);
         }
     }
@@ -636,6 +672,8 @@ fn append_list(headers: &mut HeaderMap, name: HeaderName, value: &HeaderValue) {
 pub(crate) fn upstream_head(parts: &mut http::request::Parts, ctx: &ConnCtx) {
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
+    // Room for the forwarding headers at once (one growth, not one per insert).
+    headers.reserve(4);
     append_list(headers, X_FORWARDED_FOR, &ctx.peer_ip);
     append_list(headers, header::FORWARDED, &ctx.forwarded);
     if !headers.contains_key(&X_FORWARDED_PROTO) {
