@@ -160,6 +160,12 @@ enum Cmd {
         listen: SocketAddr,
         #[arg(long = "upstream", required = true)]
         upstreams: Vec<SocketAddr>,
+        /// Worker threads (default: one per CPU).
+        #[arg(long)]
+        workers: Option<usize>,
+        /// Serve Prometheus `/metrics` (and `/v1/windows`) on this address.
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
     },
     /// The router process the control plane starts (internal).
     #[command(name = "__router", hide = true)]
@@ -385,14 +391,25 @@ async fn run(cli: Cli) -> Exit {
             Exit::Ok
         }
         Cmd::Sample { .. } => Exit::Ok,
-        Cmd::Router { listen, upstreams } => {
+        Cmd::Router {
+            listen,
+            upstreams,
+            workers,
+            metrics_listen,
+        } => {
             let shutdown = tokio_util::sync::CancellationToken::new();
             let token = shutdown.clone();
             tokio::spawn(async move {
                 let _ = tokio::signal::ctrl_c().await;
                 token.cancel();
             });
-            match baton_router::run_standalone(listen, upstreams, shutdown).await {
+            let opts = baton_router::StandaloneOptions {
+                listen,
+                upstreams,
+                workers,
+                metrics_listen,
+            };
+            match baton_router::run_standalone_with(opts, shutdown).await {
                 Ok(()) => Exit::Ok,
                 Err(e) => Exit::Failed(e.to_string()),
             }
