@@ -113,13 +113,12 @@ async fn apply(
     let spec = baton_spec::parse_spec(&body.file, &body.yaml)
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
     let handle = cp.apply(spec.clone(), &body.yaml).await?;
-    let deployed = deploy_declared_version(&cp, &handle, &spec, &operator(&headers)).await?;
+    let deployed = deploy_declared_version(&handle, &spec, &operator(&headers)).await?;
     Ok(Json(json!({"app": spec.name, "deployed": deployed})))
 }
 
 /// A spec that names a version is deployed when it is not what runs already.
 pub async fn deploy_declared_version(
-    _cp: &ControlPlane,
     handle: &AppHandle,
     spec: &AppSpec,
     operator: &str,

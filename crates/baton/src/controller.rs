@@ -385,9 +385,6 @@ impl AppController {
     }
 
     async fn run(mut self) {
-        let span = tracing::info_span!("app", app = %self.spec.name);
-        let _enter = span.enter();
-        drop(_enter);
         if let Err(e) = self.resume().await {
             warn!(app = %self.spec.name, error = %format!("{e:#}"), "resuming after restart failed");
         }
@@ -1267,8 +1264,11 @@ impl AppController {
             .iter()
             .filter_map(|i| self.handle_of(&i.id))
             .collect();
-        let stops = handles.iter().map(|h| self.shared.driver.stop(h, grace));
-        futures_join_all(stops).await;
+        for handle in &handles {
+            if let Err(e) = self.shared.driver.stop(handle, grace).await {
+                warn!(instance = %handle.instance_id, error = %e, "stopping instance failed");
+            }
+        }
     }
 }
 
@@ -1279,13 +1279,6 @@ struct AnalysisRun {
     history_id: i64,
     last_ms: i64,
     failures: u32,
-}
-
-/// Await all futures (tiny stand-in to avoid a dependency for one call).
-async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>) {
-    for f in futs {
-        f.await;
-    }
 }
 
 /// Start one instance of `revision` through the driver.

@@ -49,7 +49,7 @@ async fn drive(
         "\n1. starting {} instances of the sample service v1",
         spec.instances
     );
-    crate::api::deploy_declared_version(cp, &handle, &spec, "demo")
+    crate::api::deploy_declared_version(&handle, &spec, "demo")
         .await
         .map_err(|_| anyhow::anyhow!("could not start v1"))?;
     let mut printed = 0;

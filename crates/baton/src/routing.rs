@@ -158,7 +158,7 @@ struct Published {
 impl RouterLink {
     /// Attach to the router answering on `socket`, or start one.
     pub async fn attach_or_start(data_dir: &Path, baton_exe: &str) -> anyhow::Result<Self> {
-        let socket = data_dir.join("router.sock");
+        let socket = socket_path(data_dir);
         let client = AdminClient::new(socket.clone());
         let current = match client.config().await {
             Ok(cfg) => {

@@ -136,7 +136,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     for (file, yaml) in &opts.specs {
         let spec = baton_spec::parse_spec(file, yaml)?;
         let handle = cp.apply(spec.clone(), yaml).await?;
-        crate::api::deploy_declared_version(&cp, &handle, &spec, "serve").await?;
+        crate::api::deploy_declared_version(&handle, &spec, "serve").await?;
     }
     let listener = tokio::net::TcpListener::bind(opts.api)
         .await
