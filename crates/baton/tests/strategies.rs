@@ -101,19 +101,8 @@ fn failing_canary_is_rolled_back_by_analysis() {
         "analysis:\n  interval: 500ms\n  window: 3s\n  min_requests: 20\n  failure_limit: 2\n  max_error_rate: 0.05",
     );
     bring_up(&h, &path);
-    let (out, report) = with_load(h.load(500_000), 2_000, || {
-        h.cli(&[
-            "deploy",
-            "demo",
-            "v2",
-            "--env",
-            "SAMPLE_ERROR_RATE=0.2",
-            "--wait",
-        ])
-    });
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("error rate of v2"), "{stderr}");
+    let report =
+        deploy_expecting_failure(&h, &["SAMPLE_ERROR_RATE=0.2"], 2_000, &["error rate of v2"]);
     // Users saw at most the canary's share of its error rate.
     let failed_share = report.failures as f64 / report.requests as f64;
     assert!(failed_share <= 0.2 * 0.2 + 0.02, "{report:?}");
@@ -123,6 +112,28 @@ fn failing_canary_is_rolled_back_by_analysis() {
     assert_eq!(history[0]["result"], "rolled_back");
     assert!(history[0]["notes"].as_str().unwrap().contains("error rate"));
 }
+/// Deploy v2 (with `env`) under steady, bounded load and expect the rollout to
+/// fail: `deploy --wait` exits 1 and its message contains every part of
+/// `reasons`. Returns what the load saw.
+fn deploy_expecting_failure(
+    h: &Harness,
+    env: &[&str],
+    min_requests: u64,
+    reasons: &[&str],
+) -> LoadReport {
+    let mut args = vec!["deploy", "demo", "v2", "--wait"];
+    for e in env {
+        args.extend(["--env", e]);
+    }
+    let (out, report) = with_load(h.load(500_000), min_requests, || h.cli(&args));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    for part in reasons {
+        assert!(stderr.contains(part), "{part:?} missing from: {stderr}");
+    }
+    report
+}
+
 fn events(h: &Harness) -> Vec<Value> {
     serde_json::from_str::<Value>(&h.cli_ok(&["events", "demo", "--json"]))
         .unwrap()
@@ -205,15 +216,7 @@ fn failing_smoke_test_aborts_before_any_user_reaches_v2() {
         "hooks:\n  smoke:\n    - http: { name: home page, path: /, expect_body: \"no such text\", count: 5 }",
     );
     bring_up(&h, &path);
-    let (out, report) = with_load(h.load(200_000), 1_000, || {
-        h.cli(&["deploy", "demo", "v2", "--wait"])
-    });
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("smoke test failed") && stderr.contains("home page"),
-        "{stderr}"
-    );
+    let report = deploy_expecting_failure(&h, &[], 1_000, &["smoke test failed", "home page"]);
     assert_no_failures(&report);
     assert_eq!(
         report.by_version.get("v2"),
@@ -335,21 +338,11 @@ fn slow_canary_is_rolled_back_by_the_latency_check() {
         "analysis:\n  interval: 500ms\n  window: 3s\n  min_requests: 20\n  failure_limit: 2\n  max_p99: 100ms",
     );
     bring_up(&h, &path);
-    let (out, report) = with_load(h.load(500_000), 1_000, || {
-        h.cli(&[
-            "deploy",
-            "demo",
-            "v2",
-            "--env",
-            "SAMPLE_LATENCY_MS=200",
-            "--wait",
-        ])
-    });
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("p99 latency of v2") && stderr.contains("limit 100ms"),
-        "{stderr}"
+    let report = deploy_expecting_failure(
+        &h,
+        &["SAMPLE_LATENCY_MS=200"],
+        1_000,
+        &["p99 latency of v2", "limit 100ms"],
     );
     assert_no_failures(&report);
     let history: Value = serde_json::from_str(&h.cli_ok(&["history", "demo", "--json"])).unwrap();
@@ -366,19 +359,8 @@ fn shielded_bad_canary_shows_users_no_error_and_is_still_rolled_back() {
         "analysis:\n  interval: 500ms\n  window: 3s\n  min_requests: 20\n  failure_limit: 2\n  max_error_rate: 0.05",
     );
     bring_up(&h, &path);
-    let (out, report) = with_load(h.load(500_000), 2_000, || {
-        h.cli(&[
-            "deploy",
-            "demo",
-            "v2",
-            "--env",
-            "SAMPLE_ERROR_RATE=0.2",
-            "--wait",
-        ])
-    });
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("error rate of v2"), "{stderr}");
+    let report =
+        deploy_expecting_failure(&h, &["SAMPLE_ERROR_RATE=0.2"], 2_000, &["error rate of v2"]);
     // Every GET the canary failed was answered by the stable version.
     assert_no_failures(&report);
 }
@@ -395,15 +377,7 @@ fn mirror_step_compares_answers_before_any_user_sees_v2() {
         "",
     );
     bring_up(&h, &path);
-    let (out, report) = with_load(h.load(500_000), 1_000, || {
-        h.cli(&["deploy", "demo", "v2", "--wait"])
-    });
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("mirrored responses of v2 differ"),
-        "{stderr}"
-    );
+    let report = deploy_expecting_failure(&h, &[], 1_000, &["mirrored responses of v2 differ"]);
     assert_no_failures(&report);
     assert_eq!(
         report.by_version.get("v2"),
