@@ -383,11 +383,14 @@ async fn drive<C: Serving>(
     let mut watching = true;
     let result = loop {
         tokio::select! {
-            r = conn.as_mut() => break r,
+            // Stop first: when a stop and a backend's response wake the task together,
+            // the response must already go out as the connection's last one.
+            biased;
             _ = stop.cancelled() => {
                 conn.as_mut().shut_down();
                 break conn.await;
             }
+            r = conn.as_mut() => break r,
             () = deadline.as_mut(), if watching => {
                 if !every_head {
                     if ctx.heads.load(Ordering::Relaxed) == 0 {
