@@ -23,6 +23,8 @@
 pub mod admin;
 pub mod config;
 mod error;
+mod fastlane;
+mod framing;
 pub mod limits;
 mod listener;
 pub mod metrics;

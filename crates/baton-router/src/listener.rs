@@ -27,6 +27,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
+use crate::framing::FramingScanner;
 use crate::limits::Limits;
 use crate::proxy::{self, ConnCtx, RespBody};
 use crate::router::Shared;
@@ -181,6 +182,30 @@ const FIRST_READ: usize = 2048;
 struct Prefixed {
     prefix: Bytes,
     io: TcpStream,
+    /// HTTP/1: watches the raw request framing until an ambiguous head shows up.
+    watch: Option<Box<FramingWatch>>,
+}
+
+/// Feeds what the client sends to a [`FramingScanner`] and reports the first ambiguous
+/// request head in [`ConnCtx::ambiguous_head`], numbered like [`ConnCtx::heads`].
+struct FramingWatch {
+    scanner: FramingScanner,
+    /// Requests the connection had before hyper's first.
+    base: u64,
+    ctx: Arc<ConnCtx>,
+}
+
+impl Prefixed {
+    fn watched(&mut self, new: &[u8]) {
+        let Some(w) = self.watch.as_mut() else {
+            return;
+        };
+        w.scanner.feed(new);
+        if let Some(i) = w.scanner.first_ambiguous_head() {
+            w.ctx.ambiguous_head.store(w.base + i, Ordering::Relaxed);
+            self.watch = None;
+        }
+    }
 }
 
 impl AsyncRead for Prefixed {
@@ -192,10 +217,17 @@ impl AsyncRead for Prefixed {
         let this = self.get_mut();
         if !this.prefix.is_empty() {
             let n = this.prefix.len().min(buf.remaining());
-            buf.put_slice(&this.prefix.split_to(n));
+            let part = this.prefix.split_to(n);
+            this.watched(&part);
+            buf.put_slice(&part);
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut this.io).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.io).poll_read(cx, buf);
+        if this.watch.is_some() && matches!(r, Poll::Ready(Ok(()))) {
+            this.watched(&buf.filled()[before..]);
+        }
+        r
     }
 }
 
@@ -343,15 +375,51 @@ async fn serve_conn(
     let Some((prefix, h2)) = first else {
         return;
     };
-    let io = TokioIo::new(Prefixed { prefix, io: stream });
+    let prefix = if !h2 && ctx.shared.fast_lane {
+        let lane = crate::fastlane::serve(
+            &ctx,
+            &mut stream,
+            prefix,
+            &stop,
+            deadline.as_mut(),
+            header_timeout,
+        );
+        match lane.await {
+            crate::fastlane::Outcome::Closed => return,
+            crate::fastlane::Outcome::Handoff(rest) => rest,
+        }
+    } else {
+        prefix
+    };
+    let watch = (!h2).then(|| {
+        Box::new(FramingWatch {
+            scanner: FramingScanner::new(),
+            base: ctx.heads.load(Ordering::Relaxed),
+            ctx: ctx.clone(),
+        })
+    });
+    let io = TokioIo::new(Prefixed {
+        prefix,
+        io: stream,
+        watch,
+    });
     let c = ctx.clone();
     let svc = service_fn(move |req| {
         let ctx = c.clone();
         ctx.active.fetch_add(1, Ordering::Relaxed);
-        ctx.heads.fetch_add(1, Ordering::Relaxed);
+        let index = ctx.heads.fetch_add(1, Ordering::Relaxed);
+        let ambiguous = ctx.ambiguous_head.load(Ordering::Relaxed) == index;
         let active = Active(ctx);
         async move {
-            let body = proxy::handle(&active.0, req).await;
+            let body = if ambiguous {
+                tracing::debug!(peer = %active.0.peer, "ambiguous request framing");
+                proxy::refuse(
+                    http::StatusCode::BAD_REQUEST,
+                    "bad request: ambiguous framing (Content-Length with Transfer-Encoding, or repeated Content-Length)\n",
+                )
+            } else {
+                proxy::handle(&active.0, req).await
+            };
             Ok::<_, Infallible>(body.map(|body| Tracked {
                 body,
                 _active: active,

@@ -40,9 +40,9 @@ thread_local! {
 /// Request bodies up to this size are buffered so the request can be replayed.
 pub(crate) const MAX_REPLAY_BODY: usize = 1024 * 1024;
 /// Attempts per request, the first one included.
-const MAX_ATTEMPTS: usize = 3;
+pub(crate) const MAX_ATTEMPTS: usize = 3;
 /// How long the picker avoids a backend after a connect failure.
-const DOWN_FOR_MS: u64 = 1000;
+pub(crate) const DOWN_FOR_MS: u64 = 1000;
 /// Hold time for a request on a connection whose app was removed from the config.
 const REMOVED_APP_HOLD: Duration = Duration::from_secs(1);
 /// Bound on loop turns of one request that made no attempt.
@@ -67,6 +67,9 @@ pub(crate) struct ConnCtx {
     pub active: AtomicU32,
     /// Requests received on this connection so far.
     pub heads: AtomicU64,
+    /// Index (as counted by `heads`) of the first request whose raw framing was
+    /// ambiguous, `u64::MAX` if none: it is refused with 400.
+    pub ambiguous_head: AtomicU64,
     /// When the last response ended ([`Shared::now_ms`]), or the connection was made.
     pub idle_since_ms: AtomicU64,
 }
@@ -80,6 +83,16 @@ impl Drop for ConnCtx {
 }
 
 impl ConnCtx {
+    /// The client's address as an `X-Forwarded-For` element.
+    pub(crate) fn peer_ip(&self) -> &HeaderValue {
+        &self.peer_ip
+    }
+
+    /// This hop's `Forwarded` element.
+    pub(crate) fn forwarded(&self) -> &HeaderValue {
+        &self.forwarded
+    }
+
     pub fn new(shared: Arc<Shared>, app: AppRef, peer: SocketAddr) -> Self {
         let (peer_ip, forwarded) = forwarding_values(peer.ip());
         let app_counters = live_app(&shared, &app).map(|a| a.counters.clone());
@@ -90,6 +103,7 @@ impl ConnCtx {
             app_counters,
             active: AtomicU32::new(0),
             heads: AtomicU64::new(0),
+            ambiguous_head: AtomicU64::new(u64::MAX),
             idle_since_ms: AtomicU64::new(shared.now_ms()),
             shared,
             app,
@@ -223,11 +237,15 @@ pub(crate) struct InFlight {
 }
 
 impl InFlight {
-    fn start(backend: Arc<BackendState>, version: Arc<VersionCounters>) -> Self {
+    pub(crate) fn start(backend: Arc<BackendState>, version: Arc<VersionCounters>) -> Self {
         // SeqCst pairs with the snapshot re-check in `handle`: see the fence there.
         backend.in_flight.fetch_add(1, Ordering::SeqCst);
         version.in_flight.fetch_add(1, Ordering::SeqCst);
         InFlight { backend, version }
+    }
+
+    pub(crate) fn version(&self) -> &VersionCounters {
+        &self.version
     }
 }
 
@@ -507,12 +525,12 @@ enum Refusal {
     TooLarge,
 }
 
-/// Checks the request framing. hyper already refuses (with 400) a `Transfer-Encoding`
-/// whose last coding is not `chunked`, `Transfer-Encoding` on HTTP/1.0, differing
-/// `Content-Length` values and malformed chunks; this refuses what it lets through
-/// and a proxy must not: both `Content-Length` and `Transfer-Encoding` (RFC 9112
-/// 6.1 allows a server to; a proxy passing it on invites smuggling) and repeated
-/// `Content-Length` even with equal values.
+/// Checks the request framing as the header map shows it. hyper already refuses (with
+/// 400) a `Transfer-Encoding` whose last coding is not `chunked`, `Transfer-Encoding` on
+/// HTTP/1.0, differing `Content-Length` values and malformed chunks. It also hides
+/// `Content-Length` next to `Transfer-Encoding` and repeats of an equal
+/// `Content-Length`: those are caught on the raw bytes ([`crate::framing`]); this is
+/// the check for what reaches the map (and a value that is not plain digits).
 fn check_framing(headers: &HeaderMap, max_body: u64) -> Result<(), Refusal> {
     let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
     let Some(first) = lengths.next() else {
@@ -733,6 +751,12 @@ impl Head {
     }
 }
 
+/// The live table of the connection's app, if it is in the snapshot.
+#[inline]
+pub(crate) fn live_app_of(ctx: &ConnCtx) -> Option<Arc<AppTable>> {
+    live_app(&ctx.shared, &ctx.app)
+}
+
 /// The live table of `app`, if it is in the snapshot.
 #[inline]
 fn live_app(sh: &Shared, app: &AppRef) -> Option<Arc<AppTable>> {
@@ -819,7 +843,7 @@ fn next_cohort() -> u16 {
 }
 
 /// Records a response the router generated itself in `v`'s metrics.
-fn record_local(v: &VersionCounters, start: Instant, status: u16, bytes_in: u64) {
+pub(crate) fn record_local(v: &VersionCounters, start: Instant, status: u16, bytes_in: u64) {
     let now = Instant::now();
     v.record(
         now,

@@ -54,6 +54,7 @@ impl Workers {
                             loop {
                                 every.tick().await;
                                 crate::pool::sweep();
+                                crate::fastlane::sweep();
                             }
                         };
                         tokio::select! {
