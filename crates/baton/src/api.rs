@@ -686,8 +686,9 @@ impl AppStatus {
                 started_ms: r.started_ms,
                 history_id: r.history_id,
                 restarts: r.restarts,
+                // Why it is rolling back, or why it is paused.
                 reason: match &r.phase {
-                    RolloutPhase::Progressing => None,
+                    RolloutPhase::Progressing => r.paused.clone(),
                     RolloutPhase::RollingBack { reason, .. } => Some(reason.clone()),
                 },
             }),

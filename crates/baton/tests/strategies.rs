@@ -329,6 +329,77 @@ fn deploy_outside_the_upgrade_window_waits_and_now_proceeds() {
 }
 
 #[test]
+fn rollout_still_running_when_its_window_closes_is_paused() {
+    let h = Harness::new();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // Open since ten minutes ago, closing at the next minute boundary (or the one
+    // after, when the next is too close for the rollout to get going first).
+    let minute = now / 60;
+    let closes_minute = if 60 - now % 60 < 15 {
+        minute + 2
+    } else {
+        minute + 1
+    };
+    let closes_at = closes_minute * 60;
+    let hhmm = |m: u64| format!("{:02}:{:02}", m % 1440 / 60, m % 60);
+    let windows = format!(
+        "upgrade_windows:\n  timezone: UTC\n  on_end: pause\n  allowed:\n    - {{ start: \"{}\", end: \"{}\" }}",
+        hhmm(minute - 10),
+        hhmm(closes_minute)
+    );
+    let path = spec(
+        &h,
+        2,
+        "  canary:\n    steps:\n      - set_weight: 20\n      - pause: { duration: 10m }",
+        &windows,
+    );
+    bring_up(&h, &path);
+    h.cli_ok(&["deploy", "demo", "v2"]);
+    wait_until("v2 at 20%", Duration::from_secs(60), || {
+        weight(&h.status("demo"), "v2") == 20
+    });
+    let epoch_now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
+    // Still going while the window is open; paused by the window once it closes.
+    wait_until(
+        "the pause at the window's end",
+        Duration::from_secs(closes_at.saturating_sub(now) + 30),
+        || {
+            let s = h.status("demo");
+            if epoch_now() < closes_at as f64 - 1.0 {
+                assert_eq!(
+                    s["phase"], "progressing",
+                    "paused before the window closed: {s}"
+                );
+            }
+            s["phase"] == "paused"
+        },
+    );
+    assert!(epoch_now() >= closes_at as f64 - 1.0);
+    let s = h.status("demo");
+    assert_eq!(
+        s["rollout"]["reason"], "paused by the upgrade window",
+        "{s}"
+    );
+    // Paused means held where it was: v2 keeps its share, nothing is promoted.
+    assert_eq!(weight(&s, "v2"), 20, "{s}");
+    let text = h.cli_ok(&["status", "demo"]);
+    assert!(text.contains("paused by the upgrade window"), "{text}");
+    h.cli_ok(&["abort", "demo"]);
+    wait_until("the abort", Duration::from_secs(30), || {
+        h.status("demo")["phase"] == "stable"
+    });
+    assert_eq!(h.status("demo")["stable_version"], "v1");
+}
+
+#[test]
 fn slow_canary_is_rolled_back_by_the_latency_check() {
     let h = Harness::new();
     let path = spec(
