@@ -4,6 +4,8 @@
 #   bench/router.sh                 # 3 rounds, 7 s per run (about 5 minutes)
 #   DURATION=10 ROUNDS=5 bench/router.sh
 #   BASE_BIN=/tmp/bench-old bench/router.sh   # also measure another build's helper
+#   GENERAL=1 bench/router.sh       # also measure baton with its fast lane off (every
+#                                   # request through hyper) as target "general"
 #                                             # (`examples/bench`) as target "base"
 #
 # One fast backend (a fixed 13-byte answer). Each proxy runs with one worker/thread
@@ -113,6 +115,12 @@ baton_cmd "$BATON_PORT" "$BACKEND" >"$TMP/baton.out" 2>&1 & BATON_PID=$!; PIDS+=
 taskset -pc "$PROXY_CPU" "$BATON_PID" >/dev/null
 for t in /proc/$BATON_PID/task/*; do taskset -pc "$PROXY_CPU" "$(basename "$t")" >/dev/null; done
 PORTS=($BACKEND $NGINX_PORT $HAPROXY_PORT $BATON_PORT)
+if [ -n "${GENERAL:-}" ]; then
+    GENERAL_PORT=$(free_port)
+    (export BATON_ROUTER_FAST_LANE=0; baton_cmd "$GENERAL_PORT" "$BACKEND") \
+        >"$TMP/general.out" 2>&1 & GENERAL_PID=$!; PIDS+=($GENERAL_PID)
+    PORTS+=($GENERAL_PORT)
+fi
 if [ -n "${BASE_BIN:-}" ]; then
     BASE_PORT=$(free_port)
     taskset -c "$PROXY_CPU" "$BASE_BIN" router "127.0.0.1:$BASE_PORT" "127.0.0.1:$BACKEND" 1 \
@@ -122,9 +130,13 @@ fi
 for p in "${PORTS[@]}"; do wait_port "$p"; done
 # Threads started after the first pinning (workers) are pinned too.
 for t in /proc/$BATON_PID/task/*; do taskset -pc "$PROXY_CPU" "$(basename "$t")" >/dev/null; done
+if [ -n "${GENERAL:-}" ]; then
+    for t in /proc/$GENERAL_PID/task/*; do taskset -pc "$PROXY_CPU" "$(basename "$t")" >/dev/null; done
+fi
 
 declare -A PORT=([direct]=$BACKEND [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT [baton]=$BATON_PORT)
 TARGETS=(direct nginx haproxy baton)
+[ -n "${GENERAL:-}" ] && { PORT[general]=$GENERAL_PORT; TARGETS+=(general); }
 [ -n "${BASE_BIN:-}" ] && { PORT[base]=$BASE_PORT; TARGETS+=(base); }
 CASES=("ka64|-c64|" "ka256|-c256|" "close64|-c64|-H|Connection: close")
 RESULTS=$TMP/results.tsv
@@ -175,7 +187,7 @@ for line in open(sys.argv[1]):
     data.setdefault((case, target), []).append((rps, p50, p99, errs.group(0) if errs else ""))
 
 cases = ["ka64", "ka256", "close64"]
-targets = ["direct", "nginx", "haproxy", "baton", "base"]
+targets = ["direct", "nginx", "haproxy", "baton", "general", "base"]
 print()
 print(f"{'case':<8} {'target':<8} {'req/s':>10} {'p50 µs':>9} {'p99 µs':>9} {'/nginx':>7} {'/haproxy':>9}  notes")
 for c in cases:

@@ -35,6 +35,9 @@ use crate::table::AppTable;
 const MAX_HEADERS: usize = 48;
 /// Upstream read buffer: a response head and the start of its body.
 const UP_BUF: usize = 16 * 1024;
+/// Header lines of a response head with more than `MAX_HEADERS` (hyper's client
+/// allows 100).
+const MAX_RESPONSE_HEADERS: usize = 128;
 /// Idle raw upstream connections kept per backend and worker.
 const MAX_IDLE_PER_BACKEND: usize = 1024;
 
@@ -62,6 +65,10 @@ thread_local! {
 
 fn take_idle(addr: SocketAddr) -> Option<TcpStream> {
     IDLE.with_borrow_mut(|m| m.get_mut(&addr)?.pop().map(|c| c.stream))
+}
+
+fn drop_idle(addr: SocketAddr) {
+    IDLE.with_borrow_mut(|m| m.remove(&addr));
 }
 
 fn put_idle(addr: SocketAddr, stream: TcpStream) {
@@ -454,10 +461,34 @@ enum RespParsed {
     Bad,
 }
 
-fn parse_response(b: &[u8], head_method: bool) -> RespParsed {
+/// Parses a response head with room for `MAX_HEADERS` header lines on the stack, or
+/// [`MAX_RESPONSE_HEADERS`] on the heap when that is not enough (many cookies).
+fn with_response<T>(
+    b: &[u8],
+    f: impl FnOnce(&httparse::Response<'_, '_>, httparse::Result<usize>) -> T,
+) -> T {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
-    let len = match resp.parse(b) {
+    let r = resp.parse(b);
+    if !matches!(r, Err(httparse::Error::TooManyHeaders)) {
+        return f(&resp, r);
+    }
+    let mut headers = vec![httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let r = resp.parse(b);
+    f(&resp, r)
+}
+
+fn parse_response(b: &[u8], head_method: bool) -> RespParsed {
+    with_response(b, |resp, r| judge_response(resp, r, head_method))
+}
+
+fn judge_response(
+    resp: &httparse::Response<'_, '_>,
+    r: httparse::Result<usize>,
+    head_method: bool,
+) -> RespParsed {
+    let len = match r {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return RespParsed::Partial,
         Err(_) => return RespParsed::Bad,
@@ -540,10 +571,19 @@ fn parse_response(b: &[u8], head_method: bool) -> RespParsed {
 /// The client's response head: the backend's, without hop-by-hop headers (the chunked
 /// `Transfer-Encoding` stays: the body is passed through as it is framed), plus
 /// `Connection: close` when this is the connection's last response.
-fn client_head(raw: &[u8], last: bool, out: &mut Vec<u8>) {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let _ = resp.parse(raw);
+///
+/// A `Content-Length` next to a chunked `Transfer-Encoding` is dropped (RFC 9112 6.3:
+/// an intermediary must not forward both).
+fn client_head(raw: &[u8], last: bool, chunked: bool, out: &mut Vec<u8>) {
+    with_response(raw, |resp, _| write_client_head(resp, last, chunked, out));
+}
+
+fn write_client_head(
+    resp: &httparse::Response<'_, '_>,
+    last: bool,
+    chunked: bool,
+    out: &mut Vec<u8>,
+) {
     out.extend_from_slice(b"HTTP/1.1 ");
     let code = resp.code.unwrap_or(502);
     out.extend_from_slice(&[
@@ -557,6 +597,7 @@ fn client_head(raw: &[u8], last: bool, out: &mut Vec<u8>) {
     for h in resp.headers.iter() {
         let n = h.name.as_bytes();
         if hop_by_hop(n)
+            || (chunked && n.eq_ignore_ascii_case(b"content-length"))
             || n.eq_ignore_ascii_case(b"te")
             || n.eq_ignore_ascii_case(b"trailer")
             || n.eq_ignore_ascii_case(b"upgrade")
@@ -698,9 +739,13 @@ async fn exchange(
                         .fetch_max(until, Ordering::Relaxed);
                 }
                 if pooled_loss {
-                    // A stale keep-alive connection: does not count as an attempt.
+                    // A stale keep-alive connection: does not count as an attempt. The
+                    // backend probably closed its other idle ones too (a restart, an
+                    // idle timeout after a burst): drop them, so the next attempt
+                    // connects afresh.
                     attempts -= 1;
                     spins += 1;
+                    drop_idle(addr);
                 } else {
                     version.counters.retries.fetch_add(1, Ordering::Relaxed);
                 }
@@ -740,7 +785,8 @@ async fn exchange(
     version.counters.record_status(rh.status);
     let last = head.close || matches!(rh.framing, Framing::UntilClose) || stop.is_cancelled();
     let mut send = spare_buf(1024);
-    client_head(&up_buf[..rh.len], last, &mut send);
+    let chunked = matches!(rh.framing, Framing::Chunked);
+    client_head(&up_buf[..rh.len], last, chunked, &mut send);
     let head_latency = rh.event_stream.then(|| start.elapsed());
     let mut body = BodyCopy::new(rh.framing);
     let already = &up_buf[rh.len..];
@@ -1237,6 +1283,7 @@ mod tests {
         client_head(
             b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nx-version: v1\r\ncontent-length: 2\r\n\r\n",
             true,
+            false,
             &mut out,
         );
         assert_eq!(

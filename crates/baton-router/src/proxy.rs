@@ -1087,7 +1087,14 @@ pub(crate) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Re
         match sent.await {
             Ok(Ok(resp)) => {
                 let (mut parts, body) = resp.into_parts();
-                let reusable = !says_close(&parts.headers);
+                let mut reusable = !says_close(&parts.headers);
+                if parts.headers.contains_key(header::TRANSFER_ENCODING)
+                    && parts.headers.remove(header::CONTENT_LENGTH).is_some()
+                {
+                    // Both: hyper read the body as chunked; the length must not reach
+                    // the user (RFC 9112 6.3), and the connection is not trusted again.
+                    reusable = false;
+                }
                 strip_hop_by_hop(&mut parts.headers);
                 let status = parts.status.as_u16();
                 version.counters.record_status(status);
