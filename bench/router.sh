@@ -108,9 +108,9 @@ wait_port() {
     exit 1
 }
 
-taskset -c "$LOAD_CPU" "$HELPER" backend "$BACKEND" & PIDS+=($!)
+taskset -c "$LOAD_CPU" "$HELPER" backend "$BACKEND" & BACKEND_PID=$!; PIDS+=($BACKEND_PID)
 taskset -c "$PROXY_CPU" "$NGINX" -c "$TMP/nginx.conf" -g 'daemon off;' 2>"$TMP/nginx.out" & PIDS+=($!)
-taskset -c "$PROXY_CPU" haproxy -f "$TMP/haproxy.cfg" -q 2>"$TMP/haproxy.out" & PIDS+=($!)
+taskset -c "$PROXY_CPU" haproxy -f "$TMP/haproxy.cfg" -q 2>"$TMP/haproxy.out" & HAPROXY_PID=$!; PIDS+=($HAPROXY_PID)
 baton_cmd "$BATON_PORT" "$BACKEND" >"$TMP/baton.out" 2>&1 & BATON_PID=$!; PIDS+=($BATON_PID)
 taskset -pc "$PROXY_CPU" "$BATON_PID" >/dev/null
 for t in /proc/$BATON_PID/task/*; do taskset -pc "$PROXY_CPU" "$(basename "$t")" >/dev/null; done
@@ -124,7 +124,7 @@ fi
 if [ -n "${BASE_BIN:-}" ]; then
     BASE_PORT=$(free_port)
     taskset -c "$PROXY_CPU" "$BASE_BIN" router "127.0.0.1:$BASE_PORT" "127.0.0.1:$BACKEND" 1 \
-        >"$TMP/base.out" 2>&1 & PIDS+=($!)
+        >"$TMP/base.out" 2>&1 & BASE_PID=$!; PIDS+=($BASE_PID)
     PORTS+=($BASE_PORT)
 fi
 for p in "${PORTS[@]}"; do wait_port "$p"; done
@@ -135,6 +135,15 @@ if [ -n "${GENERAL:-}" ]; then
 fi
 
 declare -A PORT=([direct]=$BACKEND [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT [baton]=$BATON_PORT)
+# The process doing each target's work, for its CPU time per request (user + system,
+# all threads): the cost that decides how much one core can carry, whatever the load
+# generator's own limit.
+NGINX_WORKER=$(pgrep -P "$(cat "$TMP/nginx.pid")" | head -n 1)
+declare -A WORK_PID=([direct]=$BACKEND_PID [nginx]=$NGINX_WORKER [haproxy]=$HAPROXY_PID [baton]=$BATON_PID)
+[ -n "${GENERAL:-}" ] && WORK_PID[general]=$GENERAL_PID
+[ -n "${BASE_BIN:-}" ] && WORK_PID[base]=$BASE_PID
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+HZ=$(getconf CLK_TCK)
 TARGETS=(direct nginx haproxy baton)
 [ -n "${GENERAL:-}" ] && { PORT[general]=$GENERAL_PORT; TARGETS+=(general); }
 [ -n "${BASE_BIN:-}" ] && { PORT[base]=$BASE_PORT; TARGETS+=(base); }
@@ -157,8 +166,10 @@ for round in $(seq 1 "$ROUNDS"); do
             echo "[$n/$total] round $round $name $t" >&2
             args=(-t1 "$conns" -d"${DURATION}s" --latency)
             [ -n "$h1" ] && args+=("$h1" "$h2")
+            before=$(ticks "${WORK_PID[$t]}")
             out=$(taskset -c "$LOAD_CPU" wrk "${args[@]}" "http://127.0.0.1:${PORT[$t]}/")
-            printf '%s\t%s\t%s\n' "$name" "$t" "$(echo "$out" | tr '\n' '\037')" >>"$RESULTS"
+            cpu_s=$(echo "$(ticks "${WORK_PID[$t]}") $before $HZ" | awk '{print ($1 - $2) / $3}')
+            printf '%s\t%s\t%s\t%s\n' "$name" "$t" "$cpu_s" "$(echo "$out" | tr '\n' '\037')" >>"$RESULTS"
         done
     done
 done
@@ -174,7 +185,7 @@ def us(v):
 
 data = {}
 for line in open(sys.argv[1]):
-    case, target, out = line.rstrip("\n").split("\t")
+    case, target, cpu_s, out = line.rstrip("\n").split("\t")
     out = out.replace("\x1f", "\n")
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
     l50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
@@ -183,27 +194,33 @@ for line in open(sys.argv[1]):
         print(f"unreadable wrk output for {case} {target}:\n{out}", file=sys.stderr)
         continue
     rps, p50, p99 = float(m.group(1)), us(l50.group(1)), us(l99.group(1))
+    n = re.search(r"(\d+) requests in", out)
+    cpu = float(cpu_s) * 1e6 / int(n.group(1)) if n and int(n.group(1)) else float("nan")
     errs = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
-    data.setdefault((case, target), []).append((rps, p50, p99, errs.group(0) if errs else ""))
+    data.setdefault((case, target), []).append((rps, p50, p99, cpu, errs.group(0) if errs else ""))
 
 cases = ["ka64", "ka256", "close64"]
 targets = ["direct", "nginx", "haproxy", "baton", "general", "base"]
 print()
-print(f"{'case':<8} {'target':<8} {'req/s':>10} {'p50 µs':>9} {'p99 µs':>9} {'/nginx':>7} {'/haproxy':>9}  notes")
+print(f"{'case':<8} {'target':<8} {'req/s':>10} {'p50 µs':>9} {'p99 µs':>9} {'/nginx':>7} {'/haproxy':>9} {'cpu µs/req':>11} {'req/cpu-s /nginx':>17}  notes")
 for c in cases:
     med = {}
     for t in targets:
         runs = data.get((c, t), [])
         if not runs:
             continue
-        med[t] = tuple(statistics.median(r[i] for r in runs) for i in range(3))
+        med[t] = tuple(statistics.median(r[i] for r in runs) for i in range(4))
     for t in targets:
         if t not in med:
             continue
-        rps, p50, p99 = med[t]
+        rps, p50, p99, cpu = med[t]
         rn = f"{rps / med['nginx'][0]:.2f}x" if "nginx" in med and t not in ("direct", "nginx") else ""
         rh = f"{rps / med['haproxy'][0]:.2f}x" if "haproxy" in med and t not in ("direct", "haproxy") else ""
-        notes = "; ".join(sorted({r[3] for r in data[(c, t)] if r[3]}))
-        print(f"{c:<8} {t:<8} {rps:>10.0f} {p50:>9.0f} {p99:>9.0f} {rn:>7} {rh:>9}  {notes}")
+        # Requests one core carries per CPU-second, relative to nginx's.
+        rc = f"{med['nginx'][3] / cpu:.2f}x" if "nginx" in med and t not in ("direct", "nginx") else ""
+        notes = "; ".join(sorted({r[4] for r in data[(c, t)] if r[4]}))
+        print(f"{c:<8} {t:<8} {rps:>10.0f} {p50:>9.0f} {p99:>9.0f} {rn:>7} {rh:>9} {cpu:>11.1f} {rc:>17}  {notes}")
 print(f"\nmedians of {len(data[('ka64','nginx')])} interleaved runs per cell; proxies pinned to one CPU, wrk + backend on another")
+print("cpu µs/req: the target's process CPU time (user + system, all threads) per request;")
+print("req/s is capped by the load CPU when a proxy needs less than a whole core")
 PY
