@@ -27,6 +27,7 @@ use tokio::net::TcpStream;
 use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 
+use crate::client_socket::ClientSocket;
 use crate::metrics::RequestSample;
 use crate::proxy::{self, ConnCtx, InFlight};
 use crate::table::AppTable;
@@ -154,8 +155,8 @@ struct ReqHead {
 /// read from the client so far.
 pub(crate) async fn serve(
     ctx: &ConnCtx,
-    stream: &mut TcpStream,
-    first: Bytes,
+    stream: &mut ClientSocket,
+    first: Vec<u8>,
     stop: &CancellationToken,
     sleep: Pin<&mut Sleep>,
     header_timeout: Duration,
@@ -165,8 +166,7 @@ pub(crate) async fn serve(
     tokio::pin!(stopped);
     let armed = sleep.deadline();
     let mut deadline = Deadline { sleep, armed };
-    let mut buf: Vec<u8> = Vec::with_capacity(first.len().max(4096));
-    buf.extend_from_slice(&first);
+    let mut buf = first;
     // Start of the next request in `buf`.
     let mut at = 0usize;
     let mut idle_since = tokio::time::Instant::now();
@@ -263,7 +263,7 @@ fn handoff(rest: &[u8]) -> Outcome {
 
 /// Answers a request head over the app's limit, and closes: the rest of what the
 /// client sends cannot be framed.
-async fn too_large(client: &mut TcpStream) -> Outcome {
+async fn too_large(client: &mut ClientSocket) -> Outcome {
     local(
         client,
         "431 Request Header Fields Too Large",
@@ -634,7 +634,7 @@ enum AttemptError {
 async fn exchange(
     ctx: &ConnCtx,
     app: &Arc<AppTable>,
-    client: &mut TcpStream,
+    client: &mut ClientSocket,
     raw: &[u8],
     head: &ReqHead,
     deadline: &mut Deadline<'_>,
@@ -841,7 +841,7 @@ fn guard_record(guard: &InFlight, now: Instant, latency: Duration, status: u16, 
 }
 
 /// A response the router makes itself.
-async fn local(client: &mut TcpStream, status: &str, msg: &str, close: bool) -> Exchange {
+async fn local(client: &mut ClientSocket, status: &str, msg: &str, close: bool) -> Exchange {
     let mut out = spare_buf(256);
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_bytes());
@@ -1119,7 +1119,7 @@ impl BodyCopy {
 /// bytes sent, body complete, the backend sent more than the body).
 async fn copy_body(
     up: &mut TcpStream,
-    client: &mut TcpStream,
+    client: &mut ClientSocket,
     buf: &mut Vec<u8>,
     body: &mut BodyCopy,
     mut drain: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,

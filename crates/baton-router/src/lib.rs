@@ -21,6 +21,7 @@
 //! (accept loops), [`admin`] (admin API and its client), [`stats`] (admin wire types).
 
 pub mod admin;
+mod client_socket;
 pub mod config;
 mod error;
 mod fastlane;

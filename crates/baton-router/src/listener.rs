@@ -22,11 +22,13 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
+use crate::client_socket::ClientSocket;
 use crate::framing::FramingScanner;
 use crate::limits::Limits;
 use crate::proxy::{self, ConnCtx, RespBody};
@@ -99,9 +101,12 @@ async fn accept_loop(
     listener: std::net::TcpListener,
     stop: CancellationToken,
 ) {
+    // Accepted sockets are not registered with the runtime until they have to wait
+    // (see [`ClientSocket`]), so the listener is watched for readiness and accepts
+    // plain sockets.
     let listener = match listener
         .set_nonblocking(true)
-        .and_then(|()| TcpListener::from_std(listener))
+        .and_then(|()| watch(listener))
     {
         Ok(l) => l,
         Err(e) => {
@@ -110,10 +115,12 @@ async fn accept_loop(
         }
     };
     let mut builder: Option<(Limits, Arc<ConnBuilders>)> = None;
+    let stopped = stop.cancelled();
+    let mut stopped = pin!(stopped);
     loop {
         let (stream, peer) = tokio::select! {
-            _ = stop.cancelled() => break,
-            r = listener.accept() => match r {
+            () = &mut stopped => break,
+            r = accept_plain(&listener) => match r {
                 Ok(x) => x,
                 Err(e) => {
                     // Typically EMFILE; back off instead of spinning.
@@ -123,6 +130,9 @@ async fn accept_loop(
                 }
             },
         };
+        if stream.set_nonblocking(true).is_err() {
+            continue;
+        }
         let _ = stream.set_nodelay(true);
         // Connection settings follow the app's live limits; rebuilt only when they change.
         let limits = shared
@@ -144,6 +154,30 @@ async fn accept_loop(
         tokio::spawn(shared.tasks.track_future(fut));
     }
     tracing::debug!(app = %app.name, "listener stopped");
+}
+
+/// Registers `listener` for readiness. `AsyncFd::new` is deprecated because a value
+/// that does not own its descriptor could close it while registered; the listener is
+/// owned by the `AsyncFd` and closed only when it is dropped, after deregistration,
+/// and the safe-code replacement (`AsyncFd::register`) is `unsafe`.
+#[expect(
+    deprecated,
+    reason = "the AsyncFd owns the listener; see the doc comment"
+)]
+fn watch(listener: std::net::TcpListener) -> std::io::Result<AsyncFd<std::net::TcpListener>> {
+    AsyncFd::new(listener)
+}
+
+/// The next connection, as a plain socket (blocking mode, as `accept` returns it).
+async fn accept_plain(
+    listener: &AsyncFd<std::net::TcpListener>,
+) -> std::io::Result<(std::net::TcpStream, SocketAddr)> {
+    loop {
+        let mut ready = listener.readable().await?;
+        if let Ok(r) = ready.try_io(|l| l.get_ref().accept()) {
+            return r;
+        }
+    }
 }
 
 /// The HTTP/1.1 and h2c server settings for one app's client connections.
@@ -174,8 +208,8 @@ fn conn_builder(limits: &Limits) -> ConnBuilders {
 /// The client connection preface of HTTP/2 (RFC 9113 3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// How many bytes the first read of a connection takes (a typical request head).
-const FIRST_READ: usize = 2048;
+/// Room for the first read of a connection (a typical request head).
+const FIRST_READ: usize = 4096;
 
 /// A client connection whose first bytes were already read (to tell HTTP/1 from
 /// HTTP/2): they are read again first.
@@ -261,23 +295,27 @@ impl AsyncWrite for Prefixed {
     }
 }
 
-/// Reads the first bytes of a connection, enough to tell an HTTP/2 preface from an
-/// HTTP/1 request (usually the whole request head, in one read). `None` when the
-/// client closed or failed first.
-async fn first_bytes(stream: &mut TcpStream) -> Option<(Bytes, bool)> {
-    let mut buf = [0u8; FIRST_READ];
-    let mut have = 0;
+/// Whether `first` (the first bytes of a connection) is an HTTP/2 preface, once it is
+/// long enough to tell.
+fn is_h2(first: &[u8]) -> Option<bool> {
+    let common = first.len().min(H2_PREFACE.len());
+    if first[..common] != H2_PREFACE[..common] {
+        return Some(false);
+    }
+    (first.len() >= H2_PREFACE.len()).then_some(true)
+}
+
+/// Reads the first bytes of a connection until they tell an HTTP/2 preface from an
+/// HTTP/1 request (usually the whole request head, in one read, often without
+/// waiting). `None` when the client closed or failed first.
+async fn first_bytes(sock: &mut ClientSocket, buf: &mut Vec<u8>) -> Option<bool> {
     loop {
-        match stream.read(&mut buf[have..]).await {
+        if let Some(h2) = is_h2(buf).filter(|_| !buf.is_empty()) {
+            return Some(h2);
+        }
+        match sock.read_buf(buf).await {
             Ok(0) | Err(_) => return None,
-            Ok(n) => have += n,
-        }
-        let common = have.min(H2_PREFACE.len());
-        if buf[..common] != H2_PREFACE[..common] {
-            return Some((Bytes::copy_from_slice(&buf[..have]), false));
-        }
-        if have >= H2_PREFACE.len() {
-            return Some((Bytes::copy_from_slice(&buf[..have]), true));
+            Ok(_) => {}
         }
     }
 }
@@ -352,10 +390,11 @@ impl Body for Tracked {
 async fn serve_conn(
     builders: Arc<ConnBuilders>,
     ctx: Arc<ConnCtx>,
-    mut stream: TcpStream,
+    stream: std::net::TcpStream,
     stop: CancellationToken,
     header_timeout: Duration,
 ) {
+    let mut sock = ClientSocket::new(stream);
     // One timer per connection. Until the protocol is known and until the first
     // request head has arrived, it bounds the wait from the accept. After that, for
     // HTTP/1 it bounds every wait for a request head (a slow client sending its
@@ -364,22 +403,34 @@ async fn serve_conn(
     let deadline = pin!(tokio::time::sleep(header_timeout));
     let mut deadline = deadline;
     let peer = ctx.peer;
-    let first = tokio::select! {
-        r = first_bytes(&mut stream) => r,
-        () = deadline.as_mut() => {
-            tracing::debug!(%peer, "no request within the header timeout");
-            return;
-        }
-        _ = stop.cancelled() => return,
+    let mut first = Vec::with_capacity(FIRST_READ);
+    // Usually the request is there already: no timer, no waiting.
+    let ready = match sock.try_read_buf(&mut first) {
+        Ok(Some(0)) | Err(_) => return,
+        Ok(_) => is_h2(&first).filter(|_| !first.is_empty()),
     };
-    let Some((prefix, h2)) = first else {
-        return;
+    let h2 = match ready {
+        Some(h2) => h2,
+        None => {
+            let known = tokio::select! {
+                r = first_bytes(&mut sock, &mut first) => r,
+                () = deadline.as_mut() => {
+                    tracing::debug!(%peer, "no request within the header timeout");
+                    return;
+                }
+                _ = stop.cancelled() => return,
+            };
+            match known {
+                Some(h2) => h2,
+                None => return,
+            }
+        }
     };
     let prefix = if !h2 && ctx.shared.fast_lane {
         let lane = crate::fastlane::serve(
             &ctx,
-            &mut stream,
-            prefix,
+            &mut sock,
+            first,
             &stop,
             deadline.as_mut(),
             header_timeout,
@@ -389,7 +440,10 @@ async fn serve_conn(
             crate::fastlane::Outcome::Handoff(rest) => rest,
         }
     } else {
-        prefix
+        Bytes::from(first)
+    };
+    let Ok(stream) = sock.into_tokio() else {
+        return;
     };
     let watch = (!h2).then(|| {
         Box::new(FramingWatch {
