@@ -563,6 +563,29 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The newest event of `app` whose kind is `kind`, if any.
+    pub fn last_event_of_kind(
+        &self,
+        app: &str,
+        kind: &str,
+    ) -> Result<Option<EventRecord>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, app, at_ms, kind, message, fields_json FROM events
+             WHERE app = ?1 AND kind = ?2 ORDER BY id DESC LIMIT 1",
+        )?;
+        let mut rows = stmt.query_map(params![app, kind], |r| {
+            Ok(EventRecord {
+                id: r.get(0)?,
+                app: r.get(1)?,
+                at_ms: r.get(2)?,
+                kind: r.get(3)?,
+                message: r.get(4)?,
+                fields_json: r.get(5)?,
+            })
+        })?;
+        Ok(rows.next().transpose()?)
+    }
+
     // ---- upgrade history --------------------------------------------------------------
 
     /// Opens an upgrade-history entry with result [`HISTORY_IN_PROGRESS`]. Returns its id.

@@ -296,6 +296,48 @@ fn commit_transition_requires_app() {
 }
 
 #[test]
+fn last_event_of_a_kind_is_the_newest_of_that_kind_and_app() {
+    let db = TempDb::new();
+    let mut store = Store::open(&db.path).unwrap();
+    assert!(store.last_event_of_kind("web", "check").unwrap().is_none());
+    for (i, (app, kind)) in [
+        ("web", "check"),
+        ("web", "other"),
+        ("api", "check"),
+        ("web", "check"),
+        ("web", "other"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        store
+            .append_event(app, &NewEvent::new(kind, format!("m{i}")), i as i64)
+            .unwrap();
+    }
+    let last = store.last_event_of_kind("web", "check").unwrap().unwrap();
+    assert_eq!((last.message.as_str(), last.at_ms), ("m3", 3));
+    assert_eq!(
+        store
+            .last_event_of_kind("api", "check")
+            .unwrap()
+            .unwrap()
+            .message,
+        "m2"
+    );
+    // Reopened from the file: the same answer.
+    drop(store);
+    let store = Store::open(&db.path).unwrap();
+    assert_eq!(
+        store
+            .last_event_of_kind("web", "check")
+            .unwrap()
+            .unwrap()
+            .message,
+        "m3"
+    );
+}
+
+#[test]
 fn events_page_by_id_and_are_per_app() {
     let db = TempDb::new();
     let mut store = Store::open(&db.path).unwrap();

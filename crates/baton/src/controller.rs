@@ -957,8 +957,15 @@ impl AppController {
             return;
         }
         if self.analysis.history_id != r.history_id {
+            let last = self
+                .shared
+                .store()
+                .last_event_of_kind(&self.spec.name, ANALYSIS_CHECK)
+                .ok()
+                .flatten();
             self.analysis = AnalysisRun {
                 history_id: r.history_id,
+                failures: recorded_failures(last.as_ref(), r.history_id),
                 ..AnalysisRun::default()
             };
         }
@@ -1038,8 +1045,13 @@ impl AppController {
         match crate::analysis::judge(&cfg, &r.to.version, counts(new), counts(stable)) {
             Some((baton_engine::Verdict::Fail, reason)) => {
                 self.analysis.failures += 1;
+                let limit = cfg.failure_limit.max(1);
                 info!(app = %self.spec.name, failures = self.analysis.failures, %reason, "analysis failed");
-                if self.analysis.failures >= cfg.failure_limit.max(1) {
+                self.record_analysis_check(format!(
+                    "analysis check failed ({} of {limit} in a row): {reason}",
+                    self.analysis.failures
+                ));
+                if self.analysis.failures >= limit {
                     self.apply_logged(Input::Analysis {
                         verdict: baton_engine::Verdict::Fail,
                         reason,
@@ -1047,8 +1059,35 @@ impl AppController {
                     .await;
                 }
             }
-            Some((baton_engine::Verdict::Pass, _)) => self.analysis.failures = 0,
+            Some((baton_engine::Verdict::Pass, _)) => {
+                if self.analysis.failures > 0 {
+                    self.analysis.failures = 0;
+                    self.record_analysis_check(
+                        "analysis check passed; failures in a row reset".into(),
+                    );
+                }
+            }
             Some(_) | None => {}
+        }
+    }
+
+    /// Records the failures in a row of the rollout's analysis (see [`AnalysisRun`]).
+    fn record_analysis_check(&self, message: String) {
+        let fields = AnalysisCheck {
+            history_id: self.analysis.history_id,
+            failures: self.analysis.failures,
+        };
+        let event = NewEvent {
+            kind: ANALYSIS_CHECK.into(),
+            message,
+            fields_json: serde_json::to_string(&fields).unwrap_or_else(|_| "{}".into()),
+        };
+        if let Err(e) = self
+            .shared
+            .store()
+            .append_event(&self.spec.name, &event, now_ms())
+        {
+            warn!(app = %self.spec.name, error = %e, "cannot record the analysis check");
         }
     }
 
@@ -1272,13 +1311,33 @@ impl AppController {
     }
 }
 
-/// Analysis state of the rollout in flight (not persisted: after a restart the
-/// count of failing measurements simply starts again).
+/// Analysis state of the rollout in flight. The count of failing measurements in a
+/// row is also kept in the event log ([`ANALYSIS_CHECK`] events), so a restarted
+/// control plane goes on counting where the previous one stopped.
 #[derive(Default)]
 struct AnalysisRun {
     history_id: i64,
     last_ms: i64,
     failures: u32,
+}
+
+/// Event kind recording the failing measurements in a row of a rollout's analysis.
+const ANALYSIS_CHECK: &str = "analysis_check";
+
+/// What an [`ANALYSIS_CHECK`] event carries.
+#[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+struct AnalysisCheck {
+    history_id: i64,
+    /// Failing measurements in a row, this one included (0: a passing one).
+    failures: u32,
+}
+
+/// The failures in a row recorded for rollout `history_id` by the newest
+/// [`ANALYSIS_CHECK`] event (0 when it belongs to another rollout).
+fn recorded_failures(last: Option<&baton_store::EventRecord>, history_id: i64) -> u32 {
+    last.and_then(|e| serde_json::from_str::<AnalysisCheck>(&e.fields_json).ok())
+        .filter(|c| c.history_id == history_id)
+        .map_or(0, |c| c.failures)
 }
 
 /// Start one instance of `revision` through the driver.
@@ -1336,4 +1395,36 @@ async fn launch(
             .join(format!("{id}.log")),
     };
     Ok(shared.driver.start(&spec).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(history_id: i64, failures: u32) -> baton_store::EventRecord {
+        baton_store::EventRecord {
+            id: 1,
+            app: "demo".into(),
+            at_ms: 0,
+            kind: ANALYSIS_CHECK.into(),
+            message: String::new(),
+            fields_json: serde_json::to_string(&AnalysisCheck {
+                history_id,
+                failures,
+            })
+            .unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_restarted_analysis_counts_on_from_the_record_of_its_own_rollout() {
+        assert_eq!(recorded_failures(Some(&check(7, 2)), 7), 2);
+        // Another rollout's record, a reset, none, or an unreadable one: from zero.
+        assert_eq!(recorded_failures(Some(&check(6, 2)), 7), 0);
+        assert_eq!(recorded_failures(Some(&check(7, 0)), 7), 0);
+        assert_eq!(recorded_failures(None, 7), 0);
+        let mut bad = check(7, 2);
+        bad.fields_json = "{}".into();
+        assert_eq!(recorded_failures(Some(&bad), 7), 0);
+    }
 }

@@ -111,7 +111,25 @@ fn failing_canary_is_rolled_back_by_analysis() {
     let history: Value = serde_json::from_str(&h.cli_ok(&["history", "demo", "--json"])).unwrap();
     assert_eq!(history[0]["result"], "rolled_back");
     assert!(history[0]["notes"].as_str().unwrap().contains("error rate"));
+    // Each failing measurement is on record (a restarted control plane counts on
+    // from there), up to the one that reached the limit.
+    let checks: Vec<String> = events(&h)
+        .iter()
+        .filter(|e| e["kind"] == "analysis_check")
+        .map(|e| e["message"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        checks
+            .iter()
+            .any(|m| m.contains("1 of 2 in a row") && m.contains("error rate of v2")),
+        "{checks:?}"
+    );
+    assert!(
+        checks.last().is_some_and(|m| m.contains("2 of 2 in a row")),
+        "{checks:?}"
+    );
 }
+
 /// Deploy v2 (with `env`) under steady, bounded load and expect the rollout to
 /// fail: `deploy --wait` exits 1 and its message contains every part of
 /// `reasons`. Returns what the load saw.
