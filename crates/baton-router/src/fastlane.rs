@@ -167,6 +167,8 @@ pub(crate) async fn serve(
     let armed = sleep.deadline();
     let mut deadline = Deadline { sleep, armed };
     let mut buf = first;
+    // The head sent upstream, written while the client's is parsed.
+    let mut upstream = Vec::with_capacity(1024);
     // Start of the next request in `buf`.
     let mut at = 0usize;
     let mut idle_since = tokio::time::Instant::now();
@@ -181,7 +183,8 @@ pub(crate) async fn serve(
                 |a| a.limits.max_header_bytes,
             );
             let pending = &buf[at..];
-            match parse_request(pending) {
+            upstream.clear();
+            match parse_request(pending, |req| upstream_request(req, ctx, &mut upstream)) {
                 Parsed::Done(h) if h.len <= max_head => break h,
                 Parsed::Other { len: Some(n) } if n <= max_head => return handoff(pending),
                 Parsed::Malformed => return handoff(pending),
@@ -230,16 +233,7 @@ pub(crate) async fn serve(
         let rest_start = at + head.len;
         ctx.heads.fetch_add(1, Ordering::Relaxed);
         ctx.active.fetch_add(1, Ordering::Relaxed);
-        let done = exchange(
-            ctx,
-            &app,
-            stream,
-            &buf[at..rest_start],
-            &head,
-            &mut deadline,
-            stop,
-        )
-        .await;
+        let done = exchange(ctx, &app, stream, &upstream, &head, &mut deadline, stop).await;
         ctx.active.fetch_sub(1, Ordering::Relaxed);
         ctx.idle_since_ms
             .store(ctx.shared.now_ms(), Ordering::Relaxed);
@@ -294,7 +288,9 @@ enum Parsed {
     Malformed,
 }
 
-fn parse_request(b: &[u8]) -> Parsed {
+/// Judges a request head for the lane; for one it takes, `upstream` is given the
+/// parsed head (to write what is sent on, without parsing it again).
+fn parse_request(b: &[u8], upstream: impl FnOnce(&httparse::Request<'_, '_>)) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(b) {
@@ -348,6 +344,7 @@ fn parse_request(b: &[u8]) -> Parsed {
             }
         }
     }
+    upstream(&req);
     Parsed::Done(ReqHead {
         len,
         head_method: method == "HEAD",
@@ -364,11 +361,7 @@ fn hop_by_hop(name: &[u8]) -> bool {
 
 /// The head sent upstream: the client's, with hop-by-hop headers removed and the
 /// forwarding headers added (as [`proxy::upstream_head`] does on the general path).
-fn upstream_request(raw: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    // Parsed once already: cannot fail.
-    let _ = req.parse(raw);
+fn upstream_request(req: &httparse::Request<'_, '_>, ctx: &ConnCtx, out: &mut Vec<u8>) {
     out.extend_from_slice(req.method.unwrap_or("GET").as_bytes());
     out.push(b' ');
     out.extend_from_slice(req.path.unwrap_or("/").as_bytes());
@@ -479,8 +472,16 @@ fn with_response<T>(
     f(&resp, r)
 }
 
-fn parse_response(b: &[u8], head_method: bool) -> RespParsed {
-    with_response(b, |resp, r| judge_response(resp, r, head_method))
+/// Judges a response head; for a final one, writes the client's head but its end
+/// into `send` from the same parse.
+fn parse_response(b: &[u8], head_method: bool, send: &mut Vec<u8>) -> RespParsed {
+    with_response(b, |resp, r| {
+        let judged = judge_response(resp, r, head_method);
+        if let RespParsed::Done(h) = &judged {
+            write_client_head(resp, matches!(h.framing, Framing::Chunked), send);
+        }
+        judged
+    })
 }
 
 fn judge_response(
@@ -568,22 +569,14 @@ fn judge_response(
     })
 }
 
-/// The client's response head: the backend's, without hop-by-hop headers (the chunked
-/// `Transfer-Encoding` stays: the body is passed through as it is framed), plus
-/// `Connection: close` when this is the connection's last response.
+/// The client's response head but its end: the backend's, without hop-by-hop headers
+/// (the chunked `Transfer-Encoding` stays: the body is passed through as it is
+/// framed). The caller adds `Connection: close` when this is the connection's last
+/// response, then the blank line.
 ///
 /// A `Content-Length` next to a chunked `Transfer-Encoding` is dropped (RFC 9112 6.3:
 /// an intermediary must not forward both).
-fn client_head(raw: &[u8], last: bool, chunked: bool, out: &mut Vec<u8>) {
-    with_response(raw, |resp, _| write_client_head(resp, last, chunked, out));
-}
-
-fn write_client_head(
-    resp: &httparse::Response<'_, '_>,
-    last: bool,
-    chunked: bool,
-    out: &mut Vec<u8>,
-) {
+fn write_client_head(resp: &httparse::Response<'_, '_>, chunked: bool, out: &mut Vec<u8>) {
     out.extend_from_slice(b"HTTP/1.1 ");
     let code = resp.code.unwrap_or(502);
     out.extend_from_slice(&[
@@ -609,10 +602,6 @@ fn write_client_head(
         out.extend_from_slice(h.value);
         out.extend_from_slice(b"\r\n");
     }
-    if last {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
 }
 
 /// Why an attempt on one upstream connection produced no response.
@@ -635,7 +624,7 @@ async fn exchange(
     ctx: &ConnCtx,
     app: &Arc<AppTable>,
     client: &mut ClientSocket,
-    raw: &[u8],
+    request: &[u8],
     head: &ReqHead,
     deadline: &mut Deadline<'_>,
     stop: &CancellationToken,
@@ -644,8 +633,7 @@ async fn exchange(
     let sh = &*ctx.shared;
     app.counters.requests.fetch_add(1, Ordering::Relaxed);
     let limits = &app.limits;
-    let mut out = spare_buf(1024);
-    upstream_request(raw, ctx, &mut out);
+    let mut send = spare_buf(1024);
     let mut up_buf = spare_buf(UP_BUF);
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut attempts = 0;
@@ -696,7 +684,8 @@ async fn exchange(
         let r = attempt(
             addr,
             limits,
-            &out,
+            request,
+            &mut send,
             &mut up_buf,
             head.head_method,
             deadline,
@@ -714,7 +703,7 @@ async fn exchange(
                     .fetch_add(1, Ordering::Relaxed);
                 version.counters.record_status(504);
                 proxy::record_local(&version.counters, start, 504, 0);
-                return_buf(out);
+                return_buf(send);
                 return_buf(up_buf);
                 return local(
                     client,
@@ -753,8 +742,8 @@ async fn exchange(
             }
         }
     };
-    return_buf(out);
     let Some((app, vi, bi, guard, mut up, rh)) = result else {
+        return_buf(send);
         return_buf(up_buf);
         if let Some(v) = &last_version {
             tracing::warn!(app = %ctx.app.name, attempts, "every upstream attempt failed");
@@ -784,9 +773,11 @@ async fn exchange(
     let backend = &version.backends[bi];
     version.counters.record_status(rh.status);
     let last = head.close || matches!(rh.framing, Framing::UntilClose) || stop.is_cancelled();
-    let mut send = spare_buf(1024);
-    let chunked = matches!(rh.framing, Framing::Chunked);
-    client_head(&up_buf[..rh.len], last, chunked, &mut send);
+    // `send` holds the client's response head but its end.
+    if last {
+        send.extend_from_slice(b"connection: close\r\n");
+    }
+    send.extend_from_slice(b"\r\n");
     let head_latency = rh.event_stream.then(|| start.elapsed());
     let mut body = BodyCopy::new(rh.framing);
     let already = &up_buf[rh.len..];
@@ -864,12 +855,18 @@ async fn local(client: &mut ClientSocket, status: &str, msg: &str, close: bool) 
     }
 }
 
-/// Sends the request on a pooled connection to `addr` (or a new one) and reads the
-/// response head into `buf`.
+/// Sends the request on a pooled connection to `addr` (or a new one), reads the
+/// response head into `buf` and writes the client's response head but its end (see
+/// [`write_client_head`]) into `send`.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one attempt's inputs, all distinct"
+)]
 async fn attempt(
     addr: SocketAddr,
     limits: &crate::limits::Limits,
     request: &[u8],
+    send: &mut Vec<u8>,
     buf: &mut Vec<u8>,
     head_method: bool,
     deadline: &mut Deadline<'_>,
@@ -916,7 +913,8 @@ async fn attempt(
             Ok(_) => {}
         }
         loop {
-            match parse_response(&buf[at..], head_method) {
+            send.clear();
+            match parse_response(&buf[at..], head_method, send) {
                 RespParsed::Done(rh) => {
                     if at > 0 {
                         buf.drain(..at);
@@ -1206,7 +1204,12 @@ mod tests {
 
     #[test]
     fn requests_with_a_body_or_an_upgrade_are_left_to_the_general_path() {
-        let other = |s: &str| matches!(parse_request(s.as_bytes()), Parsed::Other { len: Some(_) });
+        let other = |s: &str| {
+            matches!(
+                parse_request(s.as_bytes(), |_| {}),
+                Parsed::Other { len: Some(_) }
+            )
+        };
         assert!(other(
             "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc"
         ));
@@ -1219,10 +1222,13 @@ mod tests {
         assert!(other("GET / HTTP/1.0\r\nHost: a\r\n\r\n"));
         assert!(other("GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n"));
         assert!(matches!(
-            parse_request(b"GET / HTTP/1.1\r\nHost: a\r\n"),
+            parse_request(b"GET / HTTP/1.1\r\nHost: a\r\n", |_| {}),
             Parsed::Partial
         ));
-        match parse_request(b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\nGET") {
+        match parse_request(
+            b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\nGET",
+            |_| {},
+        ) {
             Parsed::Done(h) => {
                 assert!(h.close);
                 assert_eq!(h.len, 47);
@@ -1233,7 +1239,7 @@ mod tests {
 
     #[test]
     fn response_framing() {
-        let f = |s: &str, head: bool| match parse_response(s.as_bytes(), head) {
+        let f = |s: &str, head: bool| match parse_response(s.as_bytes(), head, &mut Vec::new()) {
             RespParsed::Done(h) => (h.framing, h.upstream_close),
             _ => panic!("not a complete response: {s}"),
         };
@@ -1268,27 +1274,48 @@ mod tests {
             (Framing::Length(1), true)
         ));
         assert!(matches!(
-            parse_response(b"HTTP/1.1 100 Continue\r\n\r\n", false),
+            parse_response(b"HTTP/1.1 100 Continue\r\n\r\n", false, &mut Vec::new()),
             RespParsed::Informational(25)
         ));
         assert!(matches!(
-            parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 1, 2\r\n\r\n", false),
+            parse_response(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 1, 2\r\n\r\n",
+                false,
+                &mut Vec::new()
+            ),
             RespParsed::Bad
         ));
     }
 
     #[test]
-    fn client_head_drops_hop_by_hop_and_marks_the_last_response() {
+    fn client_head_drops_hop_by_hop_headers_and_a_length_next_to_chunked() {
         let mut out = Vec::new();
-        client_head(
+        parse_response(
             b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nx-version: v1\r\ncontent-length: 2\r\n\r\n",
-            true,
             false,
             &mut out,
         );
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "HTTP/1.1 200 OK\r\nx-version: v1\r\ncontent-length: 2\r\nconnection: close\r\n\r\n"
+            "HTTP/1.1 200 OK\r\nx-version: v1\r\ncontent-length: 2\r\n"
         );
+        let mut out = Vec::new();
+        parse_response(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n",
+            false,
+            &mut out,
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n"
+        );
+        // An informational head writes nothing.
+        let mut out = Vec::new();
+        parse_response(
+            b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n",
+            false,
+            &mut out,
+        );
+        assert!(out.is_empty());
     }
 }
