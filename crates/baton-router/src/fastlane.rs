@@ -656,26 +656,13 @@ async fn exchange(
             },
         };
         primary = Some(v);
-        let Some((vi, bi)) = app.pick_backend(v, &tried, || sh.now_ms()) else {
+        let Some((vi, bi, guard)) = proxy::pick_for_attempt(ctx, &app, v, &tried) else {
             spins += 1;
             continue;
         };
         let version = &app.versions[vi];
         let backend = &version.backends[bi];
-        let guard = InFlight::start(backend.state.clone(), version.counters.clone());
-        // The drain fence of the general path: see `proxy::handle`.
-        let still_live = sh
-            .table
-            .load()
-            .app(ctx.app.id)
-            .is_some_and(|a| Arc::ptr_eq(a, &app));
-        if !still_live {
-            spins += 1;
-            continue;
-        }
         attempts += 1;
-        backend.state.requests.fetch_add(1, Ordering::Relaxed);
-        version.counters.requests.fetch_add(1, Ordering::Relaxed);
         last_version = Some(version.counters.clone());
         let addr = backend.addr;
         let sent_at = tokio::time::Instant::now();

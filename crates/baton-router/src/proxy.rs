@@ -751,6 +751,37 @@ impl Head {
     }
 }
 
+/// A backend of `app` for one attempt (see [`AppTable::pick_backend`]), counted in
+/// flight and as a request of its backend and version: (version index, backend
+/// index, in-flight guard). `None` when no backend can be picked, or when the snapshot
+/// was swapped underneath (pick again from the new one).
+pub(crate) fn pick_for_attempt(
+    ctx: &ConnCtx,
+    app: &Arc<AppTable>,
+    primary: usize,
+    tried: &[SocketAddr],
+) -> Option<(usize, usize, InFlight)> {
+    let sh = &*ctx.shared;
+    let (vi, bi) = app.pick_backend(primary, tried, || sh.now_ms())?;
+    let version = &app.versions[vi];
+    let backend = &version.backends[bi];
+    let guard = InFlight::start(backend.state.clone(), version.counters.clone());
+    // Drain fence: the control plane removes a backend, then waits for its in-flight
+    // count to reach 0. If a swap happened after we read the snapshot, this backend
+    // may already be drained and gone.
+    let still_live = sh
+        .table
+        .load()
+        .app(ctx.app.id)
+        .is_some_and(|a| Arc::ptr_eq(a, app));
+    if !still_live {
+        return None;
+    }
+    backend.state.requests.fetch_add(1, Ordering::Relaxed);
+    version.counters.requests.fetch_add(1, Ordering::Relaxed);
+    Some((vi, bi, guard))
+}
+
 /// The live table of the connection's app, if it is in the snapshot.
 #[inline]
 pub(crate) fn live_app_of(ctx: &ConnCtx) -> Option<Arc<AppTable>> {
@@ -1019,29 +1050,13 @@ pub(crate) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Re
             }
         };
         picked = Some((app.clone(), primary));
-        let Some((vi, bi)) = app.pick_backend(primary, &tried, || sh.now_ms()) else {
+        let Some((vi, bi, guard)) = pick_for_attempt(ctx, &app, primary, &tried) else {
             spins += 1;
             continue;
         };
         let version = &app.versions[vi];
         let backend = &version.backends[bi];
-        let guard = InFlight::start(backend.state.clone(), version.counters.clone());
-        // Drain fence: the control plane removes a backend, then waits for its
-        // in-flight count to reach 0. If a swap happened after we read the snapshot,
-        // this backend may already be drained and gone: pick again from the new one.
-        let still_live = sh
-            .table
-            .load()
-            .app(ctx.app.id)
-            .is_some_and(|a| Arc::ptr_eq(a, &app));
-        if !still_live {
-            spins += 1;
-            drop(guard);
-            continue;
-        }
         attempts += 1;
-        backend.state.requests.fetch_add(1, Ordering::Relaxed);
-        version.counters.requests.fetch_add(1, Ordering::Relaxed);
         last_version = Some(version.counters.clone());
         let addr = backend.addr;
         // A failure of this attempt goes to the stable version instead of the user.
