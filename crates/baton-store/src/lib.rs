@@ -550,16 +550,7 @@ impl Store {
             "SELECT id, app, at_ms, kind, message, fields_json FROM events
              WHERE app = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
         )?;
-        let rows = stmt.query_map(params![app, after_id, limit], |r| {
-            Ok(EventRecord {
-                id: r.get(0)?,
-                app: r.get(1)?,
-                at_ms: r.get(2)?,
-                kind: r.get(3)?,
-                message: r.get(4)?,
-                fields_json: r.get(5)?,
-            })
-        })?;
+        let rows = stmt.query_map(params![app, after_id, limit], event_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -573,16 +564,7 @@ impl Store {
             "SELECT id, app, at_ms, kind, message, fields_json FROM events
              WHERE app = ?1 AND kind = ?2 ORDER BY id DESC LIMIT 1",
         )?;
-        let mut rows = stmt.query_map(params![app, kind], |r| {
-            Ok(EventRecord {
-                id: r.get(0)?,
-                app: r.get(1)?,
-                at_ms: r.get(2)?,
-                kind: r.get(3)?,
-                message: r.get(4)?,
-                fields_json: r.get(5)?,
-            })
-        })?;
+        let mut rows = stmt.query_map(params![app, kind], event_row)?;
         Ok(rows.next().transpose()?)
     }
 
@@ -736,6 +718,18 @@ fn require_app(conn: &Connection, app: &str) -> Result<(), StoreError> {
             app: app.to_owned(),
         })
     }
+}
+
+/// An [`EventRecord`] from a row of `SELECT id, app, at_ms, kind, message, fields_json`.
+fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRecord> {
+    Ok(EventRecord {
+        id: r.get(0)?,
+        app: r.get(1)?,
+        at_ms: r.get(2)?,
+        kind: r.get(3)?,
+        message: r.get(4)?,
+        fields_json: r.get(5)?,
+    })
 }
 
 fn insert_event(
