@@ -708,11 +708,7 @@ async fn exchange(
                     tried.push(addr);
                 }
                 if matches!(e, AttemptError::Connect) {
-                    let until = sh.now_ms() + proxy::DOWN_FOR_MS;
-                    backend
-                        .state
-                        .down_until_ms
-                        .fetch_max(until, Ordering::Relaxed);
+                    proxy::mark_down(sh, &backend.state);
                 }
                 if pooled_loss {
                     // A stale keep-alive connection: does not count as an attempt. The

@@ -42,7 +42,7 @@ pub(crate) const MAX_REPLAY_BODY: usize = 1024 * 1024;
 /// Attempts per request, the first one included.
 pub(crate) const MAX_ATTEMPTS: usize = 3;
 /// How long the picker avoids a backend after a connect failure.
-pub(crate) const DOWN_FOR_MS: u64 = 1000;
+const DOWN_FOR_MS: u64 = 1000;
 /// Hold time for a request on a connection whose app was removed from the config.
 const REMOVED_APP_HOLD: Duration = Duration::from_secs(1);
 /// Bound on loop turns of one request that made no attempt.
@@ -782,6 +782,12 @@ pub(crate) fn pick_for_attempt(
     Some((vi, bi, guard))
 }
 
+/// After a failed connect: the picker avoids `backend` for [`DOWN_FOR_MS`].
+pub(crate) fn mark_down(sh: &Shared, backend: &BackendState) {
+    let until = sh.now_ms() + DOWN_FOR_MS;
+    backend.down_until_ms.fetch_max(until, Ordering::Relaxed);
+}
+
 /// The live table of the connection's app, if it is in the snapshot.
 #[inline]
 pub(crate) fn live_app_of(ctx: &ConnCtx) -> Option<Arc<AppTable>> {
@@ -1068,11 +1074,7 @@ pub(crate) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Re
                 // Nothing was sent: always safe to try elsewhere.
                 drop(guard);
                 backend.state.failures.fetch_add(1, Ordering::Relaxed);
-                let until = sh.now_ms() + DOWN_FOR_MS;
-                backend
-                    .state
-                    .down_until_ms
-                    .fetch_max(until, Ordering::Relaxed);
+                mark_down(sh, &backend.state);
                 tried.push(addr);
                 tracing::debug!(app = %ctx.app.name, backend = %addr, error = %e, "cannot connect upstream");
                 if shield_here {
@@ -1413,29 +1415,15 @@ pub(crate) async fn pick_for_stream(
     for _ in 0..MAX_ATTEMPTS {
         let app = routable_app(sh, &ctx.app).await?;
         let primary = app.pick_version()?;
-        let (vi, bi) = app.pick_backend(primary, &tried, || sh.now_ms())?;
-        let version = &app.versions[vi];
-        let backend = &version.backends[bi];
-        let guard = InFlight::start(backend.state.clone(), version.counters.clone());
-        let still_live = sh
-            .table
-            .load()
-            .app(ctx.app.id)
-            .is_some_and(|a| Arc::ptr_eq(a, &app));
-        if !still_live {
+        let Some((vi, bi, guard)) = pick_for_attempt(ctx, &app, primary, &tried) else {
             continue;
-        }
-        backend.state.requests.fetch_add(1, Ordering::Relaxed);
-        version.counters.requests.fetch_add(1, Ordering::Relaxed);
+        };
+        let backend = &app.versions[vi].backends[bi];
         match pool::connect(backend.addr, limits.connect_timeout, true).await {
             Ok(tx) => return Some((tx, guard, backend.state.clone())),
             Err(e) => {
                 backend.state.failures.fetch_add(1, Ordering::Relaxed);
-                let until = sh.now_ms() + DOWN_FOR_MS;
-                backend
-                    .state
-                    .down_until_ms
-                    .fetch_max(until, Ordering::Relaxed);
+                mark_down(sh, &backend.state);
                 tried.push(backend.addr);
                 tracing::debug!(app = %ctx.app.name, backend = %backend.addr, error = %e, "cannot connect upstream");
             }
