@@ -10,30 +10,7 @@ use serde_json::Value;
 
 /// Write a spec with the given strategy (and optional analysis) section.
 fn spec(h: &Harness, instances: u32, strategy: &str, analysis: &str) -> std::path::PathBuf {
-    let yaml = format!(
-        r#"name: demo
-environment: test
-listen: {listen}
-instances: {instances}
-drain_timeout: 5s
-driver:
-  process:
-    command: ["{baton}", "sample", "--port", "{{port}}", "--version", "{{version}}"]
-    stop_grace: 5s
-readiness:
-  path: /healthz
-  interval: 200ms
-  failure_threshold: 2
-strategy:
-{strategy}
-{analysis}
-"#,
-        listen = h.listen,
-        baton = BATON,
-    );
-    let path = h.dir.join("demo.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    path
+    h.write_spec_with("demo", instances, strategy, analysis)
 }
 
 fn bring_up(h: &Harness, path: &std::path::Path) {

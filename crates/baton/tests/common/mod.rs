@@ -133,8 +133,26 @@ impl Harness {
         serde_json::from_str(&out).expect("status --json is JSON")
     }
 
-    /// Write a spec file for the sample service and return its path.
+    /// Write a spec file for the sample service with a rolling strategy (one surge
+    /// instance, none unavailable) and return its path.
     pub fn write_spec(&self, name: &str, instances: u32, strategy_extra: &str) -> PathBuf {
+        self.write_spec_with(
+            name,
+            instances,
+            "  rolling:\n    max_surge: 1\n    max_unavailable: 0",
+            strategy_extra,
+        )
+    }
+
+    /// Write a spec file for the sample service with `strategy` (the YAML under
+    /// `strategy:`) followed by `extra` top-level YAML, and return its path.
+    pub fn write_spec_with(
+        &self,
+        name: &str,
+        instances: u32,
+        strategy: &str,
+        extra: &str,
+    ) -> PathBuf {
         let yaml = format!(
             r#"name: {name}
 environment: test
@@ -152,10 +170,8 @@ readiness:
   success_threshold: 1
   failure_threshold: 2
 strategy:
-  rolling:
-    max_surge: 1
-    max_unavailable: 0
-{strategy_extra}
+{strategy}
+{extra}
 "#,
             listen = self.listen,
             baton = BATON,
