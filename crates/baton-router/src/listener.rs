@@ -22,6 +22,8 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use nix::{getsockopt_impl, setsockopt_impl, sockopt_impl};
+use socket2::SockRef;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -36,6 +38,13 @@ use crate::router::Shared;
 
 /// Binds `addr` with SO_REUSEADDR, so a restarted router can take its ports back while
 /// old connections sit in TIME_WAIT.
+///
+/// Accepted connections inherit two settings from the listener, which saves a system
+/// call and a packet per connection:
+/// - TCP_NODELAY: responses go out as soon as they are written;
+/// - delayed ACKs (TCP_QUICKACK off): the kernel does not acknowledge the request on
+///   its own the moment it arrives; the acknowledgement rides on the response. On
+///   loopback that lone ACK is processed on the client's CPU, in the client's time.
 pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
@@ -43,9 +52,35 @@ pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
         TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
     socket.bind(addr)?;
-    socket.listen(4096)
+    let listener = socket.listen(4096)?;
+    if let Err(e) = SockRef::from(&listener).set_tcp_quickack(false) {
+        tracing::debug!(error = %e, "cannot delay acknowledgements on the listener");
+    }
+    // HTTP clients speak first, so a connection is handed over only once its first
+    // bytes are in: one wake-up per connection instead of two, and a connection that
+    // never sends anything costs the router nothing.
+    if let Err(e) = nix::sys::socket::setsockopt(&listener, DeferAccept, &DEFER_ACCEPT_SECS) {
+        tracing::debug!(error = %e, "cannot defer accepting until data arrives");
+    }
+    Ok(listener)
 }
+
+/// How long the kernel holds a connection that has not sent anything before handing
+/// it over anyway (rounded up to its SYN-ACK retransmission schedule).
+const DEFER_ACCEPT_SECS: u32 = 1;
+
+// TCP_DEFER_ACCEPT through nix's own socket-option definition macro (it takes an int
+// number of seconds).
+sockopt_impl!(
+    /// Linux's TCP_DEFER_ACCEPT.
+    DeferAccept,
+    Both,
+    libc::IPPROTO_TCP,
+    libc::TCP_DEFER_ACCEPT,
+    u32
+);
 
 /// Which app a listener serves.
 #[derive(Clone)]
@@ -130,10 +165,7 @@ async fn accept_loop(
                 }
             },
         };
-        if stream.set_nonblocking(true).is_err() {
-            continue;
-        }
-        let _ = stream.set_nodelay(true);
+        // Non-blocking and TCP_NODELAY already: see `accept_nonblocking` and `bind`.
         // Connection settings follow the app's live limits; rebuilt only when they change.
         let limits = shared
             .table
@@ -168,16 +200,28 @@ fn watch(listener: std::net::TcpListener) -> std::io::Result<AsyncFd<std::net::T
     AsyncFd::new(listener)
 }
 
-/// The next connection, as a plain socket (blocking mode, as `accept` returns it).
+/// The next connection, as a plain non-blocking socket (accepted so, without another
+/// system call to switch it over).
 async fn accept_plain(
     listener: &AsyncFd<std::net::TcpListener>,
 ) -> std::io::Result<(std::net::TcpStream, SocketAddr)> {
     loop {
         let mut ready = listener.readable().await?;
-        if let Ok(r) = ready.try_io(|l| l.get_ref().accept()) {
+        if let Ok(r) = ready.try_io(|l| accept_nonblocking(l.get_ref())) {
             return r;
         }
     }
+}
+
+fn accept_nonblocking(
+    listener: &std::net::TcpListener,
+) -> std::io::Result<(std::net::TcpStream, SocketAddr)> {
+    let (socket, peer) =
+        SockRef::from(listener).accept4(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)?;
+    let peer = peer
+        .as_socket()
+        .ok_or_else(|| std::io::Error::other("accepted a connection that is not TCP/IP"))?;
+    Ok((socket.into(), peer))
 }
 
 /// The HTTP/1.1 and h2c server settings for one app's client connections.
@@ -548,4 +592,30 @@ async fn drive<C: Serving>(
 /// The `X-Forwarded-For` value of a client at `ip` (computed once per connection).
 pub(crate) fn ip_header(ip: std::net::IpAddr) -> HeaderValue {
     HeaderValue::try_from(ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The per-connection system calls `accept_loop` leaves out rely on the kernel
+    /// copying these settings from the listener.
+    #[tokio::test]
+    async fn accepted_sockets_are_nonblocking_nodelay_with_delayed_acks() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let listener = listener.into_std().unwrap();
+        let mut client = std::net::TcpStream::connect(addr).unwrap();
+        // With deferred accept the connection is handed over once it has sent data.
+        std::io::Write::write_all(&mut client, b"GET").unwrap();
+        listener.set_nonblocking(false).unwrap();
+        let (accepted, peer) = accept_nonblocking(&listener).unwrap();
+        assert_eq!(peer, client.local_addr().unwrap());
+        assert!(accepted.nodelay().unwrap(), "TCP_NODELAY is inherited");
+        let sock = SockRef::from(&accepted);
+        assert!(sock.nonblocking().unwrap(), "accepted non-blocking");
+        assert!(!sock.tcp_quickack().unwrap(), "delayed ACKs are inherited");
+        let defer = nix::sys::socket::getsockopt(&listener, DeferAccept).unwrap();
+        assert!(defer >= DEFER_ACCEPT_SECS, "deferred accept is on: {defer}");
+    }
 }
