@@ -1,5 +1,6 @@
 //! The fast lane: the most common proxied request — HTTP/1.1, no body, an idempotent
-//! method, an app with plain weighted routing — served straight on the sockets.
+//! method, routed by match rules, sticky cohorts and weights — served straight on the
+//! sockets.
 //!
 //! One task per client connection parses the request head with `httparse`, writes the
 //! rewritten head to a pooled upstream connection, parses the response head and copies
@@ -8,9 +9,9 @@
 //! kernel's socket work is most of the cost, and user space must stay well under it.
 //!
 //! Anything else — a request with a body, `Upgrade`, `Expect`, absolute-form targets,
-//! HTTP/1.0, an app with match rules, sticky cohorts, mirroring or shielding, nothing
-//! routable (hold), a head the lane cannot parse — is handed to hyper at that request's
-//! boundary, with the bytes read so far, and hyper serves the rest of the connection.
+//! HTTP/1.0, an app with mirroring or shielding, nothing routable (hold), a head the
+//! lane cannot parse — is handed to hyper at that request's boundary, with the bytes
+//! read so far, and hyper serves the rest of the connection.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -151,6 +152,55 @@ struct ReqHead {
     close: bool,
 }
 
+/// What the request head says about its version, read while it was parsed.
+#[derive(Default)]
+struct Route {
+    /// The version a match rule sends it to, in the snapshot the head was parsed with.
+    ruled: Option<usize>,
+    /// The client's sticky cohort (new or from its cookie).
+    cohort: Option<u16>,
+    /// A new cohort's `Set-Cookie` value, sent with the response.
+    set_cookie: Option<http::HeaderValue>,
+}
+
+impl Route {
+    /// Reads `req`'s match rules and sticky cookie for `app`.
+    fn read(app: &AppTable, req: &httparse::Request<'_, '_>) -> Route {
+        let mut route = Route::default();
+        if !app.rules.is_empty()
+            && let (Some(method), Some(target)) = (req.method, req.path)
+            && let Ok(method) = http::Method::from_bytes(method.as_bytes())
+        {
+            let path = target.split_once('?').map_or(target, |(p, _)| p);
+            route.ruled = app.ruled_version(&method, path, &*req.headers);
+        }
+        if let Some(st) = &app.sticky {
+            route.cohort = crate::sticky::cohort_from_headers(&*req.headers, &st.cookie);
+            if route.cohort.is_none() {
+                let c = proxy::next_cohort();
+                route.cohort = Some(c);
+                route.set_cookie =
+                    Some(crate::sticky::set_cookie_value(&st.cookie, c, st.max_age_s));
+            }
+        }
+        route
+    }
+
+    /// The version for an attempt in `live`: the ruled version (found again by name
+    /// when the snapshot changed since `parsed`), else the cohort's, else the split.
+    fn version_in(&self, parsed: &Arc<AppTable>, live: &Arc<AppTable>) -> Option<usize> {
+        let ruled = self.ruled.and_then(|r| {
+            if Arc::ptr_eq(parsed, live) {
+                return Some(r);
+            }
+            let name = &parsed.versions.get(r)?.name;
+            let i = live.versions.iter().position(|v| v.name == *name)?;
+            (!live.versions[i].backends.is_empty()).then_some(i)
+        });
+        live.version_for(ruled, self.cohort)
+    }
+}
+
 /// Serves the connection's requests while they are for the lane. `buf` holds what was
 /// read from the client so far.
 pub(crate) async fn serve(
@@ -174,18 +224,27 @@ pub(crate) async fn serve(
     let mut idle_since = tokio::time::Instant::now();
     let mut served = 0u64;
     loop {
-        // A complete head, or more bytes from the client.
-        let head = loop {
+        // A complete head, or more bytes from the client; the app's table as it was
+        // when the head was read, and what the head says about its version.
+        let (head, live, route) = loop {
+            let live = proxy::live_app_of(ctx);
             // The lane sees every head until it hands over, so it applies the app's
             // head size limit itself (hyper checks it only between reads).
-            let max_head = proxy::live_app_of(ctx).map_or_else(
+            let max_head = live.as_ref().map_or_else(
                 || crate::limits::Limits::default().max_header_bytes,
                 |a| a.limits.max_header_bytes,
             );
             let pending = &buf[at..];
             upstream.clear();
-            match parse_request(pending, |req| upstream_request(req, ctx, &mut upstream)) {
-                Parsed::Done(h) if h.len <= max_head => break h,
+            let mut route = Route::default();
+            let parsed = parse_request(pending, |req| {
+                upstream_request(req, ctx, &mut upstream);
+                if let Some(a) = live.as_deref().filter(|a| lane_app(a)) {
+                    route = Route::read(a, req);
+                }
+            });
+            match parsed {
+                Parsed::Done(h) if h.len <= max_head => break (h, live, route),
                 Parsed::Other { len: Some(n) } if n <= max_head => return handoff(pending),
                 Parsed::Malformed => return handoff(pending),
                 Parsed::Done(_) | Parsed::Other { len: Some(_) } => {
@@ -227,13 +286,23 @@ pub(crate) async fn serve(
                 Ok(_) => {}
             }
         };
-        let Some(app) = proxy::live_app_of(ctx).filter(|a| lane_app(a)) else {
+        let Some(app) = live.filter(|a| lane_app(a)) else {
             return handoff(&buf[at..]);
         };
         let rest_start = at + head.len;
         ctx.heads.fetch_add(1, Ordering::Relaxed);
         ctx.active.fetch_add(1, Ordering::Relaxed);
-        let done = exchange(ctx, &app, stream, &upstream, &head, &mut deadline, stop).await;
+        let done = exchange(
+            ctx,
+            &app,
+            stream,
+            &upstream,
+            &head,
+            &route,
+            &mut deadline,
+            stop,
+        )
+        .await;
         ctx.active.fetch_sub(1, Ordering::Relaxed);
         ctx.idle_since_ms
             .store(ctx.shared.now_ms(), Ordering::Relaxed);
@@ -268,13 +337,11 @@ async fn too_large(client: &mut ClientSocket) -> Outcome {
     Outcome::Closed
 }
 
-/// An app whose requests the lane can route: plain weighted routing, routable now.
+/// An app whose requests the lane can route: no mirroring (it needs the request kept
+/// for a copy) or shielding (it needs the response judged before it is sent), and
+/// routable now (else the general path holds the request).
 fn lane_app(a: &AppTable) -> bool {
-    a.rules.is_empty()
-        && a.sticky.is_none()
-        && a.mirror.is_none()
-        && a.shield.is_none()
-        && a.routable()
+    a.mirror.is_none() && a.shield.is_none() && a.routable()
 }
 
 enum Parsed {
@@ -619,13 +686,18 @@ enum AttemptError {
 
 /// One request: pick a backend, forward, pass the answer back. Retries (the lane only
 /// takes idempotent methods without a body) on another connection or backend when no
-/// response head came.
+/// response head came. `app` is the table the head was parsed with.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one request's inputs, all distinct"
+)]
 async fn exchange(
     ctx: &ConnCtx,
     app: &Arc<AppTable>,
     client: &mut ClientSocket,
     request: &[u8],
     head: &ReqHead,
+    route: &Route,
     deadline: &mut Deadline<'_>,
     stop: &CancellationToken,
 ) -> Exchange {
@@ -645,17 +717,18 @@ async fn exchange(
             break None;
         }
         let live = proxy::live_app_of(ctx);
-        let Some(app) = live.filter(|a| a.routable()) else {
+        let Some(live) = live.filter(|a| a.routable()) else {
             break None;
         };
         let v = match primary {
-            Some(v) if v < app.versions.len() => v,
-            _ => match app.pick_version() {
+            Some(v) if v < live.versions.len() => v,
+            _ => match route.version_in(app, &live) {
                 Some(v) => v,
                 None => break None,
             },
         };
         primary = Some(v);
+        let app = live;
         let Some((vi, bi, guard)) = proxy::pick_for_attempt(ctx, &app, v, &tried) else {
             spins += 1;
             continue;
@@ -757,6 +830,11 @@ async fn exchange(
     version.counters.record_status(rh.status);
     let last = head.close || matches!(rh.framing, Framing::UntilClose) || stop.is_cancelled();
     // `send` holds the client's response head but its end.
+    if let Some(cookie) = &route.set_cookie {
+        send.extend_from_slice(b"set-cookie: ");
+        send.extend_from_slice(cookie.as_bytes());
+        send.extend_from_slice(b"\r\n");
+    }
     if last {
         send.extend_from_slice(b"connection: close\r\n");
     }

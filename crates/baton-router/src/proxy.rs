@@ -875,7 +875,7 @@ impl Drop for MirrorSlot {
 }
 
 /// A new cohort from this worker's generator.
-fn next_cohort() -> u16 {
+pub(crate) fn next_cohort() -> u16 {
     COHORTS.with_borrow_mut(crate::sticky::CohortRng::next_cohort)
 }
 

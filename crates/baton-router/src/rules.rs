@@ -167,7 +167,12 @@ impl CompiledRules {
     /// The version of the first rule whose matches all hold, or `None` to fall through
     /// to the weighted split. `path` is the request path without the query string.
     /// Does not allocate.
-    pub fn route(&self, method: &http::Method, path: &str, headers: &HeaderMap) -> Option<&str> {
+    pub fn route<H: RequestHeaders + ?Sized>(
+        &self,
+        method: &http::Method,
+        path: &str,
+        headers: &H,
+    ) -> Option<&str> {
         self.rules
             .iter()
             .find(|r| r.matchers.iter().all(|m| m.holds(method, path, headers)))
@@ -175,13 +180,38 @@ impl CompiledRules {
     }
 }
 
+/// A request's header lines as the rules read them: hyper's map on the general path,
+/// the parsed head on the fast lane.
+pub trait RequestHeaders {
+    /// The values of every header line called `name`, in order.
+    fn values<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]>;
+}
+
+impl RequestHeaders for HeaderMap {
+    fn values<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]> {
+        self.get_all(name)
+            .into_iter()
+            .map(http::HeaderValue::as_bytes)
+    }
+}
+
+impl RequestHeaders for [httparse::Header<'_>] {
+    fn values<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]> {
+        self.iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name.as_str()))
+            .map(|h| h.value)
+    }
+}
+
 impl Matcher {
-    fn holds(&self, method: &http::Method, path: &str, headers: &HeaderMap) -> bool {
+    fn holds<H: RequestHeaders + ?Sized>(
+        &self,
+        method: &http::Method,
+        path: &str,
+        headers: &H,
+    ) -> bool {
         match self {
-            Matcher::Header { name, value } => headers
-                .get_all(name)
-                .iter()
-                .any(|v| value.matches_bytes(v.as_bytes())),
+            Matcher::Header { name, value } => headers.values(name).any(|v| value.matches_bytes(v)),
             Matcher::Cookie { name, value } => {
                 find_cookie(headers, name).is_some_and(|v| value.matches_str(v))
             }
@@ -195,10 +225,12 @@ impl Matcher {
 /// (HTTP/2 clients may send several), with surrounding double quotes removed; `None`
 /// when there is no such cookie or its value is not UTF-8. Scans bytes without
 /// allocating or validating the rest of the header.
-pub fn find_cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+pub fn find_cookie<'h, H: RequestHeaders + ?Sized>(headers: &'h H, name: &str) -> Option<&'h str> {
     let name = name.as_bytes();
-    for hv in headers.get_all(COOKIE) {
-        for pair in hv.as_bytes().split(|&b| b == b';') {
+    // A static, so the name outlives the values borrowed through it.
+    static COOKIE_HEADER: HeaderName = COOKIE;
+    for hv in headers.values(&COOKIE_HEADER) {
+        for pair in hv.split(|&b| b == b';') {
             let pair = pair.trim_ascii_start();
             if !pair.starts_with(name) {
                 continue;

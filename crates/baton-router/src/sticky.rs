@@ -21,9 +21,9 @@
 //! weights, newest first. Match rules run before all this and win over the cohort.
 
 use http::HeaderValue;
-use http::header::HeaderMap;
 
 use crate::config::DEFAULT_STICKY_COOKIE;
+use crate::rules::RequestHeaders;
 
 /// Number of cohorts; cohort numbers are `0..COHORTS`, one per 0.01% of traffic.
 pub const COHORTS: u16 = 10_000;
@@ -31,7 +31,10 @@ pub const COHORTS: u16 = 10_000;
 /// The client's cohort from the sticky cookie `cookie_name`, or `None` when it is
 /// absent or not a number below [`COHORTS`] (the caller then assigns a new one).
 /// Does not allocate.
-pub fn cohort_from_headers(headers: &HeaderMap, cookie_name: &str) -> Option<u16> {
+pub fn cohort_from_headers<H: RequestHeaders + ?Sized>(
+    headers: &H,
+    cookie_name: &str,
+) -> Option<u16> {
     let v = crate::rules::find_cookie(headers, cookie_name)?;
     if v.is_empty() || v.len() > 5 || !v.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -158,6 +161,7 @@ pub fn valid_cookie_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderMap;
     use proptest::prelude::*;
 
     fn cookie_headers(v: &str) -> HeaderMap {

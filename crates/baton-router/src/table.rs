@@ -18,7 +18,7 @@ use crate::config::{MirrorConfig, RoutingConfig};
 use crate::limits::Limits;
 use crate::metrics::{Merged, RequestSample, Series, VersionMetrics, WindowStats};
 use crate::mirror::{MirrorReport, MismatchSamples};
-use crate::rules::CompiledRules;
+use crate::rules::{CompiledRules, RequestHeaders};
 use crate::select;
 use crate::stats::{
     AppMirrorReport, AppStats, AppWindows, BackendStats, MirrorReports, RouterStats, VersionStats,
@@ -231,19 +231,36 @@ impl AppTable {
     /// The version a new request goes to: the first match rule whose version has a
     /// backend, else the client's sticky cohort (`cohort`), else the weighted split.
     /// Does not allocate.
-    pub fn choose_version(
+    pub fn choose_version<H: RequestHeaders + ?Sized>(
         &self,
         method: &http::Method,
         path: &str,
-        headers: &http::HeaderMap,
+        headers: &H,
         cohort: Option<u16>,
     ) -> Option<usize> {
-        if !self.rules.is_empty()
-            && let Some(name) = self.rules.route(method, path, headers)
-            && let Some(i) = self.versions.iter().position(|v| v.name == name)
-            && !self.versions[i].backends.is_empty()
-        {
-            return Some(i);
+        self.version_for(self.ruled_version(method, path, headers), cohort)
+    }
+
+    /// The version the first holding match rule names, when it has a backend.
+    pub fn ruled_version<H: RequestHeaders + ?Sized>(
+        &self,
+        method: &http::Method,
+        path: &str,
+        headers: &H,
+    ) -> Option<usize> {
+        if self.rules.is_empty() {
+            return None;
+        }
+        let name = self.rules.route(method, path, headers)?;
+        let i = self.versions.iter().position(|v| v.name == name)?;
+        (!self.versions[i].backends.is_empty()).then_some(i)
+    }
+
+    /// [`AppTable::choose_version`] once the rules were read: `ruled`, else the
+    /// client's sticky cohort, else the weighted split.
+    pub fn version_for(&self, ruled: Option<usize>, cohort: Option<u16>) -> Option<usize> {
+        if ruled.is_some() {
+            return ruled;
         }
         if let (Some(st), Some(c)) = (&self.sticky, cohort)
             && let Some(i) = crate::sticky::index_for_cohort(c, &st.weights)

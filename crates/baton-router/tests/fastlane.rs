@@ -1242,7 +1242,7 @@ fn header_rule(name: &str, value: &str, version: &str) -> RouteRule {
 }
 
 #[tokio::test]
-async fn app_with_a_header_rule_is_routed_by_the_rule() {
+async fn header_rule_routes_on_the_lane() {
     let a = raw_backend(|_| vec![Step::Write(ok("a"))]).await;
     let b = raw_backend(|_| vec![Step::Write(ok("b"))]).await;
     let router = Router::new();
@@ -1251,18 +1251,56 @@ async fn app_with_a_header_rule_is_routed_by_the_rule() {
     let listen = start_app(&router, cfg);
     let mut c = Conn::open(listen).await;
     let canary = "GET / HTTP/1.1\r\nHost: app.example\r\nX-Canary: yes\r\n\r\n";
+    // Header names match whatever their case; a value must match exactly.
+    let lower = "GET /q?x=1 HTTP/1.1\r\nhost: app.example\r\nx-canary: yes\r\n\r\n";
+    let other = "GET / HTTP/1.1\r\nHost: app.example\r\nX-Canary: Yes\r\n\r\n";
     for (req, want) in [
         (canary.to_string(), "b"),
         (get_request("/"), "a"),
+        (lower.to_string(), "b"),
+        (other.to_string(), "a"),
         (canary.to_string(), "b"),
     ] {
         c.send(&req).await;
         let r = c.response(false).await;
         assert_eq!(r.text(), want, "{req:?} routed to the wrong version: {r:?}");
-        // The lane does not serve an app with rules.
-        assert_hyper(&r);
+        assert_lane(&r);
     }
-    assert_eq!((a.got().len(), b.got().len()), (1, 2));
+    assert_eq!((a.got().len(), b.got().len()), (2, 3));
+}
+
+#[tokio::test]
+async fn sticky_cohort_is_assigned_and_kept_on_the_lane() {
+    let a = raw_backend(|_| vec![Step::Write(ok("a"))]).await;
+    let b = raw_backend(|_| vec![Step::Write(ok("b"))]).await;
+    let router = Router::new();
+    let mut cfg = config(1, 1000, &[("v1", 50, &[a.addr]), ("v2", 50, &[b.addr])]);
+    cfg.apps[0].sticky = Some(baton_router::config::StickyConfig::default());
+    let listen = start_app(&router, cfg);
+    let mut c = Conn::open(listen).await;
+    // A new client gets a cohort in a cookie, next to the backend's own headers.
+    c.send(&get_request("/")).await;
+    let first = c.response(false).await;
+    assert_lane(&first);
+    let cookies = first.headers("set-cookie");
+    assert_eq!(cookies.len(), 1, "{}", first.head);
+    let pair = cookies[0].split(';').next().unwrap().to_string();
+    assert!(
+        cookies[0].contains("Path=/") && cookies[0].contains("HttpOnly"),
+        "{}",
+        cookies[0]
+    );
+    // With the cookie, every request goes to the same version, and no new cookie.
+    for _ in 0..20 {
+        c.send(&format!(
+            "GET /asset HTTP/1.1\r\nHost: app.example\r\nCookie: other=1; {pair}\r\n\r\n"
+        ))
+        .await;
+        let r = c.response(false).await;
+        assert_lane(&r);
+        assert_eq!(r.text(), first.text(), "cohort {pair} switched version");
+        assert!(r.headers("set-cookie").is_empty(), "{}", r.head);
+    }
 }
 
 // ---------------------------------------------------------------------------------
