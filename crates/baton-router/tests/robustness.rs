@@ -332,8 +332,11 @@ async fn idle_keep_alive() {
 async fn silent_backend_gets_504_after_the_response_timeout() {
     let be = silent_backend().await;
     let router = Router::new();
-    let listen = start_app(&router, config(1, 1000, &[("v1", 1, &[be.addr])]));
-    let timeout = Duration::from_millis(limits().upstream_response_timeout_ms);
+    // A short timeout set in the pushed config (the default is a minute).
+    let timeout = Duration::from_secs(2);
+    let mut cfg = config(1, 1000, &[("v1", 1, &[be.addr])]);
+    cfg.apps[0].limits.upstream_response_timeout_ms = timeout.as_millis() as u64;
+    let listen = start_app(&router, cfg);
     let started = Instant::now();
     let reply = raw_exchange(
         listen,
