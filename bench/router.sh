@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
 # Benchmarks baton's router against nginx and HAProxy on this machine.
 #
-#   bench/router.sh                 # 3 rounds, 7 s per run (about 5 minutes)
-#   DURATION=10 ROUNDS=5 bench/router.sh
+#   bench/router.sh                 # 5 rounds, 5 s per run (about 6 minutes)
+#   DURATION=10 ROUNDS=7 bench/router.sh
 #   BASE_BIN=/tmp/bench-old bench/router.sh   # also measure another build's helper
+#                                   # (`examples/bench`) as target "base"
 #   GENERAL=1 bench/router.sh       # also measure baton with its fast lane off (every
 #                                   # request through hyper) as target "general"
-#                                             # (`examples/bench`) as target "base"
 #
 # One fast backend (a fixed 13-byte answer). Each proxy runs with one worker/thread
 # pinned to CPU 0; wrk and the backend share CPU 1. Cases: keep-alive with 64 and 256
 # connections, and `Connection: close` with 64. Runs are interleaved (every target
-# once per case per round) and the table shows medians over the rounds.
+# once per case per round, starting with a different target each round) and the table
+# shows medians over the rounds. This machine's speed drifts from minute to minute, so
+# the ratio columns are medians of each round's own ratio (runs seconds apart), not
+# ratios of the medians.
 set -euo pipefail
 
-DURATION=${DURATION:-7}
-ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5}
+ROUNDS=${ROUNDS:-5}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -159,9 +162,12 @@ done
 total=$((ROUNDS * ${#CASES[@]} * ${#TARGETS[@]}))
 n=0
 for round in $(seq 1 "$ROUNDS"); do
+    # Each round starts with another target, so none always follows the same one.
+    shift_by=$(( (round - 1) % ${#TARGETS[@]} ))
+    ORDER=("${TARGETS[@]:$shift_by}" "${TARGETS[@]:0:$shift_by}")
     for c in "${CASES[@]}"; do
         IFS='|' read -r name conns h1 h2 <<<"$c"
-        for t in "${TARGETS[@]}"; do
+        for t in "${ORDER[@]}"; do
             n=$((n + 1))
             echo "[$n/$total] round $round $name $t" >&2
             args=(-t1 "$conns" -d"${DURATION}s" --latency)
@@ -169,7 +175,7 @@ for round in $(seq 1 "$ROUNDS"); do
             before=$(ticks "${WORK_PID[$t]}")
             out=$(taskset -c "$LOAD_CPU" wrk "${args[@]}" "http://127.0.0.1:${PORT[$t]}/")
             cpu_s=$(echo "$(ticks "${WORK_PID[$t]}") $before $HZ" | awk '{print ($1 - $2) / $3}')
-            printf '%s\t%s\t%s\t%s\n' "$name" "$t" "$cpu_s" "$(echo "$out" | tr '\n' '\037')" >>"$RESULTS"
+            printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$name" "$t" "$cpu_s" "$(echo "$out" | tr '\n' '\037')" >>"$RESULTS"
         done
     done
 done
@@ -184,8 +190,9 @@ def us(v):
     return n * {"us": 1, "ms": 1e3, "s": 1e6}[u]
 
 data = {}
+by_round = {}
 for line in open(sys.argv[1]):
-    case, target, cpu_s, out = line.rstrip("\n").split("\t")
+    rnd, case, target, cpu_s, out = line.rstrip("\n").split("\t")
     out = out.replace("\x1f", "\n")
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
     l50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
@@ -198,6 +205,14 @@ for line in open(sys.argv[1]):
     cpu = float(cpu_s) * 1e6 / int(n.group(1)) if n and int(n.group(1)) else float("nan")
     errs = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
     data.setdefault((case, target), []).append((rps, p50, p99, cpu, errs.group(0) if errs else ""))
+    by_round[(case, target, rnd)] = rps
+
+
+def paired(case, target, ref):
+    """Median over the rounds of target's req/s over ref's in the same round."""
+    rs = [by_round[(c, target, r)] / by_round[(c, ref, r)]
+          for (c, t, r) in by_round if c == case and t == ref and (c, target, r) in by_round]
+    return statistics.median(rs) if rs else None
 
 cases = ["ka64", "ka256", "close64"]
 targets = ["direct", "nginx", "haproxy", "baton", "general", "base"]
@@ -214,13 +229,22 @@ for c in cases:
         if t not in med:
             continue
         rps, p50, p99, cpu = med[t]
-        rn = f"{rps / med['nginx'][0]:.2f}x" if "nginx" in med and t not in ("direct", "nginx") else ""
-        rh = f"{rps / med['haproxy'][0]:.2f}x" if "haproxy" in med and t not in ("direct", "haproxy") else ""
+        pn = paired(c, t, "nginx") if t not in ("direct", "nginx") else None
+        ph = paired(c, t, "haproxy") if t not in ("direct", "haproxy") else None
+        rn = f"{pn:.2f}x" if pn else ""
+        rh = f"{ph:.2f}x" if ph else ""
         # Requests one core carries per CPU-second, relative to nginx's.
         rc = f"{med['nginx'][3] / cpu:.2f}x" if "nginx" in med and t not in ("direct", "nginx") else ""
         notes = "; ".join(sorted({r[4] for r in data[(c, t)] if r[4]}))
         print(f"{c:<8} {t:<8} {rps:>10.0f} {p50:>9.0f} {p99:>9.0f} {rn:>7} {rh:>9} {cpu:>11.1f} {rc:>17}  {notes}")
 print(f"\nmedians of {len(data[('ka64','nginx')])} interleaved runs per cell; proxies pinned to one CPU, wrk + backend on another")
+print("/nginx, /haproxy: median of the per-round req/s ratios")
+for c in cases:
+    for ref in ("nginx", "haproxy"):
+        rs = [by_round[(c, "baton", r)] / by_round[(c, ref, r)]
+              for (cc, t, r) in sorted(by_round) if cc == c and t == ref and (c, "baton", r) in by_round]
+        if rs:
+            print(f"  {c:<8} baton/{ref:<8} by round: " + " ".join(f"{x:.2f}" for x in rs))
 print("cpu µs/req: the target's process CPU time (user + system, all threads) per request;")
 print("req/s is capped by the load CPU when a proxy needs less than a whole core")
 PY
