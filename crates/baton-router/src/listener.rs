@@ -157,8 +157,14 @@ async fn accept_loop(
             () = &mut stopped => break,
             r = accept_plain(&listener) => match r {
                 Ok(x) => x,
+                Err(e) if connection_failed(&e) => {
+                    // That connection's own failure (typically reset before it was
+                    // accepted): the next one is not delayed.
+                    tracing::debug!(app = %app.name, error = %e, "accept failed");
+                    continue;
+                }
                 Err(e) => {
-                    // Typically EMFILE; back off instead of spinning.
+                    // Typically out of descriptors: back off instead of spinning.
                     tracing::warn!(app = %app.name, error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
@@ -186,6 +192,27 @@ async fn accept_loop(
         tokio::spawn(shared.tasks.track_future(fut));
     }
     tracing::debug!(app = %app.name, "listener stopped");
+}
+
+/// Accept errors that belong to the one connection being accepted (accept(2) passes
+/// on a pending network error of the new socket), not to the listener: the next
+/// connection can be accepted at once.
+fn connection_failed(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ECONNABORTED
+                | libc::EPROTO
+                | libc::ENETDOWN
+                | libc::ENOPROTOOPT
+                | libc::EHOSTDOWN
+                | libc::ENONET
+                | libc::EHOSTUNREACH
+                | libc::EOPNOTSUPP
+                | libc::ENETUNREACH
+                | libc::EPERM
+        )
+    )
 }
 
 /// Registers `listener` for readiness. `AsyncFd::new` is deprecated because a value
@@ -617,5 +644,15 @@ mod tests {
         assert!(!sock.tcp_quickack().unwrap(), "delayed ACKs are inherited");
         let defer = nix::sys::socket::getsockopt(&listener, DeferAccept).unwrap();
         assert!(defer >= DEFER_ACCEPT_SECS, "deferred accept is on: {defer}");
+    }
+
+    #[test]
+    fn only_listener_wide_accept_errors_back_off() {
+        let err = std::io::Error::from_raw_os_error;
+        assert!(connection_failed(&err(libc::ECONNABORTED)));
+        assert!(connection_failed(&err(libc::EPROTO)));
+        assert!(!connection_failed(&err(libc::EMFILE)));
+        assert!(!connection_failed(&err(libc::ENFILE)));
+        assert!(!connection_failed(&std::io::Error::other("runtime gone")));
     }
 }
