@@ -96,8 +96,15 @@ fn benches(c: &mut Criterion) {
             let n = next.fetch_add(1, Ordering::Relaxed);
             let v = cycle[n % cycle.len()];
             let start = next_backend.fetch_add(1, Ordering::Relaxed);
-            let be =
-                select::best(select::rotated(4, start).map(|i| (i, select::rank(false, i == 2))));
+            let be = select::best(select::rotated(4, start).map(|i| {
+                let rank = select::rank(false, i == 2);
+                let p = select::Preference {
+                    rank,
+                    fallback: false,
+                    load: 0,
+                };
+                (i, p)
+            }));
             black_box((v, be))
         })
     });

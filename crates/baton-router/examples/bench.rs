@@ -41,6 +41,7 @@ fn main() {
                     upstreams: vec![upstream],
                     workers: Some(workers),
                     metrics_listen: None,
+                    balance: Default::default(),
                 };
                 if let Err(e) = baton_router::run_standalone_with(opts, stop).await {
                     eprintln!("router: {e}");

@@ -56,6 +56,29 @@ pub struct AppRoutes {
     /// Timeouts and size limits of this app's traffic.
     #[serde(default)]
     pub limits: AppLimits,
+    /// How a request picks one of its version's backends.
+    #[serde(default, skip_serializing_if = "Balance::is_round_robin")]
+    pub balance: Balance,
+}
+
+/// Load balancing over one version's backends. JSON: `"round_robin"` or
+/// `"least_requests"`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Each backend in turn.
+    #[default]
+    RoundRobin,
+    /// The backend with the fewest requests in flight (over all workers); ties go
+    /// round robin. Suits backends whose requests vary in cost, or that differ in
+    /// speed: a slow backend stops receiving new requests while it is busy.
+    LeastRequests,
+}
+
+impl Balance {
+    fn is_round_robin(&self) -> bool {
+        *self == Balance::RoundRobin
+    }
 }
 
 /// Shielding of one app. JSON: `{"version": "v1"}`.
@@ -347,6 +370,7 @@ mod tests {
             mirror: None,
             shield: None,
             limits: AppLimits::default(),
+            balance: Default::default(),
         }
     }
 

@@ -125,6 +125,7 @@ pub async fn run_standalone(
             upstreams,
             workers: None,
             metrics_listen: None,
+            balance: config::Balance::RoundRobin,
         },
         shutdown,
     )
@@ -136,8 +137,10 @@ pub async fn run_standalone(
 pub struct StandaloneOptions {
     /// Where users connect.
     pub listen: SocketAddr,
-    /// The backends, balanced round robin.
+    /// The backends.
     pub upstreams: Vec<SocketAddr>,
+    /// How a request picks one of `upstreams`.
+    pub balance: config::Balance,
     /// Worker threads (each a single-threaded runtime with its own accept loop and
     /// upstream pool); `None` for one per CPU.
     pub workers: Option<usize>,
@@ -156,6 +159,7 @@ pub async fn run_standalone_with(
         upstreams,
         workers,
         metrics_listen,
+        balance,
     } = opts;
     let router = Router::with_workers(workers.unwrap_or_else(worker::default_count));
     let cfg = RoutingConfig {
@@ -181,6 +185,7 @@ pub async fn run_standalone_with(
             mirror: None,
             shield: None,
             limits: AppLimits::default(),
+            balance,
         }],
     };
     let (_, errors) = router.apply_detailed(cfg)?;

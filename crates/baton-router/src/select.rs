@@ -81,16 +81,47 @@ pub fn rank(tried: bool, down: bool) -> u8 {
     u8::from(tried) * 2 + u8::from(down)
 }
 
-/// The first candidate with the lowest rank. Candidates come in preference order
-/// (primary version first, each version in round-robin order).
-pub fn best<T>(candidates: impl IntoIterator<Item = (T, u8)>) -> Option<T> {
-    let mut found: Option<(T, u8)> = None;
-    for (c, r) in candidates {
-        if r == 0 {
+/// How much a backend is preferred for one attempt; lower is better, compared field
+/// by field in this order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Preference {
+    /// See [`rank`].
+    pub rank: u8,
+    /// In another version than the one the request was routed to (used only when
+    /// that version's backends were tried or are down).
+    pub fallback: bool,
+    /// Requests in flight, under least-requests balancing; 0 under round robin.
+    pub load: u64,
+}
+
+impl Preference {
+    /// Nothing is better: not tried, not down, in the routed version, idle.
+    pub const IDEAL: Preference = Preference {
+        rank: 0,
+        fallback: false,
+        load: 0,
+    };
+}
+
+/// The first candidate with the lowest [`Preference`]. Candidates come in preference
+/// order (primary version first, each version in round-robin order), so under round
+/// robin the first untried, healthy backend of the primary version wins at once.
+pub fn best<T>(candidates: impl IntoIterator<Item = (T, Preference)>) -> Option<T> {
+    let mut found: Option<(T, Preference)> = None;
+    for (c, p) in candidates {
+        if p == Preference::IDEAL {
             return Some(c);
         }
-        if found.as_ref().is_none_or(|(_, fr)| r < *fr) {
-            found = Some((c, r));
+        if let Some((_, f)) = &found
+            && f.rank == 0
+            && !f.fallback
+            && p.fallback
+        {
+            // A usable backend of the routed version beats every fallback.
+            break;
+        }
+        if found.as_ref().is_none_or(|(_, f)| p < *f) {
+            found = Some((c, p));
         }
     }
     found.map(|(c, _)| c)
@@ -156,9 +187,37 @@ mod tests {
     fn rotation_and_rank() {
         assert_eq!(rotated(3, 4).collect::<Vec<_>>(), vec![1, 2, 0]);
         assert_eq!(rotated(0, 4).count(), 0);
-        assert_eq!(best([("a", 3), ("b", 1), ("c", 1)]), Some("b"));
-        assert_eq!(best([("a", 2), ("b", 0), ("c", 0)]), Some("b"));
-        assert_eq!(best(Vec::<(u8, u8)>::new()), None);
+        let p = |rank, fallback, load| Preference {
+            rank,
+            fallback,
+            load,
+        };
+        let r = |rank| p(rank, false, 0);
+        assert_eq!(best([("a", r(3)), ("b", r(1)), ("c", r(1))]), Some("b"));
+        assert_eq!(best([("a", r(2)), ("b", r(0)), ("c", r(0))]), Some("b"));
+        assert_eq!(best(Vec::<(u8, Preference)>::new()), None);
         assert!(rank(false, true) < rank(true, false));
+        // Least requests: the least loaded of the routed version, first on ties.
+        assert_eq!(
+            best([
+                ("a", p(0, false, 3)),
+                ("b", p(0, false, 1)),
+                ("c", p(0, false, 1))
+            ]),
+            Some("b")
+        );
+        // A fallback version only when the routed one has nothing usable.
+        assert_eq!(
+            best([("a", p(0, false, 9)), ("x", p(0, true, 0))]),
+            Some("a")
+        );
+        assert_eq!(
+            best([("a", p(2, false, 0)), ("x", p(0, true, 0))]),
+            Some("x")
+        );
+        assert_eq!(
+            best([("a", p(1, false, 0)), ("x", p(0, true, 5))]),
+            Some("x")
+        );
     }
 }

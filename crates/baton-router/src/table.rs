@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use http::HeaderName;
 use tokio::sync::Notify;
 
-use crate::config::{MirrorConfig, RoutingConfig};
+use crate::config::{Balance, MirrorConfig, RoutingConfig};
 use crate::limits::Limits;
 use crate::metrics::{Merged, RequestSample, Series, VersionMetrics, WindowStats};
 use crate::mirror::{MirrorReport, MismatchSamples};
@@ -187,6 +187,8 @@ pub(crate) struct AppTable {
     pub mirror: Option<MirrorTable>,
     /// Index of the shield (stable) version, when shielding is on and it is present.
     pub shield: Option<usize>,
+    /// How a backend is picked within a version.
+    pub balance: Balance,
     /// One smooth-WRR cycle over `versions` (indices); empty when nothing is routable.
     cycle: Vec<usize>,
     next: AtomicUsize,
@@ -294,9 +296,10 @@ impl AppTable {
         self.cycle.get(n % self.cycle.len()).copied()
     }
 
-    /// A backend for one attempt: round robin within `primary`, then the other
-    /// versions with weight > 0, preferring backends not yet `tried` and not marked
-    /// down (see [`select::rank`]). Returns (version index, backend index).
+    /// A backend for one attempt: within `primary` round robin (or the least loaded
+    /// under least-requests balancing), then the other versions with weight > 0,
+    /// preferring backends not yet `tried` and not marked down (see
+    /// [`select::Preference`]). Returns (version index, backend index).
     ///
     /// `now_ms` is only called when some backend carries a "down" mark.
     pub fn pick_backend(
@@ -309,6 +312,7 @@ impl AppTable {
             (0..self.versions.len()).filter(move |&v| v != primary && self.versions[v].weight > 0),
         );
         let now_ms = &now_ms;
+        let least_requests = self.balance == Balance::LeastRequests;
         let candidates = order.flat_map(move |v| {
             let version = &self.versions[v];
             // Lazily evaluated: other versions' counters only move when reached.
@@ -318,7 +322,21 @@ impl AppTable {
                 let tried = tried.contains(&be.addr);
                 let until = be.state.down_until_ms.load(Ordering::Relaxed);
                 let down = until != 0 && until > now_ms();
-                ((v, b), select::rank(tried, down))
+                let fallback = v != primary;
+                let load = if least_requests && !fallback {
+                    be.state.in_flight.load(Ordering::Relaxed)
+                } else {
+                    0
+                };
+                let rank = select::rank(tried, down);
+                (
+                    (v, b),
+                    select::Preference {
+                        rank,
+                        fallback,
+                        load,
+                    },
+                )
             })
         });
         select::best(candidates)
@@ -465,6 +483,7 @@ impl Registry {
                 sticky,
                 mirror,
                 shield,
+                balance: app.balance,
                 versions,
                 cycle,
                 next: AtomicUsize::new(next),

@@ -7,10 +7,12 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::time::Duration;
 
 use baton_router::config::{
-    Match, MirrorConfig, NamedMatch, RouteRule, ShieldConfig, StickyConfig, ValueMatch,
+    Balance, Match, MirrorConfig, NamedMatch, RouteRule, ShieldConfig, StickyConfig, ValueMatch,
 };
 use baton_router::metrics::WindowStats;
 use baton_router::{AdminClient, Router, RouterOptions, RoutingConfig, run};
@@ -358,6 +360,7 @@ async fn standalone_serves_metrics_over_tcp() {
             upstreams: vec![a],
             workers: Some(1),
             metrics_listen: Some(metrics),
+            balance: Default::default(),
         },
         stop.clone(),
     ));
@@ -776,4 +779,64 @@ async fn per_app_limits_come_from_the_pushed_config() {
     router.apply(back).unwrap();
     let r = request(listen, "POST", b"0123456789abcdef").await;
     assert_eq!(r.status, StatusCode::OK);
+}
+
+/// Least-requests balancing: a backend that holds its requests stops getting new ones
+/// while its siblings are idle; round robin sends it every other request.
+#[tokio::test]
+async fn least_requests_steers_around_a_backend_that_holds_its_requests() {
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let held = Arc::new(AtomicUsize::new(0));
+    let slow = {
+        let (release, held) = (release.clone(), held.clone());
+        programmable(move |_| {
+            let (release, held) = (release.clone(), held.clone());
+            async move {
+                held.fetch_add(1, AtomicOrdering::SeqCst);
+                let _ = release.acquire().await;
+                answer(200, "v1", "slow")
+            }
+        })
+        .await
+    };
+    let fast = programmable(|_| async { answer(200, "v1", "fast") }).await;
+    let router = Router::new();
+    // Round robin first: of six requests at once, three are held by the slow backend.
+    let mut cfg = config(1, 1000, &[("v1", 1, &[slow, fast])]);
+    let listen = start(&router, cfg.clone());
+    let early: Vec<_> = (0..6).map(|_| tokio::spawn(get(listen))).collect();
+    eventually_async(|| {
+        let held = held.clone();
+        async move { held.load(AtomicOrdering::SeqCst) == 3 }
+    })
+    .await;
+    // Least requests from the next push on: every request finds the slow backend
+    // with three in flight and the fast one with none (or the one whose answer is
+    // still being recorded), so none is sent to the slow one.
+    cfg.generation = 2;
+    cfg.apps[0].balance = Balance::LeastRequests;
+    start(&router, cfg);
+    for i in 0..40 {
+        let a = tokio::time::timeout(Duration::from_secs(10), get(listen))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "request {i} was sent to the busy backend (held {}): {:#?}",
+                    held.load(AtomicOrdering::SeqCst),
+                    router.stats().apps[0].backends
+                )
+            });
+        assert_eq!(a.body, "fast", "request {i}");
+    }
+    assert_eq!(held.load(AtomicOrdering::SeqCst), 3);
+    release.add_permits(3);
+    let mut bodies = Vec::new();
+    for r in early {
+        bodies.push(r.await.unwrap().body);
+    }
+    assert_eq!(
+        bodies.iter().filter(|b| *b == "slow").count(),
+        3,
+        "{bodies:?}"
+    );
 }

@@ -22,10 +22,10 @@ use std::path::Path;
 
 pub use error::SpecError;
 pub use model::{
-    AnalysisSpec, AppSpec, BlueGreenSpec, CanarySpec, CanaryStep, DriverSpec, HeaderMatch,
+    AnalysisSpec, AppSpec, Balance, BlueGreenSpec, CanarySpec, CanaryStep, DriverSpec, HeaderMatch,
     HooksSpec, IntOrPercent, OnProgressDeadline, OnWindowEnd, PreflightCheck, ProcessDriverSpec,
-    ReadinessSpec, RollingSpec, SmokeTest, StrategySpec, TimeOfDay, UpgradeWindow, UpgradeWindows,
-    WarmupSpec, Weekday,
+    ReadinessSpec, RollingSpec, SmokeTest, StrategySpec, TimeOfDay, TrafficSpec, UpgradeWindow,
+    UpgradeWindows, WarmupSpec, Weekday,
 };
 pub use template::{
     PLACEHOLDERS, PREFLIGHT_PLACEHOLDERS, SMOKE_PLACEHOLDERS, TemplateVars, render_template,

@@ -56,6 +56,48 @@ pub struct AppSpec {
     /// What a rollout past its progress deadline does.
     #[serde(default)]
     pub on_progress_deadline: OnProgressDeadline,
+    /// How the router passes user traffic to the instances.
+    #[serde(default)]
+    pub traffic: TrafficSpec,
+}
+
+/// How the router passes user traffic to the instances.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrafficSpec {
+    /// How a request picks one of its version's instances.
+    pub balance: Balance,
+    /// Longest time to open a connection to an instance. Default 2s.
+    #[serde(with = "duration_text")]
+    pub connect_timeout: Duration,
+    /// Longest wait for an instance's response head; then 504. Default 60s.
+    #[serde(with = "duration_text")]
+    pub response_timeout: Duration,
+    /// Longest time for a client's request head, and idle time between keep-alive
+    /// requests. Default 15s.
+    #[serde(with = "duration_text")]
+    pub client_header_timeout: Duration,
+}
+
+impl Default for TrafficSpec {
+    fn default() -> Self {
+        TrafficSpec {
+            balance: Balance::RoundRobin,
+            connect_timeout: crate::validate::defaults::CONNECT_TIMEOUT,
+            response_timeout: crate::validate::defaults::RESPONSE_TIMEOUT,
+            client_header_timeout: crate::validate::defaults::CLIENT_HEADER_TIMEOUT,
+        }
+    }
+}
+
+/// Load balancing over one version's instances.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Each instance in turn.
+    #[default]
+    RoundRobin,
+    /// The instance with the fewest requests in flight.
+    LeastRequests,
 }
 
 /// What a rollout that makes no progress before its deadline does.

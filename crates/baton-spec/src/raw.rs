@@ -75,6 +75,52 @@ pub(crate) struct AppSpec {
     /// `abort` (roll back, the default) or `pause` (wait for a person).
     #[serde(default)]
     pub on_progress_deadline: Option<OnDeadlineText>,
+    /// How baton's router passes user traffic to the instances. All fields have
+    /// defaults.
+    #[serde(default)]
+    pub traffic: Option<TrafficSpec>,
+}
+
+/// How baton's router passes user traffic to the instances.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TrafficSpec {
+    /// How a request picks one of its version's instances: `round_robin` (each in
+    /// turn, the default) or `least_requests` (the one with the fewest requests in
+    /// flight; suits requests of uneven cost and instances of uneven speed).
+    #[serde(default)]
+    pub balance: Option<BalanceText>,
+    /// Longest time to open a connection to an instance before another is tried.
+    /// Default `2s`.
+    #[serde(default)]
+    pub connect_timeout: Option<HumanDuration>,
+    /// Longest wait for an instance's response head once the request is sent; over
+    /// it the user gets 504. Default `60s`.
+    #[serde(default)]
+    pub response_timeout: Option<HumanDuration>,
+    /// Longest time a client may take to send a request head, and longest idle time
+    /// between two requests on a keep-alive connection. Default `15s`.
+    #[serde(default)]
+    pub client_header_timeout: Option<HumanDuration>,
+}
+
+/// A load-balancing method, kept as text until validation.
+#[derive(Debug, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct BalanceText(pub String);
+
+impl JsonSchema for BalanceText {
+    fn schema_name() -> Cow<'static, str> {
+        "Balance".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "`round_robin`: each instance in turn; `least_requests`: the \
+                            instance with the fewest requests in flight.",
+            "enum": ["round_robin", "least_requests"],
+        })
+    }
 }
 
 /// The driver that runs instances. Exactly one key.

@@ -2227,3 +2227,37 @@ fn on_progress_deadline_takes_abort_or_pause() {
     assert_eq!(err.line, Some(text.lines().count()));
     assert!(err.hint.contains("pause"), "{}", err.hint);
 }
+
+#[test]
+fn traffic_sets_balancing_and_timeouts() {
+    let base = include_str!("../../../examples/quickstart.yaml");
+    let spec = parse_spec("q.yaml", base).unwrap();
+    assert_eq!(spec.traffic, crate::TrafficSpec::default());
+    assert_eq!(spec.traffic.balance, crate::Balance::RoundRobin);
+    assert_eq!(spec.traffic.response_timeout, Duration::from_secs(60));
+
+    let text = format!(
+        "{base}\ntraffic:\n  balance: least_requests\n  connect_timeout: 500ms\n  \
+         response_timeout: 2m\n  client_header_timeout: 5s\n"
+    );
+    let t = parse_spec("q.yaml", &text).unwrap().traffic;
+    assert_eq!(t.balance, crate::Balance::LeastRequests);
+    assert_eq!(t.connect_timeout, Duration::from_millis(500));
+    assert_eq!(t.response_timeout, Duration::from_secs(120));
+    assert_eq!(t.client_header_timeout, Duration::from_secs(5));
+
+    let text = format!("{base}\ntraffic:\n  balance: random\n");
+    let err = parse_spec("q.yaml", &text).unwrap_err();
+    assert_eq!(err.field, "traffic.balance");
+    assert_eq!(err.line, Some(text.lines().count()));
+    assert!(err.hint.contains("least_requests"), "{}", err.hint);
+
+    let text = format!("{base}\ntraffic:\n  response_timeout: 0s\n");
+    let err = parse_spec("q.yaml", &text).unwrap_err();
+    assert_eq!(err.field, "traffic.response_timeout");
+    assert!(err.message.contains("longer than zero"), "{}", err.message);
+
+    let text = format!("{base}\ntraffic:\n  retries: 3\n");
+    let err = parse_spec("q.yaml", &text).unwrap_err();
+    assert!(err.to_string().contains("retries"), "{err}");
+}

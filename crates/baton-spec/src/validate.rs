@@ -9,10 +9,10 @@ use std::time::Duration;
 use crate::error::SpecError;
 use crate::locate::{Pos, SourceMap, join};
 use crate::model::{
-    AnalysisSpec, AppSpec, BlueGreenSpec, CanarySpec, CanaryStep, DriverSpec, HeaderMatch,
+    AnalysisSpec, AppSpec, Balance, BlueGreenSpec, CanarySpec, CanaryStep, DriverSpec, HeaderMatch,
     HooksSpec, IntOrPercent, OnProgressDeadline, OnWindowEnd, PreflightCheck, ProcessDriverSpec,
-    ReadinessSpec, RollingSpec, SmokeTest, StrategySpec, TimeOfDay, UpgradeWindow, UpgradeWindows,
-    WarmupSpec, Weekday,
+    ReadinessSpec, RollingSpec, SmokeTest, StrategySpec, TimeOfDay, TrafficSpec, UpgradeWindow,
+    UpgradeWindows, WarmupSpec, Weekday,
 };
 use crate::raw;
 use crate::template::{
@@ -58,6 +58,10 @@ pub(crate) mod defaults {
     pub(crate) const WARMUP_PATH: &str = "/";
     pub(crate) const WARMUP_CONCURRENCY: u32 = 4;
     pub(crate) const TIMEZONE: &str = "UTC";
+    // The router's own defaults (`baton_router::limits::AppLimits`).
+    pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+    pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+    pub(crate) const CLIENT_HEADER_TIMEOUT: Duration = Duration::from_secs(15);
 }
 
 /// Most requests one smoke test or warm-up may send.
@@ -119,7 +123,16 @@ pub(crate) fn field_hint(path: &str) -> String {
         | "strategy.blue_green.scale_down_delay"
         | "analysis.interval"
         | "analysis.window" => DURATION_HINT,
-        "preflight.timeout" | "hooks.smoke.command.timeout" | "hooks.smoke.http.timeout" => {
+        "traffic.balance" => {
+            "write `balance: round_robin` (each instance in turn, the default) or \
+             `balance: least_requests` (the instance with the fewest requests in flight)"
+        }
+        "preflight.timeout"
+        | "hooks.smoke.command.timeout"
+        | "hooks.smoke.http.timeout"
+        | "traffic.connect_timeout"
+        | "traffic.response_timeout"
+        | "traffic.client_header_timeout" => {
             "write a duration longer than zero, e.g. \"10s\", \"2m\", \"1m30s\""
         }
         "driver" => {
@@ -905,6 +918,8 @@ pub(crate) fn validate(
         },
     };
 
+    let traffic = traffic(&mut c, spec.traffic.unwrap_or_default());
+
     if c.errors.is_empty() {
         Ok(AppSpec {
             name: spec.name,
@@ -921,9 +936,46 @@ pub(crate) fn validate(
             hooks,
             upgrade_windows,
             on_progress_deadline,
+            traffic,
         })
     } else {
         Err(c.errors)
+    }
+}
+
+fn traffic(c: &mut Checker<'_>, t: raw::TrafficSpec) -> TrafficSpec {
+    let balance = match t.balance.map(|raw::BalanceText(b)| b) {
+        None => Balance::RoundRobin,
+        Some(text) => match text.as_str() {
+            "round_robin" => Balance::RoundRobin,
+            "least_requests" => Balance::LeastRequests,
+            other => {
+                c.fail(
+                    "traffic.balance",
+                    format!("unknown balance `{other}`"),
+                    field_hint("traffic.balance"),
+                );
+                Balance::RoundRobin
+            }
+        },
+    };
+    TrafficSpec {
+        balance,
+        connect_timeout: c.positive_duration(
+            "traffic.connect_timeout",
+            t.connect_timeout.as_ref(),
+            defaults::CONNECT_TIMEOUT,
+        ),
+        response_timeout: c.positive_duration(
+            "traffic.response_timeout",
+            t.response_timeout.as_ref(),
+            defaults::RESPONSE_TIMEOUT,
+        ),
+        client_header_timeout: c.positive_duration(
+            "traffic.client_header_timeout",
+            t.client_header_timeout.as_ref(),
+            defaults::CLIENT_HEADER_TIMEOUT,
+        ),
     }
 }
 

@@ -36,6 +36,15 @@ pub struct Cli {
     command: Cmd,
 }
 
+/// `baton router --balance`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum BalanceArg {
+    /// Each upstream in turn.
+    RoundRobin,
+    /// The upstream with the fewest requests in flight.
+    LeastRequests,
+}
+
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Run the control plane: API, controllers and the router (embedded defaults: SQLite, process driver).
@@ -166,6 +175,9 @@ enum Cmd {
         /// Serve Prometheus `/metrics` (and `/v1/windows`) on this address.
         #[arg(long)]
         metrics_listen: Option<SocketAddr>,
+        /// How each request picks an upstream.
+        #[arg(long, value_enum, default_value_t = BalanceArg::RoundRobin)]
+        balance: BalanceArg,
     },
     /// The router process the control plane starts (internal).
     #[command(name = "__router", hide = true)]
@@ -396,6 +408,7 @@ async fn run(cli: Cli) -> Exit {
             upstreams,
             workers,
             metrics_listen,
+            balance,
         } => {
             let shutdown = tokio_util::sync::CancellationToken::new();
             let token = shutdown.clone();
@@ -408,6 +421,10 @@ async fn run(cli: Cli) -> Exit {
                 upstreams,
                 workers,
                 metrics_listen,
+                balance: match balance {
+                    BalanceArg::RoundRobin => baton_router::config::Balance::RoundRobin,
+                    BalanceArg::LeastRequests => baton_router::config::Balance::LeastRequests,
+                },
             };
             match baton_router::run_standalone_with(opts, shutdown).await {
                 Ok(()) => Exit::Ok,

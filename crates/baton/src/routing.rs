@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use baton_engine::AppState;
 use baton_router::config::{
-    Match, MirrorConfig, NamedMatch, RouteRule, ShieldConfig, StickyConfig, ValueMatch,
+    Balance, Match, MirrorConfig, NamedMatch, RouteRule, ShieldConfig, StickyConfig, ValueMatch,
 };
+use baton_router::limits::AppLimits;
 use baton_router::{AdminClient, AppRoutes, Backend, RoutingConfig, VersionRoute};
 use baton_spec::{AppSpec, StrategySpec};
 use tokio::sync::Mutex;
@@ -55,6 +56,7 @@ pub fn app_routes(spec: &AppSpec, state: &AppState) -> Vec<AppRoutes> {
         .as_ref()
         .filter(|r| r.phase == baton_engine::RolloutPhase::Progressing && r.weight.is_some())
         .map(|r| r.to.version.clone());
+    let (limits, balance) = traffic(&spec.traffic);
     let mut rules = Vec::new();
     let mut sticky = None;
     let mut shield = None;
@@ -109,7 +111,8 @@ pub fn app_routes(spec: &AppSpec, state: &AppState) -> Vec<AppRoutes> {
                         sticky: None,
                         mirror: None,
                         shield: None,
-                        limits: Default::default(),
+                        limits: limits.clone(),
+                        balance,
                     });
                 }
             }
@@ -138,10 +141,28 @@ pub fn app_routes(spec: &AppSpec, state: &AppState) -> Vec<AppRoutes> {
         sticky,
         mirror,
         shield,
-        limits: Default::default(),
+        limits,
+        balance,
     }];
     out.extend(preview);
     out
+}
+
+/// The router's limits and balancing for the spec's `traffic:` section; the
+/// limits the spec does not set keep the router's defaults.
+fn traffic(t: &baton_spec::TrafficSpec) -> (AppLimits, Balance) {
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let limits = AppLimits {
+        upstream_connect_timeout_ms: ms(t.connect_timeout),
+        upstream_response_timeout_ms: ms(t.response_timeout),
+        client_header_timeout_ms: ms(t.client_header_timeout),
+        ..AppLimits::default()
+    };
+    let balance = match t.balance {
+        baton_spec::Balance::RoundRobin => Balance::RoundRobin,
+        baton_spec::Balance::LeastRequests => Balance::LeastRequests,
+    };
+    (limits, balance)
 }
 
 #[derive(Clone)]
@@ -308,4 +329,32 @@ async fn wait_for_router(client: &AdminClient) -> anyhow::Result<()> {
 /// Path of the router's admin socket in a data dir.
 pub fn socket_path(data_dir: &Path) -> PathBuf {
     data_dir.join("router.sock")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traffic_section_becomes_the_router_limits_and_balancing() {
+        let (limits, balance) = traffic(&baton_spec::TrafficSpec::default());
+        assert_eq!(
+            limits,
+            AppLimits::default(),
+            "the spec's defaults are the router's"
+        );
+        assert_eq!(balance, Balance::RoundRobin);
+        let spec = baton_spec::TrafficSpec {
+            balance: baton_spec::Balance::LeastRequests,
+            connect_timeout: Duration::from_millis(500),
+            response_timeout: Duration::from_secs(120),
+            client_header_timeout: Duration::from_secs(5),
+        };
+        let (limits, balance) = traffic(&spec);
+        assert_eq!(balance, Balance::LeastRequests);
+        assert_eq!(limits.upstream_connect_timeout_ms, 500);
+        assert_eq!(limits.upstream_response_timeout_ms, 120_000);
+        assert_eq!(limits.client_header_timeout_ms, 5_000);
+        assert_eq!(limits.max_body_bytes, AppLimits::default().max_body_bytes);
+    }
 }

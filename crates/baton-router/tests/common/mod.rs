@@ -235,6 +235,7 @@ pub fn config(
             mirror: None,
             shield: None,
             limits: Default::default(),
+            balance: Default::default(),
         }],
     }
 }
