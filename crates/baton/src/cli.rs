@@ -165,8 +165,10 @@ enum Cmd {
     },
     /// Run the router alone as a plain HTTP load balancer.
     Router {
+        /// Address users connect to, as IP:PORT.
         #[arg(long)]
         listen: SocketAddr,
+        /// A backend address, as IP:PORT; repeat for more.
         #[arg(long = "upstream", required = true)]
         upstreams: Vec<SocketAddr>,
         /// Worker threads (default: one per CPU).
