@@ -22,7 +22,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --workspace -- --test-threads=2
 echo "== router end-to-end tests again with the fast lane off (every request through hyper)"
-BATON_ROUTER_FAST_LANE=0 cargo test -p baton-router --test features --test proxy \
+# (--workspace, so the build above is reused: one package alone would unify
+# dependency features differently and rebuild them)
+BATON_ROUTER_FAST_LANE=0 cargo test --workspace --test features --test proxy \
   --test robustness --test protocols -- --test-threads=2
 echo "== README demo: cargo run --release -- demo"
 cargo run --release -- demo
