@@ -193,9 +193,7 @@ impl Route {
             if Arc::ptr_eq(parsed, live) {
                 return Some(r);
             }
-            let name = &parsed.versions.get(r)?.name;
-            let i = live.versions.iter().position(|v| v.name == *name)?;
-            (!live.versions[i].backends.is_empty()).then_some(i)
+            live.version_with_backends(&parsed.versions.get(r)?.name)
         });
         live.version_for(ruled, self.cohort)
     }

@@ -253,7 +253,11 @@ impl AppTable {
         if self.rules.is_empty() {
             return None;
         }
-        let name = self.rules.route(method, path, headers)?;
+        self.version_with_backends(self.rules.route(method, path, headers)?)
+    }
+
+    /// The index of version `name`, when it has a backend.
+    pub fn version_with_backends(&self, name: &str) -> Option<usize> {
         let i = self.versions.iter().position(|v| v.name == name)?;
         (!self.versions[i].backends.is_empty()).then_some(i)
     }
