@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use baton_router::config::{Match, NamedMatch, RouteRule, ValueMatch};
 use baton_router::{AppRoutes, Router};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1229,16 +1228,6 @@ async fn request_with_more_headers_than_the_lane_parses_is_handed_over() {
             .count(),
         60
     );
-}
-
-fn header_rule(name: &str, value: &str, version: &str) -> RouteRule {
-    RouteRule {
-        matches: vec![Match::Header(NamedMatch {
-            name: name.into(),
-            value: ValueMatch::Equals(value.into()),
-        })],
-        version: version.into(),
-    }
 }
 
 #[tokio::test]

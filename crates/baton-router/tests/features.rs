@@ -11,9 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::time::Duration;
 
-use baton_router::config::{
-    Balance, Match, MirrorConfig, NamedMatch, RouteRule, ShieldConfig, StickyConfig, ValueMatch,
-};
+use baton_router::config::{Balance, MirrorConfig, ShieldConfig, StickyConfig};
 use baton_router::metrics::WindowStats;
 use baton_router::{AdminClient, Router, RouterOptions, RoutingConfig, run};
 use bytes::Bytes;
@@ -91,16 +89,6 @@ fn start(router: &Router, cfg: RoutingConfig) -> SocketAddr {
         res.listeners[0].error
     );
     res.listeners[0].listen
-}
-
-fn header_rule(name: &str, value: &str, version: &str) -> RouteRule {
-    RouteRule {
-        matches: vec![Match::Header(NamedMatch {
-            name: name.into(),
-            value: ValueMatch::Equals(value.into()),
-        })],
-        version: version.into(),
-    }
 }
 
 fn window<'a>(w: &'a baton_router::WindowsReport, version: &str) -> &'a WindowStats {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use baton_router::config::{Match, NamedMatch, RouteRule, ValueMatch};
 use baton_router::{AppRoutes, Backend, RoutingConfig, VersionRoute};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -201,6 +202,17 @@ pub async fn get(addr: SocketAddr) -> Answer {
 
 pub fn listen_any() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
+}
+
+/// A rule sending requests whose header `name` equals `value` to `version`.
+pub fn header_rule(name: &str, value: &str, version: &str) -> RouteRule {
+    RouteRule {
+        matches: vec![Match::Header(NamedMatch {
+            name: name.into(),
+            value: ValueMatch::Equals(value.into()),
+        })],
+        version: version.into(),
+    }
 }
 
 /// A config with one app; versions given as (name, weight, backend addresses).
