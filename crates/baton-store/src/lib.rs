@@ -106,6 +106,11 @@ const MIGRATIONS: &[&str] = &[
     WHEN OLD.finished_ms IS NOT NULL
     BEGIN SELECT RAISE(ABORT, 'history entry already finished'); END;
     "#,
+    // 2: the strategy a rollout runs under, when `deploy --strategy` replaced
+    // the spec's for that one rollout (a restart must keep running it).
+    r#"
+    ALTER TABLE history ADD COLUMN strategy_json TEXT;
+    "#,
 ];
 
 /// Errors returned by the store.
@@ -251,6 +256,10 @@ pub struct NewHistory {
     pub strategy: String,
     /// `"deploy"` or `"rollback"`.
     pub kind: String,
+    /// The strategy spec (JSON) of a one-off `deploy --strategy`; `None` when
+    /// the rollout runs the app spec's own strategy.
+    #[serde(default)]
+    pub strategy_json: Option<String>,
 }
 
 /// An upgrade-history entry (the audit record).
@@ -574,8 +583,9 @@ impl Store {
     pub fn start_history(&mut self, entry: &NewHistory, now_ms: i64) -> Result<i64, StoreError> {
         self.conn.execute(
             "INSERT INTO history (app, revision, from_version, to_version, environment,
-                                  operator, strategy, kind, result, notes, started_ms, finished_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, '', ?10, NULL)",
+                                  operator, strategy, kind, result, notes, started_ms, finished_ms,
+                                  strategy_json)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, '', ?10, NULL, ?11)",
             params![
                 entry.app,
                 entry.revision,
@@ -587,9 +597,27 @@ impl Store {
                 entry.kind,
                 HISTORY_IN_PROGRESS,
                 now_ms,
+                entry.strategy_json,
             ],
         )?;
         Ok(self.conn.last_insert_rowid())
+    }
+
+    /// The one-off strategy (JSON) rollout `history_id` runs under, if it does
+    /// not run its app spec's own.
+    pub fn rollout_strategy(&self, history_id: i64) -> Result<Option<String>, StoreError> {
+        let found: Option<Option<String>> = self
+            .conn
+            .query_row(
+                "SELECT strategy_json FROM history WHERE id = ?1",
+                [history_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match found {
+            None => Err(StoreError::HistoryNotFound { id: history_id }),
+            Some(s) => Ok(s),
+        }
     }
 
     /// Records how upgrade `id` ended. An entry can be finished only once.

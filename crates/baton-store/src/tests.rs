@@ -381,7 +381,37 @@ fn new_history(app: &str, to: &str) -> NewHistory {
         operator: "alice".into(),
         strategy: "canary".into(),
         kind: "deploy".into(),
+        strategy_json: None,
     }
+}
+
+#[test]
+fn a_one_off_strategy_is_kept_with_its_rollout() {
+    let db = TempDb::new();
+    let mut store = Store::open(&db.path).unwrap();
+    store.upsert_app("shop", "{}", "", 1).unwrap();
+    let plain = store.start_history(&new_history("shop", "v2"), 10).unwrap();
+    let one_off = store
+        .start_history(
+            &NewHistory {
+                strategy: "blue-green".into(),
+                strategy_json: Some(r#"{"blue_green":{}}"#.into()),
+                ..new_history("shop", "v3")
+            },
+            20,
+        )
+        .unwrap();
+    drop(store);
+    let store = Store::open(&db.path).unwrap();
+    assert_eq!(store.rollout_strategy(plain).unwrap(), None);
+    assert_eq!(
+        store.rollout_strategy(one_off).unwrap().as_deref(),
+        Some(r#"{"blue_green":{}}"#)
+    );
+    assert!(matches!(
+        store.rollout_strategy(999),
+        Err(StoreError::HistoryNotFound { id: 999 })
+    ));
 }
 
 #[test]

@@ -551,16 +551,21 @@ async fn down(State(cp): Cp) -> Json<serde_json::Value> {
 
 async fn list_apps(State(cp): Cp) -> Json<serde_json::Value> {
     let handles: Vec<AppHandle> = cp.apps.read().await.values().cloned().collect();
+    let sync = cp.shared.router.sync();
     let apps: Vec<AppStatus> = handles
         .iter()
-        .map(|h| AppStatus::from_view(&h.status.borrow()))
+        .map(|h| {
+            let v = h.status.borrow();
+            AppStatus::from_view(&v).with_router(&v, &sync)
+        })
         .collect();
     Json(json!({"apps": apps}))
 }
 
 async fn app_status(State(cp): Cp, Path(app): Path<String>) -> Result<Json<AppStatus>, ApiError> {
     let h = handle(&cp, &app).await?;
-    let status = AppStatus::from_view(&h.status.borrow());
+    let v = h.status.borrow().clone();
+    let status = AppStatus::from_view(&v).with_router(&v, &cp.shared.router.sync());
     Ok(Json(status))
 }
 
@@ -579,6 +584,24 @@ pub struct AppStatus {
     pub traffic: Vec<TrafficShare>,
     pub rollout: Option<RolloutStatus>,
     pub last_result: Option<LastResult>,
+    /// Set while the router has not acknowledged this app's newest routing
+    /// table: drains (and so the rollout) hold until it does.
+    #[serde(default)]
+    pub routing_held: Option<RoutingHeld>,
+    /// Why the router cannot listen for this app, if it cannot.
+    #[serde(default)]
+    pub listener_error: Option<String>,
+}
+
+/// The router has not acknowledged an app's routing table.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct RoutingHeld {
+    /// Which router (its admin socket).
+    pub router: String,
+    /// Since when (ms since the epoch).
+    pub since_ms: Option<i64>,
+    /// The last push or check error.
+    pub error: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -699,6 +722,21 @@ impl AppStatus {
                 notes: f.notes.clone(),
                 finished_ms: f.finished_ms,
             }),
+            routing_held: None,
+            listener_error: None,
         }
+    }
+
+    /// Add what the router link knows about this app's routing.
+    pub fn with_router(mut self, v: &AppView, sync: &crate::routing::RouterSync) -> Self {
+        if sync.acknowledged < v.routing_generation {
+            self.routing_held = Some(RoutingHeld {
+                router: sync.router.clone(),
+                since_ms: sync.behind_since_ms,
+                error: sync.last_error.clone(),
+            });
+        }
+        self.listener_error = sync.listener_errors.get(&self.app).cloned();
+        self
     }
 }

@@ -287,6 +287,10 @@ async fn run(cli: Cli) -> Exit {
             .await
             {
                 Ok(()) => Exit::Ok,
+                // Another control plane holds the data dir: bad usage, nothing changed.
+                Err(e) if e.downcast_ref::<crate::lock::DataDirBusy>().is_some() => {
+                    Exit::BadInput(format!("{e:#}"))
+                }
                 Err(e) => Exit::Failed(format!("{e:#}")),
             }
         }
@@ -658,6 +662,23 @@ async fn status(api: &ApiClient, app: Option<String>, as_json: bool) -> Exit {
                     .map(|x| format!(" — {x}"))
                     .unwrap_or_default()
             );
+        }
+        if let Some(h) = &s.routing_held {
+            println!(
+                "  {} the router ({}) has not taken the newest routing table{}{}; nothing is drained until it does",
+                paint("holding:", Color::Red),
+                h.router,
+                h.since_ms
+                    .map(|t| format!(" since {}", format_time(t)))
+                    .unwrap_or_default(),
+                h.error
+                    .as_ref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            );
+        }
+        if let Some(e) = &s.listener_error {
+            println!("  {} {e}", paint("not listening:", Color::Red));
         }
         for i in &s.instances {
             println!(

@@ -140,7 +140,11 @@ pub struct AppHandle {
 pub struct AppView {
     pub state: AppState,
     pub generation: u64,
+    /// The spec the app runs under, with a one-off `deploy --strategy` in place
+    /// while its rollout runs.
     pub spec: AppSpec,
+    /// Generation of the newest routing table published for this state.
+    pub routing_generation: u64,
 }
 
 /// Reports from background tasks back to the controller loop.
@@ -168,6 +172,11 @@ pub struct AppController {
     strategy_override: Option<StrategySpec>,
     /// History id of the rollout whose smoke tests are running or done.
     checks_started_for: Option<(i64, usize)>,
+    /// Generation of the newest routing table published for this app's state:
+    /// a drain waits until the router acknowledges it (or a newer one).
+    routing_generation: u64,
+    /// Instances whose start is in flight (the driver has not answered yet).
+    starting: std::collections::HashSet<String>,
     shutdown: CancellationToken,
 }
 
@@ -327,7 +336,12 @@ pub fn strategy_by_name(spec: &AppSpec, name: &str) -> Result<StrategySpec, Stri
 }
 
 pub fn strategy_name(spec: &AppSpec) -> &'static str {
-    match spec.strategy {
+    strategy_kind(&spec.strategy)
+}
+
+/// `rolling`, `canary` or `blue-green`.
+pub fn strategy_kind(strategy: &StrategySpec) -> &'static str {
+    match strategy {
         StrategySpec::Rolling(_) => "rolling",
         StrategySpec::Canary(_) => "canary",
         StrategySpec::BlueGreen(_) => "blue-green",
@@ -358,6 +372,7 @@ impl AppController {
             state: state.clone(),
             generation,
             spec: spec.clone(),
+            routing_generation: 0,
         });
         let (status, status_rx) = tokio::sync::watch::channel(view);
         let controller = AppController {
@@ -375,6 +390,8 @@ impl AppController {
             warmed: Default::default(),
             strategy_override: None,
             checks_started_for: None,
+            routing_generation: 0,
+            starting: Default::default(),
             shutdown,
         };
         tokio::spawn(controller.run());
@@ -393,7 +410,11 @@ impl AppController {
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => break,
-                Some(cmd) = self.commands.recv() => self.command(cmd).await,
+                Some(cmd) = self.commands.recv() => {
+                    if self.command(cmd).await == Flow::Stop {
+                        break;
+                    }
+                }
                 Some(obs) = self.observations.recv() => self.observe(obs).await,
                 _ = tick.tick() => {
                     self.watch_exits().await;
@@ -412,6 +433,12 @@ impl AppController {
     /// After a restart: find the processes the state refers to, adopt them,
     /// stop strays, and pick up drains and stops that were under way.
     async fn resume(&mut self) -> anyhow::Result<()> {
+        if let Some(params) = self.restore_strategy()? {
+            self.apply_logged(Input::UpdateParams { params }).await;
+        }
+        // The table for the stored state first: drains picked up below wait
+        // for the router to acknowledge it.
+        self.publish_routing();
         let found = self.shared.driver.discover()?;
         let known: Vec<String> = self.state.instances.iter().map(|i| i.id.clone()).collect();
         let prefix = format!("{}-r", self.spec.name);
@@ -469,10 +496,45 @@ impl AppController {
             }
         }
         self.watch_exits().await;
-        self.publish_routing().await;
         self.apply_logged(Input::Tick).await;
         self.sync_checkers();
+        // Status shows the restored strategy even if nothing moved.
+        self.publish_view();
         Ok(())
+    }
+
+    /// After a restart: the rollout in flight keeps the one-off strategy it was
+    /// started with; without one in flight, the spec's strategy holds. History
+    /// records opened by a deploy that never reached the engine are closed.
+    /// Returns the parameters to put back when the stored ones are not the spec's.
+    fn restore_strategy(&mut self) -> anyhow::Result<Option<Params>> {
+        let current = self.state.rollout.as_ref().map(|r| r.history_id);
+        let mut store = self.shared.store();
+        if let Some(id) = current
+            && let Some(json) = store.rollout_strategy(id)?
+        {
+            self.strategy_override =
+                Some(serde_json::from_str(&json).context("stored one-off strategy is unreadable")?);
+        }
+        let finished = self.state.last_finished.as_ref().map(|f| f.history_id);
+        for h in store.list_history(&self.spec.name)? {
+            if h.finished_ms.is_none() && Some(h.id) != current && Some(h.id) != finished {
+                info!(app = %self.spec.name, history = h.id, "closing the record of a deploy that never started");
+                store.finish_history(
+                    h.id,
+                    "interrupted",
+                    "the control plane stopped before this rollout started; nothing changed",
+                    now_ms(),
+                )?;
+            }
+        }
+        drop(store);
+        // A one-off strategy's parameters committed, then the control plane
+        // stopped before its rollout did: back to the spec's.
+        Ok(
+            (current.is_none() && self.state.params != params_of(&self.spec))
+                .then(|| params_of(&self.spec)),
+        )
     }
 
     /// The spec the rollout in flight runs under (`deploy --strategy` may
@@ -493,11 +555,12 @@ impl AppController {
         p.stop_grace
     }
 
-    async fn command(&mut self, cmd: Command) {
+    async fn command(&mut self, cmd: Command) -> Flow {
         match cmd {
             Command::Apply { spec, reply } => {
-                let params = params_of(&spec);
                 self.spec = *spec;
+                // A one-off strategy in flight keeps running its own steps.
+                let params = params_of(&self.effective_spec());
                 let result = self
                     .apply(Input::UpdateParams { params })
                     .await
@@ -506,17 +569,21 @@ impl AppController {
             }
             Command::Deploy { request, reply } => {
                 let result = self.deploy(request).await;
-                let _ = reply.send(result);
+                self.reply_once_routed(reply, result);
             }
             Command::Operate { input, reply } => {
                 let result = self.apply(input).await;
-                let _ = reply.send(result);
+                self.reply_once_routed(reply, result);
             }
             Command::StopAll { reply } => {
                 self.stop_all().await;
                 let _ = reply.send(());
+                // Nothing may react to the instances just stopped (a crash
+                // would start a replacement that outlives the control plane).
+                return Flow::Stop;
             }
         }
+        Flow::Continue
     }
 
     async fn deploy(&mut self, request: DeployRequest) -> Result<DeployAccepted, CommandError> {
@@ -577,6 +644,14 @@ impl AppController {
                 }
             }
         };
+        // A one-off strategy is recorded with the rollout, so that a restarted
+        // control plane runs (and shows) the same one.
+        let one_off = strategy.filter(|s| *s != self.spec.strategy);
+        let strategy_json = one_off
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| CommandError::Internal(e.to_string()))?;
         let history_id = self
             .shared
             .store()
@@ -588,18 +663,18 @@ impl AppController {
                     to_version: rev.version.clone(),
                     environment: self.spec.environment.clone(),
                     operator: operator.clone(),
-                    strategy: strategy_name(&self.spec).to_string(),
+                    strategy: strategy_kind(one_off.as_ref().unwrap_or(&self.spec.strategy))
+                        .to_string(),
                     kind: match kind {
                         RolloutKind::Deploy => "deploy".into(),
                         RolloutKind::Rollback => "rollback".into(),
                     },
+                    strategy_json,
                 },
                 now_ms(),
             )
             .map_err(internal)?;
-        if let Some(strategy) = strategy
-            && strategy != self.spec.strategy
-        {
+        if let Some(strategy) = one_off {
             let mut spec = self.spec.clone();
             spec.strategy = strategy.clone();
             self.strategy_override = Some(strategy);
@@ -667,6 +742,9 @@ impl AppController {
                 let _ = tx.send(Input::Ready { id });
             });
             return;
+        }
+        if let Input::Started { id, .. } | Input::StartFailed { id, .. } = &obs {
+            self.starting.remove(id);
         }
         if let Input::Started { id, handle, .. } = &obs {
             let pending = self
@@ -778,11 +856,28 @@ impl AppController {
         let state_json =
             serde_json::to_string(&next).map_err(|e| CommandError::Internal(e.to_string()))?;
         // Durability first: nothing below happens unless this commit landed.
-        let generation = self
-            .shared
-            .store()
-            .commit_transition(&self.spec.name, self.generation, &state_json, &events, now)
-            .map_err(|e| CommandError::Internal(e.to_string()))?;
+        let committed = self.shared.store().commit_transition(
+            &self.spec.name,
+            self.generation,
+            &state_json,
+            &events,
+            now,
+        );
+        let generation = match committed {
+            Ok(g) => g,
+            Err(baton_store::StoreError::GenerationConflict { expected, found }) => {
+                // Someone else wrote this app's state: what is on disk wins. Reload
+                // it (and act on it) instead of failing every later commit.
+                warn!(app = %self.spec.name, expected, found, "the stored state moved on; reloading it");
+                self.reload_state()
+                    .map_err(|e| CommandError::Internal(format!("{e:#}")))?;
+                return Err(CommandError::Internal(format!(
+                    "the state of {} changed underneath this command (generation {found}, not {expected}); it was reloaded: try again",
+                    self.spec.name
+                )));
+            }
+            Err(e) => return Err(CommandError::Internal(e.to_string())),
+        };
         for e in &events {
             info!(app = %self.spec.name, kind = %e.kind, "{}", e.message);
         }
@@ -792,7 +887,7 @@ impl AppController {
         self.state = next;
         self.generation = generation;
         if routing_changed {
-            self.publish_routing().await;
+            self.publish_routing();
         }
         for action in actions {
             self.execute(action).await;
@@ -803,19 +898,56 @@ impl AppController {
             let params = params_of(&self.spec);
             Box::pin(self.apply(Input::UpdateParams { params })).await?;
         }
-        self.status.send_replace(Arc::new(AppView {
-            state: self.state.clone(),
-            generation: self.generation,
-            spec: self.spec.clone(),
-        }));
+        self.publish_view();
         Ok(())
     }
 
-    async fn publish_routing(&self) {
+    /// Answer an operator's command once the router serves the routing it
+    /// caused (an abort or a blue-green switch back is live when the CLI
+    /// returns), without holding up this loop; a router that does not answer
+    /// within [`REPLY_ACK_WAIT`] gets the reply sent anyway (status says why
+    /// the routing is held).
+    fn reply_once_routed<T: Send + 'static>(&self, reply: oneshot::Sender<T>, result: T) {
+        let router = self.shared.router.clone();
+        let generation = self.routing_generation;
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(REPLY_ACK_WAIT, router.acknowledged(generation)).await;
+            let _ = reply.send(result);
+        });
+    }
+
+    /// Show the current state to `status` readers.
+    fn publish_view(&self) {
+        self.status.send_replace(Arc::new(AppView {
+            state: self.state.clone(),
+            generation: self.generation,
+            spec: self.effective_spec().into_owned(),
+            routing_generation: self.routing_generation,
+        }));
+    }
+
+    /// Load the app's state from the store again (after a generation conflict)
+    /// and make routing and checkers follow it.
+    fn reload_state(&mut self) -> anyhow::Result<()> {
+        let rec = self
+            .shared
+            .store()
+            .load_state(&self.spec.name)?
+            .context("the app's state vanished from the store")?;
+        self.state =
+            serde_json::from_str(&rec.state_json).context("stored rollout state is unreadable")?;
+        self.generation = rec.generation;
+        self.publish_routing();
+        self.sync_checkers();
+        self.publish_view();
+        Ok(())
+    }
+
+    /// Record this app's routes for its current state in the desired table
+    /// (the router link delivers it and tracks the acknowledgement).
+    fn publish_routing(&mut self) {
         let routes = crate::routing::app_routes(&self.effective_spec(), &self.state);
-        if let Err(e) = self.shared.router.publish(routes).await {
-            warn!(app = %self.spec.name, error = %format!("{e:#}"), "pushing the routing table to the router failed");
-        }
+        self.routing_generation = self.shared.router.publish(routes);
     }
 
     async fn execute(&mut self, action: Action) {
@@ -849,6 +981,7 @@ impl AppController {
     }
 
     fn spawn_start(&mut self, id: String, revision: u32, version: String) {
+        self.starting.insert(id.clone());
         let shared = self.shared.clone();
         let obs = self.observations_tx.clone();
         let app = self.spec.name.clone();
@@ -880,9 +1013,17 @@ impl AppController {
         let router = self.shared.router.clone();
         let obs = self.observations_tx.clone();
         let timeout = self.spec.drain_timeout;
+        // The newest table published for this state has the instance out of
+        // routing; until the router acknowledges it, it may still send requests.
+        let generation = self.routing_generation;
+        let app = self.spec.name.clone();
         tokio::spawn(async move {
-            if let Some(address) = address {
-                router.wait_idle(address, timeout).await;
+            router.acknowledged(generation).await;
+            if let Some(address) = address
+                && let crate::routing::Drain::TimedOut { in_flight } =
+                    router.wait_idle(address, timeout).await
+            {
+                warn!(%app, instance = %id, in_flight, "drain timeout reached with requests in flight; stopping anyway");
             }
             let _ = obs.send(Input::Drained { id });
         });
@@ -1283,7 +1424,9 @@ impl AppController {
             .retain(|id, _| self.state.instance(id).is_some());
     }
 
-    /// Stop every instance of the app (for `baton down`): out of routing first.
+    /// Stop every instance of the app (for `baton down`): out of routing first,
+    /// then all at once, including any whose start is still in flight. The
+    /// controller stops after this (see [`Flow::Stop`]).
     async fn stop_all(&mut self) {
         for token in self.checkers.values() {
             token.cancel();
@@ -1291,25 +1434,75 @@ impl AppController {
         self.checkers.clear();
         let mut empty = AppState::new(self.spec.name.clone(), params_of(&self.spec));
         empty.instances.clear();
-        let _ = self
+        let generation = self
             .shared
             .router
-            .publish(crate::routing::app_routes(&self.spec, &empty))
-            .await;
-        let grace = self.stop_grace();
-        let handles: Vec<InstanceHandle> = self
+            .publish(crate::routing::app_routes(&self.spec, &empty));
+        // The router is stopped right after this, so a router that does not
+        // answer only delays `down` a little.
+        if tokio::time::timeout(
+            STOP_ALL_ACK_WAIT,
+            self.shared.router.acknowledged(generation),
+        )
+        .await
+        .is_err()
+        {
+            warn!(app = %self.spec.name, "the router did not acknowledge the empty table; stopping anyway");
+        }
+        let mut handles: Vec<InstanceHandle> = self
             .state
             .instances
             .iter()
             .filter_map(|i| self.handle_of(&i.id))
             .collect();
-        for handle in &handles {
-            if let Err(e) = self.shared.driver.stop(handle, grace).await {
-                warn!(instance = %handle.instance_id, error = %e, "stopping instance failed");
+        // Starts still in flight: wait for the driver's answer and stop what it started.
+        let deadline = tokio::time::Instant::now() + STOP_ALL_START_WAIT;
+        while !self.starting.is_empty() {
+            match tokio::time::timeout_at(deadline, self.observations.recv()).await {
+                Ok(Some(Input::Started { id, handle, .. })) => {
+                    self.starting.remove(&id);
+                    if let Ok(h) = serde_json::from_str::<InstanceHandle>(&handle) {
+                        handles.push(h);
+                    }
+                }
+                Ok(Some(Input::StartFailed { id, .. })) => {
+                    self.starting.remove(&id);
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => {
+                    warn!(app = %self.spec.name, starting = ?self.starting, "starts still in flight when stopping");
+                    break;
+                }
             }
         }
+        let grace = self.stop_grace();
+        let mut stops = tokio::task::JoinSet::new();
+        for handle in handles {
+            let shared = self.shared.clone();
+            stops.spawn(async move {
+                if let Err(e) = shared.driver.stop(&handle, grace).await {
+                    warn!(instance = %handle.instance_id, error = %e, "stopping instance failed");
+                }
+            });
+        }
+        stops.join_all().await;
     }
 }
+
+/// Whether the controller loop goes on after a command.
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    /// `baton down`: the instances are stopped; the controller ends.
+    Stop,
+}
+
+/// How long an operator's command waits for the router before it answers.
+const REPLY_ACK_WAIT: Duration = Duration::from_secs(5);
+/// How long `stop_all` waits for the router to take the app out of routing.
+const STOP_ALL_ACK_WAIT: Duration = Duration::from_secs(5);
+/// How long `stop_all` waits for starts in flight to answer.
+const STOP_ALL_START_WAIT: Duration = Duration::from_secs(30);
 
 /// Analysis state of the rollout in flight. The count of failing measurements in a
 /// row is also kept in the event log ([`ANALYSIS_CHECK`] events), so a restarted

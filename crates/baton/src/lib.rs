@@ -11,6 +11,7 @@ pub mod demo;
 pub mod health;
 pub mod hooks;
 pub mod loadgen;
+pub mod lock;
 pub mod preflight;
 pub mod routing;
 pub mod server;

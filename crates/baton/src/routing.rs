@@ -20,7 +20,7 @@ use baton_router::config::{
 use baton_router::limits::AppLimits;
 use baton_router::{AdminClient, AppRoutes, Backend, RoutingConfig, VersionRoute};
 use baton_spec::{AppSpec, StrategySpec};
-use tokio::sync::Mutex;
+use tokio::sync::{Notify, watch};
 use tracing::info;
 
 /// How long a request waits for a ready instance before the router answers 503.
@@ -165,16 +165,64 @@ fn traffic(t: &baton_spec::TrafficSpec) -> (AppLimits, Balance) {
     (limits, balance)
 }
 
+/// The control plane's link to the router: what the app controllers want it
+/// to serve, and what it has acknowledged.
+///
+/// Publication is level-triggered. [`RouterLink::publish`] only records the
+/// desired table (all apps, one generation number for the whole snapshot) and
+/// wakes a background pusher, which pushes the newest desired table until the
+/// router acknowledges it, retrying with backoff while the router is
+/// unreachable or refuses it. Every second it also checks that the router
+/// still serves what it acknowledged (a restarted router comes up empty) and
+/// pushes again if not. A drain waits for [`RouterLink::acknowledged`]: no
+/// instance is drained or stopped while the router may still send it requests.
 #[derive(Clone)]
 pub struct RouterLink {
-    inner: Arc<Mutex<Published>>,
+    link: Arc<LinkState>,
     client: Arc<AdminClient>,
 }
 
-struct Published {
+struct LinkState {
+    desired: std::sync::Mutex<Desired>,
+    wake: Notify,
+    ack: watch::Sender<RouterSync>,
+}
+
+struct Desired {
     generation: u64,
     apps: BTreeMap<String, AppRoutes>,
 }
+
+/// Where the router stands against what the control plane wants it to serve.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct RouterSync {
+    /// The router's admin socket (names the router in status).
+    pub router: String,
+    /// Generation of the newest table the control plane wants served.
+    pub desired: u64,
+    /// Newest generation the router confirmed it serves.
+    pub acknowledged: u64,
+    /// Since when (ms since the epoch) the router has not acknowledged the
+    /// desired table; `None` while in sync.
+    pub behind_since_ms: Option<i64>,
+    /// Why the last push or check failed.
+    pub last_error: Option<String>,
+    /// Apps whose listener the router could not bind, with the reason.
+    pub listener_errors: BTreeMap<String, String>,
+}
+
+impl RouterSync {
+    /// The router serves the newest desired table.
+    pub fn in_sync(&self) -> bool {
+        self.acknowledged >= self.desired
+    }
+}
+
+/// Pauses between pushes the router did not acknowledge.
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+/// How often an in-sync link checks that the router still serves its table.
+const RECHECK: Duration = Duration::from_secs(1);
 
 impl RouterLink {
     /// Attach to the router answering on `socket`, or start one.
@@ -196,66 +244,114 @@ impl RouterLink {
                     .context("reading the new router's config")?
             }
         };
-        Ok(RouterLink {
-            inner: Arc::new(Mutex::new(Published {
+        let link = Arc::new(LinkState {
+            desired: std::sync::Mutex::new(Desired {
                 generation: current.generation,
                 apps: current
                     .apps
                     .into_iter()
                     .map(|a| (a.app.clone(), a))
                     .collect(),
-            })),
-            client: Arc::new(client),
-        })
+            }),
+            wake: Notify::new(),
+            ack: watch::channel(RouterSync {
+                router: socket.display().to_string(),
+                desired: current.generation,
+                acknowledged: current.generation,
+                ..RouterSync::default()
+            })
+            .0,
+        });
+        let client = Arc::new(client);
+        tokio::spawn(push_loop(link.clone(), client.clone()));
+        Ok(RouterLink { link, client })
     }
 
-    /// Replace one app's routes (and its preview listener's, if any) and push
-    /// the whole table: one atomic snapshot.
-    pub async fn publish(&self, routes: Vec<AppRoutes>) -> anyhow::Result<()> {
-        let mut inner = self.inner.lock().await;
-        let Some(main) = routes.first() else {
-            return Ok(());
-        };
-        // Entries of this app are the main one and `<app>--preview`.
-        let preview_name = format!("{}{PREVIEW_SUFFIX}", main.app);
-        inner.apps.remove(&preview_name);
-        for r in routes {
-            inner.apps.insert(r.app.clone(), r);
-        }
-        inner.generation += 1;
-        let cfg = RoutingConfig {
-            generation: inner.generation,
-            apps: inner.apps.values().cloned().collect(),
-        };
-        let result = self.client.push(&cfg).await.context("router push")?;
-        for l in result.listeners {
-            if let Some(err) = l.error {
-                anyhow::bail!("router cannot listen on {} for {}: {err}", l.listen, l.app);
+    fn desired(&self) -> std::sync::MutexGuard<'_, Desired> {
+        // Every update of the map is a single insert/remove: a poisoned lock
+        // still holds a whole table.
+        self.link.desired.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replace one app's routes (and its preview listener's, if any) in the
+    /// desired table and return the generation of the table that holds them.
+    /// Returns at once; the pusher delivers it (see [`RouterLink::acknowledged`]).
+    pub fn publish(&self, routes: Vec<AppRoutes>) -> u64 {
+        let generation = {
+            let mut desired = self.desired();
+            let Some(main) = routes.first() else {
+                return desired.generation;
+            };
+            // Entries of this app are the main one and `<app>--preview`.
+            let preview_name = format!("{}{PREVIEW_SUFFIX}", main.app);
+            desired.apps.remove(&preview_name);
+            let mut changed = false;
+            for r in routes {
+                if desired.apps.get(&r.app) != Some(&r) {
+                    desired.apps.insert(r.app.clone(), r);
+                    changed = true;
+                }
             }
-        }
-        Ok(())
+            if changed {
+                desired.generation += 1;
+            }
+            desired.generation
+        };
+        self.link.ack.send_if_modified(|s| {
+            let behind = s.desired < generation;
+            if behind {
+                s.desired = generation;
+                s.behind_since_ms
+                    .get_or_insert_with(crate::controller::now_ms);
+            }
+            behind
+        });
+        self.link.wake.notify_one();
+        generation
     }
 
-    /// Wait until the router has no request in flight to `address` (after it
-    /// left the routing table), bounded by `timeout`.
-    pub async fn wait_idle(&self, address: SocketAddr, timeout: Duration) {
-        // Requests that picked this backend just before the table swap may not
-        // be counted yet; give them a moment to register.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    /// Wait until the router has acknowledged a table of `generation` or newer.
+    /// Waits as long as it takes: a router that does not answer holds whatever
+    /// waits here (a drain), and [`RouterLink::sync`] says why.
+    pub async fn acknowledged(&self, generation: u64) {
+        let mut rx = self.link.ack.subscribe();
+        // The sender lives in `self.link`, so this cannot fail while we hold it.
+        let _ = rx.wait_for(|s| s.acknowledged >= generation).await;
+    }
+
+    /// Where the router stands against the desired table.
+    pub fn sync(&self) -> RouterSync {
+        self.link.ack.borrow().clone()
+    }
+
+    /// Wait until the router has no request in flight to `address`, bounded by
+    /// `timeout` once the router answers. Call it after [`RouterLink::acknowledged`]
+    /// of a table without `address`: the router counts a request in flight
+    /// before it checks that its snapshot is still live, so from then on the
+    /// count is exact. While the router does not answer, nothing is known and
+    /// this keeps asking (an unreachable router is never taken as drained).
+    pub async fn wait_idle(&self, address: SocketAddr, timeout: Duration) -> Drain {
         let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
+        loop {
             match self.client.stats().await {
                 Ok(stats) => {
-                    let busy = stats
+                    let in_flight: u64 = stats
                         .apps
                         .iter()
                         .flat_map(|a| a.backends.iter())
-                        .any(|b| b.address == address && b.in_flight > 0);
-                    if !busy {
-                        return;
+                        .filter(|b| b.address == address)
+                        .map(|b| b.in_flight)
+                        .sum();
+                    if in_flight == 0 {
+                        return Drain::Idle;
+                    }
+                    if Instant::now() >= deadline {
+                        return Drain::TimedOut { in_flight };
                     }
                 }
-                Err(_) => return,
+                Err(e) => {
+                    tracing::debug!(%address, error = %e, "router unreachable while draining; asking again");
+                }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -264,8 +360,13 @@ impl RouterLink {
     /// Whether the router already listens on `listen` for `app` (so the port
     /// being busy is not a problem).
     pub async fn serves(&self, app: &str, listen: SocketAddr) -> bool {
-        let inner = self.inner.lock().await;
-        inner.apps.get(app).is_some_and(|a| a.listen == listen)
+        let sync = self.sync();
+        !sync.listener_errors.contains_key(app)
+            && self
+                .desired()
+                .apps
+                .get(app)
+                .is_some_and(|a| a.listen == listen)
     }
 
     /// The router's pid, for `baton down`.
@@ -275,6 +376,127 @@ impl RouterLink {
 
     pub fn client(&self) -> &AdminClient {
         &self.client
+    }
+}
+
+/// How a drain ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drain {
+    /// No request in flight to the instance.
+    Idle,
+    /// The drain timeout passed with requests still in flight.
+    TimedOut { in_flight: u64 },
+}
+
+/// Push the desired table until the router acknowledges it; then watch that
+/// it keeps serving it.
+async fn push_loop(link: Arc<LinkState>, client: Arc<AdminClient>) {
+    let mut retry = RETRY_MIN;
+    let mut router_started_ms: Option<i64> = None;
+    loop {
+        let cfg = {
+            let d = link.desired.lock().unwrap_or_else(|p| p.into_inner());
+            (link.ack.borrow().acknowledged < d.generation).then(|| RoutingConfig {
+                generation: d.generation,
+                apps: d.apps.values().cloned().collect(),
+            })
+        };
+        let Some(cfg) = cfg else {
+            // In sync: wait for a new table, or check the router still serves ours.
+            tokio::select! {
+                _ = link.wake.notified() => {}
+                _ = tokio::time::sleep(RECHECK) => {
+                    recheck(&link, &client, &mut router_started_ms).await;
+                }
+            }
+            continue;
+        };
+        match client.push(&cfg).await {
+            Ok(result) => {
+                retry = RETRY_MIN;
+                let listener_errors: BTreeMap<String, String> = result
+                    .listeners
+                    .into_iter()
+                    .filter_map(|l| {
+                        let err = l.error?;
+                        Some((l.app, format!("cannot listen on {}: {err}", l.listen)))
+                    })
+                    .collect();
+                for (app, err) in &listener_errors {
+                    tracing::warn!(%app, error = %err, "the router cannot serve this app");
+                }
+                link.ack.send_modify(|s| {
+                    s.acknowledged = s.acknowledged.max(cfg.generation);
+                    if s.in_sync() {
+                        s.behind_since_ms = None;
+                    }
+                    s.last_error = None;
+                    s.listener_errors = listener_errors;
+                });
+            }
+            Err(baton_router::RouterError::StaleGeneration { current, .. }) => {
+                // The router serves a newer generation than ours (our numbering
+                // started from an older table): renumber past it and push again.
+                let mut d = link.desired.lock().unwrap_or_else(|p| p.into_inner());
+                d.generation = d.generation.max(current + 1);
+                let g = d.generation;
+                link.ack.send_modify(|s| s.desired = s.desired.max(g));
+            }
+            Err(e) => {
+                let error = format!("{e}");
+                tracing::warn!(generation = cfg.generation, %error, "the router did not take the routing table; retrying");
+                link.ack.send_modify(|s| {
+                    s.behind_since_ms
+                        .get_or_insert_with(crate::controller::now_ms);
+                    s.last_error = Some(error);
+                });
+                tokio::select! {
+                    _ = link.wake.notified() => {}
+                    _ = tokio::time::sleep(retry) => {}
+                }
+                retry = (retry * 2).min(RETRY_MAX);
+            }
+        }
+    }
+}
+
+/// In sync: ask the router which generation it serves. A router that restarted
+/// (a different start time, or a generation older than acknowledged) is sent
+/// the table again.
+async fn recheck(link: &LinkState, client: &AdminClient, started: &mut Option<i64>) {
+    match client.health().await {
+        Ok(h) => {
+            let restarted = started.is_some_and(|s| s != h.started_ms);
+            *started = Some(h.started_ms);
+            let acknowledged = link.ack.borrow().acknowledged;
+            if restarted || h.generation < acknowledged {
+                tracing::warn!(
+                    generation = h.generation,
+                    acknowledged,
+                    "the router no longer serves the acknowledged table; pushing it again"
+                );
+                link.ack.send_modify(|s| {
+                    s.acknowledged = h.generation.min(s.acknowledged);
+                    s.behind_since_ms
+                        .get_or_insert_with(crate::controller::now_ms);
+                });
+                // A restarted router numbers from 0: renumber our table past it.
+                let mut d = link.desired.lock().unwrap_or_else(|p| p.into_inner());
+                d.generation = d.generation.max(h.generation) + 1;
+                let g = d.generation;
+                link.ack.send_modify(|s| s.desired = s.desired.max(g));
+            } else if link.ack.borrow().last_error.is_some() {
+                link.ack.send_modify(|s| s.last_error = None);
+            }
+        }
+        Err(e) => {
+            let error = format!("{e}");
+            link.ack.send_if_modified(|s| {
+                let changed = s.last_error.as_deref() != Some(error.as_str());
+                s.last_error = Some(error);
+                changed
+            });
+        }
     }
 }
 

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::controller::{AppController, AppHandle, Command, Shared, now_ms};
+use crate::lock::DataDirLock;
 use crate::routing::RouterLink;
 
 /// Options of `baton serve`.
@@ -31,6 +32,8 @@ pub struct ControlPlane {
     pub shared: Arc<Shared>,
     pub apps: RwLock<BTreeMap<String, AppHandle>>,
     pub shutdown: CancellationToken,
+    /// This control plane's hold on the data dir (one writer per data dir).
+    pub lock: std::sync::Mutex<DataDirLock>,
 }
 
 impl ControlPlane {
@@ -68,16 +71,22 @@ impl ControlPlane {
     /// Stop every instance of every app and the router (`baton down`).
     pub async fn down(&self) {
         let handles: Vec<AppHandle> = self.apps.read().await.values().cloned().collect();
+        // Every app at once: each controller stops its instances and then ends,
+        // so none can take a stopped instance for a crashed one and replace it.
+        let mut stopping = tokio::task::JoinSet::new();
         for h in handles {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            if h.commands
-                .send(Command::StopAll { reply: tx })
-                .await
-                .is_ok()
-            {
-                let _ = rx.await;
-            }
+            stopping.spawn(async move {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                if h.commands
+                    .send(Command::StopAll { reply: tx })
+                    .await
+                    .is_ok()
+                {
+                    let _ = rx.await;
+                }
+            });
         }
+        stopping.join_all().await;
         if let Some(pid) = self.shared.router.pid().await {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid as i32),
@@ -98,6 +107,8 @@ pub async fn start(
     let data_dir = data_dir
         .canonicalize()
         .with_context(|| format!("resolving data dir {}", data_dir.display()))?;
+    // First, before the store or the router: one control plane per data dir.
+    let lock = DataDirLock::acquire(&data_dir)?;
     let store = Store::open(&data_dir.join("baton.db")).context("opening the store")?;
     let baton_exe = std::env::current_exe()
         .context("locating the baton executable")?
@@ -115,6 +126,7 @@ pub async fn start(
         shared: shared.clone(),
         apps: RwLock::new(BTreeMap::new()),
         shutdown: shutdown.clone(),
+        lock: std::sync::Mutex::new(lock),
     });
     // Resume every app the store knows, in-flight rollouts included.
     let known = shared.store().list_apps()?;
@@ -135,13 +147,16 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let cp = start(&opts.data_dir, shutdown.clone()).await?;
     for (file, yaml) in &opts.specs {
         let spec = baton_spec::parse_spec(file, yaml)?;
-        let handle = cp.apply(spec.clone(), yaml).await?;
-        crate::api::deploy_declared_version(&handle, &spec, "serve").await?;
+        apply_at_start(&cp, file, spec, yaml).await;
     }
     let listener = tokio::net::TcpListener::bind(opts.api)
         .await
         .with_context(|| format!("binding the API on {}", opts.api))?;
-    info!(api = %listener.local_addr()?, data_dir = %cp.shared.data_dir.display(), "baton control plane ready");
+    let api_addr = listener.local_addr()?;
+    if let Ok(mut lock) = cp.lock.lock() {
+        lock.record(Some(api_addr))?;
+    }
+    info!(api = %api_addr, data_dir = %cp.shared.data_dir.display(), "baton control plane ready");
     let app = crate::api::router(cp.clone());
     let signal_token = shutdown.clone();
     tokio::spawn(async move {
@@ -156,6 +171,79 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await?;
     Ok(())
+}
+
+/// What `serve -c FILE` did with one spec at start.
+#[derive(Debug, PartialEq)]
+pub enum StartApply {
+    /// The same spec was applied last time: what runs (and any rollout in
+    /// flight, or a version deployed since with `baton deploy`) stands.
+    Unchanged,
+    /// The spec was applied; `deployed` names the version a rollout started for.
+    Applied { deployed: Option<String> },
+    /// The spec was applied, but its version could not be deployed now.
+    AppliedNotDeployed { reason: String },
+    /// The spec was refused; the app keeps running as it was.
+    Refused { reason: String },
+}
+
+/// `serve -c FILE` is what a supervisor restarts after a crash, so it must
+/// always come up: an unchanged spec is a no-op (whatever its `version:`
+/// says), a changed one goes through the rules of `apply`, and what happened
+/// is logged. It never stops the control plane.
+pub async fn apply_at_start(
+    cp: &ControlPlane,
+    file: &str,
+    spec: AppSpec,
+    yaml: &str,
+) -> StartApply {
+    let app = spec.name.clone();
+    let outcome = match unchanged_since_last_apply(cp, &spec) {
+        Ok(true) => StartApply::Unchanged,
+        Ok(false) => match cp.apply(spec.clone(), yaml).await {
+            Err(e) => StartApply::Refused {
+                reason: format!("{e:#}"),
+            },
+            Ok(handle) => {
+                match crate::api::deploy_declared_version(&handle, &spec, "serve").await {
+                    Ok(d) => StartApply::Applied {
+                        deployed: d.filter(|d| !d.unchanged).map(|d| d.version),
+                    },
+                    Err(e) => StartApply::AppliedNotDeployed {
+                        reason: e.to_string(),
+                    },
+                }
+            }
+        },
+        Err(e) => StartApply::Refused {
+            reason: format!("{e:#}"),
+        },
+    };
+    match &outcome {
+        StartApply::Unchanged => {
+            info!(%app, %file, "spec unchanged since it was last applied: what runs stands")
+        }
+        StartApply::Applied { deployed: Some(v) } => {
+            info!(%app, %file, version = %v, "spec applied; deploying its version")
+        }
+        StartApply::Applied { deployed: None } => info!(%app, %file, "spec applied"),
+        StartApply::AppliedNotDeployed { reason } => {
+            tracing::warn!(%app, %file, %reason, "spec applied; its version is not deployed now")
+        }
+        StartApply::Refused { reason } => {
+            tracing::warn!(%app, %file, %reason, "spec refused; the app runs as before")
+        }
+    }
+    outcome
+}
+
+/// Whether `spec` is what was last applied for its app (compared as parsed
+/// specs, so comments and formatting do not count).
+fn unchanged_since_last_apply(cp: &ControlPlane, spec: &AppSpec) -> anyhow::Result<bool> {
+    let Some(rec) = cp.shared.store().get_app(&spec.name)? else {
+        return Ok(false);
+    };
+    Ok(serde_json::to_string(spec)? == rec.spec_json)
 }
 
 async fn wait_for_signal() {

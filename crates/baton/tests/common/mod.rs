@@ -39,12 +39,21 @@ pub struct Harness {
     pub api: SocketAddr,
     pub listen: SocketAddr,
     server: Option<Child>,
+    /// Extra arguments of `baton serve` (e.g. `-c FILE`), kept for restarts.
+    pub serve_args: Vec<String>,
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 impl Harness {
     pub fn new() -> Self {
+        let mut h = Self::without_server();
+        h.start_server();
+        h
+    }
+
+    /// A harness whose control plane is not started yet (see [`Harness::start_server`]).
+    pub fn without_server() -> Self {
         let dir = std::env::temp_dir().join(format!(
             "baton-test-{}-{}",
             std::process::id(),
@@ -53,14 +62,13 @@ impl Harness {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
         let dir = dir.canonicalize().expect("canonical temp dir");
-        let mut h = Harness {
+        Harness {
             api: SocketAddr::from(([127, 0, 0, 1], free_port())),
             listen: SocketAddr::from(([127, 0, 0, 1], free_port())),
             dir,
             server: None,
-        };
-        h.start_server();
-        h
+            serve_args: Vec::new(),
+        }
     }
 
     pub fn server_url(&self) -> String {
@@ -77,6 +85,7 @@ impl Harness {
             .args(["serve", "--data-dir"])
             .arg(&self.dir)
             .args(["--api", &self.api.to_string()])
+            .args(&self.serve_args)
             .env("BATON_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -153,6 +162,18 @@ impl Harness {
         strategy: &str,
         extra: &str,
     ) -> PathBuf {
+        self.write_spec_on(name, self.listen, instances, strategy, extra)
+    }
+
+    /// Like [`Harness::write_spec_with`], listening on `listen`.
+    pub fn write_spec_on(
+        &self,
+        name: &str,
+        listen: SocketAddr,
+        instances: u32,
+        strategy: &str,
+        extra: &str,
+    ) -> PathBuf {
         let yaml = format!(
             r#"name: {name}
 environment: test
@@ -173,7 +194,6 @@ strategy:
 {strategy}
 {extra}
 "#,
-            listen = self.listen,
             baton = BATON,
         );
         let path = self.dir.join(format!("{name}.yaml"));
@@ -214,6 +234,51 @@ strategy:
         }
         ids.sort();
         ids
+    }
+}
+
+impl Harness {
+    /// The pid of the running `baton serve`, if this harness started one.
+    pub fn server_pid(&self) -> Option<u32> {
+        self.server.as_ref().map(Child::id)
+    }
+
+    /// Whether the `baton serve` this harness started has exited.
+    pub fn server_exited(&mut self) -> bool {
+        self.server
+            .as_mut()
+            .is_none_or(|c| c.try_wait().ok().flatten().is_some())
+    }
+
+    /// Router processes of this data dir.
+    pub fn router_pids(&self) -> Vec<u32> {
+        let socket = self.dir.join("router.sock");
+        processes_with_cmdline_part(&socket.to_string_lossy())
+            .into_iter()
+            .filter(|p| !is_zombie_or_gone(*p))
+            .collect()
+    }
+}
+
+/// Run a command to its end, killing it if it runs past `timeout`.
+pub fn output_within(cmd: &mut Command, timeout: Duration) -> Output {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(out) => out.expect("wait for the command"),
+        Err(_) => {
+            kill_group(pid);
+            panic!("command did not end within {timeout:?}: {cmd:?}");
+        }
     }
 }
 
