@@ -26,5 +26,8 @@ echo "== router end-to-end tests again with the fast lane off (every request thr
 # dependency features differently and rebuild them)
 BATON_ROUTER_FAST_LANE=0 cargo test --workspace --test features --test proxy \
   --test robustness --test protocols -- --test-threads=2
+echo "== deterministic simulation of the control plane: 10,000 seeds (release build)"
+# Each failing seed prints the one-line command that replays it.
+cargo run --release -- __sim --seeds 10000
 echo "== README demo: cargo run --release -- demo"
 cargo run --release -- demo

@@ -202,3 +202,45 @@ pub fn free_port(host: IpAddr) -> std::io::Result<u16> {
     let listener = TcpListener::bind(SocketAddr::new(host, 0))?;
     Ok(listener.local_addr()?.port())
 }
+
+/// A boxed future, for the object-safe [`DynDriver`].
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// [`Driver`] as a trait object, so the control plane can hold any driver
+/// (the process driver, or a simulated one in the deterministic simulation)
+/// behind one `Arc<dyn DynDriver>`. Every [`Driver`] is one.
+pub trait DynDriver: Send + Sync + 'static {
+    fn start<'a>(
+        &'a self,
+        spec: &'a LaunchSpec,
+    ) -> BoxFuture<'a, Result<InstanceHandle, DriverError>>;
+    fn status(&self, handle: &InstanceHandle) -> InstanceStatus;
+    fn stop<'a>(
+        &'a self,
+        handle: &'a InstanceHandle,
+        grace: Duration,
+    ) -> BoxFuture<'a, Result<StopOutcome, DriverError>>;
+    fn discover(&self) -> Result<Vec<FoundInstance>, DriverError>;
+}
+
+impl<T: Driver> DynDriver for T {
+    fn start<'a>(
+        &'a self,
+        spec: &'a LaunchSpec,
+    ) -> BoxFuture<'a, Result<InstanceHandle, DriverError>> {
+        Box::pin(Driver::start(self, spec))
+    }
+    fn status(&self, handle: &InstanceHandle) -> InstanceStatus {
+        Driver::status(self, handle)
+    }
+    fn stop<'a>(
+        &'a self,
+        handle: &'a InstanceHandle,
+        grace: Duration,
+    ) -> BoxFuture<'a, Result<StopOutcome, DriverError>> {
+        Box::pin(Driver::stop(self, handle, grace))
+    }
+    fn discover(&self) -> Result<Vec<FoundInstance>, DriverError> {
+        Driver::discover(self)
+    }
+}

@@ -187,6 +187,23 @@ enum Cmd {
         #[arg(long)]
         admin_socket: PathBuf,
     },
+    /// Deterministic simulation of the control plane under random faults
+    /// (for long runs; the test suite runs 10,000 seeds).
+    #[command(name = "__sim", hide = true)]
+    Sim {
+        /// Replay this one seed and print what it found.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// How many seeds to run, from --from on.
+        #[arg(long, default_value_t = 10_000)]
+        seeds: u64,
+        /// The first seed.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Threads to run seeds on (default: one per CPU).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
 }
 
 /// Outcome of a command, mapped to the exit code.
@@ -210,6 +227,16 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Cmd::Sample { args } = &cli.command {
         return baton_sample::run_main(args);
+    }
+    if let Cmd::Sim {
+        seed,
+        seeds,
+        from,
+        threads,
+    } = cli.command
+    {
+        // Each seed builds its own paused runtime: not inside another one.
+        return simulate(seed, seeds, from, threads);
     }
     let long_running = matches!(
         cli.command,
@@ -236,6 +263,56 @@ pub fn main() -> ExitCode {
             eprintln!("{} {msg}", paint("error:", Color::Red));
             ExitCode::from(2)
         }
+    }
+}
+
+/// `baton __sim`: one seed in detail, or many with a summary.
+fn simulate(seed: Option<u64>, seeds: u64, from: u64, threads: Option<usize>) -> ExitCode {
+    if let Some(seed) = seed {
+        // BATON_LOG=info shows the controller's own log of the replay.
+        init_tracing("off");
+        let r = crate::sim::run_seed(seed);
+        println!(
+            "seed {seed}: {}\n  {} deploy(s), {} control-plane crash(es), {} instance kill(s), {} s of virtual time, trace {:016x}",
+            r.scenario,
+            r.deploys,
+            r.crashes,
+            r.kills,
+            r.virtual_ms / 1000,
+            r.trace
+        );
+        for v in &r.violations {
+            println!("  violation: {v}");
+        }
+        return if r.passed() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        };
+    }
+    let threads = threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get));
+    let started = std::time::Instant::now();
+    let (ran, failures) = crate::sim::run_many(from, seeds, threads);
+    println!(
+        "{ran} seeds ({from}..{}) in {:.1} s: {} failed",
+        from + ran,
+        started.elapsed().as_secs_f64(),
+        failures.len()
+    );
+    for r in &failures {
+        println!(
+            "seed {}: {}\n  first violation: {}\n  replay: {}",
+            r.seed,
+            r.scenario,
+            r.violations.first().map_or("", String::as_str),
+            crate::sim::replay_command(r.seed)
+        );
+    }
+    if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 
@@ -408,7 +485,7 @@ async fn run(cli: Cli) -> Exit {
             );
             Exit::Ok
         }
-        Cmd::Sample { .. } => Exit::Ok,
+        Cmd::Sample { .. } | Cmd::Sim { .. } => Exit::Ok,
         Cmd::Router {
             listen,
             upstreams,

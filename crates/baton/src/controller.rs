@@ -10,10 +10,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
-use baton_driver::{Driver, InstanceHandle, InstanceStatus, LaunchSpec, ProcessDriver};
+use baton_driver::{DynDriver, InstanceHandle, InstanceStatus, LaunchSpec};
 use baton_engine::{Action, AppState, EngineError, Input, Outcome, Params, Release, RolloutKind};
 use baton_spec::{AppSpec, DriverSpec, StrategySpec, TemplateVars};
 use baton_store::{NewEvent, NewHistory, Store};
@@ -21,28 +21,30 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::effects::{Clock, Probe};
 use crate::health;
 use crate::routing::RouterLink;
 
-/// Wall-clock milliseconds; the engine gets time only through this.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-/// Shared pieces every app controller uses.
+/// Shared pieces every app controller uses: the store and the effects on the
+/// world (driver, router, readiness probe, clock), each behind a trait so the
+/// deterministic simulation runs this same controller (see `crate::sim`).
 pub struct Shared {
-    pub store: std::sync::Mutex<Store>,
-    pub driver: ProcessDriver,
+    pub store: Arc<std::sync::Mutex<Store>>,
+    pub driver: Arc<dyn DynDriver>,
     pub router: RouterLink,
+    pub probe: Arc<dyn Probe>,
+    pub clock: Arc<dyn Clock>,
     pub data_dir: PathBuf,
     /// Path of the running baton executable, for the `{baton}` placeholder.
     pub baton_exe: String,
 }
 
 impl Shared {
+    /// Milliseconds since the epoch; the engine gets time only through this.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
     pub fn store(&self) -> std::sync::MutexGuard<'_, Store> {
         // A panic while holding the lock leaves SQLite consistent (every write is
         // one transaction), so a poisoned lock is safe to reuse.
@@ -160,7 +162,7 @@ pub struct AppController {
     commands: mpsc::Receiver<Command>,
     status: tokio::sync::watch::Sender<Arc<AppView>>,
     /// Readiness checkers by instance id.
-    checkers: HashMap<String, CancellationToken>,
+    checkers: BTreeMap<String, CancellationToken>,
     /// Drain/stop tasks already running, by instance id (so a restart does not double them).
     in_progress: HashMap<String, &'static str>,
     /// Analysis of the rollout in flight.
@@ -384,7 +386,7 @@ impl AppController {
             observations,
             commands,
             status,
-            checkers: HashMap::new(),
+            checkers: BTreeMap::new(),
             in_progress: HashMap::new(),
             analysis: AnalysisRun::default(),
             warmed: Default::default(),
@@ -394,7 +396,17 @@ impl AppController {
             starting: Default::default(),
             shutdown,
         };
-        tokio::spawn(controller.run());
+        // Shutdown ends the controller wherever it is, even mid-step: what is
+        // committed is on disk, and a restart resumes from there, exactly as
+        // after kill -9.
+        let stop = controller.shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => {}
+                _ = controller.run() => {}
+            }
+        });
         Ok(AppHandle {
             commands: commands_tx,
             status: status_rx,
@@ -408,7 +420,10 @@ impl AppController {
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Biased: a fixed priority (shutdown, commands, observations, tick)
+            // instead of a random pick, so runs replay exactly under simulation.
             tokio::select! {
+                biased;
                 _ = self.shutdown.cancelled() => break,
                 Some(cmd) = self.commands.recv() => {
                     if self.command(cmd).await == Flow::Stop {
@@ -492,7 +507,12 @@ impl AppController {
                 .into_iter()
                 .any(|h| h.id == f.history_id && h.finished_ms.is_none());
             if open {
-                store.finish_history(f.history_id, f.outcome.as_str(), &f.notes, now_ms())?;
+                store.finish_history(
+                    f.history_id,
+                    f.outcome.as_str(),
+                    &f.notes,
+                    self.shared.now_ms(),
+                )?;
             }
         }
         self.watch_exits().await;
@@ -524,7 +544,7 @@ impl AppController {
                     h.id,
                     "interrupted",
                     "the control plane stopped before this rollout started; nothing changed",
-                    now_ms(),
+                    self.shared.now_ms(),
                 )?;
             }
         }
@@ -639,7 +659,14 @@ impl AppController {
                     let spec_json = serde_json::to_string(&self.spec)
                         .map_err(|e| CommandError::Internal(e.to_string()))?;
                     store
-                        .create_revision(&app, &version, &env_json, &spec_json, &operator, now_ms())
+                        .create_revision(
+                            &app,
+                            &version,
+                            &env_json,
+                            &spec_json,
+                            &operator,
+                            self.shared.now_ms(),
+                        )
                         .map_err(internal)?
                 }
             }
@@ -671,7 +698,7 @@ impl AppController {
                     },
                     strategy_json,
                 },
-                now_ms(),
+                self.shared.now_ms(),
             )
             .map_err(internal)?;
         if let Some(strategy) = one_off {
@@ -694,14 +721,16 @@ impl AppController {
             not_before_ms: if now {
                 None
             } else {
-                crate::windows::next_start_ms(&self.spec, now_ms())
+                crate::windows::next_start_ms(&self.spec, self.shared.now_ms())
             },
         };
         if let Err(e) = self.apply(input).await {
-            let _ =
-                self.shared
-                    .store()
-                    .finish_history(history_id, "refused", &e.to_string(), now_ms());
+            let _ = self.shared.store().finish_history(
+                history_id,
+                "refused",
+                &e.to_string(),
+                self.shared.now_ms(),
+            );
             return Err(e);
         }
         Ok(DeployAccepted {
@@ -837,7 +866,7 @@ impl AppController {
 
     /// One engine step: compute, persist, publish routing, act.
     async fn apply(&mut self, input: Input) -> Result<(), CommandError> {
-        let now = now_ms();
+        let now = self.shared.now_ms();
         let (next, actions) = baton_engine::step(&self.state, input, now)?;
         if next == self.state && actions.is_empty() {
             return Ok(());
@@ -969,7 +998,7 @@ impl AppController {
                     history_id,
                     outcome.as_str(),
                     &notes,
-                    now_ms(),
+                    self.shared.now_ms(),
                 ) {
                     warn!(app = %self.spec.name, error = %e, "closing the history record failed");
                 }
@@ -1118,7 +1147,7 @@ impl AppController {
             .iter()
             .any(|g| g.version == r.to.version && g.weight > 0);
         let interval = cfg.as_ref().map_or(Duration::from_secs(1), |c| c.interval);
-        let now = now_ms();
+        let now = self.shared.now_ms();
         if now - self.analysis.last_ms < interval.as_millis() as i64 {
             return;
         }
@@ -1131,7 +1160,6 @@ impl AppController {
         let Ok(report) = self
             .shared
             .router
-            .client()
             .windows(window.as_secs().clamp(1, 64))
             .await
         else {
@@ -1223,10 +1251,10 @@ impl AppController {
             message,
             fields_json: serde_json::to_string(&fields).unwrap_or_else(|_| "{}".into()),
         };
-        if let Err(e) = self
-            .shared
-            .store()
-            .append_event(&self.spec.name, &event, now_ms())
+        if let Err(e) =
+            self.shared
+                .store()
+                .append_event(&self.spec.name, &event, self.shared.now_ms())
         {
             warn!(app = %self.spec.name, error = %e, "cannot record the analysis check");
         }
@@ -1366,7 +1394,7 @@ impl AppController {
         if r.phase != baton_engine::RolloutPhase::Progressing || r.not_before_ms.is_some() {
             return;
         }
-        let open = crate::windows::is_open(w, now_ms());
+        let open = crate::windows::is_open(w, self.shared.now_ms());
         const BY_WINDOW: &str = "the upgrade window";
         match (&r.paused, open) {
             (None, false) => {
@@ -1388,7 +1416,9 @@ impl AppController {
     /// Keep one readiness checker per running instance, none for the others.
     fn sync_checkers(&mut self) {
         use baton_engine::InstancePhase as P;
-        let wanted: HashMap<String, (SocketAddr, bool)> = self
+        // Ordered maps: checkers start in the same order every time, which keeps
+        // the simulation replayable from its seed.
+        let wanted: BTreeMap<String, (SocketAddr, bool)> = self
             .state
             .instances
             .iter()
@@ -1412,6 +1442,7 @@ impl AppController {
             let token = self.shutdown.child_token();
             self.checkers.insert(id.clone(), token.clone());
             health::spawn_checker(
+                self.shared.probe.clone(),
                 id,
                 addr,
                 self.spec.readiness.clone(),

@@ -5,21 +5,20 @@
 //! failures in a row), so the engine sees a debounced signal.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Arc;
 
 use baton_engine::Input;
 use baton_spec::ReadinessSpec;
-use bytes::Bytes;
-use http_body_util::Empty;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+use crate::effects::Probe;
 
 /// Probe `addr` until cancelled. `ready` is what the engine believes now, so a
 /// checker restarted after a control-plane restart does not flap a serving
 /// instance out of routing.
 pub fn spawn_checker(
+    probe: Arc<dyn Probe>,
     id: String,
     addr: SocketAddr,
     spec: ReadinessSpec,
@@ -28,15 +27,9 @@ pub fn spawn_checker(
     cancel: CancellationToken,
 ) {
     tokio::spawn(async move {
-        let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build_http();
-        let uri: hyper::Uri = match format!("http://{addr}{}", spec.path).parse() {
-            Ok(u) => u,
-            Err(_) => return,
-        };
         if !spec.initial_delay.is_zero() && !ready {
             tokio::select! {
+                biased;
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(spec.initial_delay) => {}
             }
@@ -46,13 +39,11 @@ pub fn spawn_checker(
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                biased;
                 _ = cancel.cancelled() => return,
                 _ = interval.tick() => {}
             }
-            let ok = matches!(
-                tokio::time::timeout(spec.timeout, client.get(uri.clone())).await,
-                Ok(Ok(resp)) if resp.status().is_success()
-            );
+            let ok = probe.check(addr, &spec.path, spec.timeout).await;
             if ok {
                 successes += 1;
                 failures = 0;

@@ -13,14 +13,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use baton_driver::BoxFuture;
 use baton_engine::AppState;
 use baton_router::config::{
     Balance, Match, MirrorConfig, NamedMatch, RouteRule, ShieldConfig, StickyConfig, ValueMatch,
 };
 use baton_router::limits::AppLimits;
 use baton_router::{AdminClient, AppRoutes, Backend, RoutingConfig, VersionRoute};
+use baton_router::{PushResult, RouterError, RouterHealth, RouterStats, WindowsReport};
 use baton_spec::{AppSpec, StrategySpec};
 use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::effects::Clock;
 use tracing::info;
 
 /// How long a request waits for a ready instance before the router answers 503.
@@ -179,13 +184,42 @@ fn traffic(t: &baton_spec::TrafficSpec) -> (AppLimits, Balance) {
 #[derive(Clone)]
 pub struct RouterLink {
     link: Arc<LinkState>,
-    client: Arc<AdminClient>,
+    client: Arc<dyn RouterApi>,
 }
 
 struct LinkState {
     desired: std::sync::Mutex<Desired>,
     wake: Notify,
     ack: watch::Sender<RouterSync>,
+    clock: Arc<dyn Clock>,
+}
+
+/// The router's admin API as the control plane uses it: [`AdminClient`] over
+/// the unix socket in production, a simulated router in the simulation.
+pub trait RouterApi: Send + Sync + 'static {
+    fn push<'a>(&'a self, cfg: &'a RoutingConfig)
+    -> BoxFuture<'a, Result<PushResult, RouterError>>;
+    fn health(&self) -> BoxFuture<'_, Result<RouterHealth, RouterError>>;
+    fn stats(&self) -> BoxFuture<'_, Result<RouterStats, RouterError>>;
+    fn windows(&self, seconds: u64) -> BoxFuture<'_, Result<WindowsReport, RouterError>>;
+}
+
+impl RouterApi for AdminClient {
+    fn push<'a>(
+        &'a self,
+        cfg: &'a RoutingConfig,
+    ) -> BoxFuture<'a, Result<PushResult, RouterError>> {
+        Box::pin(AdminClient::push(self, cfg))
+    }
+    fn health(&self) -> BoxFuture<'_, Result<RouterHealth, RouterError>> {
+        Box::pin(AdminClient::health(self))
+    }
+    fn stats(&self) -> BoxFuture<'_, Result<RouterStats, RouterError>> {
+        Box::pin(AdminClient::stats(self))
+    }
+    fn windows(&self, seconds: u64) -> BoxFuture<'_, Result<WindowsReport, RouterError>> {
+        Box::pin(AdminClient::windows(self, seconds))
+    }
 }
 
 struct Desired {
@@ -225,8 +259,14 @@ const RETRY_MAX: Duration = Duration::from_secs(2);
 const RECHECK: Duration = Duration::from_secs(1);
 
 impl RouterLink {
-    /// Attach to the router answering on `socket`, or start one.
-    pub async fn attach_or_start(data_dir: &Path, baton_exe: &str) -> anyhow::Result<Self> {
+    /// Attach to the router answering on `socket`, or start one. The pusher
+    /// runs until `shutdown`.
+    pub async fn attach_or_start(
+        data_dir: &Path,
+        baton_exe: &str,
+        clock: Arc<dyn Clock>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
         let socket = socket_path(data_dir);
         let client = AdminClient::new(socket.clone());
         let current = match client.config().await {
@@ -244,6 +284,24 @@ impl RouterLink {
                     .context("reading the new router's config")?
             }
         };
+        Ok(Self::new(
+            socket.display().to_string(),
+            Arc::new(client),
+            current,
+            clock,
+            shutdown,
+        ))
+    }
+
+    /// A link to the router `name` reached through `api`, which serves
+    /// `current` now; starts the pusher, which runs until `shutdown`.
+    pub fn new(
+        name: String,
+        api: Arc<dyn RouterApi>,
+        current: RoutingConfig,
+        clock: Arc<dyn Clock>,
+        shutdown: CancellationToken,
+    ) -> Self {
         let link = Arc::new(LinkState {
             desired: std::sync::Mutex::new(Desired {
                 generation: current.generation,
@@ -255,16 +313,23 @@ impl RouterLink {
             }),
             wake: Notify::new(),
             ack: watch::channel(RouterSync {
-                router: socket.display().to_string(),
+                router: name,
                 desired: current.generation,
                 acknowledged: current.generation,
                 ..RouterSync::default()
             })
             .0,
+            clock,
         });
-        let client = Arc::new(client);
-        tokio::spawn(push_loop(link.clone(), client.clone()));
-        Ok(RouterLink { link, client })
+        let pusher = push_loop(link.clone(), api.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {}
+                _ = pusher => {}
+            }
+        });
+        RouterLink { link, client: api }
     }
 
     fn desired(&self) -> std::sync::MutexGuard<'_, Desired> {
@@ -297,12 +362,12 @@ impl RouterLink {
             }
             desired.generation
         };
+        let now = self.link.clock.now_ms();
         self.link.ack.send_if_modified(|s| {
             let behind = s.desired < generation;
             if behind {
                 s.desired = generation;
-                s.behind_since_ms
-                    .get_or_insert_with(crate::controller::now_ms);
+                s.behind_since_ms.get_or_insert(now);
             }
             behind
         });
@@ -331,7 +396,7 @@ impl RouterLink {
     /// count is exact. While the router does not answer, nothing is known and
     /// this keeps asking (an unreachable router is never taken as drained).
     pub async fn wait_idle(&self, address: SocketAddr, timeout: Duration) -> Drain {
-        let deadline = Instant::now() + timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
         loop {
             match self.client.stats().await {
                 Ok(stats) => {
@@ -345,7 +410,7 @@ impl RouterLink {
                     if in_flight == 0 {
                         return Drain::Idle;
                     }
-                    if Instant::now() >= deadline {
+                    if tokio::time::Instant::now() >= deadline {
                         return Drain::TimedOut { in_flight };
                     }
                 }
@@ -374,8 +439,9 @@ impl RouterLink {
         self.client.health().await.ok().map(|h| h.pid)
     }
 
-    pub fn client(&self) -> &AdminClient {
-        &self.client
+    /// The router's per-version metrics over the last `seconds` (for analysis).
+    pub async fn windows(&self, seconds: u64) -> Result<WindowsReport, RouterError> {
+        self.client.windows(seconds).await
     }
 }
 
@@ -390,7 +456,7 @@ pub enum Drain {
 
 /// Push the desired table until the router acknowledges it; then watch that
 /// it keeps serving it.
-async fn push_loop(link: Arc<LinkState>, client: Arc<AdminClient>) {
+async fn push_loop(link: Arc<LinkState>, client: Arc<dyn RouterApi>) {
     let mut retry = RETRY_MIN;
     let mut router_started_ms: Option<i64> = None;
     loop {
@@ -404,9 +470,10 @@ async fn push_loop(link: Arc<LinkState>, client: Arc<AdminClient>) {
         let Some(cfg) = cfg else {
             // In sync: wait for a new table, or check the router still serves ours.
             tokio::select! {
+                biased;
                 _ = link.wake.notified() => {}
                 _ = tokio::time::sleep(RECHECK) => {
-                    recheck(&link, &client, &mut router_started_ms).await;
+                    recheck(&link, client.as_ref(), &mut router_started_ms).await;
                 }
             }
             continue;
@@ -445,12 +512,13 @@ async fn push_loop(link: Arc<LinkState>, client: Arc<AdminClient>) {
             Err(e) => {
                 let error = format!("{e}");
                 tracing::warn!(generation = cfg.generation, %error, "the router did not take the routing table; retrying");
+                let now = link.clock.now_ms();
                 link.ack.send_modify(|s| {
-                    s.behind_since_ms
-                        .get_or_insert_with(crate::controller::now_ms);
+                    s.behind_since_ms.get_or_insert(now);
                     s.last_error = Some(error);
                 });
                 tokio::select! {
+                biased;
                     _ = link.wake.notified() => {}
                     _ = tokio::time::sleep(retry) => {}
                 }
@@ -463,7 +531,7 @@ async fn push_loop(link: Arc<LinkState>, client: Arc<AdminClient>) {
 /// In sync: ask the router which generation it serves. A router that restarted
 /// (a different start time, or a generation older than acknowledged) is sent
 /// the table again.
-async fn recheck(link: &LinkState, client: &AdminClient, started: &mut Option<i64>) {
+async fn recheck(link: &LinkState, client: &dyn RouterApi, started: &mut Option<i64>) {
     match client.health().await {
         Ok(h) => {
             let restarted = started.is_some_and(|s| s != h.started_ms);
@@ -475,10 +543,10 @@ async fn recheck(link: &LinkState, client: &AdminClient, started: &mut Option<i6
                     acknowledged,
                     "the router no longer serves the acknowledged table; pushing it again"
                 );
+                let now = link.clock.now_ms();
                 link.ack.send_modify(|s| {
                     s.acknowledged = h.generation.min(s.acknowledged);
-                    s.behind_since_ms
-                        .get_or_insert_with(crate::controller::now_ms);
+                    s.behind_since_ms.get_or_insert(now);
                 });
                 // A restarted router numbers from 0: renumber our table past it.
                 let mut d = link.desired.lock().unwrap_or_else(|p| p.into_inner());

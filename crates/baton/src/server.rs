@@ -14,7 +14,7 @@ use tokio::sync::RwLock;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::controller::{AppController, AppHandle, Command, Shared, now_ms};
+use crate::controller::{AppController, AppHandle, Command, Shared};
 use crate::lock::DataDirLock;
 use crate::routing::RouterLink;
 
@@ -42,7 +42,7 @@ impl ControlPlane {
         let spec_json = serde_json::to_string(&spec)?;
         self.shared
             .store()
-            .upsert_app(&spec.name, &spec_json, yaml, now_ms())?;
+            .upsert_app(&spec.name, &spec_json, yaml, self.shared.now_ms())?;
         let mut apps = self.apps.write().await;
         if let Some(handle) = apps.get(&spec.name) {
             let (tx, rx) = tokio::sync::oneshot::channel();
@@ -114,11 +114,15 @@ pub async fn start(
         .context("locating the baton executable")?
         .to_string_lossy()
         .into_owned();
-    let router = RouterLink::attach_or_start(&data_dir, &baton_exe).await?;
+    let clock: Arc<dyn crate::effects::Clock> = Arc::new(crate::effects::SystemClock);
+    let router =
+        RouterLink::attach_or_start(&data_dir, &baton_exe, clock.clone(), shutdown.clone()).await?;
     let shared = Arc::new(Shared {
-        store: std::sync::Mutex::new(store),
-        driver: ProcessDriver::new(data_dir.to_string_lossy().into_owned()),
+        store: Arc::new(std::sync::Mutex::new(store)),
+        driver: Arc::new(ProcessDriver::new(data_dir.to_string_lossy().into_owned())),
         router,
+        probe: Arc::new(crate::effects::HttpProbe::default()),
+        clock,
         data_dir: data_dir.clone(),
         baton_exe,
     });
