@@ -131,6 +131,14 @@ pub async fn start(
 /// `baton serve`: run until SIGINT/SIGTERM. Instances and the router keep
 /// running after the control plane stops, and are adopted again on restart.
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
+    // The API's address first: when it is taken, stop before a router or any
+    // instance is started (nothing is left behind).
+    let listener = tokio::net::TcpListener::bind(opts.api)
+        .await
+        .map_err(|source| ApiAddressTaken {
+            address: opts.api,
+            source,
+        })?;
     let shutdown = CancellationToken::new();
     let cp = start(&opts.data_dir, shutdown.clone()).await?;
     for (file, yaml) in &opts.specs {
@@ -138,9 +146,6 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         let handle = cp.apply(spec.clone(), yaml).await?;
         crate::api::deploy_declared_version(&handle, &spec, "serve").await?;
     }
-    let listener = tokio::net::TcpListener::bind(opts.api)
-        .await
-        .with_context(|| format!("binding the API on {}", opts.api))?;
     info!(api = %listener.local_addr()?, data_dir = %cp.shared.data_dir.display(), "baton control plane ready");
     let app = crate::api::router(cp.clone());
     let signal_token = shutdown.clone();
@@ -156,6 +161,16 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await?;
     Ok(())
+}
+
+/// `serve` could not listen on its API address (bad input: exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot listen for the API on {address}: {source}\n  hint: another process (maybe another `baton serve`) uses it; stop it, or pick another address with --api HOST:PORT (and point the CLI at it with --server or BATON_SERVER)"
+)]
+pub struct ApiAddressTaken {
+    pub address: SocketAddr,
+    pub source: std::io::Error,
 }
 
 async fn wait_for_signal() {
