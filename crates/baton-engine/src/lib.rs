@@ -189,6 +189,10 @@ pub struct Rollout {
     /// Do nothing before this time (the next upgrade window opens).
     #[serde(default)]
     pub not_before_ms: Option<Millis>,
+    /// A switch back to the release a blue-green rollout kept warm: its
+    /// version (for the history record's notes).
+    #[serde(default)]
+    pub switched_back_to: Option<String>,
 }
 
 impl Rollout {
@@ -604,6 +608,7 @@ fn apply_input(
                 paused: None,
                 approvals: Vec::new(),
                 not_before_ms: not_before_ms.filter(|t| *t > now),
+                switched_back_to: None,
             });
             switch_back_to_warm(s, actions);
             if let Some(t) = not_before_ms.filter(|t| *t > now) {
@@ -976,6 +981,7 @@ fn switch_back_to_warm(s: &mut AppState, actions: &mut Vec<Action>) {
     };
     r.weight = None;
     r.not_before_ms = None;
+    r.switched_back_to = Some(w.release.version.clone());
     event(
         actions,
         "switching_back",

@@ -118,6 +118,13 @@ pub(crate) fn reconcile(s: &mut AppState, now: Millis, actions: &mut Vec<Action>
             handle: None,
             created_ms: now,
         });
+        // Every start is an event, so that the plan shows each instance
+        // count it reaches (its peak included).
+        event(
+            actions,
+            "instance_starting",
+            format!("{id} ({}) starting", target.version),
+        );
         actions.push(Action::Start {
             id,
             revision: target.revision,
@@ -273,13 +280,17 @@ fn finish(s: &mut AppState, now: Millis, actions: &mut Vec<Action>) {
     let (outcome, notes, version) = match &r.phase {
         RolloutPhase::Progressing => {
             s.stable = Some(r.to.clone());
-            let notes = match &s.warm {
-                Some(w) => format!(
+            let notes = match (&s.warm, &r.switched_back_to) {
+                (Some(w), _) => format!(
                     "{} kept ready for {} for an instant rollback",
                     w.release.version,
                     fmt_ms(w.until_ms.saturating_sub(now))
                 ),
-                None => String::new(),
+                (None, Some(v)) => format!(
+                    "switched back to {v}, kept ready since the switch to {}",
+                    r.from.as_ref().map_or("?", |f| f.version.as_str())
+                ),
+                (None, None) => String::new(),
             };
             (Outcome::Succeeded, notes, r.to.version.clone())
         }
@@ -291,8 +302,8 @@ fn finish(s: &mut AppState, now: Millis, actions: &mut Vec<Action>) {
                     Outcome::RolledBack
                 },
                 format!(
-                    "{reason}; rolled back from {} to {}",
-                    r.to.version, from.version
+                    "{reason}; rolled back to {} (from {})",
+                    from.version, r.to.version
                 ),
                 from.version.clone(),
             ),
@@ -588,6 +599,11 @@ fn scale_release(
             handle: None,
             created_ms: now,
         });
+        event(
+            actions,
+            "instance_starting",
+            format!("{id} ({}) starting", release.version),
+        );
         actions.push(Action::Start {
             id,
             revision: release.revision,

@@ -213,7 +213,9 @@ fn blue_green_waits_for_approval_switches_at_once_and_can_switch_back() {
         "switching back started an instance"
     );
     sim.run(100, 30_000);
-    assert_eq!(sim.finished().map(|f| f.0), Some(Outcome::Succeeded));
+    let (outcome, notes) = sim.finished().unwrap();
+    assert_eq!(outcome, Outcome::Succeeded);
+    assert!(notes.contains("switched back to v1"), "{notes}");
     assert!(sim.state.rollout.is_none());
     assert_eq!(sim.state.stable, Some(rel(1, "v1")));
     assert_eq!(sim.routable_versions(), vec!["v1"; 3]);
@@ -318,7 +320,7 @@ fn the_record_of_an_aborted_rollout_names_both_versions_and_the_step() {
     let (outcome, notes) = sim.finished().unwrap();
     assert_eq!(outcome, Outcome::Aborted);
     assert!(notes.contains("aborted by gina: looks wrong"), "{notes}");
-    assert!(notes.contains("from v2 to v1"), "{notes}");
+    assert!(notes.contains("rolled back to v1 (from v2)"), "{notes}");
     assert!(notes.contains("step 2 of 5"), "{notes}");
 }
 
@@ -849,6 +851,9 @@ fn plan_matches_the_events_of_an_executed_rollout() {
     assert_eq!(planned_kinds, executed);
     // 4 + 1 surge, plus one old instance still draining while its replacement starts.
     assert_eq!(planned.peak_instances, 6);
+    // The peak is one of the planned steps' instance counts.
+    let most = planned.steps.iter().map(|s| s.total_instances).max();
+    assert_eq!(Some(planned.peak_instances), most);
     assert!(planned.min_duration_ms >= 4 * 1_000);
 }
 

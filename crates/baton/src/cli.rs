@@ -15,19 +15,6 @@ use serde_json::{Value, json};
 use crate::api::AppStatus;
 use crate::client::{ApiClient, ClientError};
 
-/// std's `println!` panics when stdout is a pipe whose reader has gone
-/// (`baton history shop | head -2`), which ends the CLI with exit 101. This one,
-/// shadowing it for the whole module, stops writing quietly instead and lets
-/// the command finish with its own exit code.
-macro_rules! println {
-    () => {
-        $crate::cli::write_stdout(format_args!("\n"))
-    };
-    ($($arg:tt)*) => {
-        $crate::cli::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
-    };
-}
-
 static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Write to stdout; once the reader has gone, write nothing more.

@@ -157,7 +157,7 @@ fn assert_column(text: &str, header: &str, value: &str) {
 #[test]
 fn history_and_plan_tables_align_with_their_headers() {
     let h = Harness::new();
-    h.bring_up("demo", 1, "    min_ready: 0s");
+    h.bring_up("demo", 3, "    min_ready: 0s");
     h.cli_ok(&["deploy", "demo", "1.4.0-rc.1-long-name", "--wait"]);
     let text = h.cli_ok(&["history", "demo"]);
     assert_column(&text, "version", "1.4.0-rc.1-long-name");
@@ -165,11 +165,16 @@ fn history_and_plan_tables_align_with_their_headers() {
     assert_column(&text, "result", "succeeded");
     assert_column(&text, "operator", "tester");
 
+    wait_until("old instances to stop", Duration::from_secs(30), || {
+        h.owned_instance_pids().len() == 3
+            && h.status("demo")["instances"].as_array().unwrap().len() == 3
+    });
     let text = h.cli_ok(&["plan", "demo", "v3"]);
     let table: String = text.lines().skip(1).map(|l| format!("{l}\n")).collect();
     assert_column(&table, "event", "rollout_started");
     assert_column(&table, "what", "deploy 1.4.0");
-    // The peak is the largest count of the `running` column.
+    // The peak is the largest count of the `running` column (3 + 1 surge,
+    // plus an old instance still stopping while the next new one starts).
     let plan: Value = serde_json::from_str(&h.cli_ok(&["plan", "demo", "v3", "--json"])).unwrap();
     let most = plan["steps"]
         .as_array()
@@ -178,6 +183,7 @@ fn history_and_plan_tables_align_with_their_headers() {
         .map(|s| s["total_instances"].as_u64().unwrap())
         .max();
     assert_eq!(plan["peak_instances"].as_u64(), most);
+    assert_eq!(most, Some(5), "{text}");
     assert!(text.contains("running"), "{text}");
 }
 
@@ -237,7 +243,7 @@ fn blue_green_finishes_at_the_switch_and_rolls_back_to_the_warm_set_at_once() {
         history(&h)[0]["result"] == "aborted"
     });
     let notes = history(&h)[0]["notes"].as_str().unwrap().to_string();
-    assert!(notes.contains("from v2 to v1"), "{notes}");
+    assert!(notes.contains("rolled back to v1 (from v2)"), "{notes}");
 
     // The switch ends the rollout; blue stays ready, out of routing.
     h.cli_ok(&["deploy", "demo", "v2"]);
