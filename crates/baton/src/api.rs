@@ -235,6 +235,20 @@ async fn abort(
         .and_then(|b| b.0.reason)
         .unwrap_or_else(|| "no reason given".into());
     let by = operator(&headers);
+    let view = handle(&cp, &app).await?.status.borrow().clone();
+    if view.state.rollout.is_none()
+        && let (Some(w), Some(stable)) = (&view.state.warm, &view.state.stable)
+    {
+        // Aborting used to be how a blue-green switch was undone; the switch
+        // now ends the rollout, so point at what does it.
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!(
+                "{app} has no rollout in progress: {} finished at its switch. {} is still kept ready; `baton rollback {app}` switches back to it at once",
+                stable.version, w.release.version
+            ),
+        ));
+    }
     operate(&cp, &app, Input::Abort { by, reason }).await?;
     Ok(Json(json!({"app": app, "aborted": true})))
 }

@@ -264,6 +264,11 @@ fn blue_green_finishes_at_the_switch_and_rolls_back_to_the_warm_set_at_once() {
     assert_eq!(get_version(h.listen), (200, "v2".to_string()));
     let text = h.cli_ok(&["status", "demo"]);
     assert!(text.contains("kept ready: v1"), "{text}");
+    // `abort` has nothing to abort any more, and says what undoes the switch.
+    let out = h.cli(&["abort", "demo"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("`baton rollback demo`"), "{stderr}");
 
     // Rollback inside the delay: back to the warm set, nothing started.
     let before = events(&h).len();
