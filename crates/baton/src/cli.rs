@@ -469,9 +469,7 @@ async fn run(cli: Cli) -> Exit {
             .await
             {
                 Ok(()) => Exit::Ok,
-                Err(e) if e.is::<crate::server::ApiAddressTaken>() => {
-                    Exit::BadInput(format!("{e:#}"))
-                }
+                Err(e) if e.is::<crate::server::ApiBindError>() => Exit::BadInput(format!("{e:#}")),
                 Err(e) => Exit::Failed(format!("{e:#}")),
             }
         }

@@ -135,7 +135,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     // instance is started (nothing is left behind).
     let listener = tokio::net::TcpListener::bind(opts.api)
         .await
-        .map_err(|source| ApiAddressTaken {
+        .map_err(|source| ApiBindError {
             address: opts.api,
             source,
         })?;
@@ -165,12 +165,25 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
 
 /// `serve` could not listen on its API address (bad input: exit 2).
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "cannot listen for the API on {address}: {source}\n  hint: another process (maybe another `baton serve`) uses it; stop it, or pick another address with --api HOST:PORT (and point the CLI at it with --server or BATON_SERVER)"
-)]
-pub struct ApiAddressTaken {
+#[error("cannot listen for the API on {address}: {source}\n  hint: {}", bind_hint(.source))]
+pub struct ApiBindError {
     pub address: SocketAddr,
     pub source: std::io::Error,
+}
+
+fn bind_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            "another process (maybe another `baton serve`) uses it; stop it, or pick another address with --api HOST:PORT (and point the CLI at it with --server or BATON_SERVER)"
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            "ports below 1024 need privileges; pick another one with --api HOST:PORT"
+        }
+        std::io::ErrorKind::AddrNotAvailable => {
+            "that IP is not an address of this machine; use 127.0.0.1 or one of its own with --api HOST:PORT"
+        }
+        _ => "pick another address with --api HOST:PORT",
+    }
 }
 
 async fn wait_for_signal() {
