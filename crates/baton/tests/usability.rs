@@ -211,6 +211,14 @@ fn blue_green(h: &Harness) {
 fn blue_green_finishes_at_the_switch_and_rolls_back_to_the_warm_set_at_once() {
     let h = Harness::new();
     blue_green(&h);
+    // A blue-green plan names its steps for what they do.
+    let plan = h.cli_ok(&["plan", "demo", "v2"]);
+    assert!(!plan.contains("canary"), "{plan}");
+    assert!(
+        plan.contains("run 2 instances of the new release"),
+        "{plan}"
+    );
+    assert!(plan.contains("warm_standby"), "{plan}");
 
     // Before the switch: where it is, how to preview, how to move on.
     h.cli_ok(&["deploy", "demo", "v2"]);
