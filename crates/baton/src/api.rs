@@ -279,6 +279,7 @@ async fn promote(
     body: Option<Json<PromoteBody>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let full = body.is_some_and(|b| b.0.full);
+    let view = handle(&cp, &app).await?.status.borrow().clone();
     operate(
         &cp,
         &app,
@@ -288,7 +289,17 @@ async fn promote(
         },
     )
     .await?;
-    Ok(Json(json!({"app": app, "promoted": true, "full": full})))
+    // After a blue-green switch, promote lets the old release go.
+    let message = match (&view.state.rollout, &view.state.warm) {
+        (None, Some(w)) => Some(format!(
+            "{} is no longer kept ready: its instances drain",
+            w.release.version
+        )),
+        _ => None,
+    };
+    Ok(Json(
+        json!({"app": app, "promoted": true, "full": full, "message": message}),
+    ))
 }
 
 async fn pause(

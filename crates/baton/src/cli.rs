@@ -640,7 +640,9 @@ async fn run(cli: Cli) -> Exit {
 /// A command on a live rollout that answers at once.
 async fn simple(api: &ApiClient, app: &str, verb: &str, body: Value, done: &str) -> Exit {
     match api.post(&format!("/v1/apps/{app}/{verb}"), &body).await {
-        Ok(_) => {
+        Ok(answer) => {
+            // The server's own words when what happened depends on the state.
+            let done = answer["message"].as_str().unwrap_or(done);
             println!("{app}: {done}");
             Exit::Ok
         }

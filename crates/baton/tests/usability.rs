@@ -302,14 +302,29 @@ fn blue_green_finishes_at_the_switch_and_rolls_back_to_the_warm_set_at_once() {
     wait_for_phase(&h, "awaiting_approval");
     h.cli_ok(&["approve", "demo"]);
     wait_for_phase(&h, "stable");
+    let s = h.status("demo");
+    assert_eq!(s["warm"]["version"], "v1", "{s}");
     h.cli_ok(&["deploy", "demo", "v3"]);
-    wait_until("blue to drain", Duration::from_secs(30), || {
-        h.status("demo")["warm"].is_null()
-            && !h.status("demo")["instances"]
+    let gone = |version: &str| {
+        let s = h.status("demo");
+        s["warm"].is_null()
+            && !s["instances"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .any(|i| i["version"] == "v1")
+                .any(|i| i["version"] == version)
+    };
+    wait_until("blue to drain", Duration::from_secs(30), || gone("v1"));
+
+    // `promote` lets a kept release go early, and says so.
+    wait_for_phase(&h, "awaiting_approval");
+    h.cli_ok(&["approve", "demo"]);
+    wait_for_phase(&h, "stable");
+    assert_eq!(h.status("demo")["warm"]["version"], "v2");
+    let out = h.cli_ok(&["promote", "demo"]);
+    assert!(out.contains("v2 is no longer kept ready"), "{out}");
+    wait_until("the kept release to drain", Duration::from_secs(30), || {
+        gone("v2")
     });
 }
 
