@@ -750,7 +750,7 @@ async fn wait_for_rollout(
             for e in v["events"].as_array().into_iter().flatten() {
                 last_event = e["id"].as_i64().unwrap_or(last_event);
                 println!(
-                    "  {} {:<20} {}",
+                    "  {} {:<21} {}",
                     format_time(e["at_ms"].as_i64().unwrap_or(0)),
                     e["kind"].as_str().unwrap_or(""),
                     e["message"].as_str().unwrap_or("")
@@ -970,9 +970,16 @@ async fn events(api: &ApiClient, app: &str, as_json: bool) -> Exit {
         );
         return Exit::Ok;
     }
-    for e in v["events"].as_array().into_iter().flatten() {
+    let events = v["events"].as_array().cloned().unwrap_or_default();
+    // The messages start in one column, however long the kinds.
+    let width = events
+        .iter()
+        .map(|e| e["kind"].as_str().map_or(0, |k| k.chars().count()))
+        .max()
+        .unwrap_or(0);
+    for e in &events {
         println!(
-            "{} {:<20} {}",
+            "{} {:<width$} {}",
             format_date(e["at_ms"].as_i64().unwrap_or(0)),
             e["kind"].as_str().unwrap_or(""),
             e["message"].as_str().unwrap_or("")
