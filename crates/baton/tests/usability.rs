@@ -209,7 +209,7 @@ fn blue_green(h: &Harness) {
 /// blue stays warm, and `rollback` switches back to it at once.
 #[test]
 fn blue_green_finishes_at_the_switch_and_rolls_back_to_the_warm_set_at_once() {
-    let h = Harness::new();
+    let mut h = Harness::new();
     blue_green(&h);
     // A blue-green plan names its steps for what they do.
     let plan = h.cli_ok(&["plan", "demo", "v2"]);
@@ -277,6 +277,11 @@ fn blue_green_finishes_at_the_switch_and_rolls_back_to_the_warm_set_at_once() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("`baton rollback demo`"), "{stderr}");
+
+    // The standby survives a crash of the control plane.
+    h.kill9_server();
+    h.start_server();
+    assert_eq!(h.status("demo")["warm"]["version"], "v1");
 
     // Rollback inside the delay: back to the warm set, nothing started.
     let before = events(&h).len();
