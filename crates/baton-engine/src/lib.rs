@@ -12,6 +12,7 @@ mod plan;
 mod reconcile;
 
 pub use plan::{Plan, PlanStep, plan};
+pub use reconcile::{StepProgress, StepWait, describe_step, progress};
 
 use serde::{Deserialize, Serialize};
 
@@ -76,8 +77,10 @@ pub enum Step {
     /// Run the smoke tests against the new release before any user reaches
     /// it; waits for the controller's `ChecksPassed` (a failure rolls back).
     Checks,
-    /// Blue-green: traffic is on the new release, the old one is kept ready
-    /// (not routed) this long so a rollback is an instant switch back.
+    /// Blue-green, the last step: the new release takes all traffic and the
+    /// rollout is finished (new deploys are allowed), while the old release
+    /// stays ready, out of routing, this long ([`AppState::warm`]) so that a
+    /// rollback to it is an instant switch back.
     ScaleDownDelay { duration_ms: u64 },
 }
 
@@ -186,6 +189,10 @@ pub struct Rollout {
     /// Do nothing before this time (the next upgrade window opens).
     #[serde(default)]
     pub not_before_ms: Option<Millis>,
+    /// A switch back to the release a blue-green rollout kept warm: its
+    /// version (for the history record's notes).
+    #[serde(default)]
+    pub switched_back_to: Option<String>,
 }
 
 impl Rollout {
@@ -310,6 +317,20 @@ pub struct AppState {
     pub instances: Vec<Instance>,
     pub next_instance_seq: u64,
     pub last_finished: Option<Finished>,
+    /// Blue-green after the switch: the previous release, still running out
+    /// of routing until `until_ms`. Never set while a rollout runs.
+    #[serde(default)]
+    pub warm: Option<WarmStandby>,
+}
+
+/// The release a finished blue-green rollout switched away from, kept ready
+/// (not routed) for `scale_down_delay` so that `rollback` switches back to it
+/// at once instead of starting new instances.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WarmStandby {
+    pub release: Release,
+    /// Its instances are drained at this time.
+    pub until_ms: Millis,
 }
 
 impl AppState {
@@ -322,6 +343,7 @@ impl AppState {
             instances: Vec::new(),
             next_instance_seq: 1,
             last_finished: None,
+            warm: None,
         }
     }
 
@@ -372,8 +394,11 @@ impl AppState {
             let w = r.weight?;
             Some((r.to.version.clone(), r.from.as_ref()?.version.clone(), w))
         });
+        let warm = self.warm.as_ref().map(|w| w.release.version.as_str());
         for g in &mut groups {
             g.weight = match &explicit {
+                // Kept ready for an instant switch back, but takes no traffic.
+                _ if warm == Some(g.version.as_str()) => 0,
                 // Stepped strategies: explicit percentages.
                 Some((new, _, w)) if &g.version == new => *w,
                 Some((_, old, w)) if &g.version == old => 100 - (*w).min(100),
@@ -583,7 +608,9 @@ fn apply_input(
                 paused: None,
                 approvals: Vec::new(),
                 not_before_ms: not_before_ms.filter(|t| *t > now),
+                switched_back_to: None,
             });
+            switch_back_to_warm(s, actions);
             if let Some(t) = not_before_ms.filter(|t| *t > now) {
                 event(
                     actions,
@@ -604,6 +631,19 @@ fn apply_input(
             }
         }
         Input::Promote { by, full } => {
+            if s.rollout.is_none()
+                && let Some(w) = &mut s.warm
+            {
+                // After a blue-green switch: stop keeping the old release ready.
+                w.until_ms = now;
+                let version = w.release.version.clone();
+                event(
+                    actions,
+                    "promoted",
+                    format!("promoted by {by}: {version} is no longer kept ready"),
+                );
+                return Ok(());
+            }
             let phase = s.phase_name().to_string();
             let Some(r) = &mut s.rollout else {
                 return Err(EngineError::NoRollout { app: s.app.clone() });
@@ -693,10 +733,15 @@ fn apply_input(
             let Some(r) = &mut s.rollout else {
                 return Err(EngineError::NoRollout { app: s.app.clone() });
             };
-            if r.paused.take().is_some() {
-                r.last_progress_ms = now;
-                event(actions, "resumed", format!("resumed by {by}"));
+            if r.paused.take().is_none() {
+                let phase = s.phase_name();
+                return Err(EngineError::NotApplicable(format!(
+                    "{} is not paused (phase: {phase}); there is nothing to resume",
+                    s.app
+                )));
             }
+            r.last_progress_ms = now;
+            event(actions, "resumed", format!("resumed by {by}"));
         }
         Input::ChecksPassed { summary } => {
             let at_checks = s.rollout.as_ref().is_some_and(|r| {
@@ -899,6 +944,14 @@ pub(crate) fn fail_rollout(
     now: Millis,
     actions: &mut Vec<Action>,
 ) {
+    // Stepped strategies: say where the rollout was when it turned around.
+    let reason = match reconcile::progress(s, now) {
+        Some(p) => format!(
+            "{reason} (at step {} of {}: {})",
+            p.number, p.count, p.description
+        ),
+        None => reason,
+    };
     let Some(r) = &mut s.rollout else { return };
     r.phase = RolloutPhase::RollingBack {
         reason: reason.clone(),
@@ -916,6 +969,30 @@ pub(crate) fn fail_rollout(
         "rollout_failed"
     };
     event(actions, kind, reason);
+}
+
+/// A rollback to the release a blue-green rollout kept warm: traffic switches
+/// back to its running instances at once (the rolling path finds them all
+/// available and drains the other release in the same step).
+fn switch_back_to_warm(s: &mut AppState, actions: &mut Vec<Action>) {
+    let Some(r) = &mut s.rollout else { return };
+    let Some(w) = s.warm.take_if(|w| w.release.revision == r.to.revision) else {
+        return;
+    };
+    r.weight = None;
+    r.not_before_ms = None;
+    r.switched_back_to = Some(w.release.version.clone());
+    event(
+        actions,
+        "switching_back",
+        format!(
+            "{} is still running (kept ready after the switch): all traffic goes back to it at once; {} drains",
+            w.release.version,
+            r.from
+                .as_ref()
+                .map_or("the current release", |f| f.version.as_str())
+        ),
+    );
 }
 
 #[cfg(test)]

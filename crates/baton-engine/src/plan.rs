@@ -79,7 +79,18 @@ pub fn plan(state: &AppState, to: Release) -> Result<Plan, EngineError> {
     // against a bug turning `plan` into a hang.
     for _ in 0..100_000 {
         if s.rollout.is_none() && pending.is_empty() {
-            break;
+            // Blue-green: the old release stays ready for its delay, then drains.
+            match &s.warm {
+                Some(w) => {
+                    now = now.max(w.until_ms);
+                    let (next, actions) = step(&s, Input::Tick, now)?;
+                    s = next;
+                    record(&s, &actions, now, &mut steps);
+                    queue_ideal(&actions, &mut pending);
+                    continue;
+                }
+                None => break,
+            }
         }
         let input = match pending.pop_front() {
             Some(i) => i,

@@ -4,12 +4,15 @@
 //! actions the second time. This is what makes a restarted controller safe: it
 //! reloads the state, re-observes the world and reconciles again.
 
+use serde::{Deserialize, Serialize};
+
 use crate::{
     Action, AppState, Finished, Instance, InstancePhase, Millis, Outcome, Release, Rollout,
-    RolloutPhase, Step, Strategy, event, fail_rollout,
+    RolloutPhase, Step, Strategy, WarmStandby, event, fail_rollout,
 };
 
 pub(crate) fn reconcile(s: &mut AppState, now: Millis, actions: &mut Vec<Action>) {
+    end_warm_standby(s, now, actions);
     // A rollout scheduled for the next upgrade window waits, touching nothing.
     if let Some(r) = &mut s.rollout
         && let Some(t) = r.not_before_ms
@@ -68,8 +71,11 @@ pub(crate) fn reconcile(s: &mut AppState, now: Millis, actions: &mut Vec<Action>
     // work: it needs no min_ready soak.
     let min_ready = if progressing { p.min_ready_ms } else { 0 };
 
+    // A release kept warm after a blue-green switch is neither: it stays as it is.
+    let warm = s.warm.as_ref().map(|w| w.release.revision);
     let is_new = |i: &Instance| i.is_live() && i.revision == target.revision;
-    let is_old = |i: &Instance| i.is_live() && i.revision != target.revision;
+    let is_old =
+        |i: &Instance| i.is_live() && i.revision != target.revision && warm != Some(i.revision);
     let new_count = s.instances.iter().filter(|i| is_new(i)).count() as u32;
     let old_count = s.instances.iter().filter(|i| is_old(i)).count() as u32;
     let new_available = s
@@ -112,6 +118,13 @@ pub(crate) fn reconcile(s: &mut AppState, now: Millis, actions: &mut Vec<Action>
             handle: None,
             created_ms: now,
         });
+        // Every start is an event, so that the plan shows each instance
+        // count it reaches (its peak included).
+        event(
+            actions,
+            "instance_starting",
+            format!("{id} ({}) starting", target.version),
+        );
         actions.push(Action::Start {
             id,
             revision: target.revision,
@@ -267,7 +280,19 @@ fn finish(s: &mut AppState, now: Millis, actions: &mut Vec<Action>) {
     let (outcome, notes, version) = match &r.phase {
         RolloutPhase::Progressing => {
             s.stable = Some(r.to.clone());
-            (Outcome::Succeeded, String::new(), r.to.version.clone())
+            let notes = match (&s.warm, &r.switched_back_to) {
+                (Some(w), _) => format!(
+                    "{} kept ready for {} for an instant rollback",
+                    w.release.version,
+                    fmt_ms(w.until_ms.saturating_sub(now))
+                ),
+                (None, Some(v)) => format!(
+                    "switched back to {v}, kept ready since the switch to {}",
+                    r.from.as_ref().map_or("?", |f| f.version.as_str())
+                ),
+                (None, None) => String::new(),
+            };
+            (Outcome::Succeeded, notes, r.to.version.clone())
         }
         RolloutPhase::RollingBack { reason, aborted } => match &r.from {
             Some(from) => (
@@ -276,7 +301,10 @@ fn finish(s: &mut AppState, now: Millis, actions: &mut Vec<Action>) {
                 } else {
                     Outcome::RolledBack
                 },
-                format!("{reason}; rolled back to {}", from.version),
+                format!(
+                    "{reason}; rolled back to {} (from {})",
+                    from.version, r.to.version
+                ),
                 from.version.clone(),
             ),
             None => (Outcome::Failed, reason.clone(), r.to.version.clone()),
@@ -325,6 +353,10 @@ fn desired_new_scale(r: &Rollout, steps: &[Step], n: u32) -> u32 {
     let Some(step) = steps.get(r.step) else {
         return n;
     };
+    if matches!(step, Step::ScaleDownDelay { .. }) {
+        // The switch is complete only with the whole new release available.
+        return n;
+    }
     if let Some(scale) = r.scale {
         return scale.min(n);
     }
@@ -341,10 +373,18 @@ fn desired_new_scale(r: &Rollout, steps: &[Step], n: u32) -> u32 {
     }
 }
 
+/// One line saying what a step does, as `plan`, the event log and `status` show it.
+pub fn describe_step(step: &Step) -> String {
+    describe(step)
+}
+
 fn describe(step: &Step) -> String {
     match step {
         Step::SetWeight { percent } => format!("set_weight {percent}%"),
-        Step::SetScale { instances } => format!("set_canary_scale {instances}"),
+        Step::SetScale { instances } => format!(
+            "run {instances} instance{} of the new release",
+            if *instances == 1 { "" } else { "s" }
+        ),
         Step::Pause {
             duration_ms: Some(d),
         } => format!("pause {}", fmt_ms(*d as i64)),
@@ -363,7 +403,7 @@ fn describe(step: &Step) -> String {
         }
         Step::ScaleDownDelay { duration_ms } => {
             format!(
-                "keep the old release ready for {}",
+                "switch done: keep the old release ready for {}",
                 fmt_ms(*duration_ms as i64)
             )
         }
@@ -421,6 +461,34 @@ fn reconcile_stepped(s: &mut AppState, steps: &[Step], now: Millis, actions: &mu
                 ),
             }
         }
+        if let Some(Step::ScaleDownDelay { duration_ms }) = steps.get(step_index) {
+            // Blue-green: the switch is done, so the rollout is. The old
+            // release stays ready, out of routing, for an instant rollback.
+            if r.weight != Some(100) {
+                r.weight = Some(100);
+                event(
+                    actions,
+                    "weight_set",
+                    format!("{} 100%, {} 0%", to.version, from.version),
+                );
+            }
+            s.warm = Some(WarmStandby {
+                release: from.clone(),
+                until_ms: now.saturating_add(*duration_ms as i64),
+            });
+            event(
+                actions,
+                "warm_standby",
+                format!(
+                    "{} stays ready, out of routing, for {}: `baton rollback {}` switches back to it at once",
+                    from.version,
+                    fmt_ms(*duration_ms as i64),
+                    s.app
+                ),
+            );
+            finish(s, now, actions);
+            return;
+        }
         let started = r.step_started_ms.unwrap_or(now);
         let advance = match steps.get(step_index) {
             None => {
@@ -468,10 +536,14 @@ fn reconcile_stepped(s: &mut AppState, steps: &[Step], now: Millis, actions: &mu
                     duration_ms: Some(d),
                 }
                 | Step::Analysis { duration_ms: d }
-                | Step::Mirror { duration_ms: d, .. }
-                | Step::ScaleDownDelay { duration_ms: d },
+                | Step::Mirror { duration_ms: d, .. },
             ) => now.saturating_sub(started) >= *d as i64,
-            Some(Step::Pause { duration_ms: None } | Step::Approval | Step::Checks) => false,
+            Some(
+                Step::Pause { duration_ms: None }
+                | Step::Approval
+                | Step::Checks
+                | Step::ScaleDownDelay { .. },
+            ) => false,
         };
         if !advance {
             break;
@@ -527,6 +599,11 @@ fn scale_release(
             handle: None,
             created_ms: now,
         });
+        event(
+            actions,
+            "instance_starting",
+            format!("{id} ({}) starting", release.version),
+        );
         actions.push(Action::Start {
             id,
             revision: release.revision,
@@ -545,4 +622,141 @@ fn drain_release(s: &mut AppState, release: &Release, now: Millis, actions: &mut
     for id in ids {
         drain(s, &id, now, actions);
     }
+}
+
+/// The end of a blue-green warm standby: its delay is over, or a new rollout
+/// started (a rollback to the warm release itself took it over before this).
+fn end_warm_standby(s: &mut AppState, now: Millis, actions: &mut Vec<Action>) {
+    let Some(w) = &s.warm else { return };
+    let why = if s.rollout.is_some() {
+        "a new rollout started"
+    } else if now >= w.until_ms {
+        "its scale_down_delay is over"
+    } else {
+        return;
+    };
+    let Some(w) = s.warm.take() else { return };
+    event(
+        actions,
+        "warm_standby_ended",
+        format!(
+            "{} is no longer kept ready ({why}): draining it",
+            w.release.version
+        ),
+    );
+    let keep = [
+        s.stable.as_ref().map(|r| r.revision),
+        s.rollout.as_ref().map(|r| r.to.revision),
+    ];
+    let ids: Vec<String> = s
+        .instances
+        .iter()
+        .filter(|i| i.is_live() && i.revision == w.release.revision)
+        .filter(|i| !keep.contains(&Some(i.revision)))
+        .map(|i| i.id.clone())
+        .collect();
+    for id in ids {
+        drain(s, &id, now, actions);
+    }
+}
+
+/// Where a canary or blue-green rollout is, for `status`: its step and what
+/// the step waits for. `None` for rolling rollouts and first releases.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepProgress {
+    /// 1-based; `count + 1` during the final promotion to 100%.
+    pub number: usize,
+    pub count: usize,
+    /// `None` during the final promotion.
+    pub step: Option<Step>,
+    pub description: String,
+    pub waiting: StepWait,
+}
+
+/// What the current step of a rollout waits for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "for")]
+pub enum StepWait {
+    /// The next upgrade window.
+    Window { opens_ms: Millis },
+    /// Held by an operator, an inconclusive analysis or a missed deadline.
+    Paused { why: String },
+    /// The new release's instances this step needs are not all available yet.
+    Instances { available: u32, needed: u32 },
+    /// A timed step (pause, analysis, mirror): this long is left.
+    Time { remaining_ms: u64 },
+    /// An approval gate: `baton approve`.
+    Approval,
+    /// A pause without a duration: `baton promote`.
+    Promotion,
+    /// The smoke tests are running.
+    Checks,
+    /// The final promotion: the old release's instances still draining.
+    Drain { remaining: u32 },
+}
+
+/// Where the rollout in flight is, if it moves by steps. Pure: reads the
+/// state at `now`.
+pub fn progress(s: &AppState, now: Millis) -> Option<StepProgress> {
+    let r = s.rollout.as_ref()?;
+    if r.phase != RolloutPhase::Progressing || r.weight.is_none() {
+        return None;
+    }
+    let Strategy::Stepped { steps } = &s.params.strategy else {
+        return None;
+    };
+    let step = steps.get(r.step).cloned();
+    let description = match &step {
+        Some(st) => describe(st),
+        None => format!("promote {} to 100%", r.to.version),
+    };
+    let n = s.params.instances;
+    let needed = desired_new_scale(r, steps, n);
+    let available = s
+        .instances
+        .iter()
+        .filter(|i| {
+            i.is_live() && i.revision == r.to.revision && i.is_available(now, s.params.min_ready_ms)
+        })
+        .count() as u32;
+    let waiting = if let Some(opens_ms) = r.not_before_ms {
+        StepWait::Window { opens_ms }
+    } else if let Some(why) = &r.paused {
+        StepWait::Paused { why: why.clone() }
+    } else if step.is_none() {
+        StepWait::Drain {
+            remaining: s
+                .instances
+                .iter()
+                .filter(|i| i.revision != r.to.revision)
+                .count() as u32,
+        }
+    } else if r.step_started_ms.is_none() || available < needed {
+        StepWait::Instances { available, needed }
+    } else {
+        let started = r.step_started_ms.unwrap_or(now);
+        let left = |d: u64| d.saturating_sub(now.saturating_sub(started).max(0) as u64);
+        match &step {
+            Some(Step::Approval) => StepWait::Approval,
+            Some(Step::Pause { duration_ms: None }) => StepWait::Promotion,
+            Some(Step::Checks) => StepWait::Checks,
+            Some(
+                Step::Pause {
+                    duration_ms: Some(d),
+                }
+                | Step::Analysis { duration_ms: d }
+                | Step::Mirror { duration_ms: d, .. },
+            ) => StepWait::Time {
+                remaining_ms: left(*d),
+            },
+            _ => StepWait::Instances { available, needed },
+        }
+    };
+    Some(StepProgress {
+        number: r.step + 1,
+        count: steps.len(),
+        step,
+        description,
+        waiting,
+    })
 }

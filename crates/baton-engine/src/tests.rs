@@ -188,8 +188,8 @@ fn blue_green_waits_for_approval_switches_at_once_and_can_switch_back() {
     sim.input(Input::Approve { by: "dave".into() });
     assert_eq!(weight_of(&sim, "v2"), 100);
     assert_eq!(weight_of(&sim, "v1"), 0);
-    // Inside the scale-down delay blue still runs: an abort switches back
-    // without starting anything.
+    // Inside the scale-down delay blue still runs: a rollback to it switches
+    // back without starting anything.
     let blue_ready = sim
         .state
         .instances
@@ -198,11 +198,14 @@ fn blue_green_waits_for_approval_switches_at_once_and_can_switch_back() {
         .count();
     assert_eq!(blue_ready, 3);
     let before = sim.log.len();
-    sim.input(Input::Abort {
-        by: "dave".into(),
-        reason: "rollback".into(),
+    sim.input(Input::Deploy {
+        to: rel(1, "v1"),
+        kind: RolloutKind::Rollback,
+        operator: "dave".into(),
+        history_id: 8,
+        not_before_ms: None,
     });
-    assert_eq!(weight_of(&sim, "v1"), 100);
+    assert_eq!(weight_of(&sim, "v1"), 100, "switched back in one step");
     assert!(
         !sim.log[before..]
             .iter()
@@ -210,12 +213,18 @@ fn blue_green_waits_for_approval_switches_at_once_and_can_switch_back() {
         "switching back started an instance"
     );
     sim.run(100, 30_000);
-    assert_eq!(sim.finished().map(|f| f.0), Some(Outcome::Aborted));
+    let (outcome, notes) = sim.finished().unwrap();
+    assert_eq!(outcome, Outcome::Succeeded);
+    assert!(notes.contains("switched back to v1"), "{notes}");
     assert!(sim.state.rollout.is_none());
+    assert_eq!(sim.state.stable, Some(rel(1, "v1")));
+    assert_eq!(sim.routable_versions(), vec!["v1"; 3]);
 }
 
+/// After the switch the rollout is over (history closed, new deploys
+/// allowed) while blue stays ready, out of routing, for the delay.
 #[test]
-fn blue_green_drains_blue_after_the_delay() {
+fn blue_green_finishes_at_the_switch_and_keeps_blue_warm_for_the_delay() {
     let mut sim = deployed_stepped(2, blue_green_steps(2));
     sim.deploy(rel(2, "v2"));
     run_until(&mut sim, 30_000, |s| {
@@ -223,13 +232,151 @@ fn blue_green_drains_blue_after_the_delay() {
     });
     sim.input(Input::Approve { by: "erin".into() });
     let switched = sim.now;
-    run_until(&mut sim, 60_000, |s| s.state.rollout.is_none());
-    assert!(
-        sim.now - switched >= 10_000,
-        "blue kept for the scale-down delay"
-    );
-    assert_eq!(sim.state.rollout, None);
+    assert!(sim.state.rollout.is_none(), "the switch ends the rollout");
+    let (outcome, notes) = sim.finished().unwrap();
+    assert_eq!(outcome, Outcome::Succeeded);
+    assert!(notes.contains("v1 kept ready for 10s"), "{notes}");
     assert_eq!(sim.state.stable, Some(rel(2, "v2")));
+    assert_eq!(sim.state.phase_name(), "stable");
+    assert_eq!(weight_of(&sim, "v2"), 100);
+    let warm = sim.state.warm.clone().expect("blue kept warm");
+    assert_eq!(warm.release, rel(1, "v1"));
+    assert_eq!(warm.until_ms, switched + 10_000);
+    // Blue is ready but takes no traffic, and nothing drains it early.
+    run_until(&mut sim, 9_000, |s| s.now >= switched + 9_000);
+    let live_v1 = |s: &Sim| {
+        s.state
+            .instances
+            .iter()
+            .filter(|i| i.version == "v1" && i.is_live())
+            .count()
+    };
+    assert_eq!(live_v1(&sim), 2);
+    assert_eq!(weight_of(&sim, "v1"), 0);
+    // Then it drains.
+    sim.run(100, 10_000);
+    assert!(sim.state.warm.is_none());
+    assert_eq!(live_v1(&sim), 0);
+    assert!(sim.now - switched >= 10_000, "blue kept for the delay");
+    assert_eq!(sim.routable_versions(), vec!["v2"; 2]);
+}
+
+#[test]
+fn a_new_deploy_or_promote_during_the_warm_standby_drains_blue() {
+    let mut sim = deployed_stepped(2, blue_green_steps(2));
+    sim.deploy(rel(2, "v2"));
+    run_until(&mut sim, 30_000, |s| {
+        s.state.phase_name() == "awaiting_approval"
+    });
+    sim.input(Input::Approve { by: "erin".into() });
+    assert!(sim.state.warm.is_some());
+    // A new deploy is allowed at once; blue is not kept for it.
+    let (next, actions) = step(
+        &sim.state,
+        Input::Deploy {
+            to: rel(3, "v3"),
+            kind: RolloutKind::Deploy,
+            operator: "x".into(),
+            history_id: 9,
+            not_before_ms: None,
+        },
+        sim.now,
+    )
+    .expect("a new deploy is allowed during the warm standby");
+    assert!(next.warm.is_none());
+    let drained = actions
+        .iter()
+        .filter(|a| matches!(a, Action::Drain { id } if id.starts_with("demo-r1-")))
+        .count();
+    assert_eq!(drained, 2, "{actions:?}");
+    // `promote` ends the standby early.
+    sim.input(Input::Promote {
+        by: "erin".into(),
+        full: false,
+    });
+    assert!(sim.state.warm.is_none());
+    sim.run(100, 5_000);
+    assert_eq!(sim.routable_versions(), vec!["v2"; 2]);
+}
+
+#[test]
+fn resume_of_a_rollout_that_is_not_paused_is_refused() {
+    let mut sim = deployed(2, 1, 0);
+    sim.deploy(rel(2, "v2"));
+    let err = step(&sim.state, Input::Resume { by: "x".into() }, sim.now).unwrap_err();
+    assert!(err.to_string().contains("demo is not paused"), "{err}");
+}
+
+#[test]
+fn the_record_of_an_aborted_rollout_names_both_versions_and_the_step() {
+    let mut sim = deployed_stepped(2, canary_steps());
+    sim.deploy(rel(2, "v2"));
+    run_until(&mut sim, 30_000, |s| weight_of(s, "v2") == 10);
+    sim.input(Input::Abort {
+        by: "gina".into(),
+        reason: "looks wrong".into(),
+    });
+    sim.run(100, 30_000);
+    let (outcome, notes) = sim.finished().unwrap();
+    assert_eq!(outcome, Outcome::Aborted);
+    assert!(notes.contains("aborted by gina: looks wrong"), "{notes}");
+    assert!(notes.contains("rolled back to v1 (from v2)"), "{notes}");
+    assert!(notes.contains("step 2 of 5"), "{notes}");
+}
+
+#[test]
+fn progress_says_which_step_and_what_it_waits_for() {
+    let mut sim = deployed_stepped(2, blue_green_steps(2));
+    sim.deploy(rel(2, "v2"));
+    // Step 1 (run 2 instances of v2) is set at once; step 2 waits for them.
+    let p = progress(&sim.state, sim.now).unwrap();
+    assert_eq!((p.number, p.count), (2, 4));
+    assert_eq!(
+        p.waiting,
+        StepWait::Instances {
+            available: 0,
+            needed: 2
+        }
+    );
+    assert!(!p.description.contains("canary"), "{}", p.description);
+    run_until(&mut sim, 30_000, |s| {
+        s.state.phase_name() == "awaiting_approval"
+    });
+    let p = progress(&sim.state, sim.now).unwrap();
+    assert_eq!((p.number, p.waiting), (2, StepWait::Approval));
+
+    let mut sim = deployed_stepped(2, canary_steps());
+    sim.deploy(rel(2, "v2"));
+    run_until(&mut sim, 30_000, |s| weight_of(s, "v2") == 10);
+    sim.now += 2_000;
+    sim.input(Input::Tick);
+    let p = progress(&sim.state, sim.now).unwrap();
+    assert_eq!(p.number, 2);
+    assert!(
+        matches!(p.waiting, StepWait::Time { remaining_ms } if remaining_ms <= 3_000 && remaining_ms > 0),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn plan_of_a_blue_green_shows_the_warm_standby_and_its_peak() {
+    let sim = deployed_stepped(2, blue_green_steps(2));
+    let planned = plan(&sim.state, rel(2, "v2")).unwrap();
+    let kinds: Vec<&str> = planned.steps.iter().map(|s| s.kind.as_str()).collect();
+    for k in ["warm_standby", "rollout_finished", "warm_standby_ended"] {
+        assert!(kinds.contains(&k), "{k}: {kinds:?}");
+    }
+    assert!(
+        planned
+            .steps
+            .iter()
+            .all(|s| !s.description.contains("canary")),
+        "{:?}",
+        planned.steps
+    );
+    let most = planned.steps.iter().map(|s| s.total_instances).max();
+    assert_eq!(Some(planned.peak_instances), most);
+    assert_eq!(planned.peak_instances, 4);
 }
 
 #[test]
@@ -430,7 +577,7 @@ impl Sim {
                 self.input(i);
                 continue;
             }
-            if self.state.rollout.is_none() {
+            if self.state.rollout.is_none() && self.state.warm.is_none() {
                 break;
             }
             self.now += tick;
@@ -704,6 +851,9 @@ fn plan_matches_the_events_of_an_executed_rollout() {
     assert_eq!(planned_kinds, executed);
     // 4 + 1 surge, plus one old instance still draining while its replacement starts.
     assert_eq!(planned.peak_instances, 6);
+    // The peak is one of the planned steps' instance counts.
+    let most = planned.steps.iter().map(|s| s.total_instances).max();
+    assert_eq!(Some(planned.peak_instances), most);
     assert!(planned.min_duration_ms >= 4 * 1_000);
 }
 

@@ -63,6 +63,87 @@ impl WindowCounts {
     }
 }
 
+/// What one window shows against each configured limit, e.g.
+/// `error rate 0.4% ≤ 5%, p99 12 ms ≤ 500 ms` (`>` where a limit is crossed),
+/// for `status` and the events of passing checks. The verdict is [`judge`]'s.
+pub fn describe_window(cfg: &AnalysisConfig, new: WindowCounts, stable: WindowCounts) -> String {
+    let window = humantime::format_duration(cfg.window);
+    if new.requests < cfg.min_requests {
+        return format!(
+            "{} requests in the last {window}, {} needed to judge",
+            new.requests, cfg.min_requests
+        );
+    }
+    let sign = |ok: bool| if ok { "≤" } else { ">" };
+    let mut parts = Vec::new();
+    let rate = new.error_rate();
+    if let Some(limit) = cfg.max_error_rate {
+        parts.push(format!(
+            "error rate {} {} {}",
+            percent(rate),
+            sign(rate <= limit),
+            percent(limit)
+        ));
+    }
+    if let Some(limit) = cfg.max_error_rate_increase
+        && stable.requests > 0
+    {
+        let over = rate - stable.error_rate();
+        parts.push(format!(
+            "error rate {} points over stable {} {}",
+            percent(over.max(0.0)).trim_end_matches('%'),
+            sign(over <= limit),
+            percent(limit).trim_end_matches('%'),
+        ));
+    }
+    if let (Some(limit), Some(p99)) = (cfg.max_p99, new.p99) {
+        parts.push(format!(
+            "p99 {} {} {}",
+            millis(p99),
+            sign(p99 <= limit),
+            millis(limit)
+        ));
+    }
+    if let (Some(ratio), Some(p99), Some(base)) = (cfg.max_p99_ratio, new.p99, stable.p99)
+        && !base.is_zero()
+    {
+        let x = p99.as_secs_f64() / base.as_secs_f64();
+        parts.push(format!(
+            "p99 {x:.2}× stable's {} {} {ratio}×",
+            millis(base),
+            sign(x <= ratio)
+        ));
+    }
+    if parts.is_empty() {
+        return format!("{} requests in the last {window}", new.requests);
+    }
+    format!(
+        "{} ({} requests in the last {window})",
+        parts.join(", "),
+        new.requests
+    )
+}
+
+/// `0.4%`, `5%`, `12.5%`.
+fn percent(rate: f64) -> String {
+    let p = rate * 100.0;
+    if (p - p.round()).abs() < 0.05 {
+        format!("{p:.0}%")
+    } else {
+        format!("{p:.1}%")
+    }
+}
+
+/// `12 ms`, `0.4 ms`, `1500 ms`.
+fn millis(d: Duration) -> String {
+    let ms = d.as_secs_f64() * 1000.0;
+    if ms < 10.0 && (ms - ms.round()).abs() >= 0.05 {
+        format!("{ms:.1} ms")
+    } else {
+        format!("{ms:.0} ms")
+    }
+}
+
 /// Judge one window. `None` means "not enough data to say".
 pub fn judge(
     cfg: &AnalysisConfig,
@@ -195,5 +276,24 @@ mod tests {
         c.max_p99 = None;
         let (v, reason) = judge(&c, "v2", counts(1000, 0, 30), counts(1000, 0, 10)).unwrap();
         assert_eq!(v, Verdict::Fail, "{reason}");
+    }
+
+    #[test]
+    fn a_window_is_described_value_against_limit() {
+        let mut c = cfg();
+        c.max_error_rate_increase = None;
+        c.max_p99_ratio = None;
+        assert_eq!(
+            describe_window(&c, counts(1000, 4, 12), counts(1000, 0, 5)),
+            "error rate 0.4% ≤ 5%, p99 12 ms ≤ 100 ms (1000 requests in the last 10s)"
+        );
+        assert!(
+            describe_window(&c, counts(1000, 100, 250), counts(1000, 0, 5))
+                .starts_with("error rate 10% > 5%, p99 250 ms > 100 ms"),
+        );
+        assert_eq!(
+            describe_window(&c, counts(10, 0, 1), counts(1000, 0, 1)),
+            "10 requests in the last 10s, 50 needed to judge"
+        );
     }
 }

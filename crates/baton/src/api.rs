@@ -235,6 +235,20 @@ async fn abort(
         .and_then(|b| b.0.reason)
         .unwrap_or_else(|| "no reason given".into());
     let by = operator(&headers);
+    let view = handle(&cp, &app).await?.status.borrow().clone();
+    if view.state.rollout.is_none()
+        && let (Some(w), Some(stable)) = (&view.state.warm, &view.state.stable)
+    {
+        // Aborting used to be how a blue-green switch was undone; the switch
+        // now ends the rollout, so point at what does it.
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!(
+                "{app} has no rollout in progress: {} finished at its switch. {} is still kept ready; `baton rollback {app}` switches back to it at once",
+                stable.version, w.release.version
+            ),
+        ));
+    }
     operate(&cp, &app, Input::Abort { by, reason }).await?;
     Ok(Json(json!({"app": app, "aborted": true})))
 }
@@ -265,6 +279,7 @@ async fn promote(
     body: Option<Json<PromoteBody>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let full = body.is_some_and(|b| b.0.full);
+    let view = handle(&cp, &app).await?.status.borrow().clone();
     operate(
         &cp,
         &app,
@@ -274,7 +289,17 @@ async fn promote(
         },
     )
     .await?;
-    Ok(Json(json!({"app": app, "promoted": true, "full": full})))
+    // After a blue-green switch, promote lets the old release go.
+    let message = match (&view.state.rollout, &view.state.warm) {
+        (None, Some(w)) => Some(format!(
+            "{} is no longer kept ready: its instances drain",
+            w.release.version
+        )),
+        _ => None,
+    };
+    Ok(Json(
+        json!({"app": app, "promoted": true, "full": full, "message": message}),
+    ))
 }
 
 async fn pause(
@@ -364,9 +389,84 @@ struct RollbackBody {
     to_revision: Option<u32>,
 }
 
+/// The answer to `rollback`: what was accepted and, in words, what it does.
+#[derive(Serialize)]
+struct RollbackAccepted {
+    #[serde(flatten)]
+    accepted: DeployAccepted,
+    /// e.g. "switching all traffic back to v1 at once (...)".
+    message: String,
+}
+
 async fn rollback(
     State(cp): Cp,
     Path(app): Path<String>,
+    headers: HeaderMap,
+    body: Option<Json<RollbackBody>>,
+) -> Result<Json<RollbackAccepted>, ApiError> {
+    let view = handle(&cp, &app).await?.status.borrow().clone();
+    let current = view
+        .state
+        .rollout
+        .as_ref()
+        .map(|r| r.to.version.clone())
+        .or_else(|| view.state.stable.as_ref().map(|r| r.version.clone()))
+        .unwrap_or_default();
+    let accepted = rollback_accepted(cp, app, headers, body).await?.0;
+    let message = if let Some(r) = &view.state.rollout {
+        let from = r.from.as_ref().map_or("", |f| f.version.as_str());
+        if is_blue_green(&view.state.params) && r.weight.is_some_and(|w| w < 100) {
+            format!(
+                "aborting the blue-green rollout to {current}: users stay on {from}, which kept every instance; {current}'s instances drain"
+            )
+        } else {
+            format!(
+                "aborting the rollout to {current}: all traffic goes back to {from} at once; {current}'s instances drain"
+            )
+        }
+    } else if view
+        .state
+        .warm
+        .as_ref()
+        .is_some_and(|w| w.release.revision == accepted.revision)
+    {
+        format!(
+            "switching all traffic back to {} at once (its instances were kept ready since the switch); {current}'s instances drain",
+            accepted.version
+        )
+    } else {
+        let how = match &view.spec.strategy {
+            baton_spec::StrategySpec::Rolling(_) => format!(
+                "new {} instances replace {current}'s a few at a time",
+                accepted.version
+            ),
+            baton_spec::StrategySpec::Canary(_) => format!(
+                "{} goes through the canary steps like any release",
+                accepted.version
+            ),
+            baton_spec::StrategySpec::BlueGreen(b) => format!(
+                "{} starts on a full set of instances beside {current}'s, then all traffic switches{}",
+                accepted.version,
+                if b.auto_promote_after.is_some() {
+                    String::new()
+                } else {
+                    format!(" once approved (`baton approve {}`)", view.state.app)
+                }
+            ),
+        };
+        format!(
+            "rolling back to {} (revision {}) with the {} strategy: {how}",
+            accepted.version,
+            accepted.revision,
+            strategy_name(&view.spec)
+        )
+    };
+    Ok(Json(RollbackAccepted { accepted, message }))
+}
+
+async fn rollback_accepted(
+    cp: Arc<ControlPlane>,
+    app: String,
     headers: HeaderMap,
     body: Option<Json<RollbackBody>>,
 ) -> Result<Json<DeployAccepted>, ApiError> {
@@ -534,11 +634,28 @@ async fn events(
     Query(q): Query<EventsQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     handle(&cp, &app).await?;
-    let events = cp
+    let events: Vec<serde_json::Value> = cp
         .shared
         .store()
         .list_events(&app, q.after, q.limit.unwrap_or(1000).min(10_000))
-        .map_err(anyhow::Error::from)?;
+        .map_err(anyhow::Error::from)?
+        .into_iter()
+        .map(|e| {
+            // Structured fields as a JSON object, not JSON text inside a string.
+            let fields = serde_json::from_str::<serde_json::Value>(&e.fields_json)
+                .ok()
+                .filter(serde_json::Value::is_object)
+                .unwrap_or_else(|| json!({}));
+            json!({
+                "id": e.id,
+                "app": e.app,
+                "at_ms": e.at_ms,
+                "kind": e.kind,
+                "message": e.message,
+                "fields": fields,
+            })
+        })
+        .collect();
     Ok(Json(json!({"app": app, "events": events})))
 }
 
@@ -552,21 +669,47 @@ async fn down(State(cp): Cp) -> Json<serde_json::Value> {
 async fn list_apps(State(cp): Cp) -> Json<serde_json::Value> {
     let handles: Vec<AppHandle> = cp.apps.read().await.values().cloned().collect();
     let sync = cp.shared.router.sync();
-    let apps: Vec<AppStatus> = handles
+    let mut apps: Vec<AppStatus> = handles
         .iter()
         .map(|h| {
             let v = h.status.borrow();
             AppStatus::from_view(&v).with_router(&v, &sync)
         })
         .collect();
+    let windows = traffic_windows(&cp, &apps).await;
+    for (status, h) in apps.iter_mut().zip(&handles) {
+        status.add_live(h, windows.as_ref());
+    }
     Json(json!({"apps": apps}))
 }
 
 async fn app_status(State(cp): Cp, Path(app): Path<String>) -> Result<Json<AppStatus>, ApiError> {
     let h = handle(&cp, &app).await?;
     let v = h.status.borrow().clone();
-    let status = AppStatus::from_view(&v).with_router(&v, &cp.shared.router.sync());
+    let mut status = AppStatus::from_view(&v).with_router(&v, &cp.shared.router.sync());
+    let windows = traffic_windows(&cp, std::slice::from_ref(&status)).await;
+    status.add_live(&h, windows.as_ref());
     Ok(Json(status))
+}
+
+/// Seconds of traffic `status` compares the set weights with.
+const TRAFFIC_WINDOW_S: u64 = 10;
+
+/// The router's per-version counts over the last [`TRAFFIC_WINDOW_S`]; `None`
+/// when no app takes traffic or the router does not answer quickly (status
+/// then shows the set weights only).
+async fn traffic_windows(
+    cp: &ControlPlane,
+    apps: &[AppStatus],
+) -> Option<baton_router::stats::WindowsReport> {
+    if apps.iter().all(|a| a.traffic.is_empty()) {
+        return None;
+    }
+    let call = cp.shared.router.windows(TRAFFIC_WINDOW_S);
+    tokio::time::timeout(std::time::Duration::from_secs(2), call)
+        .await
+        .ok()?
+        .ok()
 }
 
 /// `baton status --json`.
@@ -591,6 +734,21 @@ pub struct AppStatus {
     /// Why the router cannot listen for this app, if it cannot.
     #[serde(default)]
     pub listener_error: Option<String>,
+    /// Canary and blue-green: the step the rollout is at and what it waits for.
+    #[serde(default)]
+    pub step: Option<StepStatus>,
+    /// Blue-green before the switch: where the new release can be tried.
+    #[serde(default)]
+    pub preview: Option<PreviewStatus>,
+    /// Blue-green after the switch: the old release, kept ready for an instant rollback.
+    #[serde(default)]
+    pub warm: Option<WarmStatus>,
+    /// The newest analysis measurement of the rollout in flight.
+    #[serde(default)]
+    pub last_check: Option<crate::controller::LastCheck>,
+    /// Seconds of traffic `traffic[].actual` covers (when the router answered).
+    #[serde(default)]
+    pub traffic_window_s: Option<u64>,
 }
 
 /// The router has not acknowledged an app's routing table.
@@ -602,6 +760,39 @@ pub struct RoutingHeld {
     pub since_ms: Option<i64>,
     /// The last push or check error.
     pub error: Option<String>,
+}
+
+/// `status.step`: e.g. `step 3 of 7: analysis (40 s left, last check: ...)`.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct StepStatus {
+    /// 1-based; `count + 1` while the new release is promoted to 100%.
+    pub number: usize,
+    pub count: usize,
+    pub description: String,
+    pub waiting: baton_engine::StepWait,
+    /// The whole line `status` prints.
+    pub text: String,
+}
+
+/// `status.preview`.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct PreviewStatus {
+    pub version: String,
+    /// The preview listener (`preview_listen`), if the spec has one.
+    pub listen: Option<String>,
+    /// The request header that reaches the new release on the app's own address.
+    pub header: String,
+}
+
+/// `status.warm`.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct WarmStatus {
+    pub version: String,
+    pub revision: u32,
+    /// Its instances are drained at this time (ms since the epoch).
+    pub until_ms: i64,
+    /// Its instances still ready.
+    pub ready: u32,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -619,6 +810,13 @@ pub struct TrafficShare {
     pub version: String,
     /// Percentage of new requests.
     pub weight: u32,
+    /// Percentage of the requests of the last `traffic_window_s` seconds this
+    /// version actually answered (when the router answered and saw any).
+    #[serde(default)]
+    pub actual: Option<f64>,
+    /// Requests this version answered in that window.
+    #[serde(default)]
+    pub requests: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -662,6 +860,8 @@ impl AppStatus {
             traffic.push(TrafficShare {
                 version: g.version.clone(),
                 weight: w,
+                actual: None,
+                requests: None,
             });
         }
         AppStatus {
@@ -724,6 +924,67 @@ impl AppStatus {
             }),
             routing_held: None,
             listener_error: None,
+            step: baton_engine::progress(s, crate::effects::wall_clock_ms()).map(|p| StepStatus {
+                text: step_text(&s.app, &p, None),
+                number: p.number,
+                count: p.count,
+                description: p.description,
+                waiting: p.waiting,
+            }),
+            preview: preview_of(v),
+            warm: s.warm.as_ref().map(|w| WarmStatus {
+                version: w.release.version.clone(),
+                revision: w.release.revision,
+                until_ms: w.until_ms,
+                ready: s
+                    .instances
+                    .iter()
+                    .filter(|i| i.revision == w.release.revision && i.is_routable())
+                    .count() as u32,
+            }),
+            last_check: None,
+            traffic_window_s: None,
+        }
+    }
+
+    /// What the controller and the router know now: the newest analysis
+    /// check of the rollout in flight, and the traffic each version actually
+    /// answered over the last window.
+    fn add_live(
+        &mut self,
+        handle: &AppHandle,
+        windows: Option<&baton_router::stats::WindowsReport>,
+    ) {
+        let check = handle.last_check.borrow().clone();
+        self.last_check = check.filter(|c| {
+            self.rollout
+                .as_ref()
+                .is_some_and(|r| r.history_id == c.history_id)
+        });
+        if let (Some(step), Some(check)) = (&mut self.step, &self.last_check) {
+            let p = baton_engine::StepProgress {
+                number: step.number,
+                count: step.count,
+                step: None,
+                description: step.description.clone(),
+                waiting: step.waiting.clone(),
+            };
+            step.text = step_text(&self.app, &p, Some(check));
+        }
+        let Some(report) = windows else { return };
+        let Some(app) = report.apps.iter().find(|a| a.app == self.app) else {
+            return;
+        };
+        let total: u64 = app.versions.iter().map(|v| v.stats.requests).sum();
+        self.traffic_window_s = Some(report.window_s);
+        for t in &mut self.traffic {
+            let requests = app
+                .versions
+                .iter()
+                .find(|v| v.version == t.version)
+                .map_or(0, |v| v.stats.requests);
+            t.requests = Some(requests);
+            t.actual = (total > 0).then(|| requests as f64 * 100.0 / total as f64);
         }
     }
 
@@ -738,5 +999,98 @@ impl AppStatus {
         }
         self.listener_error = sync.listener_errors.get(&self.app).cloned();
         self
+    }
+}
+
+/// Blue-green before the switch: how to reach the new release.
+fn preview_of(v: &AppView) -> Option<PreviewStatus> {
+    let r = v.state.rollout.as_ref()?;
+    if r.phase != RolloutPhase::Progressing || r.weight.is_none_or(|w| w >= 100) {
+        return None;
+    }
+    if !is_blue_green(&v.state.params) {
+        return None;
+    }
+    // The spec's own blue-green settings, or the defaults of a one-off
+    // `deploy --strategy blue-green`.
+    let Ok(baton_spec::StrategySpec::BlueGreen(b)) =
+        crate::controller::strategy_by_name(&v.spec, "blue-green")
+    else {
+        return None;
+    };
+    Some(PreviewStatus {
+        version: r.to.version.clone(),
+        listen: b.preview_listen.map(|a| a.to_string()),
+        header: format!("{}: {}", b.preview_header.name, b.preview_header.equals),
+    })
+}
+
+/// The engine runs a blue-green rollout (its steps end with the scale-down delay).
+fn is_blue_green(params: &baton_engine::Params) -> bool {
+    matches!(&params.strategy, baton_engine::Strategy::Stepped { steps }
+        if steps.iter().any(|s| matches!(s, baton_engine::Step::ScaleDownDelay { .. })))
+}
+
+/// The line `status` prints for a stepped rollout, e.g.
+/// `step 3 of 7: analysis (40 s left, last check: error rate 0.4% ≤ 5%)` or
+/// `step 4 of 7: waiting for approval — run `baton approve shop``.
+pub fn step_text(
+    app: &str,
+    p: &baton_engine::StepProgress,
+    check: Option<&crate::controller::LastCheck>,
+) -> String {
+    use baton_engine::StepWait;
+    let head = if p.number > p.count {
+        format!("all {} steps done: {}", p.count, p.description)
+    } else {
+        format!("step {} of {}", p.number, p.count)
+    };
+    let what = &p.description;
+    let check = check.map(|c| {
+        format!(
+            ", last check: {}{}",
+            if c.passed { "" } else { "FAILED " },
+            c.text
+        )
+    });
+    let check = check.unwrap_or_default();
+    match &p.waiting {
+        StepWait::Window { opens_ms } => format!(
+            "{head}: {what} — waits for the upgrade window ({} from now; `baton deploy {app} VERSION --now` starts at once)",
+            fmt_secs((opens_ms - crate::effects::wall_clock_ms()).max(0) as u64 / 1000)
+        ),
+        StepWait::Paused { why } => {
+            format!("{head}: {what} — {why}; run `baton resume {app}` to continue")
+        }
+        StepWait::Instances { available, needed } => format!(
+            "{head}: {what} (waiting for the new release's instances: {available} of {needed} available{check})"
+        ),
+        StepWait::Time { remaining_ms } => {
+            format!(
+                "{head}: {what} ({} left{check})",
+                fmt_secs(remaining_ms.div_ceil(1000))
+            )
+        }
+        StepWait::Approval => {
+            format!("{head}: waiting for approval — run `baton approve {app}`")
+        }
+        StepWait::Promotion => {
+            format!("{head}: paused until promoted — run `baton promote {app}`")
+        }
+        StepWait::Checks => format!("{head}: {what} (running)"),
+        StepWait::Drain { remaining } => format!(
+            "{head} (the old release's last {remaining} instance{} draining)",
+            if *remaining == 1 { "" } else { "s" }
+        ),
+    }
+}
+
+/// `40 s`, `3 min 20 s`, `2 h 5 min`.
+fn fmt_secs(s: u64) -> String {
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 if s.is_multiple_of(60) => format!("{} min", s / 60),
+        60..3600 => format!("{} min {} s", s / 60, s % 60),
+        _ => format!("{} h {} min", s / 3600, (s % 3600) / 60),
     }
 }

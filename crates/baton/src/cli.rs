@@ -1,5 +1,6 @@
 //! Command-line interface. Exit codes: 0 success; 1 the rollout failed or was
-//! rolled back (reason printed); 2 bad usage, config or input (nothing changed).
+//! rolled back (reason printed); 2 bad usage, config or input (nothing changed);
+//! 3 the control plane could not be reached.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -14,26 +15,59 @@ use serde_json::{Value, json};
 use crate::api::AppStatus;
 use crate::client::{ApiClient, ClientError};
 
+static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Write to stdout; once the reader has gone, write nothing more.
+pub fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    use std::sync::atomic::Ordering;
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    if out.write_fmt(args).and_then(|()| out.flush()).is_err() {
+        STDOUT_CLOSED.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Exit code when the control plane cannot be reached.
+const EXIT_UNREACHABLE: u8 = 3;
+
+const EXIT_CODES: &str = "Exit codes: 0 success; 1 the rollout failed or was rolled back (the reason is printed); \
+2 bad usage, config or input (nothing changed); 3 the control plane could not be reached.";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "baton",
     version,
-    about = "Upgrade a running service from one version to the next without dropping a request"
+    about = "Upgrade a running service from one version to the next without dropping a request",
+    after_help = EXIT_CODES
 )]
 pub struct Cli {
-    /// URL of the control plane's API.
-    #[arg(
-        long,
-        global = true,
-        env = "BATON_SERVER",
-        default_value = "http://127.0.0.1:7077"
-    )]
+    /// URL of the control plane's API, for the commands that talk to it (each also takes --server).
+    #[arg(long, value_name = "URL", env = "BATON_SERVER", default_value = crate::client::DEFAULT_SERVER)]
     server: String,
-    /// Who is running the command (recorded in the upgrade history).
-    #[arg(long, global = true, env = "BATON_OPERATOR")]
+    /// Who is running the command, for the commands that change something (default: $USER).
+    #[arg(long, value_name = "NAME", env = "BATON_OPERATOR")]
     operator: Option<String>,
     #[command(subcommand)]
     command: Cmd,
+}
+
+/// `--server` of the commands that talk to the control plane.
+#[derive(clap::Args, Debug, Clone, Default)]
+struct Server {
+    /// URL of the control plane's API [default: BATON_SERVER, else http://127.0.0.1:7077]
+    #[arg(long = "server", value_name = "URL")]
+    url: Option<String>,
+}
+
+/// `--operator` of the commands that change something.
+#[derive(clap::Args, Debug, Clone, Default)]
+struct Operator {
+    /// Who is running the command, recorded in the upgrade history [default: BATON_OPERATOR, else $USER]
+    #[arg(long = "operator", value_name = "NAME")]
+    name: Option<String>,
 }
 
 /// `baton router --balance`.
@@ -61,12 +95,19 @@ enum Cmd {
     },
     /// Register an app or update its spec (a spec naming a new `version` deploys it).
     Apply {
+        /// The app spec (YAML), e.g. examples/quickstart.yaml.
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
+        #[command(flatten)]
+        server: Server,
+        #[command(flatten)]
+        operator: Operator,
     },
     /// Start a rollout of VERSION.
     Deploy {
+        /// The app, as named in its spec.
         app: String,
+        /// The version to roll out (1-64 letters, digits, '.', '_' or '-'), e.g. v2 or 1.4.0.
         version: String,
         /// Environment variable for this release (repeatable).
         #[arg(long = "env", value_name = "K=V")]
@@ -83,69 +124,137 @@ enum Cmd {
         /// Refuse the release unless its program has this sha256 (pre-flight).
         #[arg(long, value_name = "HEX")]
         sha256: Option<String>,
+        #[command(flatten)]
+        server: Server,
+        #[command(flatten)]
+        operator: Operator,
     },
     /// Show apps, instances and traffic.
     Status {
+        /// Show only this app (default: every app).
         app: Option<String>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        server: Server,
     },
     /// Upgrade history: date, version, environment, operator, result, notes.
     History {
+        /// The app, as named in its spec.
         app: String,
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        server: Server,
     },
     /// Stop the rollout in flight: all traffic back to the stable version.
     Abort {
+        /// The app whose rollout to stop.
         app: String,
+        /// Why, recorded in the upgrade history.
         #[arg(long)]
         reason: Option<String>,
+        #[command(flatten)]
+        server: Server,
+        #[command(flatten)]
+        operator: Operator,
     },
-    /// Move a canary or blue-green rollout past its current pause or gate.
+    /// Move a canary or blue-green rollout past its current pause or gate;
+    /// after a blue-green switch, stop keeping the old release ready.
     Promote {
+        /// The app whose rollout to move on.
         app: String,
         /// Skip every remaining step (still without dropping requests).
         #[arg(long)]
         full: bool,
+        #[command(flatten)]
+        server: Server,
+        #[command(flatten)]
+        operator: Operator,
     },
     /// Hold a rollout where it is.
-    Pause { app: String },
+    Pause {
+        /// The app whose rollout to hold.
+        app: String,
+        #[command(flatten)]
+        server: Server,
+        #[command(flatten)]
+        operator: Operator,
+    },
     /// Continue a paused rollout.
-    Resume { app: String },
+    Resume {
+        /// The app whose paused rollout to continue.
+        app: String,
+        #[command(flatten)]
+        server: Server,
+        #[command(flatten)]
+        operator: Operator,
+    },
     /// Pass an approval gate (recorded with your name).
-    Approve { app: String },
+    Approve {
+        /// The app waiting for an approval.
+        app: String,
+        #[command(flatten)]
+        server: Server,
+        #[command(flatten)]
+        operator: Operator,
+    },
     /// Run the release of the last aborted or rolled-back rollout again.
     Retry {
+        /// The app whose last failed release to run again.
         app: String,
+        /// Wait for the end, showing progress; exit 1 if it fails or is rolled back.
         #[arg(long)]
         wait: bool,
+        #[command(flatten)]
+        server: Server,
+        #[command(flatten)]
+        operator: Operator,
     },
-    /// Return to the previous release (or a given revision) by the rolling path;
-    /// during a rollout, abort it (traffic back to the stable release at once).
+    /// Return to the previous release (or a given revision) through the app's
+    /// strategy; during a rollout, abort it (traffic back to the stable release
+    /// at once); right after a blue-green switch, switch back to the old release
+    /// while it is still kept ready.
     Rollback {
+        /// The app to roll back.
         app: String,
-        #[arg(long)]
+        /// Go back to this revision (see `baton history APP`) instead of the previous release.
+        #[arg(long, value_name = "N")]
         to_revision: Option<u32>,
         /// Wait for the end, showing progress.
         #[arg(long)]
         wait: bool,
+        #[command(flatten)]
+        server: Server,
+        #[command(flatten)]
+        operator: Operator,
     },
     /// Print the steps a rollout of VERSION would take.
     Plan {
+        /// The app, as named in its spec.
         app: String,
+        /// The version to plan a rollout of.
         version: String,
         /// Plan with this strategy instead of the spec's.
         #[arg(long, value_parser = ["rolling", "blue-green", "canary"])]
         strategy: Option<String>,
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        server: Server,
     },
     /// Event log of an app.
     Events {
+        /// The app, as named in its spec.
         app: String,
+        /// Print JSON (each event's structured fields as an object).
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        server: Server,
     },
     /// Watch a real upgrade: runs the control plane on embedded defaults, the sample service v1 under steady traffic, and upgrades it to v2.
     Demo {
@@ -154,12 +263,18 @@ enum Cmd {
         instances: u32,
     },
     /// Stop every instance, the router and the control plane.
-    Down,
+    Down {
+        #[command(flatten)]
+        server: Server,
+        #[command(flatten)]
+        operator: Operator,
+    },
     /// Print the JSON Schema of the app spec.
     Schema,
     /// Run the sample service (used by the demo and tests): --port N --version V.
     #[command(disable_help_flag = true)]
     Sample {
+        /// The sample service's own options (`baton sample --help` lists them).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -184,6 +299,7 @@ enum Cmd {
     /// The router process the control plane starts (internal).
     #[command(name = "__router", hide = true)]
     RouterProcess {
+        /// Unix socket the control plane drives the router through.
         #[arg(long)]
         admin_socket: PathBuf,
     },
@@ -211,14 +327,66 @@ enum Exit {
     Ok,
     Failed(String),
     BadInput(String),
+    /// The control plane did not answer ([`EXIT_UNREACHABLE`]).
+    Unreachable(String),
 }
 
 impl From<ClientError> for Exit {
     fn from(e: ClientError) -> Self {
         if e.is_bad_input() {
             Exit::BadInput(e.to_string())
+        } else if e.is_unreachable() {
+            Exit::Unreachable(e.to_string())
         } else {
             Exit::Failed(e.to_string())
+        }
+    }
+}
+
+impl Cmd {
+    /// The `--server` and `--operator` a command takes, if it talks to the
+    /// control plane.
+    fn remote(&self) -> Option<(&Server, Option<&Operator>)> {
+        match self {
+            Cmd::Apply {
+                server, operator, ..
+            }
+            | Cmd::Deploy {
+                server, operator, ..
+            }
+            | Cmd::Abort {
+                server, operator, ..
+            }
+            | Cmd::Promote {
+                server, operator, ..
+            }
+            | Cmd::Pause {
+                server, operator, ..
+            }
+            | Cmd::Resume {
+                server, operator, ..
+            }
+            | Cmd::Approve {
+                server, operator, ..
+            }
+            | Cmd::Retry {
+                server, operator, ..
+            }
+            | Cmd::Rollback {
+                server, operator, ..
+            }
+            | Cmd::Down { server, operator } => Some((server, Some(operator))),
+            Cmd::Status { server, .. }
+            | Cmd::History { server, .. }
+            | Cmd::Plan { server, .. }
+            | Cmd::Events { server, .. } => Some((server, None)),
+            Cmd::Serve { .. }
+            | Cmd::Demo { .. }
+            | Cmd::Schema
+            | Cmd::Sample { .. }
+            | Cmd::Sim { .. }
+            | Cmd::Router { .. }
+            | Cmd::RouterProcess { .. } => None,
         }
     }
 }
@@ -262,6 +430,10 @@ pub fn main() -> ExitCode {
         Exit::BadInput(msg) => {
             eprintln!("{} {msg}", paint("error:", Color::Red));
             ExitCode::from(2)
+        }
+        Exit::Unreachable(msg) => {
+            eprintln!("{} {msg}", paint("error:", Color::Red));
+            ExitCode::from(EXIT_UNREACHABLE)
         }
     }
 }
@@ -327,15 +499,26 @@ fn init_tracing(default_level: &str) {
         .try_init();
 }
 
-fn operator_name(cli: &Cli) -> String {
-    cli.operator
-        .clone()
+/// The command's own `--operator`, else the top-level one (or BATON_OPERATOR), else $USER.
+fn operator_name(cli: &Cli, own: Option<&Operator>) -> String {
+    own.and_then(|o| o.name.clone())
+        .or_else(|| cli.operator.clone())
         .or_else(|| std::env::var("USER").ok())
         .unwrap_or_else(|| "unknown".into())
 }
 
 async fn run(cli: Cli) -> Exit {
-    let api = ApiClient::new(&cli.server, &operator_name(&cli));
+    let (server, operator) = match cli.command.remote() {
+        Some((server, operator)) => {
+            let url = server.url.clone().unwrap_or_else(|| cli.server.clone());
+            if let Err(e) = crate::client::check_server_url(&url) {
+                return Exit::BadInput(e);
+            }
+            (url, operator_name(&cli, operator))
+        }
+        None => (cli.server.clone(), operator_name(&cli, None)),
+    };
+    let api = ApiClient::new(&server, &operator);
     match cli.command {
         Cmd::Serve {
             config,
@@ -368,10 +551,11 @@ async fn run(cli: Cli) -> Exit {
                 Err(e) if e.downcast_ref::<crate::lock::DataDirBusy>().is_some() => {
                     Exit::BadInput(format!("{e:#}"))
                 }
+                Err(e) if e.is::<crate::server::ApiBindError>() => Exit::BadInput(format!("{e:#}")),
                 Err(e) => Exit::Failed(format!("{e:#}")),
             }
         }
-        Cmd::Apply { file } => apply(&api, file).await,
+        Cmd::Apply { file, .. } => apply(&api, file).await,
         Cmd::Deploy {
             app,
             version,
@@ -380,6 +564,7 @@ async fn run(cli: Cli) -> Exit {
             now,
             strategy,
             sha256,
+            ..
         } => {
             let mut vars = BTreeMap::new();
             for kv in env {
@@ -410,6 +595,7 @@ async fn run(cli: Cli) -> Exit {
             app,
             to_revision,
             wait,
+            ..
         } => {
             let last_event = last_event_id(&api, &app).await;
             let accepted = match api
@@ -427,7 +613,7 @@ async fn run(cli: Cli) -> Exit {
             };
             report_accepted(&api, &app, &accepted, wait, last_event).await
         }
-        Cmd::Abort { app, reason } => {
+        Cmd::Abort { app, reason, .. } => {
             match api
                 .post(&format!("/v1/apps/{app}/abort"), &json!({"reason": reason}))
                 .await
@@ -439,7 +625,7 @@ async fn run(cli: Cli) -> Exit {
                 Err(e) => e.into(),
             }
         }
-        Cmd::Promote { app, full } => {
+        Cmd::Promote { app, full, .. } => {
             let done = if full {
                 "promoting fully"
             } else {
@@ -447,31 +633,32 @@ async fn run(cli: Cli) -> Exit {
             };
             simple(&api, &app, "promote", json!({"full": full}), done).await
         }
-        Cmd::Pause { app } => simple(&api, &app, "pause", json!({}), "paused").await,
-        Cmd::Resume { app } => simple(&api, &app, "resume", json!({}), "resumed").await,
-        Cmd::Approve { app } => simple(&api, &app, "approve", json!({}), "approved").await,
-        Cmd::Retry { app, wait } => {
+        Cmd::Pause { app, .. } => simple(&api, &app, "pause", json!({}), "paused").await,
+        Cmd::Resume { app, .. } => simple(&api, &app, "resume", json!({}), "resumed").await,
+        Cmd::Approve { app, .. } => simple(&api, &app, "approve", json!({}), "approved").await,
+        Cmd::Retry { app, wait, .. } => {
             let last_event = last_event_id(&api, &app).await;
             match api.post(&format!("/v1/apps/{app}/retry"), &json!({})).await {
                 Ok(accepted) => report_accepted(&api, &app, &accepted, wait, last_event).await,
                 Err(e) => e.into(),
             }
         }
-        Cmd::Status { app, json } => status(&api, app, json).await,
-        Cmd::History { app, json } => history(&api, &app, json).await,
-        Cmd::Events { app, json } => events(&api, &app, json).await,
+        Cmd::Status { app, json, .. } => status(&api, app, json).await,
+        Cmd::History { app, json, .. } => history(&api, &app, json).await,
+        Cmd::Events { app, json, .. } => events(&api, &app, json).await,
         Cmd::Plan {
             app,
             version,
             strategy,
             json,
+            ..
         } => plan(&api, &app, &version, strategy.as_deref(), json).await,
         Cmd::Demo { instances } => match crate::demo::run(instances).await {
             Ok(true) => Exit::Ok,
             Ok(false) => Exit::Failed("the demo upgrade did not succeed (see above)".into()),
             Err(e) => Exit::Failed(format!("{e:#}")),
         },
-        Cmd::Down => match api.post("/v1/down", &json!({})).await {
+        Cmd::Down { .. } => match api.post("/v1/down", &json!({})).await {
             Ok(_) => {
                 println!("stopping every instance, the router and the control plane");
                 Exit::Ok
@@ -535,7 +722,9 @@ async fn run(cli: Cli) -> Exit {
 /// A command on a live rollout that answers at once.
 async fn simple(api: &ApiClient, app: &str, verb: &str, body: Value, done: &str) -> Exit {
     match api.post(&format!("/v1/apps/{app}/{verb}"), &body).await {
-        Ok(_) => {
+        Ok(answer) => {
+            // The server's own words when what happened depends on the state.
+            let done = answer["message"].as_str().unwrap_or(done);
             println!("{app}: {done}");
             Exit::Ok
         }
@@ -608,11 +797,15 @@ async fn report_accepted(
         return Exit::Ok;
     }
     let history_id = accepted["history_id"].as_i64().unwrap_or(0);
-    println!(
-        "{app}: rollout to {} (revision {}) started",
-        accepted["version"].as_str().unwrap_or("?"),
-        accepted["revision"]
-    );
+    match accepted["message"].as_str() {
+        // `rollback` says what it does (an abort, a switch back, a rollout).
+        Some(message) => println!("{app}: {message}"),
+        None => println!(
+            "{app}: rollout to {} (revision {}) started",
+            accepted["version"].as_str().unwrap_or("?"),
+            accepted["revision"]
+        ),
+    }
     if !wait {
         println!("  follow it with `baton status {app}`");
         return Exit::Ok;
@@ -639,7 +832,7 @@ async fn wait_for_rollout(
             for e in v["events"].as_array().into_iter().flatten() {
                 last_event = e["id"].as_i64().unwrap_or(last_event);
                 println!(
-                    "  {} {:<20} {}",
+                    "  {} {:<21} {}",
                     format_time(e["at_ms"].as_i64().unwrap_or(0)),
                     e["kind"].as_str().unwrap_or(""),
                     e["message"].as_str().unwrap_or("")
@@ -708,8 +901,22 @@ async fn status(api: &ApiClient, app: Option<String>, as_json: bool) -> Exit {
         let traffic: Vec<String> = s
             .traffic
             .iter()
-            .map(|t| format!("{} {}%", t.version, t.weight))
+            .map(|t| match t.actual {
+                // The set weight next to the share the version really answered.
+                Some(actual) => format!("{} {}% (actual {actual:.1}%)", t.version, t.weight),
+                None => format!("{} {}%", t.version, t.weight),
+            })
             .collect();
+        let window = match (
+            s.traffic_window_s,
+            s.traffic.iter().any(|t| t.actual.is_some()),
+        ) {
+            (Some(w), true) => format!(
+                " over the last {w} s, {} requests",
+                s.traffic.iter().filter_map(|t| t.requests).sum::<u64>()
+            ),
+            _ => String::new(),
+        };
         println!(
             "{}  {}  phase={}  stable={}  target={}  listen={}",
             paint(&s.app, Color::Bold),
@@ -720,13 +927,38 @@ async fn status(api: &ApiClient, app: Option<String>, as_json: bool) -> Exit {
             s.listen
         );
         println!(
-            "  traffic: {}",
+            "  traffic: {}{window}",
             if traffic.is_empty() {
                 "none".into()
             } else {
                 traffic.join(", ")
             }
         );
+        if let Some(step) = &s.step {
+            println!("  {}", step.text);
+        }
+        if let Some(p) = &s.preview {
+            match &p.listen {
+                Some(listen) => println!(
+                    "  preview: {} at http://{listen}, or on {} with the header {}",
+                    p.version, s.listen, p.header
+                ),
+                None => println!(
+                    "  preview: {} on {} with the header {}",
+                    p.version, s.listen, p.header
+                ),
+            }
+        }
+        if let Some(w) = &s.warm {
+            println!(
+                "  kept ready: {} ({} instance{}, no traffic) until {} — `baton rollback {}` switches back at once",
+                w.version,
+                w.ready,
+                if w.ready == 1 { "" } else { "s" },
+                format_time(w.until_ms),
+                s.app
+            );
+        }
         if let Some(r) = &s.rollout {
             println!(
                 "  rollout: {} {} → {} by {}{}",
@@ -794,24 +1026,31 @@ async fn history(api: &ApiClient, app: &str, as_json: bool) -> Exit {
         );
         return Exit::Ok;
     }
-    println!(
-        "{:<4} {:<20} {:<9} {:<10} {:<12} {:<12} {:<9} {:<12} notes",
-        "rev", "date", "kind", "version", "from", "environment", "operator", "result"
-    );
+    let mut table = Table::new(&[
+        ("rev", Align::Right),
+        ("date", Align::Left),
+        ("kind", Align::Left),
+        ("version", Align::Left),
+        ("from", Align::Left),
+        ("environment", Align::Left),
+        ("operator", Align::Left),
+        ("result", Align::Left),
+        ("notes", Align::Left),
+    ]);
     for h in v["history"].as_array().into_iter().flatten() {
-        println!(
-            "{:<4} {:<20} {:<9} {:<10} {:<12} {:<12} {:<9} {:<12} {}",
-            h["revision"],
+        table.row(vec![
+            cell(&h["revision"]),
             format_date(h["started_ms"].as_i64().unwrap_or(0)),
-            h["kind"].as_str().unwrap_or(""),
-            h["to_version"].as_str().unwrap_or(""),
-            h["from_version"].as_str().unwrap_or("-"),
-            h["environment"].as_str().unwrap_or(""),
-            h["operator"].as_str().unwrap_or(""),
-            h["result"].as_str().unwrap_or(""),
-            h["notes"].as_str().unwrap_or("")
-        );
+            cell(&h["kind"]),
+            cell(&h["to_version"]),
+            h["from_version"].as_str().unwrap_or("-").to_string(),
+            cell(&h["environment"]),
+            cell(&h["operator"]),
+            cell(&h["result"]),
+            cell(&h["notes"]),
+        ]);
     }
+    write_stdout(format_args!("{}", table.render()));
     Exit::Ok
 }
 
@@ -830,9 +1069,16 @@ async fn events(api: &ApiClient, app: &str, as_json: bool) -> Exit {
         );
         return Exit::Ok;
     }
-    for e in v["events"].as_array().into_iter().flatten() {
+    let events = v["events"].as_array().cloned().unwrap_or_default();
+    // The messages start in one column, however long the kinds.
+    let width = events
+        .iter()
+        .map(|e| e["kind"].as_str().map_or(0, |k| k.chars().count()))
+        .max()
+        .unwrap_or(0);
+    for e in &events {
         println!(
-            "{} {:<20} {}",
+            "{} {:<width$} {}",
             format_date(e["at_ms"].as_i64().unwrap_or(0)),
             e["kind"].as_str().unwrap_or(""),
             e["message"].as_str().unwrap_or("")
@@ -871,27 +1117,111 @@ async fn plan(
         v["max_unavailable"],
         v["min_ready_ms"]
     );
-    println!(
-        "{:>4} {:>8}  {:<20} {:>9} {:>9}  what",
-        "step", "at", "event", "old live", "new live"
-    );
+    let mut table = Table::new(&[
+        ("step", Align::Right),
+        ("at", Align::Right),
+        ("event", Align::Left),
+        ("old live", Align::Right),
+        ("new live", Align::Right),
+        ("running", Align::Right),
+        ("what", Align::Left),
+    ]);
     for (n, s) in v["steps"].as_array().into_iter().flatten().enumerate() {
-        println!(
-            "{:>4} {:>7}s  {:<20} {:>9} {:>9}  {}",
-            n + 1,
-            s["at_ms"].as_u64().unwrap_or(0) as f64 / 1000.0,
-            s["kind"].as_str().unwrap_or(""),
-            s["old_routable"],
-            s["new_routable"],
-            s["description"].as_str().unwrap_or("")
-        );
+        table.row(vec![
+            (n + 1).to_string(),
+            format!("{}s", s["at_ms"].as_u64().unwrap_or(0) as f64 / 1000.0),
+            cell(&s["kind"]),
+            cell(&s["old_routable"]),
+            cell(&s["new_routable"]),
+            cell(&s["total_instances"]),
+            cell(&s["description"]),
+        ]);
     }
+    write_stdout(format_args!("{}", table.render()));
     println!(
-        "peak instances: {}; least duration: {:.1}s (plus start-up and drain time of each instance)",
+        "peak instances running (old, new and draining): {}; least duration: {:.1}s (plus start-up and drain time of each instance)",
         v["peak_instances"],
         v["min_duration_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
     );
     Exit::Ok
+}
+
+/// A JSON value as a table cell: strings without their quotes, null as `-`.
+fn cell(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Align {
+    Left,
+    Right,
+}
+
+/// A text table whose columns are as wide as their widest cell, so rows line
+/// up under their headers whatever the values. The last column is not padded.
+struct Table {
+    headers: Vec<(&'static str, Align)>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    fn new(headers: &[(&'static str, Align)]) -> Self {
+        Table {
+            headers: headers.to_vec(),
+            rows: Vec::new(),
+        }
+    }
+
+    fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    fn render(&self) -> String {
+        // One line per cell: a newline inside a value would break the columns.
+        let clean = |c: &str| c.replace(['\n', '\r', '\t'], " ");
+        let width = |c: &str| c.chars().count();
+        let mut widths: Vec<usize> = self.headers.iter().map(|(h, _)| width(h)).collect();
+        let rows: Vec<Vec<String>> = self
+            .rows
+            .iter()
+            .map(|r| r.iter().map(|c| clean(c)).collect())
+            .collect();
+        for r in &rows {
+            for (i, c) in r.iter().enumerate().take(widths.len()) {
+                widths[i] = widths[i].max(width(c));
+            }
+        }
+        let headers: Vec<String> = self.headers.iter().map(|(h, _)| h.to_string()).collect();
+        let mut out = String::new();
+        for r in std::iter::once(&headers).chain(rows.iter()) {
+            let mut line = String::new();
+            for (i, (_, align)) in self.headers.iter().enumerate() {
+                let c = r.get(i).map_or("", String::as_str);
+                let pad = " ".repeat(widths[i].saturating_sub(width(c)));
+                if i > 0 {
+                    line.push_str("  ");
+                }
+                match align {
+                    Align::Right => {
+                        line.push_str(&pad);
+                        line.push_str(c);
+                    }
+                    Align::Left if i + 1 == self.headers.len() => line.push_str(c),
+                    Align::Left => {
+                        line.push_str(c);
+                        line.push_str(&pad);
+                    }
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
 }
 
 fn format_date(ms: i64) -> String {
@@ -927,4 +1257,86 @@ pub fn paint(text: &str, color: Color) -> String {
         Color::Bold => "1",
     };
     format!("\x1b[{code}m{text}\x1b[0m")
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_flag_and_argument_has_help_text() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path} {}", a.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "baton", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+    }
+
+    #[test]
+    fn server_and_operator_appear_only_on_commands_that_use_them() {
+        let cli = Cli::command();
+        let has = |sub: &str, flag: &str| {
+            cli.find_subcommand(sub)
+                .unwrap_or_else(|| panic!("no command {sub}"))
+                .get_arguments()
+                .any(|a| a.get_long() == Some(flag))
+        };
+        for local in ["serve", "demo", "schema", "sample", "router", "__router"] {
+            assert!(!has(local, "server"), "{local} --server");
+            assert!(!has(local, "operator"), "{local} --operator");
+        }
+        for read in ["status", "history", "plan", "events"] {
+            assert!(has(read, "server"), "{read} --server");
+            assert!(!has(read, "operator"), "{read} --operator");
+        }
+        for write in [
+            "apply", "deploy", "abort", "promote", "pause", "resume", "approve", "retry",
+            "rollback", "down",
+        ] {
+            assert!(has(write, "server"), "{write} --server");
+            assert!(has(write, "operator"), "{write} --operator");
+        }
+        // Given after the command too, and the command's own wins.
+        let cli = Cli::try_parse_from([
+            "baton",
+            "--server",
+            "http://a:1",
+            "status",
+            "--server",
+            "http://b:2",
+        ])
+        .unwrap();
+        let (server, _) = cli.command.remote().unwrap();
+        assert_eq!(server.url.as_deref(), Some("http://b:2"));
+    }
+
+    #[test]
+    fn table_columns_are_as_wide_as_their_widest_cell() {
+        let mut t = Table::new(&[
+            ("rev", Align::Right),
+            ("version", Align::Left),
+            ("notes", Align::Left),
+        ]);
+        t.row(vec!["12".into(), "1.4.0-rc.1-long".into(), "a".into()]);
+        t.row(vec!["3".into(), "v2".into(), "two\nlines".into()]);
+        assert_eq!(
+            t.render(),
+            "rev  version          notes\n 12  1.4.0-rc.1-long  a\n  3  v2               two lines\n"
+        );
+    }
 }

@@ -17,12 +17,14 @@ pub struct ApiClient {
     http: Client<HttpConnector, Full<Bytes>>,
 }
 
+/// Where the CLI looks for the control plane unless told otherwise.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7077";
+
 /// A failed call: either the server could not be reached, or it answered with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error(
-        "cannot reach the baton control plane at {url}: {detail}\n  hint: start it with `baton serve`, or point --server / BATON_SERVER at it"
-    )]
+    /// No answer: nothing listens there, or the connection broke.
+    #[error("cannot reach the baton control plane at {url}: {detail}\n  hint: {}", start_hint(.url))]
     Unreachable { url: String, detail: String },
     #[error("{message}")]
     Api { status: StatusCode, message: String },
@@ -33,6 +35,78 @@ impl ClientError {
     pub fn is_bad_input(&self) -> bool {
         matches!(self, ClientError::Api { status, .. } if status.is_client_error())
     }
+
+    /// The control plane did not answer at all.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, ClientError::Unreachable { .. })
+    }
+}
+
+/// How to get a control plane answering at `url`: `baton serve` listens on
+/// the default address, any other one needs its `--api`.
+fn start_hint(url: &str) -> String {
+    let authority = url
+        .parse::<hyper::Uri>()
+        .ok()
+        .and_then(|u| u.authority().map(|a| a.to_string()));
+    let serve = match authority {
+        Some(a) if url != DEFAULT_SERVER => format!("`baton serve --api {a}`"),
+        _ => "`baton serve`".to_string(),
+    };
+    format!(
+        "is it running? start one with {serve}, or point --server (or BATON_SERVER) at the one you run"
+    )
+}
+
+/// An error with its causes: hyper's own message ("client error (Connect)")
+/// does not say that the connection was refused.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Check a control plane address before using it: `http://HOST:PORT`.
+/// The error says what is wrong and what to write instead.
+pub fn check_server_url(url: &str) -> Result<(), String> {
+    let bad = |why: &str, fix: String| {
+        Err(format!(
+            "the control plane address {url:?} (--server or BATON_SERVER) {why}; {fix}"
+        ))
+    };
+    if !url.contains("://") {
+        return bad("has no scheme", format!("write it as http://{url}"));
+    }
+    let uri = match url.parse::<hyper::Uri>() {
+        Ok(u) => u,
+        Err(e) => {
+            return bad(
+                &format!("is not a URL ({e})"),
+                format!("write it as {DEFAULT_SERVER}"),
+            );
+        }
+    };
+    if uri.scheme_str() != Some("http") {
+        return bad(
+            "does not start with http://",
+            "the API speaks plain HTTP (reach a remote one through an SSH tunnel)".into(),
+        );
+    }
+    if uri.authority().is_none_or(|a| a.host().is_empty()) {
+        return bad("names no host", format!("write it as {DEFAULT_SERVER}"));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return bad(
+            "has a path",
+            "give only the scheme, host and port, e.g. http://127.0.0.1:7077".into(),
+        );
+    }
+    Ok(())
 }
 
 impl ApiClient {
@@ -76,7 +150,7 @@ impl ApiClient {
         let resp = tokio::time::timeout(Duration::from_secs(30), self.http.request(req))
             .await
             .map_err(|_| unreachable("timed out after 30s".into()))?
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|e| unreachable(with_causes(&e)))?;
         let status = resp.status();
         let bytes = resp
             .into_body()

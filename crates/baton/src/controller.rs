@@ -135,6 +135,19 @@ pub enum CommandError {
 pub struct AppHandle {
     pub commands: mpsc::Sender<Command>,
     pub status: tokio::sync::watch::Receiver<Arc<AppView>>,
+    /// The newest analysis measurement (for `status`).
+    pub last_check: tokio::sync::watch::Receiver<Option<LastCheck>>,
+}
+
+/// One analysis measurement of a rollout, as `status` shows it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct LastCheck {
+    pub history_id: i64,
+    pub at_ms: i64,
+    /// Within every limit (a failing one counts towards `failure_limit`).
+    pub passed: bool,
+    /// Each measured value against its limit, e.g. `error rate 0.4% ≤ 5%, p99 12 ms ≤ 500 ms`.
+    pub text: String,
 }
 
 /// What `status` shows: the engine state plus the spec it runs under.
@@ -180,6 +193,8 @@ pub struct AppController {
     /// Instances whose start is in flight (the driver has not answered yet).
     starting: std::collections::HashSet<String>,
     shutdown: CancellationToken,
+    /// The newest analysis measurement, for `status`.
+    last_check: tokio::sync::watch::Sender<Option<LastCheck>>,
 }
 
 /// Resolve the spec's strategy into engine parameters.
@@ -377,6 +392,7 @@ impl AppController {
             routing_generation: 0,
         });
         let (status, status_rx) = tokio::sync::watch::channel(view);
+        let (last_check, last_check_rx) = tokio::sync::watch::channel(None);
         let controller = AppController {
             shared,
             spec,
@@ -395,6 +411,7 @@ impl AppController {
             routing_generation: 0,
             starting: Default::default(),
             shutdown,
+            last_check,
         };
         // Shutdown ends the controller wherever it is, even mid-step: what is
         // committed is on disk, and a restart resumes from there, exactly as
@@ -410,6 +427,7 @@ impl AppController {
         Ok(AppHandle {
             commands: commands_tx,
             status: status_rx,
+            last_check: last_check_rx,
         })
     }
 
@@ -1211,7 +1229,23 @@ impl AppController {
             .unwrap_or_default()
         };
         let stable = r.from.as_ref().and_then(|f| stats_of(&f.version));
-        match crate::analysis::judge(&cfg, &r.to.version, counts(new), counts(stable)) {
+        // What this measurement saw against each limit, for `status` and the
+        // events of passing checks.
+        let seen =
+            crate::analysis::describe_window(&cfg, counts(new.clone()), counts(stable.clone()));
+        let verdict = crate::analysis::judge(&cfg, &r.to.version, counts(new), counts(stable));
+        if let Some((v, _)) = &verdict {
+            self.last_check.send_replace(Some(LastCheck {
+                history_id: r.history_id,
+                at_ms: now,
+                passed: *v != baton_engine::Verdict::Fail,
+                text: seen.clone(),
+            }));
+        }
+        let position = baton_engine::progress(&self.state, now)
+            .map(|p| format!(" (step {} of {})", p.number, p.count))
+            .unwrap_or_default();
+        match verdict {
             Some((baton_engine::Verdict::Fail, reason)) => {
                 self.analysis.failures += 1;
                 let limit = cfg.failure_limit.max(1);
@@ -1229,12 +1263,18 @@ impl AppController {
                 }
             }
             Some((baton_engine::Verdict::Pass, _)) => {
+                // A passing check is recorded when the verdict changes (after
+                // failures) and once per step, not at every interval: the
+                // event log stays readable and still shows every step passed.
                 if self.analysis.failures > 0 {
                     self.analysis.failures = 0;
-                    self.record_analysis_check(
-                        "analysis check passed; failures in a row reset".into(),
-                    );
+                    self.record_analysis_check(format!(
+                        "analysis check passed{position}: {seen}; failures in a row reset"
+                    ));
+                } else if self.analysis.passed_at_step != Some(r.step) {
+                    self.record_analysis_check(format!("analysis check passed{position}: {seen}"));
                 }
+                self.analysis.passed_at_step = Some(r.step);
             }
             Some(_) | None => {}
         }
@@ -1543,6 +1583,8 @@ struct AnalysisRun {
     history_id: i64,
     last_ms: i64,
     failures: u32,
+    /// The step whose passing check is recorded already.
+    passed_at_step: Option<usize>,
 }
 
 /// Event kind recording the failing measurements in a row of a rollout's analysis.

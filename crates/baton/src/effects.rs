@@ -100,3 +100,8 @@ impl Probe for HttpProbe {
         })
     }
 }
+
+/// The wall clock, for what only people read (status lines, "in 3 d 14 h").
+pub fn wall_clock_ms() -> i64 {
+    SystemClock.now_ms()
+}

@@ -2,6 +2,19 @@
 //! a request. This crate is the binary's body: CLI, control plane (controller,
 //! API), the link to the router process, and the demo.
 
+/// std's `println!` panics when stdout is a pipe whose reader has gone
+/// (`baton history shop | head -2`), which ends the CLI with exit 101. This one,
+/// shadowing it in every module of the crate (it is defined before them), stops
+/// writing quietly instead and lets the command finish with its own exit code.
+macro_rules! println {
+    () => {
+        $crate::cli::write_stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 pub mod analysis;
 pub mod api;
 pub mod cli;

@@ -97,18 +97,34 @@ impl ControlPlane {
     }
 }
 
-/// Open the data dir and bring the control plane up (without the API).
-pub async fn start(
-    data_dir: &Path,
-    shutdown: CancellationToken,
-) -> anyhow::Result<Arc<ControlPlane>> {
+/// Create the data dir if needed and take its lock: the first thing a
+/// control plane does (one per data dir), before the store, the router or the
+/// API. Returns the canonical path and the held lock.
+pub fn lock_data_dir(data_dir: &Path) -> anyhow::Result<(PathBuf, DataDirLock)> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating data dir {}", data_dir.display()))?;
     let data_dir = data_dir
         .canonicalize()
         .with_context(|| format!("resolving data dir {}", data_dir.display()))?;
-    // First, before the store or the router: one control plane per data dir.
     let lock = DataDirLock::acquire(&data_dir)?;
+    Ok((data_dir, lock))
+}
+
+/// Open the data dir and bring the control plane up (without the API).
+pub async fn start(
+    data_dir: &Path,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Arc<ControlPlane>> {
+    let (data_dir, lock) = lock_data_dir(data_dir)?;
+    start_locked(data_dir, lock, shutdown).await
+}
+
+/// [`start`] on a data dir whose lock is already held.
+pub async fn start_locked(
+    data_dir: PathBuf,
+    lock: DataDirLock,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Arc<ControlPlane>> {
     let store = Store::open(&data_dir.join("baton.db")).context("opening the store")?;
     let baton_exe = std::env::current_exe()
         .context("locating the baton executable")?
@@ -147,15 +163,23 @@ pub async fn start(
 /// `baton serve`: run until SIGINT/SIGTERM. Instances and the router keep
 /// running after the control plane stops, and are adopted again on restart.
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
+    // The data dir's lock first: a second control plane stops here, naming
+    // the first, whatever its API address.
+    let (data_dir, lock) = lock_data_dir(&opts.data_dir)?;
+    // Then the API's address: when it is taken, stop before a router or any
+    // instance is started (nothing is left behind).
+    let listener = tokio::net::TcpListener::bind(opts.api)
+        .await
+        .map_err(|source| ApiBindError {
+            address: opts.api,
+            source,
+        })?;
     let shutdown = CancellationToken::new();
-    let cp = start(&opts.data_dir, shutdown.clone()).await?;
+    let cp = start_locked(data_dir, lock, shutdown.clone()).await?;
     for (file, yaml) in &opts.specs {
         let spec = baton_spec::parse_spec(file, yaml)?;
         apply_at_start(&cp, file, spec, yaml).await;
     }
-    let listener = tokio::net::TcpListener::bind(opts.api)
-        .await
-        .with_context(|| format!("binding the API on {}", opts.api))?;
     let api_addr = listener.local_addr()?;
     if let Ok(mut lock) = cp.lock.lock() {
         lock.record(Some(api_addr))?;
@@ -248,6 +272,29 @@ fn unchanged_since_last_apply(cp: &ControlPlane, spec: &AppSpec) -> anyhow::Resu
         return Ok(false);
     };
     Ok(serde_json::to_string(spec)? == rec.spec_json)
+}
+
+/// `serve` could not listen on its API address (bad input: exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen for the API on {address}: {source}\n  hint: {}", bind_hint(.source))]
+pub struct ApiBindError {
+    pub address: SocketAddr,
+    pub source: std::io::Error,
+}
+
+fn bind_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            "another process (maybe another `baton serve`) uses it; stop it, or pick another address with --api HOST:PORT (and point the CLI at it with --server or BATON_SERVER)"
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            "ports below 1024 need privileges; pick another one with --api HOST:PORT"
+        }
+        std::io::ErrorKind::AddrNotAvailable => {
+            "that IP is not an address of this machine; use 127.0.0.1 or one of its own with --api HOST:PORT"
+        }
+        _ => "pick another address with --api HOST:PORT",
+    }
 }
 
 async fn wait_for_signal() {

@@ -364,7 +364,7 @@ pub fn processes_with_env(key: &str, value: &str) -> Vec<u32> {
         .collect()
 }
 
-fn processes_with_cmdline_part(part: &str) -> Vec<u32> {
+pub fn processes_with_cmdline_part(part: &str) -> Vec<u32> {
     pids()
         .into_iter()
         .filter(|&p| {
