@@ -37,6 +37,7 @@ pub fn router(cp: Arc<ControlPlane>) -> Router {
         .route("/v1/apps/{app}/plan", get(plan))
         .route("/v1/apps/{app}/history", get(history))
         .route("/v1/apps/{app}/events", get(events))
+        .route("/v1/apps/{app}/delete", post(delete_app))
         .route("/v1/down", post(down))
         .with_state(cp)
 }
@@ -77,6 +78,16 @@ impl From<CommandError> for ApiError {
     }
 }
 
+impl From<crate::server::ApplyError> for ApiError {
+    fn from(e: crate::server::ApplyError) -> Self {
+        use crate::server::ApplyError;
+        match e {
+            ApplyError::Refused(m) | ApplyError::Downgrade(m) => ApiError(StatusCode::CONFLICT, m),
+            ApplyError::Internal(e) => e.into(),
+        }
+    }
+}
+
 fn not_found(app: &str) -> ApiError {
     ApiError(
         StatusCode::NOT_FOUND,
@@ -103,6 +114,9 @@ async fn handle(cp: &ControlPlane, app: &str) -> Result<AppHandle, ApiError> {
 struct ApplyBody {
     file: String,
     yaml: String,
+    /// Confirms a version change `apply` would otherwise refuse (a downgrade).
+    #[serde(default)]
+    yes: bool,
 }
 
 async fn apply(
@@ -112,9 +126,41 @@ async fn apply(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let spec = baton_spec::parse_spec(&body.file, &body.yaml)
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let handle = cp.apply(spec.clone(), &body.yaml).await?;
-    let deployed = deploy_declared_version(&handle, &spec, &operator(&headers)).await?;
-    Ok(Json(json!({"app": spec.name, "deployed": deployed})))
+    let applied = cp
+        .apply(spec.clone(), &body.file, &body.yaml, body.yes)
+        .await?;
+    let deployed = match deploy_declared_version(&applied.handle, &spec, &operator(&headers)).await
+    {
+        Ok(d) => d,
+        Err(e) => {
+            // A first apply whose release cannot start (failed pre-flight)
+            // leaves no half-registered app behind.
+            if applied.created
+                && let Err(f) = cp.forget(&spec.name).await
+            {
+                tracing::warn!(app = %spec.name, error = %format!("{f:#}"), "unregistering the app after its refused first deploy failed");
+            }
+            return Err(e);
+        }
+    };
+    Ok(Json(json!({
+        "app": spec.name,
+        "created": applied.created,
+        "changes": applied.changes,
+        "deployed": deployed,
+    })))
+}
+
+/// `baton delete APP`: drain and stop its instances, remove its routes and
+/// its registration; its revisions, history and events stay.
+async fn delete_app(
+    State(cp): Cp,
+    Path(app): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if !cp.delete(&app).await? {
+        return Err(not_found(&app));
+    }
+    Ok(Json(json!({"app": app, "deleted": true})))
 }
 
 /// A spec that names a version is deployed when it is not what runs already.
@@ -392,6 +438,7 @@ async fn rollback(
             history_id,
             version: from.version,
             unchanged: false,
+            waits_for_window: None,
         }));
     }
     let target = match body.and_then(|b| b.0.to_revision) {
@@ -511,12 +558,16 @@ async fn history(
     State(cp): Cp,
     Path(app): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    handle(&cp, &app).await?;
+    let registered = handle(&cp, &app).await;
     let records = cp
         .shared
         .store()
         .list_history(&app)
         .map_err(anyhow::Error::from)?;
+    // A deleted app keeps its history.
+    if records.is_empty() {
+        registered?;
+    }
     Ok(Json(json!({"app": app, "history": records})))
 }
 
@@ -551,17 +602,39 @@ async fn down(State(cp): Cp) -> Json<serde_json::Value> {
 
 async fn list_apps(State(cp): Cp) -> Json<serde_json::Value> {
     let handles: Vec<AppHandle> = cp.apps.read().await.values().cloned().collect();
-    let apps: Vec<AppStatus> = handles
+    let mut apps: Vec<AppStatus> = handles
         .iter()
         .map(|h| AppStatus::from_view(&h.status.borrow()))
         .collect();
+    let errors = cp.shared.router.listener_errors().await;
+    for s in &mut apps {
+        s.not_listening = not_listening(&s.app, errors.as_ref());
+    }
     Json(json!({"apps": apps}))
 }
 
 async fn app_status(State(cp): Cp, Path(app): Path<String>) -> Result<Json<AppStatus>, ApiError> {
     let h = handle(&cp, &app).await?;
-    let status = AppStatus::from_view(&h.status.borrow());
+    let mut status = AppStatus::from_view(&h.status.borrow());
+    let errors = cp.shared.router.listener_errors().await;
+    status.not_listening = not_listening(&app, errors.as_ref());
     Ok(Json(status))
+}
+
+/// Why the router does not listen for `app` (its main or preview address),
+/// from the router's listener errors; `None` when it does, or when the router
+/// cannot be asked.
+fn not_listening(
+    app: &str,
+    errors: Option<&BTreeMap<String, (std::net::SocketAddr, String)>>,
+) -> Option<String> {
+    let errors = errors?;
+    let reasons: Vec<String> = [app.to_string(), crate::routing::preview_entry(app)]
+        .iter()
+        .filter_map(|entry| errors.get(entry))
+        .map(|(listen, error)| format!("the router cannot listen on {listen}: {error}"))
+        .collect();
+    (!reasons.is_empty()).then(|| reasons.join("; "))
 }
 
 /// `baton status --json`.
@@ -579,6 +652,10 @@ pub struct AppStatus {
     pub traffic: Vec<TrafficShare>,
     pub rollout: Option<RolloutStatus>,
     pub last_result: Option<LastResult>,
+    /// Set when the router has not been able to listen for the app (its
+    /// `listen` or preview address): users cannot reach it. Says why.
+    #[serde(default)]
+    pub not_listening: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -699,6 +776,7 @@ impl AppStatus {
                 notes: f.notes.clone(),
                 finished_ms: f.finished_ms,
             }),
+            not_listening: None,
         }
     }
 }

@@ -69,6 +69,9 @@ pub enum Command {
     },
     /// Drain and stop every instance (used by `baton down` and the demo).
     StopAll { reply: oneshot::Sender<()> },
+    /// `baton delete`: take every instance out of routing, wait for its
+    /// requests in flight, stop it, and close a rollout in flight.
+    Delete { reply: oneshot::Sender<()> },
 }
 
 /// What `deploy` (and `rollback`, `retry`) asks for.
@@ -112,6 +115,9 @@ pub struct DeployAccepted {
     pub version: String,
     /// Already running this release: nothing to do.
     pub unchanged: bool,
+    /// Outside every upgrade window: when it starts, on the window's clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waits_for_window: Option<String>,
 }
 
 /// Why a command was refused. Nothing changed.
@@ -391,6 +397,10 @@ impl AppController {
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Cancelled by a command of this very loop (`delete`): no more ticks.
+            if self.shutdown.is_cancelled() {
+                break;
+            }
             tokio::select! {
                 _ = self.shutdown.cancelled() => break,
                 Some(cmd) = self.commands.recv() => self.command(cmd).await,
@@ -497,12 +507,31 @@ impl AppController {
         match cmd {
             Command::Apply { spec, reply } => {
                 let params = params_of(&spec);
+                let routes_before = crate::routing::app_routes(&self.effective_spec(), &self.state);
                 self.spec = *spec;
                 let result = self
                     .apply(Input::UpdateParams { params })
                     .await
                     .map_err(|e| anyhow::anyhow!(e));
+                // A spec change alone (a new `listen`, traffic settings) changes
+                // the app's routes without any engine transition.
+                if crate::routing::app_routes(&self.effective_spec(), &self.state) != routes_before
+                {
+                    self.publish_routing().await;
+                }
+                self.status.send_replace(Arc::new(AppView {
+                    state: self.state.clone(),
+                    generation: self.generation,
+                    spec: self.spec.clone(),
+                }));
                 let _ = reply.send(result.map(|_| ()));
+            }
+            Command::Delete { reply } => {
+                self.delete().await;
+                // This controller's token (a child of the control plane's): the
+                // loop ends here, nothing restarts the stopped instances.
+                self.shutdown.cancel();
+                let _ = reply.send(());
             }
             Command::Deploy { request, reply } => {
                 let result = self.deploy(request).await;
@@ -530,6 +559,29 @@ impl AppController {
             strategy,
             sha256,
         } = request;
+        if let Some(r) = self.state.rollout.clone()
+            && now
+            && r.not_before_ms.is_some()
+            && r.to.version == version
+            && revision.is_none_or(|n| n == r.to.revision)
+        {
+            // `deploy --now` of the release waiting for its window: start it.
+            self.apply(Input::Deploy {
+                to: r.to.clone(),
+                kind: r.kind,
+                operator,
+                history_id: r.history_id,
+                not_before_ms: None,
+            })
+            .await?;
+            return Ok(DeployAccepted {
+                revision: r.to.revision,
+                history_id: r.history_id,
+                version,
+                unchanged: false,
+                waits_for_window: None,
+            });
+        }
         if let Some(r) = &self.state.rollout {
             return Err(EngineError::RolloutInProgress {
                 app: self.spec.name.clone(),
@@ -567,6 +619,7 @@ impl AppController {
                             history_id: 0,
                             version,
                             unchanged: true,
+                            waits_for_window: None,
                         });
                     }
                     let spec_json = serde_json::to_string(&self.spec)
@@ -608,6 +661,14 @@ impl AppController {
             })
             .await?;
         }
+        let not_before_ms = if now {
+            None
+        } else {
+            crate::windows::next_start_ms(&self.spec, now_ms())
+        };
+        let waits_for_window = not_before_ms
+            .zip(self.spec.upgrade_windows.as_ref())
+            .map(|(start, w)| crate::windows::describe_wait(w, start, now_ms()));
         let input = Input::Deploy {
             to: Release {
                 revision: rev.number,
@@ -616,11 +677,7 @@ impl AppController {
             kind,
             operator,
             history_id,
-            not_before_ms: if now {
-                None
-            } else {
-                crate::windows::next_start_ms(&self.spec, now_ms())
-            },
+            not_before_ms,
         };
         if let Err(e) = self.apply(input).await {
             let _ =
@@ -634,6 +691,7 @@ impl AppController {
             history_id,
             version: rev.version,
             unchanged: false,
+            waits_for_window,
         })
     }
 
@@ -1308,6 +1366,56 @@ impl AppController {
                 warn!(instance = %handle.instance_id, error = %e, "stopping instance failed");
             }
         }
+    }
+}
+
+impl AppController {
+    /// `baton delete`: every instance leaves the routing table, its requests
+    /// in flight finish (bounded by `drain_timeout`), then it is stopped. A
+    /// rollout in flight is closed in the history as aborted.
+    async fn delete(&mut self) {
+        for token in self.checkers.values() {
+            token.cancel();
+        }
+        self.checkers.clear();
+        if let Some(r) = &self.state.rollout
+            && let Err(e) = self.shared.store().finish_history(
+                r.history_id,
+                Outcome::Aborted.as_str(),
+                "the app was deleted",
+                now_ms(),
+            )
+        {
+            warn!(app = %self.spec.name, error = %e, "closing the history record failed");
+        }
+        let mut empty = AppState::new(self.spec.name.clone(), params_of(&self.spec));
+        empty.instances.clear();
+        self.shared
+            .router
+            .publish(crate::routing::app_routes(&self.spec, &empty))
+            .await
+            .unwrap_or_else(|e| warn!(app = %self.spec.name, error = %format!("{e:#}"), "taking the app out of routing failed"));
+        let mut idle = tokio::task::JoinSet::new();
+        for address in self
+            .state
+            .instances
+            .iter()
+            .filter_map(|i| i.address.as_deref()?.parse::<SocketAddr>().ok())
+        {
+            let router = self.shared.router.clone();
+            let timeout = self.spec.drain_timeout;
+            idle.spawn(async move { router.wait_idle(address, timeout).await });
+        }
+        idle.join_all().await;
+        let grace = self.stop_grace();
+        for inst in self.state.instances.clone() {
+            if let Some(handle) = self.handle_of(&inst.id)
+                && let Err(e) = self.shared.driver.stop(&handle, grace).await
+            {
+                warn!(instance = %inst.id, error = %e, "stopping instance failed");
+            }
+        }
+        info!(app = %self.spec.name, instances = self.state.instances.len(), "app deleted: instances drained and stopped");
     }
 }
 

@@ -2,6 +2,7 @@
 //! a request. This crate is the binary's body: CLI, control plane (controller,
 //! API), the link to the router process, and the demo.
 
+pub mod admission;
 pub mod analysis;
 pub mod api;
 pub mod cli;

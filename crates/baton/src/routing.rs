@@ -218,6 +218,7 @@ impl RouterLink {
         };
         // Entries of this app are the main one and `<app>--preview`.
         let preview_name = format!("{}{PREVIEW_SUFFIX}", main.app);
+        let main_name = main.app.clone();
         inner.apps.remove(&preview_name);
         for r in routes {
             inner.apps.insert(r.app.clone(), r);
@@ -228,7 +229,13 @@ impl RouterLink {
             apps: inner.apps.values().cloned().collect(),
         };
         let result = self.client.push(&cfg).await.context("router push")?;
-        for l in result.listeners {
+        // Only this app's own listeners: another app's port held by some other
+        // program must not fail every publish of this one.
+        for l in result
+            .listeners
+            .into_iter()
+            .filter(|l| l.app == main_name || l.app == preview_name)
+        {
             if let Some(err) = l.error {
                 anyhow::bail!("router cannot listen on {} for {}: {err}", l.listen, l.app);
             }
@@ -266,6 +273,51 @@ impl RouterLink {
     pub async fn serves(&self, app: &str, listen: SocketAddr) -> bool {
         let inner = self.inner.lock().await;
         inner.apps.get(app).is_some_and(|a| a.listen == listen)
+    }
+
+    /// Whether the router listens on `listen` for `app` (its main or its
+    /// preview listener) right now, by the router's own account: bound, not
+    /// just asked for.
+    pub async fn listening(&self, app: &str, listen: SocketAddr) -> bool {
+        let preview = preview_entry(app);
+        match self.client.stats().await {
+            Ok(stats) => stats.listeners.iter().any(|l| {
+                (l.app == app || l.app == preview) && l.listen == listen && l.error.is_none()
+            }),
+            Err(_) => false,
+        }
+    }
+
+    /// Why the router is not listening, by routing entry (an app, or its
+    /// `<app>--preview` listener), from the router's stats: the address it
+    /// was asked for and the error. `None` when the router cannot be asked.
+    pub async fn listener_errors(&self) -> Option<BTreeMap<String, (SocketAddr, String)>> {
+        let stats = self.client.stats().await.ok()?;
+        Some(
+            stats
+                .listeners
+                .into_iter()
+                .filter_map(|l| Some((l.app, (l.listen, l.error?))))
+                .collect(),
+        )
+    }
+
+    /// Take `app` (and its preview listener) out of the routing table: its
+    /// listeners close. For `baton delete` and an app whose first apply failed.
+    pub async fn withdraw(&self, app: &str) -> anyhow::Result<()> {
+        let mut inner = self.inner.lock().await;
+        let removed =
+            inner.apps.remove(app).is_some() | inner.apps.remove(&preview_entry(app)).is_some();
+        if !removed {
+            return Ok(());
+        }
+        inner.generation += 1;
+        let cfg = RoutingConfig {
+            generation: inner.generation,
+            apps: inner.apps.values().cloned().collect(),
+        };
+        self.client.push(&cfg).await.context("router push")?;
+        Ok(())
     }
 
     /// The router's pid, for `baton down`.
@@ -324,6 +376,11 @@ async fn wait_for_router(client: &AdminClient) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Name of the router entry of `app`'s blue-green preview listener.
+pub fn preview_entry(app: &str) -> String {
+    format!("{app}{PREVIEW_SUFFIX}")
 }
 
 /// Path of the router's admin socket in a data dir.
