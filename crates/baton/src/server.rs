@@ -278,14 +278,14 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         let spec = baton_spec::parse_spec(file, yaml)?;
         // A version older than what runs (deployed since this file was
         // written) is not a reason to downgrade on a restart: keep what runs.
-        let applied = match cp.apply(spec.clone(), file, yaml, false).await {
+        let (applied, spec) = match cp.apply(spec.clone(), file, yaml, false).await {
             Err(ApplyError::Downgrade(why)) => {
                 tracing::warn!(app = %spec.name, file = %file, reason = %why, "not deploying the version the file declares");
-                let mut keep = spec.clone();
+                let mut keep = spec;
                 keep.version = None;
-                cp.apply(keep, file, yaml, false).await?
+                (cp.apply(keep.clone(), file, yaml, false).await?, keep)
             }
-            other => other?,
+            other => (other?, spec),
         };
         if let Err(e) = crate::api::deploy_declared_version(&applied.handle, &spec, "serve").await {
             if applied.created {

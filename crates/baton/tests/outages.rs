@@ -232,6 +232,18 @@ fn a_downgrade_by_apply_needs_yes() {
         h.status("demo")["stable_version"] == "v1" && h.status("demo")["phase"] == "stable"
     });
     h.cli_ok(&["deploy", "demo", "v4", "--wait"]);
+    wait_until(
+        "the v1 instances to be gone",
+        Duration::from_secs(30),
+        || {
+            let s = h.status("demo");
+            s["instances"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|i| i["version"] == "v4" && i["ready"] == true)
+        },
+    );
     let generation = h.status("demo")["generation"].clone();
     // The example's `version: v1` applied to an app running v4.
     let out = h.cli(&["apply", "-f", path_str(&v1)]);
@@ -420,4 +432,67 @@ fn a_deploy_outside_its_window_says_when_and_now_starts_it() {
         2,
         "one record per rollout: {history}"
     );
+}
+
+/// A `baton serve -c FILE` of its own on the harness's data dir and API
+/// address, killed when dropped (the harness cleans up instances and router).
+struct ServeWithConfig(std::process::Child);
+
+impl ServeWithConfig {
+    fn start(h: &Harness, config: &std::path::Path) -> Self {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(h.dir.join("serve-c.log"))
+            .unwrap();
+        let child = Command::new(BATON)
+            .args(["serve", "--data-dir"])
+            .arg(&h.dir)
+            .args(["--api", &h.api.to_string(), "-c", path_str(config)])
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let api = h.api;
+        wait_until("serve -c to answer", Duration::from_secs(60), || {
+            TcpStream::connect(api).is_ok()
+        });
+        ServeWithConfig(child)
+    }
+}
+
+impl Drop for ServeWithConfig {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_restart_with_serve_c_does_not_downgrade_what_runs() {
+    let mut h = Harness::new();
+    h.kill9_server();
+    let path = spec_on(&h, "demo", h.listen, "version: v1");
+    let stable_on = |h: &Harness, version: &str| {
+        let s = h.status("demo");
+        s["phase"] == "stable" && s["stable_version"] == version
+    };
+    let serve = ServeWithConfig::start(&h, &path);
+    wait_until("v1 from the config", Duration::from_secs(60), || {
+        stable_on(&h, "v1")
+    });
+    h.cli_ok(&["deploy", "demo", "v2", "--wait"]);
+    drop(serve);
+    // Restarted with the same file, which still says v1: v2 keeps running.
+    let _serve = ServeWithConfig::start(&h, &path);
+    wait_until("the app to be resumed", Duration::from_secs(30), || {
+        h.cli(&["status", "demo", "--json"]).status.success()
+    });
+    let s = h.status("demo");
+    assert_eq!(s["stable_version"], "v2", "{s}");
+    assert_eq!(s["rollout"], Value::Null, "a rollout was started: {s}");
+    let history: Value = serde_json::from_str(&h.cli_ok(&["history", "demo", "--json"])).unwrap();
+    assert_eq!(history.as_array().unwrap().len(), 2, "{history}");
 }
