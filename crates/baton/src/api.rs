@@ -606,9 +606,9 @@ async fn list_apps(State(cp): Cp) -> Json<serde_json::Value> {
         .iter()
         .map(|h| AppStatus::from_view(&h.status.borrow()))
         .collect();
-    let errors = cp.shared.router.listener_errors().await;
+    let listeners = cp.shared.router.listeners().await;
     for s in &mut apps {
-        s.not_listening = not_listening(&s.app, errors.as_ref());
+        s.not_listening = not_listening(&s.app, listeners.as_ref());
     }
     Json(json!({"apps": apps}))
 }
@@ -616,23 +616,34 @@ async fn list_apps(State(cp): Cp) -> Json<serde_json::Value> {
 async fn app_status(State(cp): Cp, Path(app): Path<String>) -> Result<Json<AppStatus>, ApiError> {
     let h = handle(&cp, &app).await?;
     let mut status = AppStatus::from_view(&h.status.borrow());
-    let errors = cp.shared.router.listener_errors().await;
-    status.not_listening = not_listening(&app, errors.as_ref());
+    let listeners = cp.shared.router.listeners().await;
+    status.not_listening = not_listening(&app, listeners.as_ref());
     Ok(Json(status))
 }
 
 /// Why the router does not listen for `app` (its main or preview address),
-/// from the router's listener errors; `None` when it does, or when the router
-/// cannot be asked.
+/// from the router's listeners; `None` when it does, or when the router cannot
+/// be asked. An app missing from the router's table altogether is not served
+/// either: its last routing table was refused (or the router restarted).
 fn not_listening(
     app: &str,
-    errors: Option<&BTreeMap<String, (std::net::SocketAddr, String)>>,
+    listeners: Option<&BTreeMap<String, (std::net::SocketAddr, Option<String>)>>,
 ) -> Option<String> {
-    let errors = errors?;
+    let listeners = listeners?;
+    if !listeners.contains_key(app) {
+        return Some(format!(
+            "the router has no route for {app}: its routing table was not accepted (see the serve log)"
+        ));
+    }
     let reasons: Vec<String> = [app.to_string(), crate::routing::preview_entry(app)]
         .iter()
-        .filter_map(|entry| errors.get(entry))
-        .map(|(listen, error)| format!("the router cannot listen on {listen}: {error}"))
+        .filter_map(|entry| listeners.get(entry))
+        .filter_map(|(listen, error)| {
+            Some(format!(
+                "the router cannot listen on {listen}: {}",
+                error.as_ref()?
+            ))
+        })
         .collect();
     (!reasons.is_empty()).then(|| reasons.join("; "))
 }

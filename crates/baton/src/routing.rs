@@ -288,16 +288,16 @@ impl RouterLink {
         }
     }
 
-    /// Why the router is not listening, by routing entry (an app, or its
-    /// `<app>--preview` listener), from the router's stats: the address it
-    /// was asked for and the error. `None` when the router cannot be asked.
-    pub async fn listener_errors(&self) -> Option<BTreeMap<String, (SocketAddr, String)>> {
+    /// The router's listeners, by routing entry (an app, or its
+    /// `<app>--preview` listener), from its stats: the address, and why it is
+    /// not listening there, if it is not. `None` when the router cannot be asked.
+    pub async fn listeners(&self) -> Option<BTreeMap<String, (SocketAddr, Option<String>)>> {
         let stats = self.client.stats().await.ok()?;
         Some(
             stats
                 .listeners
                 .into_iter()
-                .filter_map(|l| Some((l.app, (l.listen, l.error?))))
+                .map(|l| (l.app, (l.listen, l.error)))
                 .collect(),
         )
     }

@@ -259,12 +259,21 @@ pub async fn start(
     });
     // Resume every app the store knows, in-flight rollouts included.
     let known = shared.store().list_apps()?;
+    let mut resumed: Vec<AppSpec> = Vec::new();
     for rec in known {
         let spec: AppSpec = serde_json::from_str(&rec.spec_json)
             .with_context(|| format!("stored spec of {} is unreadable", rec.name))?;
-        let handle = cp.spawn_controller(spec)?;
+        // Apps registered before `apply` refused shared addresses: the router
+        // refuses a table with both, so say which and how to fix it.
+        if let Some(conflict) =
+            crate::admission::listen_conflict(&spec, "the stored spec", resumed.iter())
+        {
+            tracing::error!(app = %rec.name, %conflict, "two apps share an address; the router will refuse their routing table until one is deleted or moved");
+        }
+        let handle = cp.spawn_controller(spec.clone())?;
         cp.apps.write().await.insert(rec.name.clone(), handle);
         info!(app = %rec.name, "resumed");
+        resumed.push(spec);
     }
     Ok(cp)
 }

@@ -496,3 +496,47 @@ fn a_restart_with_serve_c_does_not_downgrade_what_runs() {
     let history: Value = serde_json::from_str(&h.cli_ok(&["history", "demo", "--json"])).unwrap();
     assert_eq!(history.as_array().unwrap().len(), 2, "{history}");
 }
+
+#[test]
+fn an_app_the_router_has_no_route_for_is_shown_as_not_listening() {
+    let mut h = Harness::new();
+    h.bring_up("demo", 1, "    min_ready: 0s");
+    let other = local(free_port());
+    let path = spec_on(&h, "shop", other, "version: v1");
+    h.cli_ok(&["apply", "-f", path_str(&path)]);
+    h.cli_ok(&["down"]);
+    let api = h.api;
+    wait_until("the control plane to stop", Duration::from_secs(30), || {
+        TcpStream::connect(api).is_err()
+    });
+    h.kill9_server();
+    // A data dir from before `apply` refused shared addresses: shop on demo's.
+    {
+        let mut store = baton_store::Store::open(&h.dir.join("baton.db")).unwrap();
+        let rec = store.get_app("shop").unwrap().unwrap();
+        let mut spec: baton_spec::AppSpec = serde_json::from_str(&rec.spec_json).unwrap();
+        spec.listen = h.listen;
+        let json = serde_json::to_string(&spec).unwrap();
+        store.upsert_app("shop", &json, &rec.spec_yaml, 1).unwrap();
+    }
+    h.start_server();
+    // The router refuses any table with both; whichever app it has no route
+    // for says so instead of looking healthy.
+    wait_until(
+        "status to say an app is not served",
+        Duration::from_secs(30),
+        || {
+            ["demo", "shop"].iter().any(|app| {
+                h.status(app)["not_listening"]
+                    .as_str()
+                    .is_some_and(|w| w.contains("no route"))
+            })
+        },
+    );
+    let log = std::fs::read_to_string(h.dir.join("serve.log")).unwrap();
+    assert!(
+        log.contains("two apps share an address"),
+        "{}",
+        h.serve_log_tail()
+    );
+}
