@@ -1407,15 +1407,41 @@ impl AppController {
             idle.spawn(async move { router.wait_idle(address, timeout).await });
         }
         idle.join_all().await;
-        let grace = self.stop_grace();
-        for inst in self.state.instances.clone() {
-            if let Some(handle) = self.handle_of(&inst.id)
-                && let Err(e) = self.shared.driver.stop(&handle, grace).await
-            {
-                warn!(instance = %inst.id, error = %e, "stopping instance failed");
+        // Starts asked for but not reported yet: wait for them (bounded), so
+        // no process is left behind once this controller is gone.
+        let mut pending: std::collections::HashSet<String> = self
+            .state
+            .instances
+            .iter()
+            .filter(|i| i.phase == baton_engine::InstancePhase::Pending)
+            .map(|i| i.id.clone())
+            .collect();
+        let mut handles: Vec<InstanceHandle> = self
+            .state
+            .instances
+            .iter()
+            .filter_map(|i| self.handle_of(&i.id))
+            .collect();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !pending.is_empty() {
+            match tokio::time::timeout_at(deadline, self.observations.recv()).await {
+                Ok(Some(Input::Started { id, handle, .. })) if pending.remove(&id) => {
+                    handles.extend(serde_json::from_str::<InstanceHandle>(&handle).ok());
+                }
+                Ok(Some(Input::StartFailed { id, .. })) => {
+                    pending.remove(&id);
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
             }
         }
-        info!(app = %self.spec.name, instances = self.state.instances.len(), "app deleted: instances drained and stopped");
+        let grace = self.stop_grace();
+        for handle in &handles {
+            if let Err(e) = self.shared.driver.stop(handle, grace).await {
+                warn!(instance = %handle.instance_id, error = %e, "stopping instance failed");
+            }
+        }
+        info!(app = %self.spec.name, instances = handles.len(), "app deleted: instances drained and stopped");
     }
 }
 

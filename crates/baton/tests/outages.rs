@@ -540,3 +540,34 @@ fn an_app_the_router_has_no_route_for_is_shown_as_not_listening() {
         h.serve_log_tail()
     );
 }
+
+#[test]
+fn delete_during_a_rollout_stops_every_instance_and_closes_the_record() {
+    let h = Harness::new();
+    h.bring_up("demo", 2, "    min_ready: 0s");
+    // v2 instances take a while to listen: the rollout is mid-way when deleted.
+    h.cli_ok(&["deploy", "demo", "v2", "--env", "SAMPLE_STARTUP_MS=3000"]);
+    wait_until("a v2 instance to exist", Duration::from_secs(10), || {
+        h.status("demo")["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["version"] == "v2")
+    });
+    h.cli_ok(&["delete", "demo"]);
+    let left = h.instance_ids_running();
+    assert!(left.is_empty(), "instances left: {left:?}");
+    let history: Value = serde_json::from_str(&h.cli_ok(&["history", "demo", "--json"])).unwrap();
+    let last = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["to_version"] == "v2")
+        .cloned()
+        .unwrap();
+    assert_eq!(last["result"], "aborted", "{history}");
+    assert!(
+        last["notes"].as_str().unwrap().contains("deleted"),
+        "{last}"
+    );
+}
