@@ -566,7 +566,25 @@ fn apply_input(
             history_id,
             not_before_ms,
         } => {
-            if let Some(r) = &s.rollout {
+            if let Some(r) = &mut s.rollout {
+                // `deploy --now` of the very release that waits for its window
+                // starts it at once (same rollout, same history record).
+                if r.not_before_ms.is_some()
+                    && r.phase == RolloutPhase::Progressing
+                    && r.to == to
+                    && r.history_id == history_id
+                    && not_before_ms.is_none_or(|t| t <= now)
+                {
+                    r.not_before_ms = None;
+                    r.started_ms = now;
+                    r.last_progress_ms = now;
+                    event(
+                        actions,
+                        "window_skipped",
+                        format!("started now by {operator}, outside the upgrade window"),
+                    );
+                    return Ok(());
+                }
                 return Err(EngineError::RolloutInProgress {
                     app: s.app.clone(),
                     version: r.to.version.clone(),

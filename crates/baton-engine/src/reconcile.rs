@@ -340,7 +340,7 @@ fn finish(s: &mut AppState, now: Millis, actions: &mut Vec<Action>) {
 }
 
 /// Instances of the new release needed before `percent` of traffic goes to it.
-fn scale_for(percent: u32, n: u32) -> u32 {
+pub(crate) fn scale_for(percent: u32, n: u32) -> u32 {
     if percent == 0 {
         0
     } else {
@@ -349,6 +349,11 @@ fn scale_for(percent: u32, n: u32) -> u32 {
 }
 
 /// Instances of the new release the current step needs available.
+///
+/// A weight step is only taken once the new release has the instances to
+/// carry it (capacity invariant): the weight it is at or about to be set to
+/// needs `scale_for(weight)` instances, whatever a `SetScale` step said
+/// earlier. `SetScale` can ask for more than the weight needs, never fewer.
 fn desired_new_scale(r: &Rollout, steps: &[Step], n: u32) -> u32 {
     let Some(step) = steps.get(r.step) else {
         return n;
@@ -357,19 +362,21 @@ fn desired_new_scale(r: &Rollout, steps: &[Step], n: u32) -> u32 {
         // The switch is complete only with the whole new release available.
         return n;
     }
-    if let Some(scale) = r.scale {
-        return scale.min(n);
-    }
     let weight = r.weight.unwrap_or(0);
     let weight = match step {
         Step::SetWeight { percent } => (*percent).max(weight),
         _ => weight,
     };
+    let for_weight = scale_for(weight, n);
+    let wanted = match r.scale {
+        Some(scale) => scale.min(n).max(for_weight),
+        None => for_weight,
+    };
     match step {
         // Smoke tests and mirrored traffic need at least one instance of the
         // new release, even at weight 0.
-        Step::Checks | Step::Mirror { .. } => scale_for(weight, n).max(1),
-        _ => scale_for(weight, n),
+        Step::Checks | Step::Mirror { .. } => wanted.max(1),
+        _ => wanted,
     }
 }
 
@@ -434,6 +441,13 @@ fn reconcile_stepped(s: &mut AppState, steps: &[Step], now: Millis, actions: &mu
         if available < desired {
             break;
         }
+        // Ready instances of the stable release: a weight step that moves
+        // traffic back to it waits until it can carry its share.
+        let old_ready = s
+            .instances
+            .iter()
+            .filter(|i| i.is_routable() && i.revision == from.revision)
+            .count() as u32;
         let step_index = r.step;
         let r = s.rollout.as_mut().expect("checked above");
         if available > r.best_available {
@@ -514,18 +528,24 @@ fn reconcile_stepped(s: &mut AppState, steps: &[Step], now: Millis, actions: &mu
             }
             Some(Step::SetWeight { percent }) => {
                 let percent = (*percent).min(100);
-                r.weight = Some(percent);
-                event(
-                    actions,
-                    "weight_set",
-                    format!(
-                        "{} {percent}%, {} {}%",
-                        to.version,
-                        from.version,
-                        100 - percent
-                    ),
-                );
-                true
+                if old_ready < scale_for(100 - percent, n) {
+                    // Scale first, then shift: the stable release is being
+                    // brought back to strength (it is always kept whole).
+                    false
+                } else {
+                    r.weight = Some(percent);
+                    event(
+                        actions,
+                        "weight_set",
+                        format!(
+                            "{} {percent}%, {} {}%",
+                            to.version,
+                            from.version,
+                            100 - percent
+                        ),
+                    );
+                    true
+                }
             }
             Some(Step::SetScale { instances }) => {
                 r.scale = Some((*instances).min(n));

@@ -398,6 +398,37 @@ fn a_rollout_outside_the_window_waits_and_touches_nothing() {
 }
 
 #[test]
+fn deploy_now_starts_a_rollout_waiting_for_its_window() {
+    let mut sim = deployed(2, 1, 0);
+    let deploy = |not_before_ms, version: &str, history_id| Input::Deploy {
+        to: rel(2, version),
+        kind: RolloutKind::Deploy,
+        operator: "ops".into(),
+        history_id,
+        not_before_ms,
+    };
+    sim.input(deploy(Some(sim.now + 3_600_000), "v2", 9));
+    assert_eq!(sim.state.phase_name(), "waiting_for_window");
+    // Another release, or a deploy that still waits, is refused.
+    for input in [
+        deploy(None, "v3", 9),
+        deploy(Some(sim.now + 1_000), "v2", 9),
+    ] {
+        assert!(matches!(
+            step(&sim.state, input, sim.now),
+            Err(EngineError::RolloutInProgress { .. })
+        ));
+    }
+    sim.input(deploy(None, "v2", 9));
+    assert_eq!(sim.state.phase_name(), "progressing");
+    assert!(sim.log.iter().any(
+        |a| matches!(a, Action::Event { kind, message } if kind == "window_skipped" && message.contains("ops"))
+    ));
+    run_until(&mut sim, 60_000, |s| s.state.rollout.is_none());
+    assert_eq!(sim.state.stable, Some(rel(2, "v2")));
+}
+
+#[test]
 fn checks_gate_holds_until_smoke_tests_pass_and_a_failure_rolls_back() {
     let steps = vec![
         Step::SetScale { instances: 2 },
@@ -627,13 +658,21 @@ fn check_invariants(before: &AppState, after: &AppState, faulted: Option<&str>, 
     let len = ids.len();
     ids.dedup();
     assert_eq!(len, ids.len(), "duplicate instance ids");
-    // Capacity: the engine itself never takes a routable instance out of
-    // service when that leaves fewer than instances - max_unavailable
-    // available (crashes and failed checks are the world's doing, not ours).
+    // Capacity: the engine itself never takes a routable instance that takes
+    // traffic out of service when that leaves fewer than instances -
+    // max_unavailable available (crashes and failed checks are the world's
+    // doing, not ours; a canary at weight 0 carries no traffic).
+    let taking_traffic: Vec<String> = before
+        .routing()
+        .into_iter()
+        .filter(|g| g.weight > 0)
+        .map(|g| g.version)
+        .collect();
     let drained_by_engine: Vec<&Instance> = before
         .instances
         .iter()
         .filter(|i| i.is_routable() && Some(i.id.as_str()) != faulted)
+        .filter(|i| taking_traffic.contains(&i.version))
         .filter(|i| {
             after
                 .instance(&i.id)
@@ -647,6 +686,36 @@ fn check_invariants(before: &AppState, after: &AppState, faulted: Option<&str>, 
             "drained {:?} leaving {routable} routable < min {} at {now}",
             drained_by_engine.iter().map(|i| &i.id).collect::<Vec<_>>(),
             after.params.min_available()
+        );
+    }
+    // Weight vs capacity: a weight step gives a version more traffic only when
+    // its ready instances can carry that share of the app's traffic.
+    if let (Some(b), Some(a)) = (&before.rollout, &after.rollout)
+        && a.phase == RolloutPhase::Progressing
+        && a.history_id == b.history_id
+        && a.weight != b.weight
+        && let (Some(w_after), Some(w_before)) = (a.weight, b.weight)
+    {
+        let (release, share) = if w_after > w_before {
+            (&a.to, w_after)
+        } else {
+            (
+                a.from
+                    .as_ref()
+                    .expect("a stepped rollout has a stable release"),
+                100 - w_after,
+            )
+        };
+        let ready = after
+            .instances
+            .iter()
+            .filter(|i| i.is_routable() && i.revision == release.revision)
+            .count() as u32;
+        let needed = crate::reconcile::scale_for(share, after.params.instances);
+        assert!(
+            ready >= needed,
+            "{} given {share}% of the traffic with {ready} ready instance(s) < {needed} needed at {now}",
+            release.version
         );
     }
     // Surge: while a rolling upgrade progresses, live instances stay within
@@ -855,6 +924,121 @@ fn plan_matches_the_events_of_an_executed_rollout() {
     let most = planned.steps.iter().map(|s| s.total_instances).max();
     assert_eq!(Some(planned.peak_instances), most);
     assert!(planned.min_duration_ms >= 4 * 1_000);
+}
+
+#[test]
+fn a_weight_step_after_set_canary_scale_scales_the_canary_first() {
+    // The shipped canary example: one canary instance, then weights up to 100%.
+    let steps = vec![
+        Step::SetScale { instances: 1 },
+        Step::SetWeight { percent: 10 },
+        Step::Pause { duration_ms: None },
+        Step::SetWeight { percent: 50 },
+        Step::Pause { duration_ms: None },
+        Step::SetWeight { percent: 100 },
+        Step::Pause { duration_ms: None },
+    ];
+    let mut sim = deployed_stepped(4, steps);
+    sim.deploy(rel(2, "v2"));
+    let ready_v2 = |s: &Sim| s.routable_versions().iter().filter(|v| *v == "v2").count();
+    run_until(&mut sim, 30_000, |s| weight_of(s, "v2") == 10);
+    assert_eq!(ready_v2(&sim), 1, "10% of 4 is carried by the one canary");
+    sim.input(Input::Promote {
+        by: "op".into(),
+        full: false,
+    });
+    run_until(&mut sim, 30_000, |s| weight_of(s, "v2") == 50);
+    assert!(ready_v2(&sim) >= 2, "50% of 4 needs two canaries");
+    sim.input(Input::Promote {
+        by: "op".into(),
+        full: false,
+    });
+    run_until(&mut sim, 30_000, |s| weight_of(s, "v2") == 100);
+    assert_eq!(ready_v2(&sim), 4, "100% needs the canary at full strength");
+    // The stable release was never touched meanwhile.
+    assert_eq!(
+        sim.routable_versions()
+            .iter()
+            .filter(|v| *v == "v1")
+            .count(),
+        4
+    );
+}
+
+#[test]
+fn a_set_canary_scale_below_the_weight_does_not_drain_needed_canaries() {
+    let steps = vec![
+        Step::SetWeight { percent: 50 },
+        Step::SetScale { instances: 1 },
+        Step::Pause { duration_ms: None },
+    ];
+    let mut sim = deployed_stepped(4, steps);
+    sim.deploy(rel(2, "v2"));
+    run_until(&mut sim, 30_000, |s| {
+        s.state
+            .rollout
+            .as_ref()
+            .is_some_and(|r| r.step == 2 && r.step_started_ms.is_some())
+    });
+    sim.run(100, 5_000);
+    assert_eq!(weight_of(&sim, "v2"), 50);
+    let ready_v2 = sim
+        .routable_versions()
+        .iter()
+        .filter(|v| *v == "v2")
+        .count();
+    assert!(ready_v2 >= 2, "{ready_v2} canaries carry 50% of 4");
+}
+
+fn arb_step() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::strategy::Strategy as _;
+    prop_oneof![
+        (0u32..=100).prop_map(|percent| Step::SetWeight { percent }),
+        (0u32..6).prop_map(|instances| Step::SetScale { instances }),
+        (0u64..3_000).prop_map(|d| Step::Pause {
+            duration_ms: Some(d)
+        }),
+        Just(Step::Pause { duration_ms: None }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+    /// Any list of canary steps, crashes and readiness flaps included: a weight
+    /// is only ever raised when the canary's ready instances can carry it (the
+    /// check is in `check_invariants`, run on every transition).
+    #[test]
+    fn weight_never_outgrows_the_canary(
+        n in 1u32..7,
+        steps in proptest::collection::vec(arb_step(), 1..8),
+        faults in proptest::collection::vec((0u8..6, 0usize..16), 0..40),
+    ) {
+        let mut sim = deployed_stepped(n, steps);
+        sim.deploy(rel(2, "v2"));
+        for (kind, pick) in faults {
+            let ids: Vec<String> = sim.state.instances.iter().map(|i| i.id.clone()).collect();
+            match (kind, ids.get(pick % ids.len().max(1)).cloned()) {
+                (0, Some(id)) => sim.input(Input::Unready { id }),
+                (1, Some(id)) => sim.input(Input::Exited { id, detail: "boom".into() }),
+                _ => {
+                    if let Some(i) = sim.queue.pop_front() {
+                        sim.input(i);
+                    } else {
+                        sim.now += 500;
+                        sim.input(Input::Tick);
+                    }
+                }
+            }
+        }
+        for _ in 0..20 {
+            sim.run(100, 20_000);
+            let Some(r) = sim.state.rollout.clone() else { break };
+            let promote = Input::Promote { by: "op".into(), full: false };
+            if r.phase == RolloutPhase::Progressing && step(&sim.state, promote.clone(), sim.now).is_ok() {
+                sim.input(promote);
+            }
+        }
+    }
 }
 
 fn arb_input(ids: usize) -> impl proptest::strategy::Strategy<Value = (u8, usize, u16)> {

@@ -59,6 +59,9 @@ pub(crate) struct Shared {
 struct ApplyState {
     registry: Registry,
     listeners: HashMap<String, ListenerHandle>,
+    /// Apps of the live config whose listener could not be bound by the last
+    /// push (and the address and reason), for [`Router::stats`].
+    bind_errors: HashMap<String, (SocketAddr, String)>,
 }
 
 struct ListenerHandle {
@@ -118,6 +121,7 @@ impl Router {
                 state: Mutex::new(ApplyState {
                     registry: Registry::new(epoch, shards),
                     listeners: HashMap::new(),
+                    bind_errors: HashMap::new(),
                 }),
             }),
         }
@@ -171,6 +175,7 @@ impl Router {
             keep
         });
 
+        st.bind_errors.clear();
         let mut statuses = Vec::with_capacity(cfg.apps.len());
         let mut errors = Vec::new();
         let mut to_start = Vec::new();
@@ -200,6 +205,8 @@ impl Router {
                             listen: app.listen,
                             error: Some(e.to_string()),
                         });
+                        st.bind_errors
+                            .insert(app.app.clone(), (app.listen, e.to_string()));
                         errors.push((app.app.clone(), e));
                     }
                 },
@@ -263,10 +270,37 @@ impl Router {
         self.state().listeners.get(app).map(|h| h.bound)
     }
 
-    /// Current counters.
+    /// Current counters, and the listener of each app.
     pub fn stats(&self) -> RouterStats {
         let generation = self.generation();
-        self.state().registry.stats(generation)
+        let config = self.inner.shared.table.load().config.clone();
+        let st = self.state();
+        let mut stats = st.registry.stats(generation);
+        stats.listeners = config
+            .apps
+            .iter()
+            .map(
+                |a| match (st.bind_errors.get(&a.app), st.listeners.get(&a.app)) {
+                    (Some((listen, error)), _) => ListenerStatus {
+                        app: a.app.clone(),
+                        listen: *listen,
+                        error: Some(error.clone()),
+                    },
+                    (None, Some(h)) => ListenerStatus {
+                        app: a.app.clone(),
+                        listen: h.bound,
+                        error: None,
+                    },
+                    (None, None) => ListenerStatus {
+                        app: a.app.clone(),
+                        listen: a.listen,
+                        error: Some("not listening".into()),
+                    },
+                },
+            )
+            .collect();
+        stats.listeners.sort_by(|a, b| a.app.cmp(&b.app));
+        stats
     }
 
     /// Per (app, version) metrics over the last `last` (rounded up to whole seconds,

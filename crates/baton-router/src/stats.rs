@@ -51,6 +51,10 @@ pub struct RouterStats {
     pub generation: u64,
     /// Per app, sorted by name.
     pub apps: Vec<AppStats>,
+    /// Listener of each app of the live config, sorted by app: the address it is
+    /// served on, or why the router could not listen there (retried on every push).
+    #[serde(default)]
+    pub listeners: Vec<ListenerStatus>,
 }
 
 /// Counters of one app.

@@ -587,7 +587,11 @@ impl Registry {
                     .collect(),
             })
             .collect();
-        RouterStats { generation, apps }
+        RouterStats {
+            generation,
+            apps,
+            listeners: Vec::new(),
+        }
     }
 
     /// Every (app, version)'s metrics over the last `last` (whole seconds).

@@ -111,6 +111,11 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE history ADD COLUMN strategy_json TEXT;
     "#,
+    // 3: `baton delete`: an app with revisions is marked deleted (its revisions,
+    // history and events stay); applying it again brings it back.
+    r#"
+    ALTER TABLE apps ADD COLUMN deleted_ms INTEGER;
+    "#,
 ];
 
 /// Errors returned by the store.
@@ -357,7 +362,8 @@ impl Store {
              ON CONFLICT (name) DO UPDATE SET
                  spec_json = excluded.spec_json,
                  spec_yaml = excluded.spec_yaml,
-                 updated_ms = excluded.updated_ms",
+                 updated_ms = excluded.updated_ms,
+                 deleted_ms = NULL",
             params![name, spec_json, spec_yaml, now_ms],
         )?;
         let rec = get_app(&tx, name)?.ok_or_else(|| {
@@ -372,13 +378,38 @@ impl Store {
         get_app(&self.conn, name)
     }
 
-    /// Every app, ordered by name.
+    /// Every app (not deleted), ordered by name.
     pub fn list_apps(&self) -> Result<Vec<AppRecord>, StoreError> {
         let mut stmt = self.conn.prepare(
-            "SELECT name, spec_json, spec_yaml, created_ms, updated_ms FROM apps ORDER BY name",
+            "SELECT name, spec_json, spec_yaml, created_ms, updated_ms FROM apps
+             WHERE deleted_ms IS NULL ORDER BY name",
         )?;
         let rows = stmt.query_map([], app_from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Deletes `app`: its rollout state goes; an app with revisions is only marked
+    /// deleted, so its revisions, history and events stay (the audit record is never
+    /// lost) and applying it again continues its revision numbers. An app without
+    /// revisions (registered, never deployed) is removed entirely. Unknown apps: no-op.
+    pub fn delete_app(&mut self, app: &str, now_ms: i64) -> Result<(), StoreError> {
+        let tx = self.write_tx()?;
+        tx.execute("DELETE FROM rollout_state WHERE app = ?1", [app])?;
+        let revisions: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM revisions WHERE app = ?1",
+            [app],
+            |r| r.get(0),
+        )?;
+        if revisions == 0 {
+            tx.execute("DELETE FROM apps WHERE name = ?1", [app])?;
+        } else {
+            tx.execute(
+                "UPDATE apps SET deleted_ms = ?2 WHERE name = ?1",
+                params![app, now_ms],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     // ---- revisions --------------------------------------------------------------------
@@ -726,7 +757,8 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 fn get_app(conn: &Connection, name: &str) -> Result<Option<AppRecord>, StoreError> {
     Ok(conn
         .query_row(
-            "SELECT name, spec_json, spec_yaml, created_ms, updated_ms FROM apps WHERE name = ?1",
+            "SELECT name, spec_json, spec_yaml, created_ms, updated_ms FROM apps
+             WHERE name = ?1 AND deleted_ms IS NULL",
             [name],
             app_from_row,
         )

@@ -498,3 +498,33 @@ fn records_round_trip_through_serde() {
     let json = serde_json::to_string(&rec).unwrap();
     assert_eq!(serde_json::from_str::<HistoryRecord>(&json).unwrap(), rec);
 }
+
+#[test]
+fn deleting_an_app_keeps_its_record_and_reapplying_continues_it() {
+    let (_db, mut store) = store_with_app("web");
+    store.upsert_app("bare", "{}", "", 1).unwrap();
+    store
+        .create_revision("web", "v1", "{}", "{}", "alice", 10)
+        .unwrap();
+    let h = store.start_history(&new_history("web", "v1"), 11).unwrap();
+    store.finish_history(h, "succeeded", "", 12).unwrap();
+    store.commit_transition("web", 0, "{}", &[], 13).unwrap();
+
+    store.delete_app("web", 20).unwrap();
+    store.delete_app("bare", 20).unwrap();
+    store.delete_app("never-was", 20).unwrap();
+    assert!(store.list_apps().unwrap().is_empty());
+    assert_eq!(store.get_app("web").unwrap(), None);
+    assert_eq!(store.load_state("web").unwrap(), None, "its state is gone");
+    assert_eq!(store.list_history("web").unwrap().len(), 1, "history kept");
+    assert_eq!(store.list_revisions("web").unwrap().len(), 1);
+
+    // Applying it again brings it back, revision numbers go on.
+    store.upsert_app("web", "{}", "", 30).unwrap();
+    assert_eq!(store.list_apps().unwrap().len(), 1);
+    let r = store
+        .create_revision("web", "v2", "{}", "{}", "alice", 31)
+        .unwrap();
+    assert_eq!(r.number, 2);
+    assert_eq!(store.commit_transition("web", 0, "{}", &[], 32).unwrap(), 1);
+}

@@ -27,7 +27,14 @@ pub struct AnalysisConfig {
     pub max_p99: Option<Duration>,
     /// Highest p99 latency as a multiple of the stable version's.
     pub max_p99_ratio: Option<f64>,
+    /// The stable version's p99 counts as at least this much in the relative
+    /// check: at sub-millisecond latencies a ratio measures noise (0.4 ms is
+    /// "2× 0.2 ms" and harms nobody).
+    pub p99_ratio_floor: Duration,
 }
+
+/// Default of [`AnalysisConfig::p99_ratio_floor`].
+pub const P99_RATIO_FLOOR: Duration = Duration::from_millis(5);
 
 /// The analysis settings of an app, if it has any.
 pub fn config_of(spec: &baton_spec::AppSpec) -> Option<AnalysisConfig> {
@@ -41,6 +48,7 @@ pub fn config_of(spec: &baton_spec::AppSpec) -> Option<AnalysisConfig> {
         max_error_rate_increase: a.max_error_rate_increase,
         max_p99: a.max_p99,
         max_p99_ratio: a.max_p99_ratio,
+        p99_ratio_floor: P99_RATIO_FLOOR,
     })
 }
 
@@ -185,22 +193,29 @@ pub fn judge(
         return Some((
             Verdict::Fail,
             format!(
-                "p99 latency of {new_version} {}ms > limit {}ms over the last {window}",
-                p99.as_millis(),
-                limit.as_millis()
+                "p99 latency of {new_version} {} > limit {} over the last {window}",
+                format_latency(p99),
+                format_latency(limit)
             ),
         ));
     }
+    // Compared in microseconds as the router measured them; the stable p99
+    // counts as at least the floor, so only a slowdown users can feel fails.
     if let (Some(ratio), Some(p99), Some(base)) = (cfg.max_p99_ratio, new.p99, stable.p99)
-        && !base.is_zero()
-        && p99.as_secs_f64() / base.as_secs_f64() > ratio
+        && stable.requests > 0
+        && p99.as_secs_f64() > ratio * base.max(cfg.p99_ratio_floor).as_secs_f64()
     {
+        let floor = if base < cfg.p99_ratio_floor {
+            format!(" (counted as {})", format_latency(cfg.p99_ratio_floor))
+        } else {
+            String::new()
+        };
         return Some((
             Verdict::Fail,
             format!(
-                "p99 latency of {new_version} {}ms is more than {ratio}× the stable version's {}ms over the last {window}",
-                p99.as_millis(),
-                base.as_millis()
+                "p99 latency of {new_version} {} is more than {ratio}× the stable version's {}{floor} over the last {window}",
+                format_latency(p99),
+                format_latency(base)
             ),
         ));
     }
@@ -208,6 +223,19 @@ pub fn judge(
         Verdict::Pass,
         format!("{new_version} within limits over the last {window}"),
     ))
+}
+
+/// A latency as people read it: µs below a millisecond, ms with one decimal
+/// below ten, whole ms above (`0.42 ms` rather than a rounded `0ms`).
+pub fn format_latency(d: Duration) -> String {
+    let us = d.as_micros();
+    if us < 1_000 {
+        format!("{us} µs")
+    } else if us < 10_000 {
+        format!("{:.1} ms", us as f64 / 1_000.0)
+    } else {
+        format!("{} ms", d.as_millis())
+    }
 }
 
 #[cfg(test)]
@@ -224,7 +252,61 @@ mod tests {
             max_error_rate_increase: Some(0.02),
             max_p99: Some(Duration::from_millis(100)),
             max_p99_ratio: Some(2.0),
+            p99_ratio_floor: P99_RATIO_FLOOR,
         }
+    }
+
+    fn counts_us(requests: u64, p99_us: u64) -> WindowCounts {
+        WindowCounts {
+            requests,
+            errors: 0,
+            p99: Some(Duration::from_micros(p99_us)),
+        }
+    }
+
+    #[test]
+    fn sub_millisecond_latencies_are_not_a_relative_failure() {
+        let mut c = cfg();
+        c.max_p99 = None;
+        c.max_p99_ratio = Some(1.5);
+        // The reported false alarm: 0.4 ms against 0.2 ms is "2×" of nothing.
+        let (v, reason) = judge(&c, "v2", counts_us(1000, 400), counts_us(1000, 200)).unwrap();
+        assert_eq!(v, Verdict::Pass, "{reason}");
+        // Up to ratio × floor (1.5 × 5 ms) is still within limits...
+        let (v, reason) = judge(&c, "v2", counts_us(1000, 7_400), counts_us(1000, 300)).unwrap();
+        assert_eq!(v, Verdict::Pass, "{reason}");
+        // ...beyond it the slowdown is real, and the message says it in µs/ms.
+        let (v, reason) = judge(&c, "v2", counts_us(1000, 9_000), counts_us(1000, 300)).unwrap();
+        assert_eq!(v, Verdict::Fail);
+        assert!(
+            reason.contains(
+                "9.0 ms is more than 1.5× the stable version's 300 µs (counted as 5.0 ms)"
+            ),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn relative_latency_compares_real_values_not_rounded_milliseconds() {
+        let mut c = cfg();
+        c.max_p99 = None;
+        c.max_p99_ratio = Some(1.5);
+        c.p99_ratio_floor = Duration::ZERO;
+        // 12.9 ms vs 9.0 ms is 1.43×: rounding to 12 and 9 or 13 and 9 would differ.
+        let (v, _) = judge(&c, "v2", counts_us(1000, 12_900), counts_us(1000, 9_000)).unwrap();
+        assert_eq!(v, Verdict::Pass);
+        let (v, _) = judge(&c, "v2", counts_us(1000, 13_600), counts_us(1000, 9_000)).unwrap();
+        assert_eq!(v, Verdict::Fail);
+        // Without any stable request there is nothing to compare with.
+        let (v, _) = judge(&c, "v2", counts_us(1000, 50_000), counts_us(0, 0)).unwrap();
+        assert_eq!(v, Verdict::Pass);
+    }
+
+    #[test]
+    fn latencies_read_as_people_read_them() {
+        assert_eq!(format_latency(Duration::from_micros(420)), "420 µs");
+        assert_eq!(format_latency(Duration::from_micros(4_240)), "4.2 ms");
+        assert_eq!(format_latency(Duration::from_millis(250)), "250 ms");
     }
 
     fn counts(requests: u64, errors: u64, p99_ms: u64) -> WindowCounts {
@@ -269,7 +351,7 @@ mod tests {
         let (v, reason) = judge(&cfg(), "v2", counts(1000, 0, 250), counts(1000, 0, 5)).unwrap();
         assert_eq!(v, Verdict::Fail);
         assert!(
-            reason.contains("p99 latency of v2 250ms > limit 100ms"),
+            reason.contains("p99 latency of v2 250 ms > limit 100 ms"),
             "{reason}"
         );
         let mut c = cfg();

@@ -37,6 +37,7 @@ pub fn router(cp: Arc<ControlPlane>) -> Router {
         .route("/v1/apps/{app}/plan", get(plan))
         .route("/v1/apps/{app}/history", get(history))
         .route("/v1/apps/{app}/events", get(events))
+        .route("/v1/apps/{app}/delete", post(delete_app))
         .route("/v1/down", post(down))
         .with_state(cp)
 }
@@ -77,6 +78,16 @@ impl From<CommandError> for ApiError {
     }
 }
 
+impl From<crate::server::ApplyError> for ApiError {
+    fn from(e: crate::server::ApplyError) -> Self {
+        use crate::server::ApplyError;
+        match e {
+            ApplyError::Refused(m) | ApplyError::Downgrade(m) => ApiError(StatusCode::CONFLICT, m),
+            ApplyError::Internal(e) => e.into(),
+        }
+    }
+}
+
 fn not_found(app: &str) -> ApiError {
     ApiError(
         StatusCode::NOT_FOUND,
@@ -103,6 +114,9 @@ async fn handle(cp: &ControlPlane, app: &str) -> Result<AppHandle, ApiError> {
 struct ApplyBody {
     file: String,
     yaml: String,
+    /// Confirms a version change `apply` would otherwise refuse (a downgrade).
+    #[serde(default)]
+    yes: bool,
 }
 
 async fn apply(
@@ -112,9 +126,41 @@ async fn apply(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let spec = baton_spec::parse_spec(&body.file, &body.yaml)
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let handle = cp.apply(spec.clone(), &body.yaml).await?;
-    let deployed = deploy_declared_version(&handle, &spec, &operator(&headers)).await?;
-    Ok(Json(json!({"app": spec.name, "deployed": deployed})))
+    let applied = cp
+        .apply(spec.clone(), &body.file, &body.yaml, body.yes)
+        .await?;
+    let deployed = match deploy_declared_version(&applied.handle, &spec, &operator(&headers)).await
+    {
+        Ok(d) => d,
+        Err(e) => {
+            // A first apply whose release cannot start (failed pre-flight)
+            // leaves no half-registered app behind.
+            if applied.created
+                && let Err(f) = cp.forget(&spec.name).await
+            {
+                tracing::warn!(app = %spec.name, error = %format!("{f:#}"), "unregistering the app after its refused first deploy failed");
+            }
+            return Err(e);
+        }
+    };
+    Ok(Json(json!({
+        "app": spec.name,
+        "created": applied.created,
+        "changes": applied.changes,
+        "deployed": deployed,
+    })))
+}
+
+/// `baton delete APP`: drain and stop its instances, remove its routes and
+/// its registration; its revisions, history and events stay.
+async fn delete_app(
+    State(cp): Cp,
+    Path(app): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if !cp.delete(&app).await? {
+        return Err(not_found(&app));
+    }
+    Ok(Json(json!({"app": app, "deleted": true})))
 }
 
 /// A spec that names a version is deployed when it is not what runs already.
@@ -492,6 +538,7 @@ async fn rollback_accepted(
             history_id,
             version: from.version,
             unchanged: false,
+            waits_for_window: None,
         }));
     }
     let target = match body.and_then(|b| b.0.to_revision) {
@@ -611,12 +658,16 @@ async fn history(
     State(cp): Cp,
     Path(app): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    handle(&cp, &app).await?;
+    let registered = handle(&cp, &app).await;
     let records = cp
         .shared
         .store()
         .list_history(&app)
         .map_err(anyhow::Error::from)?;
+    // A deleted app keeps its history.
+    if records.is_empty() {
+        registered?;
+    }
     Ok(Json(json!({"app": app, "history": records})))
 }
 
@@ -680,6 +731,10 @@ async fn list_apps(State(cp): Cp) -> Json<serde_json::Value> {
     for (status, h) in apps.iter_mut().zip(&handles) {
         status.add_live(h, windows.as_ref());
     }
+    let listeners = cp.shared.router.listeners().await;
+    for s in &mut apps {
+        s.not_listening = not_listening(&s.app, listeners.as_ref());
+    }
     Json(json!({"apps": apps}))
 }
 
@@ -689,6 +744,8 @@ async fn app_status(State(cp): Cp, Path(app): Path<String>) -> Result<Json<AppSt
     let mut status = AppStatus::from_view(&v).with_router(&v, &cp.shared.router.sync());
     let windows = traffic_windows(&cp, std::slice::from_ref(&status)).await;
     status.add_live(&h, windows.as_ref());
+    let listeners = cp.shared.router.listeners().await;
+    status.not_listening = not_listening(&app, listeners.as_ref());
     Ok(Json(status))
 }
 
@@ -712,6 +769,33 @@ async fn traffic_windows(
         .ok()
 }
 
+/// Why the router does not listen for `app` (its main or preview address),
+/// from the router's listeners; `None` when it does, or when the router cannot
+/// be asked. An app missing from the router's table altogether is not served
+/// either: its last routing table was refused (or the router restarted).
+fn not_listening(
+    app: &str,
+    listeners: Option<&BTreeMap<String, (std::net::SocketAddr, Option<String>)>>,
+) -> Option<String> {
+    let listeners = listeners?;
+    if !listeners.contains_key(app) {
+        return Some(format!(
+            "the router has no route for {app}: its routing table was not accepted (see the serve log)"
+        ));
+    }
+    let reasons: Vec<String> = [app.to_string(), crate::routing::preview_entry(app)]
+        .iter()
+        .filter_map(|entry| listeners.get(entry))
+        .filter_map(|(listen, error)| {
+            Some(format!(
+                "the router cannot listen on {listen}: {}",
+                error.as_ref()?
+            ))
+        })
+        .collect();
+    (!reasons.is_empty()).then(|| reasons.join("; "))
+}
+
 /// `baton status --json`.
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct AppStatus {
@@ -731,9 +815,10 @@ pub struct AppStatus {
     /// table: drains (and so the rollout) hold until it does.
     #[serde(default)]
     pub routing_held: Option<RoutingHeld>,
-    /// Why the router cannot listen for this app, if it cannot.
+    /// Set when the router has not been able to listen for the app (its
+    /// `listen` or preview address): users cannot reach it. Says why.
     #[serde(default)]
-    pub listener_error: Option<String>,
+    pub not_listening: Option<String>,
     /// Canary and blue-green: the step the rollout is at and what it waits for.
     #[serde(default)]
     pub step: Option<StepStatus>,
@@ -923,7 +1008,7 @@ impl AppStatus {
                 finished_ms: f.finished_ms,
             }),
             routing_held: None,
-            listener_error: None,
+            not_listening: None,
             step: baton_engine::progress(s, crate::effects::wall_clock_ms()).map(|p| StepStatus {
                 text: step_text(&s.app, &p, None),
                 number: p.number,
@@ -997,7 +1082,6 @@ impl AppStatus {
                 error: sync.last_error.clone(),
             });
         }
-        self.listener_error = sync.listener_errors.get(&self.app).cloned();
         self
     }
 }

@@ -98,6 +98,24 @@ enum Cmd {
         /// The app spec (YAML), e.g. examples/quickstart.yaml.
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
+        /// Confirm a version change apply would otherwise refuse (a downgrade).
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        server: Server,
+        #[command(flatten)]
+        operator: Operator,
+    },
+    /// Check app spec files offline (no server needed): exit 0 when valid, 2 otherwise.
+    Lint {
+        /// An app spec file; repeat to also check that the apps' addresses differ.
+        #[arg(short = 'f', long = "file", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Remove an app: drain and stop its instances, close its listener; its history stays.
+    Delete {
+        /// The app to remove.
+        app: String,
         #[command(flatten)]
         server: Server,
         #[command(flatten)]
@@ -375,6 +393,9 @@ impl Cmd {
             | Cmd::Rollback {
                 server, operator, ..
             }
+            | Cmd::Delete {
+                server, operator, ..
+            }
             | Cmd::Down { server, operator } => Some((server, Some(operator))),
             Cmd::Status { server, .. }
             | Cmd::History { server, .. }
@@ -385,6 +406,7 @@ impl Cmd {
             | Cmd::Schema
             | Cmd::Sample { .. }
             | Cmd::Sim { .. }
+            | Cmd::Lint { .. }
             | Cmd::Router { .. }
             | Cmd::RouterProcess { .. } => None,
         }
@@ -525,6 +547,9 @@ async fn run(cli: Cli) -> Exit {
             data_dir,
             api: api_addr,
         } => {
+            if let Err(e) = lint_quiet(&config) {
+                return Exit::BadInput(e);
+            }
             let mut specs = Vec::new();
             for path in config {
                 let text = match std::fs::read_to_string(&path) {
@@ -552,10 +577,29 @@ async fn run(cli: Cli) -> Exit {
                     Exit::BadInput(format!("{e:#}"))
                 }
                 Err(e) if e.is::<crate::server::ApiBindError>() => Exit::BadInput(format!("{e:#}")),
-                Err(e) => Exit::Failed(format!("{e:#}")),
+                Err(e) => match e.downcast_ref::<crate::server::ApplyError>() {
+                    Some(
+                        refused @ (crate::server::ApplyError::Refused(_)
+                        | crate::server::ApplyError::Downgrade(_)),
+                    ) => Exit::BadInput(refused.to_string()),
+                    _ => Exit::Failed(format!("{e:#}")),
+                },
             }
         }
-        Cmd::Apply { file, .. } => apply(&api, file).await,
+        Cmd::Apply { file, yes, .. } => apply(&api, file, yes).await,
+        Cmd::Lint { files } => lint(&files),
+        Cmd::Delete { app, .. } => match api
+            .post(&format!("/v1/apps/{app}/delete"), &json!({}))
+            .await
+        {
+            Ok(_) => {
+                println!(
+                    "{app}: deleted; its instances were drained and stopped (`baton history {app}` still lists its rollouts)"
+                );
+                Exit::Ok
+            }
+            Err(e) => e.into(),
+        },
         Cmd::Deploy {
             app,
             version,
@@ -732,7 +776,54 @@ async fn simple(api: &ApiClient, app: &str, verb: &str, body: Value, done: &str)
     }
 }
 
-async fn apply(api: &ApiClient, file: PathBuf) -> Exit {
+/// Parse every file and check that no two apps share an address. The
+/// message of the first problem, or the parsed specs.
+fn lint_quiet(files: &[PathBuf]) -> Result<Vec<(String, baton_spec::AppSpec)>, String> {
+    let mut specs: Vec<(String, baton_spec::AppSpec)> = Vec::new();
+    for path in files {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {file}: {e}"))?;
+        let spec = baton_spec::parse_spec(&file, &text).map_err(|e| e.to_string())?;
+        if let Some((other, _)) = specs.iter().find(|(_, s)| s.name == spec.name) {
+            return Err(format!(
+                "{file} and {other} both define app {}; give each app its own name",
+                spec.name
+            ));
+        }
+        if let Some(conflict) =
+            crate::admission::listen_conflict(&spec, &file, specs.iter().map(|(_, s)| s))
+        {
+            return Err(conflict);
+        }
+        specs.push((file, spec));
+    }
+    Ok(specs)
+}
+
+/// `baton lint -f FILE...`: validate offline.
+fn lint(files: &[PathBuf]) -> Exit {
+    match lint_quiet(files) {
+        Ok(specs) => {
+            for (file, spec) in specs {
+                let addresses: Vec<String> = crate::admission::addresses(&spec)
+                    .iter()
+                    .map(|(a, _)| a.to_string())
+                    .collect();
+                println!(
+                    "{file}: valid (app {}, {} strategy, {} instances, listen {})",
+                    spec.name,
+                    crate::controller::strategy_name(&spec),
+                    spec.instances,
+                    addresses.join(" + preview ")
+                );
+            }
+            Exit::Ok
+        }
+        Err(e) => Exit::BadInput(e),
+    }
+}
+
+async fn apply(api: &ApiClient, file: PathBuf, yes: bool) -> Exit {
     let text = match std::fs::read_to_string(&file) {
         Ok(t) => t,
         Err(e) => {
@@ -749,10 +840,27 @@ async fn apply(api: &ApiClient, file: PathBuf) -> Exit {
         Err(e) => return Exit::BadInput(e.to_string()),
     };
     match api
-        .post("/v1/apps", &json!({"file": name, "yaml": text}))
+        .post("/v1/apps", &json!({"file": name, "yaml": text, "yes": yes}))
         .await
     {
         Ok(v) => {
+            let changes: Vec<crate::admission::Change> =
+                serde_json::from_value(v["changes"].clone()).unwrap_or_default();
+            if v["created"].as_bool() == Some(true) {
+                println!("{}: new app, listening on {}", spec.name, spec.listen);
+            } else if changes.is_empty() {
+                println!("{}: spec unchanged", spec.name);
+            } else {
+                println!("{}: spec changes:", spec.name);
+                for c in &changes {
+                    println!(
+                        "  {}: {} → {}",
+                        c.field,
+                        crate::admission::show(&c.from),
+                        crate::admission::show(&c.to)
+                    );
+                }
+            }
             match v.get("deployed").filter(|d| !d.is_null()) {
                 Some(d) => println!(
                     "{}: applied; deploying {} (revision {})",
@@ -797,14 +905,23 @@ async fn report_accepted(
         return Exit::Ok;
     }
     let history_id = accepted["history_id"].as_i64().unwrap_or(0);
+    let waits = accepted["waits_for_window"].as_str();
     match accepted["message"].as_str() {
         // `rollback` says what it does (an abort, a switch back, a rollout).
         Some(message) => println!("{app}: {message}"),
         None => println!(
-            "{app}: rollout to {} (revision {}) started",
+            "{app}: rollout to {} (revision {}) {}",
             accepted["version"].as_str().unwrap_or("?"),
-            accepted["revision"]
+            accepted["revision"],
+            if waits.is_some() {
+                "scheduled"
+            } else {
+                "started"
+            }
         ),
+    }
+    if let Some(waits) = waits {
+        println!("  {waits}");
     }
     if !wait {
         println!("  follow it with `baton status {app}`");
@@ -926,6 +1043,9 @@ async fn status(api: &ApiClient, app: Option<String>, as_json: bool) -> Exit {
             s.target_version.as_deref().unwrap_or("-"),
             s.listen
         );
+        if let Some(why) = &s.not_listening {
+            println!("  {} {why}", paint("not listening:", Color::Red));
+        }
         println!(
             "  traffic: {}{window}",
             if traffic.is_empty() {
@@ -985,9 +1105,6 @@ async fn status(api: &ApiClient, app: Option<String>, as_json: bool) -> Exit {
                     .map(|e| format!(" ({e})"))
                     .unwrap_or_default()
             );
-        }
-        if let Some(e) = &s.listener_error {
-            println!("  {} {e}", paint("not listening:", Color::Red));
         }
         for i in &s.instances {
             println!(

@@ -71,6 +71,9 @@ pub enum Command {
     },
     /// Drain and stop every instance (used by `baton down` and the demo).
     StopAll { reply: oneshot::Sender<()> },
+    /// `baton delete`: take every instance out of routing, wait for its
+    /// requests in flight, stop it, and close a rollout in flight.
+    Delete { reply: oneshot::Sender<()> },
 }
 
 /// What `deploy` (and `rollback`, `retry`) asks for.
@@ -114,6 +117,9 @@ pub struct DeployAccepted {
     pub version: String,
     /// Already running this release: nothing to do.
     pub unchanged: bool,
+    /// Outside every upgrade window: when it starts, on the window's clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waits_for_window: Option<String>,
 }
 
 /// Why a command was refused. Nothing changed.
@@ -438,6 +444,10 @@ impl AppController {
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Cancelled by a command of this very loop (`delete`): no more ticks.
+            if self.shutdown.is_cancelled() {
+                break;
+            }
             // Biased: a fixed priority (shutdown, commands, observations, tick)
             // instead of a random pick, so runs replay exactly under simulation.
             tokio::select! {
@@ -596,6 +606,7 @@ impl AppController {
     async fn command(&mut self, cmd: Command) -> Flow {
         match cmd {
             Command::Apply { spec, reply } => {
+                let routes_before = crate::routing::app_routes(&self.effective_spec(), &self.state);
                 self.spec = *spec;
                 // A one-off strategy in flight keeps running its own steps.
                 let params = params_of(&self.effective_spec());
@@ -603,7 +614,20 @@ impl AppController {
                     .apply(Input::UpdateParams { params })
                     .await
                     .map_err(|e| anyhow::anyhow!(e));
+                // A spec change alone (a new `listen`, traffic settings) changes
+                // the app's routes without any engine transition.
+                if crate::routing::app_routes(&self.effective_spec(), &self.state) != routes_before
+                {
+                    self.publish_routing();
+                }
+                self.publish_view();
                 let _ = reply.send(result.map(|_| ()));
+            }
+            Command::Delete { reply } => {
+                self.delete().await;
+                let _ = reply.send(());
+                // The loop ends here: nothing restarts the stopped instances.
+                return Flow::Stop;
             }
             Command::Deploy { request, reply } => {
                 let result = self.deploy(request).await;
@@ -614,7 +638,7 @@ impl AppController {
                 self.reply_once_routed(reply, result);
             }
             Command::StopAll { reply } => {
-                self.stop_all().await;
+                self.stop_all(Drains::Skip).await;
                 let _ = reply.send(());
                 // Nothing may react to the instances just stopped (a crash
                 // would start a replacement that outlives the control plane).
@@ -635,6 +659,29 @@ impl AppController {
             strategy,
             sha256,
         } = request;
+        if let Some(r) = self.state.rollout.clone()
+            && now
+            && r.not_before_ms.is_some()
+            && r.to.version == version
+            && revision.is_none_or(|n| n == r.to.revision)
+        {
+            // `deploy --now` of the release waiting for its window: start it.
+            self.apply(Input::Deploy {
+                to: r.to.clone(),
+                kind: r.kind,
+                operator,
+                history_id: r.history_id,
+                not_before_ms: None,
+            })
+            .await?;
+            return Ok(DeployAccepted {
+                revision: r.to.revision,
+                history_id: r.history_id,
+                version,
+                unchanged: false,
+                waits_for_window: None,
+            });
+        }
         if let Some(r) = &self.state.rollout {
             return Err(EngineError::RolloutInProgress {
                 app: self.spec.name.clone(),
@@ -672,6 +719,7 @@ impl AppController {
                             history_id: 0,
                             version,
                             unchanged: true,
+                            waits_for_window: None,
                         });
                     }
                     let spec_json = serde_json::to_string(&self.spec)
@@ -728,6 +776,14 @@ impl AppController {
             })
             .await?;
         }
+        let not_before_ms = if now {
+            None
+        } else {
+            crate::windows::next_start_ms(&self.spec, self.shared.now_ms())
+        };
+        let waits_for_window = not_before_ms
+            .zip(self.spec.upgrade_windows.as_ref())
+            .map(|(start, w)| crate::windows::describe_wait(w, start, self.shared.now_ms()));
         let input = Input::Deploy {
             to: Release {
                 revision: rev.number,
@@ -756,6 +812,7 @@ impl AppController {
             history_id,
             version: rev.version,
             unchanged: false,
+            waits_for_window,
         })
     }
 
@@ -831,7 +888,7 @@ impl AppController {
         let serves = self
             .shared
             .router
-            .serves(&self.spec.name, self.spec.listen)
+            .listening(&self.spec.name, self.spec.listen)
             .await;
         let results = crate::preflight::run(&crate::preflight::Preflight {
             spec: &self.spec,
@@ -1495,10 +1552,12 @@ impl AppController {
             .retain(|id, _| self.state.instance(id).is_some());
     }
 
-    /// Stop every instance of the app (for `baton down`): out of routing first,
-    /// then all at once, including any whose start is still in flight. The
-    /// controller stops after this (see [`Flow::Stop`]).
-    async fn stop_all(&mut self) {
+    /// Stop every instance of the app (for `baton down` and `baton delete`):
+    /// out of routing first, then (for `delete`) the requests in flight
+    /// finish, then all at once, including any whose start is still in flight.
+    /// The controller stops after this (see [`Flow::Stop`]). Returns how many
+    /// instances were stopped.
+    async fn stop_all(&mut self, drains: Drains) -> usize {
         for token in self.checkers.values() {
             token.cancel();
         }
@@ -1519,6 +1578,23 @@ impl AppController {
         .is_err()
         {
             warn!(app = %self.spec.name, "the router did not acknowledge the empty table; stopping anyway");
+        }
+        if drains == Drains::Wait {
+            let mut idle = tokio::task::JoinSet::new();
+            for address in self
+                .state
+                .instances
+                .iter()
+                .filter_map(|i| i.address.as_deref()?.parse::<SocketAddr>().ok())
+            {
+                let router = self.shared.router.clone();
+                let timeout = self.spec.drain_timeout;
+                // Bounded: a router that does not answer must not keep the app.
+                idle.spawn(async move {
+                    tokio::time::timeout(timeout, router.wait_idle(address, timeout)).await
+                });
+            }
+            idle.join_all().await;
         }
         let mut handles: Vec<InstanceHandle> = self
             .state
@@ -1556,7 +1632,7 @@ impl AppController {
                 }
             });
         }
-        stops.join_all().await;
+        stops.join_all().await.len()
     }
 }
 
@@ -1564,7 +1640,7 @@ impl AppController {
 #[derive(Debug, PartialEq, Eq)]
 enum Flow {
     Continue,
-    /// `baton down`: the instances are stopped; the controller ends.
+    /// `baton down` or `baton delete`: the instances are stopped; the controller ends.
     Stop,
 }
 
@@ -1575,6 +1651,34 @@ const STOP_ALL_ACK_WAIT: Duration = Duration::from_secs(5);
 /// How long `stop_all` waits for starts in flight to answer.
 const STOP_ALL_START_WAIT: Duration = Duration::from_secs(30);
 
+impl AppController {
+    /// `baton delete`: a rollout in flight is closed in the history as
+    /// aborted, then every instance leaves routing, its requests in flight
+    /// finish (bounded by `drain_timeout`) and it is stopped.
+    async fn delete(&mut self) {
+        if let Some(r) = &self.state.rollout
+            && let Err(e) = self.shared.store().finish_history(
+                r.history_id,
+                Outcome::Aborted.as_str(),
+                "the app was deleted",
+                self.shared.now_ms(),
+            )
+        {
+            warn!(app = %self.spec.name, error = %e, "closing the history record failed");
+        }
+        let stopped = self.stop_all(Drains::Wait).await;
+        info!(app = %self.spec.name, instances = stopped, "app deleted: instances drained and stopped");
+    }
+}
+
+/// Whether `stop_all` lets requests in flight finish before stopping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drains {
+    /// `delete`: each instance's requests finish (bounded by `drain_timeout`).
+    Wait,
+    /// `down`: everything stops now, the router included.
+    Skip,
+}
 /// Analysis state of the rollout in flight. The count of failing measurements in a
 /// row is also kept in the event log ([`ANALYSIS_CHECK`] events), so a restarted
 /// control plane goes on counting where the previous one stopped.

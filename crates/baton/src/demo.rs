@@ -44,7 +44,10 @@ async fn drive(
     listen: SocketAddr,
 ) -> anyhow::Result<bool> {
     let yaml = QUICKSTART.to_string();
-    let handle = cp.apply(spec.clone(), &yaml).await?;
+    let handle = cp
+        .apply(spec.clone(), "examples/quickstart.yaml", &yaml, true)
+        .await?
+        .handle;
     println!(
         "\n1. starting {} instances of the sample service v1",
         spec.instances

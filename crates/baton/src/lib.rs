@@ -15,6 +15,7 @@ macro_rules! println {
     };
 }
 
+pub mod admission;
 pub mod analysis;
 pub mod api;
 pub mod cli;

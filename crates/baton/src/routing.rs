@@ -241,8 +241,6 @@ pub struct RouterSync {
     pub behind_since_ms: Option<i64>,
     /// Why the last push or check failed.
     pub last_error: Option<String>,
-    /// Apps whose listener the router could not bind, with the reason.
-    pub listener_errors: BTreeMap<String, String>,
 }
 
 impl RouterSync {
@@ -255,6 +253,10 @@ impl RouterSync {
 /// Pauses between pushes the router did not acknowledge.
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(2);
+/// How long `listening` waits for a table being delivered.
+const LISTENING_WAIT: Duration = Duration::from_secs(2);
+/// How long `withdraw` waits for the router to close an app's listeners.
+const WITHDRAW_WAIT: Duration = Duration::from_secs(5);
 /// How often an in-sync link checks that the router still serves its table.
 const RECHECK: Duration = Duration::from_secs(1);
 
@@ -422,16 +424,74 @@ impl RouterLink {
         }
     }
 
-    /// Whether the router already listens on `listen` for `app` (so the port
-    /// being busy is not a problem).
-    pub async fn serves(&self, app: &str, listen: SocketAddr) -> bool {
-        let sync = self.sync();
-        !sync.listener_errors.contains_key(app)
-            && self
-                .desired()
-                .apps
-                .get(app)
-                .is_some_and(|a| a.listen == listen)
+    /// Whether the router listens on `listen` for `app` (its main or its
+    /// preview listener) right now, by the router's own account: bound, not
+    /// just asked for.
+    ///
+    /// A table that asks for it and is still being delivered is waited for
+    /// (briefly); when the router cannot be asked, the desired table answers.
+    pub async fn listening(&self, app: &str, listen: SocketAddr) -> bool {
+        let preview = preview_entry(app);
+        let (wanted, generation) = {
+            let desired = self.desired();
+            let wanted = [app, preview.as_str()]
+                .iter()
+                .any(|e| desired.apps.get(*e).is_some_and(|a| a.listen == listen));
+            (wanted, desired.generation)
+        };
+        if wanted {
+            let _ = tokio::time::timeout(LISTENING_WAIT, self.acknowledged(generation)).await;
+        }
+        match self.client.stats().await {
+            Ok(stats) => stats.listeners.iter().any(|l| {
+                (l.app == app || l.app == preview) && l.listen == listen && l.error.is_none()
+            }),
+            Err(_) => wanted,
+        }
+    }
+
+    /// The router's listeners, by routing entry (an app, or its
+    /// `<app>--preview` listener), from its stats: the address, and why it is
+    /// not listening there, if it is not. `None` when the router cannot be asked.
+    pub async fn listeners(&self) -> Option<BTreeMap<String, (SocketAddr, Option<String>)>> {
+        let stats = self.client.stats().await.ok()?;
+        Some(
+            stats
+                .listeners
+                .into_iter()
+                .map(|l| (l.app, (l.listen, l.error)))
+                .collect(),
+        )
+    }
+
+    /// Take `app` (and its preview listener) out of the routing table: its
+    /// listeners close. For `baton delete` and an app whose first apply failed.
+    /// Returns once the router has acknowledged it, or after [`WITHDRAW_WAIT`]
+    /// (the pusher goes on delivering it; `status` would say it is held).
+    pub async fn withdraw(&self, app: &str) -> anyhow::Result<()> {
+        let generation = {
+            let mut desired = self.desired();
+            let removed = desired.apps.remove(app).is_some()
+                | desired.apps.remove(&preview_entry(app)).is_some();
+            if !removed {
+                return Ok(());
+            }
+            desired.generation += 1;
+            desired.generation
+        };
+        let now = self.link.clock.now_ms();
+        self.link.ack.send_modify(|s| {
+            s.desired = s.desired.max(generation);
+            s.behind_since_ms.get_or_insert(now);
+        });
+        self.link.wake.notify_one();
+        if tokio::time::timeout(WITHDRAW_WAIT, self.acknowledged(generation))
+            .await
+            .is_err()
+        {
+            tracing::warn!(%app, "the router has not acknowledged the table without this app yet; it keeps being pushed");
+        }
+        Ok(())
     }
 
     /// The router's pid, for `baton down`.
@@ -481,16 +541,12 @@ async fn push_loop(link: Arc<LinkState>, client: Arc<dyn RouterApi>) {
         match client.push(&cfg).await {
             Ok(result) => {
                 retry = RETRY_MIN;
-                let listener_errors: BTreeMap<String, String> = result
-                    .listeners
-                    .into_iter()
-                    .filter_map(|l| {
-                        let err = l.error?;
-                        Some((l.app, format!("cannot listen on {}: {err}", l.listen)))
-                    })
-                    .collect();
-                for (app, err) in &listener_errors {
-                    tracing::warn!(%app, error = %err, "the router cannot serve this app");
+                // The table is live; an app whose listener could not be bound
+                // is not served (status asks the router, see `listeners`).
+                for l in result.listeners {
+                    if let Some(err) = l.error {
+                        tracing::warn!(app = %l.app, listen = %l.listen, error = %err, "the router cannot listen for this app");
+                    }
                 }
                 link.ack.send_modify(|s| {
                     s.acknowledged = s.acknowledged.max(cfg.generation);
@@ -498,7 +554,6 @@ async fn push_loop(link: Arc<LinkState>, client: Arc<dyn RouterApi>) {
                         s.behind_since_ms = None;
                     }
                     s.last_error = None;
-                    s.listener_errors = listener_errors;
                 });
             }
             Err(baton_router::RouterError::StaleGeneration { current, .. }) => {
@@ -614,6 +669,11 @@ async fn wait_for_router(client: &AdminClient) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Name of the router entry of `app`'s blue-green preview listener.
+pub fn preview_entry(app: &str) -> String {
+    format!("{app}{PREVIEW_SUFFIX}")
 }
 
 /// Path of the router's admin socket in a data dir.

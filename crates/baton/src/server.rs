@@ -34,16 +34,99 @@ pub struct ControlPlane {
     pub shutdown: CancellationToken,
     /// This control plane's hold on the data dir (one writer per data dir).
     pub lock: std::sync::Mutex<DataDirLock>,
+    /// Stops one app's controller (`baton delete`); children of `shutdown`.
+    controllers: std::sync::Mutex<BTreeMap<String, CancellationToken>>,
+}
+
+/// Why `apply` refused a spec. Nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The spec conflicts with another app, the host or what runs now; the
+    /// message says what and how to fix it.
+    #[error("{0}")]
+    Refused(String),
+    /// The spec declares a version older than what runs, without `--yes`.
+    #[error("{0}")]
+    Downgrade(String),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+/// An accepted `apply`.
+pub struct Applied {
+    pub handle: AppHandle,
+    /// The app did not exist before this apply.
+    pub created: bool,
+    /// What changed in the app's spec (empty for a new app).
+    pub changes: Vec<crate::admission::Change>,
 }
 
 impl ControlPlane {
-    /// Register a new app or update an existing one. Returns the app's handle.
-    pub async fn apply(&self, spec: AppSpec, yaml: &str) -> anyhow::Result<AppHandle> {
-        let spec_json = serde_json::to_string(&spec)?;
+    /// Register a new app or update an existing one, after checking that its
+    /// listen addresses are its own and can be listened on, and that a
+    /// version it declares is one the user means to go to (`yes` confirms a
+    /// downgrade). A refusal changes nothing.
+    pub async fn apply(
+        &self,
+        spec: AppSpec,
+        file: &str,
+        yaml: &str,
+        yes: bool,
+    ) -> Result<Applied, ApplyError> {
+        // Held throughout, so two applies cannot both take the same address.
+        let mut apps = self.apps.write().await;
+        let views: Vec<Arc<crate::controller::AppView>> =
+            apps.values().map(|h| h.status.borrow().clone()).collect();
+        let others = views.iter().map(|v| &v.spec);
+        if let Some(conflict) = crate::admission::listen_conflict(&spec, file, others) {
+            return Err(ApplyError::Refused(conflict));
+        }
+        let current = views.iter().find(|v| v.spec.name == spec.name);
+        if let Some(view) = current {
+            let running = view
+                .state
+                .rollout
+                .as_ref()
+                .map(|r| &r.to)
+                .or(view.state.stable.as_ref())
+                .map(|r| r.version.as_str());
+            if let (Some(r), Some(declared)) = (&view.state.rollout, &spec.version)
+                && &r.to.version != declared
+            {
+                return Err(ApplyError::Refused(format!(
+                    "{file} declares version {declared}, but a rollout of {} to {} is in progress; wait for it to finish (or `baton abort {}`), then apply again",
+                    spec.name, r.to.version, spec.name
+                )));
+            }
+            if !yes
+                && let Some(why) = crate::admission::unexpected_version_change(
+                    &spec.name,
+                    running,
+                    spec.version.as_deref(),
+                )
+            {
+                return Err(ApplyError::Downgrade(why));
+            }
+        }
+        for (address, field) in crate::admission::addresses(&spec) {
+            // Busy is fine when it is baton's router serving this very app.
+            if let Err(e) = std::net::TcpListener::bind(address)
+                && !self.shared.router.listening(&spec.name, address).await
+            {
+                return Err(ApplyError::Refused(format!(
+                    "{file}: {field} {address} cannot be listened on: {e}. Another program holds it (see `ss -ltnp 'sport = :{}'`): stop it, or change `{field}` in {file} to a free port",
+                    address.port()
+                )));
+            }
+        }
+        let changes = current
+            .map(|v| crate::admission::diff(&v.spec, &spec))
+            .unwrap_or_default();
+        let spec_json = serde_json::to_string(&spec).map_err(anyhow::Error::from)?;
         self.shared
             .store()
-            .upsert_app(&spec.name, &spec_json, yaml, self.shared.now_ms())?;
-        let mut apps = self.apps.write().await;
+            .upsert_app(&spec.name, &spec_json, yaml, self.shared.now_ms())
+            .map_err(anyhow::Error::from)?;
         if let Some(handle) = apps.get(&spec.name) {
             let (tx, rx) = tokio::sync::oneshot::channel();
             handle
@@ -56,12 +139,69 @@ impl ControlPlane {
                 .map_err(|_| anyhow::anyhow!("app controller stopped"))?;
             rx.await
                 .map_err(|_| anyhow::anyhow!("app controller stopped"))??;
-            return Ok(handle.clone());
+            return Ok(Applied {
+                handle: handle.clone(),
+                created: false,
+                changes,
+            });
         }
         let name = spec.name.clone();
-        let handle = AppController::spawn(self.shared.clone(), spec, self.shutdown.clone())?;
+        let handle = self.spawn_controller(spec)?;
         apps.insert(name, handle.clone());
+        Ok(Applied {
+            handle,
+            created: true,
+            changes,
+        })
+    }
+
+    /// Start the controller of an app, stoppable on its own by [`Self::forget`].
+    fn spawn_controller(&self, spec: AppSpec) -> anyhow::Result<AppHandle> {
+        let token = self.shutdown.child_token();
+        let name = spec.name.clone();
+        let handle = AppController::spawn(self.shared.clone(), spec, token.clone())?;
+        self.controllers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name, token);
         Ok(handle)
+    }
+
+    /// Unregister an app: stop its controller, take it out of the router and
+    /// the store (its revisions, history and events stay). Its instances must
+    /// be stopped already.
+    pub async fn forget(&self, name: &str) -> anyhow::Result<()> {
+        self.apps.write().await.remove(name);
+        if let Some(token) = self
+            .controllers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name)
+        {
+            token.cancel();
+        }
+        self.shared.router.withdraw(name).await?;
+        self.shared.store().delete_app(name, self.shared.now_ms())?;
+        info!(app = %name, "app removed");
+        Ok(())
+    }
+
+    /// `baton delete APP`: drain and stop every instance (out of routing
+    /// first, in-flight requests finished), then [`Self::forget`] the app.
+    pub async fn delete(&self, name: &str) -> anyhow::Result<bool> {
+        let Some(handle) = self.app(name).await else {
+            return Ok(false);
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        handle
+            .commands
+            .send(Command::Delete { reply: tx })
+            .await
+            .map_err(|_| anyhow::anyhow!("app controller stopped"))?;
+        rx.await
+            .map_err(|_| anyhow::anyhow!("app controller stopped"))?;
+        self.forget(name).await?;
+        Ok(true)
     }
 
     pub async fn app(&self, name: &str) -> Option<AppHandle> {
@@ -147,15 +287,25 @@ pub async fn start_locked(
         apps: RwLock::new(BTreeMap::new()),
         shutdown: shutdown.clone(),
         lock: std::sync::Mutex::new(lock),
+        controllers: std::sync::Mutex::new(BTreeMap::new()),
     });
     // Resume every app the store knows, in-flight rollouts included.
     let known = shared.store().list_apps()?;
+    let mut resumed: Vec<AppSpec> = Vec::new();
     for rec in known {
         let spec: AppSpec = serde_json::from_str(&rec.spec_json)
             .with_context(|| format!("stored spec of {} is unreadable", rec.name))?;
-        let handle = AppController::spawn(shared.clone(), spec, shutdown.clone())?;
+        // Apps registered before `apply` refused shared addresses: the router
+        // refuses a table with both, so say which and how to fix it.
+        if let Some(conflict) =
+            crate::admission::listen_conflict(&spec, "the stored spec", resumed.iter())
+        {
+            tracing::error!(app = %rec.name, %conflict, "two apps share an address; the router will refuse their routing table until one is deleted or moved");
+        }
+        let handle = cp.spawn_controller(spec.clone())?;
         cp.apps.write().await.insert(rec.name.clone(), handle);
         info!(app = %rec.name, "resumed");
+        resumed.push(spec);
     }
     Ok(cp)
 }
@@ -228,21 +378,42 @@ pub async fn apply_at_start(
     let app = spec.name.clone();
     let outcome = match unchanged_since_last_apply(cp, &spec) {
         Ok(true) => StartApply::Unchanged,
-        Ok(false) => match cp.apply(spec.clone(), yaml).await {
-            Err(e) => StartApply::Refused {
-                reason: format!("{e:#}"),
-            },
-            Ok(handle) => {
-                match crate::api::deploy_declared_version(&handle, &spec, "serve").await {
-                    Ok(d) => StartApply::Applied {
-                        deployed: d.filter(|d| !d.unchanged).map(|d| d.version),
-                    },
-                    Err(e) => StartApply::AppliedNotDeployed {
-                        reason: e.to_string(),
-                    },
+        Ok(false) => {
+            // A version older than what runs (deployed since this file was
+            // written) is not a reason to downgrade on a restart: keep what runs.
+            let (applied, spec) = match cp.apply(spec.clone(), file, yaml, false).await {
+                Err(ApplyError::Downgrade(why)) => {
+                    tracing::warn!(%app, %file, reason = %why, "not deploying the version the file declares");
+                    let mut keep = spec;
+                    keep.version = None;
+                    (cp.apply(keep.clone(), file, yaml, false).await, keep)
+                }
+                other => (other, spec),
+            };
+            match applied {
+                Err(e) => StartApply::Refused {
+                    reason: format!("{e:#}"),
+                },
+                Ok(applied) => {
+                    match crate::api::deploy_declared_version(&applied.handle, &spec, "serve").await
+                    {
+                        Ok(d) => StartApply::Applied {
+                            deployed: d.filter(|d| !d.unchanged).map(|d| d.version),
+                        },
+                        Err(e) => {
+                            // A first apply whose release cannot start leaves
+                            // no half-registered app behind.
+                            if applied.created {
+                                let _ = cp.forget(&spec.name).await;
+                            }
+                            StartApply::AppliedNotDeployed {
+                                reason: e.to_string(),
+                            }
+                        }
+                    }
                 }
             }
-        },
+        }
         Err(e) => StartApply::Refused {
             reason: format!("{e:#}"),
         },

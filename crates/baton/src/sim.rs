@@ -545,6 +545,17 @@ impl RouterApi for SimRouterApi {
                     failures: 0,
                 })
                 .collect();
+            let listeners = w
+                .router
+                .live
+                .apps
+                .iter()
+                .map(|a| baton_router::ListenerStatus {
+                    app: a.app.clone(),
+                    listen: a.listen,
+                    error: None,
+                })
+                .collect();
             Ok(RouterStats {
                 generation: w.router.live.generation,
                 apps: vec![AppStats {
@@ -552,6 +563,7 @@ impl RouterApi for SimRouterApi {
                     backends,
                     ..AppStats::default()
                 }],
+                listeners,
             })
         })
     }

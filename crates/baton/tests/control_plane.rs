@@ -67,17 +67,7 @@ fn kill_9_mid_rollout_then_the_same_serve_c_finishes_it_without_failures() {
     assert!(rt.block_on(load.wait_for_requests(500, Duration::from_secs(30))));
 
     h.cli_ok(&["deploy", "demo", "v2"]);
-    wait_until(
-        "the rollout to be half-way",
-        Duration::from_secs(60),
-        || {
-            let s = h.status("demo");
-            let inst = s["instances"].as_array().cloned().unwrap_or_default();
-            inst.iter()
-                .any(|i| i["version"] == "v2" && i["ready"] == true)
-                && inst.iter().any(|i| i["version"] == "v1")
-        },
-    );
+    wait_until_half_way(&h, "demo");
     h.kill9_server();
     // What a supervisor does: the very same command line again.
     h.start_server();

@@ -408,7 +408,7 @@ fn slow_canary_is_rolled_back_by_the_latency_check() {
         &h,
         &["SAMPLE_LATENCY_MS=200"],
         1_000,
-        &["p99 latency of v2", "limit 100ms"],
+        &["p99 latency of v2", "limit 100 ms"],
     );
     assert_no_failures(&report);
     let history: Value = serde_json::from_str(&h.cli_ok(&["history", "demo", "--json"])).unwrap();

@@ -260,6 +260,22 @@ impl Harness {
     }
 }
 
+/// Wait until a rollout of `app` from v1 to v2 is half-way: some v2 instance
+/// serves and some v1 instance is still there.
+pub fn wait_until_half_way(h: &Harness, app: &str) {
+    wait_until(
+        "the rollout to be half-way",
+        Duration::from_secs(60),
+        || {
+            let s = h.status(app);
+            let inst = s["instances"].as_array().cloned().unwrap_or_default();
+            inst.iter()
+                .any(|i| i["version"] == "v2" && i["ready"] == true)
+                && inst.iter().any(|i| i["version"] == "v1")
+        },
+    );
+}
+
 /// Run a command to its end, killing it if it runs past `timeout`.
 pub fn output_within(cmd: &mut Command, timeout: Duration) -> Output {
     let child = cmd
