@@ -297,6 +297,9 @@ struct Totals {
     ghosts: u64,
     control_plane_kills: u64,
     instance_kills: u64,
+    /// Samples of a status with fewer ready instances taking traffic than the app
+    /// runs (counted once per app and round).
+    capacity_dips: u64,
     /// Good releases deployed (without faults) after a bad one succeeded, so
     /// that the next rounds start from a good stable version.
     repairs: u64,
@@ -311,6 +314,12 @@ struct Chaos {
     apps: Vec<App>,
     seed: u64,
     totals: Totals,
+    /// The apps of the round under way.
+    round_apps: Vec<Strategy>,
+    /// Apps that lost an instance to a kill this round.
+    spared: BTreeSet<String>,
+    /// Apps whose capacity dip this round is already counted.
+    dipped: BTreeSet<Strategy>,
 }
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -357,6 +366,9 @@ impl Chaos {
             apps,
             seed,
             totals: Totals::default(),
+            round_apps: Vec::new(),
+            spared: BTreeSet::new(),
+            dipped: BTreeSet::new(),
         };
         for i in 0..chaos.apps.len() {
             let app = chaos.apps[i].strategy.app();
@@ -408,8 +420,10 @@ impl Chaos {
         self.h.start_server();
     }
 
-    /// kill -9 one running instance of an app not in `spared`; returns its id.
-    fn kill_instance(&mut self, pick: u64, spared: &mut BTreeSet<String>) -> Option<String> {
+    /// kill -9 one running instance of an app that has not lost one this round;
+    /// returns its id.
+    fn kill_instance(&mut self, pick: u64) -> Option<String> {
+        let spared = &self.spared;
         let app_of = |id: &str| id.rsplit_once("-r").map(|(a, _)| a.to_string());
         let running: Vec<(String, u32)> = instance_pids_by_id(&self.h)
             .into_iter()
@@ -420,7 +434,7 @@ impl Chaos {
         }
         let (id, pid) = running[(pick % running.len() as u64) as usize].clone();
         kill9(pid);
-        spared.extend(app_of(&id));
+        self.spared.extend(app_of(&id));
         self.totals.instance_kills += 1;
         Some(id)
     }
@@ -502,11 +516,15 @@ impl Chaos {
 
         let t0 = Instant::now();
         let mut fault_log = Vec::new();
-        let mut spared = BTreeSet::new();
+        self.round_apps = runs.iter().map(|r| r.strategy).collect();
+        self.spared.clear();
+        self.dipped.clear();
         for &(at, fault) in &plan.faults {
-            if let Some(wait) = at.checked_sub(t0.elapsed()) {
-                // The random moment of a kill is the point of the test.
-                std::thread::sleep(wait);
+            // The random moment of a kill is the point of the test; capacity is
+            // sampled while it comes.
+            while let Some(wait) = at.checked_sub(t0.elapsed()) {
+                self.sample_capacity(round);
+                std::thread::sleep(wait.min(Duration::from_millis(200)));
             }
             let when = t0.elapsed().as_secs_f64();
             match fault {
@@ -518,7 +536,7 @@ impl Chaos {
                     ));
                 }
                 Fault::KillInstance { pick } => {
-                    if let Some(id) = self.kill_instance(pick, &mut spared) {
+                    if let Some(id) = self.kill_instance(pick) {
                         fault_log.push(format!("{id} killed at {when:.1}s"));
                     }
                 }
@@ -529,7 +547,7 @@ impl Chaos {
         let mut line = format!("round {round}:");
         for run in &runs {
             let app = run.strategy.app();
-            let result = self.wait_for_end(app, &run.version, run.deployed_at);
+            let result = self.wait_for_end(round, app, &run.version, run.deployed_at);
             let took = run.deployed_at.elapsed();
             self.totals.longest_rollout = self.totals.longest_rollout.max(took);
             self.totals.rollouts += 1;
@@ -674,8 +692,15 @@ impl Chaos {
     }
 
     /// The rollout to `version` has ended (its history record is final): its result.
-    fn wait_for_end(&self, app: &str, version: &str, since: Instant) -> Option<String> {
+    fn wait_for_end(
+        &mut self,
+        round: u64,
+        app: &str,
+        version: &str,
+        since: Instant,
+    ) -> Option<String> {
         while since.elapsed() < ROLLOUT_DEADLINE {
+            self.sample_capacity(round);
             if let Some(s) = self.status(app)
                 && s["rollout"].is_null()
                 && let Some(rows) = self.history(app)
@@ -687,6 +712,48 @@ impl Chaos {
             std::thread::sleep(Duration::from_millis(200));
         }
         None
+    }
+
+    /// Capacity (invariant 1) as the control plane reports it: the versions that
+    /// take traffic have at least `instances` ready instances between them (every
+    /// strategy here allows none unavailable). An app that lost an instance to a
+    /// kill this round is not judged.
+    fn sample_capacity(&mut self, round: u64) {
+        for s in self.round_apps.clone() {
+            if self.spared.contains(s.app()) || self.dipped.contains(&s) {
+                continue;
+            }
+            let Some(st) = self.status(s.app()) else {
+                continue;
+            };
+            let taking: Vec<&str> = st["traffic"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|t| t["weight"].as_u64().is_some_and(|w| w > 0))
+                .filter_map(|t| t["version"].as_str())
+                .collect();
+            let ready = st["instances"].as_array().map_or(0, |a| {
+                a.iter()
+                    .filter(|i| {
+                        i["ready"] == true
+                            && i["version"].as_str().is_some_and(|v| taking.contains(&v))
+                    })
+                    .count()
+            });
+            let n = s.instances() as usize;
+            if ready < n && !st["traffic"].as_array().is_none_or(|t| t.is_empty()) {
+                self.dipped.insert(s);
+                self.totals.capacity_dips += 1;
+                self.violation(
+                    round,
+                    format!(
+                        "{}: capacity {ready} < {n}: ready instances of {taking:?}; status: {st}",
+                        s.app()
+                    ),
+                );
+            }
+        }
     }
 
     /// A rollout past its deadline: abort it so the run can go on, or stop the run.
@@ -888,7 +955,7 @@ impl Chaos {
                 total
             );
         }
-        let rows: [(&str, String); 15] = [
+        let rows: [(&str, String); 16] = [
             ("requests", t.requests.to_string()),
             ("failed requests", t.failed.to_string()),
             (
@@ -906,6 +973,7 @@ impl Chaos {
             ("unexpected results", t.unexpected.len().to_string()),
             ("invariant violations", t.violations.len().to_string()),
             ("control-plane kill -9", t.control_plane_kills.to_string()),
+            ("capacity dips (app-rounds)", t.capacity_dips.to_string()),
             ("instance kill -9", t.instance_kills.to_string()),
             (
                 "repair deploys after a bad release got through",
