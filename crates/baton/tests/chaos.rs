@@ -212,6 +212,9 @@ enum Fault {
 struct RoundPlan {
     rollouts: Vec<(Strategy, Release)>,
     faults: Vec<(Duration, Fault)>,
+    /// Kill the control plane this long after the `baton deploy` of rollout
+    /// `.0` starts, racing with its acceptance.
+    deploy_race: Option<(usize, Duration)>,
 }
 
 impl RoundPlan {
@@ -224,7 +227,7 @@ impl RoundPlan {
         }
         let mut chosen: Vec<Strategy> = order.into_iter().take(rollouts).collect();
         chosen.sort();
-        let rollouts = chosen
+        let rollouts: Vec<_> = chosen
             .into_iter()
             .map(|s| (s, Release::pick(&mut rng, s)))
             .collect();
@@ -248,7 +251,15 @@ impl RoundPlan {
             faults.push((at, Fault::KillInstance { pick: rng.next() }));
         }
         faults.sort_by_key(|(at, _)| *at);
-        RoundPlan { rollouts, faults }
+        let n = rollouts.len() as u64;
+        let deploy_race = rng
+            .percent(20)
+            .then(|| (rng.below(n) as usize, rng.millis(0, 120)));
+        RoundPlan {
+            rollouts,
+            faults,
+            deploy_race,
+        }
     }
 }
 
@@ -275,6 +286,9 @@ struct Rollout {
     /// The version that was stable when it started.
     from: String,
     deployed_at: Instant,
+    /// `baton deploy` answered that it was accepted (not so when the control
+    /// plane was killed under it and recorded it all the same).
+    acknowledged: bool,
 }
 
 #[derive(Default)]
@@ -296,6 +310,8 @@ struct Totals {
     duplicated_instances: u64,
     ghosts: u64,
     control_plane_kills: u64,
+    /// Deploys the control plane was killed under before it recorded them.
+    deploys_lost_to_kill: u64,
     instance_kills: u64,
     /// Samples of a status with fewer ready instances taking traffic than the app
     /// runs (counted once per app and round).
@@ -420,6 +436,23 @@ impl Chaos {
         self.h.start_server();
     }
 
+    /// Run `baton deploy` while the control plane is killed `delay` after it
+    /// starts; then start the control plane again with the same command line.
+    fn deploy_racing_a_kill(&mut self, args: &[&str], delay: Duration) -> std::process::Output {
+        let pid = self.h.server_pid().expect("the control plane runs");
+        let killer = std::thread::spawn(move || {
+            // The random moment of the kill is the point of the test.
+            std::thread::sleep(delay);
+            kill9(pid);
+        });
+        let out = self.h.cli(args);
+        killer.join().expect("the killer thread");
+        self.h.kill9_server();
+        self.totals.control_plane_kills += 1;
+        self.h.start_server();
+        out
+    }
+
     /// kill -9 one running instance of an app that has not lost one this round;
     /// returns its id.
     fn kill_instance(&mut self, pick: u64) -> Option<String> {
@@ -461,19 +494,19 @@ impl Chaos {
         let loads: Vec<_> = plan
             .rollouts
             .iter()
-            .map(|(s, _)| {
-                let mut cfg = LoadConfig::new(self.app(*s).listen);
+            .map(|&(s, _)| {
+                let mut cfg = LoadConfig::new(self.app(s).listen);
                 // Enough requests reach a canary at 25%, even a slow one, for
                 // the analysis to judge it within a step.
-                cfg.keepalive_workers = if *s == Strategy::Canary { 6 } else { 3 };
+                cfg.keepalive_workers = if s == Strategy::Canary { 6 } else { 3 };
                 cfg.fresh_workers = 1;
                 cfg.pace = Duration::from_millis(10);
                 cfg.max_requests = 1_000_000;
                 cfg.max_duration = ROLLOUT_DEADLINE + SETTLE_DEADLINE + Duration::from_secs(120);
-                self.rt.block_on(async { loadgen::start(cfg) })
+                (s, self.rt.block_on(async { loadgen::start(cfg) }))
             })
             .collect();
-        for load in &loads {
+        for (_, load) in &loads {
             assert!(
                 self.rt
                     .block_on(load.wait_for_requests(50, Duration::from_secs(30))),
@@ -483,14 +516,43 @@ impl Chaos {
         }
 
         let mut runs: Vec<Rollout> = Vec::new();
-        for &(s, release) in &plan.rollouts {
+        let mut fault_log = Vec::new();
+        for (i, &(s, release)) in plan.rollouts.iter().enumerate() {
             let version = format!("v{}", self.app(s).deployed.len() + 1);
             let mut args = vec!["deploy", s.app(), version.as_str()];
             if let Some(env) = release.env() {
                 args.extend(["--env", env]);
             }
-            let out = self.h.cli(&args);
-            if !out.status.success() {
+            let race = plan.deploy_race.filter(|(r, _)| *r == i).map(|(_, d)| d);
+            let out = match race {
+                None => self.h.cli(&args),
+                Some(delay) => {
+                    let out = self.deploy_racing_a_kill(&args, delay);
+                    fault_log.push(format!(
+                        "serve killed {}ms into the deploy of {} ({})",
+                        delay.as_millis(),
+                        s.app(),
+                        if out.status.success() {
+                            "acknowledged"
+                        } else {
+                            "not acknowledged"
+                        }
+                    ));
+                    out
+                }
+            };
+            if !out.status.success() && race.is_some() {
+                // Killed before it answered: the deploy may or may not have been
+                // accepted. If the restarted control plane has its record, it
+                // must see it through like any other.
+                let recorded = self
+                    .history(s.app())
+                    .is_some_and(|rows| rows.iter().any(|r| r["to_version"] == version.as_str()));
+                if !recorded {
+                    self.totals.deploys_lost_to_kill += 1;
+                    continue;
+                }
+            } else if !out.status.success() {
                 let msg = format!(
                     "{} {version}: deploy refused ({:?}): {}",
                     s.app(),
@@ -511,11 +573,11 @@ impl Chaos {
                 from: app.stable.clone(),
                 version,
                 deployed_at: Instant::now(),
+                acknowledged: out.status.success(),
             });
         }
 
         let t0 = Instant::now();
-        let mut fault_log = Vec::new();
         self.round_apps = runs.iter().map(|r| r.strategy).collect();
         self.spared.clear();
         self.dipped.clear();
@@ -551,7 +613,7 @@ impl Chaos {
             let took = run.deployed_at.elapsed();
             self.totals.longest_rollout = self.totals.longest_rollout.max(took);
             self.totals.rollouts += 1;
-            let result = result.unwrap_or_else(|| "unfinished".to_string());
+            let (result, notes) = result.unwrap_or_else(|| ("unfinished".into(), String::new()));
             *self
                 .totals
                 .outcomes
@@ -574,9 +636,18 @@ impl Chaos {
                     ),
                 );
                 self.unstick(app);
-            } else if result != run.release.expected() {
+            } else if result == "interrupted" && run.acknowledged {
+                // Invariant 5: what the control plane acknowledged is on disk.
+                self.violation(
+                    round,
+                    format!(
+                        "{app} {}: an acknowledged deploy ended `interrupted` (never started)",
+                        run.version
+                    ),
+                );
+            } else if result != run.release.expected() && result != "interrupted" {
                 self.totals.unexpected.push(format!(
-                    "round {round}: {app} {} ({} release) ended {result}, expected {}",
+                    "round {round}: {app} {} ({} release) ended {result}, expected {}: {notes}",
                     run.version,
                     run.release.name(),
                     run.release.expected()
@@ -599,11 +670,19 @@ impl Chaos {
         // What the users saw.
         let mut requests = 0;
         let mut failed = 0;
-        for (load, run) in loads.into_iter().zip(&runs) {
+        for (strategy, load) in loads {
             let report = self.rt.block_on(load.finish());
-            let app = run.strategy.app();
+            let app = strategy.app();
+            // An app whose deploy was lost to a kill kept its stable version.
+            let stable = self.app(strategy).stable.clone();
+            let (version, from, release) = runs
+                .iter()
+                .find(|r| r.strategy == strategy)
+                .map_or((stable.clone(), stable, Release::Good), |r| {
+                    (r.version.clone(), r.from.clone(), r.release)
+                });
             requests += report.requests;
-            let erroring = &self.app(run.strategy).erroring;
+            let erroring = &self.app(strategy).erroring;
             let injected = |kind: &str| {
                 kind.strip_prefix("HTTP 500 Internal Server Error from ")
                     .is_some_and(|v| erroring.contains(v))
@@ -624,23 +703,23 @@ impl Chaos {
                     round,
                     format!(
                         "{app} {}: {real} of {} requests failed: {:?}; first: {:?}",
-                        run.version, report.requests, report.failure_kinds, report.failure_samples
+                        version, report.requests, report.failure_kinds, report.failure_samples
                     ),
                 );
             }
             // Routing: users are answered by the version that was stable and the
             // new one only, and never by a release that was never ready.
             for (v, n) in &report.by_version {
-                let allowed = (*v == run.from || *v == run.version)
-                    && !(run.release == Release::NeverReady && *v == run.version);
+                let allowed = (*v == from || *v == version)
+                    && !(release == Release::NeverReady && *v == version);
                 if !allowed {
                     self.violation(
                         round,
                         format!(
                             "{app} {} ({} release, from {}): {n} requests answered by {v}",
-                            run.version,
-                            run.release.name(),
-                            run.from
+                            version,
+                            release.name(),
+                            from
                         ),
                     );
                 }
@@ -698,7 +777,7 @@ impl Chaos {
         app: &str,
         version: &str,
         since: Instant,
-    ) -> Option<String> {
+    ) -> Option<(String, String)> {
         while since.elapsed() < ROLLOUT_DEADLINE {
             self.sample_capacity(round);
             if let Some(s) = self.status(app)
@@ -707,7 +786,10 @@ impl Chaos {
                 && let Some(row) = rows.iter().find(|r| r["to_version"] == version)
                 && row["result"] != "in_progress"
             {
-                return row["result"].as_str().map(str::to_string);
+                return Some((
+                    row["result"].as_str().unwrap_or_default().to_string(),
+                    row["notes"].as_str().unwrap_or_default().to_string(),
+                ));
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -930,11 +1012,19 @@ impl Chaos {
             "baton chaos: seed {}, {} rollouts in {} rounds",
             self.seed, t.rollouts, t.rounds
         );
-        let results = ["succeeded", "rolled_back", "aborted", "unfinished"];
+        // `interrupted`: the control plane was killed during `baton deploy`,
+        // before it answered, and closed the record on its restart.
+        let results = [
+            "succeeded",
+            "rolled_back",
+            "aborted",
+            "interrupted",
+            "unfinished",
+        ];
         let _ = writeln!(
             out,
-            "{:<12} {:>10} {:>12} {:>8} {:>11} {:>6}",
-            "strategy", "succeeded", "rolled_back", "aborted", "unfinished", "total"
+            "{:<12} {:>10} {:>12} {:>8} {:>12} {:>11} {:>6}",
+            "strategy", "succeeded", "rolled_back", "aborted", "interrupted", "unfinished", "total"
         );
         for s in STRATEGIES {
             let count = |r: &str| t.outcomes.get(&(s, r.to_string())).copied().unwrap_or(0);
@@ -946,16 +1036,17 @@ impl Chaos {
                 .sum();
             let _ = writeln!(
                 out,
-                "{:<12} {:>10} {:>12} {:>8} {:>11} {:>6}",
+                "{:<12} {:>10} {:>12} {:>8} {:>12} {:>11} {:>6}",
                 s.name(),
                 count(results[0]),
                 count(results[1]),
                 count(results[2]),
                 count(results[3]),
+                count(results[4]),
                 total
             );
         }
-        let rows: [(&str, String); 16] = [
+        let rows: [(&str, String); 17] = [
             ("requests", t.requests.to_string()),
             ("failed requests", t.failed.to_string()),
             (
@@ -973,6 +1064,10 @@ impl Chaos {
             ("unexpected results", t.unexpected.len().to_string()),
             ("invariant violations", t.violations.len().to_string()),
             ("control-plane kill -9", t.control_plane_kills.to_string()),
+            (
+                "  of them during a deploy, which it never recorded",
+                t.deploys_lost_to_kill.to_string(),
+            ),
             ("capacity dips (app-rounds)", t.capacity_dips.to_string()),
             ("instance kill -9", t.instance_kills.to_string()),
             (
