@@ -12,17 +12,21 @@
 # three apps of the sample service, one per strategy: rolling (3 instances),
 # blue-green with auto_promote_after (2) and canary with short steps and an
 # error-rate/p99 analysis (2). Each round deploys a new version on each app at
-# once, half of them good and half bad (never ready, crashing, and for the canary
-# also erroring or slow, through the sample's fault knobs), under paced load from
-# the loadgen; the control plane is killed with -9 at a random moment (sometimes
-# again while it resumes) and started with the same command line, and 0 to 2
-# random instances are killed with -9. After each round: every rollout ended
-# within 180 s, each app settled on its stable version at full capacity with
-# exactly the instances the control plane knows running, one final history
-# record per rollout, and no failed request (500s that an erroring release
-# answers itself are counted apart). The table lists the totals; a failure prints
-# the seed and the command that replays it. Release build; the run lives in
-# crates/baton/tests/chaos.rs (its short form, 10 rollouts, is in the test suite).
+# once, half of them good and half bad through the sample's fault knobs (never
+# ready, crashing, and for the canary also erroring or slow), under paced load from
+# the loadgen. In every round the control plane is killed with -9 at a random
+# moment (sometimes again while it resumes, sometimes during `baton deploy`
+# itself) and started again with the same command line, and up to 2 instances
+# (never 2 of one app) are killed with -9. Checked after each round: every rollout
+# ended within 180 s (and whether a good release succeeded and a bad one was
+# rolled back: "unexpected results" are listed, not failures), each
+# app settled on its stable version at full capacity with exactly the instances
+# the control plane knows running (no orphan, duplicate or ghost), one final
+# history record per rollout, no failed request (the 500s an erroring release
+# answers itself are counted apart), answers only from the old and new version,
+# and capacity sampled all along. The table lists the totals; a failure prints the
+# seed and the command that replays it. Release build; the run lives in
+# crates/baton/tests/chaos.rs, whose short form (10 rollouts) is in the test suite.
 set -euo pipefail
 
 N=${1:-200}
