@@ -316,6 +316,9 @@ struct Totals {
     /// Samples of a status with fewer ready instances taking traffic than the app
     /// runs (counted once per app and round).
     capacity_dips: u64,
+    /// ERROR lines of the control plane's log (the first few kept).
+    errors_logged: u64,
+    error_samples: Vec<String>,
     /// Good releases deployed (without faults) after a bad one succeeded, so
     /// that the next rounds start from a good stable version.
     repairs: u64,
@@ -336,6 +339,8 @@ struct Chaos {
     spared: BTreeSet<String>,
     /// Apps whose capacity dip this round is already counted.
     dipped: BTreeSet<Strategy>,
+    /// How much of serve.log has been read.
+    log_read: usize,
 }
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -385,6 +390,7 @@ impl Chaos {
             round_apps: Vec::new(),
             spared: BTreeSet::new(),
             dipped: BTreeSet::new(),
+            log_read: 0,
         };
         for i in 0..chaos.apps.len() {
             let app = chaos.apps[i].strategy.app();
@@ -666,6 +672,7 @@ impl Chaos {
             self.check_history(round, run.strategy);
         }
         self.check_processes(round);
+        self.scan_log(round);
 
         // What the users saw.
         let mut requests = 0;
@@ -975,6 +982,27 @@ impl Chaos {
         }
     }
 
+    /// What the control plane logged since the last look: a panic is a
+    /// violation; ERROR lines are counted and the first few kept.
+    fn scan_log(&mut self, round: u64) {
+        let log = std::fs::read(self.h.dir.join("serve.log")).unwrap_or_default();
+        let new =
+            String::from_utf8_lossy(log.get(self.log_read..).unwrap_or_default()).into_owned();
+        self.log_read = log.len();
+        for line in new.lines() {
+            if line.contains("panicked") {
+                self.violation(round, format!("the control plane panicked: {line}"));
+            } else if line.contains(" ERROR ") {
+                self.totals.errors_logged += 1;
+                if self.totals.error_samples.len() < 5 {
+                    self.totals
+                        .error_samples
+                        .push(format!("round {round}: {line}"));
+                }
+            }
+        }
+    }
+
     /// One router, the control plane still up, and no instance of an unknown app.
     fn check_processes(&mut self, round: u64) {
         let routers = self.h.router_pids();
@@ -1046,7 +1074,7 @@ impl Chaos {
                 total
             );
         }
-        let rows: [(&str, String); 17] = [
+        let rows: [(&str, String); 18] = [
             ("requests", t.requests.to_string()),
             ("failed requests", t.failed.to_string()),
             (
@@ -1063,6 +1091,10 @@ impl Chaos {
             ("ghost instances (known, not running)", t.ghosts.to_string()),
             ("unexpected results", t.unexpected.len().to_string()),
             ("invariant violations", t.violations.len().to_string()),
+            (
+                "ERROR lines in the control plane's log",
+                t.errors_logged.to_string(),
+            ),
             ("control-plane kill -9", t.control_plane_kills.to_string()),
             (
                 "  of them during a deploy, which it never recorded",
@@ -1085,6 +1117,9 @@ impl Chaos {
         }
         for u in &t.unexpected {
             let _ = writeln!(out, "unexpected: {u}");
+        }
+        for e in &t.error_samples {
+            let _ = writeln!(out, "logged: {e}");
         }
         for v in &t.violations {
             let _ = writeln!(out, "violation: {v}");
