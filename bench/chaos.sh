@@ -2,7 +2,7 @@
 # Crash anywhere, end to end: N rollouts of the real binary under load, with a
 # kill -9 of the control plane in every round and random kill -9 of instances.
 #
-#   bench/chaos.sh                  # 200 rollouts (about 20 minutes on 2 cores)
+#   bench/chaos.sh                  # 200 rollouts (about 15 minutes on 2 cores)
 #   bench/chaos.sh 30               # 30 rollouts
 #   BATON_CHAOS_SEED=42 bench/chaos.sh 200      # replay a seed
 #   BATON_CHAOS_SEED=42 BATON_CHAOS_ROUND=17 bench/chaos.sh 200
