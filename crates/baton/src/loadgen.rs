@@ -53,6 +53,10 @@ pub struct LoadReport {
     pub by_version: BTreeMap<String, u64>,
     /// The first few failures, for the error message.
     pub failure_samples: Vec<String>,
+    /// Every failure counted by its kind: `HTTP <status> from <X-Version>` for an
+    /// answer that was not 2xx (`none` when the router itself answered), else what
+    /// failed (`connect`, `handshake`, `connection`, `request`, `body`, `timed out`).
+    pub failure_kinds: BTreeMap<String, u64>,
     pub elapsed_ms: u64,
 }
 
@@ -74,6 +78,7 @@ pub struct LoadHandle {
 struct WorkerReport {
     by_version: BTreeMap<String, u64>,
     failures: Vec<String>,
+    failure_kinds: BTreeMap<String, u64>,
 }
 
 /// Start sending load in the background.
@@ -133,6 +138,9 @@ impl LoadHandle {
             for (v, n) in r.by_version {
                 *report.by_version.entry(v).or_default() += n;
             }
+            for (k, n) in r.failure_kinds {
+                *report.failure_kinds.entry(k).or_default() += n;
+            }
             for f in r.failures {
                 if report.failure_samples.len() < 10 {
                     report.failure_samples.push(f);
@@ -189,6 +197,7 @@ async fn worker(
             Err(e) => {
                 counters.failures.fetch_add(1, Ordering::Relaxed);
                 conn = None;
+                *report.failure_kinds.entry(failure_kind(&e)).or_default() += 1;
                 if report.failures.len() < 10 {
                     report.failures.push(e);
                 }
@@ -199,6 +208,19 @@ async fn worker(
         }
     }
     report
+}
+
+/// The kind of a failure message of [`one_request`]: the status and version of an
+/// answer that was not 2xx, else the step that failed.
+fn failure_kind(message: &str) -> String {
+    if let Some(rest) = message.strip_prefix("HTTP ") {
+        return format!("HTTP {}", rest.split_once(':').map_or(rest, |(k, _)| k));
+    }
+    message
+        .split_once(':')
+        .map_or(message, |(k, _)| k)
+        .trim_end_matches(" after 30s")
+        .to_string()
 }
 
 async fn one_request(
@@ -246,4 +268,23 @@ async fn one_request(
         *conn = None;
     }
     Ok(version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::failure_kind;
+
+    #[test]
+    fn failures_are_counted_by_status_and_version_or_by_step() {
+        assert_eq!(
+            failure_kind("HTTP 500 Internal Server Error from v3: {\"error\":\"x: y\"}"),
+            "HTTP 500 Internal Server Error from v3"
+        );
+        assert_eq!(
+            failure_kind("HTTP 502 Bad Gateway from none: bad gateway: no backend answered"),
+            "HTTP 502 Bad Gateway from none"
+        );
+        assert_eq!(failure_kind("connect: Connection refused"), "connect");
+        assert_eq!(failure_kind("timed out after 30s"), "timed out");
+    }
 }

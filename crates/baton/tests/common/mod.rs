@@ -462,3 +462,19 @@ pub fn assert_no_failures(report: &LoadReport) {
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
+
+/// kill -9 a process and, when it leads one, its process group (an instance).
+pub fn kill9(pid: u32) {
+    kill_group(pid);
+}
+
+/// Live instances of this control plane as (instance id, group leader pid), sorted.
+pub fn instance_pids_by_id(h: &Harness) -> Vec<(String, u32)> {
+    let mut out: Vec<(String, u32)> = h
+        .owned_instance_pids()
+        .into_iter()
+        .filter_map(|pid| Some((env_of(pid, "BATON_INSTANCE_ID")?, pid)))
+        .collect();
+    out.sort();
+    out
+}
