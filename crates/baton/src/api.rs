@@ -10,7 +10,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use baton_engine::{Input, Release, RolloutKind, RolloutPhase};
-use baton_spec::AppSpec;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -129,7 +128,12 @@ async fn apply(
     let applied = cp
         .apply(spec.clone(), &body.file, &body.yaml, body.yes)
         .await?;
-    let deployed = match deploy_declared_version(&applied.handle, &spec, &operator(&headers)).await
+    let deployed = match crate::server::deploy_declared_version(
+        &applied.handle,
+        &spec,
+        &operator(&headers),
+    )
+    .await
     {
         Ok(d) => d,
         Err(e) => {
@@ -140,7 +144,7 @@ async fn apply(
             {
                 tracing::warn!(app = %spec.name, error = %format!("{f:#}"), "unregistering the app after its refused first deploy failed");
             }
-            return Err(e);
+            return Err(e.into());
         }
     };
     Ok(Json(json!({
@@ -161,48 +165,6 @@ async fn delete_app(
         return Err(not_found(&app));
     }
     Ok(Json(json!({"app": app, "deleted": true})))
-}
-
-/// A spec that names a version is deployed when it is not what runs already.
-pub async fn deploy_declared_version(
-    handle: &AppHandle,
-    spec: &AppSpec,
-    operator: &str,
-) -> Result<Option<DeployAccepted>, ApiError> {
-    let Some(version) = &spec.version else {
-        return Ok(None);
-    };
-    let view = handle.status.borrow().clone();
-    let current = view
-        .state
-        .rollout
-        .as_ref()
-        .map(|r| &r.to)
-        .or(view.state.stable.as_ref());
-    if current.is_some_and(|r| &r.version == version) {
-        return Ok(None);
-    }
-    send_deploy(
-        handle,
-        DeployRequest::new(version.clone(), operator.into(), RolloutKind::Deploy),
-    )
-    .await
-    .map(Some)
-}
-
-async fn send_deploy(
-    handle: &AppHandle,
-    request: DeployRequest,
-) -> Result<DeployAccepted, ApiError> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    handle
-        .commands
-        .send(Command::Deploy { request, reply: tx })
-        .await
-        .map_err(|_| anyhow::anyhow!("app controller stopped"))?;
-    Ok(rx
-        .await
-        .map_err(|_| anyhow::anyhow!("app controller stopped"))??)
 }
 
 #[derive(Deserialize)]
@@ -251,7 +213,7 @@ async fn deploy(
         ));
     }
     Ok(Json(
-        send_deploy(
+        crate::server::send_deploy(
             &h,
             DeployRequest {
                 env: body.env,
@@ -418,7 +380,7 @@ async fn retry(
         .find(|h| h.id == last.history_id)
         .ok_or_else(|| anyhow::anyhow!("history record {} is missing", last.history_id))?;
     Ok(Json(
-        send_deploy(
+        crate::server::send_deploy(
             &h,
             DeployRequest {
                 revision: Some(record.revision),
@@ -588,7 +550,7 @@ async fn rollback_accepted(
         ));
     }
     Ok(Json(
-        send_deploy(
+        crate::server::send_deploy(
             &h,
             DeployRequest {
                 revision: Some(target),

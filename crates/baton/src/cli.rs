@@ -3,7 +3,6 @@
 //! 3 the control plane could not be reached.
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,21 +13,7 @@ use serde_json::{Value, json};
 
 use crate::api::AppStatus;
 use crate::client::{ApiClient, ClientError};
-
-static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Write to stdout; once the reader has gone, write nothing more.
-pub fn write_stdout(args: std::fmt::Arguments<'_>) {
-    use std::io::Write;
-    use std::sync::atomic::Ordering;
-    if STDOUT_CLOSED.load(Ordering::Relaxed) {
-        return;
-    }
-    let mut out = std::io::stdout().lock();
-    if out.write_fmt(args).and_then(|()| out.flush()).is_err() {
-        STDOUT_CLOSED.store(true, Ordering::Relaxed);
-    }
-}
+use crate::term::{Color, color_enabled_stderr, paint, write_stdout};
 
 /// Exit code when the control plane cannot be reached.
 const EXIT_UNREACHABLE: u8 = 3;
@@ -564,7 +549,7 @@ async fn run(cli: Cli) -> Exit {
                 }
                 specs.push((file, text));
             }
-            match crate::server::serve(crate::server::ServeOptions {
+            match crate::serve::serve(crate::serve::ServeOptions {
                 data_dir,
                 api: api_addr,
                 specs,
@@ -576,7 +561,7 @@ async fn run(cli: Cli) -> Exit {
                 Err(e) if e.downcast_ref::<crate::lock::DataDirBusy>().is_some() => {
                     Exit::BadInput(format!("{e:#}"))
                 }
-                Err(e) if e.is::<crate::server::ApiBindError>() => Exit::BadInput(format!("{e:#}")),
+                Err(e) if e.is::<crate::serve::ApiBindError>() => Exit::BadInput(format!("{e:#}")),
                 Err(e) => match e.downcast_ref::<crate::server::ApplyError>() {
                     Some(
                         refused @ (crate::server::ApplyError::Refused(_)
@@ -1350,30 +1335,6 @@ fn format_date(ms: i64) -> String {
 fn format_time(ms: i64) -> String {
     let d = format_date(ms);
     d.split(' ').nth(1).unwrap_or(&d).to_string()
-}
-
-#[derive(Clone, Copy)]
-pub enum Color {
-    Red,
-    Green,
-    Bold,
-}
-
-fn color_enabled_stderr() -> bool {
-    std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal()
-}
-
-/// Colour only for a terminal, never when NO_COLOR is set.
-pub fn paint(text: &str, color: Color) -> String {
-    if std::env::var_os("NO_COLOR").is_some() || !std::io::stdout().is_terminal() {
-        return text.to_string();
-    }
-    let code = match color {
-        Color::Red => "31",
-        Color::Green => "32",
-        Color::Bold => "1",
-    };
-    format!("\x1b[{code}m{text}\x1b[0m")
 }
 
 #[cfg(test)]

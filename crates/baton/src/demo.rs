@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{Color, paint};
 use crate::controller::AppHandle;
 use crate::loadgen::{self, LoadConfig};
+use crate::term::{Color, paint};
 
 const QUICKSTART: &str = include_str!("../../../examples/quickstart.yaml");
 
@@ -52,7 +52,7 @@ async fn drive(
         "\n1. starting {} instances of the sample service v1",
         spec.instances
     );
-    crate::api::deploy_declared_version(&handle, &spec, "demo")
+    crate::server::deploy_declared_version(&handle, &spec, "demo")
         .await
         .map_err(|_| anyhow::anyhow!("could not start v1"))?;
     let mut printed = 0;

@@ -8,10 +8,10 @@
 /// writing quietly instead and lets the command finish with its own exit code.
 macro_rules! println {
     () => {
-        $crate::cli::write_stdout(format_args!("\n"))
+        $crate::term::write_stdout(format_args!("\n"))
     };
     ($($arg:tt)*) => {
-        $crate::cli::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+        $crate::term::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
     };
 }
 
@@ -29,6 +29,8 @@ pub mod loadgen;
 pub mod lock;
 pub mod preflight;
 pub mod routing;
+pub mod serve;
 pub mod server;
 pub mod sim;
+pub mod term;
 pub mod windows;
