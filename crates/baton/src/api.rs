@@ -359,36 +359,24 @@ async fn retry(
     headers: HeaderMap,
 ) -> Result<Json<DeployAccepted>, ApiError> {
     let h = handle(&cp, &app).await?;
-    let view = h.status.borrow().clone();
-    let last = view
-        .state
-        .last_finished
-        .clone()
-        .filter(|f| f.outcome != baton_engine::Outcome::Succeeded)
-        .ok_or_else(|| {
-            ApiError(
-                StatusCode::BAD_REQUEST,
-                format!("{app}'s last rollout did not fail or abort; there is nothing to retry"),
-            )
-        })?;
-    let record = cp
-        .shared
-        .store()
-        .list_history(&app)
-        .map_err(anyhow::Error::from)?
-        .into_iter()
-        .find(|h| h.id == last.history_id)
-        .ok_or_else(|| anyhow::anyhow!("history record {} is missing", last.history_id))?;
-    Ok(Json(
-        crate::server::send_deploy(
-            &h,
-            DeployRequest {
-                revision: Some(record.revision),
-                ..DeployRequest::new(record.to_version, operator(&headers), RolloutKind::Deploy)
-            },
-        )
-        .await?,
-    ))
+    let operator = operator(&headers);
+    let accepted = ask(&h, |reply| Command::Retry { operator, reply }).await?;
+    Ok(Json(accepted))
+}
+
+/// Send a command that answers with an accepted rollout, and wait for it.
+async fn ask(
+    h: &AppHandle,
+    command: impl FnOnce(tokio::sync::oneshot::Sender<Result<DeployAccepted, CommandError>>) -> Command,
+) -> Result<DeployAccepted, ApiError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    h.commands
+        .send(command(tx))
+        .await
+        .map_err(|_| anyhow::anyhow!("app controller stopped"))?;
+    Ok(rx
+        .await
+        .map_err(|_| anyhow::anyhow!("app controller stopped"))??)
 }
 
 #[derive(Deserialize, Default)]
@@ -479,87 +467,15 @@ async fn rollback_accepted(
     body: Option<Json<RollbackBody>>,
 ) -> Result<Json<DeployAccepted>, ApiError> {
     let h = handle(&cp, &app).await?;
-    let view = h.status.borrow().clone();
-    if let Some(r) = &view.state.rollout {
-        // During a rollout (a blue-green scale-down delay included) a rollback
-        // is an abort: traffic returns to the stable release at once.
-        let Some(from) = r.from.clone() else {
-            return Err(ApiError(
-                StatusCode::CONFLICT,
-                format!(
-                    "{app}'s first release is still rolling out; there is nothing to roll back to"
-                ),
-            ));
-        };
-        let history_id = r.history_id;
-        let by = operator(&headers);
-        let reason = "rollback requested".to_string();
-        operate(&cp, &app, Input::Abort { by, reason }).await?;
-        return Ok(Json(DeployAccepted {
-            revision: from.revision,
-            history_id,
-            version: from.version,
-            unchanged: false,
-            waits_for_window: None,
-        }));
-    }
-    let target = match body.and_then(|b| b.0.to_revision) {
-        Some(n) => n,
-        None => {
-            // The release that was stable before the current one: walk the
-            // successful releases newest first, past the current one.
-            let current = view.state.stable.as_ref().map(|r| r.revision);
-            let history = cp
-                .shared
-                .store()
-                .list_history(&app)
-                .map_err(anyhow::Error::from)?;
-            let mut seen_current = false;
-            let mut previous = None;
-            for h in history.iter().filter(|h| h.result == "succeeded") {
-                if !seen_current {
-                    seen_current = Some(h.revision) == current;
-                } else if Some(h.revision) != current {
-                    previous = Some(h.revision);
-                    break;
-                }
-            }
-            previous.ok_or_else(|| {
-                ApiError(
-                    StatusCode::BAD_REQUEST,
-                    format!("{app} has no earlier successful release to roll back to; use --to-revision N (see `baton history {app}`)"),
-                )
-            })?
-        }
-    };
-    let rev = cp
-        .shared
-        .store()
-        .get_revision(&app, target)
-        .map_err(anyhow::Error::from)?
-        .ok_or_else(|| {
-            ApiError(
-                StatusCode::BAD_REQUEST,
-                format!("{app} has no revision {target}; `baton history {app}` lists them"),
-            )
-        })?;
-    if view.state.stable.as_ref().map(|r| r.revision) == Some(target) {
-        return Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("{app} already runs revision {target} ({})", rev.version),
-        ));
-    }
-    Ok(Json(
-        crate::server::send_deploy(
-            &h,
-            DeployRequest {
-                revision: Some(target),
-                now: true,
-                ..DeployRequest::new(rev.version, operator(&headers), RolloutKind::Rollback)
-            },
-        )
-        .await?,
-    ))
+    let to_revision = body.and_then(|b| b.0.to_revision);
+    let operator = operator(&headers);
+    let accepted = ask(&h, |reply| Command::Rollback {
+        to_revision,
+        operator,
+        reply,
+    })
+    .await?;
+    Ok(Json(accepted))
 }
 
 #[derive(Deserialize)]

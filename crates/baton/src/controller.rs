@@ -71,6 +71,19 @@ pub enum Command {
     },
     /// Drain and stop every instance (used by `baton down` and the demo).
     StopAll { reply: oneshot::Sender<()> },
+    /// `baton rollback`: during a rollout an abort (traffic back to the stable
+    /// release at once); otherwise a rollout to `to_revision`, or to the
+    /// release that was stable before the current one.
+    Rollback {
+        to_revision: Option<u32>,
+        operator: String,
+        reply: oneshot::Sender<Result<DeployAccepted, CommandError>>,
+    },
+    /// `baton retry`: the last failed or aborted release again.
+    Retry {
+        operator: String,
+        reply: oneshot::Sender<Result<DeployAccepted, CommandError>>,
+    },
     /// `baton delete`: take every instance out of routing, wait for its
     /// requests in flight, stop it, and close a rollout in flight.
     Delete { reply: oneshot::Sender<()> },
@@ -637,6 +650,18 @@ impl AppController {
                 let result = self.apply(input).await;
                 self.reply_once_routed(reply, result);
             }
+            Command::Rollback {
+                to_revision,
+                operator,
+                reply,
+            } => {
+                let result = self.rollback(to_revision, operator).await;
+                self.reply_once_routed(reply, result);
+            }
+            Command::Retry { operator, reply } => {
+                let result = self.retry(operator).await;
+                self.reply_once_routed(reply, result);
+            }
             Command::StopAll { reply } => {
                 self.stop_all(Drains::Skip).await;
                 let _ = reply.send(());
@@ -814,6 +839,114 @@ impl AppController {
             unchanged: false,
             waits_for_window,
         })
+    }
+
+    /// `baton rollback` (see [`Command::Rollback`]).
+    async fn rollback(
+        &mut self,
+        to_revision: Option<u32>,
+        operator: String,
+    ) -> Result<DeployAccepted, CommandError> {
+        let app = self.spec.name.clone();
+        if let Some(r) = &self.state.rollout {
+            // During a rollout (a blue-green scale-down delay included) a
+            // rollback is an abort: traffic returns to the stable release at once.
+            let Some(from) = r.from.clone() else {
+                return Err(CommandError::BadRequest(format!(
+                    "{app}'s first release is still rolling out; there is nothing to roll back to"
+                )));
+            };
+            let history_id = r.history_id;
+            self.apply(Input::Abort {
+                by: operator,
+                reason: "rollback requested".into(),
+            })
+            .await?;
+            return Ok(DeployAccepted {
+                revision: from.revision,
+                history_id,
+                version: from.version,
+                unchanged: false,
+                waits_for_window: None,
+            });
+        }
+        let internal = |e: baton_store::StoreError| CommandError::Internal(e.to_string());
+        let current = self.state.stable.as_ref().map(|r| r.revision);
+        let target = match to_revision {
+            Some(n) => n,
+            None => {
+                // The release that was stable before the current one: walk the
+                // successful releases newest first, past the current one.
+                let history = self.shared.store().list_history(&app).map_err(internal)?;
+                let mut seen_current = false;
+                let mut previous = None;
+                for h in history.iter().filter(|h| h.result == "succeeded") {
+                    if !seen_current {
+                        seen_current = Some(h.revision) == current;
+                    } else if Some(h.revision) != current {
+                        previous = Some(h.revision);
+                        break;
+                    }
+                }
+                previous.ok_or_else(|| {
+                    CommandError::BadRequest(format!(
+                        "{app} has no earlier successful release to roll back to; use --to-revision N (see `baton history {app}`)"
+                    ))
+                })?
+            }
+        };
+        let rev = self
+            .shared
+            .store()
+            .get_revision(&app, target)
+            .map_err(internal)?
+            .ok_or_else(|| {
+                CommandError::BadRequest(format!(
+                    "{app} has no revision {target}; `baton history {app}` lists them"
+                ))
+            })?;
+        if current == Some(target) {
+            return Err(CommandError::BadRequest(format!(
+                "{app} already runs revision {target} ({})",
+                rev.version
+            )));
+        }
+        self.deploy(DeployRequest {
+            revision: Some(target),
+            now: true,
+            ..DeployRequest::new(rev.version, operator, RolloutKind::Rollback)
+        })
+        .await
+    }
+
+    /// `baton retry` (see [`Command::Retry`]).
+    async fn retry(&mut self, operator: String) -> Result<DeployAccepted, CommandError> {
+        let app = self.spec.name.clone();
+        let last = self
+            .state
+            .last_finished
+            .clone()
+            .filter(|f| f.outcome != Outcome::Succeeded)
+            .ok_or_else(|| {
+                CommandError::BadRequest(format!(
+                    "{app}'s last rollout did not fail or abort; there is nothing to retry"
+                ))
+            })?;
+        let record = self
+            .shared
+            .store()
+            .list_history(&app)
+            .map_err(|e| CommandError::Internal(e.to_string()))?
+            .into_iter()
+            .find(|h| h.id == last.history_id)
+            .ok_or_else(|| {
+                CommandError::Internal(format!("history record {} is missing", last.history_id))
+            })?;
+        self.deploy(DeployRequest {
+            revision: Some(record.revision),
+            ..DeployRequest::new(record.to_version, operator, RolloutKind::Deploy)
+        })
+        .await
     }
 
     /// A report from a background task. A process that came up after its
