@@ -71,14 +71,7 @@ fn kill_9_mid_rollout_then_the_same_serve_c_finishes_it_without_failures() {
     h.kill9_server();
     // What a supervisor does: the very same command line again.
     h.start_server();
-    wait_until(
-        "the rollout to finish after the restart",
-        Duration::from_secs(120),
-        || {
-            let s = h.status("demo");
-            s["phase"] == "stable" && s["stable_version"] == "v2"
-        },
-    );
+    wait_until_stable_on(&h, "demo", "v2", "the rollout to finish after the restart");
     assert!(
         !h.server_exited(),
         "serve -c must keep running after a restart"

@@ -402,17 +402,7 @@ fn lint_validates_offline_and_the_examples_fit_side_by_side() {
 #[test]
 fn a_deploy_outside_its_window_says_when_and_now_starts_it() {
     let h = Harness::new();
-    // A one-minute window twelve hours away: closed now, whatever the time.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let minute_of_day = (now / 60 + 12 * 60) % (24 * 60);
-    let (hh, mm) = (minute_of_day / 60, minute_of_day % 60);
-    let (eh, em) = (((minute_of_day + 1) % 1440) / 60, (minute_of_day + 1) % 60);
-    let windows = format!(
-        "upgrade_windows:\n  timezone: Europe/Berlin\n  allowed:\n    - {{ start: \"{hh:02}:{mm:02}\", end: \"{eh:02}:{em:02}\" }}"
-    );
+    let windows = closed_window_yaml("Europe/Berlin");
     let path = spec_on(&h, "demo", h.listen, &windows);
     h.cli_ok(&["apply", "-f", path_str(&path)]);
     h.cli_ok(&["deploy", "demo", "v1", "--now", "--wait"]);

@@ -183,14 +183,7 @@ fn control_plane_killed_mid_rollout_resumes_without_failures_or_orphans() {
     let (before, _) = load.progress();
     assert!(rt.block_on(load.wait_for_requests(before + 1_000, Duration::from_secs(30))));
     h.start_server();
-    wait_until(
-        "the rollout to finish after the restart",
-        Duration::from_secs(120),
-        || {
-            let s = h.status("demo");
-            s["phase"] == "stable" && s["stable_version"] == "v2"
-        },
-    );
+    wait_until_stable_on(&h, "demo", "v2", "the rollout to finish after the restart");
     let (after, _) = load.progress();
     assert!(rt.block_on(load.wait_for_requests(after + 1_000, Duration::from_secs(30))));
     let report = rt.block_on(load.finish());

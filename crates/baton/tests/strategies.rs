@@ -282,17 +282,7 @@ fn failing_preflight_scanner_changes_nothing() {
 #[test]
 fn deploy_outside_the_upgrade_window_waits_and_now_proceeds() {
     let h = Harness::new();
-    // A one-minute window twelve hours away: closed now, whatever the time.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let minute_of_day = (now / 60 + 12 * 60) % (24 * 60);
-    let (hh, mm) = (minute_of_day / 60, minute_of_day % 60);
-    let (eh, em) = (((minute_of_day + 1) % 1440) / 60, (minute_of_day + 1) % 60);
-    let windows = format!(
-        "upgrade_windows:\n  timezone: UTC\n  allowed:\n    - {{ start: \"{hh:02}:{mm:02}\", end: \"{eh:02}:{em:02}\" }}"
-    );
+    let windows = closed_window_yaml("UTC");
     let path = spec(
         &h,
         2,

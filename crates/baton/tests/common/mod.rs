@@ -260,6 +260,29 @@ impl Harness {
     }
 }
 
+/// `upgrade_windows:` YAML with one one-minute window twelve hours from now
+/// in `timezone`: closed now, whatever the time.
+pub fn closed_window_yaml(timezone: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is past 1970")
+        .as_secs();
+    let minute_of_day = (now / 60 + 12 * 60) % (24 * 60);
+    let (hh, mm) = (minute_of_day / 60, minute_of_day % 60);
+    let (eh, em) = (((minute_of_day + 1) % 1440) / 60, (minute_of_day + 1) % 60);
+    format!(
+        "upgrade_windows:\n  timezone: {timezone}\n  allowed:\n    - {{ start: \"{hh:02}:{mm:02}\", end: \"{eh:02}:{em:02}\" }}"
+    )
+}
+
+/// Wait until `app` is stable on `version` (after a rollout ran on).
+pub fn wait_until_stable_on(h: &Harness, app: &str, version: &str, what: &str) {
+    wait_until(what, Duration::from_secs(120), || {
+        let s = h.status(app);
+        s["phase"] == "stable" && s["stable_version"] == version
+    });
+}
+
 /// Wait until a rollout of `app` from v1 to v2 is half-way: some v2 instance
 /// serves and some v1 instance is still there.
 pub fn wait_until_half_way(h: &Harness, app: &str) {
