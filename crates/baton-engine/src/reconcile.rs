@@ -238,6 +238,14 @@ fn check_deadline(s: &mut AppState, now: Millis, actions: &mut Vec<Action>) {
     }
 }
 
+/// Every new request to the new release (once; the event says so).
+fn switch_all_traffic(r: &mut Rollout, to: &str, from: &str, actions: &mut Vec<Action>) {
+    if r.weight != Some(100) {
+        r.weight = Some(100);
+        event(actions, "weight_set", format!("{to} 100%, {from} 0%"));
+    }
+}
+
 fn fmt_ms(ms: i64) -> String {
     if ms % 1000 == 0 {
         format!("{}s", ms / 1000)
@@ -478,14 +486,7 @@ fn reconcile_stepped(s: &mut AppState, steps: &[Step], now: Millis, actions: &mu
         if let Some(Step::ScaleDownDelay { duration_ms }) = steps.get(step_index) {
             // Blue-green: the switch is done, so the rollout is. The old
             // release stays ready, out of routing, for an instant rollback.
-            if r.weight != Some(100) {
-                r.weight = Some(100);
-                event(
-                    actions,
-                    "weight_set",
-                    format!("{} 100%, {} 0%", to.version, from.version),
-                );
-            }
+            switch_all_traffic(r, &to.version, &from.version, actions);
             s.warm = Some(WarmStandby {
                 release: from.clone(),
                 until_ms: now.saturating_add(*duration_ms as i64),
@@ -508,14 +509,7 @@ fn reconcile_stepped(s: &mut AppState, steps: &[Step], now: Millis, actions: &mu
             None => {
                 // Full promotion: the new release at full strength takes all
                 // traffic in one switch, then the old release is drained.
-                if r.weight != Some(100) {
-                    r.weight = Some(100);
-                    event(
-                        actions,
-                        "weight_set",
-                        format!("{} 100%, {} 0%", to.version, from.version),
-                    );
-                }
+                switch_all_traffic(r, &to.version, &from.version, actions);
                 drain_release(s, &from, now, actions);
                 if !s
                     .instances
