@@ -495,47 +495,39 @@ impl AppController {
         // The table for the stored state first: drains picked up below wait
         // for the router to acknowledge it.
         self.publish_routing();
-        let found = self.shared.driver.discover()?;
+        let found = self.shared.driver.discover(&self.discover_scope()).await?;
         let known: Vec<String> = self.state.instances.iter().map(|i| i.id.clone()).collect();
-        let prefix = format!("{}-r", self.spec.name);
-        // Processes of this app that the state does not know (started, then the
+        // Instances of this app that the state does not know (started, then the
         // control plane died before recording them): stop them, no orphans.
-        for f in found
-            .iter()
-            .filter(|f| f.instance_id.starts_with(&prefix) && !known.contains(&f.instance_id))
-        {
-            info!(instance = %f.instance_id, pid = f.pid, "stopping a stray instance left by an earlier control plane");
-            let handle = InstanceHandle {
-                instance_id: f.instance_id.clone(),
-                pid: f.pid,
-                start_time: f.start_time,
-                address: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
-            };
-            let _ = self.shared.driver.stop(&handle, self.stop_grace()).await;
+        for f in found.iter().filter(|f| !known.contains(&f.instance_id)) {
+            info!(instance = %f.instance_id, locator = %f.locator, "stopping a stray instance left by an earlier control plane");
+            let _ = self
+                .shared
+                .driver
+                .stop(&found_handle(f), self.stop_grace())
+                .await;
         }
         for inst in self.state.instances.clone() {
             use baton_engine::InstancePhase as P;
-            match (&inst.phase, inst.handle.as_deref()) {
-                (P::Pending, _) => {
-                    // The start was recorded but its outcome was not: a process
-                    // may exist without a known port. Stop it and let the engine
+            match &inst.phase {
+                P::Pending => {
+                    // The start was recorded but its outcome was not: an instance
+                    // may exist without a known address. Stop it and let the engine
                     // start a fresh one.
                     if let Some(f) = found.iter().find(|f| f.instance_id == inst.id) {
-                        let handle = InstanceHandle {
-                            instance_id: f.instance_id.clone(),
-                            pid: f.pid,
-                            start_time: f.start_time,
-                            address: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
-                        };
-                        let _ = self.shared.driver.stop(&handle, self.stop_grace()).await;
+                        let _ = self
+                            .shared
+                            .driver
+                            .stop(&found_handle(f), self.stop_grace())
+                            .await;
                     }
                     self.apply_logged(Input::Stopped {
                         id: inst.id.clone(),
                     })
                     .await;
                 }
-                (P::Draining { .. }, _) => self.spawn_drain(inst.id.clone()),
-                (P::Stopping, _) => self.spawn_stop(inst.id.clone()),
+                P::Draining { .. } => self.spawn_drain(inst.id.clone()),
+                P::Stopping => self.spawn_stop(inst.id.clone()),
                 _ => {}
             }
         }
@@ -989,10 +981,8 @@ impl AppController {
                 .instance(id)
                 .is_some_and(|i| i.phase == baton_engine::InstancePhase::Pending);
             if !pending {
-                if let Ok(handle) = serde_json::from_str::<InstanceHandle>(handle) {
-                    info!(instance = %id, "stopping an instance that started after it was given up");
-                    let _ = self.shared.driver.stop(&handle, self.stop_grace()).await;
-                }
+                info!(instance = %id, "stopping an instance that started after it was given up");
+                let _ = self.shared.driver.stop(handle, self.stop_grace()).await;
                 return;
             }
         }
@@ -1001,13 +991,17 @@ impl AppController {
 
     /// Checks that must pass before a rollout starts; a failure changes nothing.
     async fn preflight(&self, version: &str, sha256: Option<&str>) -> Result<(), CommandError> {
-        let running: Vec<u32> = self
+        let mut instance_memory = Vec::new();
+        for handle in self
             .state
             .instances
             .iter()
             .filter_map(|i| self.handle_of(&i.id))
-            .map(|h| h.pid)
-            .collect();
+        {
+            if let Some(sample) = self.shared.driver.sample(&handle).await {
+                instance_memory.push(sample.memory_limit_bytes.unwrap_or(sample.memory_bytes));
+            }
+        }
         let plan = baton_engine::plan(
             &self.state,
             Release {
@@ -1029,7 +1023,7 @@ impl AppController {
             baton_exe: &self.shared.baton_exe,
             data_dir: &self.shared.data_dir,
             extra_instances: extra,
-            running_pids: &running,
+            instance_memory: &instance_memory,
             sha256,
             router_serves_app: serves,
         });
@@ -1224,11 +1218,7 @@ impl AppController {
         let app = self.spec.name.clone();
         tokio::spawn(async move {
             let input = match launch(&shared, &app, &id, revision, &version).await {
-                Ok(handle) => Input::Started {
-                    id,
-                    address: handle.address.to_string(),
-                    handle: serde_json::to_string(&handle).unwrap_or_default(),
-                },
+                Ok(handle) => Input::Started { id, handle },
                 Err(e) => Input::StartFailed {
                     id,
                     error: format!("{e:#}"),
@@ -1285,10 +1275,16 @@ impl AppController {
     }
 
     fn handle_of(&self, id: &str) -> Option<InstanceHandle> {
-        self.state
-            .instance(id)
-            .and_then(|i| i.handle.as_deref())
-            .and_then(|h| serde_json::from_str(h).ok())
+        self.state.instance(id).and_then(|i| i.handle.clone())
+    }
+
+    /// Where this app's instances can be: local processes, and the container
+    /// endpoints of its revisions.
+    fn discover_scope(&self) -> baton_driver::Scope {
+        baton_driver::Scope {
+            app: self.spec.name.clone(),
+            container_endpoints: Vec::new(),
+        }
     }
 
     /// Report instances whose process ended on its own.
@@ -1305,16 +1301,12 @@ impl AppController {
             let Some(handle) = self.handle_of(&inst.id) else {
                 continue;
             };
-            match self.shared.driver.status(&handle) {
+            match self.shared.driver.status(&handle).await {
                 InstanceStatus::Running => {}
-                InstanceStatus::Exited { code } => exited.push((
-                    inst.id.clone(),
-                    match code {
-                        Some(c) => format!("exit code {c}"),
-                        None => "killed by a signal".to_string(),
-                    },
-                )),
-                InstanceStatus::Gone => exited.push((inst.id.clone(), "process gone".into())),
+                InstanceStatus::Exited(exit) => exited.push((inst.id.clone(), exit.to_string())),
+                InstanceStatus::Gone => {
+                    exited.push((inst.id.clone(), format!("{} gone", handle.locator)))
+                }
             }
         }
         for (id, detail) in exited {
@@ -1739,11 +1731,9 @@ impl AppController {
         let deadline = tokio::time::Instant::now() + STOP_ALL_START_WAIT;
         while !self.starting.is_empty() {
             match tokio::time::timeout_at(deadline, self.observations.recv()).await {
-                Ok(Some(Input::Started { id, handle, .. })) => {
+                Ok(Some(Input::Started { id, handle })) => {
                     self.starting.remove(&id);
-                    if let Ok(h) = serde_json::from_str::<InstanceHandle>(&handle) {
-                        handles.push(h);
-                    }
+                    handles.push(handle);
                 }
                 Ok(Some(Input::StartFailed { id, .. })) => {
                     self.starting.remove(&id);
@@ -1767,6 +1757,16 @@ impl AppController {
         }
         stops.join_all().await.len()
     }
+}
+
+/// A handle for an instance found by discovery, to stop it. Its address does not
+/// matter for that.
+fn found_handle(f: &baton_driver::FoundInstance) -> InstanceHandle {
+    f.handle().unwrap_or_else(|| InstanceHandle {
+        instance_id: f.instance_id.clone(),
+        address: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+        locator: f.locator.clone(),
+    })
 }
 
 /// Whether the controller loop goes on after a command.
@@ -1886,9 +1886,12 @@ async fn launch(
         instance_id: id.to_string(),
         app: app.to_string(),
         version: version.to_string(),
-        argv,
+        revision,
         env,
-        workdir: proc_spec.workdir.clone(),
+        target: baton_driver::Target::Process(baton_driver::ProcessTarget {
+            argv,
+            workdir: proc_spec.workdir.clone(),
+        }),
         host,
         port,
         log_path: shared

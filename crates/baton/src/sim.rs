@@ -25,8 +25,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use baton_driver::{
-    BoxFuture, DriverError, DynDriver, FoundInstance, InstanceHandle, InstanceStatus, LaunchSpec,
-    StopOutcome,
+    BoxFuture, DriverError, DynDriver, Exit, FoundInstance, InstanceHandle, InstanceStatus,
+    LaunchSpec, Locator, ResourceSample, Scope, StopOutcome,
 };
 use baton_engine::{Input, RolloutKind};
 use baton_router::{
@@ -247,14 +247,14 @@ impl DynDriver for SimDriver {
             let gone = self.1.is_cancelled();
             if gone && (h >> 40).is_multiple_of(2) {
                 return Err(DriverError::Spawn {
-                    program: spec.argv.first().cloned().unwrap_or_default(),
+                    program: spec.instance_id.clone(),
                     workdir: None,
                     source: std::io::Error::other("the control plane died first"),
                 });
             }
             if !gone && h % 100 < w.faults.start_fail_pct {
                 return Err(DriverError::Spawn {
-                    program: spec.argv.first().cloned().unwrap_or_default(),
+                    program: spec.instance_id.clone(),
                     workdir: None,
                     source: std::io::Error::other("simulated start failure"),
                 });
@@ -274,9 +274,11 @@ impl DynDriver for SimDriver {
             let port = 10_000 + (w.next_pid % 50_000) as u16;
             let handle = InstanceHandle {
                 instance_id: spec.instance_id.clone(),
-                pid: w.next_pid,
-                start_time: now as u64,
                 address: SocketAddr::new(spec.host, port),
+                locator: Locator::Process {
+                    pid: w.next_pid,
+                    start_time: now as u64,
+                },
             };
             w.instances.insert(
                 spec.instance_id.clone(),
@@ -291,21 +293,29 @@ impl DynDriver for SimDriver {
         })
     }
 
-    fn status(&self, handle: &InstanceHandle) -> InstanceStatus {
+    fn status<'a>(&'a self, handle: &'a InstanceHandle) -> BoxFuture<'a, InstanceStatus> {
         let w = lock(&self.0);
         let now = w.now();
-        match w.instances.get(&handle.instance_id) {
-            Some(i) if i.handle.start_time == handle.start_time => {
+        let status = match w.instances.get(&handle.instance_id) {
+            Some(i) if i.handle.locator == handle.locator => {
                 if i.stopped {
                     InstanceStatus::Gone
                 } else if i.crashed(now) {
-                    InstanceStatus::Exited { code: Some(1) }
+                    InstanceStatus::Exited(Exit {
+                        code: Some(1),
+                        ..Exit::default()
+                    })
                 } else {
                     InstanceStatus::Running
                 }
             }
             _ => InstanceStatus::Gone,
-        }
+        };
+        Box::pin(std::future::ready(status))
+    }
+
+    fn sample<'a>(&'a self, _handle: &'a InstanceHandle) -> BoxFuture<'a, Option<ResourceSample>> {
+        Box::pin(std::future::ready(None))
     }
 
     fn stop<'a>(
@@ -325,7 +335,7 @@ impl DynDriver for SimDriver {
                 let known = w
                     .instances
                     .get(&handle.instance_id)
-                    .is_some_and(|i| i.handle.start_time == handle.start_time && i.alive(now));
+                    .is_some_and(|i| i.handle.locator == handle.locator && i.alive(now));
                 // Invariant 6: nothing is stopped while the router may send it requests.
                 if known && w.router.down_until_ms <= now && w.routed(addr) {
                     w.violation(format!(
@@ -349,11 +359,11 @@ impl DynDriver for SimDriver {
             let mut w = lock(&self.0);
             let now = w.now();
             match w.instances.get_mut(&handle.instance_id) {
-                Some(i) if i.handle.start_time == handle.start_time && i.alive(now) => {
+                Some(i) if i.handle.locator == handle.locator && i.alive(now) => {
                     i.stopped = true;
                     Ok(StopOutcome::Graceful)
                 }
-                Some(i) if i.handle.start_time == handle.start_time => {
+                Some(i) if i.handle.locator == handle.locator => {
                     i.stopped = true;
                     Ok(StopOutcome::AlreadyGone)
                 }
@@ -362,19 +372,24 @@ impl DynDriver for SimDriver {
         })
     }
 
-    fn discover(&self) -> Result<Vec<FoundInstance>, DriverError> {
+    fn discover<'a>(
+        &'a self,
+        scope: &'a Scope,
+    ) -> BoxFuture<'a, Result<Vec<FoundInstance>, DriverError>> {
         let w = lock(&self.0);
         let now = w.now();
-        Ok(w.instances
+        let prefix = format!("{}-r", scope.app);
+        let found = w
+            .instances
             .values()
-            .filter(|i| i.alive(now))
+            .filter(|i| i.alive(now) && i.handle.instance_id.starts_with(&prefix))
             .map(|i| FoundInstance {
                 instance_id: i.handle.instance_id.clone(),
-                pid: i.handle.pid,
-                start_time: i.handle.start_time,
-                port: Some(i.handle.address.port()),
+                locator: i.handle.locator.clone(),
+                address: Some(i.handle.address),
             })
-            .collect())
+            .collect();
+        Box::pin(std::future::ready(Ok(found)))
     }
 }
 
