@@ -467,12 +467,28 @@ pub enum Input {
     Ready { id: String },
     /// The instance failed its readiness check `failure_threshold` times in a row.
     Unready { id: String },
-    /// The instance's process ended without being asked to.
-    Exited { id: String, detail: String },
+    /// The instance ended without being asked to; `detail` says how.
+    Exited {
+        id: String,
+        detail: String,
+        cause: ExitCause,
+    },
     /// A draining instance has no request in flight any more (or its drain timed out).
     Drained { id: String },
     /// The driver stopped the instance.
     Stopped { id: String },
+}
+
+/// Why an instance ended by itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitCause {
+    /// It exited or was killed: a crash, counted against `max_restarts`.
+    #[default]
+    Crashed,
+    /// The kernel killed it for exceeding its memory limit: a new version that does
+    /// this fails its rollout at once.
+    OutOfMemory,
 }
 
 /// What the controller must do, in order, after persisting the new state.
@@ -873,7 +889,7 @@ fn apply_input(
                 );
             }
         }
-        Input::Exited { id, detail } => {
+        Input::Exited { id, detail, cause } => {
             if let Some(inst) = s.instance(&id).cloned() {
                 s.instances.retain(|i| i.id != id);
                 if matches!(
@@ -891,13 +907,32 @@ fn apply_input(
                         "instance_exited",
                         format!("{id} ({}) exited unexpectedly: {detail}", inst.version),
                     );
-                    count_crash(
-                        s,
-                        &inst,
-                        format!("instance {id} of {} exited: {detail}", inst.version),
-                        now,
-                        actions,
-                    );
+                    match cause {
+                        ExitCause::Crashed => count_crash(
+                            s,
+                            &inst,
+                            format!("instance {id} of {} exited: {detail}", inst.version),
+                            now,
+                            actions,
+                        ),
+                        // Restarting cannot help: the release needs more memory than
+                        // it may use. Roll back at once, before users see a crash loop.
+                        ExitCause::OutOfMemory => {
+                            let new_version = s.rollout.as_ref().is_some_and(|r| {
+                                r.phase == RolloutPhase::Progressing
+                                    && inst.revision == r.to.revision
+                            });
+                            if new_version {
+                                fail_rollout(
+                                    s,
+                                    format!("{} {detail} (instance {id})", inst.version),
+                                    false,
+                                    now,
+                                    actions,
+                                );
+                            }
+                        }
+                    }
                 }
             }
         }

@@ -833,6 +833,7 @@ fn crashing_version_fails_after_max_restarts() {
             sim.input(Input::Exited {
                 id,
                 detail: "exit code 1".into(),
+                cause: ExitCause::Crashed,
             });
         }
     }
@@ -885,12 +886,75 @@ fn second_deploy_during_rollout_is_refused_and_changes_nothing() {
 }
 
 #[test]
+fn oom_kill_of_the_new_version_rolls_back_at_once() {
+    let mut sim = deployed(3, 1, 0);
+    sim.state.params.max_restarts = 5;
+    sim.deploy(rel(2, "v2"));
+    // Let the first v2 instance start, then the kernel kills it for its memory.
+    while let Some(i) = sim.queue.pop_front() {
+        let started = matches!(&i, Input::Started { .. });
+        sim.input(i);
+        if started {
+            break;
+        }
+    }
+    let id = sim
+        .state
+        .instances
+        .iter()
+        .find(|i| i.version == "v2")
+        .expect("a v2 instance")
+        .id
+        .clone();
+    sim.input(Input::Exited {
+        id,
+        detail: "OOM-killed (memory limit 64 MiB)".into(),
+        cause: ExitCause::OutOfMemory,
+    });
+    // Turned around at once: no restart of v2 was tried.
+    assert!(
+        sim.state
+            .rollout
+            .as_ref()
+            .is_none_or(|r| matches!(r.phase, RolloutPhase::RollingBack { .. })),
+        "{:?}",
+        sim.state.rollout
+    );
+    assert_eq!(sim.state.rollout.as_ref().map_or(0, |r| r.restarts), 0);
+    sim.run(100, 60_000);
+    let (outcome, notes) = sim.finished().expect("finished");
+    assert_eq!(outcome, Outcome::RolledBack);
+    assert!(
+        notes.contains("OOM-killed (memory limit 64 MiB)"),
+        "{notes}"
+    );
+}
+
+#[test]
+fn oom_kill_of_a_stable_instance_is_a_crash_like_any_other() {
+    let mut sim = deployed(3, 1, 0);
+    let id = sim.state.instances[0].id.clone();
+    sim.input(Input::Exited {
+        id,
+        detail: "OOM-killed".into(),
+        cause: ExitCause::OutOfMemory,
+    });
+    assert!(sim.state.rollout.is_none());
+    assert_eq!(
+        sim.state.instances.iter().filter(|i| i.is_live()).count(),
+        3,
+        "replaced"
+    );
+}
+
+#[test]
 fn crashed_stable_instance_is_replaced() {
     let mut sim = deployed(3, 1, 0);
     let id = sim.state.instances[0].id.clone();
     sim.input(Input::Exited {
         id,
         detail: "killed".into(),
+        cause: ExitCause::Crashed,
     });
     assert_eq!(
         sim.state.instances.iter().filter(|i| i.is_live()).count(),
@@ -1026,7 +1090,11 @@ proptest! {
             let ids: Vec<String> = sim.state.instances.iter().map(|i| i.id.clone()).collect();
             match (kind, ids.get(pick % ids.len().max(1)).cloned()) {
                 (0, Some(id)) => sim.input(Input::Unready { id }),
-                (1, Some(id)) => sim.input(Input::Exited { id, detail: "boom".into() }),
+                (1, Some(id)) => sim.input(Input::Exited {
+                    id,
+                    detail: "boom".into(),
+                    cause: ExitCause::Crashed,
+                }),
                 _ => {
                     if let Some(i) = sim.queue.pop_front() {
                         sim.input(i);
@@ -1081,7 +1149,15 @@ proptest! {
             let input = match kind {
                 4 => Input::Unready { id },
                 5 => Input::Ready { id },
-                6 => Input::Exited { id, detail: "boom".into() },
+                6 => Input::Exited {
+                    id,
+                    detail: "boom".into(),
+                    cause: if dt % 5 == 0 {
+                        ExitCause::OutOfMemory
+                    } else {
+                        ExitCause::Crashed
+                    },
+                },
                 _ => { sim.now += i64::from(dt); Input::Tick }
             };
             sim.input(input);

@@ -22,14 +22,15 @@ use std::path::Path;
 
 pub use error::SpecError;
 pub use model::{
-    AnalysisSpec, AppSpec, Balance, BlueGreenSpec, CanarySpec, CanaryStep, DriverSpec, HeaderMatch,
-    HooksSpec, IntOrPercent, OnProgressDeadline, OnWindowEnd, PreflightCheck, ProcessDriverSpec,
-    ReadinessSpec, RollingSpec, SmokeTest, StrategySpec, TimeOfDay, TrafficSpec, UpgradeWindow,
-    UpgradeWindows, WarmupSpec, Weekday,
+    AnalysisSpec, AppSpec, Balance, BlueGreenSpec, CanarySpec, CanaryStep, ContainerDriverSpec,
+    ContainerNetwork, DriverSpec, HeaderMatch, HooksSpec, IntOrPercent, OnProgressDeadline,
+    OnWindowEnd, PreflightCheck, ProcessDriverSpec, PullPolicy, ReadinessSpec, RollingSpec,
+    SmokeTest, StrategySpec, TimeOfDay, TrafficSpec, UpgradeWindow, UpgradeWindows, WarmupSpec,
+    Weekday,
 };
 pub use template::{
-    PLACEHOLDERS, PREFLIGHT_PLACEHOLDERS, SMOKE_PLACEHOLDERS, TemplateVars, render_template,
-    render_template_with,
+    IMAGE_PLACEHOLDERS, PLACEHOLDERS, PREFLIGHT_PLACEHOLDERS, SMOKE_PLACEHOLDERS, TemplateVars,
+    render_template, render_template_with,
 };
 
 use locate::{Pos, SourceMap, join};

@@ -111,12 +111,82 @@ pub enum OnProgressDeadline {
     Pause,
 }
 
-/// How instances are run. More drivers (ssh, container, kubernetes) come later.
+/// How instances are run. More drivers (ssh, kubernetes) come later.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DriverSpec {
     /// Local child processes of baton.
     Process(ProcessDriverSpec),
+    /// Containers, through the Docker Engine API.
+    Container(ContainerDriverSpec),
+}
+
+impl DriverSpec {
+    /// Time between the polite stop signal and a kill.
+    pub fn stop_grace(&self) -> Duration {
+        match self {
+            DriverSpec::Process(p) => p.stop_grace,
+            DriverSpec::Container(c) => c.stop_grace,
+        }
+    }
+
+    /// The driver's name as the spec writes it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DriverSpec::Process(_) => "process",
+            DriverSpec::Container(_) => "container",
+        }
+    }
+}
+
+/// Runs each instance as a container.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerDriverSpec {
+    /// Image reference template (`{version}`, `{app}`).
+    pub image: String,
+    /// The engine's API endpoint as written; `None` resolves at run time
+    /// (`DOCKER_HOST`, then the usual socket paths).
+    pub endpoint: Option<String>,
+    pub pull: PullPolicy,
+    /// The app's port inside the container.
+    pub port: u16,
+    pub network: ContainerNetwork,
+    pub entrypoint: Option<Vec<String>>,
+    /// Templates (`{version}`, `{port}`, `{app}`, `{instance}`).
+    pub command: Option<Vec<String>>,
+    /// Values are templates.
+    pub env: BTreeMap<String, String>,
+    pub user: Option<String>,
+    pub workdir: Option<String>,
+    /// Memory limit in bytes.
+    pub memory_bytes: Option<u64>,
+    pub cpus: Option<f64>,
+    pub read_only: bool,
+    pub labels: BTreeMap<String, String>,
+    #[serde(with = "duration_text")]
+    pub stop_grace: Duration,
+}
+
+/// When to pull an image.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PullPolicy {
+    Never,
+    #[default]
+    IfMissing,
+    Always,
+}
+
+/// How a container is reached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContainerNetwork {
+    /// Its port is published on a free port of 127.0.0.1.
+    #[default]
+    Publish,
+    /// It shares the host's network and listens on `PORT`.
+    Host,
 }
 
 /// Runs each instance as a local process.
@@ -295,6 +365,17 @@ pub struct AnalysisSpec {
     pub max_p99: Option<Duration>,
     /// Highest p99 latency of the new version as a multiple of the stable one's, > 1.
     pub max_p99_ratio: Option<f64>,
+    /// Highest memory of any new-version instance, in bytes.
+    #[serde(default)]
+    pub max_memory_bytes: Option<u64>,
+    /// Highest mean memory of the new version's instances as a multiple of the
+    /// stable version's, > 1.
+    #[serde(default)]
+    pub max_memory_ratio: Option<f64>,
+    /// Highest CPU time per request of the new version as a multiple of the stable
+    /// version's, > 1.
+    #[serde(default)]
+    pub max_cpu_per_request_ratio: Option<f64>,
 }
 
 /// A user-defined pre-flight check: a command that must exit 0 before a

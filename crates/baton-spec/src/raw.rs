@@ -129,6 +129,66 @@ impl JsonSchema for BalanceText {
 pub(crate) enum DriverSpec {
     /// Run each instance as a local process started by baton.
     Process(ProcessDriverSpec),
+    /// Run each instance as a container, through the Docker Engine API (Docker, or
+    /// Podman's compatible service).
+    Container(Box<ContainerDriverSpec>),
+}
+
+/// Runs each instance as a container.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ContainerDriverSpec {
+    /// The image, e.g. `registry.example.com/shop:{version}`. Placeholders `{version}`
+    /// and `{app}`. `baton deploy APP VERSION --image REF` names another for one release.
+    pub image: Option<String>,
+    /// The container engine's API socket, e.g. `unix:///run/podman/podman.sock`.
+    /// Default: `DOCKER_HOST`, else the first of /run/podman/podman.sock,
+    /// /var/run/docker.sock and $XDG_RUNTIME_DIR/podman/podman.sock that exists.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// When to pull the image: `never`, `if_missing` (the default) or `always`.
+    #[serde(default)]
+    pub pull: Option<String>,
+    /// The port the app listens on inside the container. baton publishes it on a
+    /// free port of 127.0.0.1 for its router.
+    pub port: Option<u16>,
+    /// `publish` (the default): the container's port is published on a free host
+    /// port. `host`: the container shares the host's network and listens on `PORT`.
+    #[serde(default)]
+    pub network: Option<String>,
+    /// Replaces the image's entrypoint: a list of arguments or one string.
+    #[serde(default)]
+    pub entrypoint: Option<CommandLine>,
+    /// Replaces the image's command (the entrypoint's arguments). Placeholders
+    /// `{version}`, `{port}`, `{app}`, `{instance}`.
+    #[serde(default)]
+    pub command: Option<CommandLine>,
+    /// Environment variables. Values may use the same placeholders as `command`.
+    #[serde(default)]
+    pub env: Option<BTreeMap<String, String>>,
+    /// The user the app runs as, e.g. `1000` or `1000:1000`.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Working directory inside the container.
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// Memory limit, e.g. `256MiB` or `1GiB`. The kernel kills the app past it.
+    #[serde(default)]
+    pub memory: Option<String>,
+    /// CPU limit in cores, e.g. `0.5` or `2`.
+    #[serde(default)]
+    #[schemars(range(min = 0.01))]
+    pub cpus: Option<f64>,
+    /// Mount the image's root filesystem read-only.
+    #[serde(default)]
+    pub read_only: Option<bool>,
+    /// Extra labels on every container (baton adds its own `baton.*` labels).
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Time between the image's stop signal and a kill when stopping an instance.
+    /// Default `10s`.
+    #[serde(default)]
+    pub stop_grace: Option<HumanDuration>,
 }
 
 /// Runs each instance as a local process.
@@ -423,6 +483,17 @@ pub(crate) struct AnalysisSpec {
     #[serde(default)]
     #[schemars(range(min = 1))]
     pub max_p99_ratio: Option<f64>,
+    /// Highest memory of any new-version instance, e.g. `512MiB`.
+    #[serde(default)]
+    pub max_memory: Option<String>,
+    /// Highest memory of the new version's instances (on average) as a multiple of
+    /// the stable version's, above 1, e.g. `1.5`.
+    #[serde(default)]
+    pub max_memory_ratio: Option<f64>,
+    /// Highest CPU time per request of the new version as a multiple of the stable
+    /// version's, above 1, e.g. `1.5`.
+    #[serde(default)]
+    pub max_cpu_per_request_ratio: Option<f64>,
 }
 
 /// A pre-flight check: a command that must exit 0.
@@ -697,11 +768,12 @@ impl<'de, T: OneKeyEnum> Visitor<'de> for OneKeyVisitor<T> {
 
 impl OneKeyEnum for DriverSpec {
     const WHAT: &'static str = "driver";
-    const VARIANTS: &'static [&'static str] = &["process"];
+    const VARIANTS: &'static [&'static str] = &["process", "container"];
 
     fn value<'de, A: MapAccess<'de>>(key: &str, map: &mut A) -> Result<Self, A::Error> {
         match key {
             "process" => Ok(DriverSpec::Process(map.next_value()?)),
+            "container" => Ok(DriverSpec::Container(Box::new(map.next_value()?))),
             other => Err(A::Error::unknown_variant(other, Self::VARIANTS)),
         }
     }

@@ -23,7 +23,12 @@ pub struct TemplateVars<'a> {
 pub const PLACEHOLDERS: [&str; 5] = ["version", "port", "app", "instance", "baton"];
 
 /// The placeholder names a pre-flight command may use (there is no instance yet).
-pub const PREFLIGHT_PLACEHOLDERS: [&str; 3] = ["version", "app", "baton"];
+/// For a container app, `{image}` is the image reference and `{digest}` the digest it
+/// resolved to (a vulnerability scanner takes either); both are empty for processes.
+pub const PREFLIGHT_PLACEHOLDERS: [&str; 5] = ["version", "app", "baton", "image", "digest"];
+
+/// The placeholder names a container image reference may use.
+pub const IMAGE_PLACEHOLDERS: [&str; 2] = ["version", "app"];
 
 /// The placeholder names a smoke test command may use: `{preview_url}` is the
 /// base URL that reaches only the new release, without a trailing '/'.

@@ -69,7 +69,9 @@ fn base_parses_with_values_and_defaults() {
     assert_eq!(spec.listen, "127.0.0.1:8080".parse::<SocketAddr>().unwrap());
     assert_eq!(spec.instances, 3);
     assert_eq!(spec.drain_timeout, Duration::from_secs(30));
-    let DriverSpec::Process(p) = &spec.driver;
+    let DriverSpec::Process(p) = &spec.driver else {
+        panic!("a process driver")
+    };
     assert_eq!(p.command, ["{baton}", "sample", "--port", "{port}"]);
     assert_eq!(p.env.get("RUST_LOG").map(String::as_str), Some("info"));
     assert_eq!(p.workdir, None);
@@ -101,7 +103,9 @@ fn minimal_spec_takes_defaults() {
     assert_eq!(spec.version, None);
     assert_eq!(spec.instances, 1);
     assert_eq!(spec.drain_timeout, Duration::from_secs(30));
-    let DriverSpec::Process(p) = &spec.driver;
+    let DriverSpec::Process(p) = &spec.driver else {
+        panic!("a process driver")
+    };
     assert_eq!(p.command, ["./app", "--port", "{port}"]);
     assert_eq!(p.stop_grace, Duration::from_secs(10));
     assert_eq!(spec.readiness.path, "/healthz");
@@ -420,7 +424,9 @@ fn command_as_one_string_is_split() {
         ),
     )
     .unwrap();
-    let DriverSpec::Process(p) = &spec.driver;
+    let DriverSpec::Process(p) = &spec.driver else {
+        panic!("a process driver")
+    };
     assert_eq!(
         p.command,
         [
@@ -532,7 +538,9 @@ fn app_spec_round_trips_through_json() {
     // Awkward durations too: sub-millisecond parts and very long ones.
     spec.drain_timeout = Duration::new(1, 500_000_007);
     spec.readiness.initial_delay = Duration::new(400_000_000, 1);
-    let DriverSpec::Process(p) = &mut spec.driver;
+    let DriverSpec::Process(p) = &mut spec.driver else {
+        panic!("a process driver")
+    };
     p.workdir = Some(PathBuf::from("/srv/demo"));
     p.stop_grace = Duration::from_micros(1500);
     let StrategySpec::Rolling(r) = &mut spec.strategy else {
@@ -571,7 +579,9 @@ fn quickstart_example_parses() {
     let spec = load_spec(&repo_root().join("examples/quickstart.yaml")).unwrap();
     assert_eq!(spec.name, "demo");
     assert_eq!(spec.instances, 3);
-    let DriverSpec::Process(p) = &spec.driver;
+    let DriverSpec::Process(p) = &spec.driver else {
+        panic!("a process driver")
+    };
     assert_eq!(p.command[..2], ["{baton}", "sample"]);
     let StrategySpec::Rolling(r) = &spec.strategy else {
         panic!("not rolling")
@@ -759,6 +769,9 @@ fn canary_parses_with_values_and_defaults() {
             max_error_rate_increase: Some(0.01),
             max_p99: Some(Duration::from_millis(500)),
             max_p99_ratio: Some(1.5),
+            max_memory_bytes: None,
+            max_memory_ratio: None,
+            max_cpu_per_request_ratio: None,
         }
     );
 }
@@ -1396,7 +1409,9 @@ fn canary_example_parses() {
     assert_eq!(c.steps.last(), Some(&CanaryStep::SetWeight(100)));
     assert!(c.header_route.is_some());
     assert!(spec.analysis.is_some());
-    let DriverSpec::Process(p) = &spec.driver;
+    let DriverSpec::Process(p) = &spec.driver else {
+        panic!("a process driver")
+    };
     assert_eq!(p.command[..2], ["{baton}", "sample"]);
 }
 
@@ -1407,7 +1422,9 @@ fn blue_green_example_parses() {
         panic!("not blue-green")
     };
     assert!(b.preview_listen.is_some());
-    let DriverSpec::Process(p) = &spec.driver;
+    let DriverSpec::Process(p) = &spec.driver else {
+        panic!("a process driver")
+    };
     assert_eq!(p.command[..2], ["{baton}", "sample"]);
 }
 
@@ -2260,4 +2277,103 @@ fn traffic_sets_balancing_and_timeouts() {
     let text = format!("{base}\ntraffic:\n  retries: 3\n");
     let err = parse_spec("q.yaml", &text).unwrap_err();
     assert!(err.to_string().contains("retries"), "{err}");
+}
+
+const CONTAINER: &str = "name: boxes
+listen: 127.0.0.1:8095
+driver:
+  container:
+    image: localhost/sample:{version}
+    pull: never
+    port: 8080
+    command: [--version, \"{version}\"]
+    env: { RUST_LOG: info }
+    memory: 64MiB
+    cpus: 0.5
+    read_only: true
+    labels: { team: platform }
+";
+
+#[test]
+fn container_driver_parses_with_values_and_defaults() {
+    let spec = parse_spec("t.yaml", CONTAINER).unwrap();
+    let DriverSpec::Container(c) = &spec.driver else {
+        panic!("a container driver")
+    };
+    assert_eq!(c.image, "localhost/sample:{version}");
+    assert_eq!(c.pull, PullPolicy::Never);
+    assert_eq!(c.port, 8080);
+    assert_eq!(c.network, ContainerNetwork::Publish);
+    assert_eq!(
+        c.command.as_deref(),
+        Some(&["--version".to_string(), "{version}".to_string()][..])
+    );
+    assert_eq!(c.entrypoint, None);
+    assert_eq!(c.memory_bytes, Some(64 << 20));
+    assert_eq!(c.cpus, Some(0.5));
+    assert!(c.read_only);
+    assert_eq!(c.labels.get("team").map(String::as_str), Some("platform"));
+    assert_eq!(c.endpoint, None);
+    assert_eq!(spec.driver.stop_grace(), Duration::from_secs(10));
+    assert_eq!(spec.driver.kind(), "container");
+}
+
+#[test]
+fn container_driver_mistakes_are_named_with_a_fix() {
+    let e = expect(
+        &CONTAINER.replace("pull: never", "pull: sometimes"),
+        6,
+        "driver.container.pull",
+        "unknown pull policy `sometimes`",
+    );
+    assert!(e.hint.contains("if_missing"), "{e}");
+    let e = expect(
+        &CONTAINER.replace("64MiB", "64 lots"),
+        10,
+        "driver.container.memory",
+        "invalid size `64 lots`",
+    );
+    assert!(e.hint.contains("256MiB"), "{e}");
+    expect(
+        &CONTAINER.replace("64MiB", "1MiB"),
+        10,
+        "driver.container.memory",
+        "too little memory",
+    );
+    expect(
+        &CONTAINER.replace("cpus: 0.5", "cpus: 0"),
+        11,
+        "driver.container.cpus",
+        "not a CPU limit",
+    );
+    expect(
+        &CONTAINER.replace("team: platform", "baton.app: x"),
+        13,
+        "driver.container.labels.baton.app",
+        "baton's own",
+    );
+    expect(
+        &CONTAINER.replace("{version}\n", "{instanse}\n"),
+        5,
+        "driver.container.image",
+        "{instanse}",
+    );
+    let e = error(&CONTAINER.replace("    port: 8080\n", ""));
+    assert_eq!(e.field, "driver.container.port", "{e}");
+    let e = error(&CONTAINER.replace("container:", "containr:"));
+    assert!(e.to_string().contains("container"), "{e}");
+}
+
+#[test]
+fn analysis_takes_memory_and_cpu_limits() {
+    let yaml = format!(
+        "{CONTAINER}analysis: {{ max_memory: 48MiB, max_memory_ratio: 1.5, max_cpu_per_request_ratio: 2 }}\n"
+    );
+    let spec = parse_spec("t.yaml", &yaml).unwrap();
+    let a = spec.analysis.unwrap();
+    assert_eq!(a.max_memory_bytes, Some(48 << 20));
+    assert_eq!(a.max_memory_ratio, Some(1.5));
+    assert_eq!(a.max_cpu_per_request_ratio, Some(2.0));
+    let e = error(&yaml.replace("1.5", "0.5"));
+    assert_eq!(e.field, "analysis.max_memory_ratio", "{e}");
 }

@@ -9,14 +9,16 @@ use std::time::Duration;
 use crate::error::SpecError;
 use crate::locate::{Pos, SourceMap, join};
 use crate::model::{
-    AnalysisSpec, AppSpec, Balance, BlueGreenSpec, CanarySpec, CanaryStep, DriverSpec, HeaderMatch,
-    HooksSpec, IntOrPercent, OnProgressDeadline, OnWindowEnd, PreflightCheck, ProcessDriverSpec,
-    ReadinessSpec, RollingSpec, SmokeTest, StrategySpec, TimeOfDay, TrafficSpec, UpgradeWindow,
-    UpgradeWindows, WarmupSpec, Weekday,
+    AnalysisSpec, AppSpec, Balance, BlueGreenSpec, CanarySpec, CanaryStep, ContainerDriverSpec,
+    ContainerNetwork, DriverSpec, HeaderMatch, HooksSpec, IntOrPercent, OnProgressDeadline,
+    OnWindowEnd, PreflightCheck, ProcessDriverSpec, PullPolicy, ReadinessSpec, RollingSpec,
+    SmokeTest, StrategySpec, TimeOfDay, TrafficSpec, UpgradeWindow, UpgradeWindows, WarmupSpec,
+    Weekday,
 };
 use crate::raw;
 use crate::template::{
-    PLACEHOLDERS, PREFLIGHT_PLACEHOLDERS, SMOKE_PLACEHOLDERS, split_command, unknown_placeholders,
+    IMAGE_PLACEHOLDERS, PLACEHOLDERS, PREFLIGHT_PLACEHOLDERS, SMOKE_PLACEHOLDERS, split_command,
+    unknown_placeholders,
 };
 
 /// Defaults, in one place so docs and code agree.
@@ -92,6 +94,10 @@ pub(crate) fn field_hint(path: &str) -> String {
     let base = without_indices(path);
     let base = if base.starts_with("driver.process.env.") {
         "driver.process.env.*"
+    } else if base.starts_with("driver.container.env.") {
+        "driver.container.env.*"
+    } else if base.starts_with("driver.container.labels.") {
+        "driver.container.labels"
     } else {
         base.as_str()
     };
@@ -111,6 +117,7 @@ pub(crate) fn field_hint(path: &str) -> String {
         "instances" => "give a whole number from 1 to 1000, e.g. `instances: 3`",
         "drain_timeout"
         | "driver.process.stop_grace"
+        | "driver.container.stop_grace"
         | "readiness.interval"
         | "readiness.timeout"
         | "readiness.initial_delay"
@@ -137,8 +144,44 @@ pub(crate) fn field_hint(path: &str) -> String {
         }
         "driver" => {
             "choose one driver, e.g. `driver: { process: { command: [\"./server\", \"--port\", \"{port}\"] } }`; \
-             available drivers: process"
+             available drivers: process, container"
         }
+        "driver.container" => {
+            "give the container settings as a map, e.g. `container: { image: \"shop:{version}\", port: 8080 }`"
+        }
+        "driver.container.image" => {
+            "give an image reference, e.g. `image: registry.example.com/shop:{version}`; \
+             placeholders {version} and {app} may be used"
+        }
+        "driver.container.endpoint" => {
+            "give the engine's API socket, e.g. `endpoint: unix:///run/podman/podman.sock`, \
+             or leave it out to use DOCKER_HOST or the usual socket paths"
+        }
+        "driver.container.pull" => {
+            "write `pull: never` (the image must be present), `pull: if_missing` (the default) \
+             or `pull: always` (pull at every deploy)"
+        }
+        "driver.container.port" => {
+            "give the port the app listens on inside the container, e.g. `port: 8080`"
+        }
+        "driver.container.network" => {
+            "write `network: publish` (the default: the port is published on 127.0.0.1) \
+             or `network: host` (the container shares the host's network and listens on PORT)"
+        }
+        "driver.container.entrypoint" | "driver.container.command" => {
+            "give a non-empty list such as `command: [\"serve\", \"--port\", \"8080\"]` \
+             or one string, or leave it out to keep the image's"
+        }
+        "driver.container.env" => "give a map of NAME: value, e.g. `env: { RUST_LOG: info }`",
+        "driver.container.env.*" => {
+            "give a string value, e.g. `RUST_LOG: info`; placeholders {version}, {port}, {app} \
+             and {instance} may be used"
+        }
+        "driver.container.memory" => {
+            "give a size with its unit, at least 6MiB, e.g. `memory: 256MiB` or `memory: 1GiB`"
+        }
+        "driver.container.cpus" => "give a number of cores, e.g. `cpus: 0.5` or `cpus: 2`",
+        "driver.container.labels" => "give a map of name: value, e.g. `labels: { team: shop }`",
         "driver.process" => {
             "give the process settings as a map, e.g. `process: { command: [\"./server\", \"--port\", \"{port}\"] }`"
         }
@@ -249,7 +292,16 @@ pub(crate) fn field_hint(path: &str) -> String {
         "analysis" => {
             "give a map with at least one limit, e.g. \
              `analysis: { max_error_rate: 0.05, max_p99: 500ms }`; limits: max_error_rate, \
-             max_error_rate_increase, max_p99, max_p99_ratio"
+             max_error_rate_increase, max_p99, max_p99_ratio, max_memory, max_memory_ratio, \
+             max_cpu_per_request_ratio"
+        }
+        "analysis.max_memory" => "give a size with its unit, e.g. `max_memory: 512MiB`",
+        "analysis.max_memory_ratio" => {
+            "give a multiple of the stable version's memory above 1, e.g. `max_memory_ratio: 1.5`"
+        }
+        "analysis.max_cpu_per_request_ratio" => {
+            "give a multiple of the stable version's CPU time per request above 1, \
+             e.g. `max_cpu_per_request_ratio: 1.5`"
         }
         "analysis.min_requests" => "give a whole number, e.g. `min_requests: 50`",
         "analysis.failure_limit" => {
@@ -751,13 +803,16 @@ enum TemplateUse {
     Preflight,
     /// `hooks.smoke[].command.command`.
     Smoke,
+    /// `driver.container.image`.
+    Image,
 }
 
 impl TemplateUse {
-    const ALL: [TemplateUse; 3] = [
+    const ALL: [TemplateUse; 4] = [
         TemplateUse::Instance,
         TemplateUse::Preflight,
         TemplateUse::Smoke,
+        TemplateUse::Image,
     ];
 
     fn allowed(self) -> &'static [&'static str] {
@@ -765,6 +820,7 @@ impl TemplateUse {
             TemplateUse::Instance => &PLACEHOLDERS,
             TemplateUse::Preflight => &PREFLIGHT_PLACEHOLDERS,
             TemplateUse::Smoke => &SMOKE_PLACEHOLDERS,
+            TemplateUse::Image => &IMAGE_PLACEHOLDERS,
         }
     }
 
@@ -773,6 +829,7 @@ impl TemplateUse {
             TemplateUse::Instance => "instance commands and env values",
             TemplateUse::Preflight => "a pre-flight command",
             TemplateUse::Smoke => "a smoke test command",
+            TemplateUse::Image => "an image reference",
         }
     }
 }
@@ -878,6 +935,7 @@ pub(crate) fn validate(
 
     let driver = match spec.driver {
         raw::DriverSpec::Process(p) => DriverSpec::Process(process_driver(&mut c, p)),
+        raw::DriverSpec::Container(p) => DriverSpec::Container(container_driver(&mut c, *p)),
     };
     let readiness = readiness(&mut c, spec.readiness.unwrap_or_default());
     let has_analysis = spec.analysis.is_some();
@@ -1016,6 +1074,162 @@ fn process_driver(c: &mut Checker<'_>, p: raw::ProcessDriverSpec) -> ProcessDriv
         command,
         env,
         workdir,
+        stop_grace,
+    }
+}
+
+fn container_driver(c: &mut Checker<'_>, p: raw::ContainerDriverSpec) -> ContainerDriverSpec {
+    const BASE: &str = "driver.container";
+    let image = match c.required(&join(BASE, "image"), p.image) {
+        Some(image) if image.trim().is_empty() || image.contains(char::is_whitespace) => {
+            c.fail(
+                &join(BASE, "image"),
+                format!("`{image}` is not an image reference"),
+                field_hint("driver.container.image"),
+            );
+            image
+        }
+        Some(image) => {
+            c.placeholders(&join(BASE, "image"), &image, TemplateUse::Image);
+            image
+        }
+        None => String::new(),
+    };
+    let endpoint = match p.endpoint {
+        Some(e)
+            if !(e.starts_with("unix://")
+                || e.starts_with('/')
+                || e.starts_with("tcp://")
+                || e.starts_with("http://")) =>
+        {
+            c.fail(
+                &join(BASE, "endpoint"),
+                format!("`{e}` is not an API endpoint"),
+                field_hint("driver.container.endpoint"),
+            );
+            None
+        }
+        other => other,
+    };
+    let pull = match p.pull.as_deref() {
+        None | Some("if_missing") => PullPolicy::IfMissing,
+        Some("never") => PullPolicy::Never,
+        Some("always") => PullPolicy::Always,
+        Some(other) => {
+            c.fail(
+                &join(BASE, "pull"),
+                format!("unknown pull policy `{other}`"),
+                field_hint("driver.container.pull"),
+            );
+            PullPolicy::IfMissing
+        }
+    };
+    let port = match c.required(&join(BASE, "port"), p.port) {
+        Some(0) => {
+            c.fail(
+                &join(BASE, "port"),
+                "must not be 0",
+                field_hint("driver.container.port"),
+            );
+            0
+        }
+        Some(port) => port,
+        None => 0,
+    };
+    let network = match p.network.as_deref() {
+        None | Some("publish") => ContainerNetwork::Publish,
+        Some("host") => ContainerNetwork::Host,
+        Some(other) => {
+            c.fail(
+                &join(BASE, "network"),
+                format!("unknown network mode `{other}`"),
+                field_hint("driver.container.network"),
+            );
+            ContainerNetwork::Publish
+        }
+    };
+    let entrypoint = p
+        .entrypoint
+        .map(|e| c.command(&join(BASE, "entrypoint"), e, TemplateUse::Instance));
+    let command = p
+        .command
+        .map(|e| c.command(&join(BASE, "command"), e, TemplateUse::Instance));
+    let env: BTreeMap<String, String> = p.env.unwrap_or_default();
+    for (name, value) in &env {
+        let path = join(&join(BASE, "env"), name);
+        if name.is_empty() || name.contains(['=', '\0']) {
+            c.fail(
+                &path,
+                format!("invalid environment variable name `{name}`"),
+                "use a name without '=' such as `RUST_LOG`",
+            );
+        }
+        c.placeholders(&path, value, TemplateUse::Instance);
+    }
+    let memory_bytes = p.memory.and_then(|text| {
+        match text.trim().parse::<bytesize::ByteSize>() {
+            // Below 6 MiB no engine starts a container.
+            Ok(size) if size.as_u64() >= 6 << 20 => Some(size.as_u64()),
+            Ok(_) => {
+                c.fail(
+                    &join(BASE, "memory"),
+                    format!("`{text}` is too little memory for a container"),
+                    field_hint("driver.container.memory"),
+                );
+                None
+            }
+            Err(e) => {
+                c.fail(
+                    &join(BASE, "memory"),
+                    format!("invalid size `{text}`: {e}"),
+                    field_hint("driver.container.memory"),
+                );
+                None
+            }
+        }
+    });
+    let cpus = match p.cpus {
+        Some(cpus) if !(cpus.is_finite() && cpus >= 0.01) => {
+            c.fail(
+                &join(BASE, "cpus"),
+                format!("`{cpus}` is not a CPU limit"),
+                field_hint("driver.container.cpus"),
+            );
+            None
+        }
+        other => other,
+    };
+    let labels = p.labels.unwrap_or_default();
+    for name in labels.keys() {
+        if name.starts_with("baton.") {
+            c.fail(
+                &join(&join(BASE, "labels"), name),
+                format!("label `{name}` is baton's own"),
+                "baton sets the `baton.*` labels itself (app, instance, revision, owner); \
+                 name yours differently",
+            );
+        }
+    }
+    let stop_grace = c.duration(
+        &join(BASE, "stop_grace"),
+        p.stop_grace.as_ref(),
+        defaults::STOP_GRACE,
+    );
+    ContainerDriverSpec {
+        image,
+        endpoint,
+        pull,
+        port,
+        network,
+        entrypoint,
+        command,
+        env,
+        user: p.user.filter(|u| !u.trim().is_empty()),
+        workdir: p.workdir.filter(|w| !w.trim().is_empty()),
+        memory_bytes,
+        cpus,
+        read_only: p.read_only.unwrap_or(false),
+        labels,
         stop_grace,
     }
 }
@@ -1369,21 +1583,50 @@ fn analysis(c: &mut Checker<'_>, a: raw::AnalysisSpec) -> AnalysisSpec {
         a.max_error_rate_increase,
     );
     let max_p99 = c.optional_positive("analysis.max_p99", a.max_p99.as_ref());
-    let max_p99_ratio = a.max_p99_ratio.filter(|&ratio| {
-        let ok = ratio.is_finite() && ratio > 1.0;
-        if !ok {
-            c.fail(
-                "analysis.max_p99_ratio",
-                format!("{ratio} is not above 1"),
-                field_hint("analysis.max_p99_ratio"),
-            );
-        }
-        ok
-    });
+    let mut ratio = |path: &str, value: Option<f64>| {
+        value.filter(|&ratio| {
+            let ok = ratio.is_finite() && ratio > 1.0;
+            if !ok {
+                c.fail(path, format!("{ratio} is not above 1"), field_hint(path));
+            }
+            ok
+        })
+    };
+    let max_p99_ratio = ratio("analysis.max_p99_ratio", a.max_p99_ratio);
+    let max_memory_ratio = ratio("analysis.max_memory_ratio", a.max_memory_ratio);
+    let max_cpu_per_request_ratio = ratio(
+        "analysis.max_cpu_per_request_ratio",
+        a.max_cpu_per_request_ratio,
+    );
+    let max_memory_bytes =
+        a.max_memory
+            .as_deref()
+            .and_then(|text| match text.trim().parse::<bytesize::ByteSize>() {
+                Ok(size) if size.as_u64() > 0 => Some(size.as_u64()),
+                Ok(_) => {
+                    c.fail(
+                        "analysis.max_memory",
+                        "must not be zero",
+                        field_hint("analysis.max_memory"),
+                    );
+                    None
+                }
+                Err(e) => {
+                    c.fail(
+                        "analysis.max_memory",
+                        format!("invalid size `{text}`: {e}"),
+                        field_hint("analysis.max_memory"),
+                    );
+                    None
+                }
+            });
     if a.max_error_rate.is_none()
         && a.max_error_rate_increase.is_none()
         && a.max_p99.is_none()
         && a.max_p99_ratio.is_none()
+        && a.max_memory.is_none()
+        && a.max_memory_ratio.is_none()
+        && a.max_cpu_per_request_ratio.is_none()
     {
         c.fail_at_key(
             "analysis",
@@ -1400,6 +1643,9 @@ fn analysis(c: &mut Checker<'_>, a: raw::AnalysisSpec) -> AnalysisSpec {
         max_error_rate_increase,
         max_p99,
         max_p99_ratio,
+        max_memory_bytes,
+        max_memory_ratio,
+        max_cpu_per_request_ratio,
     }
 }
 

@@ -116,6 +116,12 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE apps ADD COLUMN deleted_ms INTEGER;
     "#,
+    // 4: the image a container revision runs, resolved to its digest when the
+    // revision was made, so that a rollback runs exactly that image.
+    r#"
+    ALTER TABLE revisions ADD COLUMN image TEXT;
+    ALTER TABLE revisions ADD COLUMN image_digest TEXT;
+    "#,
 ];
 
 /// Errors returned by the store.
@@ -208,6 +214,17 @@ pub struct RevisionRecord {
     pub spec_json: String,
     pub created_by: String,
     pub created_ms: i64,
+    /// The image a container revision runs, pinned to its digest.
+    #[serde(default)]
+    pub image: Option<ImagePin>,
+}
+
+/// An image reference as deployed, and the digest it resolved to then.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImagePin {
+    pub reference: String,
+    /// `sha256:...`
+    pub digest: String,
 }
 
 /// The rollout state of an app: an opaque JSON document fenced by a generation number.
@@ -425,6 +442,21 @@ impl Store {
         created_by: &str,
         now_ms: i64,
     ) -> Result<RevisionRecord, StoreError> {
+        self.create_revision_pinned(app, version, env_json, spec_json, created_by, now_ms, None)
+    }
+
+    /// [`Store::create_revision`] for a release that runs `image`, pinned to its digest.
+    #[allow(clippy::too_many_arguments)]
+    pub fn create_revision_pinned(
+        &mut self,
+        app: &str,
+        version: &str,
+        env_json: &str,
+        spec_json: &str,
+        created_by: &str,
+        now_ms: i64,
+        image: Option<&ImagePin>,
+    ) -> Result<RevisionRecord, StoreError> {
         let tx = self.write_tx()?;
         require_app(&tx, app)?;
         let last: i64 = tx.query_row(
@@ -441,9 +473,20 @@ impl Store {
                 ))
             })?;
         tx.execute(
-            "INSERT INTO revisions (app, number, version, env_json, spec_json, created_by, created_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![app, number, version, env_json, spec_json, created_by, now_ms],
+            "INSERT INTO revisions (app, number, version, env_json, spec_json, created_by, created_ms,
+                                    image, image_digest)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                app,
+                number,
+                version,
+                env_json,
+                spec_json,
+                created_by,
+                now_ms,
+                image.map(|i| &i.reference),
+                image.map(|i| &i.digest)
+            ],
         )?;
         tx.commit()?;
         Ok(RevisionRecord {
@@ -454,6 +497,7 @@ impl Store {
             spec_json: spec_json.to_owned(),
             created_by: created_by.to_owned(),
             created_ms: now_ms,
+            image: image.cloned(),
         })
     }
 
@@ -466,7 +510,8 @@ impl Store {
         Ok(self
             .conn
             .query_row(
-                "SELECT app, number, version, env_json, spec_json, created_by, created_ms
+                "SELECT app, number, version, env_json, spec_json, created_by, created_ms,
+                        image, image_digest
                  FROM revisions WHERE app = ?1 AND number = ?2",
                 params![app, number],
                 revision_from_row,
@@ -477,7 +522,8 @@ impl Store {
     /// Every revision of `app`, oldest (1) first.
     pub fn list_revisions(&self, app: &str) -> Result<Vec<RevisionRecord>, StoreError> {
         let mut stmt = self.conn.prepare(
-            "SELECT app, number, version, env_json, spec_json, created_by, created_ms
+            "SELECT app, number, version, env_json, spec_json, created_by, created_ms,
+                    image, image_digest
              FROM revisions WHERE app = ?1 ORDER BY number",
         )?;
         let rows = stmt.query_map([app], revision_from_row)?;
@@ -824,6 +870,13 @@ fn revision_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RevisionRecord> 
         spec_json: r.get(4)?,
         created_by: r.get(5)?,
         created_ms: r.get(6)?,
+        image: match (
+            r.get::<_, Option<String>>(7)?,
+            r.get::<_, Option<String>>(8)?,
+        ) {
+            (Some(reference), Some(digest)) => Some(ImagePin { reference, digest }),
+            _ => None,
+        },
     })
 }
 

@@ -528,3 +528,26 @@ fn deleting_an_app_keeps_its_record_and_reapplying_continues_it() {
     assert_eq!(r.number, 2);
     assert_eq!(store.commit_transition("web", 0, "{}", &[], 32).unwrap(), 1);
 }
+
+#[test]
+fn a_pinned_revision_keeps_its_image_digest() {
+    let mut store = Store::open_in_memory().unwrap();
+    store.upsert_app("web", "{}", "", 1).unwrap();
+    let plain = store
+        .create_revision("web", "v1", "{}", "{}", "ops", 2)
+        .unwrap();
+    assert_eq!(plain.image, None);
+    let pin = ImagePin {
+        reference: "shop:v2".into(),
+        digest: "sha256:abc".into(),
+    };
+    let pinned = store
+        .create_revision_pinned("web", "v2", "{}", "{}", "ops", 3, Some(&pin))
+        .unwrap();
+    assert_eq!(pinned.number, 2);
+    let read = store.get_revision("web", 2).unwrap().unwrap();
+    assert_eq!(read.image, Some(pin.clone()));
+    let all = store.list_revisions("web").unwrap();
+    assert_eq!(all[0].image, None);
+    assert_eq!(all[1].image, Some(pin));
+}

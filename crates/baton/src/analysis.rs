@@ -27,6 +27,14 @@ pub struct AnalysisConfig {
     pub max_p99: Option<Duration>,
     /// Highest p99 latency as a multiple of the stable version's.
     pub max_p99_ratio: Option<f64>,
+    /// Highest memory of any one instance of the new version, in bytes.
+    pub max_memory_bytes: Option<u64>,
+    /// Highest mean memory of the new version's instances as a multiple of the
+    /// stable version's.
+    pub max_memory_ratio: Option<f64>,
+    /// Highest CPU time per request of the new version as a multiple of the stable
+    /// version's.
+    pub max_cpu_per_request_ratio: Option<f64>,
     /// The stable version's p99 counts as at least this much in the relative
     /// check: at sub-millisecond latencies a ratio measures noise (0.4 ms is
     /// "2× 0.2 ms" and harms nobody).
@@ -48,6 +56,9 @@ pub fn config_of(spec: &baton_spec::AppSpec) -> Option<AnalysisConfig> {
         max_error_rate_increase: a.max_error_rate_increase,
         max_p99: a.max_p99,
         max_p99_ratio: a.max_p99_ratio,
+        max_memory_bytes: a.max_memory_bytes,
+        max_memory_ratio: a.max_memory_ratio,
+        max_cpu_per_request_ratio: a.max_cpu_per_request_ratio,
         p99_ratio_floor: P99_RATIO_FLOOR,
     })
 }
@@ -59,6 +70,20 @@ pub struct WindowCounts {
     pub errors: u64,
     /// p99 latency in the window, when the router measures it.
     pub p99: Option<Duration>,
+    /// Memory of the version's instances now, when the driver measures it.
+    pub memory: Option<MemoryUse>,
+    /// CPU time the version's instances used during the window, in milliseconds,
+    /// when the driver measures it.
+    pub cpu_ms: Option<u64>,
+}
+
+/// Memory of one version's instances, from the driver's samples.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryUse {
+    /// The most any one instance uses.
+    pub max_bytes: u64,
+    /// The mean over its instances.
+    pub mean_bytes: u64,
 }
 
 impl WindowCounts {
@@ -122,6 +147,26 @@ pub fn describe_window(cfg: &AnalysisConfig, new: WindowCounts, stable: WindowCo
             sign(x <= ratio)
         ));
     }
+    if let (Some(limit), Some(mem)) = (cfg.max_memory_bytes, new.memory) {
+        parts.push(format!(
+            "memory {} {} {}",
+            baton_driver::format_bytes(mem.max_bytes),
+            sign(mem.max_bytes <= limit),
+            baton_driver::format_bytes(limit)
+        ));
+    }
+    if let (Some(ratio), Some(x)) = (cfg.max_memory_ratio, memory_ratio(new, stable)) {
+        parts.push(format!(
+            "memory {x:.2}× stable's {} {ratio}×",
+            sign(x <= ratio)
+        ));
+    }
+    if let (Some(ratio), Some(x)) = (cfg.max_cpu_per_request_ratio, cpu_ratio(new, stable)) {
+        parts.push(format!(
+            "CPU per request {x:.2}× stable's {} {ratio}×",
+            sign(x <= ratio)
+        ));
+    }
     if parts.is_empty() {
         return format!("{} requests in the last {window}", new.requests);
     }
@@ -152,6 +197,23 @@ fn millis(d: Duration) -> String {
     }
 }
 
+/// Mean memory of the new version over the stable one's, when both are measured.
+fn memory_ratio(new: WindowCounts, stable: WindowCounts) -> Option<f64> {
+    let (new, stable) = (new.memory?, stable.memory?);
+    (stable.mean_bytes > 0).then(|| new.mean_bytes as f64 / stable.mean_bytes as f64)
+}
+
+/// CPU time per request of the new version over the stable one's, when both took
+/// requests and used measurable CPU.
+fn cpu_ratio(new: WindowCounts, stable: WindowCounts) -> Option<f64> {
+    let (new_cpu, stable_cpu) = (new.cpu_ms?, stable.cpu_ms?);
+    if new.requests == 0 || stable.requests == 0 || stable_cpu == 0 {
+        return None;
+    }
+    let per = |cpu: u64, requests: u64| cpu as f64 / requests as f64;
+    Some(per(new_cpu, new.requests) / per(stable_cpu, stable.requests))
+}
+
 /// Judge one window. `None` means "not enough data to say".
 pub fn judge(
     cfg: &AnalysisConfig,
@@ -159,10 +221,45 @@ pub fn judge(
     new: WindowCounts,
     stable: WindowCounts,
 ) -> Option<(Verdict, String)> {
+    // Memory is judged whatever the traffic: a leak grows without requests.
+    if let (Some(limit), Some(mem)) = (cfg.max_memory_bytes, new.memory)
+        && mem.max_bytes > limit
+    {
+        return Some((
+            Verdict::Fail,
+            format!(
+                "memory of {new_version} {} > limit {}",
+                baton_driver::format_bytes(mem.max_bytes),
+                baton_driver::format_bytes(limit)
+            ),
+        ));
+    }
+    if let (Some(ratio), Some(x)) = (cfg.max_memory_ratio, memory_ratio(new, stable))
+        && x > ratio
+    {
+        return Some((
+            Verdict::Fail,
+            format!(
+                "memory of {new_version} is {x:.2}× the stable version's ({} against {} per instance), more than {ratio}×",
+                baton_driver::format_bytes(new.memory.unwrap_or_default().mean_bytes),
+                baton_driver::format_bytes(stable.memory.unwrap_or_default().mean_bytes),
+            ),
+        ));
+    }
     if new.requests < cfg.min_requests {
         return None;
     }
     let window = humantime::format_duration(cfg.window);
+    if let (Some(ratio), Some(x)) = (cfg.max_cpu_per_request_ratio, cpu_ratio(new, stable))
+        && x > ratio
+    {
+        return Some((
+            Verdict::Fail,
+            format!(
+                "CPU time per request of {new_version} is {x:.2}× the stable version's, more than {ratio}× over the last {window}"
+            ),
+        ));
+    }
     let rate = new.error_rate();
     if let Some(limit) = cfg.max_error_rate
         && rate > limit
@@ -252,6 +349,9 @@ mod tests {
             max_error_rate_increase: Some(0.02),
             max_p99: Some(Duration::from_millis(100)),
             max_p99_ratio: Some(2.0),
+            max_memory_bytes: None,
+            max_memory_ratio: None,
+            max_cpu_per_request_ratio: None,
             p99_ratio_floor: P99_RATIO_FLOOR,
         }
     }
@@ -261,6 +361,7 @@ mod tests {
             requests,
             errors: 0,
             p99: Some(Duration::from_micros(p99_us)),
+            ..WindowCounts::default()
         }
     }
 
@@ -314,6 +415,7 @@ mod tests {
             requests,
             errors,
             p99: Some(Duration::from_millis(p99_ms)),
+            ..WindowCounts::default()
         }
     }
 
@@ -376,6 +478,66 @@ mod tests {
         assert_eq!(
             describe_window(&c, counts(10, 0, 1), counts(1000, 0, 1)),
             "10 requests in the last 10s, 50 needed to judge"
+        );
+    }
+
+    fn with_resources(requests: u64, mean_mib: u64, max_mib: u64, cpu_ms: u64) -> WindowCounts {
+        WindowCounts {
+            requests,
+            memory: Some(MemoryUse {
+                max_bytes: max_mib << 20,
+                mean_bytes: mean_mib << 20,
+            }),
+            cpu_ms: Some(cpu_ms),
+            ..WindowCounts::default()
+        }
+    }
+
+    #[test]
+    fn memory_over_the_limit_fails_even_without_traffic() {
+        let mut c = cfg();
+        c.max_memory_bytes = Some(64 << 20);
+        let (v, reason) =
+            judge(&c, "v2", with_resources(0, 50, 70, 0), counts(1000, 0, 5)).unwrap();
+        assert_eq!(v, Verdict::Fail);
+        assert_eq!(reason, "memory of v2 70 MiB > limit 64 MiB");
+        assert_eq!(
+            judge(&c, "v2", with_resources(0, 50, 60, 0), counts(1000, 0, 5)),
+            None,
+            "within the limit, and too few requests for the rest"
+        );
+    }
+
+    #[test]
+    fn memory_and_cpu_are_compared_with_the_stable_version() {
+        let mut c = cfg();
+        c.max_error_rate = None;
+        c.max_error_rate_increase = None;
+        c.max_p99 = None;
+        c.max_p99_ratio = None;
+        c.max_memory_ratio = Some(1.5);
+        c.max_cpu_per_request_ratio = Some(2.0);
+        let stable = with_resources(1000, 40, 40, 1000);
+        let (v, reason) = judge(&c, "v2", with_resources(1000, 80, 80, 1000), stable).unwrap();
+        assert_eq!(v, Verdict::Fail);
+        assert!(
+            reason.contains(
+                "memory of v2 is 2.00× the stable version's (80 MiB against 40 MiB per instance)"
+            ),
+            "{reason}"
+        );
+        // 3 ms of CPU per request against 1 ms.
+        let (v, reason) = judge(&c, "v2", with_resources(500, 40, 40, 1500), stable).unwrap();
+        assert_eq!(v, Verdict::Fail);
+        assert!(
+            reason.contains("CPU time per request of v2 is 3.00×"),
+            "{reason}"
+        );
+        let (v, reason) = judge(&c, "v2", with_resources(1000, 50, 50, 1500), stable).unwrap();
+        assert_eq!(v, Verdict::Pass, "{reason}");
+        assert_eq!(
+            describe_window(&c, with_resources(1000, 50, 50, 1500), stable),
+            "memory 1.25× stable's ≤ 1.5×, CPU per request 1.50× stable's ≤ 2× (1000 requests in the last 10s)"
         );
     }
 }

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use baton_driver::{DynDriver, InstanceHandle, InstanceStatus, LaunchSpec};
-use baton_engine::{Action, AppState, EngineError, Input, Outcome, Params, Release, RolloutKind};
+use baton_engine::{
+    Action, AppState, EngineError, ExitCause, Input, Outcome, Params, Release, RolloutKind,
+};
 use baton_spec::{AppSpec, DriverSpec, StrategySpec, TemplateVars};
 use baton_store::{NewEvent, NewHistory, Store};
 use tokio::sync::{mpsc, oneshot};
@@ -604,8 +606,7 @@ impl AppController {
     }
 
     fn stop_grace(&self) -> Duration {
-        let DriverSpec::Process(p) = &self.spec.driver;
-        p.stop_grace
+        self.spec.driver.stop_grace()
     }
 
     async fn command(&mut self, cmd: Command) -> Flow {
@@ -1026,6 +1027,7 @@ impl AppController {
             instance_memory: &instance_memory,
             sha256,
             router_serves_app: serves,
+            image: None,
         });
         let mut failed: Vec<String> = results
             .iter()
@@ -1183,11 +1185,7 @@ impl AppController {
 
     async fn execute(&mut self, action: Action) {
         match action {
-            Action::Start {
-                id,
-                revision,
-                version,
-            } => self.spawn_start(id, revision, version),
+            Action::Start { id, revision, .. } => self.spawn_start(id, revision),
             Action::Drain { id } => self.spawn_drain(id),
             Action::Stop { id } => self.spawn_stop(id),
             Action::Event { .. } => {}
@@ -1211,13 +1209,13 @@ impl AppController {
         }
     }
 
-    fn spawn_start(&mut self, id: String, revision: u32, version: String) {
+    fn spawn_start(&mut self, id: String, revision: u32) {
         self.starting.insert(id.clone());
         let shared = self.shared.clone();
         let obs = self.observations_tx.clone();
         let app = self.spec.name.clone();
         tokio::spawn(async move {
-            let input = match launch(&shared, &app, &id, revision, &version).await {
+            let input = match launch(&shared, &app, &id, revision).await {
                 Ok(handle) => Input::Started { id, handle },
                 Err(e) => Input::StartFailed {
                     id,
@@ -1303,15 +1301,24 @@ impl AppController {
             };
             match self.shared.driver.status(&handle).await {
                 InstanceStatus::Running => {}
-                InstanceStatus::Exited(exit) => exited.push((inst.id.clone(), exit.to_string())),
-                InstanceStatus::Gone => {
-                    exited.push((inst.id.clone(), format!("{} gone", handle.locator)))
+                InstanceStatus::Exited(exit) => {
+                    let cause = if exit.oom_killed {
+                        ExitCause::OutOfMemory
+                    } else {
+                        ExitCause::Crashed
+                    };
+                    exited.push((inst.id.clone(), exit.to_string(), cause))
                 }
+                InstanceStatus::Gone => exited.push((
+                    inst.id.clone(),
+                    format!("{} gone", handle.locator),
+                    ExitCause::Crashed,
+                )),
             }
         }
-        for (id, detail) in exited {
+        for (id, detail, cause) in exited {
             self.in_progress.remove(&id);
-            self.apply_logged(Input::Exited { id, detail }).await;
+            self.apply_logged(Input::Exited { id, detail, cause }).await;
         }
     }
 
@@ -1407,6 +1414,7 @@ impl AppController {
                 requests: s.requests,
                 errors: s.status[4],
                 p99: (s.requests > 0).then(|| Duration::from_micros(s.p99_us)),
+                ..Default::default()
             })
             .unwrap_or_default()
         };
@@ -1843,13 +1851,104 @@ fn recorded_failures(last: Option<&baton_store::EventRecord>, history_id: i64) -
         .map_or(0, |c| c.failures)
 }
 
+/// Where one new instance goes.
+struct Placement<'a> {
+    id: &'a str,
+    host: IpAddr,
+    /// The port on `host` the router reaches it at.
+    port: u16,
+    log_path: std::path::PathBuf,
+    baton: &'a str,
+}
+
+/// What to start for one instance of revision `rev` (pure: templates rendered, the
+/// container image pinned to the revision's digest).
+fn launch_spec(
+    spec: &AppSpec,
+    rev: &baton_store::RevisionRecord,
+    release_env: BTreeMap<String, String>,
+    at: Placement<'_>,
+) -> anyhow::Result<LaunchSpec> {
+    let (app, version) = (spec.name.as_str(), rev.version.as_str());
+    // `{port}` is the port the app listens on: the instance's own for a process
+    // or a host-network container, the image's port inside a published container.
+    let app_port = match &spec.driver {
+        DriverSpec::Container(c) if c.network == baton_spec::ContainerNetwork::Publish => c.port,
+        _ => at.port,
+    };
+    let vars = TemplateVars {
+        version,
+        port: app_port,
+        app,
+        instance: at.id,
+        baton: at.baton,
+    };
+    let render = |list: &[String]| -> Vec<String> {
+        list.iter()
+            .map(|a| baton_spec::render_template(a, &vars))
+            .collect()
+    };
+    let render_env = |env: &BTreeMap<String, String>| -> BTreeMap<String, String> {
+        env.iter()
+            .map(|(k, v)| (k.clone(), baton_spec::render_template(v, &vars)))
+            .collect()
+    };
+    let (mut env, target) = match &spec.driver {
+        DriverSpec::Process(p) => (
+            render_env(&p.env),
+            baton_driver::Target::Process(baton_driver::ProcessTarget {
+                argv: render(&p.command),
+                workdir: p.workdir.clone(),
+            }),
+        ),
+        DriverSpec::Container(c) => {
+            let (image, digest) = match &rev.image {
+                Some(pin) => (pin.reference.clone(), Some(pin.digest.clone())),
+                None => (crate::containers::image_of(c, app, version), None),
+            };
+            (
+                render_env(&c.env),
+                baton_driver::Target::Container(baton_driver::ContainerTarget {
+                    endpoint: crate::containers::endpoint_of(c)?,
+                    image,
+                    digest,
+                    pull: crate::containers::pull_policy(c.pull),
+                    container_port: app_port,
+                    host_network: c.network == baton_spec::ContainerNetwork::Host,
+                    entrypoint: c.entrypoint.as_deref().map(render),
+                    command: c.command.as_deref().map(render),
+                    user: c.user.clone(),
+                    workdir: c.workdir.clone(),
+                    memory_bytes: c.memory_bytes,
+                    cpus: c.cpus,
+                    read_only: c.read_only,
+                    labels: c.labels.clone(),
+                }),
+            )
+        }
+    };
+    env.extend(release_env);
+    env.insert("BATON_APP".into(), app.into());
+    env.insert("BATON_VERSION".into(), version.into());
+    Ok(LaunchSpec {
+        instance_id: at.id.to_string(),
+        app: app.to_string(),
+        version: version.to_string(),
+        revision: rev.number,
+        env,
+        host: at.host,
+        port: at.port,
+        log_path: at.log_path,
+        target,
+    })
+}
+
 /// Start one instance of `revision` through the driver.
 async fn launch(
     shared: &Shared,
     app: &str,
     id: &str,
     revision: u32,
-    version: &str,
 ) -> anyhow::Result<InstanceHandle> {
     let rev = shared
         .store()
@@ -1859,47 +1958,25 @@ async fn launch(
         serde_json::from_str(&rev.spec_json).context("stored revision spec is unreadable")?;
     let release_env: BTreeMap<String, String> =
         serde_json::from_str(&rev.env_json).context("stored revision env is unreadable")?;
-    let DriverSpec::Process(proc_spec) = &spec.driver;
     let host = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let port = baton_driver::free_port(host)?;
-    let vars = TemplateVars {
-        version,
-        port,
-        app,
-        instance: id,
-        baton: &shared.baton_exe,
-    };
-    let argv = proc_spec
-        .command
-        .iter()
-        .map(|a| baton_spec::render_template(a, &vars))
-        .collect();
-    let mut env: BTreeMap<String, String> = proc_spec
-        .env
-        .iter()
-        .map(|(k, v)| (k.clone(), baton_spec::render_template(v, &vars)))
-        .collect();
-    env.extend(release_env);
-    env.insert("BATON_APP".into(), app.into());
-    env.insert("BATON_VERSION".into(), version.into());
-    let spec = LaunchSpec {
-        instance_id: id.to_string(),
-        app: app.to_string(),
-        version: version.to_string(),
-        revision,
-        env,
-        target: baton_driver::Target::Process(baton_driver::ProcessTarget {
-            argv,
-            workdir: proc_spec.workdir.clone(),
-        }),
-        host,
-        port,
-        log_path: shared
-            .data_dir
-            .join("logs")
-            .join(app)
-            .join(format!("{id}.log")),
-    };
+    let log_path = shared
+        .data_dir
+        .join("logs")
+        .join(app)
+        .join(format!("{id}.log"));
+    let spec = launch_spec(
+        &spec,
+        &rev,
+        release_env,
+        Placement {
+            id,
+            host,
+            port,
+            log_path,
+            baton: &shared.baton_exe,
+        },
+    )?;
     Ok(shared.driver.start(&spec).await?)
 }
 

@@ -20,6 +20,7 @@ pub mod analysis;
 pub mod api;
 pub mod cli;
 pub mod client;
+pub mod containers;
 pub mod controller;
 pub mod demo;
 pub mod effects;

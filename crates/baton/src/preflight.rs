@@ -30,6 +30,9 @@ pub struct Preflight<'a> {
     pub sha256: Option<&'a str>,
     /// The router already listens on the app's address.
     pub router_serves_app: bool,
+    /// For a container app: whether its image can be used (found or pulled under the
+    /// pull policy, right platform, matching `--sha256`), checked through the driver.
+    pub image: Option<CheckResult>,
 }
 
 /// Run every check for a rollout.
@@ -41,17 +44,23 @@ pub fn run(p: &Preflight<'_>) -> Vec<CheckResult> {
         p.sha256,
         p.router_serves_app,
     );
-    let (command, program) = command_exists(spec, version, baton_exe);
-    let mut results = vec![command];
-    if let Some(want) = sha256 {
-        results.push(match program {
-            Some(program) => checksum(&program, want),
-            None => CheckResult {
-                check: "checksum".into(),
-                ok: false,
-                detail: "no program to check".into(),
-            },
-        });
+    let mut results = Vec::new();
+    if let Some(image) = &p.image {
+        results.push(image.clone());
+    }
+    if let DriverSpec::Process(process) = &spec.driver {
+        let (command, program) = command_exists(process, spec, version, baton_exe);
+        results.push(command);
+        if let Some(want) = sha256 {
+            results.push(match program {
+                Some(program) => checksum(&program, want),
+                None => CheckResult {
+                    check: "checksum".into(),
+                    ok: false,
+                    detail: "no program to check".into(),
+                },
+            });
+        }
     }
     if !router_serves_app {
         results.push(port_free(spec.listen));
@@ -108,11 +117,11 @@ fn port_free(listen: std::net::SocketAddr) -> CheckResult {
 
 /// The release's program exists and is executable; returns where it is.
 fn command_exists(
+    p: &baton_spec::ProcessDriverSpec,
     spec: &AppSpec,
     version: &str,
     baton_exe: &str,
 ) -> (CheckResult, Option<PathBuf>) {
-    let DriverSpec::Process(p) = &spec.driver;
     let vars = TemplateVars {
         version,
         port: 0,

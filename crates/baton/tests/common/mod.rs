@@ -15,11 +15,22 @@ use serde_json::Value;
 
 pub const BATON: &str = env!("CARGO_BIN_EXE_baton");
 
+/// A port that was free a moment ago and that this test process has not handed
+/// out before: the OS may give the same port to two binds of port 0 in a row once
+/// the first is released, and a test's API and app address must differ.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Poll `cond` until it holds or `timeout` passes.
