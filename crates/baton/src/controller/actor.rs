@@ -1,0 +1,687 @@
+//! The actor that owns one app's state and is its only writer.
+//!
+//! Every input goes through [`AppController::apply`]: the engine computes the
+//! next state, the state and its events are committed to SQLite (with a
+//! generation fence), the routing table is pushed to the router, and only then
+//! are the engine's actions carried out. Actions run in background tasks that
+//! report back as new inputs, so the loop never blocks on a slow instance.
+//! The sensors (see [`super::sensors`]) run on the loop's tick and report
+//! through the same door.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use baton_driver::InstanceHandle;
+use baton_engine::{Action, AppState, Input, Outcome, Params};
+use baton_spec::{AppSpec, StrategySpec};
+use baton_store::NewEvent;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::handle::{AppHandle, AppView, Command, CommandError};
+use super::launch::{found_handle, launch};
+use super::params::params_of;
+use super::sensors::analysis::Analysis;
+use super::sensors::checks::SmokeChecks;
+use super::sensors::readiness::Readiness;
+use super::sensors::{exits, window};
+use super::shared::Shared;
+
+mod releases;
+mod teardown;
+
+use teardown::Drains;
+
+/// Reports from background tasks back to the controller loop.
+type Observation = Input;
+
+pub struct AppController {
+    shared: Arc<Shared>,
+    spec: AppSpec,
+    state: AppState,
+    generation: u64,
+    observations_tx: mpsc::UnboundedSender<Observation>,
+    observations: mpsc::UnboundedReceiver<Observation>,
+    commands: mpsc::Receiver<Command>,
+    status: tokio::sync::watch::Sender<Arc<AppView>>,
+    /// Readiness checkers of the running instances.
+    readiness: Readiness,
+    /// Drain/stop tasks already running, by instance id (so a restart does not double them).
+    in_progress: HashMap<String, &'static str>,
+    /// Analysis of the rollout in flight, and its newest measurement for `status`.
+    analysis: Analysis,
+    /// Instances that got their warm-up requests.
+    warmed: std::collections::HashSet<String>,
+    /// `deploy --strategy`: the strategy of the rollout in flight when it is
+    /// not the spec's own.
+    strategy_override: Option<StrategySpec>,
+    /// The smoke tests of the rollout's `Checks` step.
+    smoke: SmokeChecks,
+    /// Generation of the newest routing table published for this app's state:
+    /// a drain waits until the router acknowledges it (or a newer one).
+    routing_generation: u64,
+    /// Instances whose start is in flight (the driver has not answered yet).
+    starting: std::collections::HashSet<String>,
+    shutdown: CancellationToken,
+}
+
+impl AppController {
+    /// Load (or create) the app's state and start its controller task.
+    pub fn spawn(
+        shared: Arc<Shared>,
+        spec: AppSpec,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<AppHandle> {
+        let (state, generation) = {
+            let store = shared.store();
+            match store.load_state(&spec.name)? {
+                Some(rec) => (
+                    serde_json::from_str::<AppState>(&rec.state_json)
+                        .context("stored rollout state is unreadable")?,
+                    rec.generation,
+                ),
+                None => (AppState::new(spec.name.clone(), params_of(&spec)), 0),
+            }
+        };
+        let (observations_tx, observations) = mpsc::unbounded_channel();
+        let (commands_tx, commands) = mpsc::channel(64);
+        let view = Arc::new(AppView {
+            state: state.clone(),
+            generation,
+            spec: spec.clone(),
+            routing_generation: 0,
+        });
+        let (status, status_rx) = tokio::sync::watch::channel(view);
+        let (analysis, last_check_rx) = Analysis::new();
+        let controller = AppController {
+            shared,
+            spec,
+            state,
+            generation,
+            observations_tx,
+            observations,
+            commands,
+            status,
+            readiness: Readiness::default(),
+            in_progress: HashMap::new(),
+            analysis,
+            warmed: Default::default(),
+            strategy_override: None,
+            smoke: SmokeChecks::default(),
+            routing_generation: 0,
+            starting: Default::default(),
+            shutdown,
+        };
+        // Shutdown ends the controller wherever it is, even mid-step: what is
+        // committed is on disk, and a restart resumes from there, exactly as
+        // after kill -9.
+        let stop = controller.shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => {}
+                _ = controller.run() => {}
+            }
+        });
+        Ok(AppHandle {
+            commands: commands_tx,
+            status: status_rx,
+            last_check: last_check_rx,
+        })
+    }
+
+    async fn run(mut self) {
+        if let Err(e) = self.resume().await {
+            warn!(app = %self.spec.name, error = %format!("{e:#}"), "resuming after restart failed");
+        }
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            // Cancelled by a command of this very loop (`delete`): no more ticks.
+            if self.shutdown.is_cancelled() {
+                break;
+            }
+            // Biased: a fixed priority (shutdown, commands, observations, tick)
+            // instead of a random pick, so runs replay exactly under simulation.
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => break,
+                Some(cmd) = self.commands.recv() => {
+                    if self.command(cmd).await == Flow::Stop {
+                        break;
+                    }
+                }
+                Some(obs) = self.observations.recv() => self.observe(obs).await,
+                _ = tick.tick() => {
+                    self.watch_exits().await;
+                    self.apply_logged(Input::Tick).await;
+                    self.analyze().await;
+                    self.start_checks_if_due();
+                    self.follow_window().await;
+                }
+            }
+        }
+        self.readiness.stop_all();
+    }
+
+    /// After a restart: find the processes the state refers to, adopt them,
+    /// stop strays, and pick up drains and stops that were under way.
+    async fn resume(&mut self) -> anyhow::Result<()> {
+        if let Some(params) = self.restore_strategy()? {
+            self.apply_logged(Input::UpdateParams { params }).await;
+        }
+        // The table for the stored state first: drains picked up below wait
+        // for the router to acknowledge it.
+        self.publish_routing();
+        let found = self.shared.driver.discover(&self.discover_scope()).await?;
+        let known: Vec<String> = self.state.instances.iter().map(|i| i.id.clone()).collect();
+        // Instances of this app that the state does not know (started, then the
+        // control plane died before recording them): stop them, no orphans.
+        for f in found.iter().filter(|f| !known.contains(&f.instance_id)) {
+            info!(instance = %f.instance_id, locator = %f.locator, "stopping a stray instance left by an earlier control plane");
+            let _ = self
+                .shared
+                .driver
+                .stop(&found_handle(f), self.stop_grace())
+                .await;
+        }
+        for inst in self.state.instances.clone() {
+            use baton_engine::InstancePhase as P;
+            match &inst.phase {
+                P::Pending => {
+                    // The start was recorded but its outcome was not: an instance
+                    // may exist without a known address. Stop it and let the engine
+                    // start a fresh one.
+                    if let Some(f) = found.iter().find(|f| f.instance_id == inst.id) {
+                        let _ = self
+                            .shared
+                            .driver
+                            .stop(&found_handle(f), self.stop_grace())
+                            .await;
+                    }
+                    self.apply_logged(Input::Stopped {
+                        id: inst.id.clone(),
+                    })
+                    .await;
+                }
+                P::Draining { .. } => self.spawn_drain(inst.id.clone()),
+                P::Stopping => self.spawn_stop(inst.id.clone()),
+                _ => {}
+            }
+        }
+        // A rollout that finished just before a crash may not have closed its
+        // history record.
+        if let Some(f) = self.state.last_finished.clone() {
+            let mut store = self.shared.store();
+            let open = store
+                .list_history(&self.spec.name)?
+                .into_iter()
+                .any(|h| h.id == f.history_id && h.finished_ms.is_none());
+            if open {
+                store.finish_history(
+                    f.history_id,
+                    f.outcome.as_str(),
+                    &f.notes,
+                    self.shared.now_ms(),
+                )?;
+            }
+        }
+        self.watch_exits().await;
+        self.apply_logged(Input::Tick).await;
+        self.sync_checkers();
+        // Status shows the restored strategy even if nothing moved.
+        self.publish_view();
+        Ok(())
+    }
+
+    /// After a restart: the rollout in flight keeps the one-off strategy it was
+    /// started with; without one in flight, the spec's strategy holds. History
+    /// records opened by a deploy that never reached the engine are closed.
+    /// Returns the parameters to put back when the stored ones are not the spec's.
+    fn restore_strategy(&mut self) -> anyhow::Result<Option<Params>> {
+        let current = self.state.rollout.as_ref().map(|r| r.history_id);
+        let mut store = self.shared.store();
+        if let Some(id) = current
+            && let Some(json) = store.rollout_strategy(id)?
+        {
+            self.strategy_override =
+                Some(serde_json::from_str(&json).context("stored one-off strategy is unreadable")?);
+        }
+        let finished = self.state.last_finished.as_ref().map(|f| f.history_id);
+        for h in store.list_history(&self.spec.name)? {
+            if h.finished_ms.is_none() && Some(h.id) != current && Some(h.id) != finished {
+                info!(app = %self.spec.name, history = h.id, "closing the record of a deploy that never started");
+                store.finish_history(
+                    h.id,
+                    "interrupted",
+                    "the control plane stopped before this rollout started; nothing changed",
+                    self.shared.now_ms(),
+                )?;
+            }
+        }
+        drop(store);
+        // A one-off strategy's parameters committed, then the control plane
+        // stopped before its rollout did: back to the spec's.
+        Ok(
+            (current.is_none() && self.state.params != params_of(&self.spec))
+                .then(|| params_of(&self.spec)),
+        )
+    }
+
+    /// The spec the rollout in flight runs under (`deploy --strategy` may
+    /// replace the strategy for one rollout).
+    fn effective_spec(&self) -> std::borrow::Cow<'_, AppSpec> {
+        match &self.strategy_override {
+            Some(st) if self.state.rollout.is_some() => {
+                let mut spec = self.spec.clone();
+                spec.strategy = st.clone();
+                std::borrow::Cow::Owned(spec)
+            }
+            _ => std::borrow::Cow::Borrowed(&self.spec),
+        }
+    }
+
+    fn stop_grace(&self) -> Duration {
+        self.spec.driver.stop_grace()
+    }
+
+    async fn command(&mut self, cmd: Command) -> Flow {
+        match cmd {
+            Command::Apply { spec, reply } => {
+                let routes_before = crate::routing::app_routes(&self.effective_spec(), &self.state);
+                self.spec = *spec;
+                // A one-off strategy in flight keeps running its own steps.
+                let params = params_of(&self.effective_spec());
+                let result = self
+                    .apply(Input::UpdateParams { params })
+                    .await
+                    .map_err(|e| anyhow::anyhow!(e));
+                // A spec change alone (a new `listen`, traffic settings) changes
+                // the app's routes without any engine transition.
+                if crate::routing::app_routes(&self.effective_spec(), &self.state) != routes_before
+                {
+                    self.publish_routing();
+                }
+                self.publish_view();
+                let _ = reply.send(result.map(|_| ()));
+            }
+            Command::Delete { reply } => {
+                self.delete().await;
+                let _ = reply.send(());
+                // The loop ends here: nothing restarts the stopped instances.
+                return Flow::Stop;
+            }
+            Command::Deploy { request, reply } => {
+                let result = self.deploy(request).await;
+                self.reply_once_routed(reply, result);
+            }
+            Command::Operate { input, reply } => {
+                let result = self.apply(input).await;
+                self.reply_once_routed(reply, result);
+            }
+            Command::Rollback {
+                to_revision,
+                operator,
+                reply,
+            } => {
+                let result = self.rollback(to_revision, operator).await;
+                self.reply_once_routed(reply, result);
+            }
+            Command::Retry { operator, reply } => {
+                let result = self.retry(operator).await;
+                self.reply_once_routed(reply, result);
+            }
+            Command::StopAll { reply } => {
+                self.stop_all(Drains::Skip).await;
+                let _ = reply.send(());
+                // Nothing may react to the instances just stopped (a crash
+                // would start a replacement that outlives the control plane).
+                return Flow::Stop;
+            }
+        }
+        Flow::Continue
+    }
+
+    /// A report from a background task. A process that came up after its
+    /// instance was already given up (drained while still starting) is stopped
+    /// here, so it cannot linger as an orphan.
+    async fn observe(&mut self, obs: Observation) {
+        // Warm-up: a new instance of the release being rolled out gets its
+        // warm-up requests before the engine hears it is ready (and routes to it).
+        if let Input::Ready { id } = &obs
+            && let Some(warmup) = self.spec.hooks.warmup.clone()
+            && !self.warmed.contains(id)
+            && let Some(inst) = self.state.instance(id)
+            && self
+                .state
+                .rollout
+                .as_ref()
+                .is_some_and(|r| r.to.revision == inst.revision)
+            && let Some(addr) = inst
+                .address
+                .as_deref()
+                .and_then(|a| a.parse::<SocketAddr>().ok())
+        {
+            self.warmed.insert(id.clone());
+            let (id, tx) = (id.clone(), self.observations_tx.clone());
+            tokio::spawn(async move {
+                let done =
+                    crate::hooks::warm_up(addr, &warmup.path, warmup.requests, warmup.concurrency)
+                        .await;
+                info!(instance = %id, requests = done, "warm-up done");
+                let _ = tx.send(Input::Ready { id });
+            });
+            return;
+        }
+        if let Input::Started { id, .. } | Input::StartFailed { id, .. } = &obs {
+            self.starting.remove(id);
+        }
+        if let Input::Started { id, handle, .. } = &obs {
+            let pending = self
+                .state
+                .instance(id)
+                .is_some_and(|i| i.phase == baton_engine::InstancePhase::Pending);
+            if !pending {
+                info!(instance = %id, "stopping an instance that started after it was given up");
+                let _ = self.shared.driver.stop(handle, self.stop_grace()).await;
+                return;
+            }
+        }
+        self.apply_logged(obs).await;
+    }
+
+    async fn apply_logged(&mut self, input: Input) {
+        if let Err(e) = self.apply(input).await {
+            warn!(app = %self.spec.name, error = %e, "input not applied");
+        }
+    }
+
+    /// One engine step: compute, persist, publish routing, act.
+    async fn apply(&mut self, input: Input) -> Result<(), CommandError> {
+        let now = self.shared.now_ms();
+        let (next, actions) = baton_engine::step(&self.state, input, now)?;
+        if next == self.state && actions.is_empty() {
+            return Ok(());
+        }
+        let events: Vec<NewEvent> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Event { kind, message } => Some(NewEvent {
+                    kind: kind.clone(),
+                    message: message.clone(),
+                    fields_json: "{}".into(),
+                }),
+                _ => None,
+            })
+            .collect();
+        let state_json =
+            serde_json::to_string(&next).map_err(|e| CommandError::Internal(e.to_string()))?;
+        // Durability first: nothing below happens unless this commit landed.
+        let committed = self.shared.store().commit_transition(
+            &self.spec.name,
+            self.generation,
+            &state_json,
+            &events,
+            now,
+        );
+        let generation = match committed {
+            Ok(g) => g,
+            Err(baton_store::StoreError::GenerationConflict { expected, found }) => {
+                // Someone else wrote this app's state: what is on disk wins. Reload
+                // it (and act on it) instead of failing every later commit.
+                warn!(app = %self.spec.name, expected, found, "the stored state moved on; reloading it");
+                self.reload_state()
+                    .map_err(|e| CommandError::Internal(format!("{e:#}")))?;
+                return Err(CommandError::Internal(format!(
+                    "the state of {} changed underneath this command (generation {found}, not {expected}); it was reloaded: try again",
+                    self.spec.name
+                )));
+            }
+            Err(e) => return Err(CommandError::Internal(e.to_string())),
+        };
+        for e in &events {
+            info!(app = %self.spec.name, kind = %e.kind, "{}", e.message);
+        }
+        let rollout_ended = self.state.rollout.is_some() && next.rollout.is_none();
+        let routing_changed = crate::routing::app_routes(&self.effective_spec(), &next)
+            != crate::routing::app_routes(&self.effective_spec(), &self.state);
+        self.state = next;
+        self.generation = generation;
+        if routing_changed {
+            self.publish_routing();
+        }
+        for action in actions {
+            self.execute(action).await;
+        }
+        self.sync_checkers();
+        if rollout_ended && self.strategy_override.take().is_some() {
+            // The one-off strategy is done: back to the spec's own.
+            let params = params_of(&self.spec);
+            Box::pin(self.apply(Input::UpdateParams { params })).await?;
+        }
+        self.publish_view();
+        Ok(())
+    }
+
+    /// Answer an operator's command once the router serves the routing it
+    /// caused (an abort or a blue-green switch back is live when the CLI
+    /// returns), without holding up this loop; a router that does not answer
+    /// within [`REPLY_ACK_WAIT`] gets the reply sent anyway (status says why
+    /// the routing is held).
+    fn reply_once_routed<T: Send + 'static>(&self, reply: oneshot::Sender<T>, result: T) {
+        let router = self.shared.router.clone();
+        let generation = self.routing_generation;
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(REPLY_ACK_WAIT, router.acknowledged(generation)).await;
+            let _ = reply.send(result);
+        });
+    }
+
+    /// Show the current state to `status` readers.
+    fn publish_view(&self) {
+        self.status.send_replace(Arc::new(AppView {
+            state: self.state.clone(),
+            generation: self.generation,
+            spec: self.effective_spec().into_owned(),
+            routing_generation: self.routing_generation,
+        }));
+    }
+
+    /// Load the app's state from the store again (after a generation conflict)
+    /// and make routing and checkers follow it.
+    fn reload_state(&mut self) -> anyhow::Result<()> {
+        let rec = self
+            .shared
+            .store()
+            .load_state(&self.spec.name)?
+            .context("the app's state vanished from the store")?;
+        self.state =
+            serde_json::from_str(&rec.state_json).context("stored rollout state is unreadable")?;
+        self.generation = rec.generation;
+        self.publish_routing();
+        self.sync_checkers();
+        self.publish_view();
+        Ok(())
+    }
+
+    /// Record this app's routes for its current state in the desired table
+    /// (the router link delivers it and tracks the acknowledgement).
+    fn publish_routing(&mut self) {
+        let routes = crate::routing::app_routes(&self.effective_spec(), &self.state);
+        self.routing_generation = self.shared.router.publish(routes);
+    }
+
+    async fn execute(&mut self, action: Action) {
+        match action {
+            Action::Start { id, revision, .. } => self.spawn_start(id, revision),
+            Action::Drain { id } => self.spawn_drain(id),
+            Action::Stop { id } => self.spawn_stop(id),
+            Action::Event { .. } => {}
+            Action::Finish {
+                history_id,
+                outcome,
+                notes,
+            } => {
+                if let Err(e) = self.shared.store().finish_history(
+                    history_id,
+                    outcome.as_str(),
+                    &notes,
+                    self.shared.now_ms(),
+                ) {
+                    warn!(app = %self.spec.name, error = %e, "closing the history record failed");
+                }
+                if outcome != Outcome::Succeeded {
+                    warn!(app = %self.spec.name, outcome = outcome.as_str(), %notes, "rollout did not succeed");
+                }
+            }
+        }
+    }
+
+    fn spawn_start(&mut self, id: String, revision: u32) {
+        self.starting.insert(id.clone());
+        let shared = self.shared.clone();
+        let obs = self.observations_tx.clone();
+        let app = self.spec.name.clone();
+        tokio::spawn(async move {
+            let input = match launch(&shared, &app, &id, revision).await {
+                Ok(handle) => Input::Started { id, handle },
+                Err(e) => Input::StartFailed {
+                    id,
+                    error: format!("{e:#}"),
+                },
+            };
+            let _ = obs.send(input);
+        });
+    }
+
+    fn spawn_drain(&mut self, id: String) {
+        if self.in_progress.insert(id.clone(), "drain") == Some("drain") {
+            return;
+        }
+        let address = self
+            .state
+            .instance(&id)
+            .and_then(|i| i.address.clone())
+            .and_then(|a| a.parse::<SocketAddr>().ok());
+        let router = self.shared.router.clone();
+        let obs = self.observations_tx.clone();
+        let timeout = self.spec.drain_timeout;
+        // The newest table published for this state has the instance out of
+        // routing; until the router acknowledges it, it may still send requests.
+        let generation = self.routing_generation;
+        let app = self.spec.name.clone();
+        tokio::spawn(async move {
+            router.acknowledged(generation).await;
+            if let Some(address) = address
+                && let crate::routing::Drain::TimedOut { in_flight } =
+                    router.wait_idle(address, timeout).await
+            {
+                warn!(%app, instance = %id, in_flight, "drain timeout reached with requests in flight; stopping anyway");
+            }
+            let _ = obs.send(Input::Drained { id });
+        });
+    }
+
+    fn spawn_stop(&mut self, id: String) {
+        if self.in_progress.insert(id.clone(), "stop") == Some("stop") {
+            return;
+        }
+        let handle = self.handle_of(&id);
+        let shared = self.shared.clone();
+        let obs = self.observations_tx.clone();
+        let grace = self.stop_grace();
+        tokio::spawn(async move {
+            if let Some(handle) = handle
+                && let Err(e) = shared.driver.stop(&handle, grace).await
+            {
+                warn!(instance = %id, error = %e, "stopping instance failed");
+            }
+            let _ = obs.send(Input::Stopped { id });
+        });
+    }
+
+    fn handle_of(&self, id: &str) -> Option<InstanceHandle> {
+        self.state.instance(id).and_then(|i| i.handle.clone())
+    }
+
+    /// Where this app's instances can be: local processes, and the container
+    /// endpoints of its revisions.
+    fn discover_scope(&self) -> baton_driver::Scope {
+        baton_driver::Scope {
+            app: self.spec.name.clone(),
+            container_endpoints: Vec::new(),
+        }
+    }
+
+    /// Driver events: report instances whose process ended on its own.
+    async fn watch_exits(&mut self) {
+        for input in exits::exited(&*self.shared.driver, &self.state).await {
+            if let Input::Exited { id, .. } = &input {
+                self.in_progress.remove(id);
+            }
+            self.apply_logged(input).await;
+        }
+    }
+
+    /// Analysis: measure the new release; a failure past the limit is applied.
+    async fn analyze(&mut self) {
+        let spec = self.effective_spec().into_owned();
+        if let Some(input) = self
+            .analysis
+            .measure(&self.shared, &spec, &self.state)
+            .await
+        {
+            self.apply_logged(input).await;
+        }
+    }
+
+    /// Smoke tests: start them at a `Checks` step.
+    fn start_checks_if_due(&mut self) {
+        let spec = self.effective_spec().into_owned();
+        self.smoke.start_if_due(
+            &spec,
+            &self.state,
+            &self.shared.baton_exe,
+            &self.observations_tx,
+        );
+    }
+
+    /// Upgrade windows: pause or resume the rollout as its window closes or opens.
+    async fn follow_window(&mut self) {
+        if let Some(input) = window::follow(&self.spec, &self.state, self.shared.now_ms()) {
+            self.apply_logged(input).await;
+        }
+    }
+
+    /// Keep one readiness checker per running instance, none for the others.
+    fn sync_checkers(&mut self) {
+        self.readiness.sync(
+            &self.state,
+            &self.spec.readiness,
+            &self.shared.probe,
+            &self.observations_tx,
+            &self.shutdown,
+        );
+        self.in_progress
+            .retain(|id, _| self.state.instance(id).is_some());
+    }
+}
+
+/// Whether the controller loop goes on after a command.
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    /// `baton down` or `baton delete`: the instances are stopped; the controller ends.
+    Stop,
+}
+
+/// How long an operator's command waits for the router before it answers.
+const REPLY_ACK_WAIT: Duration = Duration::from_secs(5);
+/// How long `stop_all` waits for the router to take the app out of routing.
+const STOP_ALL_ACK_WAIT: Duration = Duration::from_secs(5);
+/// How long `stop_all` waits for starts in flight to answer.
+const STOP_ALL_START_WAIT: Duration = Duration::from_secs(30);

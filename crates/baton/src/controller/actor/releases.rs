@@ -1,0 +1,363 @@
+//! The operator's requests for a release: `deploy`, `rollback` and `retry`,
+//! and the pre-flight checks a deploy passes before anything changes.
+
+use baton_engine::{EngineError, Input, Outcome, Release, RolloutKind};
+use baton_spec::TemplateVars;
+use baton_store::NewHistory;
+
+use super::AppController;
+use crate::controller::handle::{CommandError, DeployAccepted, DeployRequest};
+use crate::controller::params::{params_of, strategy_kind};
+
+impl AppController {
+    pub(super) async fn deploy(
+        &mut self,
+        request: DeployRequest,
+    ) -> Result<DeployAccepted, CommandError> {
+        let DeployRequest {
+            version,
+            env,
+            operator,
+            kind,
+            revision,
+            now,
+            strategy,
+            sha256,
+        } = request;
+        if let Some(r) = self.state.rollout.clone()
+            && now
+            && r.not_before_ms.is_some()
+            && r.to.version == version
+            && revision.is_none_or(|n| n == r.to.revision)
+        {
+            // `deploy --now` of the release waiting for its window: start it.
+            self.apply(Input::Deploy {
+                to: r.to.clone(),
+                kind: r.kind,
+                operator,
+                history_id: r.history_id,
+                not_before_ms: None,
+            })
+            .await?;
+            return Ok(DeployAccepted {
+                revision: r.to.revision,
+                history_id: r.history_id,
+                version,
+                unchanged: false,
+                waits_for_window: None,
+            });
+        }
+        if let Some(r) = &self.state.rollout {
+            return Err(EngineError::RolloutInProgress {
+                app: self.spec.name.clone(),
+                version: r.to.version.clone(),
+            }
+            .into());
+        }
+        let app = self.spec.name.clone();
+        let internal = |e: baton_store::StoreError| CommandError::Internal(e.to_string());
+        self.preflight(&version, sha256.as_deref()).await?;
+        let env_json =
+            serde_json::to_string(&env).map_err(|e| CommandError::Internal(e.to_string()))?;
+        let rev = {
+            let mut store = self.shared.store();
+            match revision {
+                Some(n) => store
+                    .get_revision(&app, n)
+                    .map_err(internal)?
+                    .ok_or_else(|| {
+                        CommandError::BadRequest(format!(
+                            "{app} has no revision {n}; `baton history {app}` lists them"
+                        ))
+                    })?,
+                None => {
+                    // Same version and env as the stable revision: nothing to do.
+                    if let Some(stable) = &self.state.stable
+                        && let Some(cur) = store
+                            .get_revision(&app, stable.revision)
+                            .map_err(internal)?
+                        && cur.version == version
+                        && cur.env_json == env_json
+                    {
+                        return Ok(DeployAccepted {
+                            revision: cur.number,
+                            history_id: 0,
+                            version,
+                            unchanged: true,
+                            waits_for_window: None,
+                        });
+                    }
+                    let spec_json = serde_json::to_string(&self.spec)
+                        .map_err(|e| CommandError::Internal(e.to_string()))?;
+                    store
+                        .create_revision(
+                            &app,
+                            &version,
+                            &env_json,
+                            &spec_json,
+                            &operator,
+                            self.shared.now_ms(),
+                        )
+                        .map_err(internal)?
+                }
+            }
+        };
+        // A one-off strategy is recorded with the rollout, so that a restarted
+        // control plane runs (and shows) the same one.
+        let one_off = strategy.filter(|s| *s != self.spec.strategy);
+        let strategy_json = one_off
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| CommandError::Internal(e.to_string()))?;
+        let history_id = self
+            .shared
+            .store()
+            .start_history(
+                &NewHistory {
+                    app: app.clone(),
+                    revision: rev.number,
+                    from_version: self.state.stable.as_ref().map(|s| s.version.clone()),
+                    to_version: rev.version.clone(),
+                    environment: self.spec.environment.clone(),
+                    operator: operator.clone(),
+                    strategy: strategy_kind(one_off.as_ref().unwrap_or(&self.spec.strategy))
+                        .to_string(),
+                    kind: match kind {
+                        RolloutKind::Deploy => "deploy".into(),
+                        RolloutKind::Rollback => "rollback".into(),
+                    },
+                    strategy_json,
+                },
+                self.shared.now_ms(),
+            )
+            .map_err(internal)?;
+        if let Some(strategy) = one_off {
+            let mut spec = self.spec.clone();
+            spec.strategy = strategy.clone();
+            self.strategy_override = Some(strategy);
+            self.apply(Input::UpdateParams {
+                params: params_of(&spec),
+            })
+            .await?;
+        }
+        let not_before_ms = if now {
+            None
+        } else {
+            crate::windows::next_start_ms(&self.spec, self.shared.now_ms())
+        };
+        let waits_for_window = not_before_ms
+            .zip(self.spec.upgrade_windows.as_ref())
+            .map(|(start, w)| crate::windows::describe_wait(w, start, self.shared.now_ms()));
+        let input = Input::Deploy {
+            to: Release {
+                revision: rev.number,
+                version: rev.version.clone(),
+            },
+            kind,
+            operator,
+            history_id,
+            not_before_ms: if now {
+                None
+            } else {
+                crate::windows::next_start_ms(&self.spec, self.shared.now_ms())
+            },
+        };
+        if let Err(e) = self.apply(input).await {
+            let _ = self.shared.store().finish_history(
+                history_id,
+                "refused",
+                &e.to_string(),
+                self.shared.now_ms(),
+            );
+            return Err(e);
+        }
+        Ok(DeployAccepted {
+            revision: rev.number,
+            history_id,
+            version: rev.version,
+            unchanged: false,
+            waits_for_window,
+        })
+    }
+
+    /// `baton rollback` (see [`Command::Rollback`]).
+    pub(super) async fn rollback(
+        &mut self,
+        to_revision: Option<u32>,
+        operator: String,
+    ) -> Result<DeployAccepted, CommandError> {
+        let app = self.spec.name.clone();
+        if let Some(r) = &self.state.rollout {
+            // During a rollout (a blue-green scale-down delay included) a
+            // rollback is an abort: traffic returns to the stable release at once.
+            let Some(from) = r.from.clone() else {
+                return Err(CommandError::BadRequest(format!(
+                    "{app}'s first release is still rolling out; there is nothing to roll back to"
+                )));
+            };
+            let history_id = r.history_id;
+            self.apply(Input::Abort {
+                by: operator,
+                reason: "rollback requested".into(),
+            })
+            .await?;
+            return Ok(DeployAccepted {
+                revision: from.revision,
+                history_id,
+                version: from.version,
+                unchanged: false,
+                waits_for_window: None,
+            });
+        }
+        let internal = |e: baton_store::StoreError| CommandError::Internal(e.to_string());
+        let current = self.state.stable.as_ref().map(|r| r.revision);
+        let target = match to_revision {
+            Some(n) => n,
+            None => {
+                // The release that was stable before the current one: walk the
+                // successful releases newest first, past the current one.
+                let history = self.shared.store().list_history(&app).map_err(internal)?;
+                let mut seen_current = false;
+                let mut previous = None;
+                for h in history.iter().filter(|h| h.result == "succeeded") {
+                    if !seen_current {
+                        seen_current = Some(h.revision) == current;
+                    } else if Some(h.revision) != current {
+                        previous = Some(h.revision);
+                        break;
+                    }
+                }
+                previous.ok_or_else(|| {
+                    CommandError::BadRequest(format!(
+                        "{app} has no earlier successful release to roll back to; use --to-revision N (see `baton history {app}`)"
+                    ))
+                })?
+            }
+        };
+        let rev = self
+            .shared
+            .store()
+            .get_revision(&app, target)
+            .map_err(internal)?
+            .ok_or_else(|| {
+                CommandError::BadRequest(format!(
+                    "{app} has no revision {target}; `baton history {app}` lists them"
+                ))
+            })?;
+        if current == Some(target) {
+            return Err(CommandError::BadRequest(format!(
+                "{app} already runs revision {target} ({})",
+                rev.version
+            )));
+        }
+        self.deploy(DeployRequest {
+            revision: Some(target),
+            now: true,
+            ..DeployRequest::new(rev.version, operator, RolloutKind::Rollback)
+        })
+        .await
+    }
+
+    /// `baton retry` (see [`Command::Retry`]).
+    pub(super) async fn retry(&mut self, operator: String) -> Result<DeployAccepted, CommandError> {
+        let app = self.spec.name.clone();
+        let last = self
+            .state
+            .last_finished
+            .clone()
+            .filter(|f| f.outcome != Outcome::Succeeded)
+            .ok_or_else(|| {
+                CommandError::BadRequest(format!(
+                    "{app}'s last rollout did not fail or abort; there is nothing to retry"
+                ))
+            })?;
+        let record = self
+            .shared
+            .store()
+            .list_history(&app)
+            .map_err(|e| CommandError::Internal(e.to_string()))?
+            .into_iter()
+            .find(|h| h.id == last.history_id)
+            .ok_or_else(|| {
+                CommandError::Internal(format!("history record {} is missing", last.history_id))
+            })?;
+        self.deploy(DeployRequest {
+            revision: Some(record.revision),
+            ..DeployRequest::new(record.to_version, operator, RolloutKind::Deploy)
+        })
+        .await
+    }
+
+    /// Checks that must pass before a rollout starts; a failure changes nothing.
+    async fn preflight(&self, version: &str, sha256: Option<&str>) -> Result<(), CommandError> {
+        let mut instance_memory = Vec::new();
+        for handle in self
+            .state
+            .instances
+            .iter()
+            .filter_map(|i| self.handle_of(&i.id))
+        {
+            if let Some(sample) = self.shared.driver.sample(&handle).await {
+                instance_memory.push(sample.memory_limit_bytes.unwrap_or(sample.memory_bytes));
+            }
+        }
+        let plan = baton_engine::plan(
+            &self.state,
+            Release {
+                revision: u32::MAX,
+                version: version.to_string(),
+            },
+        )?;
+        let extra = plan
+            .peak_instances
+            .saturating_sub(self.state.instances.len() as u32);
+        let serves = self
+            .shared
+            .router
+            .listening(&self.spec.name, self.spec.listen)
+            .await;
+        let results = crate::preflight::run(&crate::preflight::Preflight {
+            spec: &self.spec,
+            version,
+            baton_exe: &self.shared.baton_exe,
+            data_dir: &self.shared.data_dir,
+            extra_instances: extra,
+            instance_memory: &instance_memory,
+            sha256,
+            router_serves_app: serves,
+            image: None,
+        });
+        let mut failed: Vec<String> = results
+            .iter()
+            .filter(|r| !r.ok)
+            .map(|r| format!("{}: {}", r.check, r.detail))
+            .collect();
+        // The user's own checks (a vulnerability scanner, a dependency check...).
+        for check in &self.spec.preflight {
+            let vars = TemplateVars {
+                version,
+                port: 0,
+                app: &self.spec.name,
+                instance: "preflight",
+                baton: &self.shared.baton_exe,
+            };
+            let argv: Vec<String> = check
+                .command
+                .iter()
+                .map(|a| baton_spec::render_template(a, &vars))
+                .collect();
+            if let Err(e) = crate::hooks::run_command(&check.name, &argv, check.timeout).await {
+                failed.push(e);
+            }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(CommandError::Preflight(format!(
+                "pre-flight checks failed, nothing was changed:\n  {}",
+                failed.join("\n  ")
+            )))
+        }
+    }
+}

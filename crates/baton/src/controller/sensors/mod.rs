@@ -1,0 +1,15 @@
+//! Sensors: each turns one kind of observation of the world into the
+//! engine's inputs, and decides nothing itself. The actor
+//! ([`super::actor`]) runs them and applies what they report.
+//!
+//! - [`readiness`]: one health checker per running instance (`Ready`/`Unready`);
+//! - [`exits`]: the driver's view of each process (`Exited`);
+//! - [`analysis`]: the router's metrics judged against the limits (`Analysis`);
+//! - [`window`]: the upgrade windows opening and closing (`Pause`/`Resume`);
+//! - [`checks`]: the smoke tests of a `Checks` step (`ChecksPassed`/`ChecksFailed`).
+
+pub mod analysis;
+pub mod checks;
+pub mod exits;
+pub mod readiness;
+pub mod window;
