@@ -23,10 +23,14 @@ pub use process::ProcessDriver;
 
 /// Environment variable carrying the instance id to every instance.
 pub const ENV_INSTANCE_ID: &str = "BATON_INSTANCE_ID";
+/// Environment variable carrying the app's name to every instance.
+pub const ENV_APP: &str = "BATON_APP";
 /// Environment variable carrying the owner (the control plane's canonical data dir).
 pub const ENV_OWNER: &str = "BATON_OWNER";
 /// Environment variable carrying the port the instance must listen on.
 pub const ENV_PORT: &str = "PORT";
+
+pub use baton_engine::{InstanceHandle, Locator};
 
 /// Everything a driver needs to start one instance. Templates are already rendered.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -35,31 +39,80 @@ pub struct LaunchSpec {
     pub instance_id: String,
     pub app: String,
     pub version: String,
-    /// Program and arguments; `argv[0]` is the executable (looked up in `PATH`).
-    pub argv: Vec<String>,
-    /// Extra environment, on top of the control plane's own.
+    /// The app revision the instance runs (labels containers; shown by discovery).
+    pub revision: u32,
+    /// Extra environment, on top of the driver's own.
     pub env: BTreeMap<String, String>,
-    /// Working directory; the control plane's own if `None`.
-    pub workdir: Option<PathBuf>,
-    /// Address the router reaches the instance at (127.0.0.1 for local processes).
+    /// Address the router reaches the instance at (127.0.0.1 for local instances).
     pub host: IpAddr,
-    /// Port the instance must listen on; passed as `PORT`.
+    /// Port on `host` the router reaches the instance at. A process must listen on it
+    /// (it gets it as `PORT`); a container's port is published on it.
     pub port: u16,
     /// File that receives the instance's stdout and stderr (appended).
     pub log_path: PathBuf,
+    /// What to run: a process or a container.
+    pub target: Target,
 }
 
-/// Identifies one running instance. Persisted by the control plane, so it survives a
-/// restart; `start_time` guards against the pid having been reused since.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Hash)]
-pub struct InstanceHandle {
-    pub instance_id: String,
-    /// Process id (process driver); also the instance's process-group id.
-    pub pid: u32,
-    /// Start time of the process in clock ticks since boot (`/proc/<pid>/stat` field 22).
-    pub start_time: u64,
-    /// Where the router sends the instance's traffic.
-    pub address: SocketAddr,
+/// What kind of instance to start, with that kind's settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    Process(ProcessTarget),
+    Container(ContainerTarget),
+}
+
+/// A local process.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProcessTarget {
+    /// Program and arguments; `argv[0]` is the executable (looked up in `PATH`).
+    pub argv: Vec<String>,
+    /// Working directory; the control plane's own if `None`.
+    pub workdir: Option<PathBuf>,
+}
+
+/// A container, created through the Docker Engine API (Docker or Podman).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ContainerTarget {
+    /// The API endpoint, resolved (`unix:///run/podman/podman.sock`, ...).
+    pub endpoint: String,
+    /// The image reference as the user wrote it (`registry/app:v2`).
+    pub image: String,
+    /// The image digest resolved at deploy time (`sha256:...`). When set, the container
+    /// runs exactly this image, whatever the reference points to now.
+    pub digest: Option<String>,
+    pub pull: PullPolicy,
+    /// The port the app listens on inside the container.
+    pub container_port: u16,
+    /// Share the host's network instead of publishing `container_port` on `port`; the app
+    /// must then listen on `PORT`.
+    pub host_network: bool,
+    /// Replaces the image's entrypoint when set.
+    pub entrypoint: Option<Vec<String>>,
+    /// Replaces the image's command when set.
+    pub command: Option<Vec<String>>,
+    pub user: Option<String>,
+    pub workdir: Option<String>,
+    /// Memory limit in bytes.
+    pub memory_bytes: Option<u64>,
+    /// CPU limit in CPUs (1.5 = one and a half cores).
+    pub cpus: Option<f64>,
+    pub read_only: bool,
+    /// Extra labels, besides baton's own.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// When to pull an image before creating a container.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PullPolicy {
+    /// Never pull; the image must be present.
+    Never,
+    /// Pull only when the image is not present.
+    #[default]
+    IfMissing,
+    /// Pull at every deploy, to pick up a moved tag.
+    Always,
 }
 
 /// What a driver knows about an instance right now.
@@ -67,12 +120,73 @@ pub struct InstanceHandle {
 pub enum InstanceStatus {
     /// The instance is alive.
     Running,
-    /// The instance exited and the driver saw its exit; `code` is `None` when it was
-    /// killed by a signal.
-    Exited { code: Option<i32> },
+    /// The instance ended and the driver saw how.
+    Exited(Exit),
     /// The instance is not there (never was, exited unobserved, or its pid now belongs to
     /// another process).
     Gone,
+}
+
+/// How an instance ended.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Exit {
+    /// Exit code, when it exited by itself.
+    pub code: Option<i32>,
+    /// Signal number, when a signal ended it.
+    pub signal: Option<i32>,
+    /// The kernel killed it for exceeding its memory limit.
+    pub oom_killed: bool,
+    /// Its memory limit in bytes, when it had one.
+    pub memory_limit: Option<u64>,
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.oom_killed {
+            write!(f, "OOM-killed")?;
+            if let Some(limit) = self.memory_limit {
+                write!(f, " (memory limit {})", format_bytes(limit))?;
+            }
+            return Ok(());
+        }
+        match (self.code, self.signal) {
+            (_, Some(9)) => write!(f, "killed by SIGKILL"),
+            (_, Some(15)) => write!(f, "killed by SIGTERM"),
+            (_, Some(s)) => write!(f, "killed by signal {s}"),
+            (Some(c), None) => write!(f, "exit code {c}"),
+            (None, None) => write!(f, "exited"),
+        }
+    }
+}
+
+/// `67108864` → `64 MiB`: whole units where they fit, as users write limits.
+pub fn format_bytes(bytes: u64) -> String {
+    const UNITS: [(&str, u64); 3] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    for (unit, size) in UNITS {
+        if bytes >= size {
+            return if bytes % size == 0 {
+                format!("{} {unit}", bytes / size)
+            } else {
+                format!("{:.1} {unit}", bytes as f64 / size as f64)
+            };
+        }
+    }
+    format!("{bytes} B")
+}
+
+/// Resource use of one instance at one moment.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ResourceSample {
+    /// CPU time used since the instance started (user + system), in milliseconds.
+    pub cpu_ms: u64,
+    /// Memory in use now, in bytes.
+    pub memory_bytes: u64,
+    /// The most memory it used at once, when the driver knows it.
+    pub memory_peak_bytes: Option<u64>,
+    /// Its memory limit, when it has one.
+    pub memory_limit_bytes: Option<u64>,
+    /// Times the kernel's OOM killer fired in its memory cgroup.
+    pub oom_kills: u64,
 }
 
 /// How a stop ended.
@@ -86,24 +200,30 @@ pub enum StopOutcome {
     AlreadyGone,
 }
 
+/// Where [`Driver::discover`] looks: the instances of one app, on the container endpoints
+/// its revisions use (processes are always looked for).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    pub app: String,
+    pub container_endpoints: Vec<String>,
+}
+
 /// A live instance owned by this control plane, found by [`Driver::discover`].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FoundInstance {
     pub instance_id: String,
-    pub pid: u32,
-    pub start_time: u64,
-    /// The `PORT` it was started with, if readable.
-    pub port: Option<u16>,
+    pub locator: Locator,
+    /// Where it listens, when the driver can tell.
+    pub address: Option<SocketAddr>,
 }
 
 impl FoundInstance {
-    /// A handle for this instance, reachable at `host`.
-    pub fn handle(&self, host: IpAddr) -> Option<InstanceHandle> {
+    /// A handle for this instance, when its address is known.
+    pub fn handle(&self) -> Option<InstanceHandle> {
         Some(InstanceHandle {
             instance_id: self.instance_id.clone(),
-            pid: self.pid,
-            start_time: self.start_time,
-            address: SocketAddr::new(host, self.port?),
+            address: self.address?,
+            locator: self.locator.clone(),
         })
     }
 }
@@ -159,6 +279,27 @@ pub enum DriverError {
         #[source]
         source: nix::Error,
     },
+    /// This driver cannot run this kind of instance (a container handle given to the
+    /// process driver, ...).
+    #[error("{0}")]
+    Unsupported(String),
+    /// The container engine refused a request or could not be reached.
+    #[error("container engine at {endpoint}: {reason}")]
+    Engine {
+        /// The API endpoint.
+        endpoint: String,
+        /// What went wrong, in the engine's words.
+        reason: String,
+    },
+    /// The image cannot be used under the pull policy (missing and never pulled, pull
+    /// failed, ...).
+    #[error("image {image}: {reason}")]
+    Image {
+        /// The image reference.
+        image: String,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
     /// The instance was still alive after being killed (for example stuck in the kernel).
     #[error("instance {instance_id} (pid {pid}) is still running after SIGKILL")]
     StillRunning {
@@ -174,15 +315,16 @@ pub enum DriverError {
 /// Implementations must be cheap to share (`Send + Sync + 'static`) and their futures
 /// `Send`, so the controller can drive them from any task.
 pub trait Driver: Send + Sync + 'static {
-    /// Starts one instance and returns its handle once the OS reports it started (not once
-    /// it is ready: readiness is checked separately).
+    /// Starts one instance and returns its handle once it started (not once it is ready:
+    /// readiness is checked separately).
     fn start(
         &self,
         spec: &LaunchSpec,
     ) -> impl Future<Output = Result<InstanceHandle, DriverError>> + Send;
 
-    /// The instance's status right now. Cheap and non-blocking.
-    fn status(&self, handle: &InstanceHandle) -> InstanceStatus;
+    /// The instance's status right now. An exit carries how it ended (code, signal,
+    /// OOM kill), which the controller turns into an event.
+    fn status(&self, handle: &InstanceHandle) -> impl Future<Output = InstanceStatus> + Send;
 
     /// Asks the instance to stop, waits up to `grace`, then kills it.
     fn stop(
@@ -191,9 +333,18 @@ pub trait Driver: Send + Sync + 'static {
         grace: Duration,
     ) -> impl Future<Output = Result<StopOutcome, DriverError>> + Send;
 
-    /// Every live instance this control plane owns, including ones started by an earlier
-    /// control-plane process that crashed.
-    fn discover(&self) -> Result<Vec<FoundInstance>, DriverError>;
+    /// Every live instance of `scope.app` this control plane owns, including ones started
+    /// by an earlier control-plane process that crashed.
+    fn discover(
+        &self,
+        scope: &Scope,
+    ) -> impl Future<Output = Result<Vec<FoundInstance>, DriverError>> + Send;
+
+    /// The instance's resource use now; `None` when it is gone or cannot be measured.
+    fn sample(
+        &self,
+        handle: &InstanceHandle,
+    ) -> impl Future<Output = Option<ResourceSample>> + Send;
 }
 
 /// A port on `host` that was free a moment ago: binds port 0, reads the port the OS chose,
@@ -214,13 +365,17 @@ pub trait DynDriver: Send + Sync + 'static {
         &'a self,
         spec: &'a LaunchSpec,
     ) -> BoxFuture<'a, Result<InstanceHandle, DriverError>>;
-    fn status(&self, handle: &InstanceHandle) -> InstanceStatus;
+    fn status<'a>(&'a self, handle: &'a InstanceHandle) -> BoxFuture<'a, InstanceStatus>;
     fn stop<'a>(
         &'a self,
         handle: &'a InstanceHandle,
         grace: Duration,
     ) -> BoxFuture<'a, Result<StopOutcome, DriverError>>;
-    fn discover(&self) -> Result<Vec<FoundInstance>, DriverError>;
+    fn discover<'a>(
+        &'a self,
+        scope: &'a Scope,
+    ) -> BoxFuture<'a, Result<Vec<FoundInstance>, DriverError>>;
+    fn sample<'a>(&'a self, handle: &'a InstanceHandle) -> BoxFuture<'a, Option<ResourceSample>>;
 }
 
 impl<T: Driver> DynDriver for T {
@@ -230,8 +385,8 @@ impl<T: Driver> DynDriver for T {
     ) -> BoxFuture<'a, Result<InstanceHandle, DriverError>> {
         Box::pin(Driver::start(self, spec))
     }
-    fn status(&self, handle: &InstanceHandle) -> InstanceStatus {
-        Driver::status(self, handle)
+    fn status<'a>(&'a self, handle: &'a InstanceHandle) -> BoxFuture<'a, InstanceStatus> {
+        Box::pin(Driver::status(self, handle))
     }
     fn stop<'a>(
         &'a self,
@@ -240,7 +395,13 @@ impl<T: Driver> DynDriver for T {
     ) -> BoxFuture<'a, Result<StopOutcome, DriverError>> {
         Box::pin(Driver::stop(self, handle, grace))
     }
-    fn discover(&self) -> Result<Vec<FoundInstance>, DriverError> {
-        Driver::discover(self)
+    fn discover<'a>(
+        &'a self,
+        scope: &'a Scope,
+    ) -> BoxFuture<'a, Result<Vec<FoundInstance>, DriverError>> {
+        Box::pin(Driver::discover(self, scope))
+    }
+    fn sample<'a>(&'a self, handle: &'a InstanceHandle) -> BoxFuture<'a, Option<ResourceSample>> {
+        Box::pin(Driver::sample(self, handle))
     }
 }

@@ -20,8 +20,9 @@ use tokio::time::Instant;
 
 use crate::procfs;
 use crate::{
-    Driver, DriverError, ENV_INSTANCE_ID, ENV_OWNER, ENV_PORT, FoundInstance, InstanceHandle,
-    InstanceStatus, LaunchSpec, StopOutcome,
+    Driver, DriverError, ENV_APP, ENV_INSTANCE_ID, ENV_OWNER, ENV_PORT, Exit, FoundInstance,
+    InstanceHandle, InstanceStatus, LaunchSpec, Locator, ResourceSample, Scope, StopOutcome,
+    Target,
 };
 
 /// How long to wait for the group to vanish after SIGKILL before reporting it stuck.
@@ -34,8 +35,8 @@ const POLL_MAX: Duration = Duration::from_millis(50);
 #[derive(Debug)]
 struct OwnChild {
     start_time: u64,
-    /// `None` while running; `Some(code)` once reaped (`code` is `None` for a signal).
-    exit: watch::Receiver<Option<Option<i32>>>,
+    /// `None` while running; how it ended once reaped.
+    exit: watch::Receiver<Option<Exit>>,
 }
 
 /// Runs instances as local processes. Cheap to clone; clones share the child table.
@@ -68,14 +69,20 @@ impl ProcessDriver {
         self.children.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn own_exit(&self, handle: &InstanceHandle) -> Option<Option<Option<i32>>> {
+    fn own_exit(&self, pid: u32, start_time: u64) -> Option<Option<Exit>> {
         let children = self.children();
-        let child = children.get(&handle.pid)?;
-        (child.start_time == handle.start_time).then(|| *child.exit.borrow())
+        let child = children.get(&pid)?;
+        (child.start_time == start_time).then(|| *child.exit.borrow())
     }
 
     async fn spawn(&self, spec: &LaunchSpec) -> Result<InstanceHandle, DriverError> {
-        let Some((program, args)) = spec.argv.split_first() else {
+        let Target::Process(target) = &spec.target else {
+            return Err(DriverError::Unsupported(format!(
+                "instance {} is not a process; the process driver cannot start it",
+                spec.instance_id
+            )));
+        };
+        let Some((program, args)) = target.argv.split_first() else {
             return Err(DriverError::InvalidSpec {
                 instance_id: spec.instance_id.clone(),
                 reason: "argv is empty".to_owned(),
@@ -92,6 +99,7 @@ impl ProcessDriver {
             .envs(&spec.env)
             // Set after the user's env so an instance cannot claim another owner or id.
             .env(ENV_INSTANCE_ID, &spec.instance_id)
+            .env(ENV_APP, &spec.app)
             .env(ENV_OWNER, &self.owner)
             .env(ENV_PORT, spec.port.to_string())
             .stdin(Stdio::null())
@@ -101,12 +109,12 @@ impl ProcessDriver {
             // signal everything the instance forked.
             .process_group(0)
             .kill_on_drop(false);
-        if let Some(dir) = &spec.workdir {
+        if let Some(dir) = &target.workdir {
             cmd.current_dir(dir);
         }
         let mut child = cmd.spawn().map_err(|source| DriverError::Spawn {
             program: program.clone(),
-            workdir: spec.workdir.clone(),
+            workdir: target.workdir.clone(),
             source,
         })?;
         let Some(pid) = child.id() else {
@@ -146,22 +154,28 @@ impl ProcessDriver {
         // The reaper: waits so the child never lingers as a zombie, and records the exit
         // code for status(). It owns the Child, so the process outlives this driver.
         tokio::spawn(async move {
-            let code = match child.wait().await {
-                Ok(status) => status.code(),
+            let exit = match child.wait().await {
+                Ok(status) => {
+                    use std::os::unix::process::ExitStatusExt;
+                    Exit {
+                        code: status.code(),
+                        signal: status.signal(),
+                        ..Exit::default()
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(instance_id, pid, error = %e, "waiting for instance failed");
-                    None
+                    Exit::default()
                 }
             };
-            tracing::info!(instance_id, pid, ?code, "instance exited");
-            exit_tx.send_replace(Some(code));
+            tracing::info!(instance_id, pid, code = ?exit.code, signal = ?exit.signal, "instance exited");
+            exit_tx.send_replace(Some(exit));
         });
 
         let handle = InstanceHandle {
             instance_id: spec.instance_id.clone(),
-            pid,
-            start_time,
             address: std::net::SocketAddr::new(spec.host, spec.port),
+            locator: Locator::Process { pid, start_time },
         };
         tracing::info!(
             instance_id = %handle.instance_id,
@@ -174,16 +188,20 @@ impl ProcessDriver {
         Ok(handle)
     }
 
-    fn current_status(&self, handle: &InstanceHandle) -> InstanceStatus {
-        if let Some(exit) = self.own_exit(handle) {
+    /// The instance's status now, without waiting (the process table is local).
+    pub fn status_now(&self, handle: &InstanceHandle) -> InstanceStatus {
+        let Some((pid, start_time)) = process_of(handle) else {
+            return InstanceStatus::Gone;
+        };
+        if let Some(exit) = self.own_exit(pid, start_time) {
             return match exit {
                 None => InstanceStatus::Running,
-                Some(code) => InstanceStatus::Exited { code },
+                Some(exit) => InstanceStatus::Exited(exit),
             };
         }
         // Not our child (adopted from an earlier control plane) or an old handle.
-        match procfs::read_stat(handle.pid) {
-            Ok(Some(stat)) if stat.start_time == handle.start_time && !stat.is_dead() => {
+        match procfs::read_stat(pid) {
+            Ok(Some(stat)) if stat.start_time == start_time && !stat.is_dead() => {
                 InstanceStatus::Running
             }
             _ => InstanceStatus::Gone,
@@ -191,7 +209,7 @@ impl ProcessDriver {
     }
 
     fn is_running(&self, handle: &InstanceHandle) -> bool {
-        self.current_status(handle) == InstanceStatus::Running
+        self.status_now(handle) == InstanceStatus::Running
     }
 
     async fn stop_instance(
@@ -199,26 +217,29 @@ impl ProcessDriver {
         handle: &InstanceHandle,
         grace: Duration,
     ) -> Result<StopOutcome, DriverError> {
+        let Some((pid, _)) = process_of(handle) else {
+            return Err(not_a_process(handle));
+        };
         // Check identity before signalling: never signal a group whose leader is gone or
         // whose pid now belongs to someone else.
         if !self.is_running(handle) {
             self.forget(handle);
             return Ok(StopOutcome::AlreadyGone);
         }
-        let Some(pgid) = signalable_pgid(handle.pid) else {
+        let Some(pgid) = signalable_pgid(pid) else {
             return Ok(StopOutcome::AlreadyGone);
         };
         if !signal_group(pgid, Signal::SIGTERM)? {
             self.forget(handle);
             return Ok(StopOutcome::AlreadyGone);
         }
-        tracing::info!(instance_id = %handle.instance_id, pid = handle.pid, ?grace, "stopping instance");
+        tracing::info!(instance_id = %handle.instance_id, pid, ?grace, "stopping instance");
 
         let deadline = Instant::now() + grace;
         // Wait for the leader, then give the rest of the group (workers it forked, which
         // got SIGTERM too) the remaining grace before sweeping them.
         let leader_exited = poll_until(deadline, || !self.is_running(handle)).await;
-        let members = || procfs::instance_group_members(handle.pid, &handle.instance_id);
+        let members = || procfs::instance_group_members(pid, &handle.instance_id);
         if leader_exited {
             poll_until(deadline, || members().is_empty()).await;
         }
@@ -229,13 +250,13 @@ impl ProcessDriver {
         };
         if self.is_running(handle) {
             // The leader is alive (identity checked), so the group is still ours.
-            tracing::warn!(instance_id = %handle.instance_id, pid = handle.pid, "grace period over, killing instance");
+            tracing::warn!(instance_id = %handle.instance_id, pid, "grace period over, killing instance");
             signal_group(pgid, Signal::SIGKILL)?;
         }
         // Stragglers the leader left behind are killed one by one: after the
         // leader is gone its group number may belong to someone else.
-        for pid in members() {
-            let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        for member in members() {
+            let _ = nix::sys::signal::kill(Pid::from_raw(member as i32), Signal::SIGKILL);
         }
         let gone = poll_until(Instant::now() + KILL_WAIT, || {
             !self.is_running(handle) && members().is_empty()
@@ -244,26 +265,31 @@ impl ProcessDriver {
         if !gone {
             return Err(DriverError::StillRunning {
                 instance_id: handle.instance_id.clone(),
-                pid: handle.pid,
+                pid,
             });
         }
         self.forget(handle);
-        tracing::info!(instance_id = %handle.instance_id, pid = handle.pid, ?outcome, "instance stopped");
+        tracing::info!(instance_id = %handle.instance_id, pid, ?outcome, "instance stopped");
         Ok(outcome)
     }
 
-    /// Drops our record of a stopped child (its exit code is no longer of interest).
+    /// Drops our record of a stopped child (its exit is no longer of interest).
     fn forget(&self, handle: &InstanceHandle) {
+        let Some((pid, start_time)) = process_of(handle) else {
+            return;
+        };
         let mut children = self.children();
         if children
-            .get(&handle.pid)
-            .is_some_and(|c| c.start_time == handle.start_time && c.exit.borrow().is_some())
+            .get(&pid)
+            .is_some_and(|c| c.start_time == start_time && c.exit.borrow().is_some())
         {
-            children.remove(&handle.pid);
+            children.remove(&pid);
         }
     }
 
-    fn discover_instances(&self) -> Result<Vec<FoundInstance>, DriverError> {
+    /// Live instances marked with this driver's owner (and, when `app` is given, that
+    /// app), found by scanning `/proc`.
+    pub fn discover_now(&self, app: Option<&str>) -> Result<Vec<FoundInstance>, DriverError> {
         let me = std::process::id();
         let owner = self.owner.as_bytes();
         let mut found = Vec::new();
@@ -285,13 +311,18 @@ impl ProcessDriver {
             if var(ENV_OWNER) != Some(owner) {
                 continue;
             }
+            if let Some(app) = app
+                && var(ENV_APP) != Some(app.as_bytes())
+            {
+                continue;
+            }
             let Some(instance_id) = var(ENV_INSTANCE_ID)
                 .and_then(|v| std::str::from_utf8(v).ok())
                 .map(str::to_owned)
             else {
                 continue;
             };
-            let port = var(ENV_PORT)
+            let port: Option<u16> = var(ENV_PORT)
                 .and_then(|v| std::str::from_utf8(v).ok())
                 .and_then(|v| v.parse().ok());
             // Only group leaders are instances; their children inherit the environment.
@@ -303,14 +334,52 @@ impl ProcessDriver {
             }
             found.push(FoundInstance {
                 instance_id,
-                pid,
-                start_time: stat.start_time,
-                port,
+                locator: Locator::Process {
+                    pid,
+                    start_time: stat.start_time,
+                },
+                address: port.map(|p| {
+                    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), p)
+                }),
             });
         }
-        found.sort_by(|a, b| a.instance_id.cmp(&b.instance_id).then(a.pid.cmp(&b.pid)));
+        found.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
         Ok(found)
     }
+
+    /// CPU time and memory of the instance's leader process, from `/proc`, with its
+    /// memory cgroup's limit and OOM-kill count where it has a limit of its own.
+    pub fn sample_now(&self, handle: &InstanceHandle) -> Option<ResourceSample> {
+        let (pid, start_time) = process_of(handle)?;
+        let stat = procfs::read_stat(pid).ok()??;
+        if stat.start_time != start_time || stat.is_dead() {
+            return None;
+        }
+        let tick_ms = 1000 / procfs::clock_ticks_per_second().max(1);
+        let status = procfs::read_status_memory(pid);
+        let cgroup = procfs::memory_cgroup(pid);
+        Some(ResourceSample {
+            cpu_ms: (stat.utime + stat.stime) * tick_ms,
+            memory_bytes: status.map_or(stat.rss_pages * procfs::page_size(), |m| m.rss_bytes),
+            memory_peak_bytes: status.map(|m| m.peak_bytes),
+            memory_limit_bytes: cgroup.and_then(|c| c.limit_bytes),
+            oom_kills: cgroup.map_or(0, |c| c.oom_kills),
+        })
+    }
+}
+
+fn process_of(handle: &InstanceHandle) -> Option<(u32, u64)> {
+    match handle.locator {
+        Locator::Process { pid, start_time } => Some((pid, start_time)),
+        _ => None,
+    }
+}
+
+fn not_a_process(handle: &InstanceHandle) -> DriverError {
+    DriverError::Unsupported(format!(
+        "instance {} runs as {}, not as a local process",
+        handle.instance_id, handle.locator
+    ))
 }
 
 impl Driver for ProcessDriver {
@@ -318,8 +387,8 @@ impl Driver for ProcessDriver {
         self.spawn(spec).await
     }
 
-    fn status(&self, handle: &InstanceHandle) -> InstanceStatus {
-        self.current_status(handle)
+    async fn status(&self, handle: &InstanceHandle) -> InstanceStatus {
+        self.status_now(handle)
     }
 
     async fn stop(
@@ -330,8 +399,12 @@ impl Driver for ProcessDriver {
         self.stop_instance(handle, grace).await
     }
 
-    fn discover(&self) -> Result<Vec<FoundInstance>, DriverError> {
-        self.discover_instances()
+    async fn discover(&self, scope: &Scope) -> Result<Vec<FoundInstance>, DriverError> {
+        self.discover_now(Some(&scope.app))
+    }
+
+    async fn sample(&self, handle: &InstanceHandle) -> Option<ResourceSample> {
+        self.sample_now(handle)
     }
 }
 

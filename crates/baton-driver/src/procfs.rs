@@ -17,8 +17,13 @@ pub(crate) struct ProcStat {
     pub state: char,
     /// Field 5: process-group id.
     pub pgrp: u32,
+    /// Fields 14 and 15: CPU time in user and kernel mode, in clock ticks.
+    pub utime: u64,
+    pub stime: u64,
     /// Field 22: start time in clock ticks after boot.
     pub start_time: u64,
+    /// Field 24: resident set size in pages.
+    pub rss_pages: u64,
 }
 
 impl ProcStat {
@@ -40,23 +45,127 @@ pub(crate) fn parse_stat(text: &str) -> Result<ProcStat, String> {
         .next()
         .and_then(|s| s.chars().next())
         .ok_or_else(|| "missing state".to_owned())?;
-    let mut rest = fields;
-    let pgrp = rest
-        .nth(5 - 4) // skip ppid (field 4), take pgrp (field 5)
-        .ok_or_else(|| "missing pgrp".to_owned())?
+    // Field N is at index N - 4 of what follows the state.
+    let rest: Vec<&str> = fields.collect();
+    let field = |n: usize, name: &str| -> Result<&str, String> {
+        rest.get(n - 4)
+            .copied()
+            .ok_or_else(|| format!("missing {name}"))
+    };
+    let number = |n: usize, name: &str| -> Result<u64, String> {
+        field(n, name)?
+            .parse::<u64>()
+            .map_err(|e| format!("bad {name}: {e}"))
+    };
+    let pgrp = field(5, "pgrp")?
         .parse::<i64>()
         .map_err(|e| format!("bad pgrp: {e}"))?;
-    let start_time = rest
-        .nth(22 - 6) // fields 6..=21 skipped, take field 22
-        .ok_or_else(|| "missing starttime".to_owned())?
-        .parse::<u64>()
-        .map_err(|e| format!("bad starttime: {e}"))?;
     Ok(ProcStat {
         state,
         // A pgrp that does not fit (negative or huge) cannot match any pid we handle.
         pgrp: u32::try_from(pgrp).unwrap_or(0),
-        start_time,
+        utime: number(14, "utime")?,
+        stime: number(15, "stime")?,
+        start_time: number(22, "starttime")?,
+        // A negative rss (never seen) reads as 0.
+        rss_pages: field(24, "rss")?.parse::<u64>().unwrap_or(0),
     })
+}
+
+/// Memory figures of `/proc/<pid>/status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StatusMemory {
+    /// `VmRSS`.
+    pub rss_bytes: u64,
+    /// `VmHWM`: the peak resident set size.
+    pub peak_bytes: u64,
+}
+
+pub(crate) fn read_status_memory(pid: u32) -> Option<StatusMemory> {
+    let text = std::fs::read_to_string(proc_path(pid, "status")).ok()?;
+    parse_status_memory(&text)
+}
+
+pub(crate) fn parse_status_memory(text: &str) -> Option<StatusMemory> {
+    let kib = |key: &str| -> Option<u64> {
+        let line = text.lines().find(|l| l.starts_with(key))?;
+        let value = line[key.len()..].trim().trim_end_matches("kB").trim();
+        value.parse::<u64>().ok().map(|k| k * 1024)
+    };
+    Some(StatusMemory {
+        rss_bytes: kib("VmRSS:")?,
+        peak_bytes: kib("VmHWM:")?,
+    })
+}
+
+/// A process's memory cgroup, when it has a limit of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MemoryCgroup {
+    pub limit_bytes: Option<u64>,
+    pub oom_kills: u64,
+}
+
+/// Reads the memory cgroup (v1 `memory` controller, or the v2 unified hierarchy) of
+/// `pid`. `None` when it has none that can be read.
+pub(crate) fn memory_cgroup(pid: u32) -> Option<MemoryCgroup> {
+    let text = std::fs::read_to_string(proc_path(pid, "cgroup")).ok()?;
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let path = path.trim_start_matches('/');
+        if controllers.split(',').any(|c| c == "memory") {
+            let dir = Path::new("/sys/fs/cgroup/memory").join(path);
+            let limit = read_number(&dir.join("memory.limit_in_bytes"));
+            let oom = std::fs::read_to_string(dir.join("memory.oom_control")).ok();
+            return Some(MemoryCgroup {
+                // The v1 "no limit" is a page-rounded i64::MAX.
+                limit_bytes: limit.filter(|l| *l < (1 << 62)),
+                oom_kills: oom.as_deref().and_then(|t| counter(t, "oom_kill")).unwrap_or(0),
+            });
+        }
+        if controllers.is_empty() {
+            let dir = Path::new("/sys/fs/cgroup").join(path);
+            let limit = std::fs::read_to_string(dir.join("memory.max")).ok();
+            let events = std::fs::read_to_string(dir.join("memory.events")).ok();
+            if limit.is_none() {
+                continue;
+            }
+            return Some(MemoryCgroup {
+                limit_bytes: limit.and_then(|l| l.trim().parse().ok()),
+                oom_kills: events.as_deref().and_then(|t| counter(t, "oom_kill")).unwrap_or(0),
+            });
+        }
+    }
+    None
+}
+
+fn read_number(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// The value of `name` in a `key value` per line file (`memory.oom_control`, `memory.events`).
+pub(crate) fn counter(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == name).then(|| v.trim().parse().ok())?
+    })
+}
+
+/// Clock ticks per second (`USER_HZ`), for the CPU times of `/proc/<pid>/stat`.
+pub(crate) fn clock_ticks_per_second() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .and_then(|t| u64::try_from(t).ok())
+        .unwrap_or(100)
+}
+
+pub(crate) fn page_size() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .and_then(|t| u64::try_from(t).ok())
+        .unwrap_or(4096)
 }
 
 fn proc_path(pid: u32, file: &str) -> PathBuf {
@@ -157,9 +266,38 @@ mod tests {
             ProcStat {
                 state: 'S',
                 pgrp: 4242,
+                utime: 1,
+                stime: 2,
                 start_time: 987654,
+                rss_pages: 200,
             }
         );
+    }
+
+    #[test]
+    fn parses_status_memory_and_cgroup_counters() {
+        let status = "Name:\tx\nVmHWM:\t  2048 kB\nVmRSS:\t  1024 kB\n";
+        assert_eq!(
+            parse_status_memory(status),
+            Some(StatusMemory {
+                rss_bytes: 1024 * 1024,
+                peak_bytes: 2048 * 1024
+            })
+        );
+        assert_eq!(parse_status_memory("Name: kthread\n"), None);
+        let oom = "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n";
+        assert_eq!(counter(oom, "oom_kill"), Some(3));
+        assert_eq!(counter(oom, "oom_kill_disable"), Some(0));
+        assert_eq!(counter(oom, "missing"), None);
+    }
+
+    #[test]
+    fn samples_own_cpu_and_memory() {
+        let me = std::process::id();
+        let st = read_stat(me).unwrap().unwrap();
+        assert!(st.rss_pages > 0);
+        let mem = read_status_memory(me).unwrap();
+        assert!(mem.peak_bytes >= mem.rss_bytes && mem.rss_bytes > 0);
     }
 
     #[test]

@@ -8,8 +8,11 @@
 //!
 //! See `LIFECYCLE.md` beside this file for the states and transitions.
 
+mod handle;
 mod plan;
 mod reconcile;
+
+pub use handle::{InstanceHandle, Locator, short_id};
 
 pub use plan::{Plan, PlanStep, plan};
 pub use reconcile::{StepProgress, StepWait, describe_step, progress};
@@ -245,8 +248,9 @@ pub struct Instance {
     pub phase: InstancePhase,
     /// Address the instance listens on, once started.
     pub address: Option<String>,
-    /// Opaque driver handle (JSON) so a restarted control plane can find the process again.
-    pub handle: Option<String>,
+    /// The driver's handle, so a restarted control plane finds the instance again.
+    #[serde(default, deserialize_with = "handle::deserialize_stored")]
+    pub handle: Option<InstanceHandle>,
     pub created_ms: Millis,
 }
 
@@ -456,11 +460,7 @@ pub enum Input {
     /// A smoke test failed: roll back before any user reaches the new release.
     ChecksFailed { reason: String },
     /// The driver started the instance.
-    Started {
-        id: String,
-        address: String,
-        handle: String,
-    },
+    Started { id: String, handle: InstanceHandle },
     /// The driver could not start the instance.
     StartFailed { id: String, error: String },
     /// The instance passed its readiness check `success_threshold` times in a row.
@@ -819,14 +819,11 @@ fn apply_input(
                 }
             }
         }
-        Input::Started {
-            id,
-            address,
-            handle,
-        } => {
+        Input::Started { id, handle } => {
             if let Some(inst) = s.instance_mut(&id)
                 && inst.phase == InstancePhase::Pending
             {
+                let address = handle.address.to_string();
                 inst.phase = InstancePhase::Starting;
                 inst.address = Some(address.clone());
                 inst.handle = Some(handle);

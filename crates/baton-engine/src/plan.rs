@@ -147,8 +147,14 @@ fn queue_ideal(actions: &[Action], pending: &mut std::collections::VecDeque<Inpu
             Action::Start { id, .. } => {
                 pending.push_back(Input::Started {
                     id: id.clone(),
-                    address: "planned".into(),
-                    handle: String::new(),
+                    handle: crate::InstanceHandle {
+                        instance_id: id.clone(),
+                        address: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+                        locator: crate::Locator::Process {
+                            pid: 0,
+                            start_time: 0,
+                        },
+                    },
                 });
                 pending.push_back(Input::Ready { id: id.clone() });
             }

@@ -583,10 +583,17 @@ impl Sim {
         for a in &actions {
             match a {
                 Action::Start { id, version, .. } => {
+                    let port = 10_000 + self.state.next_instance_seq as u16;
                     self.queue.push_back(Input::Started {
                         id: id.clone(),
-                        address: format!("127.0.0.1:{}", 10_000 + self.state.next_instance_seq),
-                        handle: "{}".into(),
+                        handle: InstanceHandle {
+                            instance_id: id.clone(),
+                            address: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                            locator: Locator::Process {
+                                pid: u32::from(port),
+                                start_time: 1,
+                            },
+                        },
                     });
                     if !self.never_ready.contains(version) {
                         self.queue.push_back(Input::Ready { id: id.clone() });

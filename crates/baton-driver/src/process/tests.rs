@@ -3,7 +3,8 @@
 use super::*;
 use crate::free_port;
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use crate::{ProcessTarget, Target};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -40,9 +41,12 @@ impl Scratch {
             instance_id: id.to_owned(),
             app: "web".to_owned(),
             version: "1.0.0".to_owned(),
-            argv: argv.iter().map(|s| (*s).to_owned()).collect(),
+            revision: 1,
             env: BTreeMap::new(),
-            workdir: None,
+            target: Target::Process(ProcessTarget {
+                argv: argv.iter().map(|s| (*s).to_owned()).collect(),
+                workdir: None,
+            }),
             host: LOCALHOST,
             port: free_port(LOCALHOST).unwrap(),
             log_path: self.dir.join("logs").join(format!("{id}.log")),
@@ -56,15 +60,26 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        if let Ok(found) = self.driver.discover() {
+        if let Ok(found) = self.driver.discover_now(None) {
             for f in found {
-                if let Some(pgid) = signalable_pgid(f.pid) {
+                if let Locator::Process { pid, .. } = f.locator
+                    && let Some(pgid) = signalable_pgid(pid)
+                {
                     let _ = killpg(pgid, Signal::SIGKILL);
                 }
             }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The pid of a process handle.
+fn pid(h: &InstanceHandle) -> u32 {
+    process_of(h).expect("a process handle").0
+}
+
+fn start_time(h: &InstanceHandle) -> u64 {
+    process_of(h).expect("a process handle").1
 }
 
 /// Polls `cond` until it holds; panics (test failure) after `WAIT`.
@@ -82,18 +97,18 @@ async fn start_reports_running_with_pid_and_start_time() {
     let h = s.driver.start(&spec).await.unwrap();
     assert_eq!(h.instance_id, "i1");
     assert_eq!(h.address, std::net::SocketAddr::new(LOCALHOST, spec.port));
-    let stat = procfs::read_stat(h.pid).unwrap().unwrap();
-    assert_eq!(stat.start_time, h.start_time);
-    assert_eq!(stat.pgrp, h.pid, "instance leads its own process group");
-    assert_eq!(s.driver.status(&h), InstanceStatus::Running);
+    let stat = procfs::read_stat(pid(&h)).unwrap().unwrap();
+    assert_eq!(stat.start_time, start_time(&h));
+    assert_eq!(stat.pgrp, pid(&h), "instance leads its own process group");
+    assert_eq!(s.driver.status_now(&h), InstanceStatus::Running);
 
     // Marked for discovery. Right after spawn the kernel may still be building the new
     // image's environment (environ reads empty), so wait for it.
     eventually("environ", || {
-        procfs::read_environ(h.pid).is_some_and(|env| !env.is_empty())
+        procfs::read_environ(pid(&h)).is_some_and(|env| !env.is_empty())
     })
     .await;
-    let env = procfs::read_environ(h.pid).unwrap();
+    let env = procfs::read_environ(pid(&h)).unwrap();
     let get = |k: &str| {
         env.iter()
             .find(|(key, _)| key == k.as_bytes())
@@ -117,10 +132,13 @@ async fn exit_code_is_reported() {
         .start(&s.spec("i1", &["sh", "-c", "exit 3"]))
         .await
         .unwrap();
-    eventually("exit", || s.driver.status(&h) != InstanceStatus::Running).await;
+    eventually("exit", || s.driver.status_now(&h) != InstanceStatus::Running).await;
     assert_eq!(
-        s.driver.status(&h),
-        InstanceStatus::Exited { code: Some(3) }
+        s.driver.status_now(&h),
+        InstanceStatus::Exited(Exit {
+            code: Some(3),
+            ..Exit::default()
+        })
     );
     assert_eq!(
         s.driver.stop(&h, WAIT).await.unwrap(),
@@ -140,9 +158,11 @@ async fn log_receives_stdout_and_stderr_and_env() {
         ],
     );
     spec.env.insert("GREETING".into(), "hello".into());
-    spec.workdir = Some(std::env::temp_dir());
+    if let Target::Process(p) = &mut spec.target {
+        p.workdir = Some(std::env::temp_dir());
+    }
     let h = s.driver.start(&spec).await.unwrap();
-    eventually("exit", || s.driver.status(&h) != InstanceStatus::Running).await;
+    eventually("exit", || s.driver.status_now(&h) != InstanceStatus::Running).await;
     let log = s.log("i1");
     assert!(
         log.contains(&format!("out {} i1 hello", spec.port)),
@@ -154,7 +174,7 @@ async fn log_receives_stdout_and_stderr_and_env() {
 
     // A second run appends.
     let h2 = s.driver.start(&spec).await.unwrap();
-    eventually("exit", || s.driver.status(&h2) != InstanceStatus::Running).await;
+    eventually("exit", || s.driver.status_now(&h2) != InstanceStatus::Running).await;
     assert_eq!(s.log("i1").matches("err\n").count(), 2);
 }
 
@@ -195,9 +215,9 @@ async fn stop_kills_a_process_that_ignores_sigterm() {
     let outcome = s.driver.stop(&h, Duration::from_millis(300)).await.unwrap();
     assert_eq!(outcome, StopOutcome::Killed);
     assert!(started.elapsed() >= Duration::from_millis(300));
-    assert_eq!(s.driver.status(&h), InstanceStatus::Gone);
+    assert_eq!(s.driver.status_now(&h), InstanceStatus::Gone);
     assert!(
-        procfs::instance_group_members(h.pid, &h.instance_id).is_empty(),
+        procfs::instance_group_members(pid(&h), &h.instance_id).is_empty(),
         "sleep was killed too"
     );
     assert!(!s.log("i1").contains("survived"));
@@ -216,7 +236,7 @@ async fn stop_of_a_well_behaved_process_is_graceful_and_takes_its_children() {
     let outcome = s.driver.stop(&h, WAIT).await.unwrap();
     assert_eq!(outcome, StopOutcome::Graceful);
     assert!(started.elapsed() < WAIT);
-    assert!(procfs::instance_group_members(h.pid, &h.instance_id).is_empty());
+    assert!(procfs::instance_group_members(pid(&h), &h.instance_id).is_empty());
     assert_eq!(
         s.driver.stop(&h, WAIT).await.unwrap(),
         StopOutcome::AlreadyGone
@@ -232,20 +252,23 @@ async fn handle_with_wrong_start_time_is_gone() {
         .await
         .unwrap();
     let stale = InstanceHandle {
-        start_time: h.start_time + 1,
+        locator: Locator::Process {
+            pid: pid(&h),
+            start_time: start_time(&h) + 1,
+        },
         ..h.clone()
     };
-    assert_eq!(s.driver.status(&stale), InstanceStatus::Gone);
+    assert_eq!(s.driver.status_now(&stale), InstanceStatus::Gone);
     // A driver that did not start it agrees.
     let other = ProcessDriver::new(s.owner.clone());
-    assert_eq!(other.status(&stale), InstanceStatus::Gone);
-    assert_eq!(other.status(&h), InstanceStatus::Running);
+    assert_eq!(other.status_now(&stale), InstanceStatus::Gone);
+    assert_eq!(other.status_now(&h), InstanceStatus::Running);
     // Stopping by a stale handle must not touch the process now holding the pid.
     assert_eq!(
         s.driver.stop(&stale, WAIT).await.unwrap(),
         StopOutcome::AlreadyGone
     );
-    assert_eq!(s.driver.status(&h), InstanceStatus::Running);
+    assert_eq!(s.driver.status_now(&h), InstanceStatus::Running);
     s.driver.stop(&h, WAIT).await.unwrap();
 }
 
@@ -271,30 +294,28 @@ async fn discover_finds_own_instances_across_restarts_only() {
 
     // A new driver with the same owner stands in for a restarted control plane.
     let restarted = ProcessDriver::new(s.owner.clone());
-    let found = restarted.discover().unwrap();
+    let found = restarted.discover_now(None).unwrap();
     assert_eq!(
         found,
         vec![
             FoundInstance {
                 instance_id: "a".into(),
-                pid: a.pid,
-                start_time: a.start_time,
-                port: Some(a.address.port()),
+                locator: a.locator.clone(),
+                address: Some(a.address),
             },
             FoundInstance {
                 instance_id: "b".into(),
-                pid: b.pid,
-                start_time: b.start_time,
-                port: Some(b_spec.port),
+                locator: b.locator.clone(),
+                address: Some(SocketAddr::new(LOCALHOST, b_spec.port)),
             },
         ]
     );
-    assert_eq!(found[0].handle(LOCALHOST), Some(a.clone()));
-    assert!(!found.iter().any(|f| f.pid == foreign.pid));
+    assert_eq!(found[0].handle(), Some(a.clone()));
+    assert!(!found.iter().any(|f| f.locator == foreign.locator));
 
     // The restarted control plane can stop an instance it did not spawn.
     assert_eq!(
-        restarted.status(&found[0].handle(LOCALHOST).unwrap()),
+        restarted.status_now(&found[0].handle().unwrap()),
         InstanceStatus::Running
     );
     assert_eq!(
@@ -303,7 +324,7 @@ async fn discover_finds_own_instances_across_restarts_only() {
     );
     eventually("a gone from discovery", || {
         restarted
-            .discover()
+            .discover_now(None)
             .is_ok_and(|f| f.iter().all(|f| f.instance_id != "a"))
     })
     .await;
@@ -312,7 +333,7 @@ async fn discover_finds_own_instances_across_restarts_only() {
         StopOutcome::Graceful
     );
     other_owner.driver.stop(&foreign, WAIT).await.unwrap();
-    assert!(restarted.discover().unwrap().is_empty());
+    assert!(restarted.discover_now(None).unwrap().is_empty());
 }
 
 #[tokio::test]
