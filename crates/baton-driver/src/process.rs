@@ -339,7 +339,10 @@ impl ProcessDriver {
                     start_time: stat.start_time,
                 },
                 address: port.map(|p| {
-                    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), p)
+                    std::net::SocketAddr::new(
+                        std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+                        p,
+                    )
                 }),
             });
         }
@@ -409,7 +412,7 @@ impl Driver for ProcessDriver {
 }
 
 /// Creates the log file's directory and opens the file for appending.
-async fn open_log(path: &std::path::Path) -> Result<std::fs::File, DriverError> {
+pub(crate) async fn open_log(path: &std::path::Path) -> Result<std::fs::File, DriverError> {
     let err = |source| DriverError::Log {
         path: path.to_owned(),
         source,

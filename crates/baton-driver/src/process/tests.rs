@@ -2,8 +2,8 @@
 
 use super::*;
 use crate::free_port;
-use std::collections::BTreeMap;
 use crate::{ProcessTarget, Target};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -132,7 +132,10 @@ async fn exit_code_is_reported() {
         .start(&s.spec("i1", &["sh", "-c", "exit 3"]))
         .await
         .unwrap();
-    eventually("exit", || s.driver.status_now(&h) != InstanceStatus::Running).await;
+    eventually("exit", || {
+        s.driver.status_now(&h) != InstanceStatus::Running
+    })
+    .await;
     assert_eq!(
         s.driver.status_now(&h),
         InstanceStatus::Exited(Exit {
@@ -162,7 +165,10 @@ async fn log_receives_stdout_and_stderr_and_env() {
         p.workdir = Some(std::env::temp_dir());
     }
     let h = s.driver.start(&spec).await.unwrap();
-    eventually("exit", || s.driver.status_now(&h) != InstanceStatus::Running).await;
+    eventually("exit", || {
+        s.driver.status_now(&h) != InstanceStatus::Running
+    })
+    .await;
     let log = s.log("i1");
     assert!(
         log.contains(&format!("out {} i1 hello", spec.port)),
@@ -174,7 +180,10 @@ async fn log_receives_stdout_and_stderr_and_env() {
 
     // A second run appends.
     let h2 = s.driver.start(&spec).await.unwrap();
-    eventually("exit", || s.driver.status_now(&h2) != InstanceStatus::Running).await;
+    eventually("exit", || {
+        s.driver.status_now(&h2) != InstanceStatus::Running
+    })
+    .await;
     assert_eq!(s.log("i1").matches("err\n").count(), 2);
 }
 
