@@ -22,8 +22,8 @@ use std::time::Duration;
 use bollard::Docker;
 use bollard::errors::Error as ApiError;
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, HostConfig,
-    ImageInspect, PortBinding, RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, ContainerInspectResponse, ContainerState, ContainerStateStatusEnum,
+    HostConfig, ImageInspect, PortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, InspectContainerOptions, ListContainersOptions,
@@ -664,16 +664,7 @@ impl ContainerDriver {
             return InstanceStatus::Gone;
         };
         let state = found.state.unwrap_or_default();
-        // "stopping": Podman's state while the stop signal's grace runs; still alive.
-        let running = matches!(
-            state.status,
-            Some(
-                ContainerStateStatusEnum::RUNNING
-                    | ContainerStateStatusEnum::PAUSED
-                    | ContainerStateStatusEnum::RESTARTING
-                    | ContainerStateStatusEnum::STOPPING
-            )
-        ) || state.running == Some(true);
+        let running = is_alive(&state);
         let status = if running {
             let pid = state.pid.and_then(|p| u32::try_from(p).ok()).unwrap_or(0);
             self.observe_cgroup(id, pid);
@@ -723,8 +714,7 @@ impl ContainerDriver {
             self.forget(id);
             return Ok(StopOutcome::AlreadyGone);
         };
-        let running = found.state.as_ref().and_then(|s| s.running) == Some(true);
-        if !running {
+        if !found.state.as_ref().is_some_and(is_alive) {
             self.remove(id).await?;
             self.forget(id);
             return Ok(StopOutcome::AlreadyGone);
@@ -829,10 +819,7 @@ impl ContainerDriver {
     pub async fn sample_container(&self, handle: &InstanceHandle) -> Option<ResourceSample> {
         let id = self.container_id(handle)?;
         let found = self.inspect(id).await.ok()??;
-        let state = found.state.as_ref()?;
-        if state.running != Some(true) {
-            return None;
-        }
+        let state = found.state.as_ref().filter(|s| is_alive(s))?;
         let pid = state.pid.and_then(|p| u32::try_from(p).ok()).unwrap_or(0);
         let cgroup = self.observe_cgroup(id, pid);
         let options = StatsOptions {
@@ -921,6 +908,21 @@ fn exit_of(
         oom_killed,
         memory_limit,
     }
+}
+
+/// The container's processes still run (stopping, paused and restarting included).
+fn is_alive(state: &ContainerState) -> bool {
+    // "stopping": Podman's state while the stop signal's grace runs.
+    state.running == Some(true)
+        || matches!(
+            state.status,
+            Some(
+                ContainerStateStatusEnum::RUNNING
+                    | ContainerStateStatusEnum::PAUSED
+                    | ContainerStateStatusEnum::RESTARTING
+                    | ContainerStateStatusEnum::STOPPING
+            )
+        )
 }
 
 /// The address the router reaches a container at: its published port, or `PORT` in its

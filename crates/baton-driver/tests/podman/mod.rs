@@ -125,6 +125,10 @@ runroot = "{d}/run"
             .arg(dir.join("run"))
             .args(["system", "service", "--time=0", &endpoint])
             .envs(env.iter().map(|(k, v)| (k, v)))
+            // conmon (2.1.6) drops its `oom` marker file into its working directory
+            // when a container is OOM-killed (where Podman 4.3 does not look for it):
+            // keep that out of the source tree.
+            .current_dir(&dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log"))
             .stderr(log)
