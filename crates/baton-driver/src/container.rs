@@ -239,7 +239,8 @@ impl ContainerDriver {
         pull: PullPolicy,
     ) -> Result<ImageInfo, DriverError> {
         if pull == PullPolicy::Always {
-            self.pull(image).await?;
+            self.pull(image, "`pull` is `always`, and pulling it")
+                .await?;
         }
         match self.inspect_image(image).await? {
             Some(found) => return image_info(image, &found),
@@ -259,7 +260,8 @@ impl ContainerDriver {
         // Absent and allowed to pull (or pulled by `Always` and still absent, which the
         // inspect below reports).
         if pull == PullPolicy::IfMissing {
-            self.pull(image).await?;
+            let what = format!("it does not exist on {}, and pulling it", self.endpoint);
+            self.pull(image, &what).await?;
         }
         match self.inspect_image(image).await? {
             Some(found) => image_info(image, &found),
@@ -284,7 +286,11 @@ impl ContainerDriver {
             found = self.inspect_image(&by_digest).await?;
         }
         if found.is_none() && pull != PullPolicy::Never {
-            self.pull(&by_digest).await?;
+            let what = format!(
+                "the pinned {by_digest} is not on {}, and pulling it",
+                self.endpoint
+            );
+            self.pull(&by_digest, &what).await?;
             found = self.inspect_image(&by_digest).await?;
         }
         let Some(found) = found else {
@@ -312,7 +318,8 @@ impl ContainerDriver {
         }
     }
 
-    async fn pull(&self, reference: &str) -> Result<(), DriverError> {
+    /// Pulls `reference`; a failure is reported as "`what` failed: ...".
+    async fn pull(&self, reference: &str, what: &str) -> Result<(), DriverError> {
         tracing::info!(endpoint = %self.endpoint, image = reference, "pulling image");
         // Without a tag the API pulls every tag of the repository.
         let (repo, tag) = split_reference(reference);
@@ -324,10 +331,9 @@ impl ContainerDriver {
         let failed = |reason: String| DriverError::Image {
             image: reference.to_owned(),
             reason: format!(
-                "pulling it to {} failed: {reason}. Check the name and tag, the registry's \
+                "{what} failed: {reason}. Check the name and tag, the registry's \
                  reachability and credentials, or build the image on the engine and set \
-                 `pull` to `never`",
-                self.endpoint
+                 `pull` to `never`"
             ),
         };
         let mut progress = self.docker.create_image(Some(options), None, None);

@@ -385,6 +385,18 @@ async fn missing_images_are_named_and_explained() {
         assert!(text.contains(needle), "{needle:?} missing from: {text}");
     }
 
+    // Allowed to pull, it is looked for at the registry its name gives: `localhost`,
+    // where none listens.
+    let err = drivers
+        .resolve_image(&pm.endpoint, "localhost/nope:v9", PullPolicy::IfMissing)
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, DriverError::Image { .. }), "{err:?}");
+    for needle in ["localhost/nope:v9", "does not exist", "pulling it failed"] {
+        assert!(text.contains(needle), "{needle:?} missing from: {text}");
+    }
+
     // Starting from it fails the same way, before creating anything.
     let driver = connect(&pm, OWNER).await;
     let err = driver
