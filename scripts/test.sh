@@ -6,10 +6,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System packages the tests use (none beyond a C compiler yet; SQLite is bundled).
+# System packages the tests use (SQLite is bundled). Podman runs the container
+# driver's tests (a private `podman system service` per test, see DEVELOPERS.md):
+# runc is the runtime they configure, netavark and iptables publish ports.
 need=()
 command -v cc >/dev/null || need+=(gcc)
 command -v curl >/dev/null || need+=(curl)
+command -v podman >/dev/null || need+=(podman)
+command -v runc >/dev/null || need+=(runc)
+command -v iptables >/dev/null || need+=(iptables)
+[ -x /usr/lib/podman/netavark ] || need+=(netavark)
 if [ ${#need[@]} -gt 0 ]; then
   sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq "${need[@]}"
@@ -20,6 +26,8 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
+# The container tests fail instead of skipping when podman is missing.
+export BATON_REQUIRE_PODMAN=1
 cargo test --workspace -- --test-threads=2
 echo "== router end-to-end tests again with the fast lane off (every request through hyper)"
 # (--workspace, so the build above is reused: one package alone would unify

@@ -7,6 +7,8 @@
 //! [`ProcessDriver`] is the default: it runs each instance as a local process in its own
 //! process group, marked with the control plane's owner string so that a restarted
 //! control plane can find (and adopt or stop) instances started by its predecessor.
+//! [`ContainerDriver`] runs instances as containers through the Docker Engine API (Docker
+//! or Podman), and [`Drivers`] dispatches each instance to the driver of its kind.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -16,10 +18,17 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod container;
 mod process;
 mod procfs;
+mod set;
 
+pub use container::{
+    ContainerDriver, ImageInfo, LABEL_APP, LABEL_DIGEST, LABEL_IMAGE, LABEL_INSTANCE, LABEL_OWNER,
+    LABEL_REVISION, LABEL_VERSION, container_name, normalize_endpoint, resolve_endpoint,
+};
 pub use process::ProcessDriver;
+pub use set::Drivers;
 
 /// Environment variable carrying the instance id to every instance.
 pub const ENV_INSTANCE_ID: &str = "BATON_INSTANCE_ID";

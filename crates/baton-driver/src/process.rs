@@ -412,7 +412,7 @@ impl Driver for ProcessDriver {
 }
 
 /// Creates the log file's directory and opens the file for appending.
-async fn open_log(path: &std::path::Path) -> Result<std::fs::File, DriverError> {
+pub(crate) async fn open_log(path: &std::path::Path) -> Result<std::fs::File, DriverError> {
     let err = |source| DriverError::Log {
         path: path.to_owned(),
         source,

@@ -103,46 +103,87 @@ pub(crate) fn parse_status_memory(text: &str) -> Option<StatusMemory> {
 pub(crate) struct MemoryCgroup {
     pub limit_bytes: Option<u64>,
     pub oom_kills: u64,
+    /// Memory charged to the cgroup now (v1 `memory.usage_in_bytes`, v2 `memory.current`).
+    pub usage_bytes: Option<u64>,
+    /// The most ever charged at once (v1 `memory.max_usage_in_bytes`, v2 `memory.peak`).
+    pub peak_bytes: Option<u64>,
 }
 
-/// Reads the memory cgroup (v1 `memory` controller, or the v2 unified hierarchy) of
-/// `pid`. `None` when it has none that can be read.
-pub(crate) fn memory_cgroup(pid: u32) -> Option<MemoryCgroup> {
+/// Where a memory cgroup lives in the filesystem, and which interface it speaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum MemoryCgroupDir {
+    /// A directory of the v1 `memory` hierarchy.
+    V1(PathBuf),
+    /// A directory of the v2 unified hierarchy.
+    V2(PathBuf),
+}
+
+impl MemoryCgroupDir {
+    pub fn path(&self) -> &Path {
+        match self {
+            MemoryCgroupDir::V1(dir) | MemoryCgroupDir::V2(dir) => dir,
+        }
+    }
+}
+
+/// The memory cgroup (v1 `memory` controller, or the v2 unified hierarchy) of `pid`.
+/// For v2, only a cgroup with a `memory.max` of its own counts (not the root).
+pub(crate) fn memory_cgroup_dir(pid: u32) -> Option<MemoryCgroupDir> {
     let text = std::fs::read_to_string(proc_path(pid, "cgroup")).ok()?;
     for line in text.lines() {
         let mut parts = line.splitn(3, ':');
         let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
         let path = path.trim_start_matches('/');
         if controllers.split(',').any(|c| c == "memory") {
-            let dir = Path::new("/sys/fs/cgroup/memory").join(path);
-            let limit = read_number(&dir.join("memory.limit_in_bytes"));
-            let oom = std::fs::read_to_string(dir.join("memory.oom_control")).ok();
-            return Some(MemoryCgroup {
-                // The v1 "no limit" is a page-rounded i64::MAX.
-                limit_bytes: limit.filter(|l| *l < (1 << 62)),
-                oom_kills: oom
-                    .as_deref()
-                    .and_then(|t| counter(t, "oom_kill"))
-                    .unwrap_or(0),
-            });
+            return Some(MemoryCgroupDir::V1(
+                Path::new("/sys/fs/cgroup/memory").join(path),
+            ));
         }
         if controllers.is_empty() {
             let dir = Path::new("/sys/fs/cgroup").join(path);
-            let limit = std::fs::read_to_string(dir.join("memory.max")).ok();
-            let events = std::fs::read_to_string(dir.join("memory.events")).ok();
-            if limit.is_none() {
-                continue;
+            if dir.join("memory.max").exists() {
+                return Some(MemoryCgroupDir::V2(dir));
             }
-            return Some(MemoryCgroup {
-                limit_bytes: limit.and_then(|l| l.trim().parse().ok()),
+        }
+    }
+    None
+}
+
+/// Reads the counters of a memory cgroup; `None` once it is gone (removed with its
+/// container, say).
+pub(crate) fn read_memory_cgroup(dir: &MemoryCgroupDir) -> Option<MemoryCgroup> {
+    match dir {
+        MemoryCgroupDir::V1(dir) => {
+            let limit = read_number(&dir.join("memory.limit_in_bytes"));
+            let oom = std::fs::read_to_string(dir.join("memory.oom_control")).ok()?;
+            Some(MemoryCgroup {
+                // The v1 "no limit" is a page-rounded i64::MAX.
+                limit_bytes: limit.filter(|l| *l < (1 << 62)),
+                oom_kills: counter(&oom, "oom_kill").unwrap_or(0),
+                usage_bytes: read_number(&dir.join("memory.usage_in_bytes")),
+                peak_bytes: read_number(&dir.join("memory.max_usage_in_bytes")),
+            })
+        }
+        MemoryCgroupDir::V2(dir) => {
+            let limit = std::fs::read_to_string(dir.join("memory.max")).ok()?;
+            let events = std::fs::read_to_string(dir.join("memory.events")).ok();
+            Some(MemoryCgroup {
+                // "max" (no limit) does not parse as a number.
+                limit_bytes: limit.trim().parse().ok(),
                 oom_kills: events
                     .as_deref()
                     .and_then(|t| counter(t, "oom_kill"))
                     .unwrap_or(0),
-            });
+                usage_bytes: read_number(&dir.join("memory.current")),
+                peak_bytes: read_number(&dir.join("memory.peak")),
+            })
         }
     }
-    None
+}
+
+/// Reads the memory cgroup of `pid`. `None` when it has none that can be read.
+pub(crate) fn memory_cgroup(pid: u32) -> Option<MemoryCgroup> {
+    read_memory_cgroup(&memory_cgroup_dir(pid)?)
 }
 
 fn read_number(path: &Path) -> Option<u64> {
