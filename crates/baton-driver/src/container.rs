@@ -232,12 +232,17 @@ impl ContainerDriver {
 
     /// Resolves `image` under `pull`: under [`PullPolicy::Never`] it must be present,
     /// [`PullPolicy::IfMissing`] pulls it when absent, [`PullPolicy::Always`] pulls it.
-    /// Used at deploy time to pin the digest, and in pre-flight checks.
+    /// Used at deploy time to pin the digest, and in pre-flight checks. A pinned
+    /// `repository@sha256:...` (what a rollback runs) is looked up as
+    /// [`ContainerDriver::pinned_image`] does when starting it.
     pub async fn resolve_image(
         &self,
         image: &str,
         pull: PullPolicy,
     ) -> Result<ImageInfo, DriverError> {
+        if let Some((repository, digest)) = image.split_once('@') {
+            return self.pinned_image(repository, digest, pull).await;
+        }
         if pull == PullPolicy::Always {
             self.pull(image, "`pull` is `always`, and pulling it")
                 .await?;

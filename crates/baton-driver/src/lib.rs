@@ -354,6 +354,23 @@ pub trait Driver: Send + Sync + 'static {
         &self,
         handle: &InstanceHandle,
     ) -> impl Future<Output = Option<ResourceSample>> + Send;
+
+    /// Resolves a container image on `endpoint` under `pull`, for the pre-flight
+    /// check and to pin a release to its digest. Drivers without containers refuse.
+    fn resolve_image(
+        &self,
+        endpoint: &str,
+        image: &str,
+        pull: PullPolicy,
+    ) -> impl Future<Output = Result<ImageInfo, DriverError>> + Send {
+        let _ = (endpoint, pull);
+        let image = image.to_owned();
+        async move {
+            Err(DriverError::Unsupported(format!(
+                "this driver cannot run container images such as {image}"
+            )))
+        }
+    }
 }
 
 /// A port on `host` that was free a moment ago: binds port 0, reads the port the OS chose,
@@ -385,6 +402,12 @@ pub trait DynDriver: Send + Sync + 'static {
         scope: &'a Scope,
     ) -> BoxFuture<'a, Result<Vec<FoundInstance>, DriverError>>;
     fn sample<'a>(&'a self, handle: &'a InstanceHandle) -> BoxFuture<'a, Option<ResourceSample>>;
+    fn resolve_image<'a>(
+        &'a self,
+        endpoint: &'a str,
+        image: &'a str,
+        pull: PullPolicy,
+    ) -> BoxFuture<'a, Result<ImageInfo, DriverError>>;
 }
 
 impl<T: Driver> DynDriver for T {
@@ -412,5 +435,13 @@ impl<T: Driver> DynDriver for T {
     }
     fn sample<'a>(&'a self, handle: &'a InstanceHandle) -> BoxFuture<'a, Option<ResourceSample>> {
         Box::pin(Driver::sample(self, handle))
+    }
+    fn resolve_image<'a>(
+        &'a self,
+        endpoint: &'a str,
+        image: &'a str,
+        pull: PullPolicy,
+    ) -> BoxFuture<'a, Result<ImageInfo, DriverError>> {
+        Box::pin(Driver::resolve_image(self, endpoint, image, pull))
     }
 }

@@ -140,4 +140,13 @@ impl Driver for Drivers {
             Some(endpoint) => self.container(endpoint).await.ok()?.sample(handle).await,
         }
     }
+
+    async fn resolve_image(
+        &self,
+        endpoint: &str,
+        image: &str,
+        pull: PullPolicy,
+    ) -> Result<ImageInfo, DriverError> {
+        Drivers::resolve_image(self, endpoint, image, pull).await
+    }
 }

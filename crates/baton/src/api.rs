@@ -38,6 +38,7 @@ pub fn router(cp: Arc<ControlPlane>) -> Router {
         .route("/v1/apps/{app}/events", get(events))
         .route("/v1/apps/{app}/delete", post(delete_app))
         .route("/v1/down", post(down))
+        .route("/metrics", get(metrics))
         .with_state(cp)
 }
 
@@ -178,9 +179,12 @@ struct DeployBody {
     /// `rolling`, `blue-green` or `canary` for this rollout only.
     #[serde(default)]
     strategy: Option<String>,
-    /// Expected sha256 of the release's program.
+    /// Expected sha256 of the release's program (or image digest).
     #[serde(default)]
     sha256: Option<String>,
+    /// A container app's image for this release.
+    #[serde(default)]
+    image: Option<String>,
 }
 
 async fn deploy(
@@ -220,6 +224,7 @@ async fn deploy(
                 now: body.now,
                 strategy,
                 sha256: body.sha256,
+                image: body.image,
                 ..DeployRequest::new(body.version, operator(&headers), RolloutKind::Deploy)
             },
         )
@@ -616,6 +621,86 @@ async fn list_apps(State(cp): Cp) -> Json<serde_json::Value> {
     Json(json!({"apps": apps}))
 }
 
+/// Prometheus metrics of the control plane: each instance's CPU and memory as
+/// the driver last sampled them, by app, version and instance. (Traffic metrics
+/// are the router's own `/metrics`.)
+async fn metrics(State(cp): Cp) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
+    let handles: Vec<AppHandle> = cp.apps.read().await.values().cloned().collect();
+    let mut rows = Vec::new();
+    for h in &handles {
+        let app = h.status.borrow().spec.name.clone();
+        for (id, r) in h.resources.borrow().iter() {
+            rows.push((app.clone(), id.clone(), r.clone()));
+        }
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        resource_metrics(&rows),
+    )
+}
+
+/// Name, type, help and value of one metric family of an instance's resources.
+type MetricFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&crate::controller::sensors::resources::InstanceResources) -> Option<f64>,
+);
+
+/// The Prometheus text of the instances' resource samples.
+fn resource_metrics(
+    rows: &[(
+        String,
+        String,
+        crate::controller::sensors::resources::InstanceResources,
+    )],
+) -> String {
+    use std::fmt::Write as _;
+    let families: [MetricFamily; 4] = [
+        (
+            "baton_instance_cpu_seconds_total",
+            "counter",
+            "CPU time the instance used since it started.",
+            |r| Some(r.cpu_ms as f64 / 1000.0),
+        ),
+        (
+            "baton_instance_memory_bytes",
+            "gauge",
+            "Memory the instance uses now.",
+            |r| Some(r.memory_bytes as f64),
+        ),
+        (
+            "baton_instance_memory_limit_bytes",
+            "gauge",
+            "The instance's memory limit.",
+            |r| r.memory_limit_bytes.map(|b| b as f64),
+        ),
+        (
+            "baton_instance_oom_kills_total",
+            "counter",
+            "OOM kills in the instance's memory cgroup.",
+            |r| Some(r.oom_kills as f64),
+        ),
+    ];
+    let mut out = String::new();
+    for (name, kind, help, value) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (app, id, r) in rows {
+            if let Some(v) = value(r) {
+                let _ = writeln!(
+                    out,
+                    "{name}{{app=\"{app}\",version=\"{}\",instance=\"{id}\"}} {v}",
+                    r.version
+                );
+            }
+        }
+    }
+    out
+}
+
 async fn app_status(State(cp): Cp, Path(app): Path<String>) -> Result<Json<AppStatus>, ApiError> {
     let h = handle(&cp, &app).await?;
     let v = h.status.borrow().clone();
@@ -766,6 +851,19 @@ pub struct InstanceStatus {
     pub ready: bool,
     pub state: String,
     pub address: Option<String>,
+    /// What runs it: `pid 1234`, `container 3f2a9c1b7d4e`.
+    #[serde(default)]
+    pub runs: Option<String>,
+    /// The image digest a container runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
+    /// CPU in use at the last sample, in cores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_cores: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit_bytes: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -857,6 +955,14 @@ impl AppStatus {
                     }
                     .to_string(),
                     address: i.address.clone(),
+                    runs: i.handle.as_ref().map(|h| h.locator.to_string()),
+                    image_digest: i.handle.as_ref().and_then(|h| match &h.locator {
+                        baton_engine::Locator::Container { digest, .. } => Some(digest.clone()),
+                        baton_engine::Locator::Process { .. } => None,
+                    }),
+                    cpu_cores: None,
+                    memory_bytes: None,
+                    memory_limit_bytes: None,
                 })
                 .collect(),
             traffic,
@@ -918,6 +1024,14 @@ impl AppStatus {
         handle: &AppHandle,
         windows: Option<&baton_router::stats::WindowsReport>,
     ) {
+        let resources = handle.resources.borrow().clone();
+        for i in &mut self.instances {
+            if let Some(r) = resources.get(&i.id) {
+                i.cpu_cores = r.cpu_cores;
+                i.memory_bytes = Some(r.memory_bytes);
+                i.memory_limit_bytes = r.memory_limit_bytes;
+            }
+        }
         let check = handle.last_check.borrow().clone();
         self.last_check = check.filter(|c| {
             self.rollout
@@ -1054,5 +1168,32 @@ fn fmt_secs(s: u64) -> String {
         60..3600 if s.is_multiple_of(60) => format!("{} min", s / 60),
         60..3600 => format!("{} min {} s", s / 60, s % 60),
         _ => format!("{} h {} min", s / 3600, (s % 3600) / 60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::sensors::resources::InstanceResources;
+
+    #[test]
+    fn resource_metrics_name_app_version_and_instance() {
+        let r = InstanceResources {
+            version: "v2".into(),
+            cpu_ms: 1500,
+            memory_bytes: 4096,
+            memory_limit_bytes: Some(64 << 20),
+            ..InstanceResources::default()
+        };
+        let text = resource_metrics(&[("boxes".into(), "boxes-r2-1".into(), r)]);
+        assert!(text.contains(
+            "baton_instance_cpu_seconds_total{app=\"boxes\",version=\"v2\",instance=\"boxes-r2-1\"} 1.5\n"
+        ), "{text}");
+        assert!(text.contains("baton_instance_memory_bytes{app=\"boxes\",version=\"v2\",instance=\"boxes-r2-1\"} 4096\n"), "{text}");
+        assert!(text.contains("baton_instance_memory_limit_bytes{app=\"boxes\",version=\"v2\",instance=\"boxes-r2-1\"} 67108864\n"), "{text}");
+        assert!(
+            text.contains("# TYPE baton_instance_oom_kills_total counter"),
+            "{text}"
+        );
     }
 }

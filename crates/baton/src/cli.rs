@@ -124,9 +124,14 @@ enum Cmd {
         /// Use this strategy for this rollout instead of the spec's.
         #[arg(long, value_parser = ["rolling", "blue-green", "canary"])]
         strategy: Option<String>,
-        /// Refuse the release unless its program has this sha256 (pre-flight).
+        /// Refuse the release unless its program (or, for a container app, its image
+        /// digest) has this sha256 (pre-flight).
         #[arg(long, value_name = "HEX")]
         sha256: Option<String>,
+        /// Run this image for this release (container apps), instead of the spec's
+        /// `image` template; it is pinned to its digest like any other.
+        #[arg(long, value_name = "REF")]
+        image: Option<String>,
         #[command(flatten)]
         server: Server,
         #[command(flatten)]
@@ -593,6 +598,7 @@ async fn run(cli: Cli) -> Exit {
             now,
             strategy,
             sha256,
+            image,
             ..
         } => {
             let mut vars = BTreeMap::new();
@@ -611,7 +617,7 @@ async fn run(cli: Cli) -> Exit {
             let accepted = match api
                 .post(
                     &format!("/v1/apps/{app}/deploy"),
-                    &json!({"version": version, "env": vars, "now": now, "strategy": strategy, "sha256": sha256}),
+                    &json!({"version": version, "env": vars, "now": now, "strategy": strategy, "sha256": sha256, "image": image}),
                 )
                 .await
             {
@@ -1092,13 +1098,7 @@ async fn status(api: &ApiClient, app: Option<String>, as_json: bool) -> Exit {
             );
         }
         for i in &s.instances {
-            println!(
-                "  {:<16} {:<8} {:<9} {}",
-                i.id,
-                i.version,
-                i.state,
-                i.address.as_deref().unwrap_or("-")
-            );
+            println!("  {}", instance_line(i).trim_end());
         }
         if let Some(l) = &s.last_result {
             println!(
@@ -1114,6 +1114,34 @@ async fn status(api: &ApiClient, app: Option<String>, as_json: bool) -> Exit {
         }
     }
     Exit::Ok
+}
+
+/// One instance in `status`: id, version, state, address, what runs it, and its
+/// CPU and memory once sampled, e.g.
+/// `boxes-r2-5  v2  ready  127.0.0.1:41523  container 3f2a9c1b7d4e  cpu 0.02  mem 5.1 MiB / 64 MiB`.
+fn instance_line(i: &crate::api::InstanceStatus) -> String {
+    let mut line = format!(
+        "{:<16} {:<8} {:<9} {:<21} {}",
+        i.id,
+        i.version,
+        i.state,
+        i.address.as_deref().unwrap_or("-"),
+        i.runs.as_deref().unwrap_or("")
+    );
+    if let Some(cpu) = i.cpu_cores {
+        line.push_str(&format!("  cpu {cpu:.2}"));
+    }
+    if let Some(mem) = i.memory_bytes {
+        line.push_str(&format!("  mem {}", baton_driver::format_bytes(mem)));
+        if let Some(limit) = i.memory_limit_bytes {
+            line.push_str(&format!(" / {}", baton_driver::format_bytes(limit)));
+        }
+    }
+    if let Some(digest) = &i.image_digest {
+        let short = digest.get(..19).unwrap_or(digest);
+        line.push_str(&format!("  {short}"));
+    }
+    line
 }
 
 async fn history(api: &ApiClient, app: &str, as_json: bool) -> Exit {

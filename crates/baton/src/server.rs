@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use baton_driver::ProcessDriver;
+use baton_driver::Drivers;
 use baton_spec::AppSpec;
 use baton_store::Store;
 use tokio::sync::RwLock;
@@ -269,7 +269,7 @@ pub async fn start_locked(
         RouterLink::attach_or_start(&data_dir, &baton_exe, clock.clone(), shutdown.clone()).await?;
     let shared = Arc::new(Shared {
         store: Arc::new(std::sync::Mutex::new(store)),
-        driver: Arc::new(ProcessDriver::new(data_dir.to_string_lossy().into_owned())),
+        driver: Arc::new(Drivers::new(data_dir.to_string_lossy().into_owned())),
         router,
         probe: Arc::new(crate::effects::HttpProbe::default()),
         clock,

@@ -318,6 +318,17 @@ impl DynDriver for SimDriver {
         Box::pin(std::future::ready(None))
     }
 
+    fn resolve_image<'a>(
+        &'a self,
+        _endpoint: &'a str,
+        image: &'a str,
+        _pull: baton_driver::PullPolicy,
+    ) -> BoxFuture<'a, Result<baton_driver::ImageInfo, DriverError>> {
+        Box::pin(std::future::ready(Err(DriverError::Unsupported(format!(
+            "the simulation runs processes only, not {image}"
+        )))))
+    }
+
     fn stop<'a>(
         &'a self,
         handle: &'a InstanceHandle,

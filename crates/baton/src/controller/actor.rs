@@ -28,6 +28,7 @@ use super::params::params_of;
 use super::sensors::analysis::Analysis;
 use super::sensors::checks::SmokeChecks;
 use super::sensors::readiness::Readiness;
+use super::sensors::resources::Resources;
 use super::sensors::{exits, window};
 use super::shared::Shared;
 
@@ -66,6 +67,10 @@ pub struct AppController {
     routing_generation: u64,
     /// Instances whose start is in flight (the driver has not answered yet).
     starting: std::collections::HashSet<String>,
+    /// When the containers' status was last asked of their engine.
+    last_container_poll_ms: i64,
+    /// The driver's CPU and memory samples of the instances.
+    resources: Resources,
     shutdown: CancellationToken,
 }
 
@@ -97,6 +102,7 @@ impl AppController {
         });
         let (status, status_rx) = tokio::sync::watch::channel(view);
         let (analysis, last_check_rx) = Analysis::new();
+        let (resources, resources_rx) = Resources::new();
         let controller = AppController {
             shared,
             spec,
@@ -114,6 +120,8 @@ impl AppController {
             smoke: SmokeChecks::default(),
             routing_generation: 0,
             starting: Default::default(),
+            last_container_poll_ms: i64::MIN,
+            resources,
             shutdown,
         };
         // Shutdown ends the controller wherever it is, even mid-step: what is
@@ -131,6 +139,7 @@ impl AppController {
             commands: commands_tx,
             status: status_rx,
             last_check: last_check_rx,
+            resources: resources_rx,
         })
     }
 
@@ -159,6 +168,7 @@ impl AppController {
                 _ = tick.tick() => {
                     self.watch_exits().await;
                     self.apply_logged(Input::Tick).await;
+                    self.resources.tick(&self.shared.driver, &self.state, self.shared.now_ms());
                     self.analyze().await;
                     self.start_checks_if_due();
                     self.follow_window().await;
@@ -611,15 +621,39 @@ impl AppController {
     /// Where this app's instances can be: local processes, and the container
     /// endpoints of its revisions.
     fn discover_scope(&self) -> baton_driver::Scope {
+        // The spec's engine, and the engines the recorded instances run on (an
+        // earlier revision may have used another).
+        let mut container_endpoints: Vec<String> = self
+            .state
+            .instances
+            .iter()
+            .filter_map(|i| match &i.handle.as_ref()?.locator {
+                baton_engine::Locator::Container { endpoint, .. } => Some(endpoint.clone()),
+                baton_engine::Locator::Process { .. } => None,
+            })
+            .collect();
+        if let baton_spec::DriverSpec::Container(c) = &self.spec.driver
+            && let Ok(endpoint) = crate::containers::endpoint_of(c)
+        {
+            container_endpoints.push(endpoint);
+        }
+        container_endpoints.sort();
+        container_endpoints.dedup();
         baton_driver::Scope {
             app: self.spec.name.clone(),
-            container_endpoints: Vec::new(),
+            container_endpoints,
         }
     }
 
     /// Driver events: report instances whose process ended on its own.
     async fn watch_exits(&mut self) {
-        for input in exits::exited(&*self.shared.driver, &self.state).await {
+        let now = self.shared.now_ms();
+        let containers_too =
+            now.saturating_sub(self.last_container_poll_ms) >= exits::CONTAINER_POLL_MS;
+        if containers_too {
+            self.last_container_poll_ms = now;
+        }
+        for input in exits::exited(&*self.shared.driver, &self.state, containers_too).await {
             if let Input::Exited { id, .. } = &input {
                 self.in_progress.remove(id);
             }
@@ -632,7 +666,7 @@ impl AppController {
         let spec = self.effective_spec().into_owned();
         if let Some(input) = self
             .analysis
-            .measure(&self.shared, &spec, &self.state)
+            .measure(&self.shared, &spec, &self.state, &self.resources)
             .await
         {
             self.apply_logged(input).await;

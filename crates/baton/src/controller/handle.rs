@@ -61,8 +61,11 @@ pub struct DeployRequest {
     pub now: bool,
     /// Use this strategy for this rollout instead of the spec's.
     pub strategy: Option<StrategySpec>,
-    /// Expected sha256 of the release's program (pre-flight check).
+    /// Expected sha256 of the release's program, or of a container release's
+    /// image digest (pre-flight check).
     pub sha256: Option<String>,
+    /// A container app's image for this release, instead of the spec's template.
+    pub image: Option<String>,
 }
 
 impl DeployRequest {
@@ -76,6 +79,7 @@ impl DeployRequest {
             now: false,
             strategy: None,
             sha256: None,
+            image: None,
         }
     }
 }
@@ -114,6 +118,8 @@ pub struct AppHandle {
     pub status: tokio::sync::watch::Receiver<Arc<AppView>>,
     /// The newest analysis measurement (for `status`).
     pub last_check: tokio::sync::watch::Receiver<Option<LastCheck>>,
+    /// The newest CPU and memory sample of each instance (for `status` and `/metrics`).
+    pub resources: super::sensors::resources::ResourcesView,
 }
 
 /// What `status` shows: the engine state plus the spec it runs under.

@@ -6,6 +6,13 @@ use baton_spec::TemplateVars;
 use baton_store::NewHistory;
 
 use super::AppController;
+use crate::preflight::CheckResult;
+
+/// The image check of a container release, and the pin it resolved to.
+pub(super) struct ImageCheck {
+    result: CheckResult,
+    pin: Option<baton_store::ImagePin>,
+}
 use crate::controller::handle::{CommandError, DeployAccepted, DeployRequest};
 use crate::controller::params::{params_of, strategy_kind};
 
@@ -23,6 +30,7 @@ impl AppController {
             now,
             strategy,
             sha256,
+            image,
         } = request;
         if let Some(r) = self.state.rollout.clone()
             && now
@@ -55,8 +63,43 @@ impl AppController {
             .into());
         }
         let app = self.spec.name.clone();
+        if let Some(image) = &image {
+            if !matches!(self.spec.driver, baton_spec::DriverSpec::Container(_)) {
+                return Err(CommandError::BadRequest(format!(
+                    "--image {image}: {app} runs as a {}, not as a container; leave --image out",
+                    self.spec.driver.kind()
+                )));
+            }
+            if revision.is_some() || image.trim().is_empty() || image.contains(char::is_whitespace)
+            {
+                return Err(CommandError::BadRequest(format!(
+                    "--image {image:?} is not an image reference; give one such as registry.example.com/shop:v2"
+                )));
+            }
+        }
         let internal = |e: baton_store::StoreError| CommandError::Internal(e.to_string());
-        self.preflight(&version, sha256.as_deref()).await?;
+        // A container release runs one exact image: resolved now (pulled under the
+        // pull policy), pinned to its digest with the revision.
+        let pinned = match revision {
+            Some(n) => self
+                .shared
+                .store()
+                .get_revision(&app, n)
+                .map_err(internal)?
+                .and_then(|r| r.image),
+            None => None,
+        };
+        let image_check = self
+            .resolve_release_image(
+                &version,
+                image.as_deref(),
+                pinned.as_ref(),
+                sha256.as_deref(),
+            )
+            .await;
+        self.preflight(&version, sha256.as_deref(), image_check.as_ref())
+            .await?;
+        let pin = image_check.and_then(|c| c.pin);
         let env_json =
             serde_json::to_string(&env).map_err(|e| CommandError::Internal(e.to_string()))?;
         let rev = {
@@ -78,6 +121,7 @@ impl AppController {
                             .map_err(internal)?
                         && cur.version == version
                         && cur.env_json == env_json
+                        && cur.image.as_ref().map(|p| &p.digest) == pin.as_ref().map(|p| &p.digest)
                     {
                         return Ok(DeployAccepted {
                             revision: cur.number,
@@ -90,13 +134,14 @@ impl AppController {
                     let spec_json = serde_json::to_string(&self.spec)
                         .map_err(|e| CommandError::Internal(e.to_string()))?;
                     store
-                        .create_revision(
+                        .create_revision_pinned(
                             &app,
                             &version,
                             &env_json,
                             &spec_json,
                             &operator,
                             self.shared.now_ms(),
+                            pin.as_ref(),
                         )
                         .map_err(internal)?
                 }
@@ -289,8 +334,101 @@ impl AppController {
         .await
     }
 
+    /// For a container app: the release's image, resolved on the engine (pulled
+    /// under the pull policy) — `pinned` when the release has one already (a
+    /// rollback runs exactly that image) — with the pre-flight check it makes.
+    /// `None` for other apps.
+    async fn resolve_release_image(
+        &self,
+        version: &str,
+        image: Option<&str>,
+        pinned: Option<&baton_store::ImagePin>,
+        sha256: Option<&str>,
+    ) -> Option<ImageCheck> {
+        let baton_spec::DriverSpec::Container(c) = &self.spec.driver else {
+            return None;
+        };
+        let fail = |detail: String| {
+            Some(ImageCheck {
+                result: CheckResult {
+                    check: "image".into(),
+                    ok: false,
+                    detail,
+                },
+                pin: None,
+            })
+        };
+        let endpoint = match crate::containers::endpoint_of(c) {
+            Ok(e) => e,
+            Err(e) => return fail(e.to_string()),
+        };
+        let (reference, lookup, pull) = match pinned {
+            // The pinned image itself, whatever its tag names now.
+            // The pinned image itself, whatever its tag names now.
+            Some(pin) => (
+                pin.reference.clone(),
+                crate::containers::pinned_reference(&pin.reference, &pin.digest),
+                crate::containers::pull_policy(c.pull),
+            ),
+            None => {
+                let reference = image.map_or_else(
+                    || crate::containers::image_of(c, &self.spec.name, version),
+                    str::to_owned,
+                );
+                (
+                    reference.clone(),
+                    reference,
+                    crate::containers::pull_policy(c.pull),
+                )
+            }
+        };
+        let info = match self
+            .shared
+            .driver
+            .resolve_image(&endpoint, &lookup, pull)
+            .await
+        {
+            Ok(info) => info,
+            Err(e) => return fail(e.to_string()),
+        };
+        if let Some(problem) = crate::containers::platform_mismatch(&info) {
+            return fail(format!("{reference} ({}) {problem}", info.digest));
+        }
+        if let Some(want) = sha256
+            && !crate::containers::digest_matches(&info, want)
+        {
+            return fail(format!(
+                "{reference} is {}, not the vetted sha256:{}",
+                info.digest,
+                want.trim_start_matches("sha256:")
+            ));
+        }
+        Some(ImageCheck {
+            result: CheckResult {
+                check: "image".into(),
+                ok: true,
+                detail: format!(
+                    "{reference} is {} ({}/{}, {})",
+                    info.digest,
+                    info.os,
+                    info.architecture,
+                    baton_driver::format_bytes(info.size_bytes)
+                ),
+            },
+            pin: Some(baton_store::ImagePin {
+                reference,
+                digest: info.digest,
+            }),
+        })
+    }
+
     /// Checks that must pass before a rollout starts; a failure changes nothing.
-    async fn preflight(&self, version: &str, sha256: Option<&str>) -> Result<(), CommandError> {
+    async fn preflight(
+        &self,
+        version: &str,
+        sha256: Option<&str>,
+        image: Option<&ImageCheck>,
+    ) -> Result<(), CommandError> {
         let mut instance_memory = Vec::new();
         for handle in self
             .state
@@ -326,7 +464,7 @@ impl AppController {
             instance_memory: &instance_memory,
             sha256,
             router_serves_app: serves,
-            image: None,
+            image: image.map(|i| i.result.clone()),
         });
         let mut failed: Vec<String> = results
             .iter()
@@ -342,10 +480,15 @@ impl AppController {
                 instance: "preflight",
                 baton: &self.shared.baton_exe,
             };
+            let pin = image.and_then(|i| i.pin.as_ref());
+            let extra = [
+                ("image", pin.map_or("", |p| p.reference.as_str())),
+                ("digest", pin.map_or("", |p| p.digest.as_str())),
+            ];
             let argv: Vec<String> = check
                 .command
                 .iter()
-                .map(|a| baton_spec::render_template(a, &vars))
+                .map(|a| baton_spec::render_template_with(a, &vars, &extra))
                 .collect();
             if let Err(e) = crate::hooks::run_command(&check.name, &argv, check.timeout).await {
                 failed.push(e);

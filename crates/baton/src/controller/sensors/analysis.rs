@@ -50,6 +50,7 @@ impl Analysis {
         shared: &Shared,
         spec: &AppSpec,
         state: &AppState,
+        resources: &super::resources::Resources,
     ) -> Option<Input> {
         let Some(r) = state.rollout.clone() else {
             self.run = AnalysisRun::default();
@@ -81,7 +82,12 @@ impl Analysis {
         if now - self.run.last_ms < interval.as_millis() as i64 {
             return None;
         }
-        let judge_traffic = cfg.is_some() && receives_traffic;
+        // Memory limits are judged whatever the traffic (a leak grows without
+        // requests); the rest only once the new release takes some.
+        let judge_resources = cfg
+            .as_ref()
+            .is_some_and(|c| c.max_memory_bytes.is_some() || c.max_memory_ratio.is_some());
+        let judge_traffic = cfg.is_some() && (receives_traffic || judge_resources);
         if !judge_traffic && mirror_limit.is_none() {
             return None;
         }
@@ -123,21 +129,37 @@ impl Analysis {
             }
         }
         let cfg = cfg.filter(|_| judge_traffic)?;
-        let counts = |s: Option<baton_router::metrics::WindowStats>| {
-            s.map(|s| crate::analysis::WindowCounts {
-                requests: s.requests,
-                errors: s.status[4],
-                p99: (s.requests > 0).then(|| Duration::from_micros(s.p99_us)),
-                ..Default::default()
-            })
-            .unwrap_or_default()
+        let window_ms = window.as_millis() as i64;
+        let counts = |version: Option<&str>, s: Option<baton_router::metrics::WindowStats>| {
+            let mut c = s
+                .map(|s| crate::analysis::WindowCounts {
+                    requests: s.requests,
+                    errors: s.status[4],
+                    p99: (s.requests > 0).then(|| Duration::from_micros(s.p99_us)),
+                    ..Default::default()
+                })
+                .unwrap_or_default();
+            if let Some(version) = version {
+                (c.memory, c.cpu_ms) = resources.version_use(version, window_ms, now);
+            }
+            c
         };
+        let stable_version = r.from.as_ref().map(|f| f.version.as_str());
+        let new_version = Some(r.to.version.as_str());
         let stable = r.from.as_ref().and_then(|f| stats_of(&f.version));
         // What this measurement saw against each limit, for `status` and the
         // events of passing checks.
-        let seen =
-            crate::analysis::describe_window(&cfg, counts(new.clone()), counts(stable.clone()));
-        let verdict = crate::analysis::judge(&cfg, &r.to.version, counts(new), counts(stable));
+        let seen = crate::analysis::describe_window(
+            &cfg,
+            counts(new_version, new.clone()),
+            counts(stable_version, stable.clone()),
+        );
+        let verdict = crate::analysis::judge(
+            &cfg,
+            &r.to.version,
+            counts(new_version, new),
+            counts(stable_version, stable),
+        );
         if let Some((v, _)) = &verdict {
             self.last_check.send_replace(Some(LastCheck {
                 history_id: r.history_id,

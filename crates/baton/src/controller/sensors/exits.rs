@@ -4,9 +4,14 @@
 use baton_driver::{DynDriver, InstanceStatus};
 use baton_engine::{AppState, ExitCause, Input, InstancePhase as P};
 
+/// How often a container's status is asked of its engine (an API call each;
+/// a process's is a read of /proc, asked at every tick).
+pub const CONTAINER_POLL_MS: i64 = 1_000;
+
 /// An `Exited` input for each instance the state believes running (starting,
 /// ready or draining) whose process the driver reports ended or gone.
-pub async fn exited(driver: &dyn DynDriver, state: &AppState) -> Vec<Input> {
+/// Containers are only asked about when `containers_too`.
+pub async fn exited(driver: &dyn DynDriver, state: &AppState, containers_too: bool) -> Vec<Input> {
     let mut exited = Vec::new();
     for inst in &state.instances {
         if !matches!(
@@ -18,6 +23,9 @@ pub async fn exited(driver: &dyn DynDriver, state: &AppState) -> Vec<Input> {
         let Some(handle) = &inst.handle else {
             continue;
         };
+        if !containers_too && matches!(handle.locator, baton_engine::Locator::Container { .. }) {
+            continue;
+        }
         match driver.status(handle).await {
             InstanceStatus::Running => {}
             InstanceStatus::Exited(exit) => exited.push(Input::Exited {

@@ -6,10 +6,13 @@
 //! - [`exits`]: the driver's view of each process (`Exited`);
 //! - [`analysis`]: the router's metrics judged against the limits (`Analysis`);
 //! - [`window`]: the upgrade windows opening and closing (`Pause`/`Resume`);
-//! - [`checks`]: the smoke tests of a `Checks` step (`ChecksPassed`/`ChecksFailed`).
+//! - [`checks`]: the smoke tests of a `Checks` step (`ChecksPassed`/`ChecksFailed`);
+//! - [`resources`]: the driver's CPU and memory samples of each instance, for
+//!   the analysis and `status`.
 
 pub mod analysis;
 pub mod checks;
 pub mod exits;
 pub mod readiness;
+pub mod resources;
 pub mod window;
