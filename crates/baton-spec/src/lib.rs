@@ -14,6 +14,7 @@ mod error;
 mod locate;
 mod model;
 mod raw;
+mod strategy;
 mod template;
 mod validate;
 mod window;
@@ -27,6 +28,7 @@ pub use model::{
     ReadinessSpec, RollingSpec, SmokeTest, StrategySpec, TimeOfDay, TrafficSpec, UpgradeWindow,
     UpgradeWindows, WarmupSpec, Weekday,
 };
+pub use strategy::{StrategyKind, UnknownStrategy};
 pub use template::{
     PLACEHOLDERS, PREFLIGHT_PLACEHOLDERS, SMOKE_PLACEHOLDERS, TemplateVars, render_template,
     render_template_with,

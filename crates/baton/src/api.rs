@@ -13,9 +13,7 @@ use baton_engine::{Input, Release, RolloutKind, RolloutPhase};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::controller::{
-    AppHandle, AppView, Command, CommandError, DeployAccepted, DeployRequest, strategy_name,
-};
+use crate::controller::{AppHandle, AppView, Command, CommandError, DeployAccepted, DeployRequest};
 use crate::server::ControlPlane;
 
 type Cp = State<Arc<ControlPlane>>;
@@ -183,6 +181,13 @@ struct DeployBody {
     sha256: Option<String>,
 }
 
+/// `--strategy NAME` of `deploy` and `plan`: a bad name is bad input (400).
+fn parse_strategy(name: Option<&str>) -> Result<Option<baton_spec::StrategyKind>, ApiError> {
+    name.map(str::parse)
+        .transpose()
+        .map_err(|e: baton_spec::UnknownStrategy| ApiError(StatusCode::BAD_REQUEST, e.to_string()))
+}
+
 async fn deploy(
     State(cp): Cp,
     Path(app): Path<String>,
@@ -190,13 +195,7 @@ async fn deploy(
     Json(body): Json<DeployBody>,
 ) -> Result<Json<DeployAccepted>, ApiError> {
     let h = handle(&cp, &app).await?;
-    let strategy = match &body.strategy {
-        Some(name) => Some(
-            crate::controller::strategy_by_name(&h.status.borrow().spec, name)
-                .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?,
-        ),
-        None => None,
-    };
+    let strategy = parse_strategy(body.strategy.as_deref())?;
     if body.version.is_empty()
         || body.version.len() > 64
         || !body
@@ -454,7 +453,7 @@ async fn rollback(
             "rolling back to {} (revision {}) with the {} strategy: {how}",
             accepted.version,
             accepted.revision,
-            strategy_name(&view.spec)
+            view.spec.strategy.kind()
         )
     };
     Ok(Json(RollbackAccepted { accepted, message }))
@@ -492,13 +491,7 @@ async fn plan(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let h = handle(&cp, &app).await?;
     let view = h.status.borrow().clone();
-    let mut spec = view.spec.clone();
-    if let Some(name) = &q.strategy {
-        spec.strategy = crate::controller::strategy_by_name(&spec, name)
-            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
-    }
-    let mut state = view.state.clone();
-    state.params = crate::controller::params_of(&spec);
+    let kind = parse_strategy(q.strategy.as_deref())?;
     let next_revision = cp
         .shared
         .store()
@@ -509,8 +502,10 @@ async fn plan(
         .max()
         .unwrap_or(0)
         + 1;
-    let plan = baton_engine::plan(
-        &state,
+    let (strategy, params, plan) = crate::controller::params::plan(
+        &view.spec,
+        &view.state,
+        kind,
         Release {
             revision: next_revision,
             version: q.version.clone(),
@@ -521,11 +516,11 @@ async fn plan(
         "app": app,
         "from_version": view.state.stable.as_ref().map(|r| r.version.clone()),
         "to_version": q.version,
-        "strategy": strategy_name(&spec),
+        "strategy": strategy,
         "instances": view.spec.instances,
-        "max_surge": state.params.effective_surge(),
-        "max_unavailable": state.params.max_unavailable,
-        "min_ready_ms": state.params.min_ready_ms,
+        "max_surge": params.effective_surge(),
+        "max_unavailable": params.max_unavailable,
+        "min_ready_ms": params.min_ready_ms,
         "peak_instances": plan.peak_instances,
         "min_duration_ms": plan.min_duration_ms,
         "steps": plan.steps,
@@ -837,7 +832,7 @@ impl AppStatus {
                 .as_ref()
                 .map(|r| r.to.version.clone())
                 .or_else(|| s.stable.as_ref().map(|r| r.version.clone())),
-            strategy: strategy_name(&v.spec).to_string(),
+            strategy: v.spec.strategy.kind().to_string(),
             listen: v.spec.listen.to_string(),
             generation: v.generation,
             instances: s
@@ -975,8 +970,8 @@ fn preview_of(v: &AppView) -> Option<PreviewStatus> {
     }
     // The spec's own blue-green settings, or the defaults of a one-off
     // `deploy --strategy blue-green`.
-    let Ok(baton_spec::StrategySpec::BlueGreen(b)) =
-        crate::controller::strategy_by_name(&v.spec, "blue-green")
+    let baton_spec::StrategySpec::BlueGreen(b) =
+        v.spec.strategy_of_kind(baton_spec::StrategyKind::BlueGreen)
     else {
         return None;
     };

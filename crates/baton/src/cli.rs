@@ -797,7 +797,7 @@ fn lint(files: &[PathBuf]) -> Exit {
                 println!(
                     "{file}: valid (app {}, {} strategy, {} instances, listen {})",
                     spec.name,
-                    crate::controller::strategy_name(&spec),
+                    spec.strategy.kind(),
                     spec.instances,
                     addresses.join(" + preview ")
                 );

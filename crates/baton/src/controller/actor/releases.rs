@@ -7,7 +7,7 @@ use baton_store::NewHistory;
 
 use super::AppController;
 use crate::controller::handle::{CommandError, DeployAccepted, DeployRequest};
-use crate::controller::params::{params_of, strategy_kind};
+use crate::controller::params::params_of;
 
 impl AppController {
     pub(super) async fn deploy(
@@ -104,7 +104,9 @@ impl AppController {
         };
         // A one-off strategy is recorded with the rollout, so that a restarted
         // control plane runs (and shows) the same one.
-        let one_off = strategy.filter(|s| *s != self.spec.strategy);
+        let one_off = strategy
+            .map(|kind| self.spec.strategy_of_kind(kind))
+            .filter(|s| *s != self.spec.strategy);
         let strategy_json = one_off
             .as_ref()
             .map(serde_json::to_string)
@@ -121,7 +123,10 @@ impl AppController {
                     to_version: rev.version.clone(),
                     environment: self.spec.environment.clone(),
                     operator: operator.clone(),
-                    strategy: strategy_kind(one_off.as_ref().unwrap_or(&self.spec.strategy))
+                    strategy: one_off
+                        .as_ref()
+                        .unwrap_or(&self.spec.strategy)
+                        .kind()
                         .to_string(),
                     kind: match kind {
                         RolloutKind::Deploy => "deploy".into(),
