@@ -779,7 +779,7 @@ pub struct TrafficShare {
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct RolloutStatus {
-    pub kind: String,
+    pub kind: RolloutKind,
     pub from_version: Option<String>,
     pub to_version: String,
     pub revision: u32,
@@ -856,10 +856,7 @@ impl AppStatus {
                 .collect(),
             traffic,
             rollout: s.rollout.as_ref().map(|r| RolloutStatus {
-                kind: match r.kind {
-                    RolloutKind::Deploy => "deploy".into(),
-                    RolloutKind::Rollback => "rollback".into(),
-                },
+                kind: r.kind,
                 from_version: r.from.as_ref().map(|f| f.version.clone()),
                 to_version: r.to.version.clone(),
                 revision: r.to.revision,
@@ -869,7 +866,7 @@ impl AppStatus {
                 restarts: r.restarts,
                 // Why it is rolling back, or why it is paused.
                 reason: match &r.phase {
-                    RolloutPhase::Progressing => r.paused.clone(),
+                    RolloutPhase::Progressing => r.paused.as_ref().map(ToString::to_string),
                     RolloutPhase::RollingBack { reason, .. } => Some(reason.clone()),
                 },
             }),

@@ -1067,7 +1067,7 @@ async fn status(api: &ApiClient, app: Option<String>, as_json: bool) -> Exit {
         if let Some(r) = &s.rollout {
             println!(
                 "  rollout: {} {} → {} by {}{}",
-                r.kind,
+                r.kind.as_str(),
                 r.from_version.as_deref().unwrap_or("nothing"),
                 r.to_version,
                 r.operator,

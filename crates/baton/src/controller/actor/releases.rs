@@ -128,10 +128,7 @@ impl AppController {
                         .unwrap_or(&self.spec.strategy)
                         .kind()
                         .to_string(),
-                    kind: match kind {
-                        RolloutKind::Deploy => "deploy".into(),
-                        RolloutKind::Rollback => "rollback".into(),
-                    },
+                    kind: kind.as_str().into(),
                     strategy_json,
                 },
                 self.shared.now_ms(),
