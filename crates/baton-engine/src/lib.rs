@@ -8,10 +8,12 @@
 //!
 //! See `LIFECYCLE.md` beside this file for the states and transitions.
 
+mod event;
 mod handle;
 mod plan;
 mod reconcile;
 
+pub use event::{EventKind, PauseReason};
 pub use handle::{InstanceHandle, Locator, short_id};
 
 pub use plan::{Plan, PlanStep, plan};
@@ -144,6 +146,16 @@ pub enum RolloutKind {
     Rollback,
 }
 
+impl RolloutKind {
+    /// `deploy` or `rollback`, as the history and the API name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutKind::Deploy => "deploy",
+            RolloutKind::Rollback => "rollback",
+        }
+    }
+}
+
 /// Where a rollout is.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "phase")]
@@ -183,9 +195,10 @@ pub struct Rollout {
     /// Stepped strategies: instances of the new release set by `SetScale`.
     #[serde(default)]
     pub scale: Option<u32>,
-    /// Paused by an operator or an inconclusive analysis: who or why.
-    #[serde(default)]
-    pub paused: Option<String>,
+    /// Paused, and why (an earlier baton stored the reason as text; it
+    /// still loads).
+    #[serde(default, deserialize_with = "PauseReason::deserialize_stored")]
+    pub paused: Option<PauseReason>,
     /// Operators who approved gates, in order.
     #[serde(default)]
     pub approvals: Vec<String>,
@@ -453,6 +466,11 @@ pub enum Input {
     Pause { by: String },
     /// Continue a paused rollout.
     Resume { by: String },
+    /// The app's upgrade window closed while the rollout runs (and the spec
+    /// says to pause then): pause it, unless it is paused already.
+    UpgradeWindowClosed,
+    /// An upgrade window opened: a rollout the window paused goes on.
+    UpgradeWindowOpened,
     /// Result of an analysis run of the new release.
     Analysis { verdict: Verdict, reason: String },
     /// The smoke tests of the current `Checks` step passed.
@@ -506,7 +524,7 @@ pub enum Action {
     /// Stop the instance through the driver, then report `Stopped`.
     Stop { id: String },
     /// Append to the event log.
-    Event { kind: String, message: String },
+    Event { kind: EventKind, message: String },
     /// The rollout ended: close its upgrade-history record.
     Finish {
         history_id: i64,
@@ -547,11 +565,8 @@ pub fn step(
     Ok((next, actions))
 }
 
-fn event(actions: &mut Vec<Action>, kind: &str, message: String) {
-    actions.push(Action::Event {
-        kind: kind.to_string(),
-        message,
-    });
+fn event(actions: &mut Vec<Action>, kind: EventKind, message: String) {
+    actions.push(Action::Event { kind, message });
 }
 
 fn apply_input(
@@ -566,7 +581,7 @@ fn apply_input(
             if params != s.params {
                 event(
                     actions,
-                    "spec_updated",
+                    EventKind::SpecUpdated,
                     format!(
                         "instances={} max_surge={} max_unavailable={}",
                         params.instances, params.max_surge, params.max_unavailable
@@ -596,7 +611,7 @@ fn apply_input(
                     r.last_progress_ms = now;
                     event(
                         actions,
-                        "window_skipped",
+                        EventKind::WindowSkipped,
                         format!("started now by {operator}, outside the upgrade window"),
                     );
                     return Ok(());
@@ -608,13 +623,10 @@ fn apply_input(
             }
             event(
                 actions,
-                "rollout_started",
+                EventKind::RolloutStarted,
                 format!(
                     "{} {} → {} (revision {}) by {}",
-                    match kind {
-                        RolloutKind::Deploy => "deploy",
-                        RolloutKind::Rollback => "rollback",
-                    },
+                    kind.as_str(),
                     s.stable.as_ref().map_or("nothing", |r| r.version.as_str()),
                     to.version,
                     to.revision,
@@ -648,7 +660,7 @@ fn apply_input(
             if let Some(t) = not_before_ms.filter(|t| *t > now) {
                 event(
                     actions,
-                    "waiting_for_window",
+                    EventKind::WaitingForWindow,
                     format!(
                         "outside the upgrade window: starts in {}s",
                         (t - now) / 1000
@@ -673,7 +685,7 @@ fn apply_input(
                 let version = w.release.version.clone();
                 event(
                     actions,
-                    "promoted",
+                    EventKind::Promoted,
                     format!("promoted by {by}: {version} is no longer kept ready"),
                 );
                 return Ok(());
@@ -706,7 +718,7 @@ fn apply_input(
                 r.step_started_ms = None;
                 event(
                     actions,
-                    "promoted",
+                    EventKind::Promoted,
                     format!("full promotion by {by}: skipping the remaining steps"),
                 );
             } else if steps.get(r.step).is_some_and(Step::is_gate) {
@@ -715,7 +727,7 @@ fn apply_input(
                 r.last_progress_ms = now;
                 event(
                     actions,
-                    "promoted",
+                    EventKind::Promoted,
                     format!("promoted by {by} to step {}", r.step + 1),
                 );
             } else {
@@ -743,7 +755,7 @@ fn apply_input(
                 r.last_progress_ms = now;
                 event(
                     actions,
-                    "approved",
+                    EventKind::Approved,
                     format!("approved by {by} (gate {} of {})", r.step, r.to.version),
                 );
             }
@@ -759,8 +771,32 @@ fn apply_input(
                 )));
             }
             if r.paused.is_none() {
-                r.paused = Some(format!("paused by {by}"));
-                event(actions, "paused", format!("paused by {by}"));
+                let reason = PauseReason::Operator { by };
+                event(actions, EventKind::Paused, reason.to_string());
+                r.paused = Some(reason);
+            }
+        }
+        Input::UpgradeWindowClosed => {
+            if let Some(r) = &mut s.rollout
+                && r.phase == RolloutPhase::Progressing
+                && r.paused.is_none()
+            {
+                let reason = PauseReason::UpgradeWindow;
+                event(actions, EventKind::Paused, reason.to_string());
+                r.paused = Some(reason);
+            }
+        }
+        Input::UpgradeWindowOpened => {
+            if let Some(r) = &mut s.rollout
+                && r.paused == Some(PauseReason::UpgradeWindow)
+            {
+                r.paused = None;
+                r.last_progress_ms = now;
+                event(
+                    actions,
+                    EventKind::Resumed,
+                    "resumed by the upgrade window".into(),
+                );
             }
         }
         Input::Resume { by } => {
@@ -775,7 +811,7 @@ fn apply_input(
                 )));
             }
             r.last_progress_ms = now;
-            event(actions, "resumed", format!("resumed by {by}"));
+            event(actions, EventKind::Resumed, format!("resumed by {by}"));
         }
         Input::ChecksPassed { summary } => {
             let at_checks = s.rollout.as_ref().is_some_and(|r| {
@@ -787,7 +823,7 @@ fn apply_input(
                 r.step += 1;
                 r.step_started_ms = None;
                 r.last_progress_ms = now;
-                event(actions, "checks_passed", summary);
+                event(actions, EventKind::ChecksPassed, summary);
             }
         }
         Input::ChecksFailed { reason } => {
@@ -796,7 +832,7 @@ fn apply_input(
                 .as_ref()
                 .is_some_and(|r| r.phase == RolloutPhase::Progressing);
             if progressing {
-                event(actions, "checks_failed", reason.clone());
+                event(actions, EventKind::ChecksFailed, reason.clone());
                 fail_rollout(
                     s,
                     format!("smoke test failed: {reason}"),
@@ -815,17 +851,19 @@ fn apply_input(
                 match verdict {
                     Verdict::Pass => {}
                     Verdict::Fail => {
-                        event(actions, "analysis_failed", reason.clone());
+                        event(actions, EventKind::AnalysisFailed, reason.clone());
                         fail_rollout(s, format!("analysis failed: {reason}"), false, now, actions);
                     }
                     Verdict::Inconclusive => {
                         if let Some(r) = &mut s.rollout
                             && r.paused.is_none()
                         {
-                            r.paused = Some(format!("analysis inconclusive: {reason}"));
+                            r.paused = Some(PauseReason::AnalysisInconclusive {
+                                reason: reason.clone(),
+                            });
                             event(
                                 actions,
-                                "analysis_inconclusive",
+                                EventKind::AnalysisInconclusive,
                                 format!(
                                     "{reason}; paused for a human (`baton resume` or `baton abort`)"
                                 ),
@@ -845,7 +883,7 @@ fn apply_input(
                 inst.handle = Some(handle);
                 event(
                     actions,
-                    "instance_started",
+                    EventKind::InstanceStarted,
                     format!("{id} listening on {address}"),
                 );
             }
@@ -853,7 +891,11 @@ fn apply_input(
         Input::StartFailed { id, error } => {
             if let Some(inst) = s.instance(&id).cloned() {
                 s.instances.retain(|i| i.id != id);
-                event(actions, "instance_start_failed", format!("{id}: {error}"));
+                event(
+                    actions,
+                    EventKind::InstanceStartFailed,
+                    format!("{id}: {error}"),
+                );
                 count_crash(
                     s,
                     &inst,
@@ -871,7 +913,7 @@ fn apply_input(
                 let version = inst.version.clone();
                 event(
                     actions,
-                    "instance_ready",
+                    EventKind::InstanceReady,
                     format!("{id} ({version}) is ready"),
                 );
                 mark_progress(s, &version, now);
@@ -884,7 +926,7 @@ fn apply_input(
                 inst.phase = InstancePhase::Starting;
                 event(
                     actions,
-                    "instance_unready",
+                    EventKind::InstanceUnready,
                     format!("{id} failed its readiness check"),
                 );
             }
@@ -898,13 +940,13 @@ fn apply_input(
                 ) {
                     event(
                         actions,
-                        "instance_stopped",
+                        EventKind::InstanceStopped,
                         format!("{id} exited ({detail})"),
                     );
                 } else {
                     event(
                         actions,
-                        "instance_exited",
+                        EventKind::InstanceExited,
                         format!("{id} ({}) exited unexpectedly: {detail}", inst.version),
                     );
                     match cause {
@@ -947,7 +989,7 @@ fn apply_input(
         Input::Stopped { id } => {
             if s.instance(&id).is_some() {
                 s.instances.retain(|i| i.id != id);
-                event(actions, "instance_stopped", format!("{id} stopped"));
+                event(actions, EventKind::InstanceStopped, format!("{id} stopped"));
             }
         }
     }
@@ -1014,9 +1056,9 @@ pub(crate) fn fail_rollout(
     r.paused = None;
     r.last_progress_ms = now;
     let kind = if aborted {
-        "rollout_aborted"
+        EventKind::RolloutAborted
     } else {
-        "rollout_failed"
+        EventKind::RolloutFailed
     };
     event(actions, kind, reason);
 }
@@ -1034,7 +1076,7 @@ fn switch_back_to_warm(s: &mut AppState, actions: &mut Vec<Action>) {
     r.switched_back_to = Some(w.release.version.clone());
     event(
         actions,
-        "switching_back",
+        EventKind::SwitchingBack,
         format!(
             "{} is still running (kept ready after the switch): all traffic goes back to it at once; {} drains",
             w.release.version,

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Action, AppState, EngineError, Input, Millis, Release, RolloutKind, step};
+use crate::{Action, AppState, EngineError, EventKind, Input, Millis, Release, RolloutKind, step};
 
 /// One step of a planned rollout.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -13,7 +13,7 @@ pub struct PlanStep {
     /// Earliest time after the start at which this step can happen.
     pub at_ms: u64,
     /// Event kind, as recorded in the event log when the rollout runs.
-    pub kind: String,
+    pub kind: EventKind,
     pub description: String,
     /// Instances of the old release taking traffic after this step.
     pub old_routable: u32,
@@ -63,7 +63,7 @@ pub fn plan(state: &AppState, to: Release) -> Result<Plan, EngineError> {
                 };
                 steps.push(PlanStep {
                     at_ms: (now - START) as u64,
-                    kind: kind.clone(),
+                    kind: *kind,
                     description: message.clone(),
                     old_routable: count(false),
                     new_routable: count(true),

@@ -7,8 +7,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Action, AppState, Finished, Instance, InstancePhase, Millis, Outcome, Release, Rollout,
-    RolloutPhase, Step, Strategy, WarmStandby, event, fail_rollout,
+    Action, AppState, EventKind, Finished, Instance, InstancePhase, Millis, Outcome, PauseReason,
+    Release, Rollout, RolloutPhase, Step, Strategy, WarmStandby, event, fail_rollout,
 };
 
 pub(crate) fn reconcile(s: &mut AppState, now: Millis, actions: &mut Vec<Action>) {
@@ -30,7 +30,7 @@ pub(crate) fn reconcile(s: &mut AppState, now: Millis, actions: &mut Vec<Action>
             r.last_progress_ms = now;
             event(
                 actions,
-                "window_opened",
+                EventKind::WindowOpened,
                 "the upgrade window is open: starting".into(),
             );
         }
@@ -122,7 +122,7 @@ pub(crate) fn reconcile(s: &mut AppState, now: Millis, actions: &mut Vec<Action>
         // count it reaches (its peak included).
         event(
             actions,
-            "instance_starting",
+            EventKind::InstanceStarting,
             format!("{id} ({}) starting", target.version),
         );
         actions.push(Action::Start {
@@ -225,11 +225,13 @@ fn check_deadline(s: &mut AppState, now: Millis, actions: &mut Vec<Action>) {
         );
         if s.params.pause_on_deadline {
             if let Some(r) = &mut s.rollout {
-                r.paused = Some(reason.clone());
+                r.paused = Some(PauseReason::ProgressDeadline {
+                    detail: reason.clone(),
+                });
             }
             event(
                 actions,
-                "paused",
+                EventKind::Paused,
                 format!("{reason}; paused for a person (`baton resume` or `baton abort`)"),
             );
         } else {
@@ -242,7 +244,11 @@ fn check_deadline(s: &mut AppState, now: Millis, actions: &mut Vec<Action>) {
 fn switch_all_traffic(r: &mut Rollout, to: &str, from: &str, actions: &mut Vec<Action>) {
     if r.weight != Some(100) {
         r.weight = Some(100);
-        event(actions, "weight_set", format!("{to} 100%, {from} 0%"));
+        event(
+            actions,
+            EventKind::WeightSet,
+            format!("{to} 100%, {from} 0%"),
+        );
     }
 }
 
@@ -265,7 +271,7 @@ fn drain(s: &mut AppState, id: &str, now: Millis, actions: &mut Vec<Action>) {
     let version = inst.version.clone();
     event(
         actions,
-        "instance_draining",
+        EventKind::InstanceDraining,
         format!("{id} ({version}) removed from routing, draining"),
     );
     actions.push(Action::Drain { id: id.to_string() });
@@ -320,7 +326,7 @@ fn finish(s: &mut AppState, now: Millis, actions: &mut Vec<Action>) {
     };
     event(
         actions,
-        "rollout_finished",
+        EventKind::RolloutFinished,
         format!(
             "{} → {}: {}{}",
             r.from.as_ref().map_or("nothing", |f| f.version.as_str()),
@@ -468,7 +474,7 @@ fn reconcile_stepped(s: &mut AppState, steps: &[Step], now: Millis, actions: &mu
             match steps.get(step_index) {
                 Some(step) => event(
                     actions,
-                    "step_started",
+                    EventKind::StepStarted,
                     format!(
                         "step {} of {}: {}",
                         step_index + 1,
@@ -478,7 +484,7 @@ fn reconcile_stepped(s: &mut AppState, steps: &[Step], now: Millis, actions: &mu
                 ),
                 None => event(
                     actions,
-                    "promoting",
+                    EventKind::Promoting,
                     format!("all steps done: promoting {} to 100%", to.version),
                 ),
             }
@@ -493,7 +499,7 @@ fn reconcile_stepped(s: &mut AppState, steps: &[Step], now: Millis, actions: &mu
             });
             event(
                 actions,
-                "warm_standby",
+                EventKind::WarmStandby,
                 format!(
                     "{} stays ready, out of routing, for {}: `baton rollback {}` switches back to it at once",
                     from.version,
@@ -530,7 +536,7 @@ fn reconcile_stepped(s: &mut AppState, steps: &[Step], now: Millis, actions: &mu
                     r.weight = Some(percent);
                     event(
                         actions,
-                        "weight_set",
+                        EventKind::WeightSet,
                         format!(
                             "{} {percent}%, {} {}%",
                             to.version,
@@ -615,7 +621,7 @@ fn scale_release(
         });
         event(
             actions,
-            "instance_starting",
+            EventKind::InstanceStarting,
             format!("{id} ({}) starting", release.version),
         );
         actions.push(Action::Start {
@@ -652,7 +658,7 @@ fn end_warm_standby(s: &mut AppState, now: Millis, actions: &mut Vec<Action>) {
     let Some(w) = s.warm.take() else { return };
     event(
         actions,
-        "warm_standby_ended",
+        EventKind::WarmStandbyEnded,
         format!(
             "{} is no longer kept ready ({why}): draining it",
             w.release.version
@@ -736,7 +742,9 @@ pub fn progress(s: &AppState, now: Millis) -> Option<StepProgress> {
     let waiting = if let Some(opens_ms) = r.not_before_ms {
         StepWait::Window { opens_ms }
     } else if let Some(why) = &r.paused {
-        StepWait::Paused { why: why.clone() }
+        StepWait::Paused {
+            why: why.to_string(),
+        }
     } else if step.is_none() {
         StepWait::Drain {
             remaining: s

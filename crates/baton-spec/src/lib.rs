@@ -14,6 +14,7 @@ mod error;
 mod locate;
 mod model;
 mod raw;
+mod strategy;
 mod template;
 mod validate;
 mod window;
@@ -28,6 +29,7 @@ pub use model::{
     SmokeTest, StrategySpec, TimeOfDay, TrafficSpec, UpgradeWindow, UpgradeWindows, WarmupSpec,
     Weekday,
 };
+pub use strategy::{StrategyKind, UnknownStrategy};
 pub use template::{
     IMAGE_PLACEHOLDERS, PLACEHOLDERS, PREFLIGHT_PLACEHOLDERS, SMOKE_PLACEHOLDERS, TemplateVars,
     render_template, render_template_with,

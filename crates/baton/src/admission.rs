@@ -184,8 +184,8 @@ mod tests {
 
     fn blue_green(name: &str, listen: &str, preview: &str) -> AppSpec {
         let mut s = spec(name, listen);
-        let Ok(StrategySpec::BlueGreen(mut b)) =
-            crate::controller::strategy_by_name(&s, "blue-green")
+        let StrategySpec::BlueGreen(mut b) =
+            s.strategy_of_kind(baton_spec::StrategyKind::BlueGreen)
         else {
             unreachable!("blue-green is a strategy")
         };

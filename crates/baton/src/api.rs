@@ -13,9 +13,7 @@ use baton_engine::{Input, Release, RolloutKind, RolloutPhase};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::controller::{
-    AppHandle, AppView, Command, CommandError, DeployAccepted, DeployRequest, strategy_name,
-};
+use crate::controller::{AppHandle, AppView, Command, CommandError, DeployAccepted, DeployRequest};
 use crate::server::ControlPlane;
 
 type Cp = State<Arc<ControlPlane>>;
@@ -187,6 +185,13 @@ struct DeployBody {
     image: Option<String>,
 }
 
+/// `--strategy NAME` of `deploy` and `plan`: a bad name is bad input (400).
+fn parse_strategy(name: Option<&str>) -> Result<Option<baton_spec::StrategyKind>, ApiError> {
+    name.map(str::parse)
+        .transpose()
+        .map_err(|e: baton_spec::UnknownStrategy| ApiError(StatusCode::BAD_REQUEST, e.to_string()))
+}
+
 async fn deploy(
     State(cp): Cp,
     Path(app): Path<String>,
@@ -194,13 +199,7 @@ async fn deploy(
     Json(body): Json<DeployBody>,
 ) -> Result<Json<DeployAccepted>, ApiError> {
     let h = handle(&cp, &app).await?;
-    let strategy = match &body.strategy {
-        Some(name) => Some(
-            crate::controller::strategy_by_name(&h.status.borrow().spec, name)
-                .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?,
-        ),
-        None => None,
-    };
+    let strategy = parse_strategy(body.strategy.as_deref())?;
     if body.version.is_empty()
         || body.version.len() > 64
         || !body
@@ -459,7 +458,7 @@ async fn rollback(
             "rolling back to {} (revision {}) with the {} strategy: {how}",
             accepted.version,
             accepted.revision,
-            strategy_name(&view.spec)
+            view.spec.strategy.kind()
         )
     };
     Ok(Json(RollbackAccepted { accepted, message }))
@@ -497,13 +496,7 @@ async fn plan(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let h = handle(&cp, &app).await?;
     let view = h.status.borrow().clone();
-    let mut spec = view.spec.clone();
-    if let Some(name) = &q.strategy {
-        spec.strategy = crate::controller::strategy_by_name(&spec, name)
-            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
-    }
-    let mut state = view.state.clone();
-    state.params = crate::controller::params_of(&spec);
+    let kind = parse_strategy(q.strategy.as_deref())?;
     let next_revision = cp
         .shared
         .store()
@@ -514,8 +507,10 @@ async fn plan(
         .max()
         .unwrap_or(0)
         + 1;
-    let plan = baton_engine::plan(
-        &state,
+    let (strategy, params, plan) = crate::controller::params::plan(
+        &view.spec,
+        &view.state,
+        kind,
         Release {
             revision: next_revision,
             version: q.version.clone(),
@@ -526,11 +521,11 @@ async fn plan(
         "app": app,
         "from_version": view.state.stable.as_ref().map(|r| r.version.clone()),
         "to_version": q.version,
-        "strategy": strategy_name(&spec),
+        "strategy": strategy,
         "instances": view.spec.instances,
-        "max_surge": state.params.effective_surge(),
-        "max_unavailable": state.params.max_unavailable,
-        "min_ready_ms": state.params.min_ready_ms,
+        "max_surge": params.effective_surge(),
+        "max_unavailable": params.max_unavailable,
+        "min_ready_ms": params.min_ready_ms,
         "peak_instances": plan.peak_instances,
         "min_duration_ms": plan.min_duration_ms,
         "steps": plan.steps,
@@ -882,7 +877,7 @@ pub struct TrafficShare {
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct RolloutStatus {
-    pub kind: String,
+    pub kind: RolloutKind,
     pub from_version: Option<String>,
     pub to_version: String,
     pub revision: u32,
@@ -935,7 +930,7 @@ impl AppStatus {
                 .as_ref()
                 .map(|r| r.to.version.clone())
                 .or_else(|| s.stable.as_ref().map(|r| r.version.clone())),
-            strategy: strategy_name(&v.spec).to_string(),
+            strategy: v.spec.strategy.kind().to_string(),
             listen: v.spec.listen.to_string(),
             generation: v.generation,
             instances: s
@@ -967,10 +962,7 @@ impl AppStatus {
                 .collect(),
             traffic,
             rollout: s.rollout.as_ref().map(|r| RolloutStatus {
-                kind: match r.kind {
-                    RolloutKind::Deploy => "deploy".into(),
-                    RolloutKind::Rollback => "rollback".into(),
-                },
+                kind: r.kind,
                 from_version: r.from.as_ref().map(|f| f.version.clone()),
                 to_version: r.to.version.clone(),
                 revision: r.to.revision,
@@ -980,7 +972,7 @@ impl AppStatus {
                 restarts: r.restarts,
                 // Why it is rolling back, or why it is paused.
                 reason: match &r.phase {
-                    RolloutPhase::Progressing => r.paused.clone(),
+                    RolloutPhase::Progressing => r.paused.as_ref().map(ToString::to_string),
                     RolloutPhase::RollingBack { reason, .. } => Some(reason.clone()),
                 },
             }),
@@ -1089,8 +1081,8 @@ fn preview_of(v: &AppView) -> Option<PreviewStatus> {
     }
     // The spec's own blue-green settings, or the defaults of a one-off
     // `deploy --strategy blue-green`.
-    let Ok(baton_spec::StrategySpec::BlueGreen(b)) =
-        crate::controller::strategy_by_name(&v.spec, "blue-green")
+    let baton_spec::StrategySpec::BlueGreen(b) =
+        v.spec.strategy_of_kind(baton_spec::StrategyKind::BlueGreen)
     else {
         return None;
     };

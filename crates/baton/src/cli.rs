@@ -803,7 +803,7 @@ fn lint(files: &[PathBuf]) -> Exit {
                 println!(
                     "{file}: valid (app {}, {} strategy, {} instances, listen {})",
                     spec.name,
-                    crate::controller::strategy_name(&spec),
+                    spec.strategy.kind(),
                     spec.instances,
                     addresses.join(" + preview ")
                 );
@@ -1073,7 +1073,7 @@ async fn status(api: &ApiClient, app: Option<String>, as_json: bool) -> Exit {
         if let Some(r) = &s.rollout {
             println!(
                 "  rollout: {} {} → {} by {}{}",
-                r.kind,
+                r.kind.as_str(),
                 r.from_version.as_deref().unwrap_or("nothing"),
                 r.to_version,
                 r.operator,

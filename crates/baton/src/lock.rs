@@ -87,6 +87,15 @@ impl DataDirLock {
     }
 }
 
+impl Drop for DataDirLock {
+    /// Unlock explicitly instead of relying on the close: a process forked by
+    /// another thread (a hook, a test's helper) shares the open file until it
+    /// execs, and the lock would outlive this handle for that moment.
+    fn drop(&mut self) {
+        let _ = self.file.unlock();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,9 +10,40 @@ use baton_spec::{AppSpec, DriverSpec, TemplateVars};
 /// One check's outcome, for the refusal message and the event log.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CheckResult {
-    pub check: String,
+    pub check: Check,
     pub ok: bool,
     pub detail: String,
+}
+
+/// Which pre-flight check a result is of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Check {
+    /// The release's program has the expected sha256.
+    Checksum,
+    /// The router can listen where the spec says.
+    Port,
+    /// The command to start an instance exists.
+    Command,
+    /// A container release's image is there (or pulled), for this platform.
+    Image,
+    /// The host has the memory the plan's surge needs.
+    Memory,
+    /// The data dir's disk has room for the instances' logs.
+    Disk,
+}
+
+impl std::fmt::Display for Check {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Check::Checksum => "checksum",
+            Check::Port => "port",
+            Check::Command => "command",
+            Check::Image => "image",
+            Check::Memory => "memory",
+            Check::Disk => "disk",
+        })
+    }
 }
 
 /// What the checks look at.
@@ -55,7 +86,7 @@ pub fn run(p: &Preflight<'_>) -> Vec<CheckResult> {
             results.push(match program {
                 Some(program) => checksum(&program, want),
                 None => CheckResult {
-                    check: "checksum".into(),
+                    check: Check::Checksum,
                     ok: false,
                     detail: "no program to check".into(),
                 },
@@ -93,7 +124,7 @@ fn checksum(program: &Path, want: &str) -> CheckResult {
         Err(e) => (false, format!("cannot read {}: {e}", program.display())),
     };
     CheckResult {
-        check: "checksum".into(),
+        check: Check::Checksum,
         ok,
         detail,
     }
@@ -103,7 +134,7 @@ fn checksum(program: &Path, want: &str) -> CheckResult {
 fn port_free(listen: std::net::SocketAddr) -> CheckResult {
     let ok = std::net::TcpListener::bind(listen).is_ok();
     CheckResult {
-        check: "port".into(),
+        check: Check::Port,
         ok,
         detail: if ok {
             format!("{listen} is free")
@@ -138,7 +169,7 @@ fn command_exists(
     match resolve_program(&program, workdir.as_deref()) {
         Some(path) => (
             CheckResult {
-                check: "command".into(),
+                check: Check::Command,
                 ok: true,
                 detail: format!("{} is executable", path.display()),
             },
@@ -146,7 +177,7 @@ fn command_exists(
         ),
         None => (
             CheckResult {
-                check: "command".into(),
+                check: Check::Command,
                 ok: false,
                 detail: format!(
                     "the command `{program}` of version {version} was not found or is not executable; \
@@ -204,7 +235,7 @@ fn memory(extra_instances: u32, instance_memory: &[u64]) -> CheckResult {
     };
     let needed = per_instance * u64::from(extra_instances);
     CheckResult {
-        check: "memory".into(),
+        check: Check::Memory,
         ok: needed <= available,
         detail: format!(
             "{} MiB needed for {extra_instances} more instance(s) at ~{} MiB each, {} MiB available",
@@ -222,7 +253,7 @@ fn disk(data_dir: &Path) -> CheckResult {
         .map(|s| s.blocks_available() * s.fragment_size() / (1024 * 1024))
         .unwrap_or(u64::MAX);
     CheckResult {
-        check: "disk".into(),
+        check: Check::Disk,
         ok: free_mib >= MIN_FREE_MIB,
         detail: format!(
             "{free_mib} MiB free in {} (at least {MIN_FREE_MIB} MiB needed for instance logs)",

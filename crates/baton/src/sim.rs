@@ -664,11 +664,7 @@ impl Sim {
         // this module, not an input error.
         let spec = baton_spec::parse_spec("sim.yaml", &yaml)
             .unwrap_or_else(|e| panic!("the simulation's own spec does not parse: {e}"));
-        let kind = match &spec.strategy {
-            baton_spec::StrategySpec::Rolling(_) => "rolling",
-            baton_spec::StrategySpec::Canary(_) => "canary",
-            baton_spec::StrategySpec::BlueGreen(_) => "blue-green",
-        };
+        let kind = spec.strategy.kind();
         let scenario = format!("{kind}, {instances} instance(s), {faults:?}");
         let clock = TokioClock::new(1_800_000_000_000);
         let world = Arc::new(Mutex::new(World {

@@ -52,7 +52,7 @@ pub struct AppController {
     /// Readiness checkers of the running instances.
     readiness: Readiness,
     /// Drain/stop tasks already running, by instance id (so a restart does not double them).
-    in_progress: HashMap<String, &'static str>,
+    in_progress: HashMap<String, Task>,
     /// Analysis of the rollout in flight, and its newest measurement for `status`.
     analysis: Analysis,
     /// Instances that got their warm-up requests.
@@ -421,7 +421,7 @@ impl AppController {
             .iter()
             .filter_map(|a| match a {
                 Action::Event { kind, message } => Some(NewEvent {
-                    kind: kind.clone(),
+                    kind: kind.as_str().into(),
                     message: message.clone(),
                     fields_json: "{}".into(),
                 }),
@@ -569,7 +569,7 @@ impl AppController {
     }
 
     fn spawn_drain(&mut self, id: String) {
-        if self.in_progress.insert(id.clone(), "drain") == Some("drain") {
+        if self.in_progress.insert(id.clone(), Task::Drain) == Some(Task::Drain) {
             return;
         }
         let address = self
@@ -597,7 +597,7 @@ impl AppController {
     }
 
     fn spawn_stop(&mut self, id: String) {
-        if self.in_progress.insert(id.clone(), "stop") == Some("stop") {
+        if self.in_progress.insert(id.clone(), Task::Stop) == Some(Task::Stop) {
             return;
         }
         let handle = self.handle_of(&id);
@@ -703,6 +703,15 @@ impl AppController {
         self.in_progress
             .retain(|id, _| self.state.instance(id).is_some());
     }
+}
+
+/// A background task the controller runs for one instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Task {
+    /// Waiting for the router's acknowledgement and the requests in flight.
+    Drain,
+    /// Stopping it through the driver.
+    Stop,
 }
 
 /// Whether the controller loop goes on after a command.

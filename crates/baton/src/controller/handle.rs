@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use baton_engine::{AppState, EngineError, Input, RolloutKind};
-use baton_spec::{AppSpec, StrategySpec};
+use baton_spec::{AppSpec, StrategyKind};
 use tokio::sync::{mpsc, oneshot};
 
 use super::sensors::analysis::LastCheck;
@@ -59,8 +59,9 @@ pub struct DeployRequest {
     pub revision: Option<u32>,
     /// Start now even outside the app's upgrade windows.
     pub now: bool,
-    /// Use this strategy for this rollout instead of the spec's.
-    pub strategy: Option<StrategySpec>,
+    /// Use a strategy of this kind for this rollout instead of the spec's
+    /// (the controller resolves it: see [`AppSpec::strategy_of_kind`]).
+    pub strategy: Option<StrategyKind>,
     /// Expected sha256 of the release's program, or of a container release's
     /// image digest (pre-flight check).
     pub sha256: Option<String>,

@@ -19,6 +19,6 @@ pub mod shared;
 
 pub use actor::AppController;
 pub use handle::{AppHandle, AppView, Command, CommandError, DeployAccepted, DeployRequest};
-pub use params::{params_of, strategy_by_name, strategy_kind, strategy_name};
+pub use params::params_of;
 pub use sensors::analysis::LastCheck;
 pub use shared::Shared;

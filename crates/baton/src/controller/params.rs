@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use baton_engine::Params;
-use baton_spec::{AppSpec, StrategySpec};
+use baton_engine::{AppState, EngineError, Params, Release};
+use baton_spec::{AppSpec, StrategyKind, StrategySpec};
 
 /// Resolve the spec's strategy into engine parameters.
 pub fn params_of(spec: &AppSpec) -> Params {
@@ -109,67 +109,28 @@ fn with_checks(spec: &AppSpec, at: usize, mut params: Params) -> Params {
     params
 }
 
-/// The strategy `deploy --strategy NAME` uses: the spec's own when it is of
-/// that kind, otherwise that kind with baton's defaults.
-pub fn strategy_by_name(spec: &AppSpec, name: &str) -> Result<StrategySpec, String> {
-    use baton_spec::{
-        BlueGreenSpec, CanarySpec, CanaryStep, HeaderMatch, IntOrPercent, RollingSpec,
-    };
-    let name = name.replace('_', "-");
-    if strategy_name(spec) == name {
-        return Ok(spec.strategy.clone());
+/// The spec a rollout of `kind` runs under: `spec` with its strategy
+/// replaced by that kind's (its own when it is of that kind, baton's defaults
+/// otherwise; see [`AppSpec::strategy_of_kind`]). `None`: the spec's own.
+pub fn with_strategy(spec: &AppSpec, kind: Option<StrategyKind>) -> AppSpec {
+    let mut spec = spec.clone();
+    if let Some(kind) = kind {
+        spec.strategy = spec.strategy_of_kind(kind);
     }
-    const DEADLINE: Duration = Duration::from_secs(600);
-    match name.as_str() {
-        "rolling" => Ok(StrategySpec::Rolling(RollingSpec {
-            max_surge: IntOrPercent::Percent(25),
-            max_unavailable: IntOrPercent::Percent(25),
-            min_ready: Duration::ZERO,
-            progress_deadline: DEADLINE,
-            max_restarts: 3,
-        })),
-        "canary" => Ok(StrategySpec::Canary(CanarySpec {
-            steps: vec![
-                CanaryStep::SetWeight(10),
-                CanaryStep::Pause(Some(Duration::from_secs(30))),
-                CanaryStep::SetWeight(50),
-                CanaryStep::Pause(Some(Duration::from_secs(30))),
-                CanaryStep::SetWeight(100),
-            ],
-            min_ready: Duration::ZERO,
-            progress_deadline: DEADLINE,
-            max_restarts: 3,
-            header_route: None,
-            sticky: false,
-            shielding: false,
-        })),
-        "blue-green" => Ok(StrategySpec::BlueGreen(BlueGreenSpec {
-            preview_listen: None,
-            preview_header: HeaderMatch {
-                name: "X-Baton-Preview".into(),
-                equals: "1".into(),
-            },
-            auto_promote_after: None,
-            scale_down_delay: Duration::from_secs(30),
-            min_ready: Duration::ZERO,
-            progress_deadline: DEADLINE,
-            max_restarts: 3,
-        })),
-        other => Err(format!(
-            "unknown strategy {other:?}: use rolling, blue-green or canary"
-        )),
-    }
+    spec
 }
 
-pub fn strategy_name(spec: &AppSpec) -> &'static str {
-    strategy_kind(&spec.strategy)
-}
-
-/// `rolling`, `canary` or `blue-green`.
-pub fn strategy_kind(strategy: &StrategySpec) -> &'static str {
-    match strategy {
-        StrategySpec::Rolling(_) => "rolling",
-        StrategySpec::Canary(_) => "canary",
-        StrategySpec::BlueGreen(_) => "blue-green",
-    }
+/// What `baton plan` shows: the parameters and the plan of a rollout to
+/// `to` from `state`, under `spec` with a one-off strategy of `kind`.
+pub fn plan(
+    spec: &AppSpec,
+    state: &AppState,
+    kind: Option<StrategyKind>,
+    to: Release,
+) -> Result<(StrategyKind, Params, baton_engine::Plan), EngineError> {
+    let spec = with_strategy(spec, kind);
+    let mut state = state.clone();
+    state.params = params_of(&spec);
+    let plan = baton_engine::plan(&state, to)?;
+    Ok((spec.strategy.kind(), state.params, plan))
 }

@@ -14,7 +14,7 @@ pub(super) struct ImageCheck {
     pin: Option<baton_store::ImagePin>,
 }
 use crate::controller::handle::{CommandError, DeployAccepted, DeployRequest};
-use crate::controller::params::{params_of, strategy_kind};
+use crate::controller::params::params_of;
 
 impl AppController {
     pub(super) async fn deploy(
@@ -149,7 +149,9 @@ impl AppController {
         };
         // A one-off strategy is recorded with the rollout, so that a restarted
         // control plane runs (and shows) the same one.
-        let one_off = strategy.filter(|s| *s != self.spec.strategy);
+        let one_off = strategy
+            .map(|kind| self.spec.strategy_of_kind(kind))
+            .filter(|s| *s != self.spec.strategy);
         let strategy_json = one_off
             .as_ref()
             .map(serde_json::to_string)
@@ -166,12 +168,12 @@ impl AppController {
                     to_version: rev.version.clone(),
                     environment: self.spec.environment.clone(),
                     operator: operator.clone(),
-                    strategy: strategy_kind(one_off.as_ref().unwrap_or(&self.spec.strategy))
+                    strategy: one_off
+                        .as_ref()
+                        .unwrap_or(&self.spec.strategy)
+                        .kind()
                         .to_string(),
-                    kind: match kind {
-                        RolloutKind::Deploy => "deploy".into(),
-                        RolloutKind::Rollback => "rollback".into(),
-                    },
+                    kind: kind.as_str().into(),
                     strategy_json,
                 },
                 self.shared.now_ms(),
@@ -351,7 +353,7 @@ impl AppController {
         let fail = |detail: String| {
             Some(ImageCheck {
                 result: CheckResult {
-                    check: "image".into(),
+                    check: crate::preflight::Check::Image,
                     ok: false,
                     detail,
                 },
@@ -405,7 +407,7 @@ impl AppController {
         }
         Some(ImageCheck {
             result: CheckResult {
-                check: "image".into(),
+                check: crate::preflight::Check::Image,
                 ok: true,
                 detail: format!(
                     "{reference} is {} ({}/{}, {})",

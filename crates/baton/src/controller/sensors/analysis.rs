@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use baton_engine::{AppState, Input};
+use baton_engine::{AppState, EventKind, Input};
 use baton_spec::{AppSpec, StrategySpec};
 use baton_store::NewEvent;
 use tracing::{info, warn};
@@ -62,7 +62,7 @@ impl Analysis {
         if self.run.history_id != r.history_id {
             let last = shared
                 .store()
-                .last_event_of_kind(&spec.name, ANALYSIS_CHECK)
+                .last_event_of_kind(&spec.name, ANALYSIS_CHECK.as_str())
                 .ok()
                 .flatten();
             self.run = AnalysisRun {
@@ -223,7 +223,7 @@ impl Analysis {
             failures: self.run.failures,
         };
         let event = NewEvent {
-            kind: ANALYSIS_CHECK.into(),
+            kind: ANALYSIS_CHECK.as_str().into(),
             message,
             fields_json: serde_json::to_string(&fields).unwrap_or_else(|_| "{}".into()),
         };
@@ -270,7 +270,7 @@ struct AnalysisRun {
 }
 
 /// Event kind recording the failing measurements in a row of a rollout's analysis.
-const ANALYSIS_CHECK: &str = "analysis_check";
+const ANALYSIS_CHECK: EventKind = EventKind::AnalysisCheck;
 
 /// What an [`ANALYSIS_CHECK`] event carries.
 #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
@@ -297,7 +297,7 @@ mod tests {
             id: 1,
             app: "demo".into(),
             at_ms: 0,
-            kind: ANALYSIS_CHECK.into(),
+            kind: ANALYSIS_CHECK.as_str().into(),
             message: String::new(),
             fields_json: serde_json::to_string(&AnalysisCheck {
                 history_id,

@@ -1,13 +1,11 @@
 //! Upgrade windows: a rollout still running when its window closes is paused
 //! (if the spec says so) and resumed when the next one opens.
 
-use baton_engine::{AppState, Input};
+use baton_engine::{AppState, Input, PauseReason};
 use baton_spec::AppSpec;
 
-/// Who pauses and resumes a rollout for its window, as the engine records it.
-const BY_WINDOW: &str = "the upgrade window";
-
-/// The `Pause` or `Resume` the window calls for at `now_ms`, if any.
+/// `UpgradeWindowClosed` or `UpgradeWindowOpened` when the window at `now_ms`
+/// calls for a pause or the end of the window's own pause.
 pub fn follow(spec: &AppSpec, state: &AppState, now_ms: i64) -> Option<Input> {
     let w = spec.upgrade_windows.as_ref()?;
     if w.on_end != baton_spec::OnWindowEnd::Pause {
@@ -19,12 +17,8 @@ pub fn follow(spec: &AppSpec, state: &AppState, now_ms: i64) -> Option<Input> {
     }
     let open = crate::windows::is_open(w, now_ms);
     match (&r.paused, open) {
-        (None, false) => Some(Input::Pause {
-            by: BY_WINDOW.into(),
-        }),
-        (Some(p), true) if p.contains(BY_WINDOW) => Some(Input::Resume {
-            by: BY_WINDOW.into(),
-        }),
+        (None, false) => Some(Input::UpgradeWindowClosed),
+        (Some(PauseReason::UpgradeWindow), true) => Some(Input::UpgradeWindowOpened),
         _ => None,
     }
 }
