@@ -2377,3 +2377,14 @@ fn analysis_takes_memory_and_cpu_limits() {
     let e = error(&yaml.replace("1.5", "0.5"));
     assert_eq!(e.field, "analysis.max_memory_ratio", "{e}");
 }
+
+#[test]
+fn containers_example_parses() {
+    let spec = load_spec(&repo_root().join("examples/containers.yaml")).unwrap();
+    let DriverSpec::Container(c) = &spec.driver else {
+        panic!("a container driver")
+    };
+    assert_eq!(c.memory_bytes, Some(64 << 20));
+    let a = spec.analysis.unwrap();
+    assert_eq!(a.max_memory_bytes, Some(56 << 20));
+}
