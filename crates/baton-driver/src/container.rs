@@ -55,6 +55,9 @@ pub const LABEL_VERSION: &str = "baton.version";
 pub const LABEL_IMAGE: &str = "baton.image";
 /// Label: the pinned digest the container was created from, for discovery.
 pub const LABEL_DIGEST: &str = "baton.digest";
+/// Label: the instance's log file, so a restarted control plane follows the output of
+/// the containers it adopts into the same file.
+pub const LABEL_LOG: &str = "baton.log";
 
 /// Where the engines put their API socket, most specific first.
 const SYSTEM_SOCKETS: [&str; 2] = ["/run/podman/podman.sock", "/var/run/docker.sock"];
@@ -154,7 +157,15 @@ struct Seen {
     usage_bytes: Option<u64>,
     /// The status last reported, for when the engine cannot be asked.
     last_status: Option<InstanceStatus>,
+    /// A task reads its cgroup every [`CGROUP_WATCH`] while it runs.
+    watched: bool,
 }
+
+/// How often a running container's memory cgroup is read. The kernel's OOM kill
+/// shows there (`oom_kill`) only until the engine removes the cgroup, moments after
+/// the container died; an API status poll alone misses a container that leaks to
+/// its limit within a second. A read is two small files, no API call.
+const CGROUP_WATCH: Duration = Duration::from_millis(100);
 
 /// Runs instances as containers on one API endpoint. Cheap to clone; clones share the
 /// connection and what was seen of each container.
@@ -167,6 +178,8 @@ pub struct ContainerDriver {
     /// and its containers' cgroups can be read.
     local: bool,
     seen: Arc<Mutex<HashMap<String, Seen>>>,
+    /// Containers whose output is being appended to their log file.
+    following: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 impl fmt::Debug for ContainerDriver {
@@ -204,6 +217,7 @@ impl ContainerDriver {
             endpoint,
             owner,
             seen: Arc::new(Mutex::new(HashMap::new())),
+            following: Arc::default(),
         })
     }
 
@@ -440,7 +454,14 @@ impl ContainerDriver {
             let _ = self.remove(&id).await;
             return Err(self.engine_error(format_args!("starting container {name}"), &e));
         }
-        self.follow_logs(&id, &spec.instance_id, log);
+        self.follow_logs(&id, &spec.instance_id, log, None);
+        if let Ok(Some(found)) = self.inspect(&id).await {
+            let pid = found
+                .state
+                .and_then(|s| s.pid)
+                .and_then(|p| u32::try_from(p).ok());
+            self.watch_cgroup(&id, pid.unwrap_or(0));
+        }
 
         let handle = InstanceHandle {
             instance_id: spec.instance_id.clone(),
@@ -498,6 +519,7 @@ impl ContainerDriver {
             (LABEL_VERSION, spec.version.clone()),
             (LABEL_IMAGE, target.image.clone()),
             (LABEL_DIGEST, image.digest.clone()),
+            (LABEL_LOG, spec.log_path.display().to_string()),
         ] {
             labels.insert(key.to_owned(), value);
         }
@@ -543,16 +565,32 @@ impl ContainerDriver {
 
     /// Appends the container's stdout and stderr to `log` until the container stops (the
     /// engine ends the stream) or the engine goes away.
-    fn follow_logs(&self, id: &str, instance_id: &str, mut log: tokio::fs::File) {
+    /// `since` (seconds since the epoch) skips what an earlier follower already wrote.
+    fn follow_logs(
+        &self,
+        id: &str,
+        instance_id: &str,
+        mut log: tokio::fs::File,
+        since: Option<i32>,
+    ) {
+        let mut following = self.following.lock().unwrap_or_else(|e| e.into_inner());
+        if !following.insert(id.to_owned()) {
+            return;
+        }
+        drop(following);
         let options = LogsOptions {
             follow: true,
             stdout: true,
             stderr: true,
+            since: since.unwrap_or_default(),
             ..Default::default()
         };
         let mut stream = self.docker.logs(id, Some(options));
         let instance_id = instance_id.to_owned();
+        let following = self.following.clone();
+        let container = id.to_owned();
         tokio::spawn(async move {
+            let _done = scopeguard_remove(following, container);
             while let Some(chunk) = stream.next().await {
                 let written = match chunk {
                     Ok(output) => {
@@ -573,6 +611,13 @@ impl ContainerDriver {
                 }
             }
         });
+    }
+
+    fn is_following(&self, id: &str) -> bool {
+        self.following
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(id)
     }
 
     fn container_id<'h>(&self, handle: &'h InstanceHandle) -> Option<&'h str> {
@@ -612,6 +657,32 @@ impl ContainerDriver {
         entry.oom_kills = entry.oom_kills.max(now.oom_kills);
         entry.usage_bytes = now.usage_bytes.or(entry.usage_bytes);
         Some(now)
+    }
+
+    /// Reads the container's memory cgroup every [`CGROUP_WATCH`] until it is gone
+    /// (the container exited and the engine removed it). One task per container.
+    fn watch_cgroup(&self, id: &str, pid: u32) {
+        if !self.local || pid == 0 {
+            return;
+        }
+        {
+            let mut seen = self.seen();
+            let entry = seen.entry(id.to_owned()).or_default();
+            if entry.watched {
+                return;
+            }
+            entry.watched = true;
+        }
+        let driver = self.clone();
+        let id = id.to_owned();
+        tokio::spawn(async move {
+            while driver.observe_cgroup(&id, pid).is_some() {
+                tokio::time::sleep(CGROUP_WATCH).await;
+            }
+            if let Some(entry) = driver.seen().get_mut(&id) {
+                entry.watched = false;
+            }
+        });
     }
 
     /// One last look at the cgroup of a container that just exited: the engine removes
@@ -679,6 +750,28 @@ impl ContainerDriver {
         let status = if running {
             let pid = state.pid.and_then(|p| u32::try_from(p).ok()).unwrap_or(0);
             self.observe_cgroup(id, pid);
+            self.watch_cgroup(id, pid);
+            // Adopted after a control-plane restart: follow its output again.
+            let log_path = found
+                .config
+                .as_ref()
+                .and_then(|c| c.labels.as_ref())
+                .and_then(|l| l.get(LABEL_LOG))
+                .cloned();
+            if let Some(path) = log_path
+                && !self.is_following(id)
+                && let Ok(log) = crate::process::open_log(std::path::Path::new(&path)).await
+            {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| i32::try_from(d.as_secs()).unwrap_or(i32::MAX));
+                self.follow_logs(
+                    id,
+                    &handle.instance_id,
+                    tokio::fs::File::from_std(log),
+                    Some(now),
+                );
+            }
             InstanceStatus::Running
         } else {
             let (oom_kills, usage_bytes) = self.last_look(id);
@@ -1055,6 +1148,23 @@ fn describe(e: &ApiError) -> String {
         } => format!("{} (HTTP {status_code})", message.trim()),
         other => other.to_string(),
     }
+}
+
+/// Removes `id` from the set of followed containers when dropped (the follower ended).
+fn scopeguard_remove(
+    following: Arc<Mutex<std::collections::HashSet<String>>>,
+    id: String,
+) -> impl Drop {
+    struct Remove(Arc<Mutex<std::collections::HashSet<String>>>, String);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&self.1);
+        }
+    }
+    Remove(following, id)
 }
 
 #[cfg(test)]

@@ -24,8 +24,9 @@ mod procfs;
 mod set;
 
 pub use container::{
-    ContainerDriver, ImageInfo, LABEL_APP, LABEL_DIGEST, LABEL_IMAGE, LABEL_INSTANCE, LABEL_OWNER,
-    LABEL_REVISION, LABEL_VERSION, container_name, normalize_endpoint, resolve_endpoint,
+    ContainerDriver, ImageInfo, LABEL_APP, LABEL_DIGEST, LABEL_IMAGE, LABEL_INSTANCE, LABEL_LOG,
+    LABEL_OWNER, LABEL_REVISION, LABEL_VERSION, container_name, normalize_endpoint,
+    resolve_endpoint,
 };
 pub use process::ProcessDriver;
 pub use set::Drivers;
