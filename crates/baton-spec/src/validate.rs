@@ -687,6 +687,42 @@ impl Checker<'_> {
         self.fail(path, message, hint);
     }
 
+    /// The environment of an instance at `BASE.env`: valid names, values with the
+    /// instance placeholders only.
+    fn instance_env(&mut self, base: &str, env: &BTreeMap<String, String>) {
+        for (name, value) in env {
+            let path = join(&join(base, "env"), name);
+            if name.is_empty() || name.contains(['=', '\0']) {
+                self.fail(
+                    &path,
+                    format!("invalid environment variable name `{name}`"),
+                    "use a name without '=' such as `RUST_LOG`",
+                );
+            }
+            self.placeholders(&path, value, TemplateUse::Instance);
+        }
+    }
+
+    /// A size with its unit at `path` (`64MiB`, `1GiB`), at least `min` bytes
+    /// (`too_small` says why otherwise).
+    fn size(&mut self, path: &str, text: &str, min: u64, too_small: &str) -> Option<u64> {
+        match text.trim().parse::<bytesize::ByteSize>() {
+            Ok(size) if size.as_u64() >= min => Some(size.as_u64()),
+            Ok(_) => {
+                self.fail(path, format!("`{text}` {too_small}"), field_hint(path));
+                None
+            }
+            Err(e) => {
+                self.fail(
+                    path,
+                    format!("invalid size `{text}`: {e}"),
+                    field_hint(path),
+                );
+                None
+            }
+        }
+    }
+
     /// A command at `path`: a list, or one string split like a shell does; never
     /// empty, and with only the placeholders `used` allows.
     fn command(&mut self, path: &str, command: raw::CommandLine, used: TemplateUse) -> Vec<String> {
@@ -1042,17 +1078,7 @@ fn process_driver(c: &mut Checker<'_>, p: raw::ProcessDriverSpec) -> ProcessDriv
     let command = c.command(&join(BASE, "command"), p.command, TemplateUse::Instance);
 
     let env: BTreeMap<String, String> = p.env.unwrap_or_default();
-    for (name, value) in &env {
-        let path = join(&join(BASE, "env"), name);
-        if name.is_empty() || name.contains(['=', '\0']) {
-            c.fail(
-                &path,
-                format!("invalid environment variable name `{name}`"),
-                "use a name without '=' such as `RUST_LOG`",
-            );
-        }
-        c.placeholders(&path, value, TemplateUse::Instance);
-    }
+    c.instance_env(BASE, &env);
 
     let workdir = match p.workdir {
         Some(dir) if dir.trim().is_empty() => {
@@ -1155,38 +1181,15 @@ fn container_driver(c: &mut Checker<'_>, p: raw::ContainerDriverSpec) -> Contain
         .command
         .map(|e| c.command(&join(BASE, "command"), e, TemplateUse::Instance));
     let env: BTreeMap<String, String> = p.env.unwrap_or_default();
-    for (name, value) in &env {
-        let path = join(&join(BASE, "env"), name);
-        if name.is_empty() || name.contains(['=', '\0']) {
-            c.fail(
-                &path,
-                format!("invalid environment variable name `{name}`"),
-                "use a name without '=' such as `RUST_LOG`",
-            );
-        }
-        c.placeholders(&path, value, TemplateUse::Instance);
-    }
-    let memory_bytes = p.memory.and_then(|text| {
-        match text.trim().parse::<bytesize::ByteSize>() {
-            // Below 6 MiB no engine starts a container.
-            Ok(size) if size.as_u64() >= 6 << 20 => Some(size.as_u64()),
-            Ok(_) => {
-                c.fail(
-                    &join(BASE, "memory"),
-                    format!("`{text}` is too little memory for a container"),
-                    field_hint("driver.container.memory"),
-                );
-                None
-            }
-            Err(e) => {
-                c.fail(
-                    &join(BASE, "memory"),
-                    format!("invalid size `{text}`: {e}"),
-                    field_hint("driver.container.memory"),
-                );
-                None
-            }
-        }
+    c.instance_env(BASE, &env);
+    // Below 6 MiB no engine starts a container.
+    let memory_bytes = p.memory.as_deref().and_then(|text| {
+        c.size(
+            &join(BASE, "memory"),
+            text,
+            6 << 20,
+            "is too little memory for a container",
+        )
     });
     let cpus = match p.cpus {
         Some(cpus) if !(cpus.is_finite() && cpus >= 0.01) => {
@@ -1598,28 +1601,10 @@ fn analysis(c: &mut Checker<'_>, a: raw::AnalysisSpec) -> AnalysisSpec {
         "analysis.max_cpu_per_request_ratio",
         a.max_cpu_per_request_ratio,
     );
-    let max_memory_bytes =
-        a.max_memory
-            .as_deref()
-            .and_then(|text| match text.trim().parse::<bytesize::ByteSize>() {
-                Ok(size) if size.as_u64() > 0 => Some(size.as_u64()),
-                Ok(_) => {
-                    c.fail(
-                        "analysis.max_memory",
-                        "must not be zero",
-                        field_hint("analysis.max_memory"),
-                    );
-                    None
-                }
-                Err(e) => {
-                    c.fail(
-                        "analysis.max_memory",
-                        format!("invalid size `{text}`: {e}"),
-                        field_hint("analysis.max_memory"),
-                    );
-                    None
-                }
-            });
+    let max_memory_bytes = a
+        .max_memory
+        .as_deref()
+        .and_then(|text| c.size("analysis.max_memory", text, 1, "must not be zero"));
     if a.max_error_rate.is_none()
         && a.max_error_rate_increase.is_none()
         && a.max_p99.is_none()
