@@ -528,3 +528,28 @@ fn deleting_an_app_keeps_its_record_and_reapplying_continues_it() {
     assert_eq!(r.number, 2);
     assert_eq!(store.commit_transition("web", 0, "{}", &[], 32).unwrap(), 1);
 }
+
+#[test]
+fn an_injected_fault_fails_a_write_before_or_after_it_lands() {
+    let (_db, mut store) = store_with_app("demo");
+    let faults = std::sync::Arc::new(std::sync::Mutex::new(vec![
+        Some(WriteFault::FailAfterCommit),
+        Some(WriteFault::Fail),
+    ]));
+    let next = faults.clone();
+    store.set_write_faults(Some(Box::new(move |_| {
+        next.lock().unwrap().pop().flatten()
+    })));
+    // Fail: nothing written.
+    let err = store
+        .commit_transition("demo", 0, "{}", &[], 1)
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Sqlite(_)), "{err}");
+    assert!(store.load_state("demo").unwrap().is_none());
+    // Fail after commit: written, and the caller told it failed.
+    assert!(store.commit_transition("demo", 0, "{}", &[], 2).is_err());
+    assert_eq!(store.load_state("demo").unwrap().unwrap().generation, 1);
+    // No more faults.
+    assert_eq!(store.commit_transition("demo", 1, "{}", &[], 3).unwrap(), 2);
+    store.set_write_faults(None);
+}

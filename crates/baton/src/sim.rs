@@ -710,6 +710,7 @@ impl Sim {
             router,
             probe: Arc::new(SimProbe(self.world.clone())),
             clock,
+            delivery: None,
             data_dir: std::env::temp_dir(),
             baton_exe: std::env::current_exe()
                 .map(|p| p.to_string_lossy().into_owned())
