@@ -827,11 +827,14 @@ fn apply_input(
             }
         }
         Input::ChecksFailed { reason } => {
-            let progressing = s
-                .rollout
-                .as_ref()
-                .is_some_and(|r| r.phase == RolloutPhase::Progressing);
-            if progressing {
+            // Only at the `Checks` step: a late report of an earlier run
+            // fails nothing once the rollout has moved on.
+            let at_checks = s.rollout.as_ref().is_some_and(|r| {
+                r.phase == RolloutPhase::Progressing
+                    && r.step_started_ms.is_some()
+                    && matches!(r.current_step(&s.params), Some(Step::Checks))
+            });
+            if at_checks {
                 event(actions, EventKind::ChecksFailed, reason.clone());
                 fail_rollout(
                     s,

@@ -306,6 +306,41 @@ pub struct HistoryRecord {
 /// The durable store. One SQLite connection.
 pub struct Store {
     conn: Connection,
+    /// Fault injection: asked before every write of the control plane's
+    /// (see [`Store::set_write_faults`]). `None` in production.
+    faults: Option<FaultHook>,
+}
+
+/// The writes the control plane makes while it runs, named for fault injection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOp {
+    CommitTransition,
+    AppendEvent,
+    CreateRevision,
+    StartHistory,
+    FinishHistory,
+}
+
+/// What an injected fault does to one write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteFault {
+    /// The write fails before anything is written.
+    Fail,
+    /// The write lands, then the caller gets an error anyway (an I/O error
+    /// after the commit reached the disk): the caller cannot tell whether it
+    /// landed.
+    FailAfterCommit,
+}
+
+/// Decides, for each write, whether it fails (see [`Store::set_write_faults`]).
+pub type FaultHook = Box<dyn FnMut(WriteOp) -> Option<WriteFault> + Send>;
+
+/// The error an injected fault returns: the disk I/O error SQLite reports.
+fn injected(op: WriteOp) -> StoreError {
+    StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
+        Some(format!("injected fault: {op:?} failed")),
+    ))
 }
 
 impl std::fmt::Debug for Store {
@@ -346,7 +381,37 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         migrate(&mut conn)?;
-        Ok(Store { conn })
+        Ok(Store { conn, faults: None })
+    }
+
+    /// Fault injection for the deterministic simulation: `hook` is asked
+    /// before each write of [`WriteOp`] and may make it fail (before or after
+    /// it lands). Production never sets one.
+    pub fn set_write_faults(&mut self, hook: Option<FaultHook>) {
+        self.faults = hook;
+    }
+
+    /// The fault injected into this write, if any; a [`WriteFault::Fail`] is
+    /// returned as the error at once.
+    fn fault(&mut self, op: WriteOp) -> Result<Option<WriteFault>, StoreError> {
+        match self.faults.as_mut().and_then(|hook| hook(op)) {
+            Some(WriteFault::Fail) => Err(injected(op)),
+            other => Ok(other),
+        }
+    }
+
+    /// Runs one write of `op` with its injected fault, if any.
+    fn faulty<T>(
+        &mut self,
+        op: WriteOp,
+        write: impl FnOnce(&mut Self) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let fault = self.fault(op)?;
+        let value = write(self)?;
+        if fault == Some(WriteFault::FailAfterCommit) {
+            return Err(injected(op));
+        }
+        Ok(value)
     }
 
     /// The schema version of the open database (`PRAGMA user_version`).
@@ -457,47 +522,49 @@ impl Store {
         now_ms: i64,
         image: Option<&ImagePin>,
     ) -> Result<RevisionRecord, StoreError> {
-        let tx = self.write_tx()?;
-        require_app(&tx, app)?;
-        let last: i64 = tx.query_row(
-            "SELECT COALESCE(MAX(number), 0) FROM revisions WHERE app = ?1",
-            [app],
-            |r| r.get(0),
-        )?;
-        let number = u32::try_from(last)
-            .ok()
-            .and_then(|n| n.checked_add(1))
-            .ok_or_else(|| {
-                StoreError::Corrupt(format!(
-                    "revision number {last} of app {app:?} out of range"
-                ))
-            })?;
-        tx.execute(
-            "INSERT INTO revisions (app, number, version, env_json, spec_json, created_by, created_ms,
-                                    image, image_digest)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![
-                app,
+        self.faulty(WriteOp::CreateRevision, |s| {
+            let tx = s.write_tx()?;
+            require_app(&tx, app)?;
+            let last: i64 = tx.query_row(
+                "SELECT COALESCE(MAX(number), 0) FROM revisions WHERE app = ?1",
+                [app],
+                |r| r.get(0),
+            )?;
+            let number = u32::try_from(last)
+                .ok()
+                .and_then(|n| n.checked_add(1))
+                .ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "revision number {last} of app {app:?} out of range"
+                    ))
+                })?;
+            tx.execute(
+                "INSERT INTO revisions (app, number, version, env_json, spec_json, created_by,
+                                        created_ms, image, image_digest)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    app,
+                    number,
+                    version,
+                    env_json,
+                    spec_json,
+                    created_by,
+                    now_ms,
+                    image.map(|i| &i.reference),
+                    image.map(|i| &i.digest)
+                ],
+            )?;
+            tx.commit()?;
+            Ok(RevisionRecord {
+                app: app.to_owned(),
                 number,
-                version,
-                env_json,
-                spec_json,
-                created_by,
-                now_ms,
-                image.map(|i| &i.reference),
-                image.map(|i| &i.digest)
-            ],
-        )?;
-        tx.commit()?;
-        Ok(RevisionRecord {
-            app: app.to_owned(),
-            number,
-            version: version.to_owned(),
-            env_json: env_json.to_owned(),
-            spec_json: spec_json.to_owned(),
-            created_by: created_by.to_owned(),
-            created_ms: now_ms,
-            image: image.cloned(),
+                version: version.to_owned(),
+                env_json: env_json.to_owned(),
+                spec_json: spec_json.to_owned(),
+                created_by: created_by.to_owned(),
+                created_ms: now_ms,
+                image: image.cloned(),
+            })
         })
     }
 
@@ -564,44 +631,48 @@ impl Store {
         events: &[NewEvent],
         now_ms: i64,
     ) -> Result<u64, StoreError> {
-        let tx = self.write_tx()?;
-        let found: u64 = tx
-            .query_row(
-                "SELECT generation FROM rollout_state WHERE app = ?1",
-                [app],
-                |r| r.get(0),
-            )
-            .optional()?
-            .unwrap_or(0);
-        if found != expected_generation {
-            // Dropping the transaction rolls it back; nothing was written anyway.
-            return Err(StoreError::GenerationConflict {
-                expected: expected_generation,
-                found,
-            });
-        }
-        require_app(&tx, app)?;
-        let next = expected_generation
-            .checked_add(1)
-            .and_then(|g| i64::try_from(g).ok())
-            .ok_or_else(|| {
-                StoreError::InvalidInput(format!("generation {expected_generation} is too large"))
-            })?;
-        tx.execute(
-            "INSERT INTO rollout_state (app, generation, state_json, updated_ms)
-             VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (app) DO UPDATE SET
-                 generation = excluded.generation,
-                 state_json = excluded.state_json,
-                 updated_ms = excluded.updated_ms",
-            params![app, next, state_json, now_ms],
-        )?;
-        for event in events {
-            insert_event(&tx, app, event, now_ms)?;
-        }
-        tx.commit()?;
-        // `next` came from a u64 + 1 that fit in i64, so it is positive.
-        Ok(next as u64)
+        self.faulty(WriteOp::CommitTransition, |s| {
+            let tx = s.write_tx()?;
+            let found: u64 = tx
+                .query_row(
+                    "SELECT generation FROM rollout_state WHERE app = ?1",
+                    [app],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .unwrap_or(0);
+            if found != expected_generation {
+                // Dropping the transaction rolls it back; nothing was written anyway.
+                return Err(StoreError::GenerationConflict {
+                    expected: expected_generation,
+                    found,
+                });
+            }
+            require_app(&tx, app)?;
+            let next = expected_generation
+                .checked_add(1)
+                .and_then(|g| i64::try_from(g).ok())
+                .ok_or_else(|| {
+                    StoreError::InvalidInput(format!(
+                        "generation {expected_generation} is too large"
+                    ))
+                })?;
+            tx.execute(
+                "INSERT INTO rollout_state (app, generation, state_json, updated_ms)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (app) DO UPDATE SET
+                     generation = excluded.generation,
+                     state_json = excluded.state_json,
+                     updated_ms = excluded.updated_ms",
+                params![app, next, state_json, now_ms],
+            )?;
+            for event in events {
+                insert_event(&tx, app, event, now_ms)?;
+            }
+            tx.commit()?;
+            // `next` came from a u64 + 1 that fit in i64, so it is positive.
+            Ok(next as u64)
+        })
     }
 
     // ---- events -----------------------------------------------------------------------
@@ -613,14 +684,16 @@ impl Store {
         event: &NewEvent,
         now_ms: i64,
     ) -> Result<EventRecord, StoreError> {
-        let id = insert_event(&self.conn, app, event, now_ms)?;
-        Ok(EventRecord {
-            id,
-            app: app.to_owned(),
-            at_ms: now_ms,
-            kind: event.kind.clone(),
-            message: event.message.clone(),
-            fields_json: event.fields_json.clone(),
+        self.faulty(WriteOp::AppendEvent, |s| {
+            let id = insert_event(&s.conn, app, event, now_ms)?;
+            Ok(EventRecord {
+                id,
+                app: app.to_owned(),
+                at_ms: now_ms,
+                kind: event.kind.clone(),
+                message: event.message.clone(),
+                fields_json: event.fields_json.clone(),
+            })
         })
     }
 
@@ -658,26 +731,28 @@ impl Store {
 
     /// Opens an upgrade-history entry with result [`HISTORY_IN_PROGRESS`]. Returns its id.
     pub fn start_history(&mut self, entry: &NewHistory, now_ms: i64) -> Result<i64, StoreError> {
-        self.conn.execute(
-            "INSERT INTO history (app, revision, from_version, to_version, environment,
-                                  operator, strategy, kind, result, notes, started_ms, finished_ms,
-                                  strategy_json)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, '', ?10, NULL, ?11)",
-            params![
-                entry.app,
-                entry.revision,
-                entry.from_version,
-                entry.to_version,
-                entry.environment,
-                entry.operator,
-                entry.strategy,
-                entry.kind,
-                HISTORY_IN_PROGRESS,
-                now_ms,
-                entry.strategy_json,
-            ],
-        )?;
-        Ok(self.conn.last_insert_rowid())
+        self.faulty(WriteOp::StartHistory, |s| {
+            s.conn.execute(
+                "INSERT INTO history (app, revision, from_version, to_version, environment,
+                                      operator, strategy, kind, result, notes, started_ms, finished_ms,
+                                      strategy_json)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, '', ?10, NULL, ?11)",
+                params![
+                    entry.app,
+                    entry.revision,
+                    entry.from_version,
+                    entry.to_version,
+                    entry.environment,
+                    entry.operator,
+                    entry.strategy,
+                    entry.kind,
+                    HISTORY_IN_PROGRESS,
+                    now_ms,
+                    entry.strategy_json,
+                ],
+            )?;
+            Ok(s.conn.last_insert_rowid())
+        })
     }
 
     /// The one-off strategy (JSON) rollout `history_id` runs under, if it does
@@ -705,28 +780,30 @@ impl Store {
         notes: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        if result == HISTORY_IN_PROGRESS || result.is_empty() {
-            return Err(StoreError::InvalidInput(format!(
-                "{result:?} is not a final upgrade result"
-            )));
-        }
-        let tx = self.write_tx()?;
-        let finished: Option<Option<i64>> = tx
-            .query_row("SELECT finished_ms FROM history WHERE id = ?1", [id], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        match finished {
-            None => return Err(StoreError::HistoryNotFound { id }),
-            Some(Some(_)) => return Err(StoreError::HistoryAlreadyFinished { id }),
-            Some(None) => {}
-        }
-        tx.execute(
-            "UPDATE history SET result = ?2, notes = ?3, finished_ms = ?4 WHERE id = ?1",
-            params![id, result, notes, now_ms],
-        )?;
-        tx.commit()?;
-        Ok(())
+        self.faulty(WriteOp::FinishHistory, |s| {
+            if result == HISTORY_IN_PROGRESS || result.is_empty() {
+                return Err(StoreError::InvalidInput(format!(
+                    "{result:?} is not a final upgrade result"
+                )));
+            }
+            let tx = s.write_tx()?;
+            let finished: Option<Option<i64>> = tx
+                .query_row("SELECT finished_ms FROM history WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            match finished {
+                None => return Err(StoreError::HistoryNotFound { id }),
+                Some(Some(_)) => return Err(StoreError::HistoryAlreadyFinished { id }),
+                Some(None) => {}
+            }
+            tx.execute(
+                "UPDATE history SET result = ?2, notes = ?3, finished_ms = ?4 WHERE id = ?1",
+                params![id, result, notes, now_ms],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     /// The upgrade history of `app`, newest first.

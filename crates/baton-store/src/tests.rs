@@ -551,3 +551,28 @@ fn a_pinned_revision_keeps_its_image_digest() {
     assert_eq!(all[0].image, None);
     assert_eq!(all[1].image, Some(pin));
 }
+
+#[test]
+fn an_injected_fault_fails_a_write_before_or_after_it_lands() {
+    let (_db, mut store) = store_with_app("demo");
+    let faults = std::sync::Arc::new(std::sync::Mutex::new(vec![
+        Some(WriteFault::FailAfterCommit),
+        Some(WriteFault::Fail),
+    ]));
+    let next = faults.clone();
+    store.set_write_faults(Some(Box::new(move |_| {
+        next.lock().unwrap().pop().flatten()
+    })));
+    // Fail: nothing written.
+    let err = store
+        .commit_transition("demo", 0, "{}", &[], 1)
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Sqlite(_)), "{err}");
+    assert!(store.load_state("demo").unwrap().is_none());
+    // Fail after commit: written, and the caller told it failed.
+    assert!(store.commit_transition("demo", 0, "{}", &[], 2).is_err());
+    assert_eq!(store.load_state("demo").unwrap().unwrap().generation, 1);
+    // No more faults.
+    assert_eq!(store.commit_transition("demo", 1, "{}", &[], 3).unwrap(), 2);
+    store.set_write_faults(None);
+}

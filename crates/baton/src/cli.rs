@@ -415,6 +415,10 @@ pub fn main() -> ExitCode {
         threads,
     } = cli.command
     {
+        if seed.is_some() {
+            // One seed in detail: BATON_LOG=info shows what the controller did.
+            init_tracing("off");
+        }
         // Each seed builds its own paused runtime: not inside another one.
         return simulate(seed, seeds, from, threads);
     }

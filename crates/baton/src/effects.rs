@@ -5,6 +5,7 @@
 //! very same controller on virtual time.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use baton_driver::BoxFuture;
@@ -104,4 +105,70 @@ impl Probe for HttpProbe {
 /// The wall clock, for what only people read (status lines, "in 3 d 14 h").
 pub fn wall_clock_ms() -> i64 {
     SystemClock.now_ms()
+}
+
+/// How one observation (an engine input reported by a background task: a
+/// start, a readiness crossing, a drain, a stop, an exit) reaches the
+/// controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deliver {
+    /// Once, at once (production).
+    Once,
+    /// Twice in a row.
+    Twice,
+    /// Once, this much later (others may overtake it).
+    Late(Duration),
+    /// Never. Only for what the next poll sees again (an exit).
+    Lost,
+}
+
+/// Fault injection on the observations: the deterministic simulation
+/// decides, for each one, whether it arrives once, twice, late or not at
+/// all. Production has none (everything arrives once).
+pub trait Delivery: Send + Sync + 'static {
+    fn deliver(&self, input: &baton_engine::Input) -> Deliver;
+}
+
+/// How `input` arrives, under `delivery` if there is one.
+pub fn delivery_of(delivery: Option<&Arc<dyn Delivery>>, input: &baton_engine::Input) -> Deliver {
+    delivery.map_or(Deliver::Once, |d| d.deliver(input))
+}
+
+/// The sending end of a controller's observations, through its [`Delivery`].
+#[derive(Clone)]
+pub struct Reporter {
+    tx: tokio::sync::mpsc::UnboundedSender<baton_engine::Input>,
+    delivery: Option<Arc<dyn Delivery>>,
+}
+
+impl Reporter {
+    pub fn new(
+        tx: tokio::sync::mpsc::UnboundedSender<baton_engine::Input>,
+        delivery: Option<Arc<dyn Delivery>>,
+    ) -> Self {
+        Reporter { tx, delivery }
+    }
+
+    /// Report `input`. False once the controller is gone.
+    pub fn send(&self, input: baton_engine::Input) -> bool {
+        let deliver = delivery_of(self.delivery.as_ref(), &input);
+        self.send_as(input, deliver)
+    }
+
+    /// Report `input` the way `deliver` says.
+    pub fn send_as(&self, input: baton_engine::Input, deliver: Deliver) -> bool {
+        match deliver {
+            Deliver::Once => self.tx.send(input).is_ok(),
+            Deliver::Twice => self.tx.send(input.clone()).is_ok() && self.tx.send(input).is_ok(),
+            Deliver::Late(after) => {
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(after).await;
+                    let _ = tx.send(input);
+                });
+                !self.tx.is_closed()
+            }
+            Deliver::Lost => !self.tx.is_closed(),
+        }
+    }
 }

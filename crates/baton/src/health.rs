@@ -1,18 +1,23 @@
 //! Readiness checks: one task per running instance probing its HTTP path.
 //!
-//! The checker reports only threshold crossings (`Ready` after
+//! The checker reports threshold crossings (`Ready` after
 //! `success_threshold` successes in a row, `Unready` after `failure_threshold`
-//! failures in a row), so the engine sees a debounced signal.
+//! failures in a row), so the engine sees a debounced signal. It also says
+//! again what it believes every [`REASSERT_EVERY`] probes: level-triggered,
+//! so a report that was lost, or overtaken by an older one, is corrected
+//! (the engine ignores a report that changes nothing).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use baton_engine::Input;
 use baton_spec::ReadinessSpec;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::effects::Probe;
+use crate::effects::{Probe, Reporter};
+
+/// Probes between two reports of the same belief.
+pub const REASSERT_EVERY: u32 = 10;
 
 /// Probe `addr` until cancelled. `ready` is what the engine believes now, so a
 /// checker restarted after a control-plane restart does not flap a serving
@@ -23,7 +28,7 @@ pub fn spawn_checker(
     addr: SocketAddr,
     spec: ReadinessSpec,
     mut ready: bool,
-    report: mpsc::UnboundedSender<Input>,
+    report: Reporter,
     cancel: CancellationToken,
 ) {
     tokio::spawn(async move {
@@ -34,7 +39,7 @@ pub fn spawn_checker(
                 _ = tokio::time::sleep(spec.initial_delay) => {}
             }
         }
-        let (mut successes, mut failures) = (0u32, 0u32);
+        let (mut successes, mut failures, mut quiet) = (0u32, 0u32, 0u32);
         let mut interval = tokio::time::interval(spec.interval);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -51,16 +56,21 @@ pub fn spawn_checker(
                 failures += 1;
                 successes = 0;
             }
-            let input = if !ready && successes >= spec.success_threshold {
+            quiet += 1;
+            if !ready && successes >= spec.success_threshold {
                 ready = true;
-                Input::Ready { id: id.clone() }
             } else if ready && failures >= spec.failure_threshold {
                 ready = false;
-                Input::Unready { id: id.clone() }
-            } else {
+            } else if quiet < REASSERT_EVERY {
                 continue;
+            }
+            quiet = 0;
+            let input = if ready {
+                Input::Ready { id: id.clone() }
+            } else {
+                Input::Unready { id: id.clone() }
             };
-            if report.send(input).is_err() {
+            if !report.send(input) {
                 return;
             }
         }

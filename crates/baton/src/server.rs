@@ -273,6 +273,7 @@ pub async fn start_locked(
         router,
         probe: Arc::new(crate::effects::HttpProbe::default()),
         clock,
+        delivery: None,
         data_dir: data_dir.clone(),
         baton_exe,
     });

@@ -5,16 +5,21 @@
 //! runtime with paused time, against a simulated world: a driver whose
 //! instances start slowly, never become ready or crash; a router whose pushes
 //! fail, hang or find it restarted; a readiness probe that loses
-//! observations; control-plane crashes at random moments (every controller
-//! task dropped, then a restart from the same SQLite store); and an operator
+//! observations; a store whose writes fail (before or after they land); a
+//! way back for observations that delivers some twice, some late and loses
+//! some exits (the next status poll sees them); control-plane crashes at
+//! random moments (every controller task dropped, then a restart from the
+//! same SQLite store); and an operator
 //! who aborts, pauses, resumes, promotes, approves and deploys at random. The
 //! seed decides everything, so a failing run replays exactly with
-//! `baton __sim --seed N`.
+//! `baton __sim --seed N` (`BATON_LOG=info` shows what the controller did).
 //!
 //! The world checks the invariants of DESIGN.md as they happen: no instance is
 //! stopped while the router may still send it a request (invariant 6), the
 //! router only routes to instances that passed readiness (2), capacity never
-//! drops below `instances - max_unavailable` in runs without crashes (1).
+//! drops below `instances - max_unavailable` in runs without crashes (1),
+//! an instance is started only when a stored transition has it and stopped
+//! only once the stored state gives it up (5).
 //! When the chaos ends the run must converge: every rollout ended with its
 //! history record closed, exactly the desired instances running (no orphan,
 //! no duplicate) and routed (5, 7).
@@ -34,12 +39,12 @@ use baton_router::{
     WindowsReport,
 };
 use baton_spec::AppSpec;
-use baton_store::Store;
+use baton_store::{Store, WriteFault};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::controller::{AppController, AppHandle, Command, DeployRequest, Shared};
-use crate::effects::{Clock, Probe, TokioClock};
+use crate::effects::{Clock, Deliver, Delivery, Probe, TokioClock};
 use crate::routing::{RouterApi, RouterLink};
 
 /// What one seeded run found.
@@ -129,13 +134,23 @@ struct Faults {
     router_outages: bool,
     /// Percentage of instance starts that fail.
     start_fail_pct: u64,
+    /// Percentage of the control plane's store writes that fail (half of
+    /// them after the write landed, so the caller cannot tell).
+    store_fail_pct: u64,
+    /// Percentage of driver observations (started, ready, drained, stopped,
+    /// exited...) delivered twice.
+    duplicate_pct: u64,
+    /// Percentage of driver observations delivered late (up to 3 s).
+    late_pct: u64,
+    /// Percentage of exits the status poll does not report (the next poll does).
+    exit_loss_pct: u64,
 }
 
 impl Faults {
     /// Runs where capacity must hold exactly: nothing but the control plane
     /// itself (and its router link) misbehaves.
     fn capacity_is_checked(&self) -> bool {
-        !self.instance_crashes && self.probe_loss_pct == 0
+        !self.instance_crashes && self.probe_loss_pct == 0 && self.late_pct == 0
     }
 }
 
@@ -192,6 +207,8 @@ struct World {
     /// Capacity is checked in runs where nothing but the control plane and
     /// its router link misbehave (decided from the run's faults at the start).
     check_capacity: bool,
+    /// Observations delivered so far (each one's fate is a hash of this).
+    deliveries: u64,
 }
 
 type SharedWorld = Arc<Mutex<World>>;
@@ -226,7 +243,46 @@ impl World {
 /// The simulated driver of one control-plane incarnation: once that control
 /// plane has crashed (`gone`), the calls it had under way do nothing more,
 /// as the calls of a killed process would.
-struct SimDriver(SharedWorld, CancellationToken);
+struct SimDriver(SharedWorld, CancellationToken, Arc<Mutex<Store>>);
+
+impl SimDriver {
+    /// The stored state, if it reads.
+    fn stored_state(&self) -> Option<baton_engine::AppState> {
+        let store = self.2.lock().unwrap_or_else(|p| p.into_inner());
+        let rec = store.load_state(APP).ok().flatten()?;
+        drop(store);
+        serde_json::from_str(&rec.state_json).ok()
+    }
+
+    /// A process is stopped only once the stored state gives it up
+    /// (stopping it, or not knowing it); never while it counts as running.
+    /// (A process the state never recorded, started late for an instance
+    /// given up meanwhile, is stopped as soon as it is reported.)
+    fn check_stop_persisted(&self, handle: &InstanceHandle) -> Option<String> {
+        use baton_engine::InstancePhase as P;
+        let state = self.stored_state()?;
+        let id = &handle.instance_id;
+        let phase = &state
+            .instance(id)
+            .filter(|i| i.handle.as_ref() == Some(handle))?
+            .phase;
+        matches!(phase, P::Starting | P::Ready { .. } | P::Draining { .. })
+            .then(|| format!("{id} stopped while the stored state has it {phase:?}"))
+    }
+
+    /// Invariant 5: a start is an action of a committed transition, so the
+    /// stored state has allocated the instance's id (its sequence number is
+    /// below the stored `next_instance_seq`).
+    fn check_start_persisted(&self, id: &str) -> Option<String> {
+        let seq: u64 = id.rsplit('-').next()?.parse().ok()?;
+        let next = self.stored_state().map_or(0, |s| s.next_instance_seq);
+        (seq >= next).then(|| {
+            format!(
+                "{id} was started though no stored state has it (stored next_instance_seq {next})"
+            )
+        })
+    }
+}
 
 impl DynDriver for SimDriver {
     fn start<'a>(
@@ -234,6 +290,9 @@ impl DynDriver for SimDriver {
         spec: &'a LaunchSpec,
     ) -> BoxFuture<'a, Result<InstanceHandle, DriverError>> {
         Box::pin(async move {
+            if let Some(what) = self.check_start_persisted(&spec.instance_id) {
+                lock(&self.0).violation(what);
+            }
             // Starting a process takes a little while: a crash can fall in between.
             let delay = {
                 let w = lock(&self.0);
@@ -268,6 +327,16 @@ impl DynDriver for SimDriver {
             };
             let crash_at_ms = (w.faults.instance_crashes && (h >> 20) % 100 < 15)
                 .then(|| now + 200 + ((h >> 28) % 20_000) as i64);
+            if w.instances
+                .get(&spec.instance_id)
+                .is_some_and(|i| i.alive(now))
+            {
+                let what = format!(
+                    "{} started a second time while the first is running",
+                    spec.instance_id
+                );
+                w.violation(what);
+            }
             w.next_pid += 1;
             // An address of the world's own (not the port the OS lent the
             // controller), so that runs replay exactly.
@@ -339,6 +408,9 @@ impl DynDriver for SimDriver {
                 // A dead control plane sends no signal.
                 return Ok(StopOutcome::AlreadyGone);
             }
+            if let Some(what) = self.check_stop_persisted(handle) {
+                lock(&self.0).violation(what);
+            }
             {
                 let mut w = lock(&self.0);
                 let now = w.now();
@@ -401,6 +473,38 @@ impl DynDriver for SimDriver {
             })
             .collect();
         Box::pin(std::future::ready(Ok(found)))
+    }
+}
+
+/// The observations' way back to the controller: some arrive twice, some
+/// late, some exits not at all (the next status poll sees them).
+struct SimDelivery(SharedWorld);
+
+impl Delivery for SimDelivery {
+    fn deliver(&self, input: &Input) -> Deliver {
+        let (what, id) = match input {
+            Input::Started { id, .. } => ("started", id),
+            Input::StartFailed { id, .. } => ("start-failed", id),
+            Input::Ready { id } => ("ready", id),
+            Input::Unready { id } => ("unready", id),
+            Input::Drained { id } => ("drained", id),
+            Input::Stopped { id } => ("stopped", id),
+            Input::Exited { id, .. } => ("exited", id),
+            _ => return Deliver::Once,
+        };
+        let mut w = lock(&self.0);
+        w.deliveries += 1;
+        let h = hash_of(w.seed, &["deliver", what, id], w.deliveries);
+        let f = w.faults;
+        if what == "exited" && h % 100 < f.exit_loss_pct {
+            Deliver::Lost
+        } else if (h >> 8) % 100 < f.duplicate_pct {
+            Deliver::Twice
+        } else if (h >> 16) % 100 < f.late_pct {
+            Deliver::Late(Duration::from_millis(10 + (h >> 24) % 3_000))
+        } else {
+            Deliver::Once
+        }
     }
 }
 
@@ -626,6 +730,8 @@ struct Sim {
     rng: fastrand::Rng,
     world: SharedWorld,
     store: Arc<Mutex<Store>>,
+    /// The percentage of store writes that fail (0 once the chaos ends).
+    store_faults: Arc<std::sync::atomic::AtomicU64>,
     spec: AppSpec,
     control: Option<Control>,
     report: SimReport,
@@ -648,6 +754,9 @@ impl Sim {
         };
         let instances = rng.u32(1..=4);
         let heavy = rng.bool();
+        // The store and delivery faults come from a stream of their own, so
+        // the rest of a seed's scenario is what it was before they existed.
+        let mut more = fastrand::Rng::with_seed(mix(seed ^ 0x0053_544f_5245));
         let faults = Faults {
             push_fail_pct: if heavy { rng.u64(0..30) } else { 0 },
             push_hang_pct: if heavy { rng.u64(0..10) } else { 0 },
@@ -656,6 +765,26 @@ impl Sim {
             cp_crashes: rng.u8(0..4) != 0,
             router_outages: rng.u8(0..3) == 0,
             start_fail_pct: if rng.u8(0..5) == 0 { rng.u64(1..20) } else { 0 },
+            store_fail_pct: if more.u8(0..3) == 0 {
+                more.u64(1..15)
+            } else {
+                0
+            },
+            duplicate_pct: if more.u8(0..3) == 0 {
+                more.u64(1..20)
+            } else {
+                0
+            },
+            late_pct: if more.u8(0..3) == 0 {
+                more.u64(1..20)
+            } else {
+                0
+            },
+            exit_loss_pct: if more.u8(0..3) == 0 {
+                more.u64(10..60)
+            } else {
+                0
+            },
         };
         let yaml = format!(
             "name: {APP}\nenvironment: sim\nlisten: 127.0.0.1:18080\ninstances: {instances}\ndrain_timeout: 5s\ndriver:\n  process:\n    command: [\"{{baton}}\", \"sample\", \"--port\", \"{{port}}\"]\n    stop_grace: 1s\nreadiness:\n  path: /healthz\n  interval: 100ms\n  timeout: 50ms\n  success_threshold: 1\n  failure_threshold: 2\nstrategy:\n{strategy}\n"
@@ -681,15 +810,33 @@ impl Sim {
             min_available: None,
             bad_versions: Vec::new(),
             check_capacity: faults.capacity_is_checked(),
+            deliveries: 0,
         }));
-        let store = Store::open_in_memory()
+        let mut store = Store::open_in_memory()
             .unwrap_or_else(|e| panic!("an in-memory SQLite store must open: {e}"));
+        // Store faults: a hash of the seed and the write's number decides.
+        // (The hook runs under the store's lock: it must not take the world's.)
+        let store_faults = Arc::new(std::sync::atomic::AtomicU64::new(faults.store_fail_pct));
+        let mut writes = 0u64;
+        let pct = store_faults.clone();
+        store.set_write_faults(Some(Box::new(move |op| {
+            writes += 1;
+            let h = hash_of(seed, &["store", &format!("{op:?}")], writes);
+            (h % 100 < pct.load(std::sync::atomic::Ordering::Relaxed)).then_some(
+                if (h >> 8).is_multiple_of(2) {
+                    WriteFault::Fail
+                } else {
+                    WriteFault::FailAfterCommit
+                },
+            )
+        })));
         Sim {
             rng,
             world,
             store: Arc::new(Mutex::new(store)),
             spec,
             control: None,
+            store_faults,
             report: SimReport {
                 seed,
                 scenario,
@@ -717,10 +864,15 @@ impl Sim {
         );
         let shared = Arc::new(Shared {
             store: self.store.clone(),
-            driver: Arc::new(SimDriver(self.world.clone(), shutdown.clone())),
+            driver: Arc::new(SimDriver(
+                self.world.clone(),
+                shutdown.clone(),
+                self.store.clone(),
+            )),
             router,
             probe: Arc::new(SimProbe(self.world.clone())),
             clock,
+            delivery: Some(Arc::new(SimDelivery(self.world.clone()))),
             data_dir: std::env::temp_dir(),
             baton_exe: std::env::current_exe()
                 .map(|p| p.to_string_lossy().into_owned())
@@ -920,6 +1072,8 @@ impl Sim {
     /// wait for the app to settle; then check what must hold at rest.
     async fn converge(&mut self) {
         {
+            self.store_faults
+                .store(0, std::sync::atomic::Ordering::Relaxed);
             let mut w = lock(&self.world);
             w.faults = Faults::default();
             w.router.down_until_ms = 0;
@@ -1052,7 +1206,12 @@ impl Sim {
                     .filter(|h| h.finished_ms.is_none())
                     .map(|h| h.id)
                     .collect();
-                let deploys = history.iter().filter(|h| h.result != "interrupted").count();
+                // A deploy refused after its record opened (its state could
+                // not be written) was answered with an error: not accepted.
+                let deploys = history
+                    .iter()
+                    .filter(|h| h.result != "interrupted" && h.result != "refused")
+                    .count();
                 drop(store);
                 let mut w = lock(&self.world);
                 if !open.is_empty() {

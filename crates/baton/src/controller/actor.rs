@@ -31,6 +31,7 @@ use super::sensors::readiness::Readiness;
 use super::sensors::resources::Resources;
 use super::sensors::{exits, window};
 use super::shared::Shared;
+use crate::effects::{Deliver, Reporter, delivery_of};
 
 mod releases;
 mod teardown;
@@ -45,7 +46,8 @@ pub struct AppController {
     spec: AppSpec,
     state: AppState,
     generation: u64,
-    observations_tx: mpsc::UnboundedSender<Observation>,
+    /// Where background tasks report (through the delivery faults, if any).
+    report: Reporter,
     observations: mpsc::UnboundedReceiver<Observation>,
     commands: mpsc::Receiver<Command>,
     status: tokio::sync::watch::Sender<Arc<AppView>>,
@@ -57,6 +59,8 @@ pub struct AppController {
     analysis: Analysis,
     /// Instances that got their warm-up requests.
     warmed: std::collections::HashSet<String>,
+    /// Of those, the ones whose warm-up is done (written by the warm-up tasks).
+    warm_done: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// `deploy --strategy`: the strategy of the rollout in flight when it is
     /// not the spec's own.
     strategy_override: Option<StrategySpec>,
@@ -71,6 +75,10 @@ pub struct AppController {
     last_container_poll_ms: i64,
     /// The driver's CPU and memory samples of the instances.
     resources: Resources,
+    /// A store write failed or raced another writer: what is on disk is not
+    /// known to match this controller's view. The next tick reloads it and
+    /// recovers as after a restart (see [`AppController::recover`]).
+    resync: bool,
     shutdown: CancellationToken,
 }
 
@@ -93,6 +101,7 @@ impl AppController {
             }
         };
         let (observations_tx, observations) = mpsc::unbounded_channel();
+        let report = Reporter::new(observations_tx, shared.delivery.clone());
         let (commands_tx, commands) = mpsc::channel(64);
         let view = Arc::new(AppView {
             state: state.clone(),
@@ -108,7 +117,7 @@ impl AppController {
             spec,
             state,
             generation,
-            observations_tx,
+            report,
             observations,
             commands,
             status,
@@ -116,12 +125,14 @@ impl AppController {
             in_progress: HashMap::new(),
             analysis,
             warmed: Default::default(),
+            warm_done: Default::default(),
             strategy_override: None,
             smoke: SmokeChecks::default(),
             routing_generation: 0,
             starting: Default::default(),
             last_container_poll_ms: i64::MIN,
             resources,
+            resync: false,
             shutdown,
         };
         // Shutdown ends the controller wherever it is, even mid-step: what is
@@ -145,7 +156,8 @@ impl AppController {
 
     async fn run(mut self) {
         if let Err(e) = self.resume().await {
-            warn!(app = %self.spec.name, error = %format!("{e:#}"), "resuming after restart failed");
+            warn!(app = %self.spec.name, error = %format!("{e:#}"), "resuming after restart failed; retrying");
+            self.resync = true;
         }
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -166,6 +178,12 @@ impl AppController {
                 }
                 Some(obs) = self.observations.recv() => self.observe(obs).await,
                 _ = tick.tick() => {
+                    if std::mem::take(&mut self.resync)
+                        && let Err(e) = self.recover().await
+                    {
+                        warn!(app = %self.spec.name, error = %format!("{e:#}"), "recovering from the store failed; retrying");
+                        self.resync = true;
+                    }
                     self.watch_exits().await;
                     self.apply_logged(Input::Tick).await;
                     self.resources.tick(&self.shared.driver, &self.state, self.shared.now_ms());
@@ -202,6 +220,9 @@ impl AppController {
         for inst in self.state.instances.clone() {
             use baton_engine::InstancePhase as P;
             match &inst.phase {
+                // Its start is still in flight (a recovery, not a restart):
+                // the driver's answer will come.
+                P::Pending if self.starting.contains(&inst.id) => {}
                 P::Pending => {
                     // The start was recorded but its outcome was not: an instance
                     // may exist without a known address. Stop it and let the engine
@@ -327,6 +348,7 @@ impl AppController {
             }
             Command::Deploy { request, reply } => {
                 let result = self.deploy(request).await;
+                self.resync_after(&result);
                 self.reply_once_routed(reply, result);
             }
             Command::Operate { input, reply } => {
@@ -339,10 +361,12 @@ impl AppController {
                 reply,
             } => {
                 let result = self.rollback(to_revision, operator).await;
+                self.resync_after(&result);
                 self.reply_once_routed(reply, result);
             }
             Command::Retry { operator, reply } => {
                 let result = self.retry(operator).await;
+                self.resync_after(&result);
                 self.reply_once_routed(reply, result);
             }
             Command::StopAll { reply } => {
@@ -360,12 +384,23 @@ impl AppController {
     /// instance was already given up (drained while still starting) is stopped
     /// here, so it cannot linger as an orphan.
     async fn observe(&mut self, obs: Observation) {
+        // The readiness checkers repeat what they believe now and then
+        // (`health::REASSERT_EVERY`); a repetition the state already shows
+        // needs no engine step.
+        if let Input::Ready { id } | Input::Unready { id } = &obs
+            && let Some(inst) = self.state.instance(id)
+            && matches!(inst.phase, baton_engine::InstancePhase::Ready { .. })
+                == matches!(obs, Input::Ready { .. })
+        {
+            return;
+        }
         // Warm-up: a new instance of the release being rolled out gets its
         // warm-up requests before the engine hears it is ready (and routes to it).
         if let Input::Ready { id } = &obs
             && let Some(warmup) = self.spec.hooks.warmup.clone()
             && !self.warmed.contains(id)
             && let Some(inst) = self.state.instance(id)
+            && inst.phase == baton_engine::InstancePhase::Starting
             && self
                 .state
                 .rollout
@@ -377,25 +412,42 @@ impl AppController {
                 .and_then(|a| a.parse::<SocketAddr>().ok())
         {
             self.warmed.insert(id.clone());
-            let (id, tx) = (id.clone(), self.observations_tx.clone());
+            let (id, tx, warm_done) = (id.clone(), self.report.clone(), self.warm_done.clone());
             tokio::spawn(async move {
                 let done =
                     crate::hooks::warm_up(addr, &warmup.path, warmup.requests, warmup.concurrency)
                         .await;
                 info!(instance = %id, requests = done, "warm-up done");
+                warm_done
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id.clone());
                 let _ = tx.send(Input::Ready { id });
             });
+            return;
+        }
+        // The checker saying `Ready` again while the warm-up runs: the
+        // warm-up reports it when it is done.
+        if let Input::Ready { id } = &obs
+            && self.warmed.contains(id)
+            && !self
+                .warm_done
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(id)
+        {
             return;
         }
         if let Input::Started { id, .. } | Input::StartFailed { id, .. } = &obs {
             self.starting.remove(id);
         }
         if let Input::Started { id, handle, .. } = &obs {
-            let pending = self
-                .state
-                .instance(id)
-                .is_some_and(|i| i.phase == baton_engine::InstancePhase::Pending);
-            if !pending {
+            let known = self.state.instance(id).is_some_and(|i| {
+                i.phase == baton_engine::InstancePhase::Pending || i.handle.as_ref() == Some(handle)
+            });
+            // Not pending, and not this very process reported a second time
+            // (that one is running as the state says: leave it alone).
+            if !known {
                 info!(instance = %id, "stopping an instance that started after it was given up");
                 let _ = self.shared.driver.stop(handle, self.stop_grace()).await;
                 return;
@@ -444,6 +496,7 @@ impl AppController {
                 // Someone else wrote this app's state: what is on disk wins. Reload
                 // it (and act on it) instead of failing every later commit.
                 warn!(app = %self.spec.name, expected, found, "the stored state moved on; reloading it");
+                self.resync = true;
                 self.reload_state()
                     .map_err(|e| CommandError::Internal(format!("{e:#}")))?;
                 return Err(CommandError::Internal(format!(
@@ -451,7 +504,20 @@ impl AppController {
                     self.spec.name
                 )));
             }
-            Err(e) => return Err(CommandError::Internal(e.to_string())),
+            // An error does not mean the write did not land (an I/O error
+            // after the commit reached the disk): what is stored decides.
+            Err(e) => match self.stored_transition(&state_json) {
+                Some(g) => {
+                    warn!(app = %self.spec.name, error = %e, "the store reported an error, but the transition is stored; going on");
+                    g
+                }
+                None => {
+                    // Not stored: nothing of it is acted on. The input is
+                    // lost; the recovery restarts what reports observations.
+                    self.resync = true;
+                    return Err(CommandError::Internal(e.to_string()));
+                }
+            },
         };
         for e in &events {
             info!(app = %self.spec.name, kind = %e.kind, "{}", e.message);
@@ -501,6 +567,44 @@ impl AppController {
         }));
     }
 
+    /// A command that failed on the store (a record opened, a state not
+    /// written) may have left what is stored unlike this controller's view.
+    fn resync_after<T>(&mut self, result: &Result<T, CommandError>) {
+        if matches!(result, Err(CommandError::Internal(_))) {
+            self.resync = true;
+        }
+    }
+
+    /// The generation of this transition if the store holds it (the commit
+    /// reported an error but landed): the stored generation is the next one
+    /// and the stored state is exactly `state_json`.
+    fn stored_transition(&self, state_json: &str) -> Option<u64> {
+        let rec = self.shared.store().load_state(&self.spec.name).ok()??;
+        (rec.generation == self.generation + 1 && rec.state_json == state_json)
+            .then_some(rec.generation)
+    }
+
+    /// After a store write that failed or raced another writer: what is on
+    /// disk is the truth. Reload it and pick up what it says is under way,
+    /// exactly as after a restart: the actions of a transition that landed
+    /// but was not acted on, a history record left open. The sensors start
+    /// over, so an observation lost with a failed write is reported again.
+    async fn recover(&mut self) -> anyhow::Result<()> {
+        info!(app = %self.spec.name, "reloading the state from the store and recovering");
+        let rec = self
+            .shared
+            .store()
+            .load_state(&self.spec.name)?
+            .context("the app's state vanished from the store")?;
+        self.state =
+            serde_json::from_str(&rec.state_json).context("stored rollout state is unreadable")?;
+        self.generation = rec.generation;
+        self.readiness.stop_all();
+        self.smoke = SmokeChecks::default();
+        self.in_progress.clear();
+        self.resume().await
+    }
+
     /// Load the app's state from the store again (after a generation conflict)
     /// and make routing and checkers follow it.
     fn reload_state(&mut self) -> anyhow::Result<()> {
@@ -542,7 +646,9 @@ impl AppController {
                     &notes,
                     self.shared.now_ms(),
                 ) {
+                    // The recovery closes it from the stored state.
                     warn!(app = %self.spec.name, error = %e, "closing the history record failed");
+                    self.resync = true;
                 }
                 if outcome != Outcome::Succeeded {
                     warn!(app = %self.spec.name, outcome = outcome.as_str(), %notes, "rollout did not succeed");
@@ -554,7 +660,7 @@ impl AppController {
     fn spawn_start(&mut self, id: String, revision: u32) {
         self.starting.insert(id.clone());
         let shared = self.shared.clone();
-        let obs = self.observations_tx.clone();
+        let obs = self.report.clone();
         let app = self.spec.name.clone();
         tokio::spawn(async move {
             let input = match launch(&shared, &app, &id, revision).await {
@@ -578,7 +684,7 @@ impl AppController {
             .and_then(|i| i.address.clone())
             .and_then(|a| a.parse::<SocketAddr>().ok());
         let router = self.shared.router.clone();
-        let obs = self.observations_tx.clone();
+        let obs = self.report.clone();
         let timeout = self.spec.drain_timeout;
         // The newest table published for this state has the instance out of
         // routing; until the router acknowledges it, it may still send requests.
@@ -602,7 +708,7 @@ impl AppController {
         }
         let handle = self.handle_of(&id);
         let shared = self.shared.clone();
-        let obs = self.observations_tx.clone();
+        let obs = self.report.clone();
         let grace = self.stop_grace();
         tokio::spawn(async move {
             if let Some(handle) = handle
@@ -657,7 +763,17 @@ impl AppController {
             if let Input::Exited { id, .. } = &input {
                 self.in_progress.remove(id);
             }
-            self.apply_logged(input).await;
+            match delivery_of(self.shared.delivery.as_ref(), &input) {
+                Deliver::Once => self.apply_logged(input).await,
+                Deliver::Twice => {
+                    self.apply_logged(input.clone()).await;
+                    self.apply_logged(input).await;
+                }
+                // A lost one is seen again by the next poll.
+                late_or_lost => {
+                    self.report.send_as(input, late_or_lost);
+                }
+            }
         }
     }
 
@@ -676,12 +792,8 @@ impl AppController {
     /// Smoke tests: start them at a `Checks` step.
     fn start_checks_if_due(&mut self) {
         let spec = self.effective_spec().into_owned();
-        self.smoke.start_if_due(
-            &spec,
-            &self.state,
-            &self.shared.baton_exe,
-            &self.observations_tx,
-        );
+        self.smoke
+            .start_if_due(&spec, &self.state, &self.shared.baton_exe, &self.report);
     }
 
     /// Upgrade windows: pause or resume the rollout as its window closes or opens.
@@ -697,11 +809,16 @@ impl AppController {
             &self.state,
             &self.spec.readiness,
             &self.shared.probe,
-            &self.observations_tx,
+            &self.report,
             &self.shutdown,
         );
         self.in_progress
             .retain(|id, _| self.state.instance(id).is_some());
+        self.warmed.retain(|id| self.state.instance(id).is_some());
+        self.warm_done
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|id| self.state.instance(id).is_some());
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use baton_driver::DynDriver;
 use baton_store::Store;
 
-use crate::effects::{Clock, Probe};
+use crate::effects::{Clock, Delivery, Probe};
 use crate::routing::RouterLink;
 
 /// Shared pieces every app controller uses: the store and the effects on the
@@ -20,6 +20,9 @@ pub struct Shared {
     pub router: RouterLink,
     pub probe: Arc<dyn Probe>,
     pub clock: Arc<dyn Clock>,
+    /// Faults on the observations' way back (the simulation's); `None`:
+    /// every observation arrives once, at once.
+    pub delivery: Option<Arc<dyn Delivery>>,
     pub data_dir: PathBuf,
     /// Path of the running baton executable, for the `{baton}` placeholder.
     pub baton_exe: String,

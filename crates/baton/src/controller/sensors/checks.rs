@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 
 use baton_engine::{AppState, Input};
 use baton_spec::{AppSpec, StrategySpec, TemplateVars};
-use tokio::sync::mpsc;
+
+use crate::effects::Reporter;
 
 /// Which rollout step's smoke tests are running or done.
 #[derive(Default)]
@@ -23,7 +24,7 @@ impl SmokeChecks {
         spec: &AppSpec,
         state: &AppState,
         baton_exe: &str,
-        report: &mpsc::UnboundedSender<Input>,
+        report: &Reporter,
     ) {
         let Some(r) = &state.rollout else { return };
         let at_checks = r.phase == baton_engine::RolloutPhase::Progressing

@@ -6,12 +6,11 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use baton_engine::{AppState, Input, InstancePhase as P};
+use baton_engine::{AppState, InstancePhase as P};
 use baton_spec::ReadinessSpec;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::effects::Probe;
+use crate::effects::{Probe, Reporter};
 use crate::health;
 
 /// The running checkers, by instance id. Ordered: checkers start in the same
@@ -28,7 +27,7 @@ impl Readiness {
         state: &AppState,
         spec: &ReadinessSpec,
         probe: &Arc<dyn Probe>,
-        report: &mpsc::UnboundedSender<Input>,
+        report: &Reporter,
         shutdown: &CancellationToken,
     ) {
         let wanted: BTreeMap<String, (SocketAddr, bool)> = state
