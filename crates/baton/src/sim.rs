@@ -852,6 +852,7 @@ impl Sim {
 
     /// Start (or restart) the control plane on the stored state, as `serve` does.
     fn start_control_plane(&mut self) {
+        tracing::info!(at_ms = self.now(), "sim: the control plane starts");
         let shutdown = CancellationToken::new();
         let clock: Arc<dyn Clock> = Arc::new(lock(&self.world).clock);
         let live = lock(&self.world).router.live.clone();
@@ -896,6 +897,7 @@ impl Sim {
     /// kill -9: every controller task ends where it is.
     fn crash_control_plane(&mut self) {
         if let Some(c) = self.control.take() {
+            tracing::info!(at_ms = self.now(), "sim: the control plane crashes");
             c.shutdown.cancel();
             self.report.crashes += 1;
         }

@@ -219,21 +219,27 @@ impl AppController {
         }
         for inst in self.state.instances.clone() {
             use baton_engine::InstancePhase as P;
+            // Its start is still in flight (a recovery, not a restart): the
+            // driver's answer will come.
+            let in_flight = self.starting.contains(&inst.id);
+            // The start was recorded but its outcome was not (the instance may
+            // have been given up since): a process may exist that the state
+            // has no handle for. Stop it; the engine starts a fresh one if it
+            // still needs one.
+            if inst.handle.is_none()
+                && !in_flight
+                && let Some(f) = found.iter().find(|f| f.instance_id == inst.id)
+            {
+                info!(instance = %inst.id, locator = %f.locator, "stopping a process whose start was never recorded");
+                let _ = self
+                    .shared
+                    .driver
+                    .stop(&found_handle(f), self.stop_grace())
+                    .await;
+            }
             match &inst.phase {
-                // Its start is still in flight (a recovery, not a restart):
-                // the driver's answer will come.
-                P::Pending if self.starting.contains(&inst.id) => {}
+                P::Pending if in_flight => {}
                 P::Pending => {
-                    // The start was recorded but its outcome was not: an instance
-                    // may exist without a known address. Stop it and let the engine
-                    // start a fresh one.
-                    if let Some(f) = found.iter().find(|f| f.instance_id == inst.id) {
-                        let _ = self
-                            .shared
-                            .driver
-                            .stop(&found_handle(f), self.stop_grace())
-                            .await;
-                    }
                     self.apply_logged(Input::Stopped {
                         id: inst.id.clone(),
                     })
