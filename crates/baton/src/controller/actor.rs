@@ -597,23 +597,15 @@ impl AppController {
     /// over, so an observation lost with a failed write is reported again.
     async fn recover(&mut self) -> anyhow::Result<()> {
         info!(app = %self.spec.name, "reloading the state from the store and recovering");
-        let rec = self
-            .shared
-            .store()
-            .load_state(&self.spec.name)?
-            .context("the app's state vanished from the store")?;
-        self.state =
-            serde_json::from_str(&rec.state_json).context("stored rollout state is unreadable")?;
-        self.generation = rec.generation;
+        self.load_stored_state()?;
         self.readiness.stop_all();
         self.smoke = SmokeChecks::default();
         self.in_progress.clear();
         self.resume().await
     }
 
-    /// Load the app's state from the store again (after a generation conflict)
-    /// and make routing and checkers follow it.
-    fn reload_state(&mut self) -> anyhow::Result<()> {
+    /// The app's state and generation as the store has them.
+    fn load_stored_state(&mut self) -> anyhow::Result<()> {
         let rec = self
             .shared
             .store()
@@ -622,6 +614,13 @@ impl AppController {
         self.state =
             serde_json::from_str(&rec.state_json).context("stored rollout state is unreadable")?;
         self.generation = rec.generation;
+        Ok(())
+    }
+
+    /// Load the app's state from the store again (after a generation conflict)
+    /// and make routing and checkers follow it.
+    fn reload_state(&mut self) -> anyhow::Result<()> {
+        self.load_stored_state()?;
         self.publish_routing();
         self.sync_checkers();
         self.publish_view();
