@@ -922,6 +922,11 @@ impl ContainerDriver {
     /// peak and OOM-kill count where the engine is local.
     pub async fn sample_container(&self, handle: &InstanceHandle) -> Option<ResourceSample> {
         let id = self.container_id(handle)?;
+        // A local container whose cgroup is known is measured there: no API call (a
+        // stats call per container every few seconds kept Podman a third busy with 50).
+        if let Some(sample) = self.sample_from_cgroup(id) {
+            return Some(sample);
+        }
         let found = self.inspect(id).await.ok()??;
         let state = found.state.as_ref().filter(|s| is_alive(s))?;
         let pid = state.pid.and_then(|p| u32::try_from(p).ok()).unwrap_or(0);
@@ -959,6 +964,26 @@ impl ContainerDriver {
             memory_peak_bytes: memory.max_usage.or(cgroup.and_then(|c| c.peak_bytes)),
             memory_limit_bytes: limit,
             oom_kills,
+        })
+    }
+}
+
+impl ContainerDriver {
+    /// The resource sample of a running local container, read from its cgroup.
+    fn sample_from_cgroup(&self, id: &str) -> Option<ResourceSample> {
+        let (dir, seen_oom_kills) = {
+            let seen = self.seen();
+            let entry = seen.get(id)?;
+            (entry.cgroup.clone()?, entry.oom_kills)
+        };
+        let memory = procfs::read_memory_cgroup(&dir)?;
+        let cpu_ns = procfs::cgroup_cpu_ns(&dir)?;
+        Some(ResourceSample {
+            cpu_ms: cpu_ns / 1_000_000,
+            memory_bytes: memory.usage_bytes?,
+            memory_peak_bytes: memory.peak_bytes,
+            memory_limit_bytes: memory.limit_bytes,
+            oom_kills: seen_oom_kills.max(memory.oom_kills),
         })
     }
 }

@@ -181,6 +181,26 @@ pub(crate) fn read_memory_cgroup(dir: &MemoryCgroupDir) -> Option<MemoryCgroup> 
     }
 }
 
+/// CPU time used by the processes of the cgroup whose memory directory is `dir`, in
+/// nanoseconds: v1 `cpuacct.usage` of the same cgroup in the `cpuacct` hierarchy, v2
+/// `usage_usec` of `cpu.stat`.
+pub(crate) fn cgroup_cpu_ns(dir: &MemoryCgroupDir) -> Option<u64> {
+    match dir {
+        MemoryCgroupDir::V1(dir) => {
+            let relative = dir.strip_prefix("/sys/fs/cgroup/memory").ok()?;
+            read_number(
+                &Path::new("/sys/fs/cgroup/cpuacct")
+                    .join(relative)
+                    .join("cpuacct.usage"),
+            )
+        }
+        MemoryCgroupDir::V2(dir) => {
+            let stat = std::fs::read_to_string(dir.join("cpu.stat")).ok()?;
+            counter(&stat, "usage_usec").map(|us| us * 1_000)
+        }
+    }
+}
+
 /// Reads the memory cgroup of `pid`. `None` when it has none that can be read.
 pub(crate) fn memory_cgroup(pid: u32) -> Option<MemoryCgroup> {
     read_memory_cgroup(&memory_cgroup_dir(pid)?)
