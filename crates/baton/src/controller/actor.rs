@@ -206,11 +206,19 @@ impl AppController {
         // for the router to acknowledge it.
         self.publish_routing();
         let found = self.shared.driver.discover(&self.discover_scope()).await?;
-        let known: Vec<String> = self.state.instances.iter().map(|i| i.id.clone()).collect();
-        // Instances of this app that the state does not know (started, then the
-        // control plane died before recording them): stop them, no orphans.
-        for f in found.iter().filter(|f| !known.contains(&f.instance_id)) {
-            info!(instance = %f.instance_id, locator = %f.locator, "stopping a stray instance left by an earlier control plane");
+        // Instances of this app with no recorded handle to reach them by: not in
+        // the state at all (started, then the control plane died before
+        // recording them), or recorded as starting without the outcome (the
+        // instance may have been given up since). Stop them, no orphans; the
+        // engine starts fresh ones where it still needs them. A start still in
+        // flight (a recovery, not a restart) is left to the driver's answer.
+        let unrecorded =
+            |f: &&baton_driver::FoundInstance| match self.state.instance(&f.instance_id) {
+                None => true,
+                Some(inst) => inst.handle.is_none() && !self.starting.contains(&inst.id),
+            };
+        for f in found.iter().filter(unrecorded) {
+            info!(instance = %f.instance_id, locator = %f.locator, "stopping an instance whose start was never recorded");
             let _ = self
                 .shared
                 .driver
@@ -219,24 +227,7 @@ impl AppController {
         }
         for inst in self.state.instances.clone() {
             use baton_engine::InstancePhase as P;
-            // Its start is still in flight (a recovery, not a restart): the
-            // driver's answer will come.
             let in_flight = self.starting.contains(&inst.id);
-            // The start was recorded but its outcome was not (the instance may
-            // have been given up since): a process may exist that the state
-            // has no handle for. Stop it; the engine starts a fresh one if it
-            // still needs one.
-            if inst.handle.is_none()
-                && !in_flight
-                && let Some(f) = found.iter().find(|f| f.instance_id == inst.id)
-            {
-                info!(instance = %inst.id, locator = %f.locator, "stopping a process whose start was never recorded");
-                let _ = self
-                    .shared
-                    .driver
-                    .stop(&found_handle(f), self.stop_grace())
-                    .await;
-            }
             match &inst.phase {
                 P::Pending if in_flight => {}
                 P::Pending => {
