@@ -212,6 +212,14 @@ pub struct Rollout {
 }
 
 impl Rollout {
+    /// A rollout that waited for its upgrade window starts now: its clocks
+    /// (duration, progress deadline) run from here.
+    pub(crate) fn start_waiting(&mut self, now: Millis) {
+        self.not_before_ms = None;
+        self.started_ms = now;
+        self.last_progress_ms = now;
+    }
+
     /// The step the rollout is at, if it uses a stepped strategy.
     pub fn current_step<'a>(&self, params: &'a Params) -> Option<&'a Step> {
         match &params.strategy {
@@ -606,9 +614,7 @@ fn apply_input(
                     && r.history_id == history_id
                     && not_before_ms.is_none_or(|t| t <= now)
                 {
-                    r.not_before_ms = None;
-                    r.started_ms = now;
-                    r.last_progress_ms = now;
+                    r.start_waiting(now);
                     event(
                         actions,
                         EventKind::WindowSkipped,

@@ -25,9 +25,7 @@ pub(crate) fn reconcile(s: &mut AppState, now: Millis, actions: &mut Vec<Action>
                 return;
             }
         } else {
-            r.not_before_ms = None;
-            r.started_ms = now;
-            r.last_progress_ms = now;
+            r.start_waiting(now);
             event(
                 actions,
                 EventKind::WindowOpened,
