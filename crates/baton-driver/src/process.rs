@@ -359,12 +359,12 @@ impl ProcessDriver {
             return None;
         }
         let tick_ms = 1000 / procfs::clock_ticks_per_second().max(1);
-        let status = procfs::read_status_memory(pid);
+        let status = procfs::read_status_memory(pid)?;
         let cgroup = procfs::memory_cgroup(pid);
         Some(ResourceSample {
             cpu_ms: (stat.utime + stat.stime) * tick_ms,
-            memory_bytes: status.map_or(stat.rss_pages * procfs::page_size(), |m| m.rss_bytes),
-            memory_peak_bytes: status.map(|m| m.peak_bytes),
+            memory_bytes: status.rss_bytes,
+            memory_peak_bytes: Some(status.peak_bytes),
             memory_limit_bytes: cgroup.and_then(|c| c.limit_bytes),
             oom_kills: cgroup.map_or(0, |c| c.oom_kills),
         })

@@ -22,8 +22,6 @@ pub(crate) struct ProcStat {
     pub stime: u64,
     /// Field 22: start time in clock ticks after boot.
     pub start_time: u64,
-    /// Field 24: resident set size in pages.
-    pub rss_pages: u64,
 }
 
 impl ProcStat {
@@ -67,8 +65,6 @@ pub(crate) fn parse_stat(text: &str) -> Result<ProcStat, String> {
         utime: number(14, "utime")?,
         stime: number(15, "stime")?,
         start_time: number(22, "starttime")?,
-        // A negative rss (never seen) reads as 0.
-        rss_pages: field(24, "rss")?.parse::<u64>().unwrap_or(0),
     })
 }
 
@@ -227,14 +223,6 @@ pub(crate) fn clock_ticks_per_second() -> u64 {
         .unwrap_or(100)
 }
 
-pub(crate) fn page_size() -> u64 {
-    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-        .ok()
-        .flatten()
-        .and_then(|t| u64::try_from(t).ok())
-        .unwrap_or(4096)
-}
-
 fn proc_path(pid: u32, file: &str) -> PathBuf {
     Path::new("/proc").join(pid.to_string()).join(file)
 }
@@ -336,7 +324,6 @@ mod tests {
                 utime: 1,
                 stime: 2,
                 start_time: 987654,
-                rss_pages: 200,
             }
         );
     }
@@ -361,8 +348,6 @@ mod tests {
     #[test]
     fn samples_own_cpu_and_memory() {
         let me = std::process::id();
-        let st = read_stat(me).unwrap().unwrap();
-        assert!(st.rss_pages > 0);
         let mem = read_status_memory(me).unwrap();
         assert!(mem.peak_bytes >= mem.rss_bytes && mem.rss_bytes > 0);
     }

@@ -415,3 +415,29 @@ async fn driver_futures_are_send() {
         .unwrap();
     assert_eq!(outcome, StopOutcome::Graceful);
 }
+
+#[tokio::test]
+async fn samples_cpu_time_and_memory_of_a_live_instance() {
+    let s = Scratch::new("sample");
+    let h = s
+        .driver
+        .start(&s.spec("busy", &["sh", "-c", "while :; do :; done"]))
+        .await
+        .unwrap();
+    eventually("some CPU time", || {
+        s.driver.sample_now(&h).is_some_and(|r| r.cpu_ms > 0)
+    })
+    .await;
+    let r = s.driver.sample_now(&h).unwrap();
+    assert!(r.memory_bytes > 0, "{r:?}");
+    assert!(
+        r.memory_peak_bytes.is_some_and(|p| p >= r.memory_bytes),
+        "{r:?}"
+    );
+    s.driver.stop(&h, WAIT).await.unwrap();
+    assert_eq!(
+        s.driver.sample_now(&h),
+        None,
+        "a stopped instance has no sample"
+    );
+}
