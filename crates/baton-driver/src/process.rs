@@ -360,7 +360,7 @@ impl ProcessDriver {
         }
         let tick_ms = 1000 / procfs::clock_ticks_per_second().max(1);
         let status = procfs::read_status_memory(pid)?;
-        let cgroup = procfs::memory_cgroup(pid);
+        let cgroup = procfs::own_memory_cgroup(pid, std::process::id());
         Some(ResourceSample {
             cpu_ms: (stat.utime + stat.stime) * tick_ms,
             memory_bytes: status.rss_bytes,

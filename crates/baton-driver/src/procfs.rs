@@ -197,9 +197,19 @@ pub(crate) fn cgroup_cpu_ns(dir: &MemoryCgroupDir) -> Option<u64> {
     }
 }
 
-/// Reads the memory cgroup of `pid`. `None` when it has none that can be read.
-pub(crate) fn memory_cgroup(pid: u32) -> Option<MemoryCgroup> {
-    read_memory_cgroup(&memory_cgroup_dir(pid)?)
+/// Reads the memory cgroup of `pid` when it is its own: not the one of `parent` (a
+/// plain child shares the control plane's cgroup, whose limit and OOM kills are not
+/// the instance's). `None` when it has none of its own that can be read.
+pub(crate) fn own_memory_cgroup(pid: u32, parent: u32) -> Option<MemoryCgroup> {
+    let dir = memory_cgroup_dir(pid)?;
+    if !is_own_cgroup(&dir, memory_cgroup_dir(parent).as_ref()) {
+        return None;
+    }
+    read_memory_cgroup(&dir)
+}
+
+fn is_own_cgroup(dir: &MemoryCgroupDir, parent: Option<&MemoryCgroupDir>) -> bool {
+    parent != Some(dir)
 }
 
 fn read_number(path: &Path) -> Option<u64> {
@@ -350,6 +360,15 @@ mod tests {
         let me = std::process::id();
         let mem = read_status_memory(me).unwrap();
         assert!(mem.peak_bytes >= mem.rss_bytes && mem.rss_bytes > 0);
+    }
+
+    #[test]
+    fn a_cgroup_shared_with_the_control_plane_is_not_the_instances() {
+        let ours = MemoryCgroupDir::V1("/sys/fs/cgroup/memory/system.slice/baton.service".into());
+        let unit = MemoryCgroupDir::V1("/sys/fs/cgroup/memory/system.slice/app.scope".into());
+        assert!(!is_own_cgroup(&ours, Some(&ours)));
+        assert!(is_own_cgroup(&unit, Some(&ours)));
+        assert!(is_own_cgroup(&unit, None));
     }
 
     #[test]
