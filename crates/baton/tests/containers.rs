@@ -96,14 +96,6 @@ fn known_instances(s: &Value) -> Vec<String> {
     ids
 }
 
-fn history(h: &Harness, app: &str) -> Vec<Value> {
-    serde_json::from_str::<Value>(&h.cli_ok(&["history", app, "--json"]))
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
 /// Waits until the containers running are exactly the instances `status` knows,
 /// `count` of them, all of `version`.
 fn wait_for_exactly(h: &Harness, pm: &Podman, app: &str, version: &str, count: usize) {
@@ -193,7 +185,7 @@ fn kill_9_mid_rollout_adopts_the_containers_without_duplicates() {
     });
     assert_no_failures(&report);
     wait_for_exactly(&h, &pm, "boxes", "v2", 4);
-    let rows = history(&h, "boxes");
+    let rows = h.history("boxes");
     let results: Vec<(&str, &str)> = rows
         .iter()
         .map(|r| {
@@ -229,7 +221,7 @@ fn a_leaking_release_is_oom_killed_and_rolled_back_with_the_limit_named() {
     });
     assert!(!out.status.success(), "the rollout must fail");
     assert_no_failures(&report);
-    let last = &history(&h, "boxes")[0];
+    let last = &h.history("boxes")[0];
     assert_eq!(last["result"], "rolled_back", "{last}");
     let notes = last["notes"].as_str().unwrap();
     assert!(
@@ -254,13 +246,13 @@ fn a_missing_image_is_refused_at_pre_flight_and_a_crashing_one_rolled_back() {
     );
     h.cli_ok(&["apply", "-f", path_str(&spec)]);
     h.cli_ok(&["deploy", "boxes", "v1", "--wait"]);
-    let before = history(&h, "boxes").len();
+    let before = h.history("boxes").len();
 
     let out = h.cli(&["deploy", "boxes", "v9"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("localhost/baton-sample:v9"), "{err}");
-    assert_eq!(history(&h, "boxes").len(), before, "nothing recorded");
+    assert_eq!(h.history("boxes").len(), before, "nothing recorded");
     assert_eq!(h.status("boxes")["stable_version"], "v1");
 
     // v2 exits at once: it crash-loops and is rolled back, with the reason.
@@ -273,7 +265,7 @@ fn a_missing_image_is_refused_at_pre_flight_and_a_crashing_one_rolled_back() {
         "--wait",
     ]);
     assert!(!out.status.success());
-    let last = &history(&h, "boxes")[0];
+    let last = &h.history("boxes")[0];
     assert_eq!(last["result"], "rolled_back", "{last}");
     let notes = last["notes"].as_str().unwrap();
     assert!(

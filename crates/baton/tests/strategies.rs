@@ -90,7 +90,8 @@ fn failing_canary_is_rolled_back_by_analysis() {
     assert!(history[0]["notes"].as_str().unwrap().contains("error rate"));
     // Each failing measurement is on record (a restarted control plane counts on
     // from there), up to the one that reached the limit.
-    let checks: Vec<String> = events(&h)
+    let checks: Vec<String> = h
+        .events("demo")
         .iter()
         .filter(|e| e["kind"] == "analysis_check")
         .map(|e| e["message"].as_str().unwrap().to_string())
@@ -129,14 +130,6 @@ fn deploy_expecting_failure(
     report
 }
 
-fn events(h: &Harness) -> Vec<Value> {
-    serde_json::from_str::<Value>(&h.cli_ok(&["events", "demo", "--json"]))
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
 #[test]
 fn blue_green_waits_for_approval_then_switches_and_rolls_back_instantly() {
     let h = Harness::new();
@@ -168,7 +161,8 @@ fn blue_green_waits_for_approval_then_switches_and_rolls_back_instantly() {
         weight(&h.status("demo"), "v2") == 100
     });
     assert_eq!(share(&h, 500, "v2"), 100.0);
-    let approvals: Vec<Value> = events(&h)
+    let approvals: Vec<Value> = h
+        .events("demo")
         .into_iter()
         .filter(|e| e["kind"] == "approved")
         .collect();
@@ -176,7 +170,7 @@ fn blue_green_waits_for_approval_then_switches_and_rolls_back_instantly() {
     assert!(approvals[0]["message"].as_str().unwrap().contains("tester"));
 
     // Inside the scale-down delay, rollback is an instant switch back.
-    let before = events(&h).len();
+    let before = h.events("demo").len();
     // The API answers a rollback only after the new routing table is live in
     // the router, so its round trip bounds the switch-back time.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -191,14 +185,8 @@ fn blue_green_waits_for_approval_then_switches_and_rolls_back_instantly() {
     eprintln!("blue-green switch back took {} ms", took.as_millis());
     assert_eq!(share(&h, 500, "v1"), 100.0);
     assert!(took < Duration::from_secs(2), "rollback took {took:?}");
-    let after = events(&h);
-    assert!(
-        !after[before..]
-            .iter()
-            .any(|e| e["kind"] == "instance_started"),
-        "the switch back started an instance: {:?}",
-        &after[before..]
-    );
+    let after = h.events("demo");
+    assert_no_instance_started(&after[before..], "the switch back");
 }
 
 #[test]
@@ -219,7 +207,8 @@ fn failing_smoke_test_aborts_before_any_user_reaches_v2() {
         "a user reached v2: {:?}",
         report.by_version
     );
-    let kinds: Vec<String> = events(&h)
+    let kinds: Vec<String> = h
+        .events("demo")
         .iter()
         .map(|e| e["kind"].as_str().unwrap().to_string())
         .collect();
@@ -246,7 +235,8 @@ fn passing_smoke_tests_and_warm_up_let_blue_green_switch_by_itself() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_no_failures(&report);
-    let passed: Vec<Value> = events(&h)
+    let passed: Vec<Value> = h
+        .events("demo")
         .into_iter()
         .filter(|e| e["kind"] == "checks_passed")
         .collect();
@@ -482,7 +472,8 @@ fn deploy_and_plan_take_a_one_off_strategy() {
         weight(&h.status("demo"), "v2") == 100
     });
     // What ran so far is what the plan said: the same starts, approval and switch.
-    let executed: Vec<String> = events(&h)
+    let executed: Vec<String> = h
+        .events("demo")
         .iter()
         .map(|e| e["kind"].as_str().unwrap().to_string())
         .collect();

@@ -11,22 +11,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value;
 
-fn events(h: &Harness) -> Vec<Value> {
-    serde_json::from_str::<Value>(&h.cli_ok(&["events", "demo", "--json"]))
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
-fn history(h: &Harness) -> Vec<Value> {
-    serde_json::from_str::<Value>(&h.cli_ok(&["history", "demo", "--json"]))
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
 fn wait_for_phase(h: &Harness, phase: &str) {
     wait_until(phase, Duration::from_secs(60), || {
         h.status("demo")["phase"] == phase
@@ -191,7 +175,7 @@ fn history_and_plan_tables_align_with_their_headers() {
 fn event_fields_are_objects_in_json() {
     let h = Harness::new();
     h.bring_up("demo", 1, "    min_ready: 0s");
-    for e in events(&h) {
+    for e in h.events("demo") {
         assert!(e["fields"].is_object(), "{e}");
         assert!(e.get("fields_json").is_none(), "{e}");
     }
@@ -248,9 +232,9 @@ fn blue_green_finishes_at_the_switch_and_rolls_back_to_the_warm_set_at_once() {
         "{out}"
     );
     wait_until("the abort to finish", Duration::from_secs(60), || {
-        history(&h)[0]["result"] == "aborted"
+        h.history("demo")[0]["result"] == "aborted"
     });
-    let notes = history(&h)[0]["notes"].as_str().unwrap().to_string();
+    let notes = h.history("demo")[0]["notes"].as_str().unwrap().to_string();
     assert!(notes.contains("rolled back to v1 (from v2)"), "{notes}");
 
     // The switch ends the rollout; blue stays ready, out of routing.
@@ -258,7 +242,7 @@ fn blue_green_finishes_at_the_switch_and_rolls_back_to_the_warm_set_at_once() {
     wait_for_phase(&h, "awaiting_approval");
     h.cli_ok(&["approve", "demo"]);
     wait_for_phase(&h, "stable");
-    let record = &history(&h)[0];
+    let record = &h.history("demo")[0];
     assert_eq!(record["to_version"], "v2");
     assert_eq!(record["result"], "succeeded", "{record}");
     assert!(
@@ -284,20 +268,14 @@ fn blue_green_finishes_at_the_switch_and_rolls_back_to_the_warm_set_at_once() {
     assert_eq!(h.status("demo")["warm"]["version"], "v1");
 
     // Rollback inside the delay: back to the warm set, nothing started.
-    let before = events(&h).len();
+    let before = h.events("demo").len();
     let out = h.cli_ok(&["rollback", "demo", "--wait"]);
     assert!(
         out.contains("switching all traffic back to v1 at once"),
         "{out}"
     );
-    let after = events(&h);
-    assert!(
-        !after[before..]
-            .iter()
-            .any(|e| e["kind"] == "instance_started"),
-        "the switch back started an instance: {:?}",
-        &after[before..]
-    );
+    let after = h.events("demo");
+    assert_no_instance_started(&after[before..], "the switch back");
     for _ in 0..20 {
         assert_eq!(get_version(h.listen), (200, "v1".to_string()));
     }
@@ -356,7 +334,7 @@ fn status_shows_the_step_the_last_check_and_the_actual_share() {
             "passing checks to be recorded",
             Duration::from_secs(30),
             || {
-                events(&h).iter().any(|e| {
+                h.events("demo").iter().any(|e| {
                     e["kind"] == "analysis_check"
                         && e["message"]
                             .as_str()
@@ -386,7 +364,8 @@ fn status_shows_the_step_the_last_check_and_the_actual_share() {
     assert_eq!(v2["weight"], 50);
     let actual = v2["actual"].as_f64().expect("actual share");
     assert!((20.0..=80.0).contains(&actual), "{v2}");
-    let passes = events(&h)
+    let passes = h
+        .events("demo")
         .iter()
         .filter(|e| {
             e["kind"] == "analysis_check"

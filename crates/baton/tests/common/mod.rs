@@ -148,6 +148,24 @@ impl Harness {
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
+    /// `baton history APP --json`, newest first.
+    pub fn history(&self, app: &str) -> Vec<Value> {
+        self.json_list(&["history", app, "--json"])
+    }
+
+    /// `baton events APP --json`, oldest first.
+    pub fn events(&self, app: &str) -> Vec<Value> {
+        self.json_list(&["events", app, "--json"])
+    }
+
+    fn json_list(&self, args: &[&str]) -> Vec<Value> {
+        serde_json::from_str::<Value>(&self.cli_ok(args))
+            .expect("JSON from the CLI")
+            .as_array()
+            .expect("a JSON list")
+            .clone()
+    }
+
     pub fn status(&self, app: &str) -> Value {
         let out = self.cli_ok(&["status", app, "--json"]);
         serde_json::from_str(&out).expect("status --json is JSON")
@@ -511,4 +529,13 @@ pub fn instance_pids_by_id(h: &Harness) -> Vec<(String, u32)> {
         .collect();
     out.sort();
     out
+}
+
+/// Asserts that none of `events` started an instance.
+#[track_caller]
+pub fn assert_no_instance_started(events: &[Value], what: &str) {
+    assert!(
+        !events.iter().any(|e| e["kind"] == "instance_started"),
+        "{what} started an instance: {events:?}"
+    );
 }
