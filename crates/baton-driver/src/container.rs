@@ -159,6 +159,8 @@ struct Seen {
     last_status: Option<InstanceStatus>,
     /// A task reads its cgroup every [`CGROUP_WATCH`] while it runs.
     watched: bool,
+    /// A task appends its output to its log file.
+    following: bool,
 }
 
 /// How often a running container's memory cgroup is read. The kernel's OOM kill
@@ -178,8 +180,6 @@ pub struct ContainerDriver {
     /// and its containers' cgroups can be read.
     local: bool,
     seen: Arc<Mutex<HashMap<String, Seen>>>,
-    /// Containers whose output is being appended to their log file.
-    following: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 impl fmt::Debug for ContainerDriver {
@@ -217,7 +217,6 @@ impl ContainerDriver {
             endpoint,
             owner,
             seen: Arc::new(Mutex::new(HashMap::new())),
-            following: Arc::default(),
         })
     }
 
@@ -573,11 +572,14 @@ impl ContainerDriver {
         mut log: tokio::fs::File,
         since: Option<i32>,
     ) {
-        let mut following = self.following.lock().unwrap_or_else(|e| e.into_inner());
-        if !following.insert(id.to_owned()) {
-            return;
+        {
+            let mut seen = self.seen();
+            let entry = seen.entry(id.to_owned()).or_default();
+            if entry.following {
+                return;
+            }
+            entry.following = true;
         }
-        drop(following);
         let options = LogsOptions {
             follow: true,
             stdout: true,
@@ -587,10 +589,9 @@ impl ContainerDriver {
         };
         let mut stream = self.docker.logs(id, Some(options));
         let instance_id = instance_id.to_owned();
-        let following = self.following.clone();
-        let container = id.to_owned();
+        let driver = self.clone();
+        let id = id.to_owned();
         tokio::spawn(async move {
-            let _done = scopeguard_remove(following, container);
             while let Some(chunk) = stream.next().await {
                 let written = match chunk {
                     Ok(output) => {
@@ -602,22 +603,22 @@ impl ContainerDriver {
                     }
                     Err(e) => {
                         tracing::warn!(instance_id, error = %describe(&e), "following container logs failed");
-                        return;
+                        break;
                     }
                 };
                 if let Err(e) = written {
                     tracing::warn!(instance_id, error = %e, "writing container logs failed");
-                    return;
+                    break;
                 }
+            }
+            if let Some(entry) = driver.seen().get_mut(&id) {
+                entry.following = false;
             }
         });
     }
 
     fn is_following(&self, id: &str) -> bool {
-        self.following
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(id)
+        self.seen().get(id).is_some_and(|e| e.following)
     }
 
     fn container_id<'h>(&self, handle: &'h InstanceHandle) -> Option<&'h str> {
@@ -1173,23 +1174,6 @@ fn describe(e: &ApiError) -> String {
         } => format!("{} (HTTP {status_code})", message.trim()),
         other => other.to_string(),
     }
-}
-
-/// Removes `id` from the set of followed containers when dropped (the follower ended).
-fn scopeguard_remove(
-    following: Arc<Mutex<std::collections::HashSet<String>>>,
-    id: String,
-) -> impl Drop {
-    struct Remove(Arc<Mutex<std::collections::HashSet<String>>>, String);
-    impl Drop for Remove {
-        fn drop(&mut self) {
-            self.0
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&self.1);
-        }
-    }
-    Remove(following, id)
 }
 
 #[cfg(test)]
