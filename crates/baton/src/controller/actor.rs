@@ -71,8 +71,8 @@ pub struct AppController {
     routing_generation: u64,
     /// Instances whose start is in flight (the driver has not answered yet).
     starting: std::collections::HashSet<String>,
-    /// When the containers' status was last asked of their engine.
-    last_container_poll_ms: i64,
+    /// Instances that ended by themselves, as the driver reports them.
+    exits: exits::Exits,
     /// The driver's CPU and memory samples of the instances.
     resources: Resources,
     /// A store write failed or raced another writer: what is on disk is not
@@ -130,7 +130,7 @@ impl AppController {
             smoke: SmokeChecks::default(),
             routing_generation: 0,
             starting: Default::default(),
-            last_container_poll_ms: i64::MIN,
+            exits: exits::Exits::default(),
             resources,
             resync: false,
             shutdown,
@@ -750,12 +750,11 @@ impl AppController {
     /// Driver events: report instances whose process ended on its own.
     async fn watch_exits(&mut self) {
         let now = self.shared.now_ms();
-        let containers_too =
-            now.saturating_sub(self.last_container_poll_ms) >= exits::CONTAINER_POLL_MS;
-        if containers_too {
-            self.last_container_poll_ms = now;
-        }
-        for input in exits::exited(&*self.shared.driver, &self.state, containers_too).await {
+        let exited = self
+            .exits
+            .exited(&*self.shared.driver, &self.state, now)
+            .await;
+        for input in exited {
             if let Input::Exited { id, .. } = &input {
                 self.in_progress.remove(id);
             }

@@ -7,12 +7,42 @@ use baton_engine::{AppState, ExitCause, Input, InstancePhase as P};
 /// How often a container's status is asked of its engine (an API call each;
 /// a process's is a read of /proc, asked at every tick). Readiness probes see a
 /// dead container sooner; this tells how it ended (exit code, OOM kill).
-pub const CONTAINER_POLL_MS: i64 = 2_000;
+const CONTAINER_POLL_MS: i64 = 2_000;
 
-/// An `Exited` input for each instance the state believes running (starting,
-/// ready or draining) whose process the driver reports ended or gone.
-/// Containers are only asked about when `containers_too`.
-pub async fn exited(driver: &dyn DynDriver, state: &AppState, containers_too: bool) -> Vec<Input> {
+/// Watches for instances that ended by themselves.
+#[derive(Debug)]
+pub struct Exits {
+    /// When the containers' status was last asked of their engine.
+    last_container_poll_ms: i64,
+}
+
+impl Default for Exits {
+    fn default() -> Self {
+        Exits {
+            last_container_poll_ms: i64::MIN,
+        }
+    }
+}
+
+impl Exits {
+    /// An `Exited` input for each instance the state believes running (starting,
+    /// ready or draining) whose process the driver reports ended or gone.
+    /// Containers are asked about every [`CONTAINER_POLL_MS`], processes always.
+    pub async fn exited(
+        &mut self,
+        driver: &dyn DynDriver,
+        state: &AppState,
+        now: i64,
+    ) -> Vec<Input> {
+        let containers_too = now.saturating_sub(self.last_container_poll_ms) >= CONTAINER_POLL_MS;
+        if containers_too {
+            self.last_container_poll_ms = now;
+        }
+        exited(driver, state, containers_too).await
+    }
+}
+
+async fn exited(driver: &dyn DynDriver, state: &AppState, containers_too: bool) -> Vec<Input> {
     let watched: Vec<_> = state
         .instances
         .iter()
