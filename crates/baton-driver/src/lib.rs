@@ -62,6 +62,9 @@ pub struct LaunchSpec {
     pub log_path: PathBuf,
     /// What to run: a process or a container.
     pub target: Target,
+    /// The host whose node runs it, for an app on several hosts; `None`: this machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// What kind of instance to start, with that kind's settings.
@@ -216,6 +219,8 @@ pub enum StopOutcome {
 pub struct Scope {
     pub app: String,
     pub container_endpoints: Vec<String>,
+    /// The hosts (of a fleet) the app runs on, or ran on; empty: this machine only.
+    pub hosts: Vec<String>,
 }
 
 /// A live instance owned by this control plane, found by [`Driver::discover`].
@@ -308,6 +313,14 @@ pub enum DriverError {
         /// The image reference.
         image: String,
         /// What is wrong and how to fix it.
+        reason: String,
+    },
+    /// A host of a fleet could not be asked, or its node refused.
+    #[error("host {host}: {reason}")]
+    Remote {
+        /// The host's name.
+        host: String,
+        /// What went wrong.
         reason: String,
     },
     /// The instance was still alive after being killed (for example stuck in the kernel).

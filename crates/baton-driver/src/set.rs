@@ -76,9 +76,9 @@ impl Drivers {
 }
 
 fn endpoint_of(handle: &InstanceHandle) -> Option<&str> {
-    match &handle.locator {
+    match handle.locator.local() {
         Locator::Container { endpoint, .. } => Some(endpoint),
-        Locator::Process { .. } => None,
+        _ => None,
     }
 }
 

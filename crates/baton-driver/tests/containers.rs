@@ -53,6 +53,7 @@ fn spec(pm: &Podman, instance_id: &str, image: &str) -> LaunchSpec {
             read_only: false,
             labels: BTreeMap::new(),
         }),
+        node: None,
     }
 }
 
@@ -219,6 +220,7 @@ async fn discovery_after_a_restart_finds_only_own_containers() {
     let scope = Scope {
         app: APP.to_owned(),
         container_endpoints: vec![pm.endpoint.clone()],
+        hosts: Vec::new(),
     };
     let found = restarted.discover(&scope).await.expect("discover");
     let ids: Vec<&str> = found.iter().map(|f| f.instance_id.as_str()).collect();

@@ -139,6 +139,9 @@ pub enum PauseReason {
     /// No progress within the progress deadline (`on_progress_deadline: pause`);
     /// `detail` says what was missing.
     ProgressDeadline { detail: String },
+    /// Hosts of the app stopped answering (`since_ms`: when the first did);
+    /// nothing is guessed about them, the rollout waits until they answer.
+    HostsUnreachable { hosts: Vec<String>, since_ms: i64 },
 }
 
 /// How a pause by the upgrade window was worded before pauses were typed.
@@ -194,6 +197,19 @@ impl fmt::Display for PauseReason {
                 write!(f, "analysis inconclusive: {reason}")
             }
             PauseReason::ProgressDeadline { detail } => f.write_str(detail),
+            PauseReason::HostsUnreachable { hosts, since_ms } => {
+                let secs = since_ms.div_euclid(1000).rem_euclid(86_400);
+                let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+                let which = match hosts.as_slice() {
+                    [one] => format!("host {one} is"),
+                    many => format!("hosts {} are", many.join(", ")),
+                };
+                write!(
+                    f,
+                    "{which} unreachable since {h:02}:{m:02}:{s:02} UTC; the rollout goes on \
+                     when they answer again"
+                )
+            }
         }
     }
 }

@@ -36,6 +36,28 @@ pub enum Locator {
         /// The image digest it was created from (`sha256:...`).
         digest: String,
     },
+    /// An instance on another host, run by that host's node: `locator` is what
+    /// the node's own driver knows it by.
+    Remote { host: String, locator: Box<Locator> },
+}
+
+impl Locator {
+    /// What the driver that runs the instance knows it by (the node's locator
+    /// of a remote instance).
+    pub fn local(&self) -> &Locator {
+        match self {
+            Locator::Remote { locator, .. } => locator.local(),
+            other => other,
+        }
+    }
+
+    /// The host it runs on, when not this machine.
+    pub fn host(&self) -> Option<&str> {
+        match self {
+            Locator::Remote { host, .. } => Some(host),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for Locator {
@@ -43,6 +65,7 @@ impl fmt::Display for Locator {
         match self {
             Locator::Process { pid, .. } => write!(f, "pid {pid}"),
             Locator::Container { id, .. } => write!(f, "container {}", short_id(id)),
+            Locator::Remote { host, locator } => write!(f, "{locator} on {host}"),
         }
     }
 }

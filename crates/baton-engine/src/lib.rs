@@ -45,6 +45,23 @@ pub struct Params {
     /// Past the progress deadline, pause for a person instead of rolling back.
     #[serde(default)]
     pub pause_on_deadline: bool,
+    /// The hosts the instances run on, each with its share of `instances`
+    /// (the shares add up to it). Empty: one machine, no host grouping.
+    #[serde(default)]
+    pub hosts: Vec<HostShare>,
+    /// Hosts a rolling upgrade works on at once (node by node: 1).
+    #[serde(default)]
+    pub max_unavailable_hosts: u32,
+}
+
+/// One host's part of an app: how many instances run there, and the surge
+/// and unavailability allowed inside it while a rolling upgrade replaces them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostShare {
+    pub name: String,
+    pub instances: u32,
+    pub max_surge: u32,
+    pub max_unavailable: u32,
 }
 
 /// How a rollout moves traffic.
@@ -273,6 +290,9 @@ pub struct Instance {
     #[serde(default, deserialize_with = "handle::deserialize_stored")]
     pub handle: Option<InstanceHandle>,
     pub created_ms: Millis,
+    /// The host it runs on, for an app on several hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 impl Instance {
@@ -479,6 +499,13 @@ pub enum Input {
     UpgradeWindowClosed,
     /// An upgrade window opened: a rollout the window paused goes on.
     UpgradeWindowOpened,
+    /// The app's hosts that do not answer now (level-triggered: sent whenever
+    /// the set changes, empty once all answer). A rollout pauses while any is
+    /// unreachable and goes on by itself when all are back.
+    HostsUnreachable {
+        hosts: Vec<String>,
+        since_ms: Millis,
+    },
     /// Result of an analysis run of the new release.
     Analysis { verdict: Verdict, reason: String },
     /// The smoke tests of the current `Checks` step passed.
@@ -790,6 +817,30 @@ fn apply_input(
                 let reason = PauseReason::UpgradeWindow;
                 event(actions, EventKind::Paused, reason.to_string());
                 r.paused = Some(reason);
+            }
+        }
+        Input::HostsUnreachable { hosts, since_ms } => {
+            if let Some(r) = &mut s.rollout
+                && r.phase == RolloutPhase::Progressing
+            {
+                let by_hosts = matches!(r.paused, Some(PauseReason::HostsUnreachable { .. }));
+                if hosts.is_empty() {
+                    if by_hosts {
+                        r.paused = None;
+                        r.last_progress_ms = now;
+                        event(
+                            actions,
+                            EventKind::Resumed,
+                            "every host answers again: resuming".into(),
+                        );
+                    }
+                } else if r.paused.is_none() || by_hosts {
+                    let reason = PauseReason::HostsUnreachable { hosts, since_ms };
+                    if r.paused.as_ref() != Some(&reason) {
+                        event(actions, EventKind::Paused, reason.to_string());
+                        r.paused = Some(reason);
+                    }
+                }
             }
         }
         Input::UpgradeWindowOpened => {

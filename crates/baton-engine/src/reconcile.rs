@@ -74,19 +74,11 @@ pub(crate) fn reconcile(s: &mut AppState, now: Millis, actions: &mut Vec<Action>
     let is_new = |i: &Instance| i.is_live() && i.revision == target.revision;
     let is_old =
         |i: &Instance| i.is_live() && i.revision != target.revision && warm != Some(i.revision);
-    let new_count = s.instances.iter().filter(|i| is_new(i)).count() as u32;
-    let old_count = s.instances.iter().filter(|i| is_old(i)).count() as u32;
     let new_available = s
         .instances
         .iter()
         .filter(|i| is_new(i) && i.is_available(now, min_ready))
         .count() as u32;
-    let old_ready = s
-        .instances
-        .iter()
-        .filter(|i| is_old(i) && i.is_routable())
-        .count() as u32;
-
     if let Some(r) = &mut s.rollout
         && progressing
         && new_available > r.best_available
@@ -95,45 +87,100 @@ pub(crate) fn reconcile(s: &mut AppState, now: Millis, actions: &mut Vec<Action>
         r.best_available = new_available;
     }
 
+    let conv = Convergence {
+        target: &target,
+        warm,
+        min_ready,
+        now,
+    };
+    if p.hosts.is_empty() {
+        let group = Group {
+            host: None,
+            instances: n,
+            surge: p.effective_surge(),
+            min_available: p.min_available(),
+        };
+        converge(s, &conv, &group, actions);
+    } else {
+        converge_hosts(s, &conv, progressing, actions);
+    }
+
+    // Done when the target release runs at full strength and nothing else is live.
+    if s.rollout.is_some() {
+        let new_count = s.instances.iter().filter(|i| is_new(i)).count() as u32;
+        let old_count = s.instances.iter().filter(|i| is_old(i)).count() as u32;
+        let available = s
+            .instances
+            .iter()
+            .filter(|i| is_new(i) && i.is_available(now, min_ready))
+            .count() as u32;
+        if old_count == 0 && new_count == n && available == n {
+            finish(s, now, actions);
+        }
+    }
+}
+
+/// What a rolling convergence moves towards, shared by its host groups.
+struct Convergence<'a> {
+    target: &'a Release,
+    /// The release kept warm after a blue-green switch: left alone.
+    warm: Option<u32>,
+    min_ready: u64,
+    now: Millis,
+}
+
+/// A set of instances converged together: all of an app's (one machine), or
+/// one host's share.
+struct Group {
+    /// `None`: every instance (an app on one machine).
+    host: Option<String>,
+    instances: u32,
+    surge: u32,
+    min_available: u32,
+}
+
+impl Group {
+    fn holds(&self, i: &Instance) -> bool {
+        self.host.is_none() || i.host == self.host
+    }
+}
+
+/// Converge one group to `c.target`: start new instances within the surge
+/// allowance, drain old ones without letting the group's routable capacity drop
+/// below its minimum.
+fn converge(s: &mut AppState, c: &Convergence<'_>, g: &Group, actions: &mut Vec<Action>) {
+    let (target, now) = (c.target, c.now);
+    let n = g.instances;
+    let is_new = |i: &Instance| g.holds(i) && i.is_live() && i.revision == target.revision;
+    let is_old = |i: &Instance| {
+        g.holds(i) && i.is_live() && i.revision != target.revision && c.warm != Some(i.revision)
+    };
+    let new_count = s.instances.iter().filter(|i| is_new(i)).count() as u32;
+    let old_count = s.instances.iter().filter(|i| is_old(i)).count() as u32;
+    let new_available = s
+        .instances
+        .iter()
+        .filter(|i| is_new(i) && i.is_available(now, c.min_ready))
+        .count() as u32;
+    let old_ready = s
+        .instances
+        .iter()
+        .filter(|i| is_old(i) && i.is_routable())
+        .count() as u32;
+
     // Scale up the target release, within the surge allowance while old
     // instances still run.
-    let max_total = if old_count > 0 {
-        n + p.effective_surge()
-    } else {
-        n
-    };
+    let max_total = if old_count > 0 { n + g.surge } else { n };
     let room = max_total.saturating_sub(new_count + old_count);
     let to_start = n.saturating_sub(new_count).min(room);
     for _ in 0..to_start {
-        let id = format!("{}-r{}-{}", s.app, target.revision, s.next_instance_seq);
-        s.next_instance_seq += 1;
-        s.instances.push(Instance {
-            id: id.clone(),
-            revision: target.revision,
-            version: target.version.clone(),
-            phase: InstancePhase::Pending,
-            address: None,
-            handle: None,
-            created_ms: now,
-        });
-        // Every start is an event, so that the plan shows each instance
-        // count it reaches (its peak included).
-        event(
-            actions,
-            EventKind::InstanceStarting,
-            format!("{id} ({}) starting", target.version),
-        );
-        actions.push(Action::Start {
-            id,
-            revision: target.revision,
-            version: target.version.clone(),
-        });
+        start_instance(s, target, g.host.clone(), now, actions);
     }
 
     // Scale down old instances without letting routable capacity drop below
     // `instances - max_unavailable`. Instances that take no traffic go first:
     // removing them costs no capacity.
-    let min_available = p.min_available();
+    let min_available = g.min_available;
     let mut available = old_ready + new_available;
     let mut drain_ids = Vec::new();
     for inst in s.instances.iter().filter(|i| is_old(i) && !i.is_routable()) {
@@ -176,20 +223,114 @@ pub(crate) fn reconcile(s: &mut AppState, now: Millis, actions: &mut Vec<Action>
     for id in drain_ids {
         drain(s, &id, now, actions);
     }
+}
 
-    // Done when the target release runs at full strength and nothing else is live.
-    if s.rollout.is_some() {
-        let new_count = s.instances.iter().filter(|i| is_new(i)).count() as u32;
-        let old_count = s.instances.iter().filter(|i| is_old(i)).count() as u32;
-        let available = s
+/// Converge an app on several hosts, host by host: at most
+/// `max_unavailable_hosts` hosts are worked on at once while a rollout moves
+/// forward (a rollback works on every host at once), and a paused rollout
+/// touches nothing. Instances on a host no longer in the spec go once every
+/// host has its share available.
+fn converge_hosts(
+    s: &mut AppState,
+    c: &Convergence<'_>,
+    progressing: bool,
+    actions: &mut Vec<Action>,
+) {
+    let hosts = s.params.hosts.clone();
+    let rolling_out = progressing && s.rollout.is_some();
+    if rolling_out && s.rollout.as_ref().is_some_and(|r| r.paused.is_some()) {
+        return;
+    }
+    let limit = if rolling_out {
+        s.params.max_unavailable_hosts.max(1) as usize
+    } else {
+        usize::MAX
+    };
+    let target = c.target.revision;
+    let on = |i: &Instance, h: &str| i.host.as_deref() == Some(h);
+    // Per host: (untouched by this rollout, done).
+    let standing: Vec<(bool, bool)> = hosts
+        .iter()
+        .map(|h| {
+            let mine = || s.instances.iter().filter(|i| on(i, &h.name));
+            let new_live = mine()
+                .filter(|i| i.is_live() && i.revision == target)
+                .count() as u32;
+            let new_available = mine()
+                .filter(|i| {
+                    i.is_live() && i.revision == target && i.is_available(c.now, c.min_ready)
+                })
+                .count() as u32;
+            let old_live = mine()
+                .filter(|i| i.is_live() && i.revision != target && c.warm != Some(i.revision))
+                .count();
+            let leaving = mine().any(|i| !i.is_live() && i.revision != target);
+            let done = old_live == 0 && new_live == h.instances && new_available == h.instances;
+            (new_live == 0 && !leaving && old_live > 0, done)
+        })
+        .collect();
+    let mut busy = standing.iter().filter(|(u, d)| !u && !d).count();
+    for (h, (untouched, done)) in hosts.iter().zip(&standing) {
+        if *untouched && !done {
+            if busy >= limit {
+                continue;
+            }
+            busy += 1;
+        }
+        let group = Group {
+            host: Some(h.name.clone()),
+            instances: h.instances,
+            surge: h.max_surge,
+            min_available: h.instances.saturating_sub(h.max_unavailable),
+        };
+        converge(s, c, &group, actions);
+    }
+    if standing.iter().all(|(_, done)| *done) {
+        let stray: Vec<String> = s
             .instances
             .iter()
-            .filter(|i| is_new(i) && i.is_available(now, min_ready))
-            .count() as u32;
-        if old_count == 0 && new_count == n && available == n {
-            finish(s, now, actions);
+            .filter(|i| i.is_live() && !hosts.iter().any(|h| on(i, &h.name)))
+            .map(|i| i.id.clone())
+            .collect();
+        for id in stray {
+            drain(s, &id, c.now, actions);
         }
     }
+}
+
+/// Add a pending instance of `release` (on `host`) and ask the driver to start it.
+fn start_instance(
+    s: &mut AppState,
+    release: &Release,
+    host: Option<String>,
+    now: Millis,
+    actions: &mut Vec<Action>,
+) {
+    let id = format!("{}-r{}-{}", s.app, release.revision, s.next_instance_seq);
+    s.next_instance_seq += 1;
+    s.instances.push(Instance {
+        id: id.clone(),
+        revision: release.revision,
+        version: release.version.clone(),
+        phase: InstancePhase::Pending,
+        address: None,
+        handle: None,
+        created_ms: now,
+        host: host.clone(),
+    });
+    // Every start is an event, so that the plan shows each instance count it
+    // reaches (its peak included).
+    let on = host.map(|h| format!(" on {h}")).unwrap_or_default();
+    event(
+        actions,
+        EventKind::InstanceStarting,
+        format!("{id} ({}) starting{on}", release.version),
+    );
+    actions.push(Action::Start {
+        id,
+        revision: release.revision,
+        version: release.version.clone(),
+    });
 }
 
 fn check_deadline(s: &mut AppState, now: Millis, actions: &mut Vec<Action>) {
@@ -578,7 +719,10 @@ fn reconcile_stepped(s: &mut AppState, steps: &[Step], now: Millis, actions: &mu
     scale_release(s, &from, n, now, actions);
 }
 
-/// Start or drain instances of `release` until `count` are live.
+/// Start or drain instances of `release` until `count` are live. On several
+/// hosts the count is spread over them in proportion to their shares, rounded
+/// up: every host with a share runs at least one instance of a release that
+/// has any, so that every host's router can send it its weight.
 fn scale_release(
     s: &mut AppState,
     release: &Release,
@@ -586,10 +730,38 @@ fn scale_release(
     now: Millis,
     actions: &mut Vec<Action>,
 ) {
+    if s.params.hosts.is_empty() {
+        scale_group(s, release, None, count, now, actions);
+        return;
+    }
+    let n = u64::from(s.params.instances.max(1));
+    for h in s.params.hosts.clone() {
+        let share = (u64::from(count) * u64::from(h.instances)).div_ceil(n) as u32;
+        scale_group(
+            s,
+            release,
+            Some(h.name),
+            share.min(h.instances),
+            now,
+            actions,
+        );
+    }
+}
+
+fn scale_group(
+    s: &mut AppState,
+    release: &Release,
+    host: Option<String>,
+    count: u32,
+    now: Millis,
+    actions: &mut Vec<Action>,
+) {
     let live: Vec<&Instance> = s
         .instances
         .iter()
-        .filter(|i| i.is_live() && i.revision == release.revision)
+        .filter(|i| {
+            i.is_live() && i.revision == release.revision && (host.is_none() || i.host == host)
+        })
         .collect();
     let have = live.len() as u32;
     if have > count {
@@ -606,27 +778,7 @@ fn scale_release(
         return;
     }
     for _ in have..count {
-        let id = format!("{}-r{}-{}", s.app, release.revision, s.next_instance_seq);
-        s.next_instance_seq += 1;
-        s.instances.push(Instance {
-            id: id.clone(),
-            revision: release.revision,
-            version: release.version.clone(),
-            phase: InstancePhase::Pending,
-            address: None,
-            handle: None,
-            created_ms: now,
-        });
-        event(
-            actions,
-            EventKind::InstanceStarting,
-            format!("{id} ({}) starting", release.version),
-        );
-        actions.push(Action::Start {
-            id,
-            revision: release.revision,
-            version: release.version.clone(),
-        });
+        start_instance(s, release, host.clone(), now, actions);
     }
 }
 

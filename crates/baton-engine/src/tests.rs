@@ -19,6 +19,8 @@ fn params(n: u32, surge: u32, unavailable: u32) -> Params {
         max_restarts: 2,
         strategy: Strategy::Rolling,
         pause_on_deadline: false,
+        hosts: Vec::new(),
+        max_unavailable_hosts: 0,
     }
 }
 

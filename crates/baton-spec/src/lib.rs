@@ -24,10 +24,10 @@ use std::path::Path;
 pub use error::SpecError;
 pub use model::{
     AnalysisSpec, AppSpec, Balance, BlueGreenSpec, CanarySpec, CanaryStep, ContainerDriverSpec,
-    ContainerNetwork, DriverSpec, HeaderMatch, HooksSpec, IntOrPercent, OnProgressDeadline,
-    OnWindowEnd, PreflightCheck, ProcessDriverSpec, PullPolicy, ReadinessSpec, RollingSpec,
-    SmokeTest, StrategySpec, TimeOfDay, TrafficSpec, UpgradeWindow, UpgradeWindows, WarmupSpec,
-    Weekday,
+    ContainerNetwork, DriverSpec, HeaderMatch, HooksSpec, HostSpec, HostsSpec, IntOrPercent,
+    OnProgressDeadline, OnWindowEnd, PreflightCheck, ProcessDriverSpec, PullPolicy, ReadinessSpec,
+    RollingSpec, RouterPlacement, SmokeTest, Spread, StrategySpec, TimeOfDay, TrafficSpec,
+    UpgradeWindow, UpgradeWindows, WarmupSpec, Weekday,
 };
 pub use strategy::{StrategyKind, UnknownStrategy};
 pub use template::{

@@ -59,6 +59,88 @@ pub struct AppSpec {
     /// How the router passes user traffic to the instances.
     #[serde(default)]
     pub traffic: TrafficSpec,
+    /// The machines the instances run on, over SSH; `None`: this machine.
+    #[serde(default)]
+    pub hosts: Option<HostsSpec>,
+}
+
+/// The machines an app runs on, and how its instances and traffic spread over them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HostsSpec {
+    /// At least one; names are unique.
+    pub hosts: Vec<HostSpec>,
+    pub spread: Spread,
+    pub router: RouterPlacement,
+    /// Hosts a rolling upgrade works on at once (resolved against the host
+    /// count, rounded down, at least 1).
+    pub max_unavailable: IntOrPercent,
+    /// The known_hosts file; `None`: `~/.ssh/known_hosts`.
+    pub known_hosts: Option<PathBuf>,
+    #[serde(with = "duration_text")]
+    pub connect_timeout: Duration,
+}
+
+impl HostsSpec {
+    /// How many of the app's `instances` run on each host, in list order.
+    pub fn shares(&self, instances: u32) -> Vec<(String, u32)> {
+        let n = self.hosts.len() as u32;
+        self.hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let share = match self.spread {
+                    Spread::PerHost => instances,
+                    Spread::Even => instances / n + u32::from((i as u32) < instances % n),
+                };
+                (h.name.clone(), share)
+            })
+            .collect()
+    }
+
+    /// Hosts a rolling upgrade may work on at once.
+    pub fn max_unavailable_hosts(&self) -> u32 {
+        self.max_unavailable
+            .resolve_down(self.hosts.len() as u32)
+            .max(1)
+    }
+
+    pub fn host(&self, name: &str) -> Option<&HostSpec> {
+        self.hosts.iter().find(|h| h.name == name)
+    }
+}
+
+/// One machine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostSpec {
+    pub name: String,
+    /// Where SSH reaches it, and where its instances listen.
+    pub address: String,
+    pub port: u16,
+    pub user: String,
+    pub identity_file: Option<PathBuf>,
+    /// baton's directory on the host (relative paths are from the user's home).
+    pub dir: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// How an app's `instances` spread over its hosts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Spread {
+    /// `instances` is the total, spread evenly.
+    Even,
+    /// `instances` run on every host.
+    PerHost,
+}
+
+/// Where an app's user traffic enters when it runs on several hosts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouterPlacement {
+    /// A router on every host, in front of that host's instances.
+    PerHost,
+    /// baton's own router, in front of the instances of every host.
+    Central,
 }
 
 /// How the router passes user traffic to the instances.

@@ -79,6 +79,93 @@ pub(crate) struct AppSpec {
     /// defaults.
     #[serde(default)]
     pub traffic: Option<TrafficSpec>,
+    /// Run the instances on other machines, reached over SSH. baton installs
+    /// itself on each host and runs `baton node` there: that host's router and
+    /// its instances (processes or containers). Without it, everything runs on
+    /// the machine baton runs on.
+    #[serde(default)]
+    pub hosts: Option<HostsSpec>,
+}
+
+/// The machines an app runs on, and how its instances and traffic spread over them.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HostsSpec {
+    /// The hosts, at least one.
+    pub list: Vec<HostEntry>,
+    /// How `instances` spread over the hosts: `even` (the default: `instances` is
+    /// the total, spread as evenly as it divides, earlier hosts first) or
+    /// `per_host` (`instances` run on every host).
+    #[serde(default)]
+    pub spread: Option<String>,
+    /// Where user traffic enters: `per_host` (the default: a router on every
+    /// host, listening on `listen`, in front of that host's instances; a load
+    /// balancer or DNS spreads users over the hosts) or `central` (baton's own
+    /// router forwards to the instances of every host).
+    #[serde(default)]
+    pub router: Option<String>,
+    /// Hosts a rolling upgrade works on at once: a count or a percentage of the
+    /// hosts (rounded down, at least 1). Default 1: node by node.
+    #[serde(default)]
+    pub max_unavailable: Option<IntOrPercentText>,
+    /// SSH settings shared by every host (each host may override user, port and
+    /// identity file).
+    #[serde(default)]
+    pub ssh: Option<SshSpec>,
+    /// Directory on each host where baton keeps its binary, its node's state and
+    /// the instances' logs; relative to the SSH user's home. Default `.baton`.
+    #[serde(default)]
+    pub dir: Option<String>,
+}
+
+/// One machine.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HostEntry {
+    /// Short name, unique in the list (letters, digits and '-').
+    pub name: String,
+    /// IP address (or DNS name) baton reaches the host at over SSH, and the
+    /// address its instances listen on.
+    pub address: String,
+    /// SSH port. Default: `ssh.port`, else 22.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// SSH user. Default: `ssh.user`, else `root`.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Private key file. Default: `ssh.identity_file`, else the SSH agent and
+    /// ssh's own defaults. Passwords are never used.
+    #[serde(default)]
+    pub identity_file: Option<String>,
+    /// This host's baton directory (overrides `hosts.dir`).
+    #[serde(default)]
+    pub dir: Option<String>,
+    /// Free labels (`zone: a`), shown by `baton hosts`.
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+/// SSH settings shared by every host.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SshSpec {
+    /// Default user. Default `root`.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Default port. Default 22.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Default private key file.
+    #[serde(default)]
+    pub identity_file: Option<String>,
+    /// The known_hosts file host keys are checked against. Default
+    /// `~/.ssh/known_hosts`. A host whose key is missing or different is refused
+    /// (`baton hosts trust APP HOST` adds a key after showing its fingerprint).
+    #[serde(default)]
+    pub known_hosts: Option<String>,
+    /// Longest time to open an SSH connection. Default `10s`.
+    #[serde(default)]
+    pub connect_timeout: Option<HumanDuration>,
 }
 
 /// How baton's router passes user traffic to the instances.

@@ -20,7 +20,9 @@ pub struct TemplateVars<'a> {
 }
 
 /// The placeholder names an instance command or env value may use.
-pub const PLACEHOLDERS: [&str; 5] = ["version", "port", "app", "instance", "baton"];
+/// `{host}` is the address the instance listens on (127.0.0.1 on this machine, the
+/// host's address on a remote host); the launcher supplies it as an extra value.
+pub const PLACEHOLDERS: [&str; 6] = ["version", "port", "app", "instance", "baton", "host"];
 
 /// The placeholder names a pre-flight command may use (there is no instance yet).
 /// For a container app, `{image}` is the image reference and `{digest}` the digest it

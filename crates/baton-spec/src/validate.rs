@@ -10,10 +10,10 @@ use crate::error::SpecError;
 use crate::locate::{Pos, SourceMap, join};
 use crate::model::{
     AnalysisSpec, AppSpec, Balance, BlueGreenSpec, CanarySpec, CanaryStep, ContainerDriverSpec,
-    ContainerNetwork, DriverSpec, HeaderMatch, HooksSpec, IntOrPercent, OnProgressDeadline,
-    OnWindowEnd, PreflightCheck, ProcessDriverSpec, PullPolicy, ReadinessSpec, RollingSpec,
-    SmokeTest, StrategySpec, TimeOfDay, TrafficSpec, UpgradeWindow, UpgradeWindows, WarmupSpec,
-    Weekday,
+    ContainerNetwork, DriverSpec, HeaderMatch, HooksSpec, HostSpec, HostsSpec, IntOrPercent,
+    OnProgressDeadline, OnWindowEnd, PreflightCheck, ProcessDriverSpec, PullPolicy, ReadinessSpec,
+    RollingSpec, RouterPlacement, SmokeTest, Spread, StrategySpec, TimeOfDay, TrafficSpec,
+    UpgradeWindow, UpgradeWindows, WarmupSpec, Weekday,
 };
 use crate::raw;
 use crate::template::{
@@ -64,6 +64,11 @@ pub(crate) mod defaults {
     pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
     pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
     pub(crate) const CLIENT_HEADER_TIMEOUT: Duration = Duration::from_secs(15);
+    pub(crate) const SSH_USER: &str = "root";
+    pub(crate) const SSH_PORT: u16 = 22;
+    pub(crate) const SSH_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+    pub(crate) const HOST_DIR: &str = ".baton";
+    pub(crate) const MAX_UNAVAILABLE_HOSTS: IntOrPercent = IntOrPercent::Count(1);
 }
 
 /// Most requests one smoke test or warm-up may send.
@@ -130,6 +135,11 @@ pub(crate) fn field_hint(path: &str) -> String {
         | "strategy.blue_green.scale_down_delay"
         | "analysis.interval"
         | "analysis.window" => DURATION_HINT,
+        "hosts.list" => "list the machines, e.g. `list: [{name: web-1, address: 10.0.0.5}]`".into(),
+        "hosts.max_unavailable" => {
+            "a whole number of hosts or a percentage of them, e.g. `1` or `50%`".into()
+        }
+        "hosts.ssh.connect_timeout" => DURATION_HINT.into(),
         "traffic.balance" => {
             "write `balance: round_robin` (each instance in turn, the default) or \
              `balance: least_requests` (the instance with the fewest requests in flight)"
@@ -1013,6 +1023,7 @@ pub(crate) fn validate(
     };
 
     let traffic = traffic(&mut c, spec.traffic.unwrap_or_default());
+    let hosts = spec.hosts.map(|h| hosts(&mut c, h, instances));
 
     if c.errors.is_empty() {
         Ok(AppSpec {
@@ -1031,6 +1042,7 @@ pub(crate) fn validate(
             upgrade_windows,
             on_progress_deadline,
             traffic,
+            hosts,
         })
     } else {
         Err(c.errors)
@@ -1069,6 +1081,115 @@ fn traffic(c: &mut Checker<'_>, t: raw::TrafficSpec) -> TrafficSpec {
             "traffic.client_header_timeout",
             t.client_header_timeout.as_ref(),
             defaults::CLIENT_HEADER_TIMEOUT,
+        ),
+    }
+}
+
+fn hosts(c: &mut Checker<'_>, h: raw::HostsSpec, instances: u32) -> HostsSpec {
+    let ssh = h.ssh.unwrap_or_default();
+    if h.list.is_empty() {
+        c.fail(
+            "hosts.list",
+            "must name at least one host",
+            field_hint("hosts.list"),
+        );
+    }
+    let dir = h.dir.unwrap_or_else(|| defaults::HOST_DIR.to_owned());
+    let mut seen = std::collections::BTreeSet::new();
+    let mut list = Vec::new();
+    for (i, e) in h.list.into_iter().enumerate() {
+        let at = format!("hosts.list[{i}]");
+        if !is_valid_name(&e.name) {
+            c.fail(
+                &format!("{at}.name"),
+                format!("invalid host name `{}`", e.name),
+                "use lowercase letters, digits and '-', such as `web-1`",
+            );
+        } else if !seen.insert(e.name.clone()) {
+            c.fail(
+                &format!("{at}.name"),
+                format!("host `{}` is listed twice", e.name),
+                "give every host its own name",
+            );
+        }
+        let address = e.address.trim().to_owned();
+        if address.is_empty() || address.contains(char::is_whitespace) || address.contains('/') {
+            c.fail(
+                &format!("{at}.address"),
+                format!("`{}` is not an IP address or host name", e.address),
+                "write the address SSH reaches the host at, such as `10.0.0.5` or `web-1.internal`",
+            );
+        }
+        list.push(HostSpec {
+            name: e.name,
+            address,
+            port: e.port.or(ssh.port).unwrap_or(defaults::SSH_PORT),
+            user: e
+                .user
+                .or_else(|| ssh.user.clone())
+                .unwrap_or_else(|| defaults::SSH_USER.to_owned()),
+            identity_file: e
+                .identity_file
+                .or_else(|| ssh.identity_file.clone())
+                .map(PathBuf::from),
+            dir: e.dir.unwrap_or_else(|| dir.clone()),
+            labels: e.labels.unwrap_or_default(),
+        });
+    }
+    let spread = match h.spread.as_deref() {
+        None | Some("even") => Spread::Even,
+        Some("per_host") => Spread::PerHost,
+        Some(other) => {
+            c.fail(
+                "hosts.spread",
+                format!("unknown spread `{other}`"),
+                "use `even` (instances is the total) or `per_host` (instances on every host)",
+            );
+            Spread::Even
+        }
+    };
+    let router = match h.router.as_deref() {
+        None | Some("per_host") => RouterPlacement::PerHost,
+        Some("central") => RouterPlacement::Central,
+        Some(other) => {
+            c.fail(
+                "hosts.router",
+                format!("unknown router placement `{other}`"),
+                "use `per_host` (a router on every host) or `central` (baton's own router)",
+            );
+            RouterPlacement::PerHost
+        }
+    };
+    if spread == Spread::Even
+        && router == RouterPlacement::PerHost
+        && (instances as usize) < list.len()
+    {
+        c.fail(
+            "instances",
+            format!(
+                "{instances} instance(s) spread over {} hosts leaves a host with none, and its \
+                 router with nothing to send users to",
+                list.len()
+            ),
+            "run at least one instance per host (`instances` >= the number of hosts, or \
+             `hosts.spread: per_host`), or use `hosts.router: central`",
+        );
+    }
+    let max_unavailable = c.int_or_percent(
+        "hosts.max_unavailable",
+        h.max_unavailable.as_ref(),
+        defaults::MAX_UNAVAILABLE_HOSTS,
+    );
+    HostsSpec {
+        hosts: list,
+        spread,
+        router,
+        max_unavailable,
+        known_hosts: ssh.known_hosts.map(PathBuf::from),
+        connect_timeout: c.positive_duration(
+            "hosts.ssh.connect_timeout",
+            ssh.connect_timeout.as_ref(),
+            defaults::SSH_CONNECT_TIMEOUT,
         ),
     }
 }

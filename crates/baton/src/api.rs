@@ -35,6 +35,7 @@ pub fn router(cp: Arc<ControlPlane>) -> Router {
         .route("/v1/apps/{app}/history", get(history))
         .route("/v1/apps/{app}/events", get(events))
         .route("/v1/apps/{app}/delete", post(delete_app))
+        .route("/v1/hosts", get(hosts))
         .route("/v1/down", post(down))
         .route("/metrics", get(metrics))
         .with_state(cp)
@@ -595,6 +596,11 @@ async fn down(State(cp): Cp) -> Json<serde_json::Value> {
     Json(json!({"stopping": true}))
 }
 
+/// The hosts of every app that runs on other machines.
+async fn hosts(State(cp): Cp) -> Json<Vec<crate::fleet::HostState>> {
+    Json(cp.shared.fleet.states())
+}
+
 async fn list_apps(State(cp): Cp) -> Json<serde_json::Value> {
     let handles: Vec<AppHandle> = cp.apps.read().await.values().cloned().collect();
     let sync = cp.shared.router.sync();
@@ -951,9 +957,9 @@ impl AppStatus {
                     .to_string(),
                     address: i.address.clone(),
                     runs: i.handle.as_ref().map(|h| h.locator.to_string()),
-                    image_digest: i.handle.as_ref().and_then(|h| match &h.locator {
+                    image_digest: i.handle.as_ref().and_then(|h| match h.locator.local() {
                         baton_engine::Locator::Container { digest, .. } => Some(digest.clone()),
-                        baton_engine::Locator::Process { .. } => None,
+                        _ => None,
                     }),
                     cpu_cores: None,
                     memory_bytes: None,

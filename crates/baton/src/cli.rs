@@ -277,6 +277,22 @@ enum Cmd {
         #[command(flatten)]
         operator: Operator,
     },
+    /// The hosts of apps that run on other machines: reachable, node version, instances, routing acknowledged.
+    Hosts {
+        #[command(subcommand)]
+        action: Option<HostsAction>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Run a host's node (baton starts it over SSH on every host of a fleet).
+    Node {
+        /// The node's directory: its sockets, logs and the owner mark of its instances.
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// Print the JSON Schema of the app spec.
     Schema,
     /// Run the sample service (used by the demo and tests): --port N --version V.
@@ -327,6 +343,23 @@ enum Cmd {
         /// Threads to run seeds on (default: one per CPU).
         #[arg(long)]
         threads: Option<usize>,
+    },
+}
+
+/// `baton hosts ...`.
+#[derive(Subcommand, Debug)]
+enum HostsAction {
+    /// Add a host's SSH key to the spec's known_hosts file, after checking it
+    /// presents the key with this fingerprint (offline: no server needed).
+    Trust {
+        /// The app spec naming the host.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// The host, by its name in the spec.
+        host: String,
+        /// The key's fingerprint as `baton apply` showed it (`SHA256:...`).
+        #[arg(long)]
+        fingerprint: String,
     },
 }
 
@@ -387,6 +420,11 @@ impl Cmd {
                 server, operator, ..
             }
             | Cmd::Down { server, operator } => Some((server, Some(operator))),
+            Cmd::Hosts {
+                action: None,
+                server,
+                ..
+            } => Some((server, None)),
             Cmd::Status { server, .. }
             | Cmd::History { server, .. }
             | Cmd::Plan { server, .. }
@@ -398,6 +436,8 @@ impl Cmd {
             | Cmd::Sim { .. }
             | Cmd::Lint { .. }
             | Cmd::Router { .. }
+            | Cmd::Hosts { .. }
+            | Cmd::Node { .. }
             | Cmd::RouterProcess { .. } => None,
         }
     }
@@ -424,7 +464,7 @@ pub fn main() -> ExitCode {
     }
     let long_running = matches!(
         cli.command,
-        Cmd::Serve { .. } | Cmd::RouterProcess { .. } | Cmd::Router { .. }
+        Cmd::Serve { .. } | Cmd::RouterProcess { .. } | Cmd::Router { .. } | Cmd::Node { .. }
     );
     init_tracing(if long_running { "info" } else { "warn" });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -738,6 +778,34 @@ async fn run(cli: Cli) -> Exit {
             match baton_router::run_standalone_with(opts, shutdown).await {
                 Ok(()) => Exit::Ok,
                 Err(e) => Exit::Failed(e.to_string()),
+            }
+        }
+        Cmd::Hosts {
+            action:
+                Some(HostsAction::Trust {
+                    file,
+                    host,
+                    fingerprint,
+                }),
+            ..
+        } => trust_host(&file, &host, &fingerprint).await,
+        Cmd::Hosts { json, .. } => hosts(&api, json).await,
+        Cmd::Node { dir } => {
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            let token = shutdown.clone();
+            tokio::spawn(async move {
+                use tokio::signal::unix::{SignalKind, signal};
+                if let Ok(mut term) = signal(SignalKind::terminate()) {
+                    term.recv().await;
+                    token.cancel();
+                }
+            });
+            let exe = std::env::current_exe()
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| "baton".into());
+            match crate::node::run(&dir, &exe, shutdown).await {
+                Ok(()) => Exit::Ok,
+                Err(e) => Exit::Failed(format!("{e:#}")),
             }
         }
         Cmd::RouterProcess { admin_socket } => {
@@ -1186,6 +1254,97 @@ async fn history(api: &ApiClient, app: &str, as_json: bool) -> Exit {
     }
     write_stdout(format_args!("{}", table.render()));
     Exit::Ok
+}
+
+/// `baton hosts`: every host of every fleet app.
+async fn hosts(api: &ApiClient, as_json: bool) -> Exit {
+    let v = match api.get("/v1/hosts").await {
+        Ok(v) => v,
+        Err(e) => return e.into(),
+    };
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return Exit::Ok;
+    }
+    let hosts = v.as_array().cloned().unwrap_or_default();
+    if hosts.is_empty() {
+        println!("no app runs on other hosts (see `hosts:` in the spec)");
+        return Exit::Ok;
+    }
+    println!(
+        "{:<12} {:<18} {:<26} {:<10} {:<12} ROUTING",
+        "HOST", "ADDRESS", "STATE", "NODE", "PID"
+    );
+    let now = crate::effects::wall_clock_ms();
+    for h in &hosts {
+        let since = (now - h["since_ms"].as_i64().unwrap_or(now)).max(0) / 1000;
+        let state = if h["reachable"].as_bool().unwrap_or(false) {
+            paint(&format!("reachable for {since} s"), Color::Green)
+        } else {
+            paint(&format!("UNREACHABLE for {since} s"), Color::Red)
+        };
+        let routing = match h.get("router").filter(|r| !r.is_null()) {
+            Some(r) => format!(
+                "generation {} of {}{}",
+                r["acknowledged"],
+                r["desired"],
+                if r["acknowledged"] == r["desired"] {
+                    ""
+                } else {
+                    " (behind)"
+                }
+            ),
+            None => "-".into(),
+        };
+        println!(
+            "{:<12} {:<18} {:<26} {:<10} {:<12} {routing}",
+            h["name"].as_str().unwrap_or(""),
+            h["address"].as_str().unwrap_or(""),
+            state,
+            h["node"]["version"].as_str().unwrap_or("-"),
+            h["node"]["pid"]
+                .as_u64()
+                .map(|p| p.to_string())
+                .unwrap_or("-".into()),
+        );
+        if let Some(e) = h["last_error"]
+            .as_str()
+            .filter(|_| !h["reachable"].as_bool().unwrap_or(false))
+        {
+            println!("  last error: {e}");
+        }
+    }
+    Exit::Ok
+}
+
+/// `baton hosts trust -f SPEC HOST --fingerprint FP`.
+async fn trust_host(file: &std::path::Path, host: &str, fingerprint: &str) -> Exit {
+    let specs = match lint_quiet(&[file.to_path_buf()]) {
+        Ok(s) => s,
+        Err(e) => return Exit::BadInput(e),
+    };
+    let Some(hosts) = specs.first().and_then(|(_, s)| s.hosts.clone()) else {
+        return Exit::BadInput(format!("{} names no hosts", file.display()));
+    };
+    let Some(h) = hosts.host(host) else {
+        let names: Vec<&str> = hosts.hosts.iter().map(|h| h.name.as_str()).collect();
+        return Exit::BadInput(format!(
+            "{} names no host {host}; its hosts are {}",
+            file.display(),
+            names.join(", ")
+        ));
+    };
+    let known_hosts = crate::fleet::ssh::known_hosts_file(&hosts);
+    match crate::fleet::ssh::trust(h, &known_hosts, fingerprint).await {
+        Ok(()) => {
+            println!(
+                "trusted {host} ({fingerprint}) in {}",
+                known_hosts.display()
+            );
+            Exit::Ok
+        }
+        Err(e) => Exit::BadInput(format!("{e:#}")),
+    }
 }
 
 async fn events(api: &ApiClient, app: &str, as_json: bool) -> Exit {

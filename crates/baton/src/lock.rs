@@ -37,7 +37,12 @@ pub struct DataDirLock {
 impl DataDirLock {
     /// Take the data dir's lock, or fail with [`DataDirBusy`] naming the holder.
     pub fn acquire(data_dir: &Path) -> anyhow::Result<DataDirLock> {
-        let path = data_dir.join(LOCK_FILE);
+        Self::acquire_named(data_dir, LOCK_FILE)
+    }
+
+    /// Take the lock file `name` in `dir` (a node holds `node.lock` in its own).
+    pub fn acquire_named(data_dir: &Path, name: &str) -> anyhow::Result<DataDirLock> {
+        let path = data_dir.join(name);
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)

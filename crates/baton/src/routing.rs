@@ -153,6 +153,31 @@ pub fn app_routes(spec: &AppSpec, state: &AppState) -> Vec<AppRoutes> {
     out
 }
 
+/// The routes of one host's router, for an app behind a router on every host:
+/// `routes` with only the instances running on `host`. Where traffic follows
+/// the instances (no explicit weights), each version weighs as many as it has
+/// there; explicit weights stay, and a version with no instance on this host
+/// gets none of its traffic here.
+pub fn host_routes(routes: &[AppRoutes], state: &AppState, host: &str) -> Vec<AppRoutes> {
+    let follows_instances = state.rollout.as_ref().is_none_or(|r| r.weight.is_none());
+    let on_host = |id: &str| state.instance(id).and_then(|i| i.host.as_deref()) == Some(host);
+    routes
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            for v in &mut r.versions {
+                v.backends.retain(|b| on_host(&b.id));
+                if v.backends.is_empty() {
+                    v.weight = 0;
+                } else if follows_instances && v.weight > 0 {
+                    v.weight = v.backends.len() as u32;
+                }
+            }
+            r
+        })
+        .collect()
+}
+
 /// The router's limits and balancing for the spec's `traffic:` section; the
 /// limits the spec does not set keep the router's defaults.
 fn traffic(t: &baton_spec::TrafficSpec) -> (AppLimits, Balance) {
@@ -271,21 +296,7 @@ impl RouterLink {
     ) -> anyhow::Result<Self> {
         let socket = socket_path(data_dir);
         let client = AdminClient::new(socket.clone());
-        let current = match client.config().await {
-            Ok(cfg) => {
-                info!(socket = %socket.display(), generation = cfg.generation, "re-attached to the running router");
-                cfg
-            }
-            Err(_) => {
-                start_router(data_dir, &socket, baton_exe)?;
-                wait_for_router(&client).await?;
-                info!(socket = %socket.display(), "started the router");
-                client
-                    .config()
-                    .await
-                    .context("reading the new router's config")?
-            }
-        };
+        let current = ensure_router(data_dir, &socket, baton_exe).await?;
         Ok(Self::new(
             socket.display().to_string(),
             Arc::new(client),
@@ -619,6 +630,31 @@ async fn recheck(link: &LinkState, client: &dyn RouterApi, started: &mut Option<
                 s.last_error = Some(error);
                 changed
             });
+        }
+    }
+}
+
+/// Re-attach to the router answering on `socket`, or start one (logging to
+/// `dir/logs/router.log`); returns the table it serves.
+pub async fn ensure_router(
+    dir: &Path,
+    socket: &Path,
+    baton_exe: &str,
+) -> anyhow::Result<RoutingConfig> {
+    let client = AdminClient::new(socket.to_path_buf());
+    match client.config().await {
+        Ok(cfg) => {
+            info!(socket = %socket.display(), generation = cfg.generation, "re-attached to the running router");
+            Ok(cfg)
+        }
+        Err(_) => {
+            start_router(dir, socket, baton_exe)?;
+            wait_for_router(&client).await?;
+            info!(socket = %socket.display(), "started the router");
+            client
+                .config()
+                .await
+                .context("reading the new router's config")
         }
     }
 }

@@ -102,7 +102,20 @@ impl ControlPlane {
                 return Err(ApplyError::Downgrade(why));
             }
         }
-        for (address, field) in crate::admission::addresses(&spec) {
+        if let Some(hosts) = &spec.hosts {
+            // Every host's key is checked before anything changes.
+            crate::fleet::check_host_keys(hosts)
+                .await
+                .map_err(|e| ApplyError::Refused(format!("{file}: {e}")))?;
+        }
+        let per_host = spec
+            .hosts
+            .as_ref()
+            .is_some_and(|h| h.router == baton_spec::RouterPlacement::PerHost);
+        for (address, field) in crate::admission::addresses(&spec)
+            .into_iter()
+            .filter(|_| !per_host)
+        {
             // Busy is fine when it is baton's router serving this very app.
             if let Err(e) = std::net::TcpListener::bind(address)
                 && !self.shared.router.listening(&spec.name, address).await
@@ -121,6 +134,7 @@ impl ControlPlane {
             .store()
             .upsert_app(&spec.name, &spec_json, yaml, self.shared.now_ms())
             .map_err(anyhow::Error::from)?;
+        self.shared.fleet.ensure(&spec);
         if let Some(handle) = apps.get(&spec.name) {
             let (tx, rx) = tokio::sync::oneshot::channel();
             handle
@@ -221,6 +235,7 @@ impl ControlPlane {
             });
         }
         stopping.join_all().await;
+        self.shared.fleet.close().await;
         if let Some(pid) = self.shared.router.pid().await {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid as i32),
@@ -267,10 +282,20 @@ pub async fn start_locked(
     let clock: Arc<dyn crate::effects::Clock> = Arc::new(crate::effects::SystemClock);
     let router =
         RouterLink::attach_or_start(&data_dir, &baton_exe, clock.clone(), shutdown.clone()).await?;
+    let fleet = Arc::new(crate::fleet::Fleet::new(
+        data_dir.clone(),
+        PathBuf::from(&baton_exe),
+        clock.clone(),
+        shutdown.clone(),
+    ));
     let shared = Arc::new(Shared {
         store: Arc::new(std::sync::Mutex::new(store)),
-        driver: Arc::new(Drivers::new(data_dir.to_string_lossy().into_owned())),
+        driver: Arc::new(crate::fleet::FleetDriver::new(
+            Drivers::new(data_dir.to_string_lossy().into_owned()),
+            fleet.clone(),
+        )),
         router,
+        fleet,
         probe: Arc::new(crate::effects::HttpProbe::default()),
         clock,
         delivery: None,
@@ -297,6 +322,7 @@ pub async fn start_locked(
         {
             tracing::error!(app = %rec.name, %conflict, "two apps share an address; the router will refuse their routing table until one is deleted or moved");
         }
+        shared.fleet.ensure(&spec);
         let handle = cp.spawn_controller(spec.clone())?;
         cp.apps.write().await.insert(rec.name.clone(), handle);
         info!(app = %rec.name, "resumed");

@@ -871,6 +871,13 @@ impl Sim {
                 self.store.clone(),
             )),
             router,
+            // The simulated apps run on one machine: no hosts.
+            fleet: Arc::new(crate::fleet::Fleet::new(
+                std::env::temp_dir(),
+                std::env::temp_dir(),
+                clock.clone(),
+                shutdown.clone(),
+            )),
             probe: Arc::new(SimProbe(self.world.clone())),
             clock,
             delivery: Some(Arc::new(SimDelivery(self.world.clone()))),

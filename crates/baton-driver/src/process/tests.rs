@@ -50,6 +50,7 @@ impl Scratch {
             host: LOCALHOST,
             port: free_port(LOCALHOST).unwrap(),
             log_path: self.dir.join("logs").join(format!("{id}.log")),
+            node: None,
         }
     }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::Context;
 use baton_driver::InstanceHandle;
 use baton_engine::{Action, AppState, Input, Outcome, Params};
-use baton_spec::{AppSpec, StrategySpec};
+use baton_spec::{AppSpec, RouterPlacement, StrategySpec};
 use baton_store::NewEvent;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -69,6 +69,10 @@ pub struct AppController {
     /// Generation of the newest routing table published for this app's state:
     /// a drain waits until the router acknowledges it (or a newer one).
     routing_generation: u64,
+    /// For an app behind per-host routers: the generation of each host
+    /// router's table published for this state (`None`: that router is not
+    /// reached yet; the routes wait for it).
+    host_generations: std::collections::BTreeMap<String, Option<u64>>,
     /// Instances whose start is in flight (the driver has not answered yet).
     starting: std::collections::HashSet<String>,
     /// Instances that ended by themselves, as the driver reports them.
@@ -129,6 +133,7 @@ impl AppController {
             strategy_override: None,
             smoke: SmokeChecks::default(),
             routing_generation: 0,
+            host_generations: Default::default(),
             starting: Default::default(),
             exits: exits::Exits::default(),
             resources,
@@ -190,6 +195,7 @@ impl AppController {
                     self.analyze().await;
                     self.start_checks_if_due();
                     self.follow_window().await;
+                    self.follow_hosts().await;
                 }
             }
         }
@@ -546,10 +552,9 @@ impl AppController {
     /// within [`REPLY_ACK_WAIT`] gets the reply sent anyway (status says why
     /// the routing is held).
     fn reply_once_routed<T: Send + 'static>(&self, reply: oneshot::Sender<T>, result: T) {
-        let router = self.shared.router.clone();
-        let generation = self.routing_generation;
+        let routed = self.routed(None);
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(REPLY_ACK_WAIT, router.acknowledged(generation)).await;
+            let _ = tokio::time::timeout(REPLY_ACK_WAIT, routed).await;
             let _ = reply.send(result);
         });
     }
@@ -621,8 +626,45 @@ impl AppController {
     /// Record this app's routes for its current state in the desired table
     /// (the router link delivers it and tracks the acknowledgement).
     fn publish_routing(&mut self) {
-        let routes = crate::routing::app_routes(&self.effective_spec(), &self.state);
-        self.routing_generation = self.shared.router.publish(routes);
+        let spec = self.effective_spec().into_owned();
+        let routes = crate::routing::app_routes(&spec, &self.state);
+        match spec
+            .hosts
+            .as_ref()
+            .filter(|h| h.router == RouterPlacement::PerHost)
+        {
+            None => self.routing_generation = self.shared.router.publish(routes),
+            Some(hosts) => {
+                // Each host's router serves that host's instances only.
+                for host in &hosts.hosts {
+                    let mine = crate::routing::host_routes(&routes, &self.state, &host.name);
+                    let generation = self
+                        .shared
+                        .fleet
+                        .host(&host.name)
+                        .and_then(|link| link.publish(mine));
+                    self.host_generations.insert(host.name.clone(), generation);
+                }
+            }
+        }
+    }
+
+    /// A future that ends once every router that may send traffic to an
+    /// instance on `host` (every router of the app for `None`) serves the
+    /// table published last.
+    fn routed(&self, host: Option<&str>) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let local = (self.shared.router.clone(), self.routing_generation);
+        let hosts: Vec<(Arc<crate::fleet::HostLink>, Option<u64>)> = self
+            .host_generations
+            .iter()
+            .filter(|(name, _)| host.is_none_or(|h| h == name.as_str()))
+            .filter_map(|(name, g)| Some((self.shared.fleet.host(name)?, *g)))
+            .collect();
+        async move {
+            local.0.acknowledged(local.1).await;
+            futures_util::future::join_all(hosts.iter().map(|(link, g)| link.acknowledged(*g)))
+                .await;
+        }
     }
 
     async fn execute(&mut self, action: Action) {
@@ -658,8 +700,9 @@ impl AppController {
         let shared = self.shared.clone();
         let obs = self.report.clone();
         let app = self.spec.name.clone();
+        let host = self.state.instance(&id).and_then(|i| i.host.clone());
         tokio::spawn(async move {
-            let input = match launch(&shared, &app, &id, revision).await {
+            let input = match launch(&shared, &app, &id, revision, host.as_deref()).await {
                 Ok(handle) => Input::Started { id, handle },
                 Err(e) => Input::StartFailed {
                     id,
@@ -683,15 +726,28 @@ impl AppController {
         let obs = self.report.clone();
         let timeout = self.spec.drain_timeout;
         // The newest table published for this state has the instance out of
-        // routing; until the router acknowledges it, it may still send requests.
-        let generation = self.routing_generation;
+        // routing; until the routers that may reach it acknowledge it, they
+        // may still send requests.
+        let host = self.state.instance(&id).and_then(|i| i.host.clone());
+        let per_host = self
+            .spec
+            .hosts
+            .as_ref()
+            .is_some_and(|h| h.router == RouterPlacement::PerHost);
+        let host_link = host
+            .as_deref()
+            .filter(|_| per_host)
+            .and_then(|h| self.shared.fleet.host(h));
+        let routed = self.routed(host.as_deref());
         let app = self.spec.name.clone();
         tokio::spawn(async move {
-            router.acknowledged(generation).await;
-            if let Some(address) = address
-                && let crate::routing::Drain::TimedOut { in_flight } =
-                    router.wait_idle(address, timeout).await
-            {
+            routed.await;
+            let drained = match (&host_link, address) {
+                (Some(link), Some(address)) => Some(link.wait_idle(address, timeout).await),
+                (None, Some(address)) => Some(router.wait_idle(address, timeout).await),
+                _ => None,
+            };
+            if let Some(crate::routing::Drain::TimedOut { in_flight }) = drained {
                 warn!(%app, instance = %id, in_flight, "drain timeout reached with requests in flight; stopping anyway");
             }
             let _ = obs.send(Input::Drained { id });
@@ -729,9 +785,9 @@ impl AppController {
             .state
             .instances
             .iter()
-            .filter_map(|i| match &i.handle.as_ref()?.locator {
+            .filter_map(|i| match i.handle.as_ref()?.locator.local() {
                 baton_engine::Locator::Container { endpoint, .. } => Some(endpoint.clone()),
-                baton_engine::Locator::Process { .. } => None,
+                _ => None,
             })
             .collect();
         if let baton_spec::DriverSpec::Container(c) = &self.spec.driver
@@ -741,9 +797,25 @@ impl AppController {
         }
         container_endpoints.sort();
         container_endpoints.dedup();
+        // The spec's hosts, and those the recorded instances run on.
+        let mut hosts: Vec<String> = self
+            .state
+            .instances
+            .iter()
+            .filter_map(|i| i.host.clone())
+            .chain(
+                self.spec
+                    .hosts
+                    .iter()
+                    .flat_map(|h| h.hosts.iter().map(|h| h.name.clone())),
+            )
+            .collect();
+        hosts.sort();
+        hosts.dedup();
         baton_driver::Scope {
             app: self.spec.name.clone(),
             container_endpoints,
+            hosts,
         }
     }
 
@@ -794,6 +866,25 @@ impl AppController {
     /// Upgrade windows: pause or resume the rollout as its window closes or opens.
     async fn follow_window(&mut self) {
         if let Some(input) = window::follow(&self.spec, &self.state, self.shared.now_ms()) {
+            self.apply_logged(input).await;
+        }
+    }
+
+    /// Lost hosts: pause the rollout while any of the app's hosts does not
+    /// answer, go on once all do.
+    async fn follow_hosts(&mut self) {
+        let Some(hosts) = &self.spec.hosts else {
+            return;
+        };
+        let unreachable: Vec<(String, i64)> = hosts
+            .hosts
+            .iter()
+            .filter_map(|h| {
+                let state = self.shared.fleet.host(&h.name)?.state();
+                (!state.reachable).then_some((h.name.clone(), state.since_ms))
+            })
+            .collect();
+        if let Some(input) = super::sensors::hosts::follow(&self.state, &unreachable) {
             self.apply_logged(input).await;
         }
     }

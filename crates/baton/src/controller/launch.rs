@@ -19,6 +19,8 @@ struct Placement<'a> {
     port: u16,
     log_path: std::path::PathBuf,
     baton: &'a str,
+    /// The host whose node starts it; `None`: this machine.
+    node: Option<&'a str>,
 }
 
 /// What to start for one instance of revision `rev` (pure: templates rendered, the
@@ -43,14 +45,21 @@ fn launch_spec(
         instance: at.id,
         baton: at.baton,
     };
+    let host = at.host.to_string();
+    let extra = [("host", host.as_str())];
     let render = |list: &[String]| -> Vec<String> {
         list.iter()
-            .map(|a| baton_spec::render_template(a, &vars))
+            .map(|a| baton_spec::render_template_with(a, &vars, &extra))
             .collect()
     };
     let render_env = |env: &BTreeMap<String, String>| -> BTreeMap<String, String> {
         env.iter()
-            .map(|(k, v)| (k.clone(), baton_spec::render_template(v, &vars)))
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    baton_spec::render_template_with(v, &vars, &extra),
+                )
+            })
             .collect()
     };
     let (mut env, target) = match &spec.driver {
@@ -100,15 +109,18 @@ fn launch_spec(
         port: at.port,
         log_path: at.log_path,
         target,
+        node: at.node.map(str::to_owned),
     })
 }
 
-/// Start one instance of `revision` through the driver.
+/// Start one instance of `revision` (on `host`, for an app on several hosts)
+/// through the driver.
 pub(super) async fn launch(
     shared: &Shared,
     app: &str,
     id: &str,
     revision: u32,
+    host: Option<&str>,
 ) -> anyhow::Result<InstanceHandle> {
     let rev = shared
         .store()
@@ -118,6 +130,34 @@ pub(super) async fn launch(
         serde_json::from_str(&rev.spec_json).context("stored revision spec is unreadable")?;
     let release_env: BTreeMap<String, String> =
         serde_json::from_str(&rev.env_json).context("stored revision env is unreadable")?;
+    if let Some(name) = host {
+        // On a host: it listens on the host's address, on a port its node
+        // picks there; `{baton}` is the copy installed on that host.
+        let link = shared
+            .fleet
+            .host(name)
+            .with_context(|| format!("host {name} of {app} is not connected"))?;
+        let address = link.spec.address.clone();
+        let ip = crate::node::host_ip(&address).await?;
+        let state = link.state();
+        let (Some(dir), Some(binary)) = (state.remote_dir, state.binary) else {
+            anyhow::bail!("host {name} has not been reached yet");
+        };
+        let spec = launch_spec(
+            &spec,
+            &rev,
+            release_env,
+            Placement {
+                id,
+                host: ip,
+                port: 0,
+                log_path: std::path::PathBuf::from(format!("{dir}/logs/{app}/{id}.log")),
+                baton: &binary,
+                node: Some(name),
+            },
+        )?;
+        return Ok(shared.driver.start(&spec).await?);
+    }
     let host = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let port = baton_driver::free_port(host)?;
     let log_path = shared
@@ -135,6 +175,7 @@ pub(super) async fn launch(
             port,
             log_path,
             baton: &shared.baton_exe,
+            node: None,
         },
     )?;
     Ok(shared.driver.start(&spec).await?)

@@ -8,17 +8,65 @@ use baton_spec::{AppSpec, StrategyKind, StrategySpec};
 
 /// Resolve the spec's strategy into engine parameters.
 pub fn params_of(spec: &AppSpec) -> Params {
+    let hosts = host_shares(spec);
     Params {
         pause_on_deadline: spec.on_progress_deadline == baton_spec::OnProgressDeadline::Pause,
+        max_unavailable_hosts: spec.hosts.as_ref().map_or(0, |h| h.max_unavailable_hosts()),
+        hosts,
         ..strategy_params(spec)
     }
+}
+
+/// The instances of an app on all its hosts together (`instances` itself on
+/// one machine).
+pub fn total_instances(spec: &AppSpec) -> u32 {
+    match &spec.hosts {
+        Some(h) => h.shares(spec.instances).iter().map(|(_, n)| n).sum(),
+        None => spec.instances,
+    }
+}
+
+/// Each host's share of the instances, with the surge and unavailability a
+/// rolling upgrade may use inside it (the rolling settings resolved against
+/// the host's own count; a stepped strategy brings the new release up beside
+/// the old one, so it surges by the whole share and loses none).
+fn host_shares(spec: &AppSpec) -> Vec<baton_engine::HostShare> {
+    let Some(hosts) = &spec.hosts else {
+        return Vec::new();
+    };
+    hosts
+        .shares(spec.instances)
+        .into_iter()
+        .map(|(name, n)| {
+            let (max_surge, max_unavailable) = match &spec.strategy {
+                StrategySpec::Rolling(r) => {
+                    let surge = r.max_surge.resolve_up(n);
+                    let unavailable = r.max_unavailable.resolve_down(n);
+                    // A host must be able to replace an instance (as one
+                    // instance always surges by one).
+                    if surge == 0 && unavailable == 0 || n == 1 {
+                        (surge.max(1), unavailable)
+                    } else {
+                        (surge, unavailable)
+                    }
+                }
+                _ => (n, 0),
+            };
+            baton_engine::HostShare {
+                name,
+                instances: n,
+                max_surge,
+                max_unavailable,
+            }
+        })
+        .collect()
 }
 
 /// The strategy part of the engine parameters.
 fn strategy_params(spec: &AppSpec) -> Params {
     use baton_engine::{Step, Strategy};
     use baton_spec::CanaryStep;
-    let n = spec.instances;
+    let n = total_instances(spec);
     let ms = |d: Duration| d.as_millis() as u64;
     match &spec.strategy {
         StrategySpec::Rolling(r) => Params {
@@ -30,6 +78,8 @@ fn strategy_params(spec: &AppSpec) -> Params {
             max_restarts: r.max_restarts,
             pause_on_deadline: false,
             strategy: Strategy::Rolling,
+            hosts: Vec::new(),
+            max_unavailable_hosts: 0,
         },
         StrategySpec::Canary(c) => with_checks(
             spec,
@@ -43,6 +93,8 @@ fn strategy_params(spec: &AppSpec) -> Params {
                 progress_deadline_ms: ms(c.progress_deadline),
                 max_restarts: c.max_restarts,
                 pause_on_deadline: false,
+                hosts: Vec::new(),
+                max_unavailable_hosts: 0,
                 strategy: Strategy::Stepped {
                     steps: c
                         .steps
@@ -79,6 +131,8 @@ fn strategy_params(spec: &AppSpec) -> Params {
                 progress_deadline_ms: ms(b.progress_deadline),
                 max_restarts: b.max_restarts,
                 pause_on_deadline: false,
+                hosts: Vec::new(),
+                max_unavailable_hosts: 0,
                 strategy: Strategy::Stepped {
                     steps: vec![
                         Step::SetScale { instances: n },

@@ -18,6 +18,8 @@ pub struct Shared {
     pub store: Arc<std::sync::Mutex<Store>>,
     pub driver: Arc<dyn DynDriver>,
     pub router: RouterLink,
+    /// The hosts of apps that run on other machines (their routers and nodes).
+    pub fleet: Arc<crate::fleet::Fleet>,
     pub probe: Arc<dyn Probe>,
     pub clock: Arc<dyn Clock>,
     /// Faults on the observations' way back (the simulation's); `None`:

@@ -7,12 +7,14 @@
 //! - [`analysis`]: the router's metrics judged against the limits (`Analysis`);
 //! - [`window`]: the upgrade windows opening and closing (`Pause`/`Resume`);
 //! - [`checks`]: the smoke tests of a `Checks` step (`ChecksPassed`/`ChecksFailed`);
+//! - [`hosts`]: the app's hosts that stop answering (`HostsUnreachable`);
 //! - [`resources`]: the driver's CPU and memory samples of each instance, for
 //!   the analysis and `status`.
 
 pub mod analysis;
 pub mod checks;
 pub mod exits;
+pub mod hosts;
 pub mod readiness;
 pub mod resources;
 pub mod window;
