@@ -1239,3 +1239,104 @@ proptest! {
         prop_assert!(live.iter().all(|i| i.revision == target.revision && i.is_routable()));
     }
 }
+
+/// Three hosts of two instances each, upgraded one host at a time.
+fn on_hosts(max_unavailable_hosts: u32) -> Sim {
+    let mut p = params(6, max_unavailable_hosts, 0);
+    p.hosts = ["h0", "h1", "h2"]
+        .iter()
+        .map(|h| HostShare {
+            name: (*h).into(),
+            instances: 2,
+            max_surge: 1,
+            max_unavailable: 0,
+        })
+        .collect();
+    p.max_unavailable_hosts = max_unavailable_hosts;
+    let mut sim = Sim::new(p);
+    sim.deploy(rel(1, "v1"));
+    sim.run(100, 60_000);
+    assert_eq!(sim.finished().map(|f| f.0), Some(Outcome::Succeeded));
+    sim.log.clear();
+    sim
+}
+
+/// The host of each instance started, in order.
+fn start_hosts(sim: &Sim) -> Vec<String> {
+    sim.log
+        .iter()
+        .filter_map(|a| match a {
+            Action::Start { id, .. } => sim.state.instance(id)?.host.clone(),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn instances_spread_over_hosts_and_a_rolling_upgrade_goes_host_by_host() {
+    let mut sim = on_hosts(1);
+    for h in ["h0", "h1", "h2"] {
+        let on = sim
+            .state
+            .instances
+            .iter()
+            .filter(|i| i.is_live() && i.host.as_deref() == Some(h))
+            .count();
+        assert_eq!(on, 2, "{h}");
+    }
+    sim.deploy(rel(2, "v2"));
+    sim.run(100, 120_000);
+    assert_eq!(sim.finished().map(|f| f.0), Some(Outcome::Succeeded));
+    assert_eq!(
+        start_hosts(&sim),
+        ["h0", "h0", "h1", "h1", "h2", "h2"],
+        "one host at a time"
+    );
+    assert_eq!(sim.routable_versions(), vec!["v2"; 6]);
+}
+
+#[test]
+fn two_hosts_at_a_time_when_allowed() {
+    let mut sim = on_hosts(2);
+    sim.deploy(rel(2, "v2"));
+    run_until(&mut sim, 5_000, |s| start_hosts(s).len() >= 2);
+    let first: Vec<String> = start_hosts(&sim);
+    assert_eq!(first, ["h0", "h1"], "h0 and h1 start together");
+    sim.run(100, 120_000);
+    assert_eq!(sim.finished().map(|f| f.0), Some(Outcome::Succeeded));
+}
+
+#[test]
+fn an_unreachable_host_pauses_a_rollout_until_every_host_answers() {
+    let mut sim = on_hosts(1);
+    sim.deploy(rel(2, "v2"));
+    run_until(&mut sim, 5_000, |s| !start_hosts(s).is_empty());
+    sim.input(Input::HostsUnreachable {
+        hosts: vec!["h1".into()],
+        since_ms: sim.now,
+    });
+    let paused = sim.state.rollout.as_ref().and_then(|r| r.paused.clone());
+    let text = paused.map(|p| p.to_string()).unwrap_or_default();
+    assert!(text.contains("host h1 is unreachable since"), "{text}");
+    let started = start_hosts(&sim).len();
+    sim.run(100, 60_000);
+    assert!(sim.finished().is_none(), "held while h1 does not answer");
+    assert!(
+        start_hosts(&sim).len() <= started + 1,
+        "nothing new starts: {:?}",
+        start_hosts(&sim)
+    );
+    assert!(!start_hosts(&sim).iter().any(|h| h == "h1" || h == "h2"));
+    sim.input(Input::HostsUnreachable {
+        hosts: Vec::new(),
+        since_ms: 0,
+    });
+    assert!(
+        sim.state
+            .rollout
+            .as_ref()
+            .is_some_and(|r| r.paused.is_none())
+    );
+    sim.run(100, 120_000);
+    assert_eq!(sim.finished().map(|f| f.0), Some(Outcome::Succeeded));
+}

@@ -360,6 +360,12 @@ impl Drop for Harness {
         for pid in processes_with_cmdline_part(&socket.to_string_lossy()) {
             kill_group(pid);
         }
+        // SSH master connections to the hosts of a fleet (their control
+        // sockets live in the data dir).
+        let hosts = self.dir.join("hosts");
+        for pid in processes_with_cmdline_part(&hosts.to_string_lossy()) {
+            kill_group(pid);
+        }
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         } else {
