@@ -107,6 +107,7 @@ pub async fn run(dir: &Path, baton_exe: &str, shutdown: CancellationToken) -> an
         .route("/v1/instances/stop", post(stop))
         .route("/v1/instances/discover", post(discover))
         .route("/v1/instances/sample", post(sample))
+        .route("/v1/free-port", post(free_port))
         .with_state(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -177,6 +178,15 @@ async fn start(State(s): State<Shared>, Json(mut spec): Json<LaunchSpec>) -> Res
     match s.drivers.start(&spec).await {
         Ok(handle) => Json(handle).into_response(),
         Err(e @ DriverError::InvalidSpec { .. }) => refused(StatusCode::BAD_REQUEST, e),
+        Err(e) => refused(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+/// A port free on this host a moment ago, on `host` (the control plane renders
+/// the instance's `{port}` with it before the start).
+async fn free_port(Json(host): Json<IpAddr>) -> Response {
+    match baton_driver::free_port(host) {
+        Ok(port) => Json(port).into_response(),
         Err(e) => refused(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
@@ -252,6 +262,11 @@ impl NodeClient {
 
     pub async fn start(&self, spec: &LaunchSpec) -> Result<InstanceHandle, NodeError> {
         self.call("POST", "/v1/instances", Some(spec), CALL_TIMEOUT)
+            .await
+    }
+
+    pub async fn free_port(&self, host: IpAddr) -> Result<u16, NodeError> {
+        self.call("POST", "/v1/free-port", Some(&host), CALL_TIMEOUT)
             .await
     }
 

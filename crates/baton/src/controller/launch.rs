@@ -143,6 +143,11 @@ pub(super) async fn launch(
         let (Some(dir), Some(binary)) = (state.remote_dir, state.binary) else {
             anyhow::bail!("host {name} has not been reached yet");
         };
+        let port = link
+            .node
+            .free_port(ip)
+            .await
+            .with_context(|| format!("asking host {name} for a free port"))?;
         let spec = launch_spec(
             &spec,
             &rev,
@@ -150,7 +155,7 @@ pub(super) async fn launch(
             Placement {
                 id,
                 host: ip,
-                port: 0,
+                port,
                 log_path: std::path::PathBuf::from(format!("{dir}/logs/{app}/{id}.log")),
                 baton: &binary,
                 node: Some(name),

@@ -1,0 +1,334 @@
+//! Fleets end to end: the real control plane upgrading the sample service on
+//! three hosts reached over real SSH. Each host is a network namespace with its
+//! own sshd (see `hosts/mod.rs`); baton installs itself there, runs `baton
+//! node` (that host's router and instances) and drives it through sockets
+//! forwarded over SSH. User traffic goes to every host's own router.
+//!
+//! Without root, sshd or iproute2 these tests print "skipped" (unless
+//! `BATON_REQUIRE_SSH=1`, which the README's test command sets).
+
+mod common;
+#[path = "hosts/mod.rs"]
+mod hosts;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use hosts::Fleet;
+use serde_json::Value;
+
+/// Rollouts over SSH start processes on three hosts: generous deadlines.
+const DEADLINE: Duration = Duration::from_secs(240);
+
+/// A spec for the sample service on every host of `fleet`, `per_host`
+/// instances on each, behind a router on each host listening on `port`.
+fn fleet_spec(h: &Harness, fleet: &Fleet, name: &str, port: u16, strategy: &str) -> String {
+    let mut list = String::new();
+    for host in fleet.hosts() {
+        list.push_str(&format!(
+            "    - name: {}\n      address: {}\n      dir: {}\n",
+            host.name,
+            host.address,
+            fleet.dir().join(format!("node-{}", host.name)).display()
+        ));
+    }
+    let yaml = format!(
+        r#"name: {name}
+environment: test
+listen: 0.0.0.0:{port}
+instances: 2
+drain_timeout: 5s
+driver:
+  process:
+    command: ["{{baton}}", "sample", "--host", "{{host}}", "--port", "{{port}}", "--version", "{{version}}"]
+    stop_grace: 5s
+readiness:
+  path: /healthz
+  interval: 200ms
+  timeout: 1s
+  success_threshold: 1
+  failure_threshold: 2
+strategy:
+{strategy}
+hosts:
+  spread: per_host
+  router: per_host
+  max_unavailable: 1
+  ssh:
+    user: root
+    identity_file: {key}
+    known_hosts: {known}
+    connect_timeout: 5s
+  list:
+{list}"#,
+        key = fleet.client_key().display(),
+        known = fleet.known_hosts_file().display(),
+    );
+    let path = h.dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, yaml).expect("write spec");
+    path.display().to_string()
+}
+
+const ROLLING: &str = "  rolling:\n    max_surge: 1\n    max_unavailable: 0";
+
+/// Every host router's address for the app.
+fn routers(fleet: &Fleet, port: u16) -> Vec<SocketAddr> {
+    fleet
+        .hosts()
+        .iter()
+        .map(|h| SocketAddr::new(h.address, port))
+        .collect()
+}
+
+/// Load on every host's router at once (keep-alive and new connections).
+fn with_loads<T>(targets: &[SocketAddr], during: impl FnOnce() -> T) -> (T, Vec<LoadReport>) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let loads: Vec<_> = targets
+        .iter()
+        .map(|t| {
+            let mut cfg = LoadConfig::new(*t);
+            cfg.keepalive_workers = 2;
+            cfg.fresh_workers = 1;
+            cfg.max_requests = 200_000;
+            cfg.max_duration = Duration::from_secs(300);
+            cfg.pace = Duration::from_millis(2);
+            rt.block_on(async { loadgen::start(cfg) })
+        })
+        .collect();
+    for l in &loads {
+        assert!(
+            rt.block_on(l.wait_for_requests(50, Duration::from_secs(30))),
+            "load did not get going"
+        );
+    }
+    let out = during();
+    let reports = loads.into_iter().map(|l| rt.block_on(l.finish())).collect();
+    (out, reports)
+}
+
+fn stable_on(h: &Harness, app: &str, version: &str) -> bool {
+    let s = h.status(app);
+    s["phase"] == "stable" && s["stable_version"] == version
+}
+
+/// The hosts as `baton hosts --json` shows them.
+fn host_states(h: &Harness) -> Vec<Value> {
+    let out = h.cli_ok(&["hosts", "--json"]);
+    serde_json::from_str::<Value>(&out)
+        .expect("hosts json")
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Apply the fleet spec, deploy v1 and wait until every host's router serves it.
+fn bring_up(h: &Harness, fleet: &Fleet, spec: &str, port: u16) {
+    h.cli_ok(&["apply", "-f", spec]);
+    h.cli_ok(&["deploy", "web", "v1"]);
+    wait_until("v1 stable on every host", DEADLINE, || {
+        stable_on(h, "web", "v1")
+    });
+    for addr in routers(fleet, port) {
+        wait_until("the host's router to serve v1", DEADLINE, || {
+            get_version(addr) == (200, "v1".to_string())
+        });
+    }
+}
+
+fn instances_by_host(h: &Harness, app: &str) -> Vec<(String, String)> {
+    let s = h.status(app);
+    s["instances"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|i| {
+            (
+                i["runs"].as_str().unwrap_or("").to_string(),
+                i["version"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+fn shutdown(h: &mut Harness) {
+    let _ = h.cli(&["down"]);
+    wait_until("the control plane to exit", Duration::from_secs(60), || {
+        h.server_exited()
+    });
+}
+
+#[test]
+fn rolling_upgrade_goes_host_by_host_under_load_on_every_router() {
+    let Some(fleet) = Fleet::create(3) else {
+        return;
+    };
+    let mut h = Harness::new();
+    let port = free_port();
+    let spec = fleet_spec(&h, &fleet, "web", port, ROLLING);
+    bring_up(&h, &fleet, &spec, port);
+    let hosts = host_states(&h);
+    assert_eq!(hosts.len(), 3, "{hosts:?}");
+    for host in &hosts {
+        assert_eq!(host["reachable"], true, "{host}");
+        assert!(host["node"]["pid"].as_u64().is_some(), "{host}");
+    }
+    let targets = routers(&fleet, port);
+    let (_, reports) = with_loads(&targets, || {
+        h.cli_ok(&["deploy", "web", "v2", "--wait"]);
+    });
+    for r in &reports {
+        assert_no_failures(r);
+    }
+    assert!(stable_on(&h, "web", "v2"));
+    for addr in &targets {
+        for _ in 0..10 {
+            assert_eq!(get_version(*addr), (200, "v2".to_string()), "{addr}");
+        }
+    }
+    // Node by node: every v2 instance of a host started only once the host
+    // before it had all its v2 instances (events in order).
+    let starts: Vec<String> = h
+        .events("web")
+        .iter()
+        .filter(|e| e["kind"] == "instance_starting")
+        .filter_map(|e| e["message"].as_str().map(str::to_owned))
+        .filter(|m| m.contains("(v2)"))
+        .collect();
+    let host_order: Vec<&str> = starts
+        .iter()
+        .filter_map(|m| m.rsplit(" on ").next())
+        .collect();
+    assert_eq!(
+        host_order,
+        ["h0", "h0", "h1", "h1", "h2", "h2"],
+        "v2 starts: {starts:?}"
+    );
+    let by_host = instances_by_host(&h, "web");
+    assert_eq!(by_host.len(), 6, "{by_host:?}");
+    for host in ["h0", "h1", "h2"] {
+        let on = by_host
+            .iter()
+            .filter(|(runs, v)| runs.ends_with(&format!("on {host}")) && v == "v2")
+            .count();
+        assert_eq!(on, 2, "{host}: {by_host:?}");
+    }
+    shutdown(&mut h);
+}
+
+#[test]
+fn a_host_whose_ssh_is_cut_pauses_the_rollout_which_finishes_once_it_is_back() {
+    let Some(fleet) = Fleet::create(3) else {
+        return;
+    };
+    let mut h = Harness::new();
+    let port = free_port();
+    let spec = fleet_spec(&h, &fleet, "web", port, ROLLING);
+    bring_up(&h, &fleet, &spec, port);
+    let targets = routers(&fleet, port);
+    let (_, reports) = with_loads(&targets, || {
+        // Slow starts keep the rollout on h0 long enough to cut h1's SSH.
+        h.cli_ok(&["deploy", "web", "v2", "--env", "SAMPLE_STARTUP_MS=1500"]);
+        wait_until("the rollout to start on h0", DEADLINE, || {
+            h.events("web").iter().any(|e| {
+                e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("(v2) starting on h0"))
+            })
+        });
+        fleet.cut_ssh(1);
+        wait_until("the rollout to pause naming h1", DEADLINE, || {
+            let s = h.status("web");
+            s.to_string().contains("host h1 is unreachable since")
+        });
+        let hosts = host_states(&h);
+        assert_eq!(hosts[1]["reachable"], false, "{hosts:?}");
+        // Paused: the other hosts keep serving, nothing moves on h2.
+        let before = instances_by_host(&h, "web");
+        assert!(
+            !before
+                .iter()
+                .any(|(runs, v)| runs.ends_with("on h2") && v == "v2"),
+            "{before:?}"
+        );
+        fleet.restore_ssh(1);
+        wait_until("the rollout to finish by itself", DEADLINE, || {
+            stable_on(&h, "web", "v2")
+        });
+    });
+    for r in &reports {
+        assert_no_failures(r);
+    }
+    let events = h.events("web");
+    let messages: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["message"].as_str())
+        .collect();
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("every host answers again")),
+        "{messages:#?}"
+    );
+    for addr in &targets {
+        assert_eq!(get_version(*addr), (200, "v2".to_string()), "{addr}");
+    }
+    shutdown(&mut h);
+}
+
+#[test]
+fn a_host_with_an_unknown_key_is_refused_with_its_fingerprint_and_nothing_changes() {
+    let Some(fleet) = Fleet::create(2) else {
+        return;
+    };
+    let h = Harness::new();
+    let port = free_port();
+    let spec = fleet_spec(&h, &fleet, "web", port, ROLLING);
+    // known_hosts without host h1's key.
+    let known = fleet.known_hosts_file();
+    let text = std::fs::read_to_string(&known).expect("known_hosts");
+    let h1 = &fleet.hosts()[1];
+    let without: String = text
+        .lines()
+        .filter(|l| !l.starts_with(&h1.address.to_string()))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let partial = h.dir.join("known_hosts");
+    std::fs::write(&partial, without).expect("write known_hosts");
+    let yaml = std::fs::read_to_string(&spec)
+        .expect("spec")
+        .replace(&known.display().to_string(), &partial.display().to_string());
+    std::fs::write(&spec, yaml).expect("rewrite spec");
+
+    let out = h.cli(&["apply", "-f", &spec]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&h1.host_key_fingerprint), "{stderr}");
+    assert!(stderr.contains("h1"), "{stderr}");
+    // Nothing changed: no app, no host link, nothing installed on any host.
+    let apps = h.cli_ok(&["status", "--json"]);
+    assert!(!apps.contains("\"web\""), "{apps}");
+    assert!(host_states(&h).is_empty());
+    for host in fleet.hosts() {
+        assert!(!Path::new(&fleet.dir().join(format!("node-{}", host.name))).exists());
+    }
+
+    // Trusted explicitly by its fingerprint, the same apply goes through.
+    let trusted = h.cli(&[
+        "hosts",
+        "trust",
+        "-f",
+        &spec,
+        "h1",
+        "--fingerprint",
+        &h1.host_key_fingerprint,
+    ]);
+    assert!(trusted.status.success(), "{trusted:?}");
+    h.cli_ok(&["apply", "-f", &spec]);
+}
