@@ -332,3 +332,65 @@ fn a_host_with_an_unknown_key_is_refused_with_its_fingerprint_and_nothing_change
     assert!(trusted.status.success(), "{trusted:?}");
     h.cli_ok(&["apply", "-f", &spec]);
 }
+
+/// The instance processes running on host `i` of `fleet` (marked with its
+/// node's directory), with the version each runs.
+fn processes_on(fleet: &Fleet, i: usize) -> Vec<(u32, String)> {
+    let dir = fleet
+        .dir()
+        .join(format!("node-{}", fleet.hosts()[i].name))
+        .canonicalize()
+        .expect("node dir");
+    processes_with_env("BATON_OWNER", &dir.to_string_lossy())
+        .into_iter()
+        .map(|pid| (pid, env_of(pid, "BATON_VERSION").unwrap_or_default()))
+        .collect()
+}
+
+#[test]
+fn a_control_plane_killed_mid_rollout_finds_its_nodes_serving_and_finishes_cleanly() {
+    let Some(fleet) = Fleet::create(3) else {
+        return;
+    };
+    let mut h = Harness::new();
+    let port = free_port();
+    let spec = fleet_spec(&h, &fleet, "web", port, ROLLING);
+    bring_up(&h, &fleet, &spec, port);
+    let targets = routers(&fleet, port);
+    let (_, reports) = with_loads(&targets, || {
+        h.cli_ok(&["deploy", "web", "v2", "--env", "SAMPLE_STARTUP_MS=1000"]);
+        wait_until("the rollout to reach h1", DEADLINE, || {
+            h.events("web").iter().any(|e| {
+                e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("(v2) starting on h1"))
+            })
+        });
+        h.kill9_server();
+        // The hosts go on serving without it (the loads keep running).
+        for addr in &targets {
+            assert_eq!(get_version(*addr).0, 200, "{addr}");
+        }
+        h.start_server();
+        wait_until("the rollout to finish after the restart", DEADLINE, || {
+            stable_on(&h, "web", "v2")
+        });
+    });
+    for r in &reports {
+        assert_no_failures(r);
+    }
+    // No orphan, no duplicate: two instances per host, all v2, and exactly the
+    // ones the control plane knows.
+    for i in 0..3 {
+        wait_until("the old instances to be gone", DEADLINE, || {
+            processes_on(&fleet, i).len() == 2
+        });
+        let on = processes_on(&fleet, i);
+        assert!(on.iter().all(|(_, v)| v == "v2"), "host {i}: {on:?}");
+    }
+    let known = instances_by_host(&h, "web");
+    assert_eq!(known.len(), 6, "{known:?}");
+    let hosts = host_states(&h);
+    assert!(hosts.iter().all(|s| s["reachable"] == true), "{hosts:?}");
+    shutdown(&mut h);
+}
