@@ -9,6 +9,9 @@ cd "$(dirname "$0")/.."
 # System packages the tests use (SQLite is bundled). Podman runs the container
 # driver's tests (a private `podman system service` per test, see DEVELOPERS.md):
 # runc is the runtime they configure, netavark and iptables publish ports.
+# sshd, ssh and ip make the SSH test hosts (network namespaces, each with its own
+# sshd; iptables cuts their SSH). Debian's postinst may start an sshd in the root
+# namespace too: harmless, the tests neither use nor disturb it.
 need=()
 command -v cc >/dev/null || need+=(gcc)
 command -v curl >/dev/null || need+=(curl)
@@ -16,6 +19,9 @@ command -v podman >/dev/null || need+=(podman)
 command -v runc >/dev/null || need+=(runc)
 command -v iptables >/dev/null || need+=(iptables)
 [ -x /usr/lib/podman/netavark ] || need+=(netavark)
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v ssh >/dev/null || need+=(openssh-client)
+command -v ip >/dev/null || [ -x /usr/sbin/ip ] || need+=(iproute2)
 if [ ${#need[@]} -gt 0 ]; then
   sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq "${need[@]}"
@@ -26,8 +32,10 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
-# The container tests fail instead of skipping when podman is missing.
+# The container and SSH host tests fail instead of skipping when what they need
+# (podman; root, sshd, ip) is missing.
 export BATON_REQUIRE_PODMAN=1
+export BATON_REQUIRE_SSH=1
 cargo test --workspace -- --test-threads=2
 echo "== router end-to-end tests again with the fast lane off (every request through hyper)"
 # (--workspace, so the build above is reused: one package alone would unify

@@ -74,6 +74,8 @@ pub struct Fleet {
     hosts: Vec<Host>,
     /// Each host's listening sshd (None while stopped).
     sshd: Vec<Mutex<Option<Child>>>,
+    /// What [`Fleet::spawn`] started and is not yet reaped.
+    spawned: Mutex<Vec<Child>>,
     sshd_path: PathBuf,
 }
 
@@ -81,6 +83,10 @@ impl Fleet {
     /// Creates `n` hosts with sshd answering on each, or `None` (test skipped) when
     /// this machine cannot make them.
     pub fn create(n: usize) -> Option<Fleet> {
+        assert!(
+            n <= 245,
+            "a fleet has at most 245 hosts (.10 to .254 of its /24)"
+        );
         let (missing, sshd_path) = prerequisites();
         if !missing.is_empty() {
             let missing = missing.join("; ");
@@ -107,6 +113,7 @@ impl Fleet {
             dir,
             hosts: Vec::with_capacity(n),
             sshd: Vec::with_capacity(n),
+            spawned: Mutex::new(Vec::new()),
             sshd_path,
         };
         fleet.build();
@@ -122,8 +129,19 @@ impl Fleet {
         let gateway = self.bridge_address();
         ip(&["addr", "add", &format!("{gateway}/24"), "dev", &self.bridge]);
         ip(&["link", "set", &self.bridge, "up"]);
+        // Who owns it, for whoever finds it left behind (`ip -d link show`).
+        let owner = format!(
+            "baton test fleet of pid {} in {}",
+            std::process::id(),
+            self.dir.display()
+        );
+        ip(&["link", "set", &self.bridge, "alias", &owner]);
 
         keygen(&self.client_key, "baton-fleet-client");
+        // OpenSSH 9.8 and later slow down addresses whose connections fail (every
+        // test connection comes from the bridge address); older ones do not know
+        // the option that turns this off.
+        let penalties = sshd_version(&self.sshd_path) >= (9, 8);
         let machine = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
 
         for i in 0..self.count {
@@ -178,7 +196,7 @@ impl Fleet {
                 .to_owned();
             fs::write(
                 sshd_dir.join("sshd_config"),
-                self.sshd_config(i, address, &key),
+                self.sshd_config(i, address, &key, penalties),
             )
             .expect("write sshd_config");
             self.hosts.push(Host {
@@ -207,7 +225,7 @@ impl Fleet {
         }
     }
 
-    fn sshd_config(&self, i: usize, address: Ipv4Addr, key: &Path) -> String {
+    fn sshd_config(&self, i: usize, address: Ipv4Addr, key: &Path, penalties: bool) -> String {
         let dir = self.sshd_dir(i);
         let mut config = format!(
             "ListenAddress {address}:22\n\
@@ -221,18 +239,15 @@ impl Fleet {
              StrictModes no\n\
              Subsystem sftp internal-sftp\n\
              PrintMotd no\n\
-             # Tests open many connections at once; by default sshd drops\n\
-             # unauthenticated ones beyond 10 at random.\n\
+             # Tests open many connections (and multiplexed sessions) at once;\n\
+             # by default sshd drops unauthenticated ones beyond 10 at random.\n\
              MaxStartups 200\n\
              MaxSessions 100\n",
             key = key.display(),
             pid = dir.join("sshd.pid").display(),
             authorized = self.client_key.with_extension("pub").display(),
         );
-        // OpenSSH 9.8 and later slow down addresses whose connections fail
-        // (every test connection comes from the bridge address); older ones do
-        // not know the option.
-        if sshd_version(&self.sshd_path) >= (9, 8) {
+        if penalties {
             config.push_str("PerSourcePenalties no\n");
         }
         config
@@ -358,8 +373,8 @@ impl Fleet {
         cmd
     }
 
-    /// `ip netns exec NETNS program` for host i: a command to spawn inside it
-    /// (processes left there are killed on drop).
+    /// `ip netns exec NETNS program` for host i: a command to run inside it
+    /// (processes left there are killed on drop; [`Fleet::spawn`] also reaps them).
     pub fn command(&self, i: usize, program: impl AsRef<OsStr>) -> Command {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.hosts[i].netns])
@@ -375,6 +390,32 @@ impl Fleet {
             .args(args)
             .output()
             .unwrap_or_else(|e| panic!("cannot run ip netns exec: {e}"))
+    }
+
+    /// Starts `argv` in host i's namespace in the background, its output appended to
+    /// `dir()/logs/hI.log`; its pid. The fleet reaps it after it exits and kills it
+    /// on drop.
+    pub fn spawn(&self, i: usize, argv: &[&str]) -> u32 {
+        let (program, args) = argv.split_first().expect("spawn needs a command");
+        let logs = self.dir.join("logs");
+        fs::create_dir_all(&logs).expect("create fleet logs dir");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(logs.join(format!("h{i}.log")))
+            .expect("open host log");
+        let child = self
+            .command(i, program)
+            .args(args)
+            .stdout(log.try_clone().expect("clone host log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run ip netns exec {program}: {e}"));
+        let pid = child.id();
+        let mut spawned = self.spawned.lock().unwrap();
+        spawned.retain_mut(|c| matches!(c.try_wait(), Ok(None)));
+        spawned.push(child);
+        pid
     }
 
     /// Drops all TCP port 22 traffic in and out of host i (new connections time out,
@@ -433,6 +474,10 @@ impl Fleet {
         if let Some(child) = self.sshd[i].lock().unwrap().as_mut() {
             let _ = child.wait();
         }
+        self.spawned
+            .lock()
+            .unwrap()
+            .retain_mut(|c| matches!(c.try_wait(), Ok(None)));
     }
 
     fn iptables(&self, i: usize, op: &str, rule: &[&str]) -> Output {
@@ -458,7 +503,7 @@ impl Fleet {
     }
 
     fn address_of(&self, i: usize) -> Ipv4Addr {
-        let last = u8::try_from(10 + i).expect("at most 245 hosts per fleet");
+        let last = u8::try_from(10 + i).expect("checked by Fleet::create");
         self.subnet_address(last)
     }
 
@@ -484,11 +529,15 @@ impl Drop for Fleet {
                 eprintln!("processes {left:?} still in {netns} after SIGKILL");
             }
         }
-        for sshd in &self.sshd {
-            if let Some(child) = sshd.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+        // Reap our children (killed above; kill() again in case they were not).
+        let spawned = self.spawned.get_mut().unwrap_or_else(|e| e.into_inner());
+        let sshds = self
+            .sshd
+            .iter_mut()
+            .filter_map(|m| m.get_mut().unwrap_or_else(|e| e.into_inner()).as_mut());
+        for child in spawned.iter_mut().chain(sshds) {
+            let _ = child.kill();
+            let _ = child.wait();
         }
         for i in 0..self.count {
             let netns = self.netns_name(i);
@@ -760,18 +809,24 @@ fn kill_namespace(netns: &str, within: Duration) -> Vec<i32> {
             .unwrap_or_default();
         let pids: Vec<i32> = pids
             .into_iter()
-            .filter(|pid| namespace_id(&Path::new(&format!("/proc/{pid}/ns/net"))) == Some(target))
+            .filter(|&pid| in_namespace(pid, target))
             .collect();
         if pids.is_empty() || Instant::now() >= deadline {
             return pids;
         }
         for pid in pids {
-            if namespace_id(Path::new(&format!("/proc/{pid}/ns/net"))) == Some(target) {
+            // Again right before the signal: it may have exited and its pid been
+            // reused since.
+            if in_namespace(pid, target) {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+fn in_namespace(pid: i32, target: (u64, u64)) -> bool {
+    namespace_id(Path::new(&format!("/proc/{pid}/ns/net"))) == Some(target)
 }
 
 /// (device, inode) of a network namespace file: equal for the same namespace.
