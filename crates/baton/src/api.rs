@@ -726,11 +726,33 @@ async fn traffic_windows(
     if apps.iter().all(|a| a.traffic.is_empty()) {
         return None;
     }
-    let call = cp.shared.router.windows(TRAFFIC_WINDOW_S);
-    tokio::time::timeout(std::time::Duration::from_secs(2), call)
-        .await
-        .ok()?
-        .ok()
+    // The local router's, and every host router's (fleet apps).
+    let links: Vec<_> = cp
+        .shared
+        .fleet
+        .states()
+        .iter()
+        .filter_map(|s| cp.shared.fleet.host(&s.name))
+        .collect();
+    let mut calls = vec![Box::pin(cp.shared.router.windows(TRAFFIC_WINDOW_S))
+        as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send + '_>>];
+    for link in &links {
+        calls.push(Box::pin(async move {
+            link.windows(TRAFFIC_WINDOW_S)
+                .await
+                .unwrap_or(Err(baton_router::RouterError::Timeout(
+                    std::time::Duration::ZERO,
+                )))
+        }));
+    }
+    let answers = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        futures_util::future::join_all(calls),
+    )
+    .await
+    .ok()?;
+    let reports: Vec<_> = answers.into_iter().filter_map(Result::ok).collect();
+    (!reports.is_empty()).then(|| crate::routing::merge_windows(reports))
 }
 
 /// Why the router does not listen for `app` (its main or preview address),

@@ -178,6 +178,59 @@ pub fn host_routes(routes: &[AppRoutes], state: &AppState, host: &str) -> Vec<Ap
         .collect()
 }
 
+/// Several routers' windows as one (an app behind a router on every host):
+/// counts add up; latency percentiles and the maximum are the worst router's
+/// (a limit broken on any host is broken), the mean is weighted by requests.
+pub fn merge_windows(reports: Vec<WindowsReport>) -> WindowsReport {
+    let mut apps: BTreeMap<String, baton_router::AppWindows> = BTreeMap::new();
+    let mut window_s = 0;
+    for report in reports {
+        window_s = window_s.max(report.window_s);
+        for app in report.apps {
+            let merged = apps
+                .entry(app.app.clone())
+                .or_insert_with(|| baton_router::AppWindows {
+                    app: app.app.clone(),
+                    ..Default::default()
+                });
+            merged.connections += app.connections;
+            for v in app.versions {
+                match merged.versions.iter_mut().find(|m| m.version == v.version) {
+                    None => merged.versions.push(v),
+                    Some(m) => {
+                        let (a, b) = (&mut m.stats, &v.stats);
+                        let total = a.requests + b.requests;
+                        if total > 0 {
+                            a.mean_us = (a.mean_us * a.requests as f64
+                                + b.mean_us * b.requests as f64)
+                                / total as f64;
+                        }
+                        a.requests = total;
+                        for (x, y) in a.status.iter_mut().zip(b.status) {
+                            *x += y;
+                        }
+                        a.router_errors += b.router_errors;
+                        a.bytes_in += b.bytes_in;
+                        a.bytes_out += b.bytes_out;
+                        a.p50_us = a.p50_us.max(b.p50_us);
+                        a.p90_us = a.p90_us.max(b.p90_us);
+                        a.p99_us = a.p99_us.max(b.p99_us);
+                        a.max_us = a.max_us.max(b.max_us);
+                        a.mirror_matches += b.mirror_matches;
+                        a.mirror_mismatches += b.mirror_mismatches;
+                        a.active_connections += b.active_connections;
+                    }
+                }
+            }
+            merged.versions.sort_by(|a, b| a.version.cmp(&b.version));
+        }
+    }
+    WindowsReport {
+        window_s,
+        apps: apps.into_values().collect(),
+    }
+}
+
 /// The router's limits and balancing for the spec's `traffic:` section; the
 /// limits the spec does not set keep the router's defaults.
 fn traffic(t: &baton_spec::TrafficSpec) -> (AppLimits, Balance) {
@@ -720,6 +773,41 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn windows_of_several_routers_add_up_and_keep_the_worst_latency() {
+        let window = |requests: u64, p99_us: u64, mean_us: f64, errors: u64| {
+            baton_router::VersionWindow {
+                version: "v2".into(),
+                stats: baton_router::metrics::WindowStats {
+                    requests,
+                    status: [0, requests - errors, 0, 0, errors],
+                    p99_us,
+                    max_us: p99_us,
+                    mean_us,
+                    ..Default::default()
+                },
+            }
+        };
+        let report = |v: baton_router::VersionWindow| WindowsReport {
+            window_s: 10,
+            apps: vec![baton_router::AppWindows {
+                app: "web".into(),
+                connections: 1,
+                versions: vec![v],
+            }],
+        };
+        let merged = merge_windows(vec![
+            report(window(100, 2_000, 1_000.0, 1)),
+            report(window(300, 9_000, 2_000.0, 6)),
+        ]);
+        let v = &merged.apps[0].versions[0].stats;
+        assert_eq!(v.requests, 400);
+        assert_eq!(v.status[4], 7);
+        assert_eq!(v.p99_us, 9_000, "the worst host's");
+        assert!((v.mean_us - 1_750.0).abs() < 1e-9, "{}", v.mean_us);
+        assert_eq!(merged.apps[0].connections, 2);
+    }
 
     #[test]
     fn traffic_section_becomes_the_router_limits_and_balancing() {

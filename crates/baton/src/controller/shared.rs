@@ -36,6 +36,41 @@ impl Shared {
         self.clock.now_ms()
     }
 
+    /// The per-version windows of every router that serves `spec`'s users:
+    /// the local router's, or every reachable host router's merged.
+    pub async fn windows_of(
+        &self,
+        spec: &baton_spec::AppSpec,
+        seconds: u64,
+    ) -> Result<baton_router::WindowsReport, baton_router::RouterError> {
+        let Some(hosts) = spec
+            .hosts
+            .as_ref()
+            .filter(|h| h.router == baton_spec::RouterPlacement::PerHost)
+        else {
+            return self.router.windows(seconds).await;
+        };
+        let links: Vec<_> = hosts
+            .hosts
+            .iter()
+            .filter_map(|h| self.fleet.host(&h.name))
+            .collect();
+        let answers =
+            futures_util::future::join_all(links.iter().map(|l| l.windows(seconds))).await;
+        let mut reports = Vec::new();
+        let mut last_error = None;
+        for answer in answers.into_iter().flatten() {
+            match answer {
+                Ok(r) => reports.push(r),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        match (reports.is_empty(), last_error) {
+            (true, Some(e)) => Err(e),
+            _ => Ok(crate::routing::merge_windows(reports)),
+        }
+    }
+
     pub fn store(&self) -> std::sync::MutexGuard<'_, Store> {
         // A panic while holding the lock leaves SQLite consistent (every write is
         // one transaction), so a poisoned lock is safe to reuse.
