@@ -214,7 +214,9 @@ impl Router {
         }
 
         let generation = cfg.generation;
-        let table = st.registry.build(&cfg, &old);
+        let table = st.registry.build(&cfg);
+        table.carry_positions(&old);
+        st.registry.adopt(&table);
         self.inner.shared.table.store(Arc::new(table));
         // Always notifies, even for an equal generation: held requests re-check.
         self.inner.shared.swapped.send_replace(generation);
