@@ -53,8 +53,9 @@ pub use error::RouterError;
 pub use limits::AppLimits;
 pub use router::Router;
 pub use stats::{
-    AppMirrorReport, AppStats, AppWindows, BackendStats, ListenerStatus, MirrorReports, PushResult,
-    RouterHealth, RouterStats, VersionStats, VersionWindow, WindowsReport,
+    AppMirrorReport, AppStats, AppWindows, BackendStats, CommitResult, ListenerStatus,
+    MirrorReports, PushResult, RouterHealth, RouterStats, VersionStats, VersionWindow,
+    WindowsReport,
 };
 
 /// How long in-flight requests get to finish once the router is asked to stop.
