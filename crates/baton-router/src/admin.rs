@@ -6,12 +6,20 @@
 //! | GET    | `/v1/health`  |                 | [`RouterHealth`]                         |
 //! | GET    | `/v1/config`  |                 | [`RoutingConfig`] (the live one)         |
 //! | PUT    | `/v1/config`  | [`RoutingConfig`] | [`PushResult`]; 409 if the generation is lower than the live one; 400 if invalid |
+//! | PUT    | `/v1/config/staged` | [`RoutingConfig`] | [`PushResult`] of the staged table; 409 if the generation is not higher than the live one; 400 if invalid |
+//! | POST   | `/v1/config/commit` | `{"generation": N}` | [`CommitResult`]; 409 if N is neither staged nor live |
 //! | GET    | `/v1/stats`   |                 | [`RouterStats`]                          |
 //! | GET    | `/v1/windows?seconds=N` |       | [`WindowsReport`] (N in 1..=64, default 10) |
 //! | GET    | `/v1/mirror`  |                 | [`MirrorReports`]                        |
 //! | GET    | `/metrics`    |                 | Prometheus text format 0.0.4             |
 //!
-//! Errors are `{"error": "...", "generation": <live generation>}`.
+//! Errors are `{"error": "...", "generation": <live generation>}`, plus
+//! `"staged": <generation>` when a commit is refused while another one is staged.
+//!
+//! Two-phase switch: a stage does all the slow and fallible work of a push (compile,
+//! bind) without changing what is served; the commit is one atomic swap, so a control
+//! plane can stage on every router, then commit on all of them at once. A push
+//! discards the staged table.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -19,7 +27,7 @@ use std::time::Duration;
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post, put};
 use axum::{Json, Router as Axum};
 use bytes::Bytes;
 use http::{Method, Request, header};
@@ -32,7 +40,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::RoutingConfig;
 use crate::error::RouterError;
 use crate::router::Router;
-use crate::stats::{MirrorReports, PushResult, RouterHealth, RouterStats, WindowsReport};
+use crate::stats::{
+    CommitResult, MirrorReports, PushResult, RouterHealth, RouterStats, WindowsReport,
+};
 
 /// Deadline of each [`AdminClient`] call.
 pub const ADMIN_CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -44,12 +54,24 @@ const MAX_CONFIG_BYTES: usize = 16 * 1024 * 1024;
 struct ErrorBody {
     error: String,
     generation: u64,
+    /// The staged generation, on a refused commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    staged: Option<u64>,
+}
+
+/// Body of `POST /v1/config/commit`.
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct CommitRequest {
+    generation: u64,
 }
 
 fn admin_routes(router: Router) -> Axum {
     Axum::new()
         .route("/v1/health", get(health))
         .route("/v1/config", get(get_config).put(put_config))
+        .route("/v1/config/staged", put(put_staged))
+        .route("/v1/config/commit", post(commit))
         .route("/v1/stats", get(stats))
         .route("/v1/windows", get(windows))
         .route("/v1/mirror", get(mirror))
@@ -120,30 +142,79 @@ pub(crate) async fn serve_metrics_tcp(
         .await
 }
 
-async fn put_config(State(r): State<Router>, body: Bytes) -> Response {
-    let fail = |status: StatusCode, error: String, generation: u64| {
-        (status, Json(ErrorBody { error, generation })).into_response()
+fn error_response(status: StatusCode, error: String, generation: u64) -> Response {
+    let body = ErrorBody {
+        error,
+        generation,
+        staged: None,
     };
+    (status, Json(body)).into_response()
+}
+
+async fn put_config(State(r): State<Router>, body: Bytes) -> Response {
+    config_response(&r, body, |cfg| r.apply(cfg))
+}
+
+async fn put_staged(State(r): State<Router>, body: Bytes) -> Response {
+    config_response(&r, body, |cfg| r.stage(cfg))
+}
+
+/// The answer of a push or a stage: `op` applied to the config in `body`.
+fn config_response(
+    r: &Router,
+    body: Bytes,
+    op: impl FnOnce(RoutingConfig) -> Result<PushResult, RouterError>,
+) -> Response {
     let cfg: RoutingConfig = match serde_json::from_slice(&body) {
         Ok(c) => c,
         Err(e) => {
-            return fail(
+            return error_response(
                 StatusCode::BAD_REQUEST,
                 format!("invalid routing config: {e}"),
                 r.generation(),
             );
         }
     };
-    match r.apply(cfg) {
+    match op(cfg) {
         Ok(res) => Json(res).into_response(),
         Err(e @ RouterError::StaleGeneration { current, .. }) => {
             tracing::warn!(error = %e, "refused a stale routing config");
-            fail(StatusCode::CONFLICT, e.to_string(), current)
+            error_response(StatusCode::CONFLICT, e.to_string(), current)
         }
         Err(e @ RouterError::InvalidConfig(_)) => {
-            fail(StatusCode::BAD_REQUEST, e.to_string(), r.generation())
+            error_response(StatusCode::BAD_REQUEST, e.to_string(), r.generation())
         }
-        Err(e) => fail(
+        Err(e) => error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            e.to_string(),
+            r.generation(),
+        ),
+    }
+}
+
+async fn commit(State(r): State<Router>, body: Bytes) -> Response {
+    let req: CommitRequest = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                format!("invalid commit request: {e}"),
+                r.generation(),
+            );
+        }
+    };
+    match r.commit(req.generation) {
+        Ok(res) => Json(res).into_response(),
+        Err(e @ RouterError::NotStaged { staged, live, .. }) => {
+            tracing::warn!(error = %e, "refused a commit");
+            let body = ErrorBody {
+                error: e.to_string(),
+                generation: live,
+                staged,
+            };
+            (StatusCode::CONFLICT, Json(body)).into_response()
+        }
+        Err(e) => error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             e.to_string(),
             r.generation(),
@@ -225,6 +296,48 @@ impl AdminClient {
                 Err(RouterError::StaleGeneration {
                     current,
                     pushed: cfg.generation,
+                })
+            }
+            other => other,
+        }
+    }
+
+    /// `PUT /v1/config/staged`: prepares `cfg` (compiled, listeners bound) without
+    /// serving it, replacing any staged table. A generation not higher than the live
+    /// one fails with [`RouterError::StaleGeneration`].
+    pub async fn stage(&self, cfg: &RoutingConfig) -> Result<PushResult, RouterError> {
+        let body = serde_json::to_vec(cfg)?;
+        match self
+            .json(Method::PUT, "/v1/config/staged", Some(body))
+            .await
+        {
+            Err(RouterError::Status { status: 409, body }) => {
+                let current = serde_json::from_str::<ErrorBody>(&body).map_or(0, |e| e.generation);
+                Err(RouterError::StaleGeneration {
+                    current,
+                    pushed: cfg.generation,
+                })
+            }
+            other => other,
+        }
+    }
+
+    /// `POST /v1/config/commit`: makes the staged table of `generation` live. Succeeds
+    /// again, with the time of the first switch, when `generation` is already live;
+    /// fails with [`RouterError::NotStaged`] when it is neither staged nor live.
+    pub async fn commit(&self, generation: u64) -> Result<CommitResult, RouterError> {
+        let body = serde_json::to_vec(&CommitRequest { generation })?;
+        match self
+            .json(Method::POST, "/v1/config/commit", Some(body))
+            .await
+        {
+            Err(RouterError::Status { status: 409, body }) => {
+                let e = serde_json::from_str::<ErrorBody>(&body);
+                let (live, staged) = e.map_or((0, None), |e| (e.generation, e.staged));
+                Err(RouterError::NotStaged {
+                    generation,
+                    staged,
+                    live,
                 })
             }
             other => other,

@@ -28,14 +28,28 @@ pub enum RouterError {
         /// The underlying I/O error.
         source: std::io::Error,
     },
-    /// A pushed config has a lower generation than the live one (a stale control
-    /// plane); nothing was changed.
-    #[error("stale config: generation {pushed} is lower than the live generation {current}")]
+    /// A pushed config has a lower generation than the live one, or a staged one a
+    /// generation not higher (a stale control plane); nothing was changed.
+    #[error("stale config: generation {pushed} is not newer than the live generation {current}")]
     StaleGeneration {
         /// The live generation.
         current: u64,
         /// The refused generation.
         pushed: u64,
+    },
+    /// A commit named a generation that is neither staged nor live; nothing was
+    /// changed.
+    #[error(
+        "cannot commit generation {generation}: {} (live generation {live})",
+        staged_text(*.staged)
+    )]
+    NotStaged {
+        /// The generation asked for.
+        generation: u64,
+        /// The generation staged, if any.
+        staged: Option<u64>,
+        /// The live generation.
+        live: u64,
     },
     /// The router is draining for shutdown and accepts no new config.
     #[error("the router is shutting down")]
@@ -71,4 +85,11 @@ pub enum RouterError {
     /// Any other I/O failure.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
+}
+
+fn staged_text(staged: Option<u64>) -> String {
+    match staged {
+        Some(g) => format!("generation {g} is staged"),
+        None => "nothing is staged".into(),
+    }
 }

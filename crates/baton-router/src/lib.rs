@@ -2,11 +2,12 @@
 //!
 //! An HTTP/1.1 reverse proxy that runs as its own long-lived process (`baton __router`),
 //! so that the control plane can die and restart without dropping a request. The
-//! control plane pushes a [`RoutingConfig`] over an admin unix socket (see [`admin`]);
-//! the router publishes it as one immutable snapshot that requests read without locks,
-//! splits traffic between versions by smooth weighted round robin ([`select`]), holds
-//! requests while nothing is routable, retries what is safe to retry, and counts
-//! everything in atomics ([`RouterStats`]).
+//! control plane pushes a [`RoutingConfig`] over an admin unix socket (see [`admin`]),
+//! or stages it on every router and then commits it on all of them at once (two-phase
+//! switch); the router publishes it as one immutable snapshot that requests read
+//! without locks, splits traffic between versions by smooth weighted round robin
+//! ([`select`]), holds requests while nothing is routable, retries what is safe to
+//! retry, and counts everything in atomics ([`RouterStats`]).
 //!
 //! Per request, in order: match [`rules`], then the client's sticky cohort
 //! ([`sticky`]), then the weighted split; an idempotent request that a non-stable
@@ -53,8 +54,9 @@ pub use error::RouterError;
 pub use limits::AppLimits;
 pub use router::Router;
 pub use stats::{
-    AppMirrorReport, AppStats, AppWindows, BackendStats, ListenerStatus, MirrorReports, PushResult,
-    RouterHealth, RouterStats, VersionStats, VersionWindow, WindowsReport,
+    AppMirrorReport, AppStats, AppWindows, BackendStats, CommitResult, ListenerStatus,
+    MirrorReports, PushResult, RouterHealth, RouterStats, VersionStats, VersionWindow,
+    WindowsReport,
 };
 
 /// How long in-flight requests get to finish once the router is asked to stop.

@@ -1,5 +1,5 @@
-//! Wire types of the admin API (`/v1/health`, `/v1/config` push result, `/v1/stats`,
-//! `/v1/windows`, `/v1/mirror`).
+//! Wire types of the admin API (`/v1/health`, `/v1/config` push and stage result,
+//! `/v1/config/commit`, `/v1/stats`, `/v1/windows`, `/v1/mirror`).
 //!
 //! Shared by the router (which serialises them) and [`crate::AdminClient`] (which
 //! deserialises them), so both sides agree by construction.
@@ -12,7 +12,7 @@ use crate::metrics::WindowStats;
 use crate::mirror::MirrorReport;
 
 /// Answer of `GET /v1/health`.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 pub struct RouterHealth {
     /// OS process id of the router.
     pub pid: u32,
@@ -20,15 +20,33 @@ pub struct RouterHealth {
     pub generation: u64,
     /// When the router started, in milliseconds since the Unix epoch.
     pub started_ms: i64,
+    /// Generation of the staged table waiting for its commit, if any.
+    #[serde(default)]
+    pub staged: Option<u64>,
+    /// When the live table was swapped in (by a push or a commit), in microseconds
+    /// since the Unix epoch; 0 before the first one.
+    #[serde(default)]
+    pub switched_at_us: u64,
 }
 
-/// Answer of `PUT /v1/config`.
+/// Answer of `PUT /v1/config` and of `PUT /v1/config/staged`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct PushResult {
+    /// The generation now live (for a stage: the generation staged).
+    pub generation: u64,
+    /// One entry per app of the pushed config (for a stage: as it will be served
+    /// once committed).
+    pub listeners: Vec<ListenerStatus>,
+}
+
+/// Answer of `POST /v1/config/commit`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct CommitResult {
     /// The generation now live.
     pub generation: u64,
-    /// One entry per app of the pushed config.
-    pub listeners: Vec<ListenerStatus>,
+    /// When it was swapped in, in microseconds since the Unix epoch (read at the
+    /// swap; for a repeated commit, the time of the first).
+    pub switched_at_us: u64,
 }
 
 /// Listener state of one app after a push.

@@ -167,6 +167,22 @@ impl Table {
         }
     }
 
+    /// Carries the round-robin positions of `old` over (by app, and version index), so
+    /// that a swap does not restart the split.
+    pub fn carry_positions(&self, old: &Table) {
+        for (name, app) in &self.apps {
+            let Some(o) = old.apps.get(name) else {
+                continue;
+            };
+            app.next
+                .store(o.next.load(Ordering::Relaxed), Ordering::Relaxed);
+            for (v, ov) in app.versions.iter().zip(&o.versions) {
+                v.next
+                    .store(ov.next.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+        }
+    }
+
     /// The app with stable id `id`, if it is in this snapshot.
     #[inline]
     pub fn app(&self, id: usize) -> Option<&Arc<AppTable>> {
@@ -347,7 +363,7 @@ impl AppTable {
     }
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct AppEntry {
     counters: Arc<AppCounters>,
     versions: BTreeMap<String, Arc<VersionCounters>>,
@@ -393,21 +409,23 @@ impl Registry {
         *self.ids.entry(app.to_string()).or_insert(next)
     }
 
-    /// Builds the snapshot for `cfg`, reusing counters by name/address and carrying
-    /// round-robin positions over from `old` so a swap does not restart the split.
-    pub fn build(&mut self, cfg: &RoutingConfig, old: &Table) -> Table {
+    /// Compiles the snapshot for `cfg`, reusing the counters of names and addresses
+    /// already known. Changes nothing a reader of the registry sees: a staged table may
+    /// never go live, so the counters it creates are registered, and backends flagged
+    /// in or out, only by [`Registry::adopt`] at its swap.
+    pub fn build(&mut self, cfg: &RoutingConfig) -> Table {
         let mut apps = HashMap::new();
         let mut by_id: Vec<Option<Arc<AppTable>>> = Vec::new();
         let (epoch, shards) = (self.epoch, self.shards);
         for app in &cfg.apps {
             let id = self.app_id(&app.app);
-            let entry = self.apps.entry(app.app.clone()).or_default();
-            let old_app = old.apps.get(&app.app);
+            // A scratch copy, so that counters new in this config are shared within
+            // it (one address in two versions) without touching the registry.
+            let mut entry = self.apps.get(&app.app).cloned().unwrap_or_default();
             let versions: Vec<VersionTable> = app
                 .versions
                 .iter()
-                .enumerate()
-                .map(|(i, v)| {
+                .map(|v| {
                     let counters = entry
                         .versions
                         .entry(v.version.clone())
@@ -421,15 +439,12 @@ impl Registry {
                             state: entry.backends.entry(b.address).or_default().clone(),
                         })
                         .collect();
-                    let next = old_app
-                        .and_then(|a| a.versions.get(i))
-                        .map_or(0, |ov| ov.next.load(Ordering::Relaxed));
                     VersionTable {
                         name: v.version.clone(),
                         counters,
                         backends,
                         weight: v.weight,
-                        next: AtomicUsize::new(next),
+                        next: AtomicUsize::new(0),
                     }
                 })
                 .collect();
@@ -438,7 +453,6 @@ impl Registry {
                 .map(|v| if v.backends.is_empty() { 0 } else { v.weight })
                 .collect();
             let cycle = select::smooth_wrr_cycle(&weights);
-            let next = old_app.map_or(0, |a| a.next.load(Ordering::Relaxed));
             let index_of = |name: &str| versions.iter().position(|v| v.name == name);
             // Validated before the build: compiling cannot fail here.
             let rules = CompiledRules::compile(&app.rules).unwrap_or_default();
@@ -456,13 +470,11 @@ impl Registry {
                     weights,
                 }
             });
-            entry.mirror_version = app.mirror.as_ref().map(|m| m.version.clone());
             let mirror = app.mirror.as_ref().and_then(|m| {
                 let version = index_of(&m.version)?;
                 if versions[version].backends.is_empty() {
                     return None;
                 }
-                entry.mirror.samples().set_max_samples(m.max_samples);
                 Some(MirrorTable {
                     cfg: Arc::new(m.clone()),
                     version,
@@ -490,7 +502,7 @@ impl Registry {
                 balance: app.balance,
                 versions,
                 cycle,
-                next: AtomicUsize::new(next),
+                next: AtomicUsize::new(0),
             });
             if by_id.len() <= id {
                 by_id.resize(id + 1, None);
@@ -498,12 +510,50 @@ impl Registry {
             by_id[id] = Some(table.clone());
             apps.insert(app.app.clone(), table);
         }
-        self.mark_removed(cfg);
         Table {
             config: Arc::new(cfg.clone()),
             apps,
             by_id,
         }
+    }
+
+    /// Makes the counters of `table` the registered ones and flags every backend as in
+    /// or out of it; called as `table` goes live.
+    pub fn adopt(&mut self, table: &Table) {
+        for app in &table.config.apps {
+            let Some(t) = table.apps.get(&app.app) else {
+                continue;
+            };
+            let entry = self
+                .apps
+                .entry(app.app.clone())
+                .or_insert_with(|| AppEntry {
+                    counters: t.counters.clone(),
+                    mirror: t
+                        .mirror
+                        .as_ref()
+                        .map(|m| m.state.clone())
+                        .unwrap_or_default(),
+                    ..AppEntry::default()
+                });
+            for v in &t.versions {
+                entry
+                    .versions
+                    .entry(v.name.clone())
+                    .or_insert_with(|| v.counters.clone());
+                for b in &v.backends {
+                    entry
+                        .backends
+                        .entry(b.addr)
+                        .or_insert_with(|| b.state.clone());
+                }
+            }
+            entry.mirror_version = app.mirror.as_ref().map(|m| m.version.clone());
+            if let Some(m) = &t.mirror {
+                m.state.samples().set_max_samples(m.cfg.max_samples);
+            }
+        }
+        self.mark_removed(&table.config);
     }
 
     /// Flags every known backend as in or out of `cfg`, waking the streams of those
@@ -668,5 +718,83 @@ impl Registry {
                 })
                 .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AppRoutes, Backend, VersionRoute};
+
+    /// App "web" with versions v1 and v2, both on `addr`.
+    fn shared_backend(generation: u64, addr: SocketAddr) -> RoutingConfig {
+        let version = |name: &str| VersionRoute {
+            version: name.into(),
+            weight: 1,
+            backends: vec![Backend {
+                id: format!("{name}-0"),
+                address: addr,
+            }],
+        };
+        RoutingConfig {
+            generation,
+            apps: vec![AppRoutes {
+                app: "web".into(),
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                hold_timeout_ms: 100,
+                versions: vec![version("v1"), version("v2")],
+                rules: vec![],
+                sticky: None,
+                mirror: None,
+                shield: None,
+                limits: Default::default(),
+                balance: Default::default(),
+            }],
+        }
+    }
+
+    #[test]
+    fn a_built_table_is_registered_only_when_adopted() {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 9));
+        let mut reg = Registry::default();
+        let table = reg.build(&shared_backend(1, addr));
+        assert!(
+            reg.stats(0).apps.is_empty(),
+            "a staged table is not counted"
+        );
+
+        reg.adopt(&table);
+        let stats = reg.stats(1);
+        assert_eq!(stats.apps.len(), 1);
+        assert_eq!(stats.apps[0].versions.len(), 2);
+        let web = &table.apps["web"];
+        let (v1, v2) = (&web.versions[0].backends[0], &web.versions[1].backends[0]);
+        assert!(
+            Arc::ptr_eq(&v1.state, &v2.state),
+            "one address in two versions has one state"
+        );
+        // A later build reuses what the first registered.
+        let next = reg.build(&shared_backend(2, addr));
+        assert!(Arc::ptr_eq(
+            &next.apps["web"].versions[0].backends[0].state,
+            &v1.state
+        ));
+        assert!(Arc::ptr_eq(
+            &next.apps["web"].versions[1].counters,
+            &web.versions[1].counters
+        ));
+    }
+
+    #[test]
+    fn positions_carry_over_at_the_swap() {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 9));
+        let mut reg = Registry::default();
+        let old = reg.build(&shared_backend(1, addr));
+        old.apps["web"].next.store(5, Ordering::Relaxed);
+        old.apps["web"].versions[1].next.store(3, Ordering::Relaxed);
+        let new = reg.build(&shared_backend(2, addr));
+        new.carry_positions(&old);
+        assert_eq!(new.apps["web"].next.load(Ordering::Relaxed), 5);
+        assert_eq!(new.apps["web"].versions[1].next.load(Ordering::Relaxed), 3);
     }
 }
