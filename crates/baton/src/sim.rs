@@ -653,6 +653,7 @@ impl RouterApi for SimRouterApi {
                 pid: 1,
                 generation: w.router.live.generation,
                 started_ms: w.router.started_ms,
+                ..RouterHealth::default()
             })
         })
     }
