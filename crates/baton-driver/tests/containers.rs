@@ -67,7 +67,7 @@ fn target(spec: &mut LaunchSpec) -> &mut ContainerTarget {
 fn container_id(handle: &InstanceHandle) -> &str {
     match &handle.locator {
         Locator::Container { id, .. } => id,
-        Locator::Process { .. } => panic!("not a container: {handle:?}"),
+        _ => panic!("not a container: {handle:?}"),
     }
 }
 

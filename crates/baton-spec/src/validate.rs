@@ -135,11 +135,11 @@ pub(crate) fn field_hint(path: &str) -> String {
         | "strategy.blue_green.scale_down_delay"
         | "analysis.interval"
         | "analysis.window" => DURATION_HINT,
-        "hosts.list" => "list the machines, e.g. `list: [{name: web-1, address: 10.0.0.5}]`".into(),
+        "hosts.list" => "list the machines, e.g. `list: [{name: web-1, address: 10.0.0.5}]`",
         "hosts.max_unavailable" => {
-            "a whole number of hosts or a percentage of them, e.g. `1` or `50%`".into()
+            "a whole number of hosts or a percentage of them, e.g. `1` or `50%`"
         }
-        "hosts.ssh.connect_timeout" => DURATION_HINT.into(),
+        "hosts.ssh.connect_timeout" => DURATION_HINT,
         "traffic.balance" => {
             "write `balance: round_robin` (each instance in turn, the default) or \
              `balance: least_requests` (the instance with the fewest requests in flight)"

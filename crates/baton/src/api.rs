@@ -616,8 +616,13 @@ async fn list_apps(State(cp): Cp) -> Json<serde_json::Value> {
         status.add_live(h, windows.as_ref());
     }
     let listeners = cp.shared.router.listeners().await;
-    for s in &mut apps {
-        s.not_listening = not_listening(&s.app, listeners.as_ref());
+    for (s, h) in apps.iter_mut().zip(&handles) {
+        let spec = h.status.borrow().spec.clone();
+        if behind_host_routers(&spec) {
+            s.hosts_switch = cp.shared.fleet.last_switch(&s.app);
+        } else {
+            s.not_listening = not_listening(&s.app, listeners.as_ref());
+        }
     }
     Json(json!({"apps": apps}))
 }
@@ -708,8 +713,13 @@ async fn app_status(State(cp): Cp, Path(app): Path<String>) -> Result<Json<AppSt
     let mut status = AppStatus::from_view(&v).with_router(&v, &cp.shared.router.sync());
     let windows = traffic_windows(&cp, std::slice::from_ref(&status)).await;
     status.add_live(&h, windows.as_ref());
-    let listeners = cp.shared.router.listeners().await;
-    status.not_listening = not_listening(&app, listeners.as_ref());
+    if behind_host_routers(&v.spec) {
+        // Its users reach the routers on its hosts (`baton hosts`).
+        status.hosts_switch = cp.shared.fleet.last_switch(&app);
+    } else {
+        let listeners = cp.shared.router.listeners().await;
+        status.not_listening = not_listening(&app, listeners.as_ref());
+    }
     Ok(Json(status))
 }
 
@@ -759,6 +769,13 @@ async fn traffic_windows(
 /// from the router's listeners; `None` when it does, or when the router cannot
 /// be asked. An app missing from the router's table altogether is not served
 /// either: its last routing table was refused (or the router restarted).
+/// The app's users reach a router on each of its hosts, not the local one.
+fn behind_host_routers(spec: &baton_spec::AppSpec) -> bool {
+    spec.hosts
+        .as_ref()
+        .is_some_and(|h| h.router == baton_spec::RouterPlacement::PerHost)
+}
+
 fn not_listening(
     app: &str,
     listeners: Option<&BTreeMap<String, (std::net::SocketAddr, Option<String>)>>,
@@ -820,6 +837,10 @@ pub struct AppStatus {
     /// Seconds of traffic `traffic[].actual` covers (when the router answered).
     #[serde(default)]
     pub traffic_window_s: Option<u64>,
+    /// An app behind a router on each of its hosts: its newest traffic switch
+    /// across them, and how far apart the hosts switched.
+    #[serde(default)]
+    pub hosts_switch: Option<crate::fleet::SwitchRecord>,
 }
 
 /// The router has not acknowledged an app's routing table.
@@ -1033,6 +1054,7 @@ impl AppStatus {
             }),
             last_check: None,
             traffic_window_s: None,
+            hosts_switch: None,
         }
     }
 

@@ -1109,6 +1109,21 @@ async fn status(api: &ApiClient, app: Option<String>, as_json: bool) -> Exit {
         if let Some(why) = &s.not_listening {
             println!("  {} {why}", paint("not listening:", Color::Red));
         }
+        if let Some(sw) = &s.hosts_switch {
+            match (sw.skew_us, &sw.fallback) {
+                (Some(skew), _) => println!(
+                    "  last switch: {} hosts within {:.1} ms of each other (two-phase), {}",
+                    sw.hosts.len(),
+                    skew as f64 / 1000.0,
+                    format_date(sw.at_ms)
+                ),
+                (None, Some(why)) => println!(
+                    "  last switch: host by host ({why}), {}",
+                    format_date(sw.at_ms)
+                ),
+                (None, None) => {}
+            }
+        }
         println!(
             "  traffic: {}{window}",
             if traffic.is_empty() {

@@ -20,7 +20,9 @@ use baton_router::config::{
 };
 use baton_router::limits::AppLimits;
 use baton_router::{AdminClient, AppRoutes, Backend, RoutingConfig, VersionRoute};
-use baton_router::{PushResult, RouterError, RouterHealth, RouterStats, WindowsReport};
+use baton_router::{
+    CommitResult, PushResult, RouterError, RouterHealth, RouterStats, WindowsReport,
+};
 use baton_spec::{AppSpec, StrategySpec};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
@@ -267,6 +269,9 @@ pub struct RouterLink {
 
 struct LinkState {
     desired: std::sync::Mutex<Desired>,
+    /// A two-phase switch holds the pusher back until this time (ms since
+    /// the epoch, by `clock`): the table goes live at the commit, not before.
+    hold_until_ms: std::sync::atomic::AtomicI64,
     wake: Notify,
     ack: watch::Sender<RouterSync>,
     clock: Arc<dyn Clock>,
@@ -280,6 +285,27 @@ pub trait RouterApi: Send + Sync + 'static {
     fn health(&self) -> BoxFuture<'_, Result<RouterHealth, RouterError>>;
     fn stats(&self) -> BoxFuture<'_, Result<RouterStats, RouterError>>;
     fn windows(&self, seconds: u64) -> BoxFuture<'_, Result<WindowsReport, RouterError>>;
+    /// Two-phase switch, first phase: the router prepares `cfg` without serving it.
+    fn stage<'a>(
+        &'a self,
+        cfg: &'a RoutingConfig,
+    ) -> BoxFuture<'a, Result<PushResult, RouterError>> {
+        let _ = cfg;
+        Box::pin(async {
+            Err(RouterError::Io(std::io::Error::other(
+                "no two-phase switch",
+            )))
+        })
+    }
+    /// Second phase: the staged `generation` goes live.
+    fn commit(&self, generation: u64) -> BoxFuture<'_, Result<CommitResult, RouterError>> {
+        let _ = generation;
+        Box::pin(async {
+            Err(RouterError::Io(std::io::Error::other(
+                "no two-phase switch",
+            )))
+        })
+    }
 }
 
 impl RouterApi for AdminClient {
@@ -297,6 +323,15 @@ impl RouterApi for AdminClient {
     }
     fn windows(&self, seconds: u64) -> BoxFuture<'_, Result<WindowsReport, RouterError>> {
         Box::pin(AdminClient::windows(self, seconds))
+    }
+    fn stage<'a>(
+        &'a self,
+        cfg: &'a RoutingConfig,
+    ) -> BoxFuture<'a, Result<PushResult, RouterError>> {
+        Box::pin(AdminClient::stage(self, cfg))
+    }
+    fn commit(&self, generation: u64) -> BoxFuture<'_, Result<CommitResult, RouterError>> {
+        Box::pin(AdminClient::commit(self, generation))
     }
 }
 
@@ -335,6 +370,8 @@ const RETRY_MAX: Duration = Duration::from_secs(2);
 const LISTENING_WAIT: Duration = Duration::from_secs(2);
 /// How long `withdraw` waits for the router to close an app's listeners.
 const WITHDRAW_WAIT: Duration = Duration::from_secs(5);
+/// Longest a two-phase switch holds a router's pusher back.
+const HOLD_MAX: Duration = Duration::from_secs(5);
 /// How often an in-sync link checks that the router still serves its table.
 const RECHECK: Duration = Duration::from_secs(1);
 
@@ -377,6 +414,7 @@ impl RouterLink {
                     .map(|a| (a.app.clone(), a))
                     .collect(),
             }),
+            hold_until_ms: std::sync::atomic::AtomicI64::new(0),
             wake: Notify::new(),
             ack: watch::channel(RouterSync {
                 router: name,
@@ -408,6 +446,13 @@ impl RouterLink {
     /// desired table and return the generation of the table that holds them.
     /// Returns at once; the pusher delivers it (see [`RouterLink::acknowledged`]).
     pub fn publish(&self, routes: Vec<AppRoutes>) -> u64 {
+        let generation = self.publish_quietly(routes);
+        self.link.wake.notify_one();
+        generation
+    }
+
+    /// [`RouterLink::publish`] without waking the pusher.
+    fn publish_quietly(&self, routes: Vec<AppRoutes>) -> u64 {
         let generation = {
             let mut desired = self.desired();
             let Some(main) = routes.first() else {
@@ -437,8 +482,51 @@ impl RouterLink {
             }
             behind
         });
-        self.link.wake.notify_one();
         generation
+    }
+
+    /// Two-phase switch, step 1: put `routes` in the desired table like
+    /// [`RouterLink::publish`], but hold the pusher back (for at most
+    /// [`HOLD_MAX`]) and return the whole table to stage.
+    pub fn prepare(&self, routes: Vec<AppRoutes>) -> RoutingConfig {
+        let now = self.link.clock.now_ms();
+        self.link.hold_until_ms.store(
+            now + HOLD_MAX.as_millis() as i64,
+            std::sync::atomic::Ordering::SeqCst,
+        );
+        let generation = self.publish_quietly(routes);
+        let desired = self.desired();
+        RoutingConfig {
+            generation: generation.max(desired.generation),
+            apps: desired.apps.values().cloned().collect(),
+        }
+    }
+
+    /// Step 2: the router prepares `cfg` (binds, compiles) without serving it.
+    pub async fn stage(&self, cfg: &RoutingConfig) -> Result<(), RouterError> {
+        self.client.stage(cfg).await.map(|_| ())
+    }
+
+    /// Step 3: the staged table goes live; it counts as acknowledged.
+    pub async fn commit(&self, generation: u64) -> Result<CommitResult, RouterError> {
+        let done = self.client.commit(generation).await?;
+        self.link.ack.send_modify(|s| {
+            s.acknowledged = s.acknowledged.max(done.generation);
+            if s.in_sync() {
+                s.behind_since_ms = None;
+            }
+            s.last_error = None;
+        });
+        Ok(done)
+    }
+
+    /// End the hold (after a commit, or when the switch is given up: the
+    /// pusher then delivers the table the ordinary way).
+    pub fn release(&self) {
+        self.link
+            .hold_until_ms
+            .store(0, std::sync::atomic::Ordering::SeqCst);
+        self.link.wake.notify_one();
     }
 
     /// Wait until the router has acknowledged a table of `generation` or newer.
@@ -584,6 +672,17 @@ async fn push_loop(link: Arc<LinkState>, client: Arc<dyn RouterApi>) {
     let mut retry = RETRY_MIN;
     let mut router_started_ms: Option<i64> = None;
     loop {
+        let held_for =
+            link.hold_until_ms.load(std::sync::atomic::Ordering::SeqCst) - link.clock.now_ms();
+        if held_for > 0 {
+            // A two-phase switch is under way: its commit delivers the table.
+            tokio::select! {
+                biased;
+                _ = link.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(held_for as u64)) => {}
+            }
+            continue;
+        }
         let cfg = {
             let d = link.desired.lock().unwrap_or_else(|p| p.into_inner());
             (link.ack.borrow().acknowledged < d.generation).then(|| RoutingConfig {
@@ -776,8 +875,8 @@ mod tests {
 
     #[test]
     fn windows_of_several_routers_add_up_and_keep_the_worst_latency() {
-        let window = |requests: u64, p99_us: u64, mean_us: f64, errors: u64| {
-            baton_router::VersionWindow {
+        let window =
+            |requests: u64, p99_us: u64, mean_us: f64, errors: u64| baton_router::VersionWindow {
                 version: "v2".into(),
                 stats: baton_router::metrics::WindowStats {
                     requests,
@@ -787,8 +886,7 @@ mod tests {
                     mean_us,
                     ..Default::default()
                 },
-            }
-        };
+            };
         let report = |v: baton_router::VersionWindow| WindowsReport {
             window_s: 10,
             apps: vec![baton_router::AppWindows {

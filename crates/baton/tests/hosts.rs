@@ -394,3 +394,68 @@ fn a_control_plane_killed_mid_rollout_finds_its_nodes_serving_and_finishes_clean
     assert!(hosts.iter().all(|s| s["reachable"] == true), "{hosts:?}");
     shutdown(&mut h);
 }
+
+#[test]
+fn a_blue_green_switch_across_hosts_is_two_phase_and_its_skew_is_shown_and_rollback_is_as_fast() {
+    let Some(fleet) = Fleet::create(3) else {
+        return;
+    };
+    let mut h = Harness::new();
+    let port = free_port();
+    let strategy = "  blue_green:\n    scale_down_delay: 5m\n    min_ready: 200ms";
+    let spec = fleet_spec(&h, &fleet, "web", port, strategy);
+    bring_up(&h, &fleet, &spec, port);
+    let targets = routers(&fleet, port);
+    let (switch, reports) = with_loads(&targets, || {
+        h.cli_ok(&["deploy", "web", "v2"]);
+        wait_until("green ready and waiting for approval", DEADLINE, || {
+            h.status("web")["step"]
+                .to_string()
+                .contains("waiting for approval")
+        });
+        // Before the switch every host still serves blue.
+        for addr in &targets {
+            assert_eq!(get_version(*addr), (200, "v1".to_string()), "{addr}");
+        }
+        h.cli_ok(&["approve", "web"]);
+        wait_until("the switch", DEADLINE, || stable_on(&h, "web", "v2"));
+        wait_until("the switch record", DEADLINE, || {
+            !h.status("web")["hosts_switch"].is_null()
+        });
+        let switch = h.status("web")["hosts_switch"].clone();
+        for addr in &targets {
+            assert_eq!(get_version(*addr), (200, "v2".to_string()), "{addr}");
+        }
+        // Rollback to the warm blue: the same two-phase switch back.
+        let before = switch["at_ms"].as_i64().unwrap_or(0);
+        h.cli_ok(&["rollback", "web"]);
+        wait_until("the switch back", DEADLINE, || {
+            h.status("web")["hosts_switch"]["at_ms"]
+                .as_i64()
+                .unwrap_or(0)
+                > before
+        });
+        for addr in &targets {
+            wait_until("blue again on every host", DEADLINE, || {
+                get_version(*addr) == (200, "v1".to_string())
+            });
+        }
+        (switch, h.status("web")["hosts_switch"].clone())
+    });
+    for r in &reports {
+        assert_no_failures(r);
+    }
+    let (forward, back) = switch;
+    for sw in [&forward, &back] {
+        assert!(sw["fallback"].is_null(), "{sw}");
+        assert_eq!(sw["hosts"].as_array().map(Vec::len), Some(3), "{sw}");
+        assert!(sw["skew_us"].as_u64().is_some(), "{sw}");
+    }
+    eprintln!(
+        "switch skew across 3 hosts: {} µs; back: {} µs",
+        forward["skew_us"], back["skew_us"]
+    );
+    let shown = h.cli_ok(&["status", "web"]);
+    assert!(shown.contains("last switch: 3 hosts within"), "{shown}");
+    shutdown(&mut h);
+}

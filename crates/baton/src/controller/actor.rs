@@ -73,6 +73,10 @@ pub struct AppController {
     /// router's table published for this state (`None`: that router is not
     /// reached yet; the routes wait for it).
     host_generations: std::collections::BTreeMap<String, Option<u64>>,
+    /// The share of traffic (per mille) of each version last published to
+    /// the host routers: a change under a canary or blue-green strategy is
+    /// switched on every host at once.
+    published_split: Option<Vec<(String, u32)>>,
     /// Instances whose start is in flight (the driver has not answered yet).
     starting: std::collections::HashSet<String>,
     /// Instances that ended by themselves, as the driver reports them.
@@ -134,6 +138,7 @@ impl AppController {
             smoke: SmokeChecks::default(),
             routing_generation: 0,
             host_generations: Default::default(),
+            published_split: None,
             starting: Default::default(),
             exits: exits::Exits::default(),
             resources,
@@ -635,16 +640,46 @@ impl AppController {
         {
             None => self.routing_generation = self.shared.router.publish(routes),
             Some(hosts) => {
-                // Each host's router serves that host's instances only.
-                for host in &hosts.hosts {
-                    let mine = crate::routing::host_routes(&routes, &self.state, &host.name);
-                    let generation = self
-                        .shared
-                        .fleet
-                        .host(&host.name)
-                        .and_then(|link| link.publish(mine));
-                    self.host_generations.insert(host.name.clone(), generation);
+                // Each host's router serves that host's instances only. When
+                // the split between versions changes (a canary weight, a
+                // blue-green switch), every host switches at once (two-phase);
+                // instances coming and going are each host's own business.
+                let groups = self.state.routing();
+                let total: u32 = groups.iter().map(|g| g.weight).sum();
+                let split: Vec<(String, u32)> = groups
+                    .into_iter()
+                    .filter(|g| g.weight > 0)
+                    .map(|g| (g.version, g.weight * 1000 / total.max(1)))
+                    .collect();
+                let stepped = matches!(
+                    self.state.params.strategy,
+                    baton_engine::Strategy::Stepped { .. }
+                );
+                let switching = hosts.hosts.len() > 1
+                    && stepped
+                    && self.published_split.as_ref().is_some_and(|p| *p != split);
+                let per_host: Vec<_> = hosts
+                    .hosts
+                    .iter()
+                    .filter_map(|h| {
+                        let link = self.shared.fleet.host(&h.name)?;
+                        Some((
+                            link,
+                            crate::routing::host_routes(&routes, &self.state, &h.name),
+                        ))
+                    })
+                    .collect();
+                if switching {
+                    let generations = self.shared.fleet.switch(&spec.name, per_host);
+                    self.host_generations.extend(generations);
+                } else {
+                    for (link, mine) in per_host {
+                        let generation = link.publish(mine);
+                        self.host_generations
+                            .insert(link.spec.name.clone(), generation);
+                    }
                 }
+                self.published_split = Some(split);
             }
         }
     }

@@ -51,6 +51,8 @@ pub struct Fleet {
     shutdown: CancellationToken,
     hosts: Mutex<BTreeMap<String, Arc<HostLink>>>,
     sha: std::sync::OnceLock<String>,
+    /// The newest traffic switch of each app across its hosts.
+    switches: Mutex<BTreeMap<String, SwitchRecord>>,
 }
 
 /// What is known of one host now (`baton hosts`).
@@ -89,6 +91,7 @@ impl Fleet {
             shutdown,
             hosts: Mutex::default(),
             sha: std::sync::OnceLock::new(),
+            switches: Mutex::default(),
         }
     }
 
@@ -147,6 +150,136 @@ impl Fleet {
             let mut done = link.closed.subscribe();
             let _ = tokio::time::timeout(Duration::from_secs(10), done.wait_for(|d| *d)).await;
         }
+    }
+}
+
+/// One traffic switch of an app across its hosts' routers.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct SwitchRecord {
+    /// When it was made (ms since the epoch).
+    pub at_ms: i64,
+    /// Each host's router: when it swapped (µs since the epoch, its clock).
+    pub hosts: Vec<(String, u64)>,
+    /// Between the first and the last host to switch, in µs; `None` when the
+    /// switch fell back to one publication per host (a host did not stage).
+    pub skew_us: Option<u64>,
+    /// Why it fell back, if it did.
+    pub fallback: Option<String>,
+}
+
+impl Fleet {
+    /// Switch `app`'s traffic on every host at once: each host's router
+    /// stages its new table (the slow, fallible part), then all commit
+    /// together, so the hosts switch within a round trip of each other. A host
+    /// that cannot stage makes it an ordinary publication (each host switches
+    /// as its table arrives). Returns each host's table generation at once;
+    /// the switch runs in the background and its record lands in
+    /// [`Fleet::last_switch`].
+    pub fn switch(
+        self: &Arc<Self>,
+        app: &str,
+        per_host: Vec<(Arc<HostLink>, Vec<AppRoutes>)>,
+    ) -> BTreeMap<String, Option<u64>> {
+        let mut generations = BTreeMap::new();
+        let mut prepared = Vec::new();
+        let mut complete = true;
+        for (host, routes) in per_host {
+            match host.prepare(routes.clone()) {
+                Some((link, cfg)) => {
+                    generations.insert(host.spec.name.clone(), Some(cfg.generation));
+                    prepared.push((host.spec.name.clone(), link, cfg));
+                }
+                None => {
+                    complete = false;
+                    generations.insert(host.spec.name.clone(), host.publish(routes));
+                }
+            }
+        }
+        let fleet = self.clone();
+        let app = app.to_owned();
+        tokio::spawn(async move {
+            let record = two_phase(prepared, complete).await;
+            info!(%app, skew_us = ?record.skew_us, fallback = ?record.fallback, "traffic switched across hosts");
+            fleet
+                .switches
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(app, record);
+        });
+        generations
+    }
+
+    /// The newest traffic switch of `app` across its hosts.
+    pub fn last_switch(&self, app: &str) -> Option<SwitchRecord> {
+        self.switches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(app)
+            .cloned()
+    }
+}
+
+/// Longest wait for every host to stage a switch.
+const STAGE_WAIT: Duration = Duration::from_secs(5);
+
+async fn two_phase(
+    prepared: Vec<(String, RouterLink, baton_router::RoutingConfig)>,
+    complete: bool,
+) -> SwitchRecord {
+    let at_ms = crate::effects::wall_clock_ms();
+    let release = |why: String| {
+        for (_, link, _) in &prepared {
+            link.release();
+        }
+        SwitchRecord {
+            at_ms,
+            hosts: Vec::new(),
+            skew_us: None,
+            fallback: Some(why),
+        }
+    };
+    if !complete {
+        return release("a host's router was not reached yet".into());
+    }
+    let staged = tokio::time::timeout(
+        STAGE_WAIT,
+        futures_util::future::join_all(prepared.iter().map(|(_, l, cfg)| l.stage(cfg))),
+    )
+    .await;
+    match staged {
+        Err(_) => return release(format!("not every host staged within {STAGE_WAIT:?}")),
+        Ok(results) => {
+            if let Some((i, e)) = results
+                .iter()
+                .enumerate()
+                .find_map(|(i, r)| r.as_ref().err().map(|e| (i, e)))
+            {
+                return release(format!("host {} did not stage: {e}", prepared[i].0));
+            }
+        }
+    }
+    let commits =
+        futures_util::future::join_all(prepared.iter().map(|(_, l, cfg)| l.commit(cfg.generation)))
+            .await;
+    let mut hosts = Vec::new();
+    let mut failed = None;
+    for ((name, link, _), result) in prepared.iter().zip(commits) {
+        link.release();
+        match result {
+            Ok(done) => hosts.push((name.clone(), done.switched_at_us)),
+            Err(e) => failed = Some(format!("host {name} did not commit: {e}")),
+        }
+    }
+    let times: Vec<u64> = hosts.iter().map(|(_, t)| *t).collect();
+    let skew_us = match (failed.is_some(), times.iter().min(), times.iter().max()) {
+        (false, Some(min), Some(max)) => Some(max - min),
+        _ => None,
+    };
+    SwitchRecord {
+        at_ms,
+        hosts,
+        skew_us,
+        fallback: failed,
     }
 }
 
@@ -425,6 +558,18 @@ impl HostLink {
                 return;
             }
         }
+    }
+
+    /// Two-phase switch, step 1: `app`'s routes in this host's desired table,
+    /// held back from the pusher; the whole table to stage. `None` before
+    /// the router is attached (the switch is then an ordinary publication).
+    fn prepare(&self, routes: Vec<AppRoutes>) -> Option<(RouterLink, baton_router::RoutingConfig)> {
+        let mut router = self.router();
+        let app = routes.first()?.app.clone();
+        router.wanted.insert(app, routes.clone());
+        let link = router.link.clone()?;
+        let cfg = link.prepare(routes);
+        Some((link, cfg))
     }
 
     /// Put `app`'s routes in this host's desired table. `Some(generation)`

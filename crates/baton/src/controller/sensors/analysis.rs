@@ -93,10 +93,7 @@ impl Analysis {
         }
         self.run.last_ms = now;
         let window = cfg.as_ref().map_or(Duration::from_secs(10), |c| c.window);
-        let Ok(report) = shared
-            .windows_of(spec, window.as_secs().clamp(1, 64))
-            .await
-        else {
+        let Ok(report) = shared.windows_of(spec, window.as_secs().clamp(1, 64)).await else {
             return None;
         };
         let stats_of = |version: &str| {
