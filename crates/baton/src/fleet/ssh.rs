@@ -17,10 +17,22 @@ use tokio::process::Command;
 
 /// The known_hosts file of a fleet: the spec's, else `~/.ssh/known_hosts`.
 pub fn known_hosts_file(hosts: &HostsSpec) -> PathBuf {
-    hosts.known_hosts.clone().unwrap_or_else(|| {
-        let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
-        PathBuf::from(home).join(".ssh").join("known_hosts")
-    })
+    match &hosts.known_hosts {
+        Some(path) => expand_home(path),
+        None => home().join(".ssh").join("known_hosts"),
+    }
+}
+
+fn home() -> PathBuf {
+    PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+}
+
+/// `~/x` as `$HOME/x` (as ssh reads its own paths).
+pub fn expand_home(path: &Path) -> PathBuf {
+    match path.strip_prefix("~") {
+        Ok(rest) => home().join(rest),
+        Err(_) => path.to_path_buf(),
+    }
 }
 
 /// How known_hosts names a host: `addr`, or `[addr]:port` off port 22.
@@ -251,7 +263,7 @@ pub async fn connect(
         .control_directory(dir)
         .config_file(&config);
     if let Some(key) = &host.identity_file {
-        b.keyfile(key);
+        b.keyfile(expand_home(key));
     }
     tokio::time::timeout(
         connect_timeout + Duration::from_secs(5),
