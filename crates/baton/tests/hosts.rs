@@ -459,3 +459,128 @@ fn a_blue_green_switch_across_hosts_is_two_phase_and_its_skew_is_shown_and_rollb
     assert!(shown.contains("last switch: 3 hosts within"), "{shown}");
     shutdown(&mut h);
 }
+
+/// Median and range of `values`.
+fn summary(values: &mut [f64]) -> String {
+    values.sort_by(f64::total_cmp);
+    match values {
+        [] => "-".into(),
+        v => format!("{:.2} ({:.2}–{:.2})", v[v.len() / 2], v[0], v[v.len() - 1]),
+    }
+}
+
+/// `bench/hosts.sh`: the skew of a blue-green switch across N hosts (first to
+/// last host to switch), and the wall time of a node-by-node rolling upgrade
+/// against the sum of its instances' start times. Not part of the suite.
+#[test]
+#[ignore]
+fn bench_hosts() {
+    let sizes: Vec<usize> = std::env::var("BATON_BENCH_HOSTS")
+        .unwrap_or_else(|_| "3,6,12".into())
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect();
+    let runs: usize = std::env::var("BATON_BENCH_RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(5);
+    let mut table = vec![format!(
+        "{:>5}  {:>28}  {:>28}  {:>30}",
+        "hosts",
+        "switch skew ms: median (range)",
+        "switch back skew ms",
+        "rolling wall / sum of starts"
+    )];
+    for n in sizes {
+        let Some(fleet) = Fleet::create(n) else {
+            return;
+        };
+        let mut h = Harness::new();
+        // Blue-green: every deploy is a switch forward, every rollback one back.
+        let port = free_port();
+        let bg = "  blue_green:\n    auto_promote_after: 200ms\n    scale_down_delay: 5m\n    min_ready: 200ms";
+        let spec = fleet_spec(&h, &fleet, "web", port, bg);
+        bring_up(&h, &fleet, &spec, port);
+        let (mut forward, mut back) = (Vec::new(), Vec::new());
+        for run in 0..runs {
+            let version = format!("v{}", run + 2);
+            let before = h.status("web")["hosts_switch"]["at_ms"]
+                .as_i64()
+                .unwrap_or(0);
+            h.cli_ok(&["deploy", "web", &version, "--wait"]);
+            wait_until("the switch record", DEADLINE, || {
+                h.status("web")["hosts_switch"]["at_ms"]
+                    .as_i64()
+                    .unwrap_or(0)
+                    > before
+            });
+            let sw = h.status("web")["hosts_switch"].clone();
+            forward.push(sw["skew_us"].as_u64().unwrap_or(u64::MAX) as f64 / 1000.0);
+            let before = sw["at_ms"].as_i64().unwrap_or(0);
+            h.cli_ok(&["rollback", "web"]);
+            wait_until("the switch back", DEADLINE, || {
+                h.status("web")["hosts_switch"]["at_ms"]
+                    .as_i64()
+                    .unwrap_or(0)
+                    > before
+            });
+            let sw = h.status("web")["hosts_switch"].clone();
+            back.push(sw["skew_us"].as_u64().unwrap_or(u64::MAX) as f64 / 1000.0);
+        }
+        h.cli_ok(&["delete", "web"]);
+        // Rolling, node by node: rollout wall time / sum of instance start times.
+        let port = free_port();
+        let spec = fleet_spec(&h, &fleet, "roll", port, ROLLING);
+        h.cli_ok(&["apply", "-f", &spec]);
+        h.cli_ok(&["deploy", "roll", "v1", "--wait"]);
+        let mut ratios = Vec::new();
+        for run in 0..runs.min(3) {
+            let version = format!("v{}", run + 2);
+            h.cli_ok(&["deploy", "roll", &version, "--wait"]);
+            let events = h.events("roll");
+            let at = |e: &Value| e["at_ms"].as_i64().unwrap_or(0);
+            let started = events
+                .iter()
+                .rev()
+                .find(|e| e["kind"] == "rollout_started")
+                .map(at)
+                .unwrap_or(0);
+            let finished = events
+                .iter()
+                .rev()
+                .find(|e| e["kind"] == "rollout_finished")
+                .map(at)
+                .unwrap_or(0);
+            let id_of = |e: &Value| {
+                e["message"]
+                    .as_str()
+                    .and_then(|m| m.split_whitespace().next())
+                    .unwrap_or("")
+                    .to_string()
+            };
+            let tag = format!("({version})");
+            let mut sum = 0;
+            for s in events.iter().filter(|e| {
+                e["kind"] == "instance_starting"
+                    && e["message"].as_str().is_some_and(|m| m.contains(&tag))
+            }) {
+                let id = id_of(s);
+                if let Some(r) = events
+                    .iter()
+                    .find(|e| e["kind"] == "instance_ready" && id_of(e) == id)
+                {
+                    sum += at(r) - at(s);
+                }
+            }
+            ratios.push((finished - started) as f64 / sum.max(1) as f64);
+        }
+        table.push(format!(
+            "{n:>5}  {:>28}  {:>28}  {:>30}",
+            summary(&mut forward),
+            summary(&mut back),
+            summary(&mut ratios)
+        ));
+        shutdown(&mut h);
+    }
+    println!("\n{}", table.join("\n"));
+}
