@@ -2388,3 +2388,59 @@ fn containers_example_parses() {
     let a = spec.analysis.unwrap();
     assert_eq!(a.max_memory_bytes, Some(56 << 20));
 }
+
+const HOSTS: &str = "\
+hosts:
+  spread: per_host
+  max_unavailable: 50%
+  ssh: { user: deploy, identity_file: /keys/id, known_hosts: /keys/known_hosts }
+  list:
+    - { name: web-1, address: 10.0.0.11, labels: { zone: a } }
+    - { name: web-2, address: 10.0.0.12, port: 2222, user: ops }
+    - { name: web-3, address: 10.0.0.13, dir: /srv/baton }
+";
+
+#[test]
+fn hosts_take_the_shared_ssh_settings_and_spread_instances() {
+    let spec = parse_spec("t.yaml", &format!("{BASE}{HOSTS}")).expect("valid");
+    let hosts = spec.hosts.expect("hosts");
+    assert_eq!(hosts.spread, Spread::PerHost);
+    assert_eq!(hosts.router, RouterPlacement::PerHost);
+    assert_eq!(hosts.max_unavailable_hosts(), 1, "50% of 3, rounded down");
+    assert_eq!(
+        hosts.shares(3),
+        [("web-1".into(), 3), ("web-2".into(), 3), ("web-3".into(), 3)]
+    );
+    let h2 = hosts.host("web-2").expect("web-2");
+    assert_eq!((h2.port, h2.user.as_str()), (2222, "ops"));
+    assert_eq!(h2.identity_file.as_deref(), Some(Path::new("/keys/id")));
+    assert_eq!(hosts.host("web-1").map(|h| h.dir.as_str()), Some(".baton"));
+    assert_eq!(hosts.host("web-3").map(|h| h.dir.as_str()), Some("/srv/baton"));
+    let even = parse_spec(
+        "t.yaml",
+        &format!("{}{}", with("instances:", "instances: 5"), HOSTS.replace("per_host", "even")),
+    )
+    .expect("valid");
+    let shares: Vec<u32> = even.hosts.expect("hosts").shares(5).iter().map(|s| s.1).collect();
+    assert_eq!(shares, [2, 2, 1], "earlier hosts first");
+}
+
+#[test]
+fn hosts_errors_name_the_field() {
+    let dup = format!("{BASE}{}", HOSTS.replace("name: web-3", "name: web-1"));
+    assert!(error(&dup).message.contains("listed twice"));
+    let few = format!(
+        "{}{}",
+        with("instances:", "instances: 2"),
+        HOSTS.replace("per_host", "even")
+    );
+    assert!(error(&few).message.contains("leaves a host with none"));
+    let containers = format!(
+        "{}{HOSTS}",
+        BASE.replace(
+            "  process:\n    command: [\"{baton}\", sample, --port, \"{port}\"]\n    env: { RUST_LOG: info }\n    stop_grace: 5s\n",
+            "  container:\n    image: app:{version}\n    port: 8080\n"
+        )
+    );
+    assert!(error(&containers).message.contains("containers on other hosts"));
+}

@@ -597,8 +597,32 @@ async fn down(State(cp): Cp) -> Json<serde_json::Value> {
 }
 
 /// The hosts of every app that runs on other machines.
+/// The hosts of every app that runs on other machines, with the instances
+/// each app runs on each.
 async fn hosts(State(cp): Cp) -> Json<Vec<crate::fleet::HostState>> {
-    Json(cp.shared.fleet.states())
+    let mut states = cp.shared.fleet.states();
+    let views: Vec<Arc<AppView>> = cp
+        .apps
+        .read()
+        .await
+        .values()
+        .map(|h| h.status.borrow().clone())
+        .collect();
+    for view in &views {
+        for inst in view.state.instances.iter().filter(|i| i.is_live()) {
+            if let Some(state) = states
+                .iter_mut()
+                .find(|s| inst.host.as_deref() == Some(s.name.as_str()))
+            {
+                state
+                    .instances
+                    .entry(view.spec.name.clone())
+                    .or_default()
+                    .push(format!("{} ({})", inst.id, inst.version));
+            }
+        }
+    }
+    Json(states)
 }
 
 async fn list_apps(State(cp): Cp) -> Json<serde_json::Value> {

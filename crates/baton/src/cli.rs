@@ -1287,8 +1287,8 @@ async fn hosts(api: &ApiClient, as_json: bool) -> Exit {
         return Exit::Ok;
     }
     println!(
-        "{:<12} {:<18} {:<26} {:<10} {:<12} ROUTING",
-        "HOST", "ADDRESS", "STATE", "NODE", "PID"
+        "{:<12} {:<18} {:<26} {:<10} {:<10} {:<10} ROUTING",
+        "HOST", "ADDRESS", "STATE", "NODE", "PID", "INSTANCES"
     );
     let now = crate::effects::wall_clock_ms();
     for h in &hosts {
@@ -1311,8 +1311,14 @@ async fn hosts(api: &ApiClient, as_json: bool) -> Exit {
             ),
             None => "-".into(),
         };
+        let instances: usize = h["instances"].as_object().map_or(0, |apps| {
+            apps.values()
+                .filter_map(Value::as_array)
+                .map(Vec::len)
+                .sum()
+        });
         println!(
-            "{:<12} {:<18} {:<26} {:<10} {:<12} {routing}",
+            "{:<12} {:<18} {:<26} {:<10} {:<10} {:<10} {routing}",
             h["name"].as_str().unwrap_or(""),
             h["address"].as_str().unwrap_or(""),
             state,
@@ -1321,6 +1327,7 @@ async fn hosts(api: &ApiClient, as_json: bool) -> Exit {
                 .as_u64()
                 .map(|p| p.to_string())
                 .unwrap_or("-".into()),
+            instances,
         );
         if let Some(e) = h["last_error"]
             .as_str()

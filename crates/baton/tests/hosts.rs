@@ -212,6 +212,11 @@ fn rolling_upgrade_goes_host_by_host_under_load_on_every_router() {
     );
     let by_host = instances_by_host(&h, "web");
     assert_eq!(by_host.len(), 6, "{by_host:?}");
+    for host in host_states(&h) {
+        let on = host["instances"]["web"].as_array().cloned().unwrap_or_default();
+        assert_eq!(on.len(), 2, "{host}");
+        assert!(on.iter().all(|i| i.as_str().is_some_and(|i| i.ends_with("(v2)"))), "{host}");
+    }
     for host in ["h0", "h1", "h2"] {
         let on = by_host
             .iter()
@@ -457,6 +462,36 @@ fn a_blue_green_switch_across_hosts_is_two_phase_and_its_skew_is_shown_and_rollb
     );
     let shown = h.cli_ok(&["status", "web"]);
     assert!(shown.contains("last switch: 3 hosts within"), "{shown}");
+    shutdown(&mut h);
+}
+
+#[test]
+fn a_central_router_sends_users_to_the_instances_of_every_host() {
+    let Some(fleet) = Fleet::create(2) else { return };
+    let mut h = Harness::new();
+    let port = free_port();
+    let spec = fleet_spec(&h, &fleet, "web", port, ROLLING);
+    let yaml = std::fs::read_to_string(&spec)
+        .expect("spec")
+        .replace("router: per_host", "router: central")
+        .replace("listen: 0.0.0.0:", "listen: 127.0.0.1:");
+    std::fs::write(&spec, yaml).expect("rewrite spec");
+    h.cli_ok(&["apply", "-f", &spec]);
+    h.cli_ok(&["deploy", "web", "v1", "--wait"]);
+    let local = SocketAddr::from(([127, 0, 0, 1], port));
+    assert_eq!(get_version(local), (200, "v1".to_string()));
+    let (_, reports) = with_loads(&[local], || {
+        h.cli_ok(&["deploy", "web", "v2", "--wait"]);
+    });
+    for r in &reports {
+        assert_no_failures(r);
+    }
+    assert_eq!(get_version(local), (200, "v2".to_string()));
+    // The instances run on the hosts, not here.
+    let by_host = instances_by_host(&h, "web");
+    assert_eq!(by_host.len(), 4, "{by_host:?}");
+    assert!(by_host.iter().all(|(runs, _)| runs.contains(" on h")), "{by_host:?}");
+    assert!(h.owned_instance_pids().is_empty());
     shutdown(&mut h);
 }
 

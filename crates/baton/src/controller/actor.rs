@@ -669,6 +669,9 @@ impl AppController {
                         ))
                     })
                     .collect();
+                // Hosts taken out of the spec are no longer waited for.
+                self.host_generations
+                    .retain(|name, _| hosts.host(name).is_some());
                 if switching {
                     let generations = self.shared.fleet.switch(&spec.name, per_host);
                     self.host_generations.extend(generations);
@@ -769,9 +772,17 @@ impl AppController {
             .hosts
             .as_ref()
             .is_some_and(|h| h.router == RouterPlacement::PerHost);
+        // A host taken out of the spec (excluded while it does not answer)
+        // can tell nothing: its instances are not waited for.
+        let in_spec = |h: &str| {
+            self.spec
+                .hosts
+                .as_ref()
+                .is_some_and(|hosts| hosts.host(h).is_some())
+        };
         let host_link = host
             .as_deref()
-            .filter(|_| per_host)
+            .filter(|h| per_host && in_spec(h))
             .and_then(|h| self.shared.fleet.host(h));
         let routed = self.routed(host.as_deref());
         let app = self.spec.name.clone();

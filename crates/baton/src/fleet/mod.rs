@@ -75,6 +75,8 @@ pub struct HostState {
     pub last_error: Option<String>,
     /// Its router's routing publication, once attached.
     pub router: Option<RouterSync>,
+    /// The instances the control plane runs there, by app (filled in by the API).
+    pub instances: BTreeMap<String, Vec<String>>,
 }
 
 impl Fleet {
