@@ -73,6 +73,8 @@ struct ErrorBody {
 struct NodeState {
     drivers: Drivers,
     info: NodeInfo,
+    router_socket: PathBuf,
+    shutdown: CancellationToken,
 }
 
 type Shared = Arc<NodeState>;
@@ -96,6 +98,8 @@ pub async fn run(dir: &Path, baton_exe: &str, shutdown: CancellationToken) -> an
     let state = Arc::new(NodeState {
         drivers: Drivers::new(dir.display().to_string()),
         info,
+        router_socket: router_socket(&dir),
+        shutdown: shutdown.clone(),
     });
     let socket = node_socket(&dir);
     let listener = bind(&socket).await?;
@@ -108,6 +112,7 @@ pub async fn run(dir: &Path, baton_exe: &str, shutdown: CancellationToken) -> an
         .route("/v1/instances/discover", post(discover))
         .route("/v1/instances/sample", post(sample))
         .route("/v1/free-port", post(free_port))
+        .route("/v1/shutdown", post(shut_down))
         .with_state(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -143,6 +148,20 @@ fn refused(status: StatusCode, e: impl std::fmt::Display) -> Response {
         }),
     )
         .into_response()
+}
+
+/// `baton down`: the host's router stops, then the node (instances are the
+/// control plane's to stop first).
+async fn shut_down(State(s): State<Shared>) -> Json<bool> {
+    let router = baton_router::AdminClient::new(s.router_socket.clone());
+    if let Ok(health) = router.health().await {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(health.pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    s.shutdown.cancel();
+    Json(true)
 }
 
 async fn node_info(State(s): State<Shared>) -> Json<NodeInfo> {
@@ -262,6 +281,12 @@ impl NodeClient {
 
     pub async fn start(&self, spec: &LaunchSpec) -> Result<InstanceHandle, NodeError> {
         self.call("POST", "/v1/instances", Some(spec), CALL_TIMEOUT)
+            .await
+    }
+
+    /// Stop the host's router and the node.
+    pub async fn shut_down(&self) -> Result<bool, NodeError> {
+        self.call("POST", "/v1/shutdown", None::<&()>, Duration::from_secs(5))
             .await
     }
 

@@ -235,7 +235,7 @@ impl ControlPlane {
             });
         }
         stopping.join_all().await;
-        self.shared.fleet.close().await;
+        self.shared.fleet.down().await;
         if let Some(pid) = self.shared.router.pid().await {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid as i32),

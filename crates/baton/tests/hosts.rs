@@ -157,11 +157,19 @@ fn instances_by_host(h: &Harness, app: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-fn shutdown(h: &mut Harness) {
+/// `baton down`, then nothing of baton is left on any host of `fleet`.
+fn shutdown(h: &mut Harness, fleet: &Fleet) {
     let _ = h.cli(&["down"]);
     wait_until("the control plane to exit", Duration::from_secs(60), || {
         h.server_exited()
     });
+    for (i, host) in fleet.hosts().iter().enumerate() {
+        let dir = fleet.dir().join(format!("node-{}", host.name));
+        wait_until("nothing of baton left on the host", Duration::from_secs(30), || {
+            processes_on(fleet, i).is_empty()
+                && processes_with_cmdline_part(&dir.to_string_lossy()).is_empty()
+        });
+    }
 }
 
 #[test]
@@ -224,7 +232,7 @@ fn rolling_upgrade_goes_host_by_host_under_load_on_every_router() {
             .count();
         assert_eq!(on, 2, "{host}: {by_host:?}");
     }
-    shutdown(&mut h);
+    shutdown(&mut h, &fleet);
 }
 
 #[test]
@@ -284,7 +292,7 @@ fn a_host_whose_ssh_is_cut_pauses_the_rollout_which_finishes_once_it_is_back() {
     for addr in &targets {
         assert_eq!(get_version(*addr), (200, "v2".to_string()), "{addr}");
     }
-    shutdown(&mut h);
+    shutdown(&mut h, &fleet);
 }
 
 #[test]
@@ -397,7 +405,7 @@ fn a_control_plane_killed_mid_rollout_finds_its_nodes_serving_and_finishes_clean
     assert_eq!(known.len(), 6, "{known:?}");
     let hosts = host_states(&h);
     assert!(hosts.iter().all(|s| s["reachable"] == true), "{hosts:?}");
-    shutdown(&mut h);
+    shutdown(&mut h, &fleet);
 }
 
 #[test]
@@ -462,7 +470,7 @@ fn a_blue_green_switch_across_hosts_is_two_phase_and_its_skew_is_shown_and_rollb
     );
     let shown = h.cli_ok(&["status", "web"]);
     assert!(shown.contains("last switch: 3 hosts within"), "{shown}");
-    shutdown(&mut h);
+    shutdown(&mut h, &fleet);
 }
 
 #[test]
@@ -492,7 +500,7 @@ fn a_central_router_sends_users_to_the_instances_of_every_host() {
     assert_eq!(by_host.len(), 4, "{by_host:?}");
     assert!(by_host.iter().all(|(runs, _)| runs.contains(" on h")), "{by_host:?}");
     assert!(h.owned_instance_pids().is_empty());
-    shutdown(&mut h);
+    shutdown(&mut h, &fleet);
 }
 
 /// Median and range of `values`.
@@ -615,7 +623,7 @@ fn bench_hosts() {
             summary(&mut back),
             summary(&mut ratios)
         ));
-        shutdown(&mut h);
+        shutdown(&mut h, &fleet);
     }
     println!("\n{}", table.join("\n"));
 }

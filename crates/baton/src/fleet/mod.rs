@@ -143,8 +143,21 @@ impl Fleet {
         self.hosts().values().map(|h| h.state()).collect()
     }
 
-    /// Close every SSH connection (`baton down`, shutdown). Nodes, routers and
-    /// instances on the hosts are left as they are.
+    /// `baton down`: stop every host's router and node (the apps have stopped
+    /// their instances), then close the connections.
+    pub async fn down(&self) {
+        let links: Vec<Arc<HostLink>> = self.hosts().values().cloned().collect();
+        futures_util::future::join_all(links.iter().map(|l| async move {
+            if let Err(e) = l.node.shut_down().await {
+                warn!(host = %l.spec.name, error = %e, "could not stop the host's node and router");
+            }
+        }))
+        .await;
+        self.close().await;
+    }
+
+    /// Close every SSH connection (shutdown). Nodes, routers and instances on
+    /// the hosts are left as they are.
     pub async fn close(&self) {
         let links: Vec<Arc<HostLink>> = self.hosts().values().cloned().collect();
         for link in links {
