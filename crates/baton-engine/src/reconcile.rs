@@ -714,6 +714,10 @@ fn reconcile_stepped(s: &mut AppState, steps: &[Step], now: Millis, actions: &mu
 
     // Scale: the new release to what the step needs, the stable one kept whole.
     let Some(r) = s.rollout.clone() else { return };
+    if matches!(r.paused, Some(PauseReason::HostsUnreachable { .. })) {
+        // Nothing is started or stopped on hosts that cannot be asked.
+        return;
+    }
     let desired = desired_new_scale(&r, steps, n);
     scale_release(s, &to, desired, now, actions);
     scale_release(s, &from, n, now, actions);

@@ -19,8 +19,11 @@ use baton_driver::{
 use super::{Fleet, HostLink};
 use crate::node::NodeError;
 
-/// How long a start, stop or discovery waits for an unreachable host.
+/// How long a discovery waits for an unreachable host (a failed one is retried).
 const HOST_WAIT: Duration = Duration::from_secs(30);
+/// How long a start or a stop waits for its host to answer again: the rollout
+/// is paused meanwhile, and a stop given up on would leave an orphan there.
+const START_STOP_WAIT: Duration = Duration::from_secs(600);
 
 pub struct FleetDriver {
     local: Drivers,
@@ -84,7 +87,7 @@ impl FleetDriver {
         // A start whose answer was lost is retried: the node answers with the
         // instance it already started under this id.
         loop {
-            if !link.reachable_within(HOST_WAIT).await {
+            if !link.reachable_within(START_STOP_WAIT).await {
                 return Err(remote_error(host, "does not answer"));
             }
             match link.node.start(&spec).await {
