@@ -2409,19 +2409,36 @@ fn hosts_take_the_shared_ssh_settings_and_spread_instances() {
     assert_eq!(hosts.max_unavailable_hosts(), 1, "50% of 3, rounded down");
     assert_eq!(
         hosts.shares(3),
-        [("web-1".into(), 3), ("web-2".into(), 3), ("web-3".into(), 3)]
+        [
+            ("web-1".into(), 3),
+            ("web-2".into(), 3),
+            ("web-3".into(), 3)
+        ]
     );
     let h2 = hosts.host("web-2").expect("web-2");
     assert_eq!((h2.port, h2.user.as_str()), (2222, "ops"));
     assert_eq!(h2.identity_file.as_deref(), Some(Path::new("/keys/id")));
     assert_eq!(hosts.host("web-1").map(|h| h.dir.as_str()), Some(".baton"));
-    assert_eq!(hosts.host("web-3").map(|h| h.dir.as_str()), Some("/srv/baton"));
+    assert_eq!(
+        hosts.host("web-3").map(|h| h.dir.as_str()),
+        Some("/srv/baton")
+    );
     let even = parse_spec(
         "t.yaml",
-        &format!("{}{}", with("instances:", "instances: 5"), HOSTS.replace("per_host", "even")),
+        &format!(
+            "{}{}",
+            with("instances:", "instances: 5"),
+            HOSTS.replace("per_host", "even")
+        ),
     )
     .expect("valid");
-    let shares: Vec<u32> = even.hosts.expect("hosts").shares(5).iter().map(|s| s.1).collect();
+    let shares: Vec<u32> = even
+        .hosts
+        .expect("hosts")
+        .shares(5)
+        .iter()
+        .map(|s| s.1)
+        .collect();
     assert_eq!(shares, [2, 2, 1], "earlier hosts first");
 }
 
@@ -2442,5 +2459,9 @@ fn hosts_errors_name_the_field() {
             "  container:\n    image: app:{version}\n    port: 8080\n"
         )
     );
-    assert!(error(&containers).message.contains("containers on other hosts"));
+    assert!(
+        error(&containers)
+            .message
+            .contains("containers on other hosts")
+    );
 }

@@ -165,10 +165,14 @@ fn shutdown(h: &mut Harness, fleet: &Fleet) {
     });
     for (i, host) in fleet.hosts().iter().enumerate() {
         let dir = fleet.dir().join(format!("node-{}", host.name));
-        wait_until("nothing of baton left on the host", Duration::from_secs(30), || {
-            processes_on(fleet, i).is_empty()
-                && processes_with_cmdline_part(&dir.to_string_lossy()).is_empty()
-        });
+        wait_until(
+            "nothing of baton left on the host",
+            Duration::from_secs(30),
+            || {
+                processes_on(fleet, i).is_empty()
+                    && processes_with_cmdline_part(&dir.to_string_lossy()).is_empty()
+            },
+        );
     }
 }
 
@@ -221,9 +225,16 @@ fn rolling_upgrade_goes_host_by_host_under_load_on_every_router() {
     let by_host = instances_by_host(&h, "web");
     assert_eq!(by_host.len(), 6, "{by_host:?}");
     for host in host_states(&h) {
-        let on = host["instances"]["web"].as_array().cloned().unwrap_or_default();
+        let on = host["instances"]["web"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         assert_eq!(on.len(), 2, "{host}");
-        assert!(on.iter().all(|i| i.as_str().is_some_and(|i| i.ends_with("(v2)"))), "{host}");
+        assert!(
+            on.iter()
+                .all(|i| i.as_str().is_some_and(|i| i.ends_with("(v2)"))),
+            "{host}"
+        );
     }
     for host in ["h0", "h1", "h2"] {
         let on = by_host
@@ -475,7 +486,9 @@ fn a_blue_green_switch_across_hosts_is_two_phase_and_its_skew_is_shown_and_rollb
 
 #[test]
 fn a_central_router_sends_users_to_the_instances_of_every_host() {
-    let Some(fleet) = Fleet::create(2) else { return };
+    let Some(fleet) = Fleet::create(2) else {
+        return;
+    };
     let mut h = Harness::new();
     let port = free_port();
     let spec = fleet_spec(&h, &fleet, "web", port, ROLLING);
@@ -498,7 +511,10 @@ fn a_central_router_sends_users_to_the_instances_of_every_host() {
     // The instances run on the hosts, not here.
     let by_host = instances_by_host(&h, "web");
     assert_eq!(by_host.len(), 4, "{by_host:?}");
-    assert!(by_host.iter().all(|(runs, _)| runs.contains(" on h")), "{by_host:?}");
+    assert!(
+        by_host.iter().all(|(runs, _)| runs.contains(" on h")),
+        "{by_host:?}"
+    );
     assert!(h.owned_instance_pids().is_empty());
     shutdown(&mut h, &fleet);
 }
