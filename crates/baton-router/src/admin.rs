@@ -407,6 +407,12 @@ impl AdminClient {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<(http::StatusCode, Bytes), RouterError> {
+        let mut line = self.open().await?;
+        line.send(method, path, body).await
+    }
+
+    /// One connection to the router, opened now.
+    async fn open(&self) -> Result<AdminLine, RouterError> {
         let stream =
             UnixStream::connect(&self.socket)
                 .await
@@ -414,9 +420,34 @@ impl AdminClient {
                     socket: self.socket.clone(),
                     source,
                 })?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        let conn = tokio::spawn(conn);
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        Ok(AdminLine {
+            sender,
+            conn: tokio::spawn(conn),
+        })
+    }
+
+    /// A connection opened ahead of a commit: a control plane switching many
+    /// routers at once opens one to each first (over SSH, opening one costs a
+    /// round trip), so that the commits themselves go out together.
+    pub async fn open_for_commit(&self) -> Result<CommitLine, RouterError> {
+        Ok(CommitLine(self.open().await?))
+    }
+}
+
+/// One open connection to the admin socket; it ends when dropped.
+struct AdminLine {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    conn: tokio::task::JoinHandle<Result<(), hyper::Error>>,
+}
+
+impl AdminLine {
+    async fn send(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(http::StatusCode, Bytes), RouterError> {
         let has_body = body.is_some();
         let mut req = Request::new(Full::new(Bytes::from(body.unwrap_or_default())));
         *req.method_mut() = method;
@@ -431,12 +462,48 @@ impl AdminClient {
                 http::HeaderValue::from_static("application/json"),
             );
         }
-        let resp = sender.send_request(req).await?;
+        let resp = self.sender.send_request(req).await?;
         let status = resp.status();
         let bytes = resp.into_body().collect().await?.to_bytes();
-        drop(sender);
-        // The connection ends once the sender is gone; a late error there is irrelevant.
-        conn.abort();
         Ok((status, bytes))
+    }
+}
+
+impl Drop for AdminLine {
+    fn drop(&mut self) {
+        // The connection ends with the sender; a late error there is irrelevant.
+        self.conn.abort();
+    }
+}
+
+/// A connection to a router kept open for one commit ([`AdminClient::open_for_commit`]).
+pub struct CommitLine(AdminLine);
+
+impl CommitLine {
+    /// [`AdminClient::commit`] on this connection.
+    pub async fn commit(mut self, generation: u64) -> Result<CommitResult, RouterError> {
+        let body = serde_json::to_vec(&CommitRequest { generation })?;
+        let (status, bytes) = tokio::time::timeout(
+            ADMIN_CALL_TIMEOUT,
+            self.0.send(Method::POST, "/v1/config/commit", Some(body)),
+        )
+        .await
+        .map_err(|_| RouterError::Timeout(ADMIN_CALL_TIMEOUT))??;
+        match status.as_u16() {
+            200 => Ok(serde_json::from_slice(&bytes)?),
+            409 => {
+                let e = serde_json::from_slice::<ErrorBody>(&bytes);
+                let (live, staged) = e.map_or((0, None), |e| (e.generation, e.staged));
+                Err(RouterError::NotStaged {
+                    generation,
+                    staged,
+                    live,
+                })
+            }
+            status => Err(RouterError::Status {
+                status,
+                body: String::from_utf8_lossy(&bytes).into_owned(),
+            }),
+        }
     }
 }

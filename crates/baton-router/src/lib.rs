@@ -48,7 +48,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-pub use admin::AdminClient;
+pub use admin::{AdminClient, CommitLine};
 pub use config::{AppRoutes, Backend, RoutingConfig, VersionRoute};
 pub use error::RouterError;
 pub use limits::AppLimits;

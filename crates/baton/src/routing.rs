@@ -297,14 +297,31 @@ pub trait RouterApi: Send + Sync + 'static {
             )))
         })
     }
-    /// Second phase: the staged `generation` goes live.
-    fn commit(&self, generation: u64) -> BoxFuture<'_, Result<CommitResult, RouterError>> {
-        let _ = generation;
+    /// Second phase, ahead of it: a connection ready to carry the commit.
+    fn open_commit(&self) -> BoxFuture<'_, Result<Box<dyn CommitOnce>, RouterError>> {
         Box::pin(async {
             Err(RouterError::Io(std::io::Error::other(
                 "no two-phase switch",
             )))
         })
+    }
+}
+
+/// A commit ready to go on an open connection ([`RouterApi::open_commit`]).
+pub trait CommitOnce: Send {
+    /// The staged `generation` goes live.
+    fn commit(
+        self: Box<Self>,
+        generation: u64,
+    ) -> BoxFuture<'static, Result<CommitResult, RouterError>>;
+}
+
+impl CommitOnce for baton_router::CommitLine {
+    fn commit(
+        self: Box<Self>,
+        generation: u64,
+    ) -> BoxFuture<'static, Result<CommitResult, RouterError>> {
+        Box::pin(baton_router::CommitLine::commit(*self, generation))
     }
 }
 
@@ -330,8 +347,11 @@ impl RouterApi for AdminClient {
     ) -> BoxFuture<'a, Result<PushResult, RouterError>> {
         Box::pin(AdminClient::stage(self, cfg))
     }
-    fn commit(&self, generation: u64) -> BoxFuture<'_, Result<CommitResult, RouterError>> {
-        Box::pin(AdminClient::commit(self, generation))
+    fn open_commit(&self) -> BoxFuture<'_, Result<Box<dyn CommitOnce>, RouterError>> {
+        Box::pin(async move {
+            let line = AdminClient::open_for_commit(self).await?;
+            Ok(Box::new(line) as Box<dyn CommitOnce>)
+        })
     }
 }
 
@@ -507,9 +527,14 @@ impl RouterLink {
         self.client.stage(cfg).await.map(|_| ())
     }
 
-    /// Step 3: the staged table goes live; it counts as acknowledged.
-    pub async fn commit(&self, generation: u64) -> Result<CommitResult, RouterError> {
-        let done = self.client.commit(generation).await?;
+    /// Step 3, ahead of it: a connection ready to carry the commit (so that
+    /// the commits of many routers leave together).
+    pub async fn open_commit(&self) -> Result<Box<dyn CommitOnce>, RouterError> {
+        self.client.open_commit().await
+    }
+
+    /// Step 3 done: the router serves the committed table.
+    pub fn committed(&self, done: &CommitResult) {
         self.link.ack.send_modify(|s| {
             s.acknowledged = s.acknowledged.max(done.generation);
             if s.in_sync() {
@@ -517,7 +542,6 @@ impl RouterLink {
             }
             s.last_error = None;
         });
-        Ok(done)
     }
 
     /// End the hold (after a commit, or when the switch is given up: the

@@ -519,6 +519,103 @@ fn a_central_router_sends_users_to_the_instances_of_every_host() {
     shutdown(&mut h, &fleet);
 }
 
+/// Hex SHA-256 of a file, by `sha256sum`.
+fn sha256(path: &Path) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn a_new_baton_replaces_every_node_while_routers_and_instances_keep_serving() {
+    let Some(fleet) = Fleet::create(2) else {
+        return;
+    };
+    let mut h = Harness::without_server();
+    // Two "releases" of baton: the same program, different bytes.
+    let old = h.dir.join("baton-old");
+    std::fs::copy(BATON, &old).expect("copy baton");
+    let new = h.dir.join("baton-new");
+    std::fs::copy(BATON, &new).expect("copy baton");
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&new)
+            .expect("open");
+        f.write_all(b"baton-next").expect("append");
+    }
+    h.exe = old.clone();
+    h.start_server();
+    let port = free_port();
+    let spec = fleet_spec(&h, &fleet, "web", port, ROLLING);
+    bring_up(&h, &fleet, &spec, port);
+    let node_of = |h: &Harness| -> Vec<(u64, String)> {
+        host_states(h)
+            .iter()
+            .map(|s| {
+                (
+                    s["node"]["pid"].as_u64().unwrap_or(0),
+                    s["node"]["binary_sha256"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_string(),
+                )
+            })
+            .collect()
+    };
+    let before = node_of(&h);
+    assert!(
+        before.iter().all(|(_, sha)| *sha == sha256(&old)),
+        "{before:?}"
+    );
+    let routers_of = |i: usize| {
+        let dir = fleet.dir().join(format!("node-h{i}")).join("router.sock");
+        processes_with_cmdline_part(&dir.to_string_lossy())
+    };
+    let routers_before: Vec<Vec<u32>> = (0..2).map(routers_of).collect();
+    let instances_before: Vec<Vec<(u32, String)>> =
+        (0..2).map(|i| processes_on(&fleet, i)).collect();
+    let targets = routers(&fleet, port);
+    let (_, reports) = with_loads(&targets, || {
+        // The upgrade of baton itself: the control plane restarted on the new
+        // binary installs it on every host and replaces each node.
+        h.kill9_server();
+        h.exe = new.clone();
+        h.start_server();
+        let want = sha256(&new);
+        wait_until("every node to run the new baton", DEADLINE, || {
+            let nodes = node_of(&h);
+            nodes.len() == 2 && nodes.iter().all(|(_, sha)| *sha == want)
+        });
+        for addr in &targets {
+            assert_eq!(get_version(*addr), (200, "v1".to_string()), "{addr}");
+        }
+    });
+    for r in &reports {
+        assert_no_failures(r);
+    }
+    let after = node_of(&h);
+    for (b, a) in before.iter().zip(&after) {
+        assert_ne!(b.0, a.0, "the node was replaced: {before:?} -> {after:?}");
+    }
+    // The routers (and their listening sockets) and the instances were left alone.
+    let routers_after: Vec<Vec<u32>> = (0..2).map(routers_of).collect();
+    assert_eq!(routers_before, routers_after);
+    let instances_after: Vec<Vec<(u32, String)>> =
+        (0..2).map(|i| processes_on(&fleet, i)).collect();
+    assert_eq!(instances_before, instances_after);
+    // And the next rollout runs on the new nodes.
+    h.cli_ok(&["deploy", "web", "v2", "--wait"]);
+    shutdown(&mut h, &fleet);
+}
+
 /// Median and range of `values`.
 fn summary(values: &mut [f64]) -> String {
     values.sort_by(f64::total_cmp);

@@ -273,17 +273,27 @@ async fn two_phase(
             }
         }
     }
+    // A connection to every router first (over SSH, opening one is a round
+    // trip), then every commit at once on them.
+    let lines =
+        futures_util::future::join_all(prepared.iter().map(|(_, l, _)| l.open_commit())).await;
     let commits =
-        futures_util::future::join_all(prepared.iter().map(|(_, l, cfg)| l.commit(cfg.generation)))
-            .await;
+        futures_util::future::join_all(prepared.iter().zip(lines).map(|((_, _, cfg), line)| {
+            let generation = cfg.generation;
+            async move { line?.commit(generation).await }
+        }))
+        .await;
     let mut hosts = Vec::new();
     let mut failed = None;
     for ((name, link, _), result) in prepared.iter().zip(commits) {
-        link.release();
         match result {
-            Ok(done) => hosts.push((name.clone(), done.switched_at_us)),
+            Ok(done) => {
+                link.committed(&done);
+                hosts.push((name.clone(), done.switched_at_us));
+            }
             Err(e) => failed = Some(format!("host {name} did not commit: {e}")),
         }
+        link.release();
     }
     let times: Vec<u64> = hosts.iter().map(|(_, t)| *t).collect();
     let skew_us = match (failed.is_some(), times.iter().min(), times.iter().max()) {

@@ -52,6 +52,8 @@ pub struct Harness {
     server: Option<Child>,
     /// Extra arguments of `baton serve` (e.g. `-c FILE`), kept for restarts.
     pub serve_args: Vec<String>,
+    /// The baton binary `serve` runs (another build of baton, for upgrades).
+    pub exe: PathBuf,
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -79,6 +81,7 @@ impl Harness {
             dir,
             server: None,
             serve_args: Vec::new(),
+            exe: PathBuf::from(BATON),
         }
     }
 
@@ -92,7 +95,7 @@ impl Harness {
             .append(true)
             .open(self.dir.join("serve.log"))
             .expect("serve log");
-        let child = Command::new(BATON)
+        let child = Command::new(&self.exe)
             .args(["serve", "--data-dir"])
             .arg(&self.dir)
             .args(["--api", &self.api.to_string()])
