@@ -791,15 +791,7 @@ async fn run(cli: Cli) -> Exit {
         } => trust_host(&file, &host, &fingerprint).await,
         Cmd::Hosts { json, .. } => hosts(&api, json).await,
         Cmd::Node { dir } => {
-            let shutdown = tokio_util::sync::CancellationToken::new();
-            let token = shutdown.clone();
-            tokio::spawn(async move {
-                use tokio::signal::unix::{SignalKind, signal};
-                if let Ok(mut term) = signal(SignalKind::terminate()) {
-                    term.recv().await;
-                    token.cancel();
-                }
-            });
+            let shutdown = cancel_on_sigterm();
             let exe = std::env::current_exe()
                 .map(|p| p.to_string_lossy().into_owned())
                 .unwrap_or_else(|_| "baton".into());
@@ -809,15 +801,7 @@ async fn run(cli: Cli) -> Exit {
             }
         }
         Cmd::RouterProcess { admin_socket } => {
-            let shutdown = tokio_util::sync::CancellationToken::new();
-            let token = shutdown.clone();
-            tokio::spawn(async move {
-                use tokio::signal::unix::{SignalKind, signal};
-                if let Ok(mut term) = signal(SignalKind::terminate()) {
-                    term.recv().await;
-                    token.cancel();
-                }
-            });
+            let shutdown = cancel_on_sigterm();
             match baton_router::run(baton_router::RouterOptions { admin_socket }, shutdown).await {
                 Ok(()) => Exit::Ok,
                 Err(e) => Exit::Failed(e.to_string()),
@@ -1269,6 +1253,21 @@ async fn history(api: &ApiClient, app: &str, as_json: bool) -> Exit {
     }
     write_stdout(format_args!("{}", table.render()));
     Exit::Ok
+}
+
+/// A token cancelled when the process gets SIGTERM (the long-running
+/// internal processes stop cleanly on it).
+fn cancel_on_sigterm() -> tokio_util::sync::CancellationToken {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            term.recv().await;
+            token.cancel();
+        }
+    });
+    shutdown
 }
 
 /// `baton hosts`: every host of every fleet app.

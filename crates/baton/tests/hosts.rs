@@ -141,6 +141,15 @@ fn bring_up(h: &Harness, fleet: &Fleet, spec: &str, port: u16) {
     }
 }
 
+/// Wait until an event of `web` says `needle`.
+fn wait_for_event(h: &Harness, what: &str, needle: &str) {
+    wait_until(what, DEADLINE, || {
+        h.events("web")
+            .iter()
+            .any(|e| e["message"].as_str().is_some_and(|m| m.contains(needle)))
+    });
+}
+
 fn instances_by_host(h: &Harness, app: &str) -> Vec<(String, String)> {
     let s = h.status(app);
     s["instances"]
@@ -259,13 +268,7 @@ fn a_host_whose_ssh_is_cut_pauses_the_rollout_which_finishes_once_it_is_back() {
     let (_, reports) = with_loads(&targets, || {
         // Slow starts keep the rollout on h0 long enough to cut h1's SSH.
         h.cli_ok(&["deploy", "web", "v2", "--env", "SAMPLE_STARTUP_MS=1500"]);
-        wait_until("the rollout to start on h0", DEADLINE, || {
-            h.events("web").iter().any(|e| {
-                e["message"]
-                    .as_str()
-                    .is_some_and(|m| m.contains("(v2) starting on h0"))
-            })
-        });
+        wait_for_event(&h, "the rollout to start on h0", "(v2) starting on h0");
         fleet.cut_ssh(1);
         wait_until("the rollout to pause naming h1", DEADLINE, || {
             let s = h.status("web");
@@ -383,13 +386,7 @@ fn a_control_plane_killed_mid_rollout_finds_its_nodes_serving_and_finishes_clean
     let targets = routers(&fleet, port);
     let (_, reports) = with_loads(&targets, || {
         h.cli_ok(&["deploy", "web", "v2", "--env", "SAMPLE_STARTUP_MS=1000"]);
-        wait_until("the rollout to reach h1", DEADLINE, || {
-            h.events("web").iter().any(|e| {
-                e["message"]
-                    .as_str()
-                    .is_some_and(|m| m.contains("(v2) starting on h1"))
-            })
-        });
+        wait_for_event(&h, "the rollout to reach h1", "(v2) starting on h1");
         h.kill9_server();
         // The hosts go on serving without it (the loads keep running).
         for addr in &targets {

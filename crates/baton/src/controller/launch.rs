@@ -130,57 +130,53 @@ pub(super) async fn launch(
         serde_json::from_str(&rev.spec_json).context("stored revision spec is unreadable")?;
     let release_env: BTreeMap<String, String> =
         serde_json::from_str(&rev.env_json).context("stored revision env is unreadable")?;
-    if let Some(name) = host {
-        // On a host: it listens on the host's address, on a port its node
-        // picks there; `{baton}` is the copy installed on that host.
-        let link = shared
-            .fleet
-            .host(name)
-            .with_context(|| format!("host {name} of {app} is not connected"))?;
-        let address = link.spec.address.clone();
-        let ip = crate::node::host_ip(&address).await?;
-        let state = link.state();
-        let (Some(dir), Some(binary)) = (state.remote_dir, state.binary) else {
-            anyhow::bail!("host {name} has not been reached yet");
-        };
-        let port = link
-            .node
-            .free_port(ip)
-            .await
-            .with_context(|| format!("asking host {name} for a free port"))?;
-        let spec = launch_spec(
-            &spec,
-            &rev,
-            release_env,
-            Placement {
-                id,
-                host: ip,
-                port,
-                log_path: std::path::PathBuf::from(format!("{dir}/logs/{app}/{id}.log")),
-                baton: &binary,
-                node: Some(name),
-            },
-        )?;
-        return Ok(shared.driver.start(&spec).await?);
-    }
-    let host = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    let port = baton_driver::free_port(host)?;
-    let log_path = shared
-        .data_dir
-        .join("logs")
-        .join(app)
-        .join(format!("{id}.log"));
+    // On a host, it listens on the host's address, on a port its node picks
+    // there, and `{baton}` is the copy installed on that host.
+    let (ip, port, log_path, baton) = match host {
+        Some(name) => {
+            let link = shared
+                .fleet
+                .host(name)
+                .with_context(|| format!("host {name} of {app} is not connected"))?;
+            let ip = crate::node::host_ip(&link.spec.address).await?;
+            let state = link.state();
+            let (Some(dir), Some(binary)) = (state.remote_dir, state.binary) else {
+                anyhow::bail!("host {name} has not been reached yet");
+            };
+            let port = link
+                .node
+                .free_port(ip)
+                .await
+                .with_context(|| format!("asking host {name} for a free port"))?;
+            let log = std::path::PathBuf::from(format!("{dir}/logs/{app}/{id}.log"));
+            (ip, port, log, binary)
+        }
+        None => {
+            let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+            let log = shared
+                .data_dir
+                .join("logs")
+                .join(app)
+                .join(format!("{id}.log"));
+            (
+                ip,
+                baton_driver::free_port(ip)?,
+                log,
+                shared.baton_exe.clone(),
+            )
+        }
+    };
     let spec = launch_spec(
         &spec,
         &rev,
         release_env,
         Placement {
             id,
-            host,
+            host: ip,
             port,
             log_path,
-            baton: &shared.baton_exe,
-            node: None,
+            baton: &baton,
+            node: host,
         },
     )?;
     Ok(shared.driver.start(&spec).await?)
