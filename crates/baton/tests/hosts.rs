@@ -737,3 +737,43 @@ fn bench_hosts() {
     }
     println!("\n{}", table.join("\n"));
 }
+
+#[test]
+fn a_canary_weight_is_applied_in_every_host_router_at_once() {
+    let Some(fleet) = Fleet::create(2) else {
+        return;
+    };
+    let mut h = Harness::new();
+    let port = free_port();
+    let canary =
+        "  canary:\n    steps:\n      - set_weight: 50\n      - pause: {}\n    min_ready: 200ms";
+    let spec = fleet_spec(&h, &fleet, "web", port, canary);
+    bring_up(&h, &fleet, &spec, port);
+    h.cli_ok(&["deploy", "web", "v2"]);
+    wait_until("the canary at 50%", DEADLINE, || {
+        h.status("web")["traffic"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|s| s["version"] == "v2" && s["weight"] == 50))
+    });
+    wait_until("the switch record", DEADLINE, || {
+        !h.status("web")["hosts_switch"].is_null()
+    });
+    let sw = h.status("web")["hosts_switch"].clone();
+    assert!(
+        sw["fallback"].is_null() && sw["skew_us"].as_u64().is_some(),
+        "{sw}"
+    );
+    // Each host's router splits its own users between its own v1 and v2.
+    for addr in routers(&fleet, port) {
+        let v2 = (0..100)
+            .filter(|_| get_version(addr) == (200, "v2".to_string()))
+            .count();
+        assert!(
+            (30..=70).contains(&v2),
+            "{addr}: {v2} of 100 answers from v2"
+        );
+    }
+    h.cli_ok(&["promote", "web"]);
+    wait_until("v2 promoted", DEADLINE, || stable_on(&h, "web", "v2"));
+    shutdown(&mut h, &fleet);
+}
