@@ -87,7 +87,10 @@ pub struct ProcessTarget {
 /// A container, created through the Docker Engine API (Docker or Podman).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ContainerTarget {
-    /// The API endpoint, resolved (`unix:///run/podman/podman.sock`, ...).
+    /// The API endpoint (`unix:///run/podman/podman.sock`, ...). Empty: the default
+    /// engine of the machine that runs the instance, looked up there (see
+    /// [`Drivers::endpoint`]); that is how a fleet host's node gets an app whose spec
+    /// names no endpoint.
     pub endpoint: String,
     /// The image reference as the user wrote it (`registry/app:v2`).
     pub image: String,
