@@ -610,9 +610,10 @@ fn containers_roll_host_by_host_on_each_host_s_engine_and_a_host_with_another_im
     };
     // Built once from the local sample binary, copied to the other host: one
     // image id on both (Podman gives the copy another repo digest).
+    let mut ids = Vec::new();
     for v in ["v1", "v2"] {
         let tag = format!("localhost/baton-sample:{v}");
-        pms[0].sample_image(&tag, &[&format!("ENV SAMPLE_VERSION={v}")]);
+        ids.push(pms[0].sample_image(&tag, &[&format!("ENV SAMPLE_VERSION={v}")]));
         pms[0].copy_image(&tag, &pms[1]);
     }
     let port = free_port();
@@ -713,6 +714,24 @@ fn containers_roll_host_by_host_on_each_host_s_engine_and_a_host_with_another_im
     for addr in &targets {
         assert_eq!(get_version(*addr), (200, "v2".to_string()), "{addr}");
     }
+    // A rollback runs v1's pinned image on every host: its id, the digest the
+    // copies share.
+    h.cli_ok(&["rollback", "web", "--wait"]);
+    assert!(stable_on(&h, "web", "v1"));
+    for addr in &targets {
+        assert_eq!(get_version(*addr), (200, "v1".to_string()), "{addr}");
+    }
+    wait_until("the v2 instances to be gone", DEADLINE, || {
+        instances_by_host(&h, "web").len() == 4
+    });
+    let s = h.status("web");
+    let digests: Vec<&str> = s["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["image_digest"].as_str())
+        .collect();
+    assert_eq!(digests, [ids[0].as_str(); 4], "{s}");
 
     shutdown(&mut h, &fleet);
     for pm in &pms {
