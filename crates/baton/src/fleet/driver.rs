@@ -165,6 +165,9 @@ impl FleetDriver {
         pull: PullPolicy,
     ) -> Result<ImageInfo, DriverError> {
         let link = self.link(host)?;
+        // A deploy waits for this (its controller does nothing else meanwhile):
+        // a lost answer is asked again, but not past HOST_WAIT.
+        let deadline = tokio::time::Instant::now() + HOST_WAIT;
         loop {
             if !link.reachable_within(HOST_WAIT).await {
                 return Err(remote_error(
@@ -176,9 +179,15 @@ impl FleetDriver {
             }
             match link.node.resolve_image(endpoint, image, pull).await {
                 Ok(info) => return Ok(info),
-                Err(NodeError::Unreachable(e)) => {
+                Err(NodeError::Unreachable(e)) if tokio::time::Instant::now() < deadline => {
                     tracing::warn!(%host, %image, error = %e, "host stopped answering while resolving an image; retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(NodeError::Unreachable(e)) => {
+                    return Err(remote_error(
+                        host,
+                        format!("stopped answering while resolving {image}: {e}"),
+                    ));
                 }
                 Err(NodeError::Refused(e)) => return Err(remote_error(host, e)),
             }
