@@ -87,7 +87,10 @@ pub struct ProcessTarget {
 /// A container, created through the Docker Engine API (Docker or Podman).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ContainerTarget {
-    /// The API endpoint, resolved (`unix:///run/podman/podman.sock`, ...).
+    /// The API endpoint (`unix:///run/podman/podman.sock`, ...). Empty: the default
+    /// engine of the machine that runs the instance, looked up there (see
+    /// [`Drivers::endpoint`]); that is how a fleet host's node gets an app whose spec
+    /// names no endpoint.
     pub endpoint: String,
     /// The image reference as the user wrote it (`registry/app:v2`).
     pub image: String,
@@ -218,9 +221,19 @@ pub enum StopOutcome {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Scope {
     pub app: String,
+    /// Engines on this machine.
     pub container_endpoints: Vec<String>,
     /// The hosts (of a fleet) the app runs on, or ran on; empty: this machine only.
-    pub hosts: Vec<String>,
+    pub hosts: Vec<HostScope>,
+}
+
+/// Where discovery looks on one host of a fleet.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostScope {
+    /// The host's name in the spec.
+    pub name: String,
+    /// Engines on that host, as its node resolves them (an empty one: its default).
+    pub container_endpoints: Vec<String>,
 }
 
 /// A live instance owned by this control plane, found by [`Driver::discover`].
@@ -416,8 +429,11 @@ pub trait DynDriver: Send + Sync + 'static {
         scope: &'a Scope,
     ) -> BoxFuture<'a, Result<Vec<FoundInstance>, DriverError>>;
     fn sample<'a>(&'a self, handle: &'a InstanceHandle) -> BoxFuture<'a, Option<ResourceSample>>;
+    /// [`Driver::resolve_image`] on `node`'s engine (a host of a fleet, as
+    /// [`LaunchSpec::node`] names it), or on this machine's when `None`.
     fn resolve_image<'a>(
         &'a self,
+        node: Option<&'a str>,
         endpoint: &'a str,
         image: &'a str,
         pull: PullPolicy,
@@ -452,10 +468,18 @@ impl<T: Driver> DynDriver for T {
     }
     fn resolve_image<'a>(
         &'a self,
+        node: Option<&'a str>,
         endpoint: &'a str,
         image: &'a str,
         pull: PullPolicy,
     ) -> BoxFuture<'a, Result<ImageInfo, DriverError>> {
-        Box::pin(Driver::resolve_image(self, endpoint, image, pull))
+        match node {
+            None => Box::pin(Driver::resolve_image(self, endpoint, image, pull)),
+            // A plain driver runs on this machine only.
+            Some(host) => Box::pin(std::future::ready(Err(DriverError::Remote {
+                host: host.to_owned(),
+                reason: "this driver does not reach other hosts".to_owned(),
+            }))),
+        }
     }
 }

@@ -5,12 +5,17 @@
 //! (and run its processes) while a container engine is down. An endpoint is connected at
 //! its first use and the connection kept; a failed connect is not cached, so the next
 //! call tries again.
+//!
+//! An empty endpoint means "this machine's default engine" and is looked up here, where
+//! the instance runs: that is how a fleet's control plane leaves the choice of engine to
+//! each host's node.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::container::{ContainerDriver, ImageInfo, normalize_endpoint};
+use crate::container::{ContainerDriver, ImageInfo, resolve_endpoint};
 use crate::{
     Driver, DriverError, FoundInstance, InstanceHandle, InstanceStatus, LaunchSpec, Locator,
     ProcessDriver, PullPolicy, ResourceSample, Scope, StopOutcome, Target,
@@ -22,6 +27,9 @@ use crate::{
 pub struct Drivers {
     process: ProcessDriver,
     owner: String,
+    /// The engine socket an empty endpoint means first, when it exists (a node's
+    /// `DIR/podman.sock`).
+    default_socket: Option<PathBuf>,
     /// Connected engines, keyed by normalized endpoint.
     containers: Arc<Mutex<HashMap<String, ContainerDriver>>>,
 }
@@ -33,8 +41,28 @@ impl Drivers {
         Drivers {
             process: ProcessDriver::new(owner.clone()),
             owner,
+            default_socket: None,
             containers: Arc::default(),
         }
+    }
+
+    /// An empty endpoint means `socket` when it exists, before the usual lookup.
+    pub fn with_default_socket(mut self, socket: PathBuf) -> Self {
+        self.default_socket = Some(socket);
+        self
+    }
+
+    /// The endpoint `given` means here: itself (normalized) when set; when empty, the
+    /// default socket when it exists, else `DOCKER_HOST`, else the usual sockets (see
+    /// [`resolve_endpoint`]).
+    pub fn endpoint(&self, given: &str) -> Result<String, DriverError> {
+        if given.trim().is_empty()
+            && let Some(socket) = &self.default_socket
+            && socket.exists()
+        {
+            return Ok(format!("unix://{}", socket.display()));
+        }
+        resolve_endpoint(Some(given))
     }
 
     /// The driver of local processes.
@@ -42,9 +70,10 @@ impl Drivers {
         &self.process
     }
 
-    /// The driver of `endpoint`, connecting to it on first use.
+    /// The driver of `endpoint` (empty: the default, see [`Drivers::endpoint`]),
+    /// connecting to it on first use.
     pub async fn container(&self, endpoint: &str) -> Result<ContainerDriver, DriverError> {
-        let endpoint = normalize_endpoint(endpoint);
+        let endpoint = self.endpoint(endpoint)?;
         if let Some(driver) = self.cached(&endpoint) {
             return Ok(driver);
         }
@@ -86,7 +115,20 @@ impl Driver for Drivers {
     async fn start(&self, spec: &LaunchSpec) -> Result<InstanceHandle, DriverError> {
         match &spec.target {
             Target::Process(_) => self.process.start(spec).await,
-            Target::Container(target) => self.container(&target.endpoint).await?.start(spec).await,
+            Target::Container(target) => {
+                // The endpoint as resolved here goes with the spec (and so into the
+                // instance's handle): an empty one names no engine by itself.
+                let endpoint = self.endpoint(&target.endpoint)?;
+                let driver = self.container(&endpoint).await?;
+                if target.endpoint == endpoint {
+                    return driver.start(spec).await;
+                }
+                let mut spec = spec.clone();
+                if let Target::Container(target) = &mut spec.target {
+                    target.endpoint = endpoint;
+                }
+                driver.start(&spec).await
+            }
         }
     }
 
@@ -118,14 +160,21 @@ impl Driver for Drivers {
 
     /// The app's processes, then its containers on each endpoint in the scope. An
     /// endpoint that cannot be listed fails the whole call: a partial answer would make
-    /// its containers look gone, and the control plane start duplicates.
+    /// its containers look gone, and the control plane start duplicates. An empty
+    /// endpoint on a machine with no engine at all is passed over, as the control plane
+    /// passes over a spec's engine it cannot find: nothing can run there.
     async fn discover(&self, scope: &Scope) -> Result<Vec<FoundInstance>, DriverError> {
         let mut found = self.process.discover(scope).await?;
-        let mut endpoints: Vec<String> = scope
-            .container_endpoints
-            .iter()
-            .map(|e| normalize_endpoint(e))
-            .collect();
+        let mut endpoints = Vec::new();
+        for given in &scope.container_endpoints {
+            match self.endpoint(given) {
+                Ok(endpoint) => endpoints.push(endpoint),
+                Err(e) if given.trim().is_empty() => {
+                    tracing::debug!(error = %e, "no default container engine here; not looking for containers");
+                }
+                Err(e) => return Err(e),
+            }
+        }
         endpoints.sort();
         endpoints.dedup();
         for endpoint in endpoints {
@@ -148,5 +197,34 @@ impl Driver for Drivers {
         pull: PullPolicy,
     ) -> Result<ImageInfo, DriverError> {
         Drivers::resolve_image(self, endpoint, image, pull).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_endpoint_is_the_default_socket_when_it_exists() {
+        let dir = std::env::temp_dir().join(format!("baton-set-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("podman.sock");
+        let drivers = Drivers::new("/owner".into()).with_default_socket(socket.clone());
+        // Given: itself, whatever the default.
+        assert_eq!(
+            drivers.endpoint("/run/x.sock").unwrap(),
+            "unix:///run/x.sock"
+        );
+        assert_eq!(drivers.endpoint("tcp://h:2375").unwrap(), "tcp://h:2375");
+        // Not there yet: the machine's usual lookup, whatever it finds.
+        let usual = resolve_endpoint(None).ok();
+        assert_eq!(drivers.endpoint("").ok(), usual);
+        std::fs::write(&socket, "").unwrap();
+        let want = format!("unix://{}", socket.display());
+        assert_eq!(drivers.endpoint("").unwrap(), want);
+        assert_eq!(drivers.endpoint("  ").unwrap(), want);
+        // A control plane's drivers have no default socket.
+        assert_eq!(Drivers::new("/owner".into()).endpoint("").ok(), usual);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

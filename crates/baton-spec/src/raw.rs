@@ -231,6 +231,7 @@ pub(crate) struct ContainerDriverSpec {
     /// The container engine's API socket, e.g. `unix:///run/podman/podman.sock`.
     /// Default: `DOCKER_HOST`, else the first of /run/podman/podman.sock,
     /// /var/run/docker.sock and $XDG_RUNTIME_DIR/podman/podman.sock that exists.
+    /// With `hosts:`, each host's node looks it up there, first at DIR/podman.sock.
     #[serde(default)]
     pub endpoint: Option<String>,
     /// When to pull the image: `never`, `if_missing` (the default) or `always`.

@@ -2452,6 +2452,10 @@ fn hosts_errors_name_the_field() {
         HOSTS.replace("per_host", "even")
     );
     assert!(error(&few).message.contains("leaves a host with none"));
+}
+
+#[test]
+fn containers_run_on_hosts_each_on_its_own_engine() {
     let containers = format!(
         "{}{HOSTS}",
         BASE.replace(
@@ -2459,9 +2463,7 @@ fn hosts_errors_name_the_field() {
             "  container:\n    image: app:{version}\n    port: 8080\n"
         )
     );
-    assert!(
-        error(&containers)
-            .message
-            .contains("containers on other hosts")
-    );
+    let spec = parse_spec("t.yaml", &containers).expect("valid");
+    assert!(matches!(spec.driver, DriverSpec::Container(ref c) if c.endpoint.is_none()));
+    assert_eq!(spec.hosts.expect("hosts").hosts.len(), 3);
 }

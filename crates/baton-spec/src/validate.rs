@@ -1024,16 +1024,6 @@ pub(crate) fn validate(
 
     let traffic = traffic(&mut c, spec.traffic.unwrap_or_default());
     let hosts = spec.hosts.map(|h| hosts(&mut c, h, instances));
-    if hosts.is_some() && matches!(driver, DriverSpec::Container(_)) {
-        // The image would be resolved and pinned on this machine's engine, not
-        // on each host's.
-        c.fail(
-            "hosts",
-            "containers on other hosts are not supported yet",
-            "run the app as processes on its hosts (`driver: { process: ... }`), or as \
-             containers on this machine (no `hosts:`)",
-        );
-    }
 
     if c.errors.is_empty() {
         Ok(AppSpec {

@@ -12,6 +12,13 @@
 //! link or a dead control plane leaves the host serving on its last routing
 //! table, and a node restarted with a new baton binary finds its instances
 //! again by their owner mark (the node directory).
+//!
+//! Container apps: the control plane sends the spec's engine endpoint as
+//! written, empty when the spec names none, and the node's drivers resolve it
+//! here: `DIR/podman.sock` when it exists (a socket, or a symlink to one, that
+//! the operator puts there for baton), else `DOCKER_HOST`, else the usual
+//! sockets. Images are resolved here too (`POST /v1/images/resolve`), for the
+//! control plane to pin one digest across the app's hosts.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -25,8 +32,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use baton_driver::{
-    Driver, DriverError, Drivers, FoundInstance, InstanceHandle, InstanceStatus, LaunchSpec,
-    ResourceSample, Scope, StopOutcome,
+    Driver, DriverError, Drivers, FoundInstance, ImageInfo, InstanceHandle, InstanceStatus,
+    LaunchSpec, PullPolicy, ResourceSample, Scope, StopOutcome,
 };
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -45,6 +52,12 @@ pub fn router_socket(dir: &Path) -> PathBuf {
     dir.join("router.sock")
 }
 
+/// The container engine socket a node uses first for apps whose spec names
+/// no endpoint, when it exists.
+pub fn engine_socket(dir: &Path) -> PathBuf {
+    dir.join("podman.sock")
+}
+
 /// What `GET /v1/node` answers.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct NodeInfo {
@@ -55,6 +68,10 @@ pub struct NodeInfo {
     pub started_ms: i64,
     /// The node's directory (its owner mark).
     pub dir: PathBuf,
+    /// The host's CPU architecture, as Rust names it (`x86_64`, `aarch64`):
+    /// what container images must be built for. Empty from older nodes.
+    #[serde(default)]
+    pub arch: String,
 }
 
 /// `POST /v1/instances/stop`.
@@ -62,6 +79,15 @@ pub struct NodeInfo {
 pub struct StopRequest {
     pub handle: InstanceHandle,
     pub grace_ms: u64,
+}
+
+/// `POST /v1/images/resolve`: resolve `image` on the host's engine `endpoint`
+/// (empty: its default) under `pull`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ImageRequest {
+    pub endpoint: String,
+    pub image: String,
+    pub pull: PullPolicy,
 }
 
 /// The error body of a refused call.
@@ -94,9 +120,10 @@ pub async fn run(dir: &Path, baton_exe: &str, shutdown: CancellationToken) -> an
         pid: std::process::id(),
         started_ms: crate::effects::wall_clock_ms(),
         dir: dir.clone(),
+        arch: std::env::consts::ARCH.to_string(),
     };
     let state = Arc::new(NodeState {
-        drivers: Drivers::new(dir.display().to_string()),
+        drivers: Drivers::new(dir.display().to_string()).with_default_socket(engine_socket(&dir)),
         info,
         router_socket: router_socket(&dir),
         shutdown: shutdown.clone(),
@@ -111,6 +138,7 @@ pub async fn run(dir: &Path, baton_exe: &str, shutdown: CancellationToken) -> an
         .route("/v1/instances/stop", post(stop))
         .route("/v1/instances/discover", post(discover))
         .route("/v1/instances/sample", post(sample))
+        .route("/v1/images/resolve", post(resolve_image))
         .route("/v1/free-port", post(free_port))
         .route("/v1/shutdown", post(shut_down))
         .with_state(state);
@@ -241,6 +269,18 @@ async fn sample(State(s): State<Shared>, Json(handle): Json<InstanceHandle>) -> 
     Json(s.drivers.sample(&handle).await).into_response()
 }
 
+async fn resolve_image(State(s): State<Shared>, Json(req): Json<ImageRequest>) -> Response {
+    match s
+        .drivers
+        .resolve_image(&req.endpoint, &req.image, req.pull)
+        .await
+    {
+        Ok(info) => Json(info).into_response(),
+        Err(e @ DriverError::Image { .. }) => refused(StatusCode::UNPROCESSABLE_ENTITY, e),
+        Err(e) => refused(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
 /// [`Scope`] on the wire.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ScopeBody {
@@ -268,6 +308,8 @@ pub struct NodeClient {
 
 /// Longest wait for one node call (a stop waits for its grace period on top).
 const CALL_TIMEOUT: Duration = Duration::from_secs(20);
+/// Longest wait for an image to resolve on a host, which may pull it.
+const IMAGE_TIMEOUT: Duration = Duration::from_secs(600);
 
 impl NodeClient {
     pub fn new(socket: PathBuf) -> Self {
@@ -318,12 +360,34 @@ impl NodeClient {
         .await
     }
 
-    pub async fn discover(&self, scope: &Scope) -> Result<Vec<FoundInstance>, NodeError> {
+    /// The app's instances on the host, on its engines `container_endpoints`.
+    pub async fn discover(
+        &self,
+        app: &str,
+        container_endpoints: &[String],
+    ) -> Result<Vec<FoundInstance>, NodeError> {
         let body = ScopeBody {
-            app: scope.app.clone(),
-            container_endpoints: scope.container_endpoints.clone(),
+            app: app.to_owned(),
+            container_endpoints: container_endpoints.to_vec(),
         };
         self.call("POST", "/v1/instances/discover", Some(&body), CALL_TIMEOUT)
+            .await
+    }
+
+    /// `image` as the host's engine `endpoint` (empty: its default) has it,
+    /// pulled there under `pull`.
+    pub async fn resolve_image(
+        &self,
+        endpoint: &str,
+        image: &str,
+        pull: PullPolicy,
+    ) -> Result<ImageInfo, NodeError> {
+        let req = ImageRequest {
+            endpoint: endpoint.to_owned(),
+            image: image.to_owned(),
+            pull,
+        };
+        self.call("POST", "/v1/images/resolve", Some(&req), IMAGE_TIMEOUT)
             .await
     }
 

@@ -389,6 +389,7 @@ impl DynDriver for SimDriver {
 
     fn resolve_image<'a>(
         &'a self,
+        _node: Option<&'a str>,
         _endpoint: &'a str,
         image: &'a str,
         _pull: baton_driver::PullPolicy,

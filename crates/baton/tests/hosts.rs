@@ -5,33 +5,72 @@
 //! forwarded over SSH. User traffic goes to every host's own router.
 //!
 //! Without root, sshd or iproute2 these tests print "skipped" (unless
-//! `BATON_REQUIRE_SSH=1`, which the README's test command sets).
+//! `BATON_REQUIRE_SSH=1`, which the README's test command sets). The container
+//! test also needs podman (see `podman/mod.rs`; `BATON_REQUIRE_PODMAN=1`).
 
 mod common;
 #[path = "hosts/mod.rs"]
 mod hosts;
+#[path = "../../baton-driver/tests/podman/mod.rs"]
+mod podman;
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
-use hosts::Fleet;
+use hosts::{Fleet, Host};
+use podman::Podman;
 use serde_json::Value;
 
 /// Rollouts over SSH start processes on three hosts: generous deadlines.
 const DEADLINE: Duration = Duration::from_secs(240);
 
+/// The sample service as a process on each host.
+const PROCESSES: &str = r#"driver:
+  process:
+    command: ["{baton}", "sample", "--host", "{host}", "--port", "{port}", "--version", "{version}"]
+    stop_grace: 5s
+"#;
+
+/// The sample service as containers, each host's on that host's own engine:
+/// no endpoint, so each node takes its `DIR/podman.sock` (see [`host_podmans`]).
+const CONTAINERS: &str = r#"driver:
+  container:
+    image: localhost/baton-sample:{version}
+    pull: never
+    port: 8080
+    command: ["--version", "{version}"]
+    stop_grace: 5s
+"#;
+
+/// The directory of host `host`'s node.
+fn node_dir(fleet: &Fleet, host: &Host) -> PathBuf {
+    fleet.dir().join(format!("node-{}", host.name))
+}
+
 /// A spec for the sample service on every host of `fleet`, `per_host`
 /// instances on each, behind a router on each host listening on `port`.
 fn fleet_spec(h: &Harness, fleet: &Fleet, name: &str, port: u16, strategy: &str) -> String {
+    fleet_spec_with(h, fleet, name, port, strategy, PROCESSES)
+}
+
+/// [`fleet_spec`] with another `driver:` section.
+fn fleet_spec_with(
+    h: &Harness,
+    fleet: &Fleet,
+    name: &str,
+    port: u16,
+    strategy: &str,
+    driver: &str,
+) -> String {
     let mut list = String::new();
     for host in fleet.hosts() {
         list.push_str(&format!(
             "    - name: {}\n      address: {}\n      dir: {}\n",
             host.name,
             host.address,
-            fleet.dir().join(format!("node-{}", host.name)).display()
+            node_dir(fleet, host).display()
         ));
     }
     let yaml = format!(
@@ -40,11 +79,7 @@ environment: test
 listen: 0.0.0.0:{port}
 instances: 2
 drain_timeout: 5s
-driver:
-  process:
-    command: ["{{baton}}", "sample", "--host", "{{host}}", "--port", "{{port}}", "--version", "{{version}}"]
-    stop_grace: 5s
-readiness:
+{driver}readiness:
   path: /healthz
   interval: 200ms
   timeout: 1s
@@ -173,7 +208,7 @@ fn shutdown(h: &mut Harness, fleet: &Fleet) {
         h.server_exited()
     });
     for (i, host) in fleet.hosts().iter().enumerate() {
-        let dir = fleet.dir().join(format!("node-{}", host.name));
+        let dir = node_dir(fleet, host);
         wait_until(
             "nothing of baton left on the host",
             Duration::from_secs(30),
@@ -611,6 +646,191 @@ fn a_new_baton_replaces_every_node_while_routers_and_instances_keep_serving() {
     // And the next rollout runs on the new nodes.
     h.cli_ok(&["deploy", "web", "v2", "--wait"]);
     shutdown(&mut h, &fleet);
+}
+
+/// A private Podman in each host's network namespace (its service started
+/// with `nsenter --net`, so its containers' bridge and published ports are the
+/// host's), with its socket linked as that host's node's `DIR/podman.sock`;
+/// `None` (skipped) without podman. All hosts share one filesystem: each
+/// Podman has its store and socket in a directory of its own.
+///
+/// Drop these before the fleet (declare them after it): each removes its
+/// containers through its service, which the fleet would otherwise kill first.
+fn host_podmans(fleet: &Fleet) -> Option<Vec<Podman>> {
+    let mut all = Vec::new();
+    for host in fleet.hosts() {
+        let net = format!("--net=/run/netns/{}", host.netns);
+        let pm = Podman::start_through(&["nsenter", &net])?;
+        let dir = node_dir(fleet, host);
+        std::fs::create_dir_all(&dir).expect("create node dir");
+        std::os::unix::fs::symlink(pm.dir.join("podman.sock"), dir.join("podman.sock"))
+            .expect("link the host's podman socket");
+        all.push(pm);
+    }
+    Some(all)
+}
+
+/// (instance, version) of the app's running containers on `pm`, sorted.
+fn containers_on(pm: &Podman, app: &str) -> Vec<(String, String)> {
+    let out = pm.run(&[
+        "ps",
+        "--filter",
+        &format!("label=baton.app={app}"),
+        "--format",
+        "{{ index .Labels \"baton.instance\" }} {{ index .Labels \"baton.version\" }}",
+    ]);
+    let mut found: Vec<(String, String)> = out
+        .lines()
+        .filter_map(|l| l.trim().split_once(' '))
+        .map(|(i, v)| (i.to_owned(), v.to_owned()))
+        .collect();
+    found.sort();
+    found
+}
+
+/// What `pm` says `tag`'s digest is (what baton pins and reports).
+fn digest_on(pm: &Podman, tag: &str) -> String {
+    pm.run(&["image", "inspect", "--format", "{{.Digest}}", tag])
+}
+
+#[test]
+fn containers_roll_host_by_host_on_each_host_s_engine_and_a_host_with_another_image_is_refused() {
+    let Some(fleet) = Fleet::create(2) else {
+        return;
+    };
+    let mut h = Harness::new();
+    let Some(pms) = host_podmans(&fleet) else {
+        return;
+    };
+    // Built once from the local sample binary, copied to the other host: one
+    // image id on both (Podman gives the copy another repo digest).
+    let mut ids = Vec::new();
+    for v in ["v1", "v2"] {
+        let tag = format!("localhost/baton-sample:{v}");
+        ids.push(pms[0].sample_image(&tag, &[&format!("ENV SAMPLE_VERSION={v}")]));
+        pms[0].copy_image(&tag, &pms[1]);
+    }
+    let port = free_port();
+    let spec = fleet_spec_with(&h, &fleet, "web", port, ROLLING, CONTAINERS);
+    h.cli_ok(&["apply", "-f", &spec]);
+    // A deploy resolves its image on every host, which must answer by then.
+    wait_until("every host to answer", DEADLINE, || {
+        let hosts = host_states(&h);
+        hosts.len() == 2 && hosts.iter().all(|s| s["reachable"] == true)
+    });
+    h.cli_ok(&["deploy", "web", "v1", "--wait"]);
+    let targets = routers(&fleet, port);
+    for addr in &targets {
+        wait_until("the host's router to serve v1", DEADLINE, || {
+            get_version(*addr) == (200, "v1".to_string())
+        });
+    }
+    for pm in &pms {
+        let on = containers_on(pm, "web");
+        assert_eq!(on.len(), 2, "{on:?}");
+    }
+
+    let (_, reports) = with_loads(&targets, || {
+        h.cli_ok(&["deploy", "web", "v2", "--wait"]);
+    });
+    for r in &reports {
+        assert_no_failures(r);
+    }
+    assert!(stable_on(&h, "web", "v2"));
+    for addr in &targets {
+        for _ in 0..10 {
+            assert_eq!(get_version(*addr), (200, "v2".to_string()), "{addr}");
+        }
+    }
+    // Each host's engine runs exactly that host's two v2 instances.
+    let by_host = instances_by_host(&h, "web");
+    for (pm, host) in pms.iter().zip(["h0", "h1"]) {
+        wait_until("the old containers to be gone", DEADLINE, || {
+            containers_on(pm, "web").len() == 2
+        });
+        let on = containers_on(pm, "web");
+        assert!(on.iter().all(|(_, v)| v == "v2"), "{host}: {on:?}");
+        let known = by_host
+            .iter()
+            .filter(|(runs, v)| runs.ends_with(&format!("on {host}")) && v == "v2")
+            .count();
+        assert_eq!(known, 2, "{host}: {by_host:?}");
+    }
+    let host_order: Vec<String> = h
+        .events("web")
+        .iter()
+        .filter(|e| e["kind"] == "instance_starting")
+        .filter_map(|e| e["message"].as_str())
+        .filter(|m| m.contains("(v2)"))
+        .filter_map(|m| m.rsplit(" on ").next().map(str::to_owned))
+        .collect();
+    assert_eq!(host_order, ["h0", "h0", "h1", "h1"]);
+
+    // v3 built on each host by itself: two images under one reference.
+    pms[0].sample_image("localhost/baton-sample:v3", &["ENV SAMPLE_VERSION=v3"]);
+    pms[1].sample_image(
+        "localhost/baton-sample:v3",
+        &["ENV SAMPLE_VERSION=v3", "ENV BUILT=elsewhere"],
+    );
+    let (d0, d1) = (
+        digest_on(&pms[0], "localhost/baton-sample:v3"),
+        digest_on(&pms[1], "localhost/baton-sample:v3"),
+    );
+    assert_ne!(d0, d1);
+    // v4 only on h0, and `pull: never`.
+    pms[0].sample_image("localhost/baton-sample:v4", &["ENV SAMPLE_VERSION=v4"]);
+    let history = h.history("web").len();
+    let running: Vec<_> = pms.iter().map(|pm| containers_on(pm, "web")).collect();
+    let out = h.cli(&["deploy", "web", "v3"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("deploy v3: {stderr}");
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for needle in [
+        "host h1",
+        "localhost/baton-sample:v3",
+        &format!("{d1} there"),
+        &format!("{d0} on h0"),
+    ] {
+        assert!(stderr.contains(needle), "{needle}: {stderr}");
+    }
+    let out = h.cli(&["deploy", "web", "v4"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("deploy v4: {stderr}");
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for needle in ["host h1", "localhost/baton-sample:v4", "does not exist"] {
+        assert!(stderr.contains(needle), "{needle}: {stderr}");
+    }
+    // Nothing changed.
+    assert!(stable_on(&h, "web", "v2"));
+    assert_eq!(h.history("web").len(), history);
+    let after: Vec<_> = pms.iter().map(|pm| containers_on(pm, "web")).collect();
+    assert_eq!(after, running);
+    for addr in &targets {
+        assert_eq!(get_version(*addr), (200, "v2".to_string()), "{addr}");
+    }
+    // A rollback runs v1's pinned image on every host: its id, the digest the
+    // copies share.
+    h.cli_ok(&["rollback", "web", "--wait"]);
+    assert!(stable_on(&h, "web", "v1"));
+    for addr in &targets {
+        assert_eq!(get_version(*addr), (200, "v1".to_string()), "{addr}");
+    }
+    wait_until("the v2 instances to be gone", DEADLINE, || {
+        instances_by_host(&h, "web").len() == 4
+    });
+    let s = h.status("web");
+    let digests: Vec<&str> = s["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["image_digest"].as_str())
+        .collect();
+    assert_eq!(digests, [ids[0].as_str(); 4], "{s}");
+
+    shutdown(&mut h, &fleet);
+    for pm in &pms {
+        assert!(containers_on(pm, "web").is_empty());
+    }
 }
 
 /// Median and range of `values`.

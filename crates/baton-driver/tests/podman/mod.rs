@@ -11,6 +11,12 @@
 //!
 //! Without `podman` on the PATH, [`Podman::start`] prints "skipped: podman not
 //! installed" and returns `None`, unless `BATON_REQUIRE_PODMAN=1`, which makes it fail.
+//!
+//! [`Podman::start_through`] runs the service through a command prefix, such as
+//! `nsenter --net=/run/netns/NAME` for a fleet test host: its containers' bridge and
+//! published ports are then that namespace's. (`nsenter --net` and not `ip netns
+//! exec`: the latter also gives the service a mount namespace of its own, where its
+//! overlay mounts would be out of reach of the clean-up.)
 
 #![allow(dead_code)]
 
@@ -41,6 +47,13 @@ pub struct Podman {
 impl Podman {
     /// Starts a private Podman, or `None` (test skipped) when podman is not installed.
     pub fn start() -> Option<Podman> {
+        Podman::start_through(&[])
+    }
+
+    /// Like [`Podman::start`], with the service run as `PREFIX... podman ...`: `prefix`
+    /// must exec podman in place (as `nsenter` does), so that the service stays the
+    /// leader of the process group Drop stops.
+    pub fn start_through(prefix: &[&str]) -> Option<Podman> {
         if !on_path("podman") {
             if std::env::var("BATON_REQUIRE_PODMAN").as_deref() == Ok("1") {
                 panic!(
@@ -50,10 +63,10 @@ impl Podman {
             eprintln!("skipped: podman not installed (set BATON_REQUIRE_PODMAN=1 to fail instead)");
             return None;
         }
-        Some(Podman::start_in(fresh_dir()))
+        Some(Podman::start_in(fresh_dir(), prefix))
     }
 
-    fn start_in(dir: PathBuf) -> Podman {
+    fn start_in(dir: PathBuf, prefix: &[&str]) -> Podman {
         let net = network_number();
         for sub in ["storage", "run", "tmp", "networks", "logs"] {
             fs::create_dir_all(dir.join(sub)).expect("create podman test dirs");
@@ -115,10 +128,22 @@ runroot = "{d}/run"
             ("CONTAINERS_STORAGE_CONF", dir.join("storage.conf")),
         ];
 
+        if !prefix.is_empty() {
+            fixed_bridge(prefix, net);
+        }
+
         let socket = dir.join("podman.sock");
         let endpoint = format!("unix://{}", socket.display());
         let log = fs::File::create(dir.join("service.log")).expect("create service log");
-        let service = Command::new("podman")
+        let mut service = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg("podman");
+                cmd
+            }
+            None => Command::new("podman"),
+        };
+        let service = service
             .arg("--root")
             .arg(dir.join("storage"))
             .arg("--runroot")
@@ -213,6 +238,17 @@ runroot = "{d}/run"
         format!("sha256:{}", id.trim_start_matches("sha256:"))
     }
 
+    /// Copies image `tag` from this Podman's store into `other`'s (`podman save`, then
+    /// `podman load`): the same image id there, though Podman gives it another repo
+    /// digest.
+    pub fn copy_image(&self, tag: &str, other: &Podman) {
+        let archive = self.dir.join("tmp").join("copy.tar");
+        let archive_str = archive.to_str().expect("utf-8 path");
+        self.run(&["save", "--quiet", "-o", archive_str, tag]);
+        other.run(&["load", "--quiet", "-i", archive_str]);
+        let _ = fs::remove_file(&archive);
+    }
+
     /// A log file path for an instance.
     pub fn log_path(&self, name: &str) -> PathBuf {
         self.dir.join("logs").join(format!("{name}.log"))
@@ -258,6 +294,34 @@ impl Drop for Podman {
         if let Err(e) = fs::remove_dir_all(&self.dir) {
             eprintln!("cannot remove {}: {e}", self.dir.display());
         }
+    }
+}
+
+/// Makes the network's bridge `btnN` beforehand, in the namespace `prefix` enters,
+/// with a fixed MAC address, as udev's `MACAddressPolicy=persistent` does on a
+/// machine that runs it (nothing does in a test host's namespace).
+///
+/// Why: a bridge whose MAC nobody set takes the lowest of its ports', so it changes
+/// when the container with that port goes. Containers keep the gateway's old MAC in
+/// their neighbour tables, and the answers of those whose clients are not
+/// masqueraded to the gateway (a router reaching them at the host's own address, not
+/// 127.0.0.1) are lost until the entry is checked again, some 20 s later. Seen with
+/// netavark 1.4. Netavark uses a bridge that exists, and removes it with the
+/// network's last container.
+fn fixed_bridge(prefix: &[&str], net: u32) {
+    let bridge = format!("btn{net}");
+    let mac = format!("02:ba:70:00:{:02x}:{:02x}", net >> 8, net & 0xff);
+    let gateway = format!("10.89.{net}.1/24");
+    for args in [
+        &["link", "add", &bridge, "type", "bridge"][..],
+        &["link", "set", &bridge, "address", &mac],
+        &["addr", "add", &gateway, "dev", &bridge],
+        &["link", "set", &bridge, "up"],
+    ] {
+        let (program, rest) = prefix.split_first().expect("a prefix");
+        let mut cmd = Command::new(program);
+        cmd.args(rest).arg("ip").args(args);
+        output_of(&mut cmd, &format!("ip {}", args.join(" ")));
     }
 }
 

@@ -822,47 +822,16 @@ impl AppController {
         self.state.instance(id).and_then(|i| i.handle.clone())
     }
 
-    /// Where this app's instances can be: local processes, and the container
-    /// endpoints of its revisions.
+    /// Where this app's instances can be (see [`super::launch::discover_scope`]).
     fn discover_scope(&self) -> baton_driver::Scope {
-        // The spec's engine, and the engines the recorded instances run on (an
-        // earlier revision may have used another).
-        let mut container_endpoints: Vec<String> = self
-            .state
-            .instances
-            .iter()
-            .filter_map(|i| match i.handle.as_ref()?.locator.local() {
-                baton_engine::Locator::Container { endpoint, .. } => Some(endpoint.clone()),
-                _ => None,
-            })
-            .collect();
-        if let baton_spec::DriverSpec::Container(c) = &self.spec.driver
-            && let Ok(endpoint) = crate::containers::endpoint_of(c)
-        {
-            container_endpoints.push(endpoint);
-        }
-        container_endpoints.sort();
-        container_endpoints.dedup();
-        // The spec's hosts, and those the recorded instances run on.
-        let mut hosts: Vec<String> = self
-            .state
-            .instances
-            .iter()
-            .filter_map(|i| i.host.clone())
-            .chain(
-                self.spec
-                    .hosts
-                    .iter()
-                    .flat_map(|h| h.hosts.iter().map(|h| h.name.clone())),
-            )
-            .collect();
-        hosts.sort();
-        hosts.dedup();
-        baton_driver::Scope {
-            app: self.spec.name.clone(),
-            container_endpoints,
-            hosts,
-        }
+        // The spec's engine on this machine, resolved here, when it runs here.
+        let local = match &self.spec.driver {
+            baton_spec::DriverSpec::Container(c) if self.spec.hosts.is_none() => {
+                crate::containers::endpoint_of(c).ok()
+            }
+            _ => None,
+        };
+        super::launch::discover_scope(&self.spec, &self.state.instances, local)
     }
 
     /// Driver events: report instances whose process ended on its own.

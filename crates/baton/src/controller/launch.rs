@@ -1,6 +1,6 @@
 //! The launch effect: a revision of an app turned into the driver's
-//! [`LaunchSpec`] and started, and the handle of an instance found by
-//! discovery.
+//! [`LaunchSpec`] and started; where discovery looks for an app's instances,
+//! and the handle of an instance it found.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -78,7 +78,11 @@ fn launch_spec(
             (
                 render_env(&c.env),
                 baton_driver::Target::Container(baton_driver::ContainerTarget {
-                    endpoint: crate::containers::endpoint_of(c)?,
+                    // On a host, its node resolves the engine there.
+                    endpoint: match at.node {
+                        Some(_) => crate::containers::endpoint_on_host(c),
+                        None => crate::containers::endpoint_of(c)?,
+                    },
                     image,
                     digest,
                     pull: crate::containers::pull_policy(c.pull),
@@ -182,6 +186,53 @@ pub(super) async fn launch(
     Ok(shared.driver.start(&spec).await?)
 }
 
+/// Where `spec`'s instances can be: processes and the engines of its
+/// revisions, on this machine and on each of its hosts. The engines are those
+/// the recorded `instances` run on (an earlier revision may have used another),
+/// each on its own host, plus the spec's: `local` (resolved on this machine) for
+/// an app that runs here, and on each of the spec's hosts the endpoint its node
+/// resolves there. The spec's hosts and those of the recorded instances are
+/// all looked at.
+pub(super) fn discover_scope(
+    spec: &AppSpec,
+    instances: &[baton_engine::Instance],
+    local: Option<String>,
+) -> baton_driver::Scope {
+    // By host; `None`: this machine.
+    let mut engines: BTreeMap<Option<String>, Vec<String>> = BTreeMap::new();
+    for i in instances {
+        let on = engines.entry(i.host.clone()).or_default();
+        if let Some(handle) = &i.handle
+            && let baton_engine::Locator::Container { endpoint, .. } = handle.locator.local()
+        {
+            on.push(endpoint.clone());
+        }
+    }
+    for host in spec.hosts.iter().flat_map(|h| &h.hosts) {
+        let on = engines.entry(Some(host.name.clone())).or_default();
+        if let DriverSpec::Container(c) = &spec.driver {
+            on.push(crate::containers::endpoint_on_host(c));
+        }
+    }
+    engines.entry(None).or_default().extend(local);
+    let mut scope = baton_driver::Scope {
+        app: spec.name.clone(),
+        ..Default::default()
+    };
+    for (host, mut endpoints) in engines {
+        endpoints.sort();
+        endpoints.dedup();
+        match host {
+            None => scope.container_endpoints = endpoints,
+            Some(name) => scope.hosts.push(baton_driver::HostScope {
+                name,
+                container_endpoints: endpoints,
+            }),
+        }
+    }
+    scope
+}
+
 /// A handle for an instance found by discovery, to stop it. Its address does not
 /// matter for that.
 pub(super) fn found_handle(f: &baton_driver::FoundInstance) -> InstanceHandle {
@@ -190,4 +241,100 @@ pub(super) fn found_handle(f: &baton_driver::FoundInstance) -> InstanceHandle {
         address: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
         locator: f.locator.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_driver::{HostScope, Locator};
+
+    const FLEET: &str = "name: web
+environment: test
+listen: 127.0.0.1:8080
+instances: 2
+driver:
+  container:
+    image: app:{version}
+    port: 8080
+readiness:
+  path: /healthz
+strategy:
+  rolling: {}
+hosts:
+  ssh: { user: root }
+  list:
+    - { name: h0, address: 10.0.0.10, dir: /srv/baton }
+    - { name: h1, address: 10.0.0.11, dir: /srv/baton }
+";
+
+    fn instance(id: &str, host: Option<&str>, endpoint: &str) -> baton_engine::Instance {
+        let container = Locator::Container {
+            id: id.into(),
+            endpoint: endpoint.into(),
+            digest: "sha256:aa".into(),
+        };
+        let locator = match host {
+            Some(host) => Locator::Remote {
+                host: host.into(),
+                locator: Box::new(container),
+            },
+            None => container,
+        };
+        baton_engine::Instance {
+            id: id.into(),
+            revision: 1,
+            version: "v1".into(),
+            phase: baton_engine::InstancePhase::Starting,
+            address: None,
+            handle: Some(InstanceHandle {
+                instance_id: id.into(),
+                address: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1),
+                locator,
+            }),
+            created_ms: 0,
+            host: host.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn each_host_is_searched_on_its_own_engines() {
+        let spec = baton_spec::parse_spec("web.yaml", FLEET).expect("valid spec");
+        let sock = |h: &str| format!("unix:///srv/baton/{h}/podman.sock");
+        let instances = [
+            instance("a", Some("h0"), &sock("h0")),
+            instance("b", Some("h1"), &sock("h1")),
+            // A host since taken out of the spec, and an instance from when the
+            // app ran on this machine.
+            instance("c", Some("h2"), &sock("h2")),
+            instance("d", None, "unix:///run/podman/podman.sock"),
+        ];
+        let scope = discover_scope(&spec, &instances, None);
+        assert_eq!(
+            scope.container_endpoints,
+            ["unix:///run/podman/podman.sock"]
+        );
+        // The spec's endpoint as each node resolves it (none: its default), and
+        // what the host's own instances run on; never another host's.
+        let host = |name: &str, endpoints: &[&str]| HostScope {
+            name: name.into(),
+            container_endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
+        };
+        assert_eq!(
+            scope.hosts,
+            [
+                host("h0", &["", &sock("h0")]),
+                host("h1", &["", &sock("h1")]),
+                host("h2", &[&sock("h2")]),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_app_on_this_machine_is_searched_here_only() {
+        let spec = baton_spec::parse_spec("web.yaml", FLEET.split("hosts:").next().unwrap())
+            .expect("valid spec");
+        let scope = discover_scope(&spec, &[], Some("unix:///run/x.sock".into()));
+        assert_eq!(scope.container_endpoints, ["unix:///run/x.sock"]);
+        assert!(scope.hosts.is_empty());
+    }
 }

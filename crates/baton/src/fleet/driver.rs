@@ -7,6 +7,10 @@
 //! serve), a start or stop waits for the host to come back, and a discovery
 //! that cannot ask every host of the app fails (a partial answer would make
 //! that host's instances look gone, and the control plane start duplicates).
+//!
+//! A container app's engine and images are the host's: its endpoint goes to the
+//! node as the spec writes it (empty for the host's default) and the node
+//! resolves it; an image is resolved by the host's node, on the host's engine.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +23,8 @@ use baton_driver::{
 use super::{Fleet, HostLink};
 use crate::node::NodeError;
 
-/// How long a discovery waits for an unreachable host (a failed one is retried).
+/// How long a discovery, or an image resolution for a deploy, waits for an
+/// unreachable host (a failed one is retried).
 const HOST_WAIT: Duration = Duration::from_secs(30);
 /// How long a start or a stop waits for its host to answer again: the rollout
 /// is paused meanwhile, and a stop given up on would leave an orphan there.
@@ -128,27 +133,65 @@ impl FleetDriver {
     async fn discover_all(&self, scope: &Scope) -> Result<Vec<FoundInstance>, DriverError> {
         let mut found = self.local.discover(scope).await?;
         for host in &scope.hosts {
-            let link = self.link(host)?;
+            let name = &host.name;
+            let link = self.link(name)?;
             if !link.reachable_within(HOST_WAIT).await {
                 return Err(remote_error(
-                    host,
+                    name,
                     "does not answer, so which instances run there is unknown",
                 ));
             }
             let on_host = link
                 .node
-                .discover(scope)
+                .discover(&scope.app, &host.container_endpoints)
                 .await
-                .map_err(|e| remote_error(host, e))?;
+                .map_err(|e| remote_error(name, e))?;
             found.extend(on_host.into_iter().map(|f| FoundInstance {
                 locator: Locator::Remote {
-                    host: host.clone(),
+                    host: name.clone(),
                     locator: Box::new(f.locator),
                 },
                 ..f
             }));
         }
         Ok(found)
+    }
+
+    async fn resolve_image_remote(
+        &self,
+        host: &str,
+        endpoint: &str,
+        image: &str,
+        pull: PullPolicy,
+    ) -> Result<ImageInfo, DriverError> {
+        let link = self.link(host)?;
+        // A deploy waits for this (its controller does nothing else meanwhile):
+        // a lost answer is asked again, but not past HOST_WAIT.
+        let deadline = tokio::time::Instant::now() + HOST_WAIT;
+        loop {
+            if !link.reachable_within(HOST_WAIT).await {
+                return Err(remote_error(
+                    host,
+                    format!(
+                        "does not answer (waited {HOST_WAIT:?}), so what {image} is there is unknown"
+                    ),
+                ));
+            }
+            match link.node.resolve_image(endpoint, image, pull).await {
+                Ok(info) => return Ok(info),
+                Err(NodeError::Unreachable(e)) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(%host, %image, error = %e, "host stopped answering while resolving an image; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(NodeError::Unreachable(e)) => {
+                    return Err(remote_error(
+                        host,
+                        format!("stopped answering while resolving {image}: {e}"),
+                    ));
+                }
+                Err(NodeError::Refused(e)) => return Err(remote_error(host, e)),
+            }
+        }
     }
 }
 
@@ -212,10 +255,14 @@ impl DynDriver for FleetDriver {
 
     fn resolve_image<'a>(
         &'a self,
+        node: Option<&'a str>,
         endpoint: &'a str,
         image: &'a str,
         pull: PullPolicy,
     ) -> BoxFuture<'a, Result<ImageInfo, DriverError>> {
-        DynDriver::resolve_image(&self.local, endpoint, image, pull)
+        match node {
+            Some(host) => Box::pin(self.resolve_image_remote(host, endpoint, image, pull)),
+            None => DynDriver::resolve_image(&self.local, None, endpoint, image, pull),
+        }
     }
 }

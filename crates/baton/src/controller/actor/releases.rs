@@ -339,6 +339,8 @@ impl AppController {
     /// For a container app: the release's image, resolved on the engine (pulled
     /// under the pull policy) — `pinned` when the release has one already (a
     /// rollback runs exactly that image) — with the pre-flight check it makes.
+    /// An app on hosts resolves it on every host's engine, and pins the one
+    /// image they all have (see [`crate::containers::one_image_on_hosts`]).
     /// `None` for other apps.
     async fn resolve_release_image(
         &self,
@@ -360,57 +362,101 @@ impl AppController {
                 pin: None,
             })
         };
-        let endpoint = match crate::containers::endpoint_of(c) {
-            Ok(e) => e,
-            Err(e) => return fail(e.to_string()),
-        };
-        let (reference, lookup, pull) = match pinned {
-            // The pinned image itself, whatever its tag names now.
+        let pull = crate::containers::pull_policy(c.pull);
+        let (reference, lookup) = match pinned {
             // The pinned image itself, whatever its tag names now.
             Some(pin) => (
                 pin.reference.clone(),
                 crate::containers::pinned_reference(&pin.reference, &pin.digest),
-                crate::containers::pull_policy(c.pull),
             ),
             None => {
                 let reference = image.map_or_else(
                     || crate::containers::image_of(c, &self.spec.name, version),
                     str::to_owned,
                 );
-                (
-                    reference.clone(),
-                    reference,
-                    crate::containers::pull_policy(c.pull),
-                )
+                (reference.clone(), reference)
             }
         };
-        let info = match self
-            .shared
-            .driver
-            .resolve_image(&endpoint, &lookup, pull)
-            .await
-        {
-            Ok(info) => info,
-            Err(e) => return fail(e.to_string()),
+        // The image as one machine has it, checked for that machine's platform
+        // and against the vetted digest.
+        let usable = |info: baton_driver::ImageInfo, arch: Option<&str>| {
+            if let Some(problem) =
+                arch.and_then(|arch| crate::containers::platform_mismatch_on(&info, arch))
+            {
+                return Err(format!("{reference} ({}) {problem}", info.digest));
+            }
+            if let Some(want) = sha256
+                && !crate::containers::digest_matches(&info, want)
+            {
+                return Err(format!(
+                    "{reference} is {}, not the vetted sha256:{}",
+                    info.digest,
+                    want.trim_start_matches("sha256:")
+                ));
+            }
+            Ok(info)
         };
-        if let Some(problem) = crate::containers::platform_mismatch(&info) {
-            return fail(format!("{reference} ({}) {problem}", info.digest));
-        }
-        if let Some(want) = sha256
-            && !crate::containers::digest_matches(&info, want)
-        {
-            return fail(format!(
-                "{reference} is {}, not the vetted sha256:{}",
-                info.digest,
-                want.trim_start_matches("sha256:")
-            ));
-        }
+        let (info, on) = match &self.spec.hosts {
+            None => {
+                let endpoint = match crate::containers::endpoint_of(c) {
+                    Ok(e) => e,
+                    Err(e) => return fail(e.to_string()),
+                };
+                let resolved = self
+                    .shared
+                    .driver
+                    .resolve_image(None, &endpoint, &lookup, pull)
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|info| usable(info, Some(std::env::consts::ARCH)));
+                match resolved {
+                    Ok(info) => (info, String::new()),
+                    Err(e) => return fail(e),
+                }
+            }
+            Some(hosts) => {
+                let endpoint = crate::containers::endpoint_on_host(c);
+                let resolved = futures_util::future::join_all(hosts.hosts.iter().map(|h| {
+                    let (endpoint, lookup) = (&endpoint, &lookup);
+                    async move {
+                        let got = self
+                            .shared
+                            .driver
+                            .resolve_image(Some(&h.name), endpoint, lookup, pull)
+                            .await;
+                        (h.name.clone(), got)
+                    }
+                }))
+                .await;
+                let checked: Vec<_> = resolved
+                    .into_iter()
+                    .map(|(host, got)| {
+                        // The host's own architecture, as its node reports it.
+                        let arch = self
+                            .shared
+                            .fleet
+                            .host(&host)
+                            .and_then(|l| l.state().node)
+                            .map(|n| n.arch)
+                            .filter(|a| !a.is_empty());
+                        let got = got.map_err(|e| e.to_string()).and_then(|info| {
+                            usable(info, arch.as_deref()).map_err(|e| format!("host {host}: {e}"))
+                        });
+                        (host, got)
+                    })
+                    .collect();
+                match crate::containers::one_image_on_hosts(&reference, &checked) {
+                    Ok(info) => (info, format!(" on all {} hosts", hosts.hosts.len())),
+                    Err(problems) => return fail(problems.join("; ")),
+                }
+            }
+        };
         Some(ImageCheck {
             result: CheckResult {
                 check: crate::preflight::Check::Image,
                 ok: true,
                 detail: format!(
-                    "{reference} is {} ({}/{}, {})",
+                    "{reference} is {}{on} ({}/{}, {})",
                     info.digest,
                     info.os,
                     info.architecture,
