@@ -317,7 +317,14 @@ pub async fn check_host_keys(hosts: &HostsSpec) -> Result<(), ssh::HostKeyProble
         .iter()
         .map(|h| ssh::check_host_key(h, &known_hosts, hosts.connect_timeout));
     for result in futures_util::future::join_all(checks).await {
-        result?;
+        match result {
+            // A host that does not answer now is not refused: its key is
+            // checked at every connection, and until then it is unreachable.
+            Err(ssh::HostKeyProblem::Unreachable { host, reason, .. }) => {
+                warn!(%host, %reason, "cannot check the host's key now; it is checked when it answers");
+            }
+            other => other?,
+        }
     }
     Ok(())
 }
