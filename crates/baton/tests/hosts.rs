@@ -162,6 +162,17 @@ fn host_states(h: &Harness) -> Vec<Value> {
         .unwrap_or_default()
 }
 
+/// `n` test hosts and a control plane running the sample service v1 on them
+/// (app `web`, two instances per host, `strategy`); `None`: skipped.
+fn up(n: usize, strategy: &str) -> Option<(Fleet, Harness, u16)> {
+    let fleet = Fleet::create(n)?;
+    let h = Harness::new();
+    let port = free_port();
+    let spec = fleet_spec(&h, &fleet, "web", port, strategy);
+    bring_up(&h, &fleet, &spec, port);
+    Some((fleet, h, port))
+}
+
 /// Apply the fleet spec, deploy v1 and wait until every host's router serves it.
 fn bring_up(h: &Harness, fleet: &Fleet, spec: &str, port: u16) {
     h.cli_ok(&["apply", "-f", spec]);
@@ -222,13 +233,9 @@ fn shutdown(h: &mut Harness, fleet: &Fleet) {
 
 #[test]
 fn rolling_upgrade_goes_host_by_host_under_load_on_every_router() {
-    let Some(fleet) = Fleet::create(3) else {
+    let Some((fleet, mut h, port)) = up(3, ROLLING) else {
         return;
     };
-    let mut h = Harness::new();
-    let port = free_port();
-    let spec = fleet_spec(&h, &fleet, "web", port, ROLLING);
-    bring_up(&h, &fleet, &spec, port);
     let hosts = host_states(&h);
     assert_eq!(hosts.len(), 3, "{hosts:?}");
     for host in &hosts {
@@ -292,13 +299,9 @@ fn rolling_upgrade_goes_host_by_host_under_load_on_every_router() {
 
 #[test]
 fn a_host_whose_ssh_is_cut_pauses_the_rollout_which_finishes_once_it_is_back() {
-    let Some(fleet) = Fleet::create(3) else {
+    let Some((fleet, mut h, port)) = up(3, ROLLING) else {
         return;
     };
-    let mut h = Harness::new();
-    let port = free_port();
-    let spec = fleet_spec(&h, &fleet, "web", port, ROLLING);
-    bring_up(&h, &fleet, &spec, port);
     let targets = routers(&fleet, port);
     let (_, reports) = with_loads(&targets, || {
         // Slow starts keep the rollout on h0 long enough to cut h1's SSH.
@@ -411,13 +414,9 @@ fn processes_on(fleet: &Fleet, i: usize) -> Vec<(u32, String)> {
 
 #[test]
 fn a_control_plane_killed_mid_rollout_finds_its_nodes_serving_and_finishes_cleanly() {
-    let Some(fleet) = Fleet::create(3) else {
+    let Some((fleet, mut h, port)) = up(3, ROLLING) else {
         return;
     };
-    let mut h = Harness::new();
-    let port = free_port();
-    let spec = fleet_spec(&h, &fleet, "web", port, ROLLING);
-    bring_up(&h, &fleet, &spec, port);
     let targets = routers(&fleet, port);
     let (_, reports) = with_loads(&targets, || {
         h.cli_ok(&["deploy", "web", "v2", "--env", "SAMPLE_STARTUP_MS=1000"]);
@@ -453,14 +452,10 @@ fn a_control_plane_killed_mid_rollout_finds_its_nodes_serving_and_finishes_clean
 
 #[test]
 fn a_blue_green_switch_across_hosts_is_two_phase_and_its_skew_is_shown_and_rollback_is_as_fast() {
-    let Some(fleet) = Fleet::create(3) else {
+    let strategy = "  blue_green:\n    scale_down_delay: 5m\n    min_ready: 200ms";
+    let Some((fleet, mut h, port)) = up(3, strategy) else {
         return;
     };
-    let mut h = Harness::new();
-    let port = free_port();
-    let strategy = "  blue_green:\n    scale_down_delay: 5m\n    min_ready: 200ms";
-    let spec = fleet_spec(&h, &fleet, "web", port, strategy);
-    bring_up(&h, &fleet, &spec, port);
     let targets = routers(&fleet, port);
     let (switch, reports) = with_loads(&targets, || {
         h.cli_ok(&["deploy", "web", "v2"]);
@@ -960,15 +955,11 @@ fn bench_hosts() {
 
 #[test]
 fn a_canary_weight_is_applied_in_every_host_router_at_once() {
-    let Some(fleet) = Fleet::create(2) else {
-        return;
-    };
-    let mut h = Harness::new();
-    let port = free_port();
     let canary =
         "  canary:\n    steps:\n      - set_weight: 50\n      - pause: {}\n    min_ready: 200ms";
-    let spec = fleet_spec(&h, &fleet, "web", port, canary);
-    bring_up(&h, &fleet, &spec, port);
+    let Some((fleet, mut h, port)) = up(2, canary) else {
+        return;
+    };
     h.cli_ok(&["deploy", "web", "v2"]);
     wait_until("the canary at 50%", DEADLINE, || {
         h.status("web")["traffic"]
