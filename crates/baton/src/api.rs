@@ -38,7 +38,63 @@ pub fn router(cp: Arc<ControlPlane>) -> Router {
         .route("/v1/hosts", get(hosts))
         .route("/v1/down", post(down))
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn(refuse_forgeable))
         .with_state(cp)
+}
+
+/// Why a request that changes something could have been sent by a web page
+/// the operator happens to open (cross-site request forgery), if it could:
+/// browsers send such requests to 127.0.0.1 without asking, as forms or
+/// `text/plain` bodies, with their page's `Origin`. baton's own clients send
+/// JSON and no `Origin`; a page served by the API itself has the API's origin.
+pub fn forgeable(method: &http::Method, headers: &HeaderMap) -> Option<String> {
+    if matches!(
+        *method,
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+    ) {
+        return None;
+    }
+    let text = |name: http::header::HeaderName| {
+        headers
+            .get(name)
+            .map(|v| v.to_str().unwrap_or("(not text)").to_owned())
+    };
+    if let Some(site) = text(http::HeaderName::from_static("sec-fetch-site"))
+        && (site == "cross-site" || site == "same-site")
+    {
+        return Some(format!(
+            "refused: a browser sent this request from another site (Sec-Fetch-Site: {site})"
+        ));
+    }
+    if let Some(origin) = text(http::header::ORIGIN) {
+        let host = text(http::header::HOST).unwrap_or_default();
+        let own = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"));
+        if own != Some(host.as_str()) {
+            return Some(format!(
+                "refused: a request from the web page at {origin} may not change anything here"
+            ));
+        }
+    }
+    let json = text(http::header::CONTENT_TYPE).is_some_and(|t| {
+        t.split(';')
+            .next()
+            .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+    });
+    (!json).then(|| {
+        "refused: a request that changes something must send JSON \
+         (Content-Type: application/json), as baton's CLI does"
+            .to_owned()
+    })
+}
+
+/// [`forgeable`] requests are answered 403 and change nothing.
+async fn refuse_forgeable(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    match forgeable(req.method(), req.headers()) {
+        Some(why) => ApiError(StatusCode::FORBIDDEN, why).into_response(),
+        None => next.run(req).await,
+    }
 }
 
 /// An API error: HTTP status plus a message that says what to do.
@@ -1261,5 +1317,57 @@ mod tests {
             text.contains("# TYPE baton_instance_oom_kills_total counter"),
             "{text}"
         );
+    }
+}
+
+#[cfg(test)]
+mod forgery_tests {
+    use super::forgeable;
+    use axum::http::{HeaderMap, HeaderValue, Method};
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn only_json_without_a_foreign_origin_may_change_anything() {
+        let cli = headers(&[
+            ("host", "127.0.0.1:7077"),
+            ("content-type", "application/json"),
+        ]);
+        assert_eq!(forgeable(&Method::POST, &cli), None);
+        let charset = headers(&[("content-type", "application/json; charset=utf-8")]);
+        assert_eq!(forgeable(&Method::POST, &charset), None);
+        let same_origin = headers(&[
+            ("host", "127.0.0.1:7077"),
+            ("origin", "http://127.0.0.1:7077"),
+            ("content-type", "application/json"),
+        ]);
+        assert_eq!(forgeable(&Method::POST, &same_origin), None);
+        for bad in [
+            headers(&[("content-type", "text/plain")]),
+            headers(&[("content-type", "application/x-www-form-urlencoded")]),
+            headers(&[("content-type", "multipart/form-data; boundary=x")]),
+            headers(&[]),
+            headers(&[
+                ("host", "127.0.0.1:7077"),
+                ("origin", "http://evil.example"),
+                ("content-type", "application/json"),
+            ]),
+            headers(&[("origin", "null"), ("content-type", "application/json")]),
+            headers(&[
+                ("sec-fetch-site", "cross-site"),
+                ("content-type", "application/json"),
+            ]),
+        ] {
+            assert!(forgeable(&Method::POST, &bad).is_some(), "{bad:?}");
+        }
+        // Reads change nothing, whoever asks.
+        let page = headers(&[("origin", "http://evil.example")]);
+        assert_eq!(forgeable(&Method::GET, &page), None);
     }
 }

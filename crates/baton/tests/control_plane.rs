@@ -239,3 +239,54 @@ fn a_one_off_blue_green_stays_blue_green_after_kill_9() {
         get_version(h.listen).1 == "v2"
     });
 }
+
+/// A raw HTTP/1.1 request to the API; the status code of the answer.
+fn raw_status(h: &Harness, request: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(h.api).expect("connect to the API");
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    s.write_all(request.as_bytes()).expect("send");
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_request_a_web_page_could_forge_changes_nothing() {
+    let h = Harness::new();
+    h.bring_up("web", 1, "");
+    let host = h.api.to_string();
+    // What any page the operator opens can send to 127.0.0.1 without a CORS
+    // preflight: a text/plain POST with its own Origin, and a form.
+    let forged = [
+        format!(
+            "POST /v1/down HTTP/1.1\r\nHost: {host}\r\nOrigin: http://evil.example\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+        ),
+        format!(
+            "POST /v1/apps/web/abort HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 3\r\nConnection: close\r\n\r\na=b"
+        ),
+        format!(
+            "POST /v1/down HTTP/1.1\r\nHost: {host}\r\nSec-Fetch-Site: cross-site\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+        ),
+        format!(
+            "POST /v1/down HTTP/1.1\r\nHost: {host}\r\nOrigin: http://evil.example\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+        ),
+    ];
+    for request in &forged {
+        assert_eq!(raw_status(&h, request), 403, "{request}");
+    }
+    // Nothing changed: the control plane, the router and the app still serve.
+    let s = h.status("web");
+    assert_eq!(s["phase"], "stable", "{s}");
+    assert_eq!(get_version(h.listen), (200, "v1".to_string()));
+    // Reads stay open, and the CLI (JSON, no Origin) still changes things.
+    let read = format!(
+        "GET /v1/apps HTTP/1.1\r\nHost: {host}\r\nOrigin: http://evil.example\r\nConnection: close\r\n\r\n"
+    );
+    assert_eq!(raw_status(&h, &read), 200);
+    h.cli_ok(&["deploy", "web", "v2", "--wait"]);
+}
