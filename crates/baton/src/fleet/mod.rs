@@ -413,7 +413,7 @@ impl HostLink {
             match self.connect(&fleet).await {
                 Ok(session) => {
                     backoff = RECONNECT_MIN;
-                    self.watch(&session, &fleet).await;
+                    self.watch(&session).await;
                     let _ = tokio::time::timeout(Duration::from_secs(5), session.close()).await;
                     if self.cancel.is_cancelled() {
                         break;
@@ -568,7 +568,7 @@ impl HostLink {
     }
 
     /// Heartbeats until the host misses too many, or the link is cancelled.
-    async fn watch(&self, session: &openssh::Session, _fleet: &Fleet) {
+    async fn watch(&self, session: &openssh::Session) {
         let mut missed = 0;
         loop {
             tokio::select! {
