@@ -289,28 +289,21 @@ impl AdminClient {
     /// `PUT /v1/config`. A lower generation than the live one fails with
     /// [`RouterError::StaleGeneration`].
     pub async fn push(&self, cfg: &RoutingConfig) -> Result<PushResult, RouterError> {
-        let body = serde_json::to_vec(cfg)?;
-        match self.json(Method::PUT, "/v1/config", Some(body)).await {
-            Err(RouterError::Status { status: 409, body }) => {
-                let current = serde_json::from_str::<ErrorBody>(&body).map_or(0, |e| e.generation);
-                Err(RouterError::StaleGeneration {
-                    current,
-                    pushed: cfg.generation,
-                })
-            }
-            other => other,
-        }
+        self.put_table("/v1/config", cfg).await
     }
 
     /// `PUT /v1/config/staged`: prepares `cfg` (compiled, listeners bound) without
     /// serving it, replacing any staged table. A generation not higher than the live
     /// one fails with [`RouterError::StaleGeneration`].
     pub async fn stage(&self, cfg: &RoutingConfig) -> Result<PushResult, RouterError> {
+        self.put_table("/v1/config/staged", cfg).await
+    }
+
+    /// `PUT` of a whole table (a push or a stage); the router's 409 says which
+    /// newer generation it serves.
+    async fn put_table(&self, path: &str, cfg: &RoutingConfig) -> Result<PushResult, RouterError> {
         let body = serde_json::to_vec(cfg)?;
-        match self
-            .json(Method::PUT, "/v1/config/staged", Some(body))
-            .await
-        {
+        match self.json(Method::PUT, path, Some(body)).await {
             Err(RouterError::Status { status: 409, body }) => {
                 let current = serde_json::from_str::<ErrorBody>(&body).map_or(0, |e| e.generation);
                 Err(RouterError::StaleGeneration {
@@ -326,22 +319,7 @@ impl AdminClient {
     /// again, with the time of the first switch, when `generation` is already live;
     /// fails with [`RouterError::NotStaged`] when it is neither staged nor live.
     pub async fn commit(&self, generation: u64) -> Result<CommitResult, RouterError> {
-        let body = serde_json::to_vec(&CommitRequest { generation })?;
-        match self
-            .json(Method::POST, "/v1/config/commit", Some(body))
-            .await
-        {
-            Err(RouterError::Status { status: 409, body }) => {
-                let e = serde_json::from_str::<ErrorBody>(&body);
-                let (live, staged) = e.map_or((0, None), |e| (e.generation, e.staged));
-                Err(RouterError::NotStaged {
-                    generation,
-                    staged,
-                    live,
-                })
-            }
-            other => other,
-        }
+        self.open_for_commit().await?.commit(generation).await
     }
 
     /// `GET /v1/config`: what the router is serving now.

@@ -152,6 +152,23 @@ fn stable_on(h: &Harness, app: &str, version: &str) -> bool {
     s["phase"] == "stable" && s["stable_version"] == version
 }
 
+/// `deploy web v2 --wait` under load on every router in `targets`: no request
+/// fails, and every answer is v2 afterwards.
+fn deploy_v2_under_load(h: &Harness, targets: &[SocketAddr]) {
+    let (_, reports) = with_loads(targets, || {
+        h.cli_ok(&["deploy", "web", "v2", "--wait"]);
+    });
+    for r in &reports {
+        assert_no_failures(r);
+    }
+    assert!(stable_on(h, "web", "v2"));
+    for addr in targets {
+        for _ in 0..10 {
+            assert_eq!(get_version(*addr), (200, "v2".to_string()), "{addr}");
+        }
+    }
+}
+
 /// The hosts as `baton hosts --json` shows them.
 fn host_states(h: &Harness) -> Vec<Value> {
     let out = h.cli_ok(&["hosts", "--json"]);
@@ -243,18 +260,7 @@ fn rolling_upgrade_goes_host_by_host_under_load_on_every_router() {
         assert!(host["node"]["pid"].as_u64().is_some(), "{host}");
     }
     let targets = routers(&fleet, port);
-    let (_, reports) = with_loads(&targets, || {
-        h.cli_ok(&["deploy", "web", "v2", "--wait"]);
-    });
-    for r in &reports {
-        assert_no_failures(r);
-    }
-    assert!(stable_on(&h, "web", "v2"));
-    for addr in &targets {
-        for _ in 0..10 {
-            assert_eq!(get_version(*addr), (200, "v2".to_string()), "{addr}");
-        }
-    }
+    deploy_v2_under_load(&h, &targets);
     // Node by node: every v2 instance of a host started only once the host
     // before it had all its v2 instances (events in order).
     let starts: Vec<String> = h
@@ -725,18 +731,7 @@ fn containers_roll_host_by_host_on_each_host_s_engine_and_a_host_with_another_im
         assert_eq!(on.len(), 2, "{on:?}");
     }
 
-    let (_, reports) = with_loads(&targets, || {
-        h.cli_ok(&["deploy", "web", "v2", "--wait"]);
-    });
-    for r in &reports {
-        assert_no_failures(r);
-    }
-    assert!(stable_on(&h, "web", "v2"));
-    for addr in &targets {
-        for _ in 0..10 {
-            assert_eq!(get_version(*addr), (200, "v2".to_string()), "{addr}");
-        }
-    }
+    deploy_v2_under_load(&h, &targets);
     // Each host's engine runs exactly that host's two v2 instances.
     let by_host = instances_by_host(&h, "web");
     for (pm, host) in pms.iter().zip(["h0", "h1"]) {
