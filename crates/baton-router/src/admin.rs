@@ -11,6 +11,9 @@
 //! | GET    | `/v1/stats`   |                 | [`RouterStats`]                          |
 //! | GET    | `/v1/windows?seconds=N` |       | [`WindowsReport`] (N in 1..=64, default 10) |
 //! | GET    | `/v1/mirror`  |                 | [`MirrorReports`]                        |
+//! | POST   | `/v1/record/{app}` | [`RecordSpec`] | [`RecordingReport`]; starts recording the app's requests; 404 if no such app |
+//! | GET    | `/v1/record/{app}` |            | [`RecordingReport`] so far               |
+//! | DELETE | `/v1/record/{app}` |            | [`RecordingReport`]; ends the recording  |
 //! | GET    | `/metrics`    |                 | Prometheus text format 0.0.4             |
 //!
 //! Errors are `{"error": "...", "generation": <live generation>}`, plus
@@ -24,7 +27,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::extract::{DefaultBodyLimit, Path as AxumPath, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -39,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::RoutingConfig;
 use crate::error::RouterError;
+use crate::record::{RecordSpec, RecordingReport};
 use crate::router::Router;
 use crate::stats::{
     CommitResult, MirrorReports, PushResult, RouterHealth, RouterStats, WindowsReport,
@@ -75,6 +79,10 @@ fn admin_routes(router: Router) -> Axum {
         .route("/v1/stats", get(stats))
         .route("/v1/windows", get(windows))
         .route("/v1/mirror", get(mirror))
+        .route(
+            "/v1/record/{app}",
+            post(arm_record).get(read_record).delete(stop_record),
+        )
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_CONFIG_BYTES))
         .with_state(router)
@@ -108,6 +116,53 @@ async fn windows(State(r): State<Router>, Query(q): Query<WindowQuery>) -> Json<
 
 async fn mirror(State(r): State<Router>) -> Json<MirrorReports> {
     Json(r.mirror_reports())
+}
+
+async fn arm_record(
+    State(r): State<Router>,
+    AxumPath(app): AxumPath<String>,
+    Json(spec): Json<RecordSpec>,
+) -> Response {
+    if spec.max_requests == 0 || spec.max_requests > crate::record::MAX_RECORDED {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!(
+                "max_requests: {} is out of range 1..={}\n",
+                spec.max_requests,
+                crate::record::MAX_RECORDED
+            ),
+        )
+            .into_response();
+    }
+    match r.record_state(&app) {
+        Some(st) => {
+            st.arm(spec);
+            Json(st.report(false)).into_response()
+        }
+        None => no_such_app(&app),
+    }
+}
+
+async fn read_record(State(r): State<Router>, AxumPath(app): AxumPath<String>) -> Response {
+    match r.record_state(&app) {
+        Some(st) => Json(st.report(false)).into_response(),
+        None => no_such_app(&app),
+    }
+}
+
+async fn stop_record(State(r): State<Router>, AxumPath(app): AxumPath<String>) -> Response {
+    match r.record_state(&app) {
+        Some(st) => Json(st.report(true)).into_response(),
+        None => no_such_app(&app),
+    }
+}
+
+fn no_such_app(app: &str) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        format!("no app {app:?} in this router's table\n"),
+    )
+        .into_response()
 }
 
 async fn metrics(State(r): State<Router>) -> Response {
@@ -342,6 +397,23 @@ impl AdminClient {
     /// `GET /v1/mirror`: mirror comparisons per app.
     pub async fn mirror(&self) -> Result<MirrorReports, RouterError> {
         self.json(Method::GET, "/v1/mirror", None).await
+    }
+
+    /// `POST /v1/record/{app}`: starts recording `app`'s requests.
+    pub async fn arm_record(
+        &self,
+        app: &str,
+        spec: &RecordSpec,
+    ) -> Result<RecordingReport, RouterError> {
+        let body = serde_json::to_vec(spec)?;
+        self.json(Method::POST, &format!("/v1/record/{app}"), Some(body))
+            .await
+    }
+
+    /// `GET /v1/record/{app}` (`stop`: `DELETE`, which also ends the recording).
+    pub async fn recording(&self, app: &str, stop: bool) -> Result<RecordingReport, RouterError> {
+        let method = if stop { Method::DELETE } else { Method::GET };
+        self.json(method, &format!("/v1/record/{app}"), None).await
     }
 
     /// `GET /metrics`: the Prometheus text.

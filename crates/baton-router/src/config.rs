@@ -212,20 +212,63 @@ pub struct MirrorConfig {
     /// Methods eligible for mirroring (only idempotent ones are safe to send twice).
     #[serde(default = "default_mirror_methods")]
     pub methods: Vec<String>,
+    /// Path prefixes eligible for mirroring; empty: every path.
+    #[serde(default)]
+    pub paths: Vec<String>,
+    /// Path prefixes never mirrored.
+    #[serde(default)]
+    pub exclude_paths: Vec<String>,
     /// Requests with a larger body are not mirrored; responses are captured up to this
     /// many bytes for comparison.
     #[serde(default = "default_mirror_max_body")]
     pub max_body_bytes: usize,
-    /// Response headers compared between primary and mirror (case-insensitive).
-    #[serde(default = "default_mirror_headers")]
+    /// Whether the status codes are compared.
+    #[serde(default = "default_true")]
+    pub compare_status: bool,
+    /// When not empty, only these response headers are compared (case-insensitive);
+    /// when empty, every header but `ignore_headers` and credentials.
+    #[serde(default)]
     pub compare_headers: Vec<String>,
+    /// Response headers left out when `compare_headers` is empty.
+    #[serde(default = "default_ignored_headers")]
+    pub ignore_headers: Vec<String>,
+    /// How the bodies are compared.
+    #[serde(default)]
+    pub body: BodyCompare,
     /// JSON paths left out of the body comparison: `$.a.b`, `$.a[*].b`, `$.a[0]`,
     /// `$.*.id`.
     #[serde(default)]
     pub ignore_json_paths: Vec<String>,
+    /// Regular expressions whose matches are masked before bodies are compared as
+    /// text (a body that is not JSON, or `body: text`).
+    #[serde(default)]
+    pub mask_patterns: Vec<String>,
+    /// Headers that carry credentials besides `Authorization`, `Proxy-Authorization`,
+    /// `Cookie` and `Set-Cookie`: never captured, stored or shown.
+    #[serde(default)]
+    pub redact_headers: Vec<String>,
     /// How many differing pairs are kept for the control plane to show.
     #[serde(default = "default_mirror_samples")]
     pub max_samples: usize,
+    /// What the comparisons belong to; when it changes, the kept counts and samples
+    /// start afresh.
+    #[serde(default)]
+    pub session: String,
+}
+
+/// How a mirrored body is compared with the user's.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BodyCompare {
+    /// As JSON values (ignored paths removed) when both parse, else as text.
+    #[default]
+    Json,
+    /// As text, after masking.
+    Text,
+    /// Byte for byte.
+    Bytes,
+    /// Not at all.
+    Ignore,
 }
 
 // By hand because of the f64: bitwise equality of `percent` keeps `Eq` lawful (NaN is
@@ -235,10 +278,18 @@ impl PartialEq for MirrorConfig {
         self.version == other.version
             && self.percent.to_bits() == other.percent.to_bits()
             && self.methods == other.methods
+            && self.paths == other.paths
+            && self.exclude_paths == other.exclude_paths
             && self.max_body_bytes == other.max_body_bytes
+            && self.compare_status == other.compare_status
             && self.compare_headers == other.compare_headers
+            && self.ignore_headers == other.ignore_headers
+            && self.body == other.body
             && self.ignore_json_paths == other.ignore_json_paths
+            && self.mask_patterns == other.mask_patterns
+            && self.redact_headers == other.redact_headers
             && self.max_samples == other.max_samples
+            && self.session == other.session
     }
 }
 
@@ -252,12 +303,24 @@ impl MirrorConfig {
             version: version.into(),
             percent,
             methods: default_mirror_methods(),
+            paths: Vec::new(),
+            exclude_paths: Vec::new(),
             max_body_bytes: default_mirror_max_body(),
-            compare_headers: default_mirror_headers(),
+            compare_status: true,
+            compare_headers: Vec::new(),
+            ignore_headers: default_ignored_headers(),
+            body: BodyCompare::Json,
             ignore_json_paths: Vec::new(),
+            mask_patterns: Vec::new(),
+            redact_headers: Vec::new(),
             max_samples: default_mirror_samples(),
+            session: String::new(),
         }
     }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_mirror_methods() -> Vec<String> {
@@ -268,8 +331,12 @@ fn default_mirror_max_body() -> usize {
     64 * 1024
 }
 
-fn default_mirror_headers() -> Vec<String> {
-    vec!["content-type".into()]
+/// [`crate::mirror::DEFAULT_IGNORED_HEADERS`] as owned names.
+pub fn default_ignored_headers() -> Vec<String> {
+    crate::mirror::DEFAULT_IGNORED_HEADERS
+        .iter()
+        .map(|h| h.to_string())
+        .collect()
 }
 
 fn default_mirror_samples() -> usize {
@@ -333,24 +400,7 @@ fn validate_policies(app: &AppRoutes) -> Result<(), String> {
                 m.percent
             ));
         }
-        for (k, method) in m.methods.iter().enumerate() {
-            if http::Method::from_bytes(method.as_bytes()).is_err() {
-                return Err(format!(
-                    "mirror.methods[{k}]: {method:?} is not an HTTP method"
-                ));
-            }
-        }
-        for (k, h) in m.compare_headers.iter().enumerate() {
-            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
-                return Err(format!(
-                    "mirror.compare_headers[{k}]: {h:?} is not a header name"
-                ));
-            }
-        }
-        for (k, p) in m.ignore_json_paths.iter().enumerate() {
-            crate::mirror::JsonPath::parse(p)
-                .map_err(|e| format!("mirror.ignore_json_paths[{k}]: {e}"))?;
-        }
+        crate::mirror::CompareRules::compile(m).map_err(|e| format!("mirror.{e}"))?;
     }
     Ok(())
 }
@@ -442,7 +492,8 @@ mod tests {
         let m = a.mirror.as_ref().unwrap();
         assert_eq!(m.methods, vec!["GET", "HEAD"]);
         assert_eq!(m.max_body_bytes, 65536);
-        assert_eq!(m.compare_headers, vec!["content-type"]);
+        assert!(m.compare_headers.is_empty());
+        assert!(m.ignore_headers.iter().any(|h| h == "date"));
         assert_eq!(m.max_samples, 20);
         let back: RoutingConfig =
             serde_json::from_str(&serde_json::to_string(&cfg).unwrap()).unwrap();

@@ -335,11 +335,11 @@ async fn too_large(client: &mut ClientSocket) -> Outcome {
     Outcome::Closed
 }
 
-/// An app whose requests the lane can route: no mirroring (it needs the request kept
-/// for a copy) or shielding (it needs the response judged before it is sent), and
+/// An app whose requests the lane can route: no mirroring or recording (they need the
+/// request kept) or shielding (it needs the response judged before it is sent), and
 /// routable now (else the general path holds the request).
 fn lane_app(a: &AppTable) -> bool {
-    a.mirror.is_none() && a.shield.is_none() && a.routable()
+    a.mirror.is_none() && a.shield.is_none() && !a.record.armed() && a.routable()
 }
 
 enum Parsed {

@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod mirror;
 mod pool;
 mod proxy;
+pub mod record;
 mod router;
 pub mod rules;
 pub mod select;

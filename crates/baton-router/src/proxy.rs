@@ -24,7 +24,7 @@ use hyper::client::conn::http1::SendRequest;
 use crate::limits::Limits;
 use crate::listener::AppRef;
 use crate::metrics::RequestSample;
-use crate::mirror::{Captured, Comparison};
+use crate::mirror::{Captured, Comparison, Difference};
 use crate::pool;
 use crate::router::Shared;
 use crate::table::{
@@ -971,6 +971,18 @@ pub(crate) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Re
             }
         },
     };
+    // A recording keeps the request as the client sent it (before the forwarding
+    // headers are added).
+    if let Some(a) = &app0
+        && a.record.armed()
+    {
+        let whole = match &body {
+            UpBody::Full(b) => Some(b.clone().unwrap_or_default()),
+            _ => None,
+        };
+        a.record
+            .offer(&parts.method, &parts.uri, &parts.headers, whole.as_ref());
+    }
     upstream_head(&mut parts, ctx);
     let (replay, mut once) = match body {
         UpBody::Full(b) => (Some(b), None),
@@ -990,8 +1002,8 @@ pub(crate) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Re
             .mirror
             .as_ref()
             .filter(|m| {
-                crate::mirror::method_allowed(&m.cfg, &parts.method)
-                    && b.as_ref().map_or(0, Bytes::len) <= m.cfg.max_body_bytes
+                m.rules.wants(&parts.method, parts.uri.path())
+                    && b.as_ref().map_or(0, Bytes::len) <= m.rules.max_body_bytes()
                     && crate::mirror::should_mirror(
                         m.state.counter.fetch_add(1, Ordering::Relaxed),
                         m.cfg.percent,
@@ -1244,14 +1256,7 @@ fn start_mirror(
         return None;
     }
     let slot = MirrorSlot(state.clone());
-    let headers = m
-        .compare
-        .iter()
-        .filter_map(|(n, name)| {
-            let v = parts.headers.get(n)?.to_str().ok()?;
-            Some((name.clone(), v.to_string()))
-        })
-        .collect();
+    let headers = m.rules.capture_headers(&parts.headers);
     let (tx, rx) = tokio::sync::oneshot::channel();
     let tee = Box::new(Tee {
         max: m.cfg.max_body_bytes,
@@ -1307,10 +1312,10 @@ async fn run_mirror(
         truncated: primary.truncated,
     };
     let (outcome, mirror) = match mirrored {
-        Ok(c) => (crate::mirror::compare(&primary, &c, &m.cfg), c),
-        Err(e) => (
+        Ok(c) => (m.rules.compare(&primary, &c), c),
+        Err(error) => (
             Comparison::Mismatch {
-                reasons: vec![format!("mirror failed: {e}")],
+                differences: vec![Difference::MirrorFailed { error }],
             },
             Captured::default(),
         ),
@@ -1355,14 +1360,7 @@ async fn mirror_call(
     let resp = tx.send_request(req).await.map_err(|e| e.to_string())?;
     let (parts, mut body) = resp.into_parts();
     let reusable = !says_close(&parts.headers);
-    let headers = m
-        .compare
-        .iter()
-        .filter_map(|(n, name)| {
-            let v = parts.headers.get(n)?.to_str().ok()?;
-            Some((name.clone(), v.to_string()))
-        })
-        .collect();
+    let headers = m.rules.capture_headers(&parts.headers);
     let max = m.cfg.max_body_bytes;
     let mut buf = BytesMut::new();
     let mut truncated = false;

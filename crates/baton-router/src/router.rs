@@ -496,6 +496,14 @@ impl Router {
         self.state().registry.mirror_reports()
     }
 
+    /// The recording state of a configured app.
+    pub(crate) fn record_state(
+        &self,
+        app: &str,
+    ) -> Option<std::sync::Arc<crate::record::RecordState>> {
+        self.state().registry.record(app)
+    }
+
     /// Process id, live generation, start time, and the two-phase switch state.
     pub fn health(&self) -> RouterHealth {
         let st = self.state();

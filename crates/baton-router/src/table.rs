@@ -11,13 +11,13 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use http::HeaderName;
 use tokio::sync::Notify;
 
 use crate::config::{Balance, MirrorConfig, RoutingConfig};
 use crate::limits::Limits;
 use crate::metrics::{Merged, RequestSample, Series, VersionMetrics, WindowStats};
-use crate::mirror::{MirrorReport, MismatchSamples};
+use crate::mirror::{CompareRules, MirrorReport, MismatchSamples};
+use crate::record::RecordState;
 use crate::rules::{CompiledRules, RequestHeaders};
 use crate::select;
 use crate::stats::{
@@ -194,6 +194,8 @@ pub(crate) struct AppTable {
     pub hold_timeout: Duration,
     pub limits: Limits,
     pub counters: Arc<AppCounters>,
+    /// A recording of this app's requests, when one is armed.
+    pub record: Arc<RecordState>,
     pub versions: Vec<VersionTable>,
     /// Match rules, compiled once per push.
     pub rules: CompiledRules,
@@ -238,8 +240,8 @@ pub(crate) struct MirrorTable {
     pub cfg: Arc<MirrorConfig>,
     /// Index of the version receiving the copies (it has at least one backend).
     pub version: usize,
-    /// `cfg.compare_headers`, parsed, with the names as configured.
-    pub compare: Vec<(HeaderName, String)>,
+    /// `cfg` compiled: which requests, what is captured, how it is compared.
+    pub rules: Arc<CompareRules>,
     pub state: Arc<MirrorState>,
     /// Most copies under way at once (per worker, summed over workers).
     pub max_in_flight: usize,
@@ -369,6 +371,7 @@ struct AppEntry {
     versions: BTreeMap<String, Arc<VersionCounters>>,
     backends: BTreeMap<SocketAddr, Arc<BackendState>>,
     mirror: Arc<MirrorState>,
+    record: Arc<RecordState>,
     /// The mirror target of the live config, for reports.
     mirror_version: Option<String>,
 }
@@ -475,17 +478,12 @@ impl Registry {
                 if versions[version].backends.is_empty() {
                     return None;
                 }
+                // Validated before the build: compiling cannot fail here.
+                let rules = CompareRules::compile(m).ok()?;
                 Some(MirrorTable {
                     cfg: Arc::new(m.clone()),
                     version,
-                    compare: m
-                        .compare_headers
-                        .iter()
-                        .filter_map(|h| {
-                            let n = HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes());
-                            n.ok().map(|n| (n, h.clone()))
-                        })
-                        .collect(),
+                    rules: Arc::new(rules),
                     state: entry.mirror.clone(),
                     max_in_flight: crate::proxy::MIRROR_MAX_IN_FLIGHT * shards,
                 })
@@ -495,6 +493,7 @@ impl Registry {
                 hold_timeout: Duration::from_millis(app.hold_timeout_ms),
                 limits: Limits::from(&app.limits),
                 counters: entry.counters.clone(),
+                record: entry.record.clone(),
                 rules,
                 sticky,
                 mirror,
@@ -534,6 +533,7 @@ impl Registry {
                         .as_ref()
                         .map(|m| m.state.clone())
                         .unwrap_or_default(),
+                    record: t.record.clone(),
                     ..AppEntry::default()
                 });
             for v in &t.versions {
@@ -550,7 +550,9 @@ impl Registry {
             }
             entry.mirror_version = app.mirror.as_ref().map(|m| m.version.clone());
             if let Some(m) = &t.mirror {
-                m.state.samples().set_max_samples(m.cfg.max_samples);
+                m.state
+                    .samples()
+                    .configure(&m.cfg.session, m.cfg.max_samples);
             }
         }
         self.mark_removed(&table.config);
@@ -700,6 +702,11 @@ impl Registry {
     }
 
     /// Mirror comparisons of every app that has mirrored (or mirrors now).
+    /// The recording state of a configured app.
+    pub fn record(&self, app: &str) -> Option<Arc<RecordState>> {
+        self.apps.get(app).map(|e| e.record.clone())
+    }
+
     pub fn mirror_reports(&self) -> MirrorReports {
         MirrorReports {
             apps: self

@@ -587,8 +587,181 @@ async fn mirror_pair() -> (SocketAddr, SocketAddr) {
 
 fn mirror_config(a: SocketAddr, mirror_to: SocketAddr) -> RoutingConfig {
     let mut cfg = config(1, 1000, &[("v1", 100, &[a]), ("v2", 0, &[mirror_to])]);
-    cfg.apps[0].mirror = Some(MirrorConfig::new("v2", 100.0));
+    let mut m = MirrorConfig::new("v2", 100.0);
+    // Each side names itself: not a difference that matters.
+    m.ignore_headers.push("x-version".into());
+    cfg.apps[0].mirror = Some(m);
     cfg
+}
+
+/// Answers that differ on `$.price` and carry a session cookie and a secret header
+/// of their own; the user's request carries credentials too.
+#[tokio::test]
+async fn mirror_samples_never_hold_credentials_and_users_get_their_answer() {
+    let make = |version: &'static str| {
+        programmable(move |p| async move {
+            let mut r = answer(
+                200,
+                version,
+                format!(
+                    r#"{{"price": {}, "auth_seen": {}}}"#,
+                    if version == "v1" { 10 } else { 12 },
+                    p.headers.contains_key("authorization")
+                ),
+            );
+            let h = r.headers_mut();
+            h.insert(
+                "set-cookie",
+                format!("session=secret-{version}").parse().unwrap(),
+            );
+            h.insert("x-api-key", format!("secret-{version}").parse().unwrap());
+            r
+        })
+    };
+    let (a, b) = (make("v1").await, make("v2").await);
+    let router = Router::new();
+    let mut cfg = mirror_config(a, b);
+    cfg.apps[0].mirror.as_mut().unwrap().redact_headers = vec!["X-Api-Key".into()];
+    let listen = start(&router, cfg);
+    let mut client = Client::connect(listen).await;
+    for _ in 0..10 {
+        let r = client
+            .send_with(
+                "GET",
+                "/price?token=x",
+                &[
+                    ("authorization", "Bearer secret-user"),
+                    ("cookie", "id=secret-user"),
+                ],
+                b"",
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK);
+        // The user's answer is v1's, untouched, cookie and all.
+        assert_eq!(r.headers["set-cookie"], "session=secret-v1");
+        assert!(
+            r.body.contains(r#""price": 10, "auth_seen": true"#),
+            "{}",
+            r.body
+        );
+    }
+    let rep = eventually_report(&router, 10).await;
+    let text = serde_json::to_string(&rep).unwrap();
+    assert!(!text.contains("secret"), "a credential was kept: {text}");
+    let sample = &rep.apps[0].report.samples[0];
+    assert_eq!(sample.path, "/price", "the query is not kept");
+    assert_eq!(
+        sample.differences,
+        vec![baton_router::mirror::Difference::Json {
+            path: "$.price".into(),
+            primary: Some(serde_json::json!(10)),
+            mirror: Some(serde_json::json!(12)),
+        }]
+    );
+    assert_eq!(rep.apps[0].report.paths[0].fields[0].field, "$.price");
+}
+
+/// Waits until `router` has compared `n` mirrored requests.
+async fn eventually_report(router: &Router, n: u64) -> baton_router::MirrorReports {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = router.mirror_reports();
+        let t = m.apps.first().map(|a| a.report.total);
+        if t.is_some_and(|t| t.matches + t.mismatches >= n) {
+            return m;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{m:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A recording armed over the admin socket takes the next requests of a plain app
+/// (one the fast lane would serve), redacted, up to its bound, and ends by itself.
+#[tokio::test]
+async fn recording_keeps_a_bounded_redacted_slice_of_requests() {
+    let socket = std::env::temp_dir().join(format!(
+        "baton-router-features-record-{}/admin.sock",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(run(
+        RouterOptions {
+            admin_socket: socket.clone(),
+        },
+        stop.clone(),
+    ));
+    let admin = AdminClient::new(socket);
+    eventually_async(|| async { admin.health().await.is_ok() }).await;
+    let (a, _) = mirror_pair().await;
+    let listen = admin
+        .push(&config(1, 1000, &[("v1", 100, &[a])]))
+        .await
+        .unwrap()
+        .listeners[0]
+        .listen;
+    let mut client = Client::connect(listen).await;
+    assert_eq!(
+        client.send("GET", "/before", b"").await.status,
+        StatusCode::OK
+    );
+    let spec = baton_router::record::RecordSpec {
+        max_requests: 3,
+        max_body_bytes: 1024,
+        methods: vec![],
+        redact_headers: vec!["x-tenant-key".into()],
+    };
+    assert!(admin.arm_record("web", &spec).await.unwrap().armed);
+    let missing = admin
+        .arm_record("nope", &spec)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(missing.contains("no app \"nope\""), "{missing}");
+    for i in 0..5 {
+        let r = client
+            .send_with(
+                "GET",
+                &format!("/items/{i}?sort=asc"),
+                &[
+                    ("authorization", "Bearer secret"),
+                    ("x-tenant-key", "secret"),
+                    ("accept", "application/json"),
+                ],
+                b"",
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    let r = admin.recording("web", true).await.unwrap();
+    assert!(!r.armed, "the bound ended it");
+    let uris: Vec<&str> = r.requests.iter().map(|q| q.uri.as_str()).collect();
+    assert_eq!(
+        uris,
+        vec![
+            "/items/0?sort=asc",
+            "/items/1?sort=asc",
+            "/items/2?sort=asc"
+        ]
+    );
+    let text = serde_json::to_string(&r).unwrap();
+    assert!(!text.contains("secret"), "{text}");
+    assert!(
+        r.requests[0]
+            .headers
+            .contains(&("accept".into(), "application/json".into()))
+    );
+    assert!(
+        admin
+            .recording("web", false)
+            .await
+            .unwrap()
+            .requests
+            .is_empty()
+    );
+    drop(client);
+    stop.cancel();
+    task.await.unwrap().unwrap();
 }
 
 #[tokio::test]
