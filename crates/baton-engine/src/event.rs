@@ -27,6 +27,9 @@ pub enum EventKind {
     /// One measurement of the analysis, recorded by the controller (not the
     /// engine) with the failures in a row so far.
     AnalysisCheck,
+    /// A mirror step's comparisons, recorded by the controller when the step
+    /// ends or fails.
+    MirrorCompared,
     InstanceStarting,
     InstanceStarted,
     InstanceStartFailed,
@@ -63,6 +66,7 @@ impl EventKind {
         EventKind::AnalysisFailed,
         EventKind::AnalysisInconclusive,
         EventKind::AnalysisCheck,
+        EventKind::MirrorCompared,
         EventKind::InstanceStarting,
         EventKind::InstanceStarted,
         EventKind::InstanceStartFailed,
@@ -99,6 +103,7 @@ impl EventKind {
             EventKind::AnalysisFailed => "analysis_failed",
             EventKind::AnalysisInconclusive => "analysis_inconclusive",
             EventKind::AnalysisCheck => "analysis_check",
+            EventKind::MirrorCompared => "mirror_compared",
             EventKind::InstanceStarting => "instance_starting",
             EventKind::InstanceStarted => "instance_started",
             EventKind::InstanceStartFailed => "instance_start_failed",

@@ -12,7 +12,7 @@ mod server;
 use std::future::Future;
 use std::process::ExitCode;
 
-pub use options::{FaultKnobs, SampleOptions, USAGE};
+pub use options::{FaultKnobs, SampleOptions, Shape, USAGE};
 pub use server::{serve, serve_listener};
 
 /// Runs the sample service with `args` (without the program name) until SIGTERM

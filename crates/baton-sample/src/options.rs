@@ -20,7 +20,10 @@ fault knobs (environment):
   SAMPLE_STARTUP_MS=N      wait before listening
   SAMPLE_NEVER_READY=1     `GET /healthz` answers 503
   SAMPLE_CRASH_AFTER_MS=N  exit with code 1 this long after start
-  SAMPLE_LEAK_MB_PER_S=N   allocate and keep N MB more memory every second";
+  SAMPLE_LEAK_MB_PER_S=N   allocate and keep N MB more memory every second
+  SAMPLE_SHAPE=S           shape of the `/items` answers: `standard` (default),
+                           `renamed` (each item's `price` is called `cost`) or
+                           `changed` (`GET /items/2` answers another price)";
 
 /// Everything the sample service needs to run.
 #[derive(Clone, Debug, PartialEq)]
@@ -49,6 +52,21 @@ pub struct FaultKnobs {
     pub crash_after: Option<Duration>,
     /// Memory allocated, touched and kept each second, in MB.
     pub leak_mb_per_s: u64,
+    /// The shape of the `/items` answers, so that a release whose answers
+    /// change can be shown failing a mirror step.
+    pub shape: Shape,
+}
+
+/// The shape of the `/items` answers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Shape {
+    /// `{"id", "name", "price"}` per item.
+    #[default]
+    Standard,
+    /// Each item's `price` is called `cost`: every `/items` answer differs.
+    Renamed,
+    /// `GET /items/2` answers another price; every other answer is standard.
+    Changed,
 }
 
 /// Reads an environment variable; `None` when unset or empty. A value that is
@@ -114,7 +132,18 @@ impl FaultKnobs {
                     )
                 })?,
         };
+        let shape = match non_empty(get("SAMPLE_SHAPE")).as_deref().map(str::trim) {
+            None | Some("standard") => Shape::Standard,
+            Some("renamed") => Shape::Renamed,
+            Some("changed") => Shape::Changed,
+            Some(v) => {
+                return Err(format!(
+                    "SAMPLE_SHAPE={v:?}: expected standard, renamed or changed"
+                ));
+            }
+        };
         Ok(FaultKnobs {
+            shape,
             error_rate,
             latency: millis(get, "SAMPLE_LATENCY_MS")?.unwrap_or_default(),
             startup: millis(get, "SAMPLE_STARTUP_MS")?.unwrap_or_default(),
@@ -268,6 +297,7 @@ mod tests {
             ("SAMPLE_NEVER_READY", "1"),
             ("SAMPLE_CRASH_AFTER_MS", "5000"),
             ("SAMPLE_LEAK_MB_PER_S", "8"),
+            ("SAMPLE_SHAPE", "renamed"),
         ]))
         .unwrap();
         assert_eq!(
@@ -279,6 +309,7 @@ mod tests {
                 never_ready: true,
                 crash_after: Some(Duration::from_secs(5)),
                 leak_mb_per_s: 8,
+                shape: Shape::Renamed,
             }
         );
         // Empty means unset.

@@ -6,6 +6,11 @@
 //! - `GET /healthz` → 200 `ok`, or 503 when `never_ready`. No latency, no errors.
 //! - `POST /echo` → the request body (same latency and error rate as `/`).
 //! - `GET /slow?ms=N` → sleeps N ms, then 200. For drain tests; no faults.
+//! - `GET /items` → a small catalogue `{"items": [{"id", "name", "price"}...],
+//!   "currency", "version", "served_at"}`; `GET /items/N` → one item, with
+//!   `version` and `served_at`. Their shape follows the `shape` knob; `version`
+//!   and `served_at` differ between any two releases or answers, as real
+//!   services' versions and timestamps do.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -28,7 +33,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::options::{FaultKnobs, SampleOptions};
+use crate::options::{FaultKnobs, SampleOptions, Shape};
 
 /// Largest body `POST /echo` accepts.
 const MAX_ECHO_BYTES: usize = 16 * 1024 * 1024;
@@ -268,6 +273,60 @@ async fn faults(shared: &Shared) -> Option<Resp> {
     })
 }
 
+/// The catalogue of `/items`: id, name, price in cents.
+const ITEMS: &[(u64, &str, u64)] = &[(1, "tea", 450), (2, "coffee", 300), (3, "cocoa", 525)];
+
+/// One item as the `shape` knob says.
+fn item_json(
+    shape: Shape,
+    &(id, name, cents): &(u64, &str, u64),
+    single: bool,
+) -> serde_json::Value {
+    let cents = if shape == Shape::Changed && single && id == 2 {
+        cents + 50
+    } else {
+        cents
+    };
+    let price = serde_json::json!(cents as f64 / 100.0);
+    let key = if shape == Shape::Renamed {
+        "cost"
+    } else {
+        "price"
+    };
+    let mut item = serde_json::json!({ "id": id, "name": name });
+    item[key] = price;
+    item
+}
+
+fn served_at() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `GET /items` and `GET /items/N`; `None` for another path under `/items/`.
+fn items(shared: &Shared, path: &str) -> Option<Resp> {
+    let shape = shared.knobs.shape;
+    let body = match path.strip_prefix("/items") {
+        Some("" | "/") => serde_json::json!({
+            "items": ITEMS.iter().map(|i| item_json(shape, i, false)).collect::<Vec<_>>(),
+            "currency": "EUR",
+            "version": shared.version_text,
+            "served_at": served_at(),
+        }),
+        Some(rest) => {
+            let id: u64 = rest.strip_prefix('/')?.parse().ok()?;
+            let found = ITEMS.iter().find(|i| i.0 == id)?;
+            let mut one = item_json(shape, found, true);
+            one["version"] = serde_json::json!(shared.version_text);
+            one["served_at"] = serde_json::json!(served_at());
+            one
+        }
+        None => return None,
+    };
+    Some(json(shared, StatusCode::OK, &body))
+}
+
 fn slow_ms(query: Option<&str>) -> Result<u64, ()> {
     let value = query
         .unwrap_or("")
@@ -342,6 +401,13 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Inf
                 "ms must be a whole number of milliseconds\n",
             ),
         },
+        (path, &Method::GET | &Method::HEAD) if path == "/items" || path.starts_with("/items/") => {
+            match faults(&shared).await {
+                Some(err) => err,
+                None => items(&shared, path)
+                    .unwrap_or_else(|| text(&shared, StatusCode::NOT_FOUND, "no such item\n")),
+            }
+        }
         (path @ ("/" | "/healthz" | "/echo" | "/slow"), _) => {
             let allow = match path {
                 "/echo" => "POST",

@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::server::{ServerState, serve_listener_with_state};
-use crate::{FaultKnobs, SampleOptions};
+use crate::{FaultKnobs, SampleOptions, Shape};
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -323,4 +323,62 @@ async fn public_serve_binds_and_stops() {
         .expect("server stopped")
         .unwrap()
         .unwrap();
+}
+
+#[tokio::test]
+async fn items_follow_the_shape_knob() {
+    let standard = TestServer::start(FaultKnobs::default());
+    let mut c = Client::connect(standard.addr).await;
+    let list = c.get("/items").await;
+    assert_eq!(list.status, StatusCode::OK);
+    let v = list.json();
+    assert_eq!(
+        v["items"][0],
+        serde_json::json!({"id": 1, "name": "tea", "price": 4.5})
+    );
+    assert_eq!(v["currency"], "EUR");
+    assert_eq!(v["version"], "v-test");
+    assert!(v["served_at"].as_u64().unwrap() > 0);
+    assert_eq!(c.get("/items/2").await.json()["price"], 3.0);
+    assert_eq!(c.get("/items/9").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(c.get("/items/x").await.status, StatusCode::NOT_FOUND);
+
+    let renamed = TestServer::start(FaultKnobs {
+        shape: Shape::Renamed,
+        ..FaultKnobs::default()
+    });
+    let mut c = Client::connect(renamed.addr).await;
+    let v = c.get("/items").await.json();
+    assert_eq!(
+        v["items"][0],
+        serde_json::json!({"id": 1, "name": "tea", "cost": 4.5})
+    );
+
+    let changed = TestServer::start(FaultKnobs {
+        shape: Shape::Changed,
+        ..FaultKnobs::default()
+    });
+    let mut c = Client::connect(changed.addr).await;
+    assert_eq!(c.get("/items/2").await.json()["price"], 3.5);
+    assert_eq!(c.get("/items/1").await.json()["price"], 4.5);
+    assert_eq!(c.get("/items").await.json()["items"][1]["price"], 3.0);
+}
+
+#[test]
+fn shape_knob_is_read_from_the_environment() {
+    let get = |v: &'static str| move |name: &str| (name == "SAMPLE_SHAPE").then(|| v.to_owned());
+    assert_eq!(
+        FaultKnobs::from_lookup(&get("renamed")).unwrap().shape,
+        Shape::Renamed
+    );
+    assert_eq!(
+        FaultKnobs::from_lookup(&get("changed")).unwrap().shape,
+        Shape::Changed
+    );
+    assert_eq!(
+        FaultKnobs::from_lookup(&get("")).unwrap().shape,
+        Shape::Standard
+    );
+    let e = FaultKnobs::from_lookup(&get("round")).unwrap_err();
+    assert!(e.contains("SAMPLE_SHAPE=\"round\""), "{e}");
 }

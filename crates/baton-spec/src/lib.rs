@@ -11,6 +11,7 @@
 //! Schema from [`json_schema`] (checked in as `schema/baton-spec.schema.json`).
 
 mod error;
+mod jsonpath;
 mod locate;
 mod model;
 mod raw;
@@ -22,12 +23,14 @@ mod window;
 use std::path::Path;
 
 pub use error::SpecError;
+pub use jsonpath::JsonPath;
 pub use model::{
-    AnalysisSpec, AppSpec, Balance, BlueGreenSpec, CanarySpec, CanaryStep, ContainerDriverSpec,
-    ContainerNetwork, DriverSpec, HeaderMatch, HooksSpec, HostSpec, HostsSpec, IntOrPercent,
-    OnProgressDeadline, OnWindowEnd, PreflightCheck, ProcessDriverSpec, PullPolicy, ReadinessSpec,
-    RollingSpec, RouterPlacement, SmokeTest, Spread, StrategySpec, TimeOfDay, TrafficSpec,
-    UpgradeWindow, UpgradeWindows, WarmupSpec, Weekday,
+    AnalysisSpec, AppSpec, Balance, BlueGreenSpec, BodyCompare, BodyMode, CREDENTIAL_HEADERS,
+    CanarySpec, CanaryStep, ContainerDriverSpec, ContainerNetwork, DriverSpec, HeaderMatch,
+    HeadersCompare, HooksSpec, HostSpec, HostsSpec, IntOrPercent, MirrorCompare, MirrorRequests,
+    MirrorSpec, OnProgressDeadline, OnWindowEnd, PreflightCheck, ProcessDriverSpec, PullPolicy,
+    ReadinessSpec, RollingSpec, RouterPlacement, SmokeTest, Spread, StrategySpec, TimeOfDay,
+    TrafficSpec, UpgradeWindow, UpgradeWindows, WarmupSpec, Weekday,
 };
 pub use strategy::{StrategyKind, UnknownStrategy};
 pub use template::{

@@ -62,6 +62,22 @@ pub struct AppSpec {
     /// The machines the instances run on, over SSH; `None`: this machine.
     #[serde(default)]
     pub hosts: Option<HostsSpec>,
+    /// What mirror steps copy and compare (each step may override parts).
+    #[serde(default)]
+    pub mirror: MirrorSpec,
+}
+
+impl AppSpec {
+    /// The mirror settings of canary step `step`: its own when it overrides the
+    /// app's, else the app's.
+    pub fn mirror_settings<'a>(&'a self, step: &'a CanaryStep) -> &'a MirrorSpec {
+        match step {
+            CanaryStep::Mirror {
+                settings: Some(s), ..
+            } => s,
+            _ => &self.mirror,
+        }
+    }
 }
 
 /// The machines an app runs on, and how its instances and traffic spread over them.
@@ -384,7 +400,123 @@ pub enum CanaryStep {
         #[serde(with = "duration_text")]
         duration: Duration,
         max_mismatch_rate: f64,
+        /// This step's settings when it overrides any of the app's `mirror`
+        /// (merged with them); `None`: the app's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        settings: Option<Box<MirrorSpec>>,
     },
+}
+
+/// Headers that always carry credentials (lower case): never compared, stored,
+/// recorded or shown, whatever a spec says.
+pub const CREDENTIAL_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+];
+
+/// What a mirror step copies and compares (and `baton mirror replay` compares).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorSpec {
+    pub requests: MirrorRequests,
+    pub compare: MirrorCompare,
+    /// Credential headers besides the built-in ones (lower case).
+    pub redact_headers: Vec<String>,
+    /// Differing pairs each router keeps, 0..=1000.
+    pub samples: u32,
+}
+
+impl Default for MirrorSpec {
+    fn default() -> Self {
+        MirrorSpec {
+            requests: MirrorRequests::default(),
+            compare: MirrorCompare::default(),
+            redact_headers: Vec::new(),
+            samples: crate::validate::defaults::MIRROR_SAMPLES,
+        }
+    }
+}
+
+/// Which requests are mirrored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorRequests {
+    /// Upper-case method names.
+    pub methods: Vec<String>,
+    /// Path prefixes copied; empty: every path.
+    pub paths: Vec<String>,
+    /// Path prefixes never copied.
+    pub exclude_paths: Vec<String>,
+    /// Largest request body copied, and largest answer body compared.
+    pub max_body_bytes: u64,
+}
+
+impl Default for MirrorRequests {
+    fn default() -> Self {
+        MirrorRequests {
+            methods: vec!["GET".into(), "HEAD".into()],
+            paths: Vec::new(),
+            exclude_paths: Vec::new(),
+            max_body_bytes: crate::validate::defaults::MIRROR_MAX_BODY,
+        }
+    }
+}
+
+/// Which parts of two answers must agree.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorCompare {
+    pub status: bool,
+    pub headers: HeadersCompare,
+    pub body: BodyCompare,
+}
+
+impl Default for MirrorCompare {
+    fn default() -> Self {
+        MirrorCompare {
+            status: true,
+            headers: HeadersCompare::AllExcept(Vec::new()),
+            body: BodyCompare::default(),
+        }
+    }
+}
+
+/// Which headers are compared.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeadersCompare {
+    /// Every header but these (lower case), the built-in noisy ones and credentials.
+    AllExcept(Vec<String>),
+    /// Only these (lower case).
+    Only(Vec<String>),
+}
+
+/// How two bodies are compared.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BodyCompare {
+    pub mode: BodyMode,
+    /// JSON paths left out (valid [`crate::JsonPath`]s).
+    pub ignore: Vec<String>,
+    /// Regular expressions masked before a text comparison.
+    pub mask: Vec<String>,
+}
+
+/// How a body is read for comparison.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BodyMode {
+    /// As JSON values when both parse, else as text.
+    #[default]
+    Json,
+    /// As text, after masking.
+    Text,
+    /// Byte for byte.
+    Bytes,
+    /// Not compared.
+    None,
 }
 
 /// A request header rule: header `name` (an HTTP token, matched without regard

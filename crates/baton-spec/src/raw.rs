@@ -85,6 +85,101 @@ pub(crate) struct AppSpec {
     /// the machine baton runs on.
     #[serde(default)]
     pub hosts: Option<HostsSpec>,
+    /// What a canary `mirror` step copies to the new version and which parts of
+    /// the two answers must agree. Every field has a default; a `mirror` step can
+    /// override `requests` and `compare` for itself. The same settings judge
+    /// `baton mirror replay`.
+    #[serde(default)]
+    pub mirror: Option<MirrorSpec>,
+}
+
+/// Mirroring settings of an app.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MirrorSpec {
+    /// Which requests are copied. Default: every `GET` and `HEAD` with a body of
+    /// at most 64KiB.
+    #[serde(default)]
+    pub requests: Option<MirrorRequestsSpec>,
+    /// Which parts of the answers are compared. Default: the status, every header
+    /// but those that differ between any two answers (`Date`, `Server`, hop-by-hop
+    /// and tracing headers), and the body as JSON.
+    #[serde(default)]
+    pub compare: Option<MirrorCompareSpec>,
+    /// Headers that carry credentials, besides `Authorization`,
+    /// `Proxy-Authorization`, `Cookie` and `Set-Cookie` (always): never compared,
+    /// stored, recorded or shown.
+    #[serde(default)]
+    pub redact_headers: Option<Vec<String>>,
+    /// Differing pairs each router keeps for `baton diff`, 0 to 1000. Default 20.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 1000))]
+    pub samples: Option<u32>,
+}
+
+/// Which requests are mirrored.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MirrorRequestsSpec {
+    /// Methods copied. Default `[GET, HEAD]`: a copy of a request that changes
+    /// something would change it twice.
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+    /// Path prefixes copied, each starting with '/'. Default: every path.
+    #[serde(default)]
+    pub paths: Option<Vec<String>>,
+    /// Path prefixes never copied, such as `/healthz`.
+    #[serde(default)]
+    pub exclude_paths: Option<Vec<String>>,
+    /// Requests with a larger body are not copied, and answers are compared up to
+    /// this size. Default `64KiB`.
+    #[serde(default)]
+    pub max_body: Option<String>,
+}
+
+/// Which parts of the two answers must agree.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MirrorCompareSpec {
+    /// Whether the status codes must agree. Default `true`.
+    #[serde(default)]
+    pub status: Option<bool>,
+    /// Which headers must agree.
+    #[serde(default)]
+    pub headers: Option<MirrorHeadersSpec>,
+    /// How the bodies are compared.
+    #[serde(default)]
+    pub body: Option<MirrorBodySpec>,
+}
+
+/// Which headers are compared: `only` these, or every one but `ignore` (and the
+/// built-in noisy ones).
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MirrorHeadersSpec {
+    /// Compare just these headers.
+    #[serde(default)]
+    pub only: Option<Vec<String>>,
+    /// Leave these out too, such as a header naming the version that answered.
+    #[serde(default)]
+    pub ignore: Option<Vec<String>>,
+}
+
+/// How the bodies are compared.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MirrorBodySpec {
+    /// `json` (the default: as JSON values when both parse, else as text), `text`
+    /// (line by line, after masking), `bytes` or `none`.
+    #[serde(default, rename = "as")]
+    pub as_: Option<String>,
+    /// JSON paths left out, such as `$.timestamp` or `$.items[*].id`.
+    #[serde(default)]
+    pub ignore: Option<Vec<String>>,
+    /// Regular expressions whose matches are masked before bodies are compared as
+    /// text, such as `'\d{4}-\d\d-\d\dT[0-9:.]+Z'` for timestamps.
+    #[serde(default)]
+    pub mask: Option<Vec<String>>,
 }
 
 /// The machines an app runs on, and how its instances and traffic spread over them.
@@ -416,7 +511,7 @@ pub(crate) enum CanaryStep {
     /// Copy a share of user requests to the new version (its answers are compared,
     /// never returned) for this long; too many mismatches fail the step:
     /// `mirror: { percent: 100, duration: 30s, max_mismatch_rate: 0.01 }`.
-    Mirror(MirrorStep),
+    Mirror(Box<MirrorStep>),
 }
 
 /// A canary pause.
@@ -487,6 +582,13 @@ pub(crate) struct MirrorStep {
     #[serde(default)]
     #[schemars(range(min = 0, max = 1))]
     pub max_mismatch_rate: Option<f64>,
+    /// Which requests this step copies, instead of the top-level `mirror.requests`.
+    #[serde(default)]
+    pub requests: Option<MirrorRequestsSpec>,
+    /// What this step compares: each of `status`, `headers` and `body` given here
+    /// replaces the top-level `mirror.compare`'s.
+    #[serde(default)]
+    pub compare: Option<MirrorCompareSpec>,
 }
 
 /// A request header rule: the header `name` with exactly the value `equals`.

@@ -736,7 +736,8 @@ fn canary_parses_with_values_and_defaults() {
             CanaryStep::Mirror {
                 percent: 50,
                 duration: Duration::from_secs(20),
-                max_mismatch_rate: 0.02
+                max_mismatch_rate: 0.02,
+                settings: None
             },
             CanaryStep::SetWeight(50),
             CanaryStep::Approval,
@@ -795,7 +796,8 @@ fn canary_and_analysis_defaults() {
             CanaryStep::Mirror {
                 percent: 100,
                 duration: Duration::from_secs(60),
-                max_mismatch_rate: 0.01
+                max_mismatch_rate: 0.01,
+                settings: None
             },
         ]
     );
@@ -1337,7 +1339,13 @@ fn canary_and_blue_green_specs_round_trip_through_json() {
         percent: 3,
         duration: Duration::from_nanos(1),
         max_mismatch_rate: 0.1 + 0.2,
+        settings: Some(Box::new(MirrorSpec {
+            samples: 7,
+            ..MirrorSpec::default()
+        })),
     });
+    spec.mirror.compare.body.ignore = vec!["$.a".into()];
+    spec.mirror.compare.headers = HeadersCompare::Only(vec!["etag".into()]);
     c.min_ready = Duration::new(0, 999_999_999);
     let a = spec.analysis.as_mut().unwrap();
     a.max_error_rate = Some(1.0 / 3.0);
@@ -2466,4 +2474,143 @@ fn containers_run_on_hosts_each_on_its_own_engine() {
     let spec = parse_spec("t.yaml", &containers).expect("valid");
     assert!(matches!(spec.driver, DriverSpec::Container(ref c) if c.endpoint.is_none()));
     assert_eq!(spec.hosts.expect("hosts").hosts.len(), 3);
+}
+
+const MIRRORED: &str = r#"name: a
+listen: 127.0.0.1:80
+driver: { process: { command: [app] } }
+mirror:
+  requests: { methods: [GET], paths: [/api/], exclude_paths: [/api/admin], max_body: 1KiB }
+  compare:
+    headers: { ignore: [X-Version] }
+    body: { ignore: ['$.version', '$.items[*].id'] }
+  redact_headers: [X-Api-Key]
+  samples: 5
+strategy: { canary: { steps: [
+  { mirror: { percent: 100, duration: 10s } },
+  { mirror: { percent: 50, duration: 10s, compare: { body: { as: text, mask: ['pid \d+'] } } } },
+  { mirror: { percent: 50, duration: 10s, requests: { methods: [GET, POST] } } } ] } }
+"#;
+
+#[test]
+fn mirror_settings_and_step_overrides() {
+    let spec = parse_spec("t.yaml", MIRRORED).unwrap();
+    let m = &spec.mirror;
+    assert_eq!(m.requests.methods, vec!["GET"]);
+    assert_eq!(m.requests.paths, vec!["/api/"]);
+    assert_eq!(m.requests.exclude_paths, vec!["/api/admin"]);
+    assert_eq!(m.requests.max_body_bytes, 1024);
+    assert!(m.compare.status);
+    assert_eq!(
+        m.compare.headers,
+        HeadersCompare::AllExcept(vec!["x-version".into()])
+    );
+    assert_eq!(m.compare.body.mode, BodyMode::Json);
+    assert_eq!(m.compare.body.ignore, vec!["$.version", "$.items[*].id"]);
+    assert_eq!(m.redact_headers, vec!["x-api-key"]);
+    assert_eq!(m.samples, 5);
+    let StrategySpec::Canary(c) = &spec.strategy else {
+        panic!("not canary")
+    };
+    // No override: the app's settings.
+    assert_eq!(spec.mirror_settings(&c.steps[0]), m);
+    // A body override replaces the body only; the rest is the app's.
+    let s1 = spec.mirror_settings(&c.steps[1]);
+    assert_eq!(s1.compare.body.mode, BodyMode::Text);
+    assert_eq!(s1.compare.body.mask, vec![r"pid \d+"]);
+    assert!(s1.compare.body.ignore.is_empty());
+    assert_eq!(s1.compare.headers, m.compare.headers);
+    assert_eq!(s1.requests, m.requests);
+    assert_eq!(s1.redact_headers, m.redact_headers);
+    // A requests override replaces the requests.
+    let s2 = spec.mirror_settings(&c.steps[2]);
+    assert_eq!(s2.requests.methods, vec!["GET", "POST"]);
+    assert_eq!(s2.requests.max_body_bytes, 64 * 1024);
+    assert_eq!(s2.compare, m.compare);
+    // Defaults without a section.
+    let plain = parse_spec(
+        "t.yaml",
+        "name: a\nlisten: 127.0.0.1:80\ndriver: { process: { command: [app] } }\n",
+    )
+    .unwrap();
+    assert_eq!(plain.mirror, MirrorSpec::default());
+    assert_eq!(plain.mirror.requests.methods, vec!["GET", "HEAD"]);
+}
+
+#[test]
+fn bad_mirror_settings_name_the_field() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "mirror: { compare: { body: { ignore: ['items'] } } }",
+            "mirror.compare.body.ignore[0]",
+            "must start with '$'",
+        ),
+        (
+            "mirror: { compare: { body: { mask: ['('] } } }",
+            "mirror.compare.body.mask[0]",
+            "not a valid regular expression",
+        ),
+        (
+            "mirror: { compare: { body: { as: xml } } }",
+            "mirror.compare.body.as",
+            "unknown body comparison `xml`",
+        ),
+        (
+            "mirror: { compare: { body: { as: text, ignore: ['$.a'] } } }",
+            "mirror.compare.body.ignore",
+            "only apply to `as: json`",
+        ),
+        (
+            "mirror: { compare: { headers: { only: [a], ignore: [b] } } }",
+            "mirror.compare.headers",
+            "not both",
+        ),
+        (
+            "mirror: { compare: { headers: { only: [Cookie] } } }",
+            "mirror.compare.headers.only[0]",
+            "carries credentials",
+        ),
+        (
+            "mirror: { requests: { methods: [get] } }",
+            "mirror.requests.methods[0]",
+            "in capitals",
+        ),
+        (
+            "mirror: { requests: { paths: [api] } }",
+            "mirror.requests.paths[0]",
+            "does not start with '/'",
+        ),
+        (
+            "mirror: { requests: { max_body: 1PiB } }",
+            "mirror.requests.max_body",
+            "16MiB",
+        ),
+        (
+            "mirror: { redact_headers: ['x y'] }",
+            "mirror.redact_headers[0]",
+            "not a valid HTTP header name",
+        ),
+        (
+            "mirror: { samples: 5000 }",
+            "mirror.samples",
+            "out of range",
+        ),
+        (
+            "strategy: { canary: { steps: [{ mirror: { percent: 5, duration: 1s, compare: { body: { ignore: ['x'] } } } }] } }",
+            "strategy.canary.steps[0].mirror.compare.body.ignore[0]",
+            "must start with '$'",
+        ),
+    ];
+    for (extra, field, message) in cases {
+        let yaml = format!(
+            "name: a\nlisten: 127.0.0.1:80\ndriver: {{ process: {{ command: [app] }} }}\n{extra}\n"
+        );
+        let e = parse_spec("t.yaml", &yaml).unwrap_err();
+        assert_eq!(e.field, *field, "{extra}: {e}");
+        assert!(e.message.contains(message), "{extra}: {e}");
+        assert!(
+            !e.hint.is_empty() && !e.hint.starts_with("see examples"),
+            "{extra}: no hint: {e}"
+        );
+    }
 }

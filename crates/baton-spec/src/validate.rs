@@ -9,11 +9,12 @@ use std::time::Duration;
 use crate::error::SpecError;
 use crate::locate::{Pos, SourceMap, join};
 use crate::model::{
-    AnalysisSpec, AppSpec, Balance, BlueGreenSpec, CanarySpec, CanaryStep, ContainerDriverSpec,
-    ContainerNetwork, DriverSpec, HeaderMatch, HooksSpec, HostSpec, HostsSpec, IntOrPercent,
-    OnProgressDeadline, OnWindowEnd, PreflightCheck, ProcessDriverSpec, PullPolicy, ReadinessSpec,
-    RollingSpec, RouterPlacement, SmokeTest, Spread, StrategySpec, TimeOfDay, TrafficSpec,
-    UpgradeWindow, UpgradeWindows, WarmupSpec, Weekday,
+    AnalysisSpec, AppSpec, Balance, BlueGreenSpec, BodyCompare, BodyMode, CREDENTIAL_HEADERS,
+    CanarySpec, CanaryStep, ContainerDriverSpec, ContainerNetwork, DriverSpec, HeaderMatch,
+    HeadersCompare, HooksSpec, HostSpec, HostsSpec, IntOrPercent, MirrorCompare, MirrorRequests,
+    MirrorSpec, OnProgressDeadline, OnWindowEnd, PreflightCheck, ProcessDriverSpec, PullPolicy,
+    ReadinessSpec, RollingSpec, RouterPlacement, SmokeTest, Spread, StrategySpec, TimeOfDay,
+    TrafficSpec, UpgradeWindow, UpgradeWindows, WarmupSpec, Weekday,
 };
 use crate::raw;
 use crate::template::{
@@ -43,6 +44,8 @@ pub(crate) mod defaults {
     pub(crate) const PROGRESS_DEADLINE: Duration = Duration::from_secs(600);
     pub(crate) const MAX_RESTARTS: u32 = 3;
     pub(crate) const MAX_MISMATCH_RATE: f64 = 0.01;
+    pub(crate) const MIRROR_SAMPLES: u32 = 20;
+    pub(crate) const MIRROR_MAX_BODY: u64 = 64 * 1024;
     pub(crate) const PREVIEW_HEADER_NAME: &str = "X-Baton-Preview";
     pub(crate) const PREVIEW_HEADER_VALUE: &str = "1";
     pub(crate) const SCALE_DOWN_DELAY: Duration = Duration::from_secs(30);
@@ -103,6 +106,11 @@ pub(crate) fn field_hint(path: &str) -> String {
         "driver.container.env.*"
     } else if base.starts_with("driver.container.labels.") {
         "driver.container.labels"
+    } else if let Some(rest) = base.strip_prefix("strategy.canary.steps.mirror.")
+        && (rest.starts_with("requests") || rest.starts_with("compare"))
+    {
+        // A step's overrides take the same values as the top-level section.
+        &base["strategy.canary.steps.".len()..]
     } else {
         base.as_str()
     };
@@ -314,6 +322,35 @@ pub(crate) fn field_hint(path: &str) -> String {
              e.g. `max_cpu_per_request_ratio: 1.5`"
         }
         "analysis.min_requests" => "give a whole number, e.g. `min_requests: 50`",
+        "mirror.requests.methods" => {
+            "give HTTP methods in capitals, e.g. `methods: [GET, HEAD]` (only methods that \
+             change nothing are safe to send twice)"
+        }
+        "mirror.requests.paths" | "mirror.requests.exclude_paths" => {
+            "give path prefixes starting with '/', e.g. `exclude_paths: [/healthz, /admin/]`"
+        }
+        "mirror.requests.max_body" => "give a size with its unit, e.g. `max_body: 64KiB`",
+        "mirror.compare.headers"
+        | "mirror.compare.headers.only"
+        | "mirror.compare.headers.ignore" => {
+            "give header names, e.g. `headers: { ignore: [x-version] }` to compare every header \
+             but those, or `headers: { only: [content-type] }` to compare just those"
+        }
+        "mirror.redact_headers" => {
+            "give the names of headers that carry secrets, e.g. `redact_headers: [x-api-key]`"
+        }
+        "mirror.compare.body.as" => {
+            "write `as: json` (JSON values, paths in `ignore` left out), `as: text` (line by \
+             line, `mask` patterns masked), `as: bytes` or `as: none`"
+        }
+        "mirror.compare.body.ignore" => {
+            "give JSON paths starting with `$`, e.g. `ignore: [$.timestamp, $.items[*].id]`, \
+             with `as: json` (the default)"
+        }
+        "mirror.compare.body.mask" => {
+            "give regular expressions, e.g. `mask: ['\\d{4}-\\d\\d-\\d\\dT[0-9:.]+Z']`"
+        }
+        "mirror.samples" => "give a whole number from 0 to 1000, e.g. `samples: 20`",
         "analysis.failure_limit" => {
             "give a whole number, at least 1, e.g. `failure_limit: 2` (failing measurements in a row)"
         }
@@ -985,13 +1022,14 @@ pub(crate) fn validate(
     };
     let readiness = readiness(&mut c, spec.readiness.unwrap_or_default());
     let has_analysis = spec.analysis.is_some();
+    let mirror = mirror_settings(&mut c, "mirror", spec.mirror.unwrap_or_default());
     let strategy = match spec
         .strategy
         .unwrap_or(raw::StrategySpec::Rolling(raw::RollingSpec::default()))
     {
         raw::StrategySpec::Rolling(r) => StrategySpec::Rolling(rolling(&mut c, r, instances)),
         raw::StrategySpec::Canary(r) => {
-            StrategySpec::Canary(canary(&mut c, r, instances, has_analysis))
+            StrategySpec::Canary(canary(&mut c, r, instances, has_analysis, &mirror))
         }
         raw::StrategySpec::BlueGreen(r) => {
             let listen = c
@@ -1043,6 +1081,7 @@ pub(crate) fn validate(
             on_progress_deadline,
             traffic,
             hosts,
+            mirror,
         })
     } else {
         Err(c.errors)
@@ -1454,6 +1493,7 @@ fn canary(
     r: raw::CanarySpec,
     instances: u32,
     has_analysis: bool,
+    mirror: &MirrorSpec,
 ) -> CanarySpec {
     const BASE: &str = "strategy.canary";
     let steps_path = join(BASE, "steps");
@@ -1469,7 +1509,7 @@ fn canary(
         Some(raw_steps) => {
             for (i, step) in raw_steps.into_iter().enumerate() {
                 let path = format!("{steps_path}[{i}]");
-                if let Some(step) = canary_step(c, &path, step, instances, has_analysis) {
+                if let Some(step) = canary_step(c, &path, step, instances, has_analysis, mirror) {
                     steps.push(step);
                 }
             }
@@ -1506,6 +1546,7 @@ fn canary_step(
     step: raw::CanaryStep,
     instances: u32,
     has_analysis: bool,
+    app_mirror: &MirrorSpec,
 ) -> Option<CanaryStep> {
     match step {
         raw::CanaryStep::SetWeight(weight) => {
@@ -1597,13 +1638,228 @@ fn canary_step(
             let max_mismatch_rate = c
                 .fraction(&join(&base, "max_mismatch_rate"), m.max_mismatch_rate)
                 .unwrap_or(defaults::MAX_MISMATCH_RATE);
+            let overrides = m.requests.is_some() || m.compare.is_some();
+            let requests = m
+                .requests
+                .map(|r| mirror_requests(c, &join(&base, "requests"), r))
+                .unwrap_or_else(|| app_mirror.requests.clone());
+            let compare = m.compare.map_or_else(
+                || app_mirror.compare.clone(),
+                |r| {
+                    mirror_compare(
+                        c,
+                        &join(&base, "compare"),
+                        r,
+                        &app_mirror.compare,
+                        &app_mirror.redact_headers,
+                    )
+                },
+            );
+            let settings = overrides.then(|| {
+                Box::new(MirrorSpec {
+                    requests,
+                    compare,
+                    ..app_mirror.clone()
+                })
+            });
             (c.errors.len() == before).then_some(CanaryStep::Mirror {
                 percent,
                 duration,
                 max_mismatch_rate,
+                settings,
             })
         }
     }
+}
+
+/// The `mirror:` section at `base`.
+fn mirror_settings(c: &mut Checker<'_>, base: &str, m: raw::MirrorSpec) -> MirrorSpec {
+    let redact_headers = header_names(c, &join(base, "redact_headers"), m.redact_headers);
+    let samples = m.samples.unwrap_or(defaults::MIRROR_SAMPLES);
+    if samples > 1000 {
+        let at = join(base, "samples");
+        c.fail(
+            &at,
+            format!("{samples} is out of range 0..=1000"),
+            field_hint(&at),
+        );
+    }
+    let requests = m
+        .requests
+        .map(|r| mirror_requests(c, &join(base, "requests"), r))
+        .unwrap_or_default();
+    let compare = m.compare.map_or_else(MirrorCompare::default, |r| {
+        mirror_compare(
+            c,
+            &join(base, "compare"),
+            r,
+            &MirrorCompare::default(),
+            &redact_headers,
+        )
+    });
+    MirrorSpec {
+        requests,
+        compare,
+        redact_headers,
+        samples,
+    }
+}
+
+/// Header names at `path` (a list), lower-cased.
+fn header_names(c: &mut Checker<'_>, path: &str, names: Option<Vec<String>>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, name) in names.unwrap_or_default().into_iter().enumerate() {
+        if is_header_token(&name) {
+            out.push(name.to_ascii_lowercase());
+        } else {
+            let at = format!("{path}[{i}]");
+            c.fail(
+                &at,
+                format!("`{name}` is not a valid HTTP header name"),
+                field_hint(path),
+            );
+        }
+    }
+    out
+}
+
+/// `requests:` of a mirror section at `base`.
+fn mirror_requests(c: &mut Checker<'_>, base: &str, r: raw::MirrorRequestsSpec) -> MirrorRequests {
+    let mut out = MirrorRequests::default();
+    if let Some(methods) = r.methods {
+        let path = join(base, "methods");
+        if methods.is_empty() {
+            c.fail(&path, "at least one method is needed", field_hint(&path));
+        }
+        for (i, m) in methods.iter().enumerate() {
+            if !is_header_token(m) || m.bytes().any(|b| b.is_ascii_lowercase()) {
+                c.fail(
+                    &format!("{path}[{i}]"),
+                    format!("`{m}` is not an HTTP method in capitals"),
+                    field_hint(&path),
+                );
+            }
+        }
+        out.methods = methods;
+    }
+    for (field, list, target) in [
+        ("paths", r.paths, &mut out.paths),
+        ("exclude_paths", r.exclude_paths, &mut out.exclude_paths),
+    ] {
+        let path = join(base, field);
+        for (i, p) in list.unwrap_or_default().into_iter().enumerate() {
+            c.request_path(&format!("{path}[{i}]"), &p);
+            target.push(p);
+        }
+    }
+    if let Some(text) = r.max_body {
+        let path = join(base, "max_body");
+        if let Some(n) = c.size(&path, &text, 1, "is too small: give at least 1B") {
+            if n > 16 << 20 {
+                c.fail(
+                    &path,
+                    format!("`{text}` is over the 16MiB limit"),
+                    field_hint(&path),
+                );
+            }
+            out.max_body_bytes = n;
+        }
+    }
+    out
+}
+
+/// `compare:` at `base`; each part given replaces `inherit`'s.
+fn mirror_compare(
+    c: &mut Checker<'_>,
+    base: &str,
+    r: raw::MirrorCompareSpec,
+    inherit: &MirrorCompare,
+    redact: &[String],
+) -> MirrorCompare {
+    let mut out = inherit.clone();
+    if let Some(status) = r.status {
+        out.status = status;
+    }
+    if let Some(h) = r.headers {
+        let path = join(base, "headers");
+        let only_path = join(&path, "only");
+        let only = header_names(c, &only_path, h.only.clone());
+        let ignore = header_names(c, &join(&path, "ignore"), h.ignore.clone());
+        out.headers = match (h.only, h.ignore) {
+            (Some(_), Some(_)) => {
+                c.fail(
+                    &path,
+                    "give either `only` (compare just those headers) or `ignore` (compare \
+                     every header but those), not both",
+                    field_hint(&path),
+                );
+                HeadersCompare::AllExcept(ignore)
+            }
+            (Some(_), None) => {
+                for (i, name) in only.iter().enumerate() {
+                    if CREDENTIAL_HEADERS.contains(&name.as_str()) || redact.contains(name) {
+                        c.fail(
+                            &format!("{only_path}[{i}]"),
+                            format!(
+                                "`{name}` carries credentials, which are never compared or stored"
+                            ),
+                            field_hint(&only_path),
+                        );
+                    }
+                }
+                HeadersCompare::Only(only)
+            }
+            _ => HeadersCompare::AllExcept(ignore),
+        };
+    }
+    if let Some(b) = r.body {
+        let path = join(base, "body");
+        let mut body = BodyCompare::default();
+        if let Some(mode) = b.as_ {
+            body.mode = match mode.as_str() {
+                "json" => BodyMode::Json,
+                "text" => BodyMode::Text,
+                "bytes" => BodyMode::Bytes,
+                "none" => BodyMode::None,
+                other => {
+                    let at = join(&path, "as");
+                    c.fail(
+                        &at,
+                        format!("unknown body comparison `{other}`"),
+                        field_hint(&at),
+                    );
+                    BodyMode::Json
+                }
+            };
+        }
+        let ignore_path = join(&path, "ignore");
+        for (i, p) in b.ignore.unwrap_or_default().into_iter().enumerate() {
+            if let Err(e) = crate::JsonPath::parse(&p) {
+                c.fail(&format!("{ignore_path}[{i}]"), e, field_hint(&ignore_path));
+            }
+            body.ignore.push(p);
+        }
+        let mask_path = join(&path, "mask");
+        for (i, m) in b.mask.unwrap_or_default().into_iter().enumerate() {
+            if let Err(e) = regex::RegexBuilder::new(&m).size_limit(1 << 20).build() {
+                c.fail(
+                    &format!("{mask_path}[{i}]"),
+                    format!("`{m}` is not a valid regular expression: {e}"),
+                    field_hint(&mask_path),
+                );
+            }
+            body.mask.push(m);
+        }
+        if !body.ignore.is_empty() && body.mode != BodyMode::Json {
+            c.fail(
+                &ignore_path,
+                "JSON paths only apply to `as: json`",
+                field_hint(&ignore_path),
+            );
+        }
+        out.body = body;
+    }
+    out
 }
 
 fn blue_green(

@@ -35,6 +35,12 @@ pub fn router(cp: Arc<ControlPlane>) -> Router {
         .route("/v1/apps/{app}/history", get(history))
         .route("/v1/apps/{app}/events", get(events))
         .route("/v1/apps/{app}/delete", post(delete_app))
+        .route("/v1/apps/{app}/mirror", get(mirror_diff))
+        .route(
+            "/v1/apps/{app}/mirror/record",
+            post(record_start).get(record_read).delete(record_stop),
+        )
+        .route("/v1/apps/{app}/mirror/replay", post(replay))
         .route("/v1/hosts", get(hosts))
         .route("/v1/down", post(down))
         .route("/metrics", get(metrics))
@@ -787,6 +793,110 @@ fn resource_metrics(
     out
 }
 
+/// `baton diff`: the mirror comparisons of the app's routers, merged.
+async fn mirror_diff(
+    State(cp): Cp,
+    Path(app): Path<String>,
+) -> Result<Json<baton_router::AppMirrorReport>, ApiError> {
+    let h = handle(&cp, &app).await?;
+    let spec = h.status.borrow().spec.clone();
+    let report = cp.shared.mirror_of(&spec).await.map_err(|e| {
+        ApiError(
+            StatusCode::BAD_GATEWAY,
+            format!("cannot ask the router: {e}"),
+        )
+    })?;
+    Ok(Json(report.unwrap_or(baton_router::AppMirrorReport {
+        app,
+        version: None,
+        dropped: 0,
+        abandoned: 0,
+        report: Default::default(),
+    })))
+}
+
+/// The routers serving `app`'s users, asked the same recording question each.
+async fn recording(
+    cp: &ControlPlane,
+    app: &str,
+    start: Option<crate::replay::RecordRequest>,
+    stop: bool,
+) -> Result<Json<baton_router::record::RecordingReport>, ApiError> {
+    let h = handle(cp, app).await?;
+    let view = h.status.borrow().clone();
+    let spec = match &start {
+        Some(r) if r.requests == 0 || r.requests > baton_router::record::MAX_RECORDED => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "requests: {} is out of range 1..={}",
+                    r.requests,
+                    baton_router::record::MAX_RECORDED
+                ),
+            ));
+        }
+        Some(r) => Some(crate::replay::record_spec(&view, r.requests)),
+        None => None,
+    };
+    let links = cp.shared.routers_of(&view.spec);
+    if links.is_empty() {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("no router of {app} is reachable now; see `baton hosts`"),
+        ));
+    }
+    let answers =
+        futures_util::future::join_all(links.iter().map(|l| l.record(app, spec.as_ref(), stop)))
+            .await;
+    let mut reports = Vec::new();
+    for a in answers {
+        reports.push(a.map_err(|e| {
+            ApiError(
+                StatusCode::BAD_GATEWAY,
+                format!("cannot ask the router: {e}"),
+            )
+        })?);
+    }
+    Ok(Json(crate::replay::merge_recordings(reports)))
+}
+
+async fn record_start(
+    State(cp): Cp,
+    Path(app): Path<String>,
+    Json(body): Json<crate::replay::RecordRequest>,
+) -> Result<Json<baton_router::record::RecordingReport>, ApiError> {
+    recording(&cp, &app, Some(body), false).await
+}
+
+async fn record_read(
+    State(cp): Cp,
+    Path(app): Path<String>,
+) -> Result<Json<baton_router::record::RecordingReport>, ApiError> {
+    recording(&cp, &app, None, false).await
+}
+
+async fn record_stop(
+    State(cp): Cp,
+    Path(app): Path<String>,
+) -> Result<Json<baton_router::record::RecordingReport>, ApiError> {
+    recording(&cp, &app, None, true).await
+}
+
+/// `baton mirror replay`: recorded requests against a preview of a version.
+async fn replay(
+    State(cp): Cp,
+    Path(app): Path<String>,
+    Json(body): Json<crate::replay::ReplayRequest>,
+) -> Result<Json<crate::replay::ReplayReport>, ApiError> {
+    let h = handle(&cp, &app).await?;
+    let view = h.status.borrow().clone();
+    match crate::replay::replay(&cp.shared, &view, body).await {
+        Ok(r) => Ok(Json(r)),
+        Err(crate::replay::ReplayError::BadRequest(m)) => Err(ApiError(StatusCode::BAD_REQUEST, m)),
+        Err(crate::replay::ReplayError::Failed(e)) => Err(e.into()),
+    }
+}
+
 async fn app_status(State(cp): Cp, Path(app): Path<String>) -> Result<Json<AppStatus>, ApiError> {
     let h = handle(&cp, &app).await?;
     let v = h.status.borrow().clone();
@@ -914,6 +1024,10 @@ pub struct AppStatus {
     /// The newest analysis measurement of the rollout in flight.
     #[serde(default)]
     pub last_check: Option<crate::controller::LastCheck>,
+    /// The comparisons of the rollout's newest mirror step (`baton diff` has the
+    /// differing pairs).
+    #[serde(default)]
+    pub mirror: Option<crate::controller::MirrorSummary>,
     /// Seconds of traffic `traffic[].actual` covers (when the router answered).
     #[serde(default)]
     pub traffic_window_s: Option<u64>,
@@ -1133,6 +1247,7 @@ impl AppStatus {
                     .count() as u32,
             }),
             last_check: None,
+            mirror: None,
             traffic_window_s: None,
             hosts_switch: None,
         }
@@ -1154,6 +1269,12 @@ impl AppStatus {
                 i.memory_limit_bytes = r.memory_limit_bytes;
             }
         }
+        let mirror = handle.mirror.borrow().clone();
+        self.mirror = mirror.filter(|m| {
+            self.rollout
+                .as_ref()
+                .is_some_and(|r| r.history_id == m.history_id)
+        });
         let check = handle.last_check.borrow().clone();
         self.last_check = check.filter(|c| {
             self.rollout

@@ -3,6 +3,7 @@
 //! 3 the control plane could not be reached.
 
 use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -254,6 +255,22 @@ enum Cmd {
         #[command(flatten)]
         server: Server,
     },
+    /// The answers of a mirror step that differed: per path, how many and
+    /// what (JSON paths, headers, status, with both values).
+    Diff {
+        /// The app, as named in its spec.
+        app: String,
+        /// Print JSON (every kept pair in full).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Record real requests, and replay them against a preview of a new version.
+    Mirror {
+        #[command(subcommand)]
+        action: MirrorAction,
+    },
     /// Event log of an app.
     Events {
         /// The app, as named in its spec.
@@ -363,6 +380,56 @@ enum HostsAction {
     },
 }
 
+/// `baton mirror ...`.
+#[derive(Subcommand, Debug)]
+enum MirrorAction {
+    /// Keep a slice of an app's real requests (credential headers left out) in
+    /// a file, one JSON request per line, for `baton mirror replay`.
+    Record {
+        /// The app, as named in its spec.
+        app: String,
+        /// Where to write the requests.
+        #[arg(long, value_name = "FILE")]
+        to: PathBuf,
+        /// Stop after this many requests.
+        #[arg(long, default_value_t = 1000)]
+        requests: usize,
+        /// Stop after this long, whatever was caught.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Send recorded requests to a preview of VERSION (it takes no user
+    /// traffic) and to the stable version, and compare the answers as a mirror
+    /// step would; exit 1 when more differ than --max-mismatch-rate.
+    Replay {
+        /// A file written by `baton mirror record`.
+        file: PathBuf,
+        /// The app whose stable version answers, and whose spec starts the preview.
+        #[arg(long, value_name = "APP")]
+        against: String,
+        /// The version to preview.
+        version: String,
+        /// Highest share (0 to 1) of differing answers that still passes.
+        #[arg(long, default_value_t = 0.0)]
+        max_mismatch_rate: f64,
+        /// Print JSON (every kept pair in full).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: Server,
+    },
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{e}; write a duration such as 30s, 2m or 1h"))
+}
+
 /// Outcome of a command, mapped to the exit code.
 enum Exit {
     Ok,
@@ -426,6 +493,10 @@ impl Cmd {
                 ..
             } => Some((server, None)),
             Cmd::Status { server, .. }
+            | Cmd::Diff { server, .. }
+            | Cmd::Mirror {
+                action: MirrorAction::Record { server, .. } | MirrorAction::Replay { server, .. },
+            }
             | Cmd::History { server, .. }
             | Cmd::Plan { server, .. }
             | Cmd::Events { server, .. } => Some((server, None)),
@@ -725,6 +796,29 @@ async fn run(cli: Cli) -> Exit {
         Cmd::Status { app, json, .. } => status(&api, app, json).await,
         Cmd::History { app, json, .. } => history(&api, &app, json).await,
         Cmd::Events { app, json, .. } => events(&api, &app, json).await,
+        Cmd::Diff { app, json, .. } => diff(&api, &app, json).await,
+        Cmd::Mirror {
+            action:
+                MirrorAction::Record {
+                    app,
+                    to,
+                    requests,
+                    duration,
+                    json,
+                    ..
+                },
+        } => record(&api, &app, &to, requests, duration, json).await,
+        Cmd::Mirror {
+            action:
+                MirrorAction::Replay {
+                    file,
+                    against,
+                    version,
+                    max_mismatch_rate,
+                    json,
+                    ..
+                },
+        } => replay(&api, &file, &against, &version, max_mismatch_rate, json).await,
         Cmd::Plan {
             app,
             version,
@@ -1119,6 +1213,20 @@ async fn status(api: &ApiClient, app: Option<String>, as_json: bool) -> Exit {
         if let Some(step) = &s.step {
             println!("  {}", step.text);
         }
+        if let Some(m) = &s.mirror {
+            println!(
+                "  mirror step {} ({} vs {}){}: {} — `baton diff {}` shows the differing pairs",
+                m.step,
+                m.version,
+                m.from.as_deref().unwrap_or("stable"),
+                if m.running { "" } else { ", ended" },
+                m.counts_text(),
+                s.app
+            );
+            for line in m.path_lines() {
+                println!("    {line}");
+            }
+        }
         if let Some(p) = &s.preview {
             match &p.listen {
                 Some(listen) => println!(
@@ -1397,6 +1505,291 @@ async fn events(api: &ApiClient, app: &str, as_json: bool) -> Exit {
             e["kind"].as_str().unwrap_or(""),
             e["message"].as_str().unwrap_or("")
         );
+    }
+    Exit::Ok
+}
+
+async fn diff(api: &ApiClient, app: &str, as_json: bool) -> Exit {
+    let v = match api.get(&format!("/v1/apps/{app}/mirror")).await {
+        Ok(v) => v,
+        Err(e) => return e.into(),
+    };
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return Exit::Ok;
+    }
+    let r: baton_router::AppMirrorReport = match serde_json::from_value(v) {
+        Ok(r) => r,
+        Err(e) => return Exit::Failed(format!("unexpected answer: {e}")),
+    };
+    if r.report.total.matches + r.report.total.mismatches == 0 {
+        println!(
+            "{app}: no mirrored answers compared yet; a canary `mirror` step compares them \
+             (`baton mirror replay` does so before a rollout)"
+        );
+        return Exit::Ok;
+    }
+    let what = match &r.version {
+        Some(v) => format!("mirroring to {v}"),
+        None => "mirroring ended".into(),
+    };
+    println!(
+        "{} ({what}, {}): {}",
+        paint(app, Color::Bold),
+        r.report.session,
+        compared_text(&r.report)
+    );
+    print_mirror_report(&r.report);
+    Exit::Ok
+}
+
+/// `850 compared, 848 matching, 2 differ (0.2%)`.
+fn compared_text(r: &baton_router::mirror::MirrorReport) -> String {
+    let t = r.total;
+    let n = t.matches + t.mismatches;
+    format!(
+        "{n} compared, {} matching, {} differ ({:.1}%)",
+        t.matches,
+        t.mismatches,
+        t.mismatch_rate() * 100.0
+    )
+}
+
+/// Per path, then the kept differing pairs with what differs in each.
+fn print_mirror_report(r: &baton_router::mirror::MirrorReport) {
+    let width = r
+        .paths
+        .iter()
+        .map(|p| p.path.chars().count())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    println!(
+        "  {:<width$}  {:>8}  {:>7}  {:>6}  differs in",
+        "PATH", "COMPARED", "DIFFER", "RATE"
+    );
+    for p in &r.paths {
+        let n = p.counts.matches + p.counts.mismatches;
+        let fields: Vec<String> = p
+            .fields
+            .iter()
+            .map(|f| format!("{} ({})", f.field, f.count))
+            .collect();
+        println!(
+            "  {:<width$}  {n:>8}  {:>7}  {:>5.1}%  {}",
+            p.path,
+            p.counts.mismatches,
+            p.counts.mismatch_rate() * 100.0,
+            fields.join(", ")
+        );
+    }
+    if r.other.matches + r.other.mismatches > 0 {
+        println!(
+            "  (other paths: {} compared, {} differ)",
+            r.other.matches + r.other.mismatches,
+            r.other.mismatches
+        );
+    }
+    if r.samples.is_empty() {
+        return;
+    }
+    println!("differing pairs (newest {}):", r.samples.len());
+    for s in &r.samples {
+        println!(
+            "  {} {} {}  status {} vs {}",
+            format_time(s.at_ms as i64),
+            s.method,
+            s.path,
+            s.primary.status,
+            s.mirror.status
+        );
+        for reason in &s.reasons {
+            println!("      {reason}");
+        }
+    }
+}
+
+async fn record(
+    api: &ApiClient,
+    app: &str,
+    to: &std::path::Path,
+    requests: usize,
+    duration: Duration,
+    as_json: bool,
+) -> Exit {
+    // Refuse a file that cannot be written before recording anything.
+    let mut file = match std::fs::File::create(to) {
+        Ok(f) => std::io::BufWriter::new(f),
+        Err(e) => return Exit::BadInput(format!("cannot write {}: {e}", to.display())),
+    };
+    let path = format!("/v1/apps/{app}/mirror/record");
+    if let Err(e) = api.post(&path, &json!({ "requests": requests })).await {
+        let _ = std::fs::remove_file(to);
+        return e.into();
+    }
+    let started = std::time::Instant::now();
+    let progress = std::io::stderr().is_terminal();
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let v = match api.get(&path).await {
+            Ok(v) => v,
+            Err(e) => return e.into(),
+        };
+        let caught = v["requests"].as_array().map_or(0, Vec::len);
+        let armed = v["armed"].as_bool().unwrap_or(false);
+        if progress {
+            eprint!(
+                "\rrecording {app}: {caught} of {requests} requests, {} s left   ",
+                duration.saturating_sub(started.elapsed()).as_secs()
+            );
+        }
+        if !armed || started.elapsed() >= duration {
+            break;
+        }
+    }
+    if progress {
+        eprintln!();
+    }
+    let v = match api.delete(&path).await {
+        Ok(v) => v,
+        Err(e) => return e.into(),
+    };
+    let got: baton_router::record::RecordingReport = match serde_json::from_value(v) {
+        Ok(r) => r,
+        Err(e) => return Exit::Failed(format!("unexpected answer: {e}")),
+    };
+    for q in &got.requests {
+        let line = serde_json::to_string(q).unwrap_or_default();
+        if let Err(e) = writeln!(file, "{line}") {
+            return Exit::Failed(format!("cannot write {}: {e}", to.display()));
+        }
+    }
+    if let Err(e) = file.flush() {
+        return Exit::Failed(format!("cannot write {}: {e}", to.display()));
+    }
+    if as_json {
+        println!(
+            "{}",
+            json!({"app": app, "file": to.display().to_string(), "requests": got.requests.len(), "skipped": got.skipped})
+        );
+    } else {
+        println!(
+            "recorded {} requests of {app} to {}{}",
+            got.requests.len(),
+            to.display(),
+            if got.skipped > 0 {
+                format!(" ({} left out: a body too large or not text)", got.skipped)
+            } else {
+                String::new()
+            }
+        );
+    }
+    Exit::Ok
+}
+
+/// The requests of a file written by `baton mirror record`; the error names the
+/// line that is wrong.
+fn read_recording(
+    file: &std::path::Path,
+) -> Result<Vec<baton_router::record::RecordedRequest>, String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let q: baton_router::record::RecordedRequest = serde_json::from_str(line).map_err(|e| {
+            format!(
+                "{}:{}: not a recorded request ({e}); write the file with `baton mirror record`",
+                file.display(),
+                i + 1
+            )
+        })?;
+        if !q.uri.starts_with('/') {
+            return Err(format!(
+                "{}:{}: uri {:?} must start with '/'",
+                file.display(),
+                i + 1,
+                q.uri
+            ));
+        }
+        out.push(q);
+    }
+    if out.is_empty() {
+        return Err(format!(
+            "{} holds no requests; record some with `baton mirror record APP --to {}`",
+            file.display(),
+            file.display()
+        ));
+    }
+    Ok(out)
+}
+
+async fn replay(
+    api: &ApiClient,
+    file: &std::path::Path,
+    app: &str,
+    version: &str,
+    max_mismatch_rate: f64,
+    as_json: bool,
+) -> Exit {
+    if !(0.0..=1.0).contains(&max_mismatch_rate) {
+        return Exit::BadInput(format!(
+            "--max-mismatch-rate {max_mismatch_rate}: give a fraction from 0 to 1, such as 0.01"
+        ));
+    }
+    let requests = match read_recording(file) {
+        Ok(r) => r,
+        Err(e) => return Exit::BadInput(e),
+    };
+    if !as_json && std::io::stderr().is_terminal() {
+        eprintln!(
+            "starting a preview of {app} {version} and sending it {} recorded requests...",
+            requests.len()
+        );
+    }
+    let v = match api
+        .post_slow(
+            &format!("/v1/apps/{app}/mirror/replay"),
+            &json!({ "version": version, "requests": requests }),
+            Duration::from_secs(600),
+        )
+        .await
+    {
+        Ok(v) => v,
+        Err(e) => return e.into(),
+    };
+    let r: crate::replay::ReplayReport = match serde_json::from_value(v.clone()) {
+        Ok(r) => r,
+        Err(e) => return Exit::Failed(format!("unexpected answer: {e}")),
+    };
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        println!(
+            "{} {} against {} (stable): {}{}",
+            paint(app, Color::Bold),
+            r.version,
+            r.against,
+            compared_text(&r.report),
+            if r.skipped > 0 {
+                format!("; {} requests left out (methods not mirrored)", r.skipped)
+            } else {
+                String::new()
+            }
+        );
+        print_mirror_report(&r.report);
+    }
+    let rate = r.report.total.mismatch_rate();
+    if rate > max_mismatch_rate {
+        return Exit::Failed(format!(
+            "{:.1}% of the answers of {} differ from {}'s (limit {:.1}%)",
+            rate * 100.0,
+            r.version,
+            r.against,
+            max_mismatch_rate * 100.0
+        ));
     }
     Exit::Ok
 }

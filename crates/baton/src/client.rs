@@ -128,11 +128,38 @@ impl ApiClient {
         self.call(Method::POST, path, Some(body)).await
     }
 
+    pub async fn delete(&self, path: &str) -> Result<Value, ClientError> {
+        self.call(Method::DELETE, path, None).await
+    }
+
+    /// A POST that may take long (a replay starts an instance and sends every
+    /// recorded request): waits up to `timeout` for the answer.
+    pub async fn post_slow(
+        &self,
+        path: &str,
+        body: &Value,
+        timeout: Duration,
+    ) -> Result<Value, ClientError> {
+        self.call_within(Method::POST, path, Some(body), timeout)
+            .await
+    }
+
     async fn call(
         &self,
         method: Method,
         path: &str,
         body: Option<&Value>,
+    ) -> Result<Value, ClientError> {
+        self.call_within(method, path, body, Duration::from_secs(30))
+            .await
+    }
+
+    async fn call_within(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        timeout: Duration,
     ) -> Result<Value, ClientError> {
         let url = format!("{}{}", self.base, path);
         let unreachable = |detail: String| ClientError::Unreachable {
@@ -147,9 +174,9 @@ impl ApiClient {
             .header("x-baton-operator", &self.operator)
             .body(Full::new(Bytes::from(payload)))
             .map_err(|e| unreachable(e.to_string()))?;
-        let resp = tokio::time::timeout(Duration::from_secs(30), self.http.request(req))
+        let resp = tokio::time::timeout(timeout, self.http.request(req))
             .await
-            .map_err(|_| unreachable("timed out after 30s".into()))?
+            .map_err(|_| unreachable(format!("timed out after {}s", timeout.as_secs())))?
             .map_err(|e| unreachable(with_causes(&e)))?;
         let status = resp.status();
         let bytes = resp

@@ -31,6 +31,7 @@ pub mod loadgen;
 pub mod lock;
 pub mod node;
 pub mod preflight;
+pub mod replay;
 pub mod routing;
 pub mod serve;
 pub mod server;

@@ -19,9 +19,11 @@ use baton_router::config::{
     Balance, Match, MirrorConfig, NamedMatch, RouteRule, ShieldConfig, StickyConfig, ValueMatch,
 };
 use baton_router::limits::AppLimits;
+use baton_router::record::{RecordSpec, RecordingReport};
 use baton_router::{AdminClient, AppRoutes, Backend, RoutingConfig, VersionRoute};
 use baton_router::{
-    CommitResult, PushResult, RouterError, RouterHealth, RouterStats, WindowsReport,
+    AppMirrorReport, CommitResult, MirrorReports, PushResult, RouterError, RouterHealth,
+    RouterStats, WindowsReport,
 };
 use baton_spec::{AppSpec, StrategySpec};
 use tokio::sync::{Notify, watch};
@@ -127,18 +129,8 @@ pub fn app_routes(spec: &AppSpec, state: &AppState) -> Vec<AppRoutes> {
         StrategySpec::Rolling(_) => {}
     }
     // A mirror step copies traffic to the new release and compares answers.
-    let mirror = state.rollout.as_ref().and_then(|r| {
-        if r.phase != baton_engine::RolloutPhase::Progressing || r.step_started_ms.is_none() {
-            return None;
-        }
-        match r.current_step(&state.params)? {
-            baton_engine::Step::Mirror { percent, .. } => serde_json::from_value::<MirrorConfig>(
-                serde_json::json!({"version": r.to.version, "percent": *percent as f64}),
-            )
-            .ok(),
-            _ => None,
-        }
-    });
+    let mirror = mirror_step(spec, state)
+        .map(|m| mirror_config(&m.version, f64::from(m.percent), m.settings, m.session));
     let mut out = vec![AppRoutes {
         app: spec.name.clone(),
         listen: spec.listen,
@@ -153,6 +145,94 @@ pub fn app_routes(spec: &AppSpec, state: &AppState) -> Vec<AppRoutes> {
     }];
     out.extend(preview);
     out
+}
+
+/// The mirror step a rollout is at: what the routers copy and compare, and what
+/// judges it.
+#[derive(Debug, Clone)]
+pub struct MirrorStep<'a> {
+    /// Index among the engine's steps.
+    pub step: usize,
+    /// The release receiving the copies, and the one answering users.
+    pub version: String,
+    pub from: Option<String>,
+    pub percent: u32,
+    pub max_mismatch_rate: f64,
+    pub settings: &'a baton_spec::MirrorSpec,
+    /// Names this step of this rollout; the routers' comparisons start afresh
+    /// when it changes (see [`baton_router::config::MirrorConfig::session`]).
+    pub session: String,
+    /// The rollout's history record.
+    pub history_id: i64,
+}
+
+/// The spec's mirror step the rollout of `state` is at, once it started.
+pub fn mirror_step<'a>(spec: &'a AppSpec, state: &AppState) -> Option<MirrorStep<'a>> {
+    let r = state.rollout.as_ref()?;
+    if r.phase != baton_engine::RolloutPhase::Progressing || r.step_started_ms.is_none() {
+        return None;
+    }
+    let baton_engine::Step::Mirror { percent, .. } = r.current_step(&state.params)? else {
+        return None;
+    };
+    let StrategySpec::Canary(c) = &spec.strategy else {
+        return None;
+    };
+    // Steps of the spec map one to one onto the engine's, after the optional
+    // leading smoke-test step.
+    let offset = usize::from(!spec.hooks.smoke.is_empty());
+    let step = c.steps.get(r.step.checked_sub(offset)?)?;
+    let baton_spec::CanaryStep::Mirror {
+        max_mismatch_rate, ..
+    } = step
+    else {
+        return None;
+    };
+    Some(MirrorStep {
+        step: r.step,
+        version: r.to.version.clone(),
+        from: r.from.as_ref().map(|f| f.version.clone()),
+        percent: *percent,
+        max_mismatch_rate: *max_mismatch_rate,
+        settings: spec.mirror_settings(step),
+        session: format!("rollout {} step {}", r.history_id, r.step + 1),
+        history_id: r.history_id,
+    })
+}
+
+/// The router's mirror config for `settings`: copies of `percent` of the
+/// requests they select go to `version`.
+pub fn mirror_config(
+    version: &str,
+    percent: f64,
+    settings: &baton_spec::MirrorSpec,
+    session: String,
+) -> MirrorConfig {
+    use baton_router::config::BodyCompare;
+    let mut m = MirrorConfig::new(version, percent);
+    m.methods = settings.requests.methods.clone();
+    m.paths = settings.requests.paths.clone();
+    m.exclude_paths = settings.requests.exclude_paths.clone();
+    m.max_body_bytes = usize::try_from(settings.requests.max_body_bytes).unwrap_or(usize::MAX);
+    m.compare_status = settings.compare.status;
+    match &settings.compare.headers {
+        baton_spec::HeadersCompare::AllExcept(more) => {
+            m.ignore_headers.extend(more.iter().cloned())
+        }
+        baton_spec::HeadersCompare::Only(list) => m.compare_headers = list.clone(),
+    }
+    m.body = match settings.compare.body.mode {
+        baton_spec::BodyMode::Json => BodyCompare::Json,
+        baton_spec::BodyMode::Text => BodyCompare::Text,
+        baton_spec::BodyMode::Bytes => BodyCompare::Bytes,
+        baton_spec::BodyMode::None => BodyCompare::Ignore,
+    };
+    m.ignore_json_paths = settings.compare.body.ignore.clone();
+    m.mask_patterns = settings.compare.body.mask.clone();
+    m.redact_headers = settings.redact_headers.clone();
+    m.max_samples = settings.samples as usize;
+    m.session = session;
+    m
 }
 
 /// The routes of one host's router, for an app behind a router on every host:
@@ -178,6 +258,43 @@ pub fn host_routes(routes: &[AppRoutes], state: &AppState, host: &str) -> Vec<Ap
             r
         })
         .collect()
+}
+
+/// One app's mirror comparisons on several routers (one per host) as one; `None`
+/// when there are none. The version is the one any router still mirrors to.
+pub fn merge_mirror(reports: Vec<AppMirrorReport>, max_samples: usize) -> Option<AppMirrorReport> {
+    let first = reports.first()?;
+    let app = first.app.clone();
+    let version = reports.iter().find_map(|r| r.version.clone());
+    let dropped = reports.iter().map(|r| r.dropped).sum();
+    let abandoned = reports.iter().map(|r| r.abandoned).sum();
+    // Only the newest session counts: a router that has not seen the current
+    // step yet still holds the previous one's.
+    let session = reports
+        .iter()
+        .map(|r| r.report.session.clone())
+        .max_by(|a, b| session_order(a).cmp(&session_order(b)))
+        .unwrap_or_default();
+    let report = baton_router::mirror::MirrorReport::merge(
+        reports
+            .into_iter()
+            .map(|r| r.report)
+            .filter(|r| r.session == session),
+        max_samples,
+    );
+    Some(AppMirrorReport {
+        app,
+        version,
+        dropped,
+        abandoned,
+        report,
+    })
+}
+
+/// Sessions are `rollout H step S`: ordered by those numbers.
+fn session_order(session: &str) -> (u64, u64) {
+    let mut n = session.split(' ').filter_map(|w| w.parse::<u64>().ok());
+    (n.next().unwrap_or(0), n.next().unwrap_or(0))
 }
 
 /// Several routers' windows as one (an app behind a router on every host):
@@ -285,6 +402,25 @@ pub trait RouterApi: Send + Sync + 'static {
     fn health(&self) -> BoxFuture<'_, Result<RouterHealth, RouterError>>;
     fn stats(&self) -> BoxFuture<'_, Result<RouterStats, RouterError>>;
     fn windows(&self, seconds: u64) -> BoxFuture<'_, Result<WindowsReport, RouterError>>;
+    /// The mirror comparisons of every app (none by default).
+    fn mirror(&self) -> BoxFuture<'_, Result<MirrorReports, RouterError>> {
+        Box::pin(async { Ok(MirrorReports::default()) })
+    }
+    /// Recording an app's requests: starts one (`Some(spec)`), or reads what it
+    /// caught so far (`stop` also ends it).
+    fn record<'a>(
+        &'a self,
+        app: &'a str,
+        start: Option<&'a RecordSpec>,
+        stop: bool,
+    ) -> BoxFuture<'a, Result<RecordingReport, RouterError>> {
+        let _ = (app, start, stop);
+        Box::pin(async {
+            Err(RouterError::Io(std::io::Error::other(
+                "this router cannot record requests",
+            )))
+        })
+    }
     /// Two-phase switch, first phase: the router prepares `cfg` without serving it.
     fn stage<'a>(
         &'a self,
@@ -340,6 +476,22 @@ impl RouterApi for AdminClient {
     }
     fn windows(&self, seconds: u64) -> BoxFuture<'_, Result<WindowsReport, RouterError>> {
         Box::pin(AdminClient::windows(self, seconds))
+    }
+    fn mirror(&self) -> BoxFuture<'_, Result<MirrorReports, RouterError>> {
+        Box::pin(AdminClient::mirror(self))
+    }
+    fn record<'a>(
+        &'a self,
+        app: &'a str,
+        start: Option<&'a RecordSpec>,
+        stop: bool,
+    ) -> BoxFuture<'a, Result<RecordingReport, RouterError>> {
+        Box::pin(async move {
+            match start {
+                Some(spec) => AdminClient::arm_record(self, app, spec).await,
+                None => AdminClient::recording(self, app, stop).await,
+            }
+        })
     }
     fn stage<'a>(
         &'a self,
@@ -678,6 +830,22 @@ impl RouterLink {
     /// The router's per-version metrics over the last `seconds` (for analysis).
     pub async fn windows(&self, seconds: u64) -> Result<WindowsReport, RouterError> {
         self.client.windows(seconds).await
+    }
+
+    /// The router's mirror comparisons of `app`, if it has any.
+    pub async fn mirror(&self, app: &str) -> Result<Option<AppMirrorReport>, RouterError> {
+        let all = self.client.mirror().await?;
+        Ok(all.apps.into_iter().find(|a| a.app == app))
+    }
+
+    /// Starts recording `app`'s requests, or reads (`stop`: and ends) the recording.
+    pub async fn record(
+        &self,
+        app: &str,
+        start: Option<&RecordSpec>,
+        stop: bool,
+    ) -> Result<RecordingReport, RouterError> {
+        self.client.record(app, start, stop).await
     }
 }
 

@@ -27,6 +27,7 @@ use super::launch::{found_handle, launch};
 use super::params::params_of;
 use super::sensors::analysis::Analysis;
 use super::sensors::checks::SmokeChecks;
+use super::sensors::mirror::MirrorWatch;
 use super::sensors::readiness::Readiness;
 use super::sensors::resources::Resources;
 use super::sensors::{exits, window};
@@ -57,6 +58,7 @@ pub struct AppController {
     in_progress: HashMap<String, Task>,
     /// Analysis of the rollout in flight, and its newest measurement for `status`.
     analysis: Analysis,
+    mirror: MirrorWatch,
     /// Instances that got their warm-up requests.
     warmed: std::collections::HashSet<String>,
     /// Of those, the ones whose warm-up is done (written by the warm-up tasks).
@@ -119,6 +121,7 @@ impl AppController {
         });
         let (status, status_rx) = tokio::sync::watch::channel(view);
         let (analysis, last_check_rx) = Analysis::new();
+        let (mirror, mirror_rx) = MirrorWatch::new();
         let (resources, resources_rx) = Resources::new();
         let controller = AppController {
             shared,
@@ -132,6 +135,7 @@ impl AppController {
             readiness: Readiness::default(),
             in_progress: HashMap::new(),
             analysis,
+            mirror,
             warmed: Default::default(),
             warm_done: Default::default(),
             strategy_override: None,
@@ -160,6 +164,7 @@ impl AppController {
             commands: commands_tx,
             status: status_rx,
             last_check: last_check_rx,
+            mirror: mirror_rx,
             resources: resources_rx,
         })
     }
@@ -867,6 +872,9 @@ impl AppController {
             .measure(&self.shared, &spec, &self.state, &self.resources)
             .await
         {
+            self.apply_logged(input).await;
+        }
+        if let Some(input) = self.mirror.observe(&self.shared, &spec, &self.state).await {
             self.apply_logged(input).await;
         }
     }

@@ -130,6 +130,18 @@ pub(super) async fn launch(
         .store()
         .get_revision(app, revision)?
         .with_context(|| format!("revision {revision} of {app} is missing from the store"))?;
+    launch_revision(shared, &rev, id, host).await
+}
+
+/// Start one instance of `rev` (a stored revision, or one made up for a
+/// preview) through the driver.
+pub(crate) async fn launch_revision(
+    shared: &Shared,
+    rev: &baton_store::RevisionRecord,
+    id: &str,
+    host: Option<&str>,
+) -> anyhow::Result<InstanceHandle> {
+    let app = rev.app.as_str();
     let spec: AppSpec =
         serde_json::from_str(&rev.spec_json).context("stored revision spec is unreadable")?;
     let release_env: BTreeMap<String, String> =
@@ -172,7 +184,7 @@ pub(super) async fn launch(
     };
     let spec = launch_spec(
         &spec,
-        &rev,
+        rev,
         release_env,
         Placement {
             id,

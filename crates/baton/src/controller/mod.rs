@@ -12,7 +12,7 @@
 
 mod actor;
 pub mod handle;
-mod launch;
+pub(crate) mod launch;
 pub mod params;
 pub mod sensors;
 pub mod shared;
@@ -21,4 +21,5 @@ pub use actor::AppController;
 pub use handle::{AppHandle, AppView, Command, CommandError, DeployAccepted, DeployRequest};
 pub use params::params_of;
 pub use sensors::analysis::LastCheck;
+pub use sensors::mirror::MirrorSummary;
 pub use shared::Shared;

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use baton_driver::DynDriver;
 use baton_store::Store;
 
+use futures_util::future::join_all;
+
 use crate::effects::{Clock, Delivery, Probe};
 use crate::routing::RouterLink;
 
@@ -36,39 +38,56 @@ impl Shared {
         self.clock.now_ms()
     }
 
-    /// The per-version windows of every router that serves `spec`'s users:
-    /// the local router's, or every reachable host router's merged.
+    /// The routers that serve `spec`'s users: the local one, or the router of
+    /// every reached host for an app behind a router on each of its hosts.
+    pub fn routers_of(&self, spec: &baton_spec::AppSpec) -> Vec<RouterLink> {
+        match spec
+            .hosts
+            .as_ref()
+            .filter(|h| h.router == baton_spec::RouterPlacement::PerHost)
+        {
+            None => vec![self.router.clone()],
+            Some(hosts) => hosts
+                .hosts
+                .iter()
+                .filter_map(|h| self.fleet.host(&h.name)?.router_link())
+                .collect(),
+        }
+    }
+
+    /// The per-version windows of every router that serves `spec`'s users,
+    /// merged.
     pub async fn windows_of(
         &self,
         spec: &baton_spec::AppSpec,
         seconds: u64,
     ) -> Result<baton_router::WindowsReport, baton_router::RouterError> {
-        let Some(hosts) = spec
-            .hosts
-            .as_ref()
-            .filter(|h| h.router == baton_spec::RouterPlacement::PerHost)
-        else {
-            return self.router.windows(seconds).await;
-        };
-        let links: Vec<_> = hosts
-            .hosts
-            .iter()
-            .filter_map(|h| self.fleet.host(&h.name))
-            .collect();
-        let answers =
-            futures_util::future::join_all(links.iter().map(|l| l.windows(seconds))).await;
-        let mut reports = Vec::new();
-        let mut last_error = None;
-        for answer in answers.into_iter().flatten() {
-            match answer {
-                Ok(r) => reports.push(r),
-                Err(e) => last_error = Some(e),
-            }
-        }
+        let links = self.routers_of(spec);
+        let answers = join_all(links.iter().map(|l| l.windows(seconds))).await;
+        let (reports, last_error) = split_answers(answers);
         match (reports.is_empty(), last_error) {
             (true, Some(e)) => Err(e),
             _ => Ok(crate::routing::merge_windows(reports)),
         }
+    }
+
+    /// The mirror comparisons of `spec`'s app on every router that serves its
+    /// users, merged; `None` when no router has any.
+    pub async fn mirror_of(
+        &self,
+        spec: &baton_spec::AppSpec,
+    ) -> Result<Option<baton_router::AppMirrorReport>, baton_router::RouterError> {
+        let links = self.routers_of(spec);
+        let answers = join_all(links.iter().map(|l| l.mirror(&spec.name))).await;
+        let (reports, last_error) = split_answers(answers);
+        let reports: Vec<_> = reports.into_iter().flatten().collect();
+        if let (true, Some(e)) = (reports.is_empty(), last_error) {
+            return Err(e);
+        }
+        Ok(crate::routing::merge_mirror(
+            reports,
+            spec.mirror.samples as usize,
+        ))
     }
 
     pub fn store(&self) -> std::sync::MutexGuard<'_, Store> {
@@ -76,4 +95,19 @@ impl Shared {
         // one transaction), so a poisoned lock is safe to reuse.
         self.store.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// The answers that came, and the last error among those that did not.
+fn split_answers<T>(
+    answers: Vec<Result<T, baton_router::RouterError>>,
+) -> (Vec<T>, Option<baton_router::RouterError>) {
+    let mut ok = Vec::new();
+    let mut last_error = None;
+    for a in answers {
+        match a {
+            Ok(r) => ok.push(r),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    (ok, last_error)
 }

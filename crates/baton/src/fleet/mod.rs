@@ -643,4 +643,9 @@ impl HostLink {
         let link = self.router().link.clone()?;
         Some(link.windows(seconds).await)
     }
+
+    /// The host router's link, once the host was reached.
+    pub fn router_link(&self) -> Option<crate::routing::RouterLink> {
+        self.router().link.clone()
+    }
 }

@@ -1,12 +1,13 @@
-//! Analysis: while the new release takes traffic (or mirrored traffic), its
-//! metrics on the router are judged against the spec's limits (the judge is
-//! [`crate::analysis`]); a failure past the limit becomes an `Analysis`
-//! input with a `Fail` verdict, which the engine turns into a rollback.
+//! Analysis: while the new release takes traffic, its metrics on the router
+//! are judged against the spec's limits (the judge is [`crate::analysis`]); a
+//! failure past the limit becomes an `Analysis` input with a `Fail` verdict,
+//! which the engine turns into a rollback. Mirror steps are judged by
+//! [`super::mirror`].
 
 use std::time::Duration;
 
 use baton_engine::{AppState, EventKind, Input};
-use baton_spec::{AppSpec, StrategySpec};
+use baton_spec::AppSpec;
 use baton_store::NewEvent;
 use tracing::{info, warn};
 
@@ -42,8 +43,8 @@ impl Analysis {
         )
     }
 
-    /// Measure the new release on the router's metrics while it takes traffic
-    /// (or mirrored traffic); a failure past the limit becomes an automatic
+    /// Measure the new release on the router's metrics while it takes traffic;
+    /// a failure past the limit becomes an automatic
     /// rollback.
     pub async fn measure(
         &mut self,
@@ -71,7 +72,6 @@ impl Analysis {
                 ..AnalysisRun::default()
             };
         }
-        let mirror_limit = mirror_limit(spec, state, &r);
         let cfg = crate::analysis::config_of(spec);
         let receives_traffic = state
             .routing()
@@ -88,7 +88,7 @@ impl Analysis {
             .as_ref()
             .is_some_and(|c| c.max_memory_bytes.is_some() || c.max_memory_ratio.is_some());
         let judge_traffic = cfg.is_some() && (receives_traffic || judge_resources);
-        if !judge_traffic && mirror_limit.is_none() {
+        if !judge_traffic {
             return None;
         }
         self.run.last_ms = now;
@@ -106,28 +106,6 @@ impl Analysis {
                 .map(|v| v.stats.clone())
         };
         let new = stats_of(&r.to.version);
-        // Mirror step: the new release's answers compared with the stable ones.
-        if let (Some((percent_limit, step)), Some(new)) = (mirror_limit, &new) {
-            let compared = new.mirror_matches + new.mirror_mismatches;
-            if compared >= 20 {
-                let rate = new.mirror_mismatches as f64 / compared as f64;
-                if rate > percent_limit {
-                    let reason = format!(
-                        "mirrored responses of {} differ from {}'s: {} of {compared} ({:.1}%) > limit {:.1}% (step {})",
-                        r.to.version,
-                        r.from.as_ref().map_or("stable", |f| f.version.as_str()),
-                        new.mirror_mismatches,
-                        rate * 100.0,
-                        percent_limit * 100.0,
-                        step + 1
-                    );
-                    return Some(Input::Analysis {
-                        verdict: baton_engine::Verdict::Fail,
-                        reason,
-                    });
-                }
-            }
-        }
         let cfg = cfg.filter(|_| judge_traffic)?;
         let window_ms = window.as_millis() as i64;
         let counts = |version: Option<&str>, s: Option<baton_router::metrics::WindowStats>| {
@@ -230,30 +208,6 @@ impl Analysis {
         if let Err(e) = shared.store().append_event(app, &event, shared.now_ms()) {
             warn!(%app, error = %e, "cannot record the analysis check");
         }
-    }
-}
-
-/// At a mirror step: the mismatch rate allowed, and the step index.
-fn mirror_limit(
-    spec: &AppSpec,
-    state: &AppState,
-    r: &baton_engine::Rollout,
-) -> Option<(f64, usize)> {
-    r.step_started_ms?;
-    let baton_engine::Step::Mirror { .. } = r.current_step(&state.params)? else {
-        return None;
-    };
-    let StrategySpec::Canary(c) = &spec.strategy else {
-        return None;
-    };
-    // Steps of the spec map one to one onto the engine's, after the
-    // optional leading smoke-test step.
-    let offset = usize::from(!spec.hooks.smoke.is_empty());
-    match c.steps.get(r.step.checked_sub(offset)?)? {
-        baton_spec::CanaryStep::Mirror {
-            max_mismatch_rate, ..
-        } => Some((*max_mismatch_rate, r.step)),
-        _ => None,
     }
 }
 

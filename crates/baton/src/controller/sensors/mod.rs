@@ -5,6 +5,7 @@
 //! - [`readiness`]: one health checker per running instance (`Ready`/`Unready`);
 //! - [`exits`]: the driver's view of each process (`Exited`);
 //! - [`analysis`]: the router's metrics judged against the limits (`Analysis`);
+//! - [`mirror`]: a mirror step's comparisons judged against its limit (`Analysis`);
 //! - [`window`]: the upgrade windows opening and closing (`Pause`/`Resume`);
 //! - [`checks`]: the smoke tests of a `Checks` step (`ChecksPassed`/`ChecksFailed`);
 //! - [`hosts`]: the app's hosts that stop answering (`HostsUnreachable`);
@@ -15,6 +16,7 @@ pub mod analysis;
 pub mod checks;
 pub mod exits;
 pub mod hosts;
+pub mod mirror;
 pub mod readiness;
 pub mod resources;
 pub mod window;
