@@ -414,6 +414,9 @@ enum MirrorAction {
         against: String,
         /// The version to preview.
         version: String,
+        /// Environment variable of the preview, as `deploy --env` gives a release (repeatable).
+        #[arg(long = "env", value_name = "K=V")]
+        env: Vec<String>,
         /// Highest share (0 to 1) of differing answers that still passes.
         #[arg(long, default_value_t = 0.0)]
         max_mismatch_rate: f64,
@@ -423,6 +426,23 @@ enum MirrorAction {
         #[command(flatten)]
         server: Server,
     },
+}
+
+/// `--env K=V` arguments as a map; the error says which one is wrong.
+fn env_vars(env: &[String]) -> Result<BTreeMap<String, String>, String> {
+    let mut vars = BTreeMap::new();
+    for kv in env {
+        let Some((k, v)) = kv.split_once('=') else {
+            return Err(format!(
+                "--env {kv:?} is not KEY=VALUE (e.g. --env LOG_LEVEL=debug)"
+            ));
+        };
+        if k.is_empty() {
+            return Err(format!("--env {kv:?} has an empty name"));
+        }
+        vars.insert(k.to_string(), v.to_string());
+    }
+    Ok(vars)
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -716,18 +736,10 @@ async fn run(cli: Cli) -> Exit {
             image,
             ..
         } => {
-            let mut vars = BTreeMap::new();
-            for kv in env {
-                let Some((k, v)) = kv.split_once('=') else {
-                    return Exit::BadInput(format!(
-                        "--env {kv:?} is not KEY=VALUE (e.g. --env LOG_LEVEL=debug)"
-                    ));
-                };
-                if k.is_empty() {
-                    return Exit::BadInput(format!("--env {kv:?} has an empty name"));
-                }
-                vars.insert(k.to_string(), v.to_string());
-            }
+            let vars = match env_vars(&env) {
+                Ok(v) => v,
+                Err(e) => return Exit::BadInput(e),
+            };
             let last_event = last_event_id(&api, &app).await;
             let accepted = match api
                 .post(
@@ -814,11 +826,27 @@ async fn run(cli: Cli) -> Exit {
                     file,
                     against,
                     version,
+                    env,
                     max_mismatch_rate,
                     json,
                     ..
                 },
-        } => replay(&api, &file, &against, &version, max_mismatch_rate, json).await,
+        } => {
+            let env = match env_vars(&env) {
+                Ok(v) => v,
+                Err(e) => return Exit::BadInput(e),
+            };
+            replay(
+                &api,
+                &file,
+                &against,
+                &version,
+                &env,
+                max_mismatch_rate,
+                json,
+            )
+            .await
+        }
         Cmd::Plan {
             app,
             version,
@@ -1731,6 +1759,7 @@ async fn replay(
     file: &std::path::Path,
     app: &str,
     version: &str,
+    env: &BTreeMap<String, String>,
     max_mismatch_rate: f64,
     as_json: bool,
 ) -> Exit {
@@ -1752,7 +1781,7 @@ async fn replay(
     let v = match api
         .post_slow(
             &format!("/v1/apps/{app}/mirror/replay"),
-            &json!({ "version": version, "requests": requests }),
+            &json!({ "version": version, "env": env, "requests": requests }),
             Duration::from_secs(600),
         )
         .await

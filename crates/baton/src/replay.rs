@@ -39,6 +39,9 @@ pub struct RecordRequest {
 pub struct ReplayRequest {
     /// The release to preview.
     pub version: String,
+    /// Its environment, as `deploy --env` gives a release.
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
     pub requests: Vec<RecordedRequest>,
 }
 
@@ -148,7 +151,7 @@ pub async fn replay(
             spec.mirror.requests.methods.join(", ")
         )));
     }
-    let preview = Preview::start(shared, view, &req.version).await?;
+    let preview = Preview::start(shared, view, &req.version, &req.env).await?;
     let outcome = compare_all(
         &rules,
         &requests,
@@ -178,7 +181,12 @@ struct Preview {
 }
 
 impl Preview {
-    async fn start(shared: &Shared, view: &AppView, version: &str) -> anyhow::Result<Preview> {
+    async fn start(
+        shared: &Shared,
+        view: &AppView,
+        version: &str,
+        env: &std::collections::BTreeMap<String, String>,
+    ) -> anyhow::Result<Preview> {
         let spec = &view.spec;
         let id = format!(
             "{}-preview-{}-{:08x}",
@@ -190,7 +198,7 @@ impl Preview {
             app: spec.name.clone(),
             number: 0,
             version: version.to_string(),
-            env_json: "{}".into(),
+            env_json: serde_json::to_string(env)?,
             spec_json: serde_json::to_string(spec)?,
             created_by: "baton mirror replay".into(),
             created_ms: shared.now_ms(),
