@@ -1414,6 +1414,22 @@ fn canary_example_parses() {
         panic!("not canary")
     };
     assert!(c.steps.contains(&CanaryStep::Approval));
+    assert!(
+        c.steps
+            .iter()
+            .any(|s| matches!(s, CanaryStep::Mirror { percent: 100, .. }))
+    );
+    assert!(
+        spec.mirror
+            .compare
+            .body
+            .ignore
+            .contains(&"$.served_at".to_string())
+    );
+    assert_eq!(
+        spec.mirror.compare.headers,
+        HeadersCompare::AllExcept(vec!["x-version".into()])
+    );
     assert_eq!(c.steps.last(), Some(&CanaryStep::SetWeight(100)));
     assert!(c.header_route.is_some());
     assert!(spec.analysis.is_some());

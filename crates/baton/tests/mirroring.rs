@@ -14,15 +14,22 @@ use baton::loadgen::{self, LoadConfig, LoadReport};
 use common::*;
 use serde_json::Value;
 
-/// The sample names its version, pid and port in `GET /` and its version and
-/// time in `/items`: differences that do not matter, left out here.
-const MIRROR: &str = r#"mirror:
-  requests:
-    exclude_paths: [/healthz]
-  compare:
-    headers: { ignore: [x-version] }
-    body: { ignore: ['$.version', '$.pid', '$.port', '$.served_at'] }
-  redact_headers: [x-tenant-key]"#;
+/// The `mirror:` section of `examples/canary.yaml`, so that the example's
+/// settings are the ones shown to work: the sample names its version, pid and
+/// port in `GET /` and its version and time in `/items`, differences that do
+/// not matter and that the example leaves out.
+fn example_mirror_section() -> String {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/canary.yaml"
+    ))
+    .expect("read examples/canary.yaml");
+    let mut lines = text.lines().skip_while(|l| !l.starts_with("mirror:"));
+    let mut out: Vec<&str> = lines.next().into_iter().collect();
+    out.extend(lines.take_while(|l| l.starts_with(' ') || l.is_empty()));
+    assert!(out.len() > 3, "examples/canary.yaml has a mirror section");
+    out.join("\n")
+}
 
 const CANARY: &str = "  canary:\n    steps:\n      - mirror: { percent: 100, duration: 6s, max_mismatch_rate: 0.01 }\n      - set_weight: 100";
 
@@ -30,7 +37,7 @@ const CANARY: &str = "  canary:\n    steps:\n      - mirror: { percent: 100, dur
 const PATHS: &[&str] = &["/", "/items", "/items/1", "/items/2"];
 
 fn bring_up(h: &Harness) {
-    let path = h.write_spec_with("demo", 2, CANARY, MIRROR);
+    let path = h.write_spec_with("demo", 2, CANARY, &example_mirror_section());
     h.cli_ok(&["apply", "-f", path_str(&path)]);
     h.cli_ok(&["deploy", "demo", "v1", "--wait"]);
 }
@@ -260,7 +267,7 @@ fn a_recorded_slice_replayed_against_a_preview_reports_what_mirroring_did() {
     let secret = [
         ("Authorization", "Bearer secret-token"),
         ("Cookie", "session=secret-cookie"),
-        ("X-Tenant-Key", "secret-key"),
+        ("X-Api-Key", "secret-key"),
     ];
     let mut sent = 0;
     while !recorder.is_finished() {
