@@ -7,6 +7,7 @@
 #                                   # (`examples/bench`) as target "base"
 #   GENERAL=1 bench/router.sh       # also measure baton with its fast lane off (every
 #                                   # request through hyper) as target "general"
+#   MIRROR=0 bench/router.sh        # skip the mirroring table
 #
 # One fast backend (a fixed 13-byte answer). Each proxy runs with one worker/thread
 # pinned to CPU 0; wrk and the backend share CPU 1. Cases: keep-alive with 64 and 256
@@ -15,6 +16,11 @@
 # shows medians over the rounds. This machine's speed drifts from minute to minute, so
 # the ratio columns are medians of each round's own ratio (runs seconds apart), not
 # ratios of the medians.
+#
+# Mirroring (second table): baton with an app whose v1 takes every request and 0%, 10%
+# or 100% of them copied to v2 and compared as JSON (a 0.3 KiB answer, one field left
+# out), keep-alive with 64 connections; its CPU time per user request next to the same
+# router not mirroring.
 set -euo pipefail
 
 DURATION=${DURATION:-5}
@@ -181,7 +187,36 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 cp "$RESULTS" "${RESULTS_COPY:-/tmp/baton-bench-results.tsv}"
-python3 - "$RESULTS" <<'PY'
+
+MIRROR_RESULTS=$TMP/mirror.tsv
+: >"$MIRROR_RESULTS"
+if [ "${MIRROR:-1}" != 0 ]; then
+    JSON_BACKEND=$(free_port)
+    taskset -c "$LOAD_CPU" "$HELPER" backend-json "$JSON_BACKEND" & PIDS+=($!)
+    declare -A MPORT MPID
+    for pct in 0 10 100; do
+        MPORT[m$pct]=$(free_port)
+        taskset -c "$PROXY_CPU" "$HELPER" mirror "127.0.0.1:${MPORT[m$pct]}" "127.0.0.1:$JSON_BACKEND" "$pct" \
+            >"$TMP/m$pct.out" 2>&1 & MPID[m$pct]=$!; PIDS+=($!)
+    done
+    for t in m0 m10 m100; do
+        wait_port "${MPORT[$t]}"
+        for th in /proc/${MPID[$t]}/task/*; do taskset -pc "$PROXY_CPU" "$(basename "$th")" >/dev/null; done
+        taskset -c "$LOAD_CPU" wrk -t1 -c64 -d1s "http://127.0.0.1:${MPORT[$t]}/" >/dev/null
+    done
+    MT=(m0 m10 m100)
+    for round in $(seq 1 "$ROUNDS"); do
+        shift_by=$(( (round - 1) % 3 ))
+        for t in "${MT[@]:$shift_by}" "${MT[@]:0:$shift_by}"; do
+            echo "[mirror] round $round $t" >&2
+            before=$(ticks "${MPID[$t]}")
+            out=$(taskset -c "$LOAD_CPU" wrk -t1 -c64 -d"${DURATION}s" --latency "http://127.0.0.1:${MPORT[$t]}/")
+            cpu_s=$(echo "$(ticks "${MPID[$t]}") $before $HZ" | awk '{print ($1 - $2) / $3}')
+            printf '%s\t%s\t%s\t%s\t%s\n' "$round" ka64 "$t" "$cpu_s" "$(echo "$out" | tr '\n' '\037')" >>"$MIRROR_RESULTS"
+        done
+    done
+fi
+python3 - "$RESULTS" "$MIRROR_RESULTS" <<'PY'
 import re, statistics, sys
 
 def us(v):
@@ -247,4 +282,37 @@ for c in cases:
             print(f"  {c:<8} baton/{ref:<8} by round: " + " ".join(f"{x:.2f}" for x in rs))
 print("cpu µs/req: the target's process CPU time (user + system, all threads) per request;")
 print("req/s is capped by the load CPU when a proxy needs less than a whole core")
+
+# Mirroring: per round, each target's CPU per user request and its excess over m0.
+rows = {}
+for line in open(sys.argv[2]):
+    rnd, case, target, cpu_s, out = line.rstrip("\n").split("\t")
+    out = out.replace("\x1f", "\n")
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    l99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
+    n = re.search(r"(\d+) requests in", out)
+    if not (m and l99 and n):
+        continue
+    errs = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
+    rows.setdefault(rnd, {})[target] = (float(m.group(1)), us(l99.group(1)),
+                                        float(cpu_s) * 1e6 / int(n.group(1)),
+                                        errs.group(0) if errs else "")
+if rows:
+    print()
+    print(f"{'mirroring':<10} {'req/s':>10} {'p99 µs':>9} {'cpu µs/req':>11} {'+cpu µs/req':>12} {'(range)':>15} {'+µs/copy':>9}  notes")
+    share = {"m0": 0.0, "m10": 0.1, "m100": 1.0}
+    for t in ("m0", "m10", "m100"):
+        runs = [r[t] for r in rows.values() if t in r]
+        extra = [r[t][2] - r["m0"][2] for r in rows.values() if t in r and "m0" in r]
+        rps, p99, cpu = (statistics.median(x[i] for x in runs) for i in range(3))
+        notes = "; ".join(sorted({x[3] for x in runs if x[3]}))
+        if t == "m0":
+            print(f"{t:<10} {rps:>10.0f} {p99:>9.0f} {cpu:>11.1f} {'':>12} {'':>15} {'':>9}  {notes}")
+            continue
+        med = statistics.median(extra)
+        rng = f"{min(extra):+.1f}..{max(extra):+.1f}"
+        print(f"{t:<10} {rps:>10.0f} {p99:>9.0f} {cpu:>11.1f} {med:>+12.1f} {rng:>15} {med / share[t]:>9.1f}  {notes}")
+    print(f"medians of {len(rows)} interleaved runs; m0/m10/m100: 0, 10 and 100% of requests copied to v2 and")
+    print("compared as JSON; +cpu µs/req: the router's CPU per user request over m0's in the same round;")
+    print("+µs/copy: that excess per mirrored request")
 PY

@@ -5,11 +5,22 @@
 //! never what limits a proxy benchmark.
 //! `bench router LISTEN UPSTREAM WORKERS`: baton's standalone router, for builds
 //! of the `baton` binary without `--workers`.
+//! `bench backend-json PORT`: like `backend`, answering a 0.3 KiB JSON document
+//! whose `served_at` changes with every answer.
+//! `bench mirror LISTEN UPSTREAM PERCENT`: baton's router (one worker) with version
+//! v1 at UPSTREAM taking every request, and `PERCENT` of them copied to v2 (the same
+//! UPSTREAM) and compared as JSON with `$.served_at` left out, as a mirror step
+//! does.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
+
+/// Answers given by the backend.
+static COUNT: AtomicU64 = AtomicU64::new(0);
 
 const ANSWER: &[u8] =
     b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\nContent-Type: text/plain\r\n\r\nHello, world!";
@@ -24,6 +35,16 @@ fn main() {
         Some("backend") => {
             let port: u16 = args.get(1).and_then(|p| p.parse().ok()).expect("PORT");
             rt.block_on(backend(port));
+        }
+        Some("backend-json") => {
+            let port: u16 = args.get(1).and_then(|p| p.parse().ok()).expect("PORT");
+            rt.block_on(backend_with(port, json_answer));
+        }
+        Some("mirror") => {
+            let listen: SocketAddr = args.get(1).and_then(|a| a.parse().ok()).expect("LISTEN");
+            let upstream: SocketAddr = args.get(2).and_then(|a| a.parse().ok()).expect("UPSTREAM");
+            let percent: f64 = args.get(3).and_then(|a| a.parse().ok()).expect("PERCENT");
+            rt.block_on(mirror(listen, upstream, percent));
         }
         Some("router") => {
             let listen: SocketAddr = args.get(1).and_then(|a| a.parse().ok()).expect("LISTEN");
@@ -50,13 +71,68 @@ fn main() {
             });
         }
         _ => {
-            eprintln!("usage: bench backend PORT | bench router LISTEN UPSTREAM WORKERS");
+            eprintln!(
+                "usage: bench backend PORT | bench backend-json PORT | \
+                 bench router LISTEN UPSTREAM WORKERS | bench mirror LISTEN UPSTREAM PERCENT"
+            );
             std::process::exit(2);
         }
     }
 }
 
+/// A router mirroring `percent` of the requests, until Ctrl-C.
+async fn mirror(listen: SocketAddr, upstream: SocketAddr, percent: f64) {
+    use baton_router::config::MirrorConfig;
+    use baton_router::{AppRoutes, Backend, Router, RoutingConfig, VersionRoute};
+    let version = |name: &str, weight: u32| VersionRoute {
+        version: name.into(),
+        weight,
+        backends: vec![Backend {
+            id: format!("{name}-0"),
+            address: upstream,
+        }],
+    };
+    let mut m = MirrorConfig::new("v2", percent);
+    m.ignore_json_paths = vec!["$.served_at".into()];
+    let router = Router::with_workers(1);
+    let cfg = RoutingConfig {
+        generation: 1,
+        apps: vec![AppRoutes {
+            app: "bench".into(),
+            listen,
+            hold_timeout_ms: 5_000,
+            versions: vec![version("v1", 100), version("v2", 0)],
+            rules: Vec::new(),
+            sticky: None,
+            mirror: (percent > 0.0).then_some(m),
+            shield: None,
+            limits: Default::default(),
+            balance: Default::default(),
+        }],
+    };
+    router.apply(cfg).expect("a valid config");
+    let _ = tokio::signal::ctrl_c().await;
+    router.shutdown(std::time::Duration::from_secs(2)).await;
+}
+
+fn json_answer(n: u64) -> Cow<'static, [u8]> {
+    let body = format!(
+        r#"{{"items":[{{"id":1,"name":"tea","price":4.5}},{{"id":2,"name":"coffee","price":3.0}},{{"id":3,"name":"cocoa","price":5.25}},{{"id":4,"name":"mate","price":4.0}}],"currency":"EUR","page":{{"number":1,"size":4,"total":4}},"served_at":{n}}}"#
+    );
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/json\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+    .into()
+}
+
 async fn backend(port: u16) {
+    backend_with(port, |_| Cow::Borrowed(ANSWER)).await;
+}
+
+/// Answers every request with `answer(n)`, `n` counting the answers.
+async fn backend_with(port: u16, answer: fn(u64) -> Cow<'static, [u8]>) {
     let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .expect("bind");
@@ -84,7 +160,7 @@ async fn backend(port: u16) {
                     {
                         close = true;
                     }
-                    out.extend_from_slice(ANSWER);
+                    out.extend_from_slice(&answer(COUNT.fetch_add(1, Ordering::Relaxed)));
                     start += end + 4;
                 }
                 buf.copy_within(start..have, 0);
