@@ -374,6 +374,28 @@ fn a_recorded_slice_replayed_against_a_preview_reports_what_mirroring_did() {
     assert_users_only_saw(&reports, "v1");
     let diff: Value = serde_json::from_str(&h.cli_ok(&["diff", "demo", "--json"])).unwrap();
     assert_eq!(differing(&diff), from_replay, "{diff}");
+
+    // A pre-flight check can replay the slice: a release whose answers differ is
+    // refused before anything changes.
+    let preflight = format!(
+        "preflight:\n  - name: replay\n    command: [\"{{baton}}\", mirror, replay, \"{file}\", --against, \"{{app}}\", \"{{version}}\", --env, SAMPLE_SHAPE=changed, --server, \"{}\"]\n    timeout: 2m",
+        h.server_url()
+    );
+    let path = h.write_spec_with(
+        "demo",
+        2,
+        CANARY,
+        &format!("{}\n{preflight}", example_mirror_section()),
+    );
+    h.cli_ok(&["apply", "-f", path_str(&path)]);
+    let out = deploy(&h, "v2", &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("pre-flight checks failed") && stderr.contains("differ"),
+        "{stderr}"
+    );
+    assert_eq!(h.status("demo")["stable_version"], "v1");
 }
 
 #[test]
