@@ -1065,6 +1065,90 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 mod tests {
     use super::*;
 
+    fn mirror_report(session: &str, matches: u64, mismatches: u64) -> AppMirrorReport {
+        use baton_router::mirror::{MirrorReport, PathCounts, PathReport};
+        let counts = PathCounts {
+            matches,
+            mismatches,
+        };
+        AppMirrorReport {
+            app: "web".into(),
+            version: Some("v2".into()),
+            dropped: 1,
+            abandoned: 0,
+            report: MirrorReport {
+                session: session.into(),
+                total: counts,
+                paths: vec![PathReport {
+                    path: "/items".into(),
+                    counts,
+                    fields: Vec::new(),
+                }],
+                ..MirrorReport::default()
+            },
+        }
+    }
+
+    #[test]
+    fn mirror_settings_become_the_routers_config() {
+        let mut settings = baton_spec::MirrorSpec::default();
+        settings.compare.headers = baton_spec::HeadersCompare::AllExcept(vec!["x-version".into()]);
+        settings.compare.body.mode = baton_spec::BodyMode::Text;
+        settings.compare.body.mask = vec![r"\d+".into()];
+        settings.redact_headers = vec!["x-api-key".into()];
+        settings.samples = 7;
+        let m = mirror_config("v2", 10.0, &settings, "rollout 1 step 1".into());
+        assert_eq!((m.version.as_str(), m.percent), ("v2", 10.0));
+        assert!(m.compare_headers.is_empty());
+        assert!(
+            m.ignore_headers.iter().any(|h| h == "date"),
+            "the defaults stay"
+        );
+        assert!(m.ignore_headers.iter().any(|h| h == "x-version"));
+        assert_eq!(m.body, baton_router::config::BodyCompare::Text);
+        assert_eq!(m.mask_patterns, vec![r"\d+".to_string()]);
+        assert_eq!(m.redact_headers, vec!["x-api-key".to_string()]);
+        assert_eq!((m.max_samples, m.session.as_str()), (7, "rollout 1 step 1"));
+        assert_eq!(m.methods, vec!["GET", "HEAD"]);
+        settings.compare.headers = baton_spec::HeadersCompare::Only(vec!["etag".into()]);
+        let m = mirror_config("v2", 10.0, &settings, String::new());
+        assert_eq!(m.compare_headers, vec!["etag".to_string()]);
+        // What the router accepts.
+        assert!(baton_router::mirror::CompareRules::compile(&m).is_ok());
+    }
+
+    #[test]
+    fn mirror_reports_of_host_routers_merge_within_the_newest_session() {
+        assert!(merge_mirror(Vec::new(), 5).is_none());
+        let merged = merge_mirror(
+            vec![
+                mirror_report("rollout 7 step 2", 10, 1),
+                // A router that has not seen step 2 yet: left out.
+                mirror_report("rollout 7 step 1", 100, 50),
+                mirror_report("rollout 7 step 2", 5, 4),
+            ],
+            5,
+        )
+        .unwrap();
+        assert_eq!(merged.report.session, "rollout 7 step 2");
+        assert_eq!(
+            (merged.report.total.matches, merged.report.total.mismatches),
+            (15, 5)
+        );
+        assert_eq!(merged.report.paths[0].counts.mismatches, 5);
+        assert_eq!(merged.dropped, 3);
+        // Rollout 10 comes after rollout 9, whatever the text order.
+        let merged = merge_mirror(
+            vec![
+                mirror_report("rollout 9 step 3", 1, 0),
+                mirror_report("rollout 10 step 1", 2, 0),
+            ],
+            5,
+        )
+        .unwrap();
+        assert_eq!(merged.report.session, "rollout 10 step 1");
+    }
+
     #[test]
     fn windows_of_several_routers_add_up_and_keep_the_worst_latency() {
         let window =

@@ -131,12 +131,22 @@ fn a_compatible_release_passes_its_mirror_step_and_an_incompatible_one_fails_nam
     let h = Harness::new();
     bring_up(&h);
 
-    // v2 answers the same once the sample's own names are left out.
-    let (out, reports) = with_loads(&h, 200, || deploy(&h, "v2", &[]));
+    // v2 answers the same once the sample's own names are left out; status
+    // shows the comparisons while the step runs.
+    let (text, reports) = with_loads(&h, 200, || {
+        h.cli_ok(&["deploy", "demo", "v2"]);
+        wait_until("comparisons in status", Duration::from_secs(30), || {
+            let m = &h.status("demo")["mirror"];
+            m["running"] == true && m["compared"].as_u64().unwrap_or(0) >= 20
+        });
+        let text = h.cli_ok(&["status", "demo"]);
+        wait_until_stable_on(&h, "demo", "v2", "the mirror step to pass");
+        text
+    });
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        text.contains("mirror step 1 (v2 vs v1): ")
+            && text.contains("matching (0.0% differ, limit 1.0%)"),
+        "{text}"
     );
     // v2 took over once promoted; nobody saw an error on the way.
     for r in &reports {
