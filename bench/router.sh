@@ -8,6 +8,7 @@
 #   GENERAL=1 bench/router.sh       # also measure baton with its fast lane off (every
 #                                   # request through hyper) as target "general"
 #   MIRROR=0 bench/router.sh        # skip the mirroring table
+#   MAIN=0 bench/router.sh          # only the mirroring table
 #
 # One fast backend (a fixed 13-byte answer). Each proxy runs with one worker/thread
 # pinned to CPU 0; wrk and the backend share CPU 1. Cases: keep-alive with 64 and 256
@@ -20,7 +21,9 @@
 # Mirroring (second table): baton with an app whose v1 takes every request and 0%, 10%
 # or 100% of them copied to v2 and compared as JSON (a 0.3 KiB answer, one field left
 # out), keep-alive with 64 connections; its CPU time per user request next to the same
-# router not mirroring.
+# router with no mirroring configured ("off"). An app that mirrors takes the general
+# path for every request (its requests are kept for the copy), so "m0" (mirroring
+# configured, nothing copied) separates that cost from the copies'.
 set -euo pipefail
 
 DURATION=${DURATION:-5}
@@ -165,6 +168,7 @@ for t in "${TARGETS[@]}"; do
     taskset -c "$LOAD_CPU" wrk -t1 -c64 -d1s "http://127.0.0.1:${PORT[$t]}/" >/dev/null
 done
 
+[ "${MAIN:-1}" = 0 ] && CASES=()
 total=$((ROUNDS * ${#CASES[@]} * ${#TARGETS[@]}))
 n=0
 for round in $(seq 1 "$ROUNDS"); do
@@ -194,19 +198,19 @@ if [ "${MIRROR:-1}" != 0 ]; then
     JSON_BACKEND=$(free_port)
     taskset -c "$LOAD_CPU" "$HELPER" backend-json "$JSON_BACKEND" & PIDS+=($!)
     declare -A MPORT MPID
-    for pct in 0 10 100; do
-        MPORT[m$pct]=$(free_port)
-        taskset -c "$PROXY_CPU" "$HELPER" mirror "127.0.0.1:${MPORT[m$pct]}" "127.0.0.1:$JSON_BACKEND" "$pct" \
-            >"$TMP/m$pct.out" 2>&1 & MPID[m$pct]=$!; PIDS+=($!)
+    MT=(off m0 m10 m100)
+    for t in "${MT[@]}"; do
+        MPORT[$t]=$(free_port)
+        taskset -c "$PROXY_CPU" "$HELPER" mirror "127.0.0.1:${MPORT[$t]}" "127.0.0.1:$JSON_BACKEND" "${t#m}" \
+            >"$TMP/$t.out" 2>&1 & MPID[$t]=$!; PIDS+=($!)
     done
-    for t in m0 m10 m100; do
+    for t in "${MT[@]}"; do
         wait_port "${MPORT[$t]}"
         for th in /proc/${MPID[$t]}/task/*; do taskset -pc "$PROXY_CPU" "$(basename "$th")" >/dev/null; done
         taskset -c "$LOAD_CPU" wrk -t1 -c64 -d1s "http://127.0.0.1:${MPORT[$t]}/" >/dev/null
     done
-    MT=(m0 m10 m100)
     for round in $(seq 1 "$ROUNDS"); do
-        shift_by=$(( (round - 1) % 3 ))
+        shift_by=$(( (round - 1) % ${#MT[@]} ))
         for t in "${MT[@]:$shift_by}" "${MT[@]:0:$shift_by}"; do
             echo "[mirror] round $round $t" >&2
             before=$(ticks "${MPID[$t]}")
@@ -251,8 +255,11 @@ def paired(case, target, ref):
 
 cases = ["ka64", "ka256", "close64"]
 targets = ["direct", "nginx", "haproxy", "baton", "general", "base"]
-print()
-print(f"{'case':<8} {'target':<8} {'req/s':>10} {'p50 µs':>9} {'p99 µs':>9} {'/nginx':>7} {'/haproxy':>9} {'cpu µs/req':>11} {'req/cpu-s /nginx':>17}  notes")
+if not data:
+    cases = []
+if data:
+    print()
+    print(f"{'case':<8} {'target':<8} {'req/s':>10} {'p50 µs':>9} {'p99 µs':>9} {'/nginx':>7} {'/haproxy':>9} {'cpu µs/req':>11} {'req/cpu-s /nginx':>17}  notes")
 for c in cases:
     med = {}
     for t in targets:
@@ -272,16 +279,18 @@ for c in cases:
         rc = f"{med['nginx'][3] / cpu:.2f}x" if "nginx" in med and t not in ("direct", "nginx") else ""
         notes = "; ".join(sorted({r[4] for r in data[(c, t)] if r[4]}))
         print(f"{c:<8} {t:<8} {rps:>10.0f} {p50:>9.0f} {p99:>9.0f} {rn:>7} {rh:>9} {cpu:>11.1f} {rc:>17}  {notes}")
-print(f"\nmedians of {len(data[('ka64','nginx')])} interleaved runs per cell; proxies pinned to one CPU, wrk + backend on another")
-print("/nginx, /haproxy: median of the per-round req/s ratios")
+if data:
+    print(f"\nmedians of {len(data[('ka64','nginx')])} interleaved runs per cell; proxies pinned to one CPU, wrk + backend on another")
+    print("/nginx, /haproxy: median of the per-round req/s ratios")
 for c in cases:
     for ref in ("nginx", "haproxy"):
         rs = [by_round[(c, "baton", r)] / by_round[(c, ref, r)]
               for (cc, t, r) in sorted(by_round) if cc == c and t == ref and (c, "baton", r) in by_round]
         if rs:
             print(f"  {c:<8} baton/{ref:<8} by round: " + " ".join(f"{x:.2f}" for x in rs))
-print("cpu µs/req: the target's process CPU time (user + system, all threads) per request;")
-print("req/s is capped by the load CPU when a proxy needs less than a whole core")
+if data:
+    print("cpu µs/req: the target's process CPU time (user + system, all threads) per request;")
+    print("req/s is capped by the load CPU when a proxy needs less than a whole core")
 
 # Mirroring: per round, each target's CPU per user request and its excess over m0.
 rows = {}
@@ -299,20 +308,29 @@ for line in open(sys.argv[2]):
                                         errs.group(0) if errs else "")
 if rows:
     print()
-    print(f"{'mirroring':<10} {'req/s':>10} {'p99 µs':>9} {'cpu µs/req':>11} {'+cpu µs/req':>12} {'(range)':>15} {'+µs/copy':>9}  notes")
-    share = {"m0": 0.0, "m10": 0.1, "m100": 1.0}
-    for t in ("m0", "m10", "m100"):
+    print(f"{'mirroring':<10} {'req/s':>10} {'p99 µs':>9} {'cpu µs/req':>11} {'+cpu vs off':>12} {'(range)':>15} {'µs/copy':>9} {'(range)':>15}  notes")
+    share = {"m10": 0.1, "m100": 1.0}
+    def excess(t, ref):
+        return [r[t][2] - r[ref][2] for r in rows.values() if t in r and ref in r]
+    for t in ("off", "m0", "m10", "m100"):
         runs = [r[t] for r in rows.values() if t in r]
-        extra = [r[t][2] - r["m0"][2] for r in rows.values() if t in r and "m0" in r]
+        if not runs:
+            continue
         rps, p99, cpu = (statistics.median(x[i] for x in runs) for i in range(3))
         notes = "; ".join(sorted({x[3] for x in runs if x[3]}))
-        if t == "m0":
-            print(f"{t:<10} {rps:>10.0f} {p99:>9.0f} {cpu:>11.1f} {'':>12} {'':>15} {'':>9}  {notes}")
-            continue
-        med = statistics.median(extra)
-        rng = f"{min(extra):+.1f}..{max(extra):+.1f}"
-        print(f"{t:<10} {rps:>10.0f} {p99:>9.0f} {cpu:>11.1f} {med:>+12.1f} {rng:>15} {med / share[t]:>9.1f}  {notes}")
-    print(f"medians of {len(rows)} interleaved runs; m0/m10/m100: 0, 10 and 100% of requests copied to v2 and")
-    print("compared as JSON; +cpu µs/req: the router's CPU per user request over m0's in the same round;")
-    print("+µs/copy: that excess per mirrored request")
+        cols = [f"{'':>12}", f"{'':>15}", f"{'':>9}", f"{'':>15}"]
+        if t != "off" and excess(t, "off"):
+            e = excess(t, "off")
+            cols[0] = f"{statistics.median(e):>+12.1f}"
+            cols[1] = f"{min(e):+.1f}..{max(e):+.1f}".rjust(15)
+        if t in share and excess(t, "m0"):
+            c = [x / share[t] for x in excess(t, "m0")]
+            cols[2] = f"{statistics.median(c):>9.1f}"
+            cols[3] = f"{min(c):.1f}..{max(c):.1f}".rjust(15)
+        print(f"{t:<10} {rps:>10.0f} {p99:>9.0f} {cpu:>11.1f} {' '.join(cols)}  {notes}")
+    print(f"medians of {len(rows)} interleaved runs, keep-alive with 64 connections; off: no mirroring configured")
+    print("(fast lane); m0: mirroring configured, nothing copied (every request on the general path);")
+    print("m10/m100: 10 and 100% of requests copied to v2 and compared as JSON. +cpu vs off: the")
+    print("router's CPU per user request over off's in the same round; µs/copy: CPU per mirrored")
+    print("request over m0's (the copy, its answer and the comparison)")
 PY

@@ -10,7 +10,7 @@
 //! `bench mirror LISTEN UPSTREAM PERCENT`: baton's router (one worker) with version
 //! v1 at UPSTREAM taking every request, and `PERCENT` of them copied to v2 (the same
 //! UPSTREAM) and compared as JSON with `$.served_at` left out, as a mirror step
-//! does.
+//! does; `off` for no mirroring configured at all.
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -43,7 +43,10 @@ fn main() {
         Some("mirror") => {
             let listen: SocketAddr = args.get(1).and_then(|a| a.parse().ok()).expect("LISTEN");
             let upstream: SocketAddr = args.get(2).and_then(|a| a.parse().ok()).expect("UPSTREAM");
-            let percent: f64 = args.get(3).and_then(|a| a.parse().ok()).expect("PERCENT");
+            let percent: Option<f64> = match args.get(3).map(String::as_str) {
+                Some("off") => None,
+                other => Some(other.and_then(|a| a.parse().ok()).expect("PERCENT or off")),
+            };
             rt.block_on(mirror(listen, upstream, percent));
         }
         Some("router") => {
@@ -80,8 +83,9 @@ fn main() {
     }
 }
 
-/// A router mirroring `percent` of the requests, until Ctrl-C.
-async fn mirror(listen: SocketAddr, upstream: SocketAddr, percent: f64) {
+/// A router mirroring `percent` of the requests (`None`: mirroring not configured),
+/// until Ctrl-C.
+async fn mirror(listen: SocketAddr, upstream: SocketAddr, percent: Option<f64>) {
     use baton_router::config::MirrorConfig;
     use baton_router::{AppRoutes, Backend, Router, RoutingConfig, VersionRoute};
     let version = |name: &str, weight: u32| VersionRoute {
@@ -92,8 +96,11 @@ async fn mirror(listen: SocketAddr, upstream: SocketAddr, percent: f64) {
             address: upstream,
         }],
     };
-    let mut m = MirrorConfig::new("v2", percent);
-    m.ignore_json_paths = vec!["$.served_at".into()];
+    let mirror = percent.map(|p| {
+        let mut m = MirrorConfig::new("v2", p);
+        m.ignore_json_paths = vec!["$.served_at".into()];
+        m
+    });
     let router = Router::with_workers(1);
     let cfg = RoutingConfig {
         generation: 1,
@@ -104,7 +111,7 @@ async fn mirror(listen: SocketAddr, upstream: SocketAddr, percent: f64) {
             versions: vec![version("v1", 100), version("v2", 0)],
             rules: Vec::new(),
             sticky: None,
-            mirror: (percent > 0.0).then_some(m),
+            mirror,
             shield: None,
             limits: Default::default(),
             balance: Default::default(),
