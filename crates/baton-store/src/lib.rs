@@ -122,6 +122,21 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE revisions ADD COLUMN image TEXT;
     ALTER TABLE revisions ADD COLUMN image_digest TEXT;
     "#,
+    // 5: API tokens. Only a token's SHA-256 is kept; a name is never reused, so
+    // the audit log's names stay unambiguous.
+    r#"
+    CREATE TABLE tokens (
+        name        TEXT PRIMARY KEY NOT NULL,
+        role        TEXT NOT NULL,
+        apps_json   TEXT NOT NULL,
+        hash        TEXT NOT NULL UNIQUE,
+        created_by  TEXT NOT NULL,
+        created_ms  INTEGER NOT NULL,
+        revoked_ms  INTEGER
+    ) STRICT;
+    CREATE TRIGGER tokens_no_delete BEFORE DELETE ON tokens
+    BEGIN SELECT RAISE(ABORT, 'tokens are revoked, not deleted'); END;
+    "#,
 ];
 
 /// Errors returned by the store.
@@ -225,6 +240,22 @@ pub struct ImagePin {
     pub reference: String,
     /// `sha256:...`
     pub digest: String,
+}
+
+/// An API token as stored: never the token itself, only its hash.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub name: String,
+    /// `viewer`, `operator` or `admin`.
+    pub role: String,
+    /// The apps it may act on; empty: every app.
+    pub apps: Vec<String>,
+    /// SHA-256 of the token, hex.
+    #[serde(skip_serializing)]
+    pub hash: String,
+    pub created_by: String,
+    pub created_ms: i64,
+    pub revoked_ms: Option<i64>,
 }
 
 /// The rollout state of an app: an opaque JSON document fenced by a generation number.
@@ -833,6 +864,49 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Adds a token. A name in use (even by a revoked token) is refused.
+    pub fn create_token(&mut self, t: &TokenRecord) -> Result<(), StoreError> {
+        let apps = serde_json::to_string(&t.apps).unwrap_or_else(|_| "[]".into());
+        self.conn.execute(
+            "INSERT INTO tokens (name, role, apps_json, hash, created_by, created_ms, revoked_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)",
+            params![t.name, t.role, apps, t.hash, t.created_by, t.created_ms],
+        )?;
+        Ok(())
+    }
+
+    /// Every token, oldest first, revoked ones too.
+    pub fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT name, role, apps_json, hash, created_by, created_ms, revoked_ms
+             FROM tokens ORDER BY created_ms, name",
+        )?;
+        let rows = stmt.query_map([], token_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The live (not revoked) token whose hash is `hash`.
+    pub fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT name, role, apps_json, hash, created_by, created_ms, revoked_ms
+                 FROM tokens WHERE hash = ?1 AND revoked_ms IS NULL",
+                [hash],
+                token_row,
+            )
+            .optional()?)
+    }
+
+    /// Revokes token `name`; false when there is no live token of that name.
+    pub fn revoke_token(&mut self, name: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let n = self.conn.execute(
+            "UPDATE tokens SET revoked_ms = ?2 WHERE name = ?1 AND revoked_ms IS NULL",
+            params![name, now_ms],
+        )?;
+        Ok(n == 1)
+    }
+
     /// A write transaction that takes the write lock up front, so a read-then-write
     /// sequence (generation check, next revision number) cannot interleave with another
     /// connection's write.
@@ -841,6 +915,19 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?)
     }
+}
+
+fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
+    let apps: String = r.get(2)?;
+    Ok(TokenRecord {
+        name: r.get(0)?,
+        role: r.get(1)?,
+        apps: serde_json::from_str(&apps).unwrap_or_default(),
+        hash: r.get(3)?,
+        created_by: r.get(4)?,
+        created_ms: r.get(5)?,
+        revoked_ms: r.get(6)?,
+    })
 }
 
 /// Brings the schema to the newest version, one migration per transaction.

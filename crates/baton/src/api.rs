@@ -8,11 +8,12 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use baton_engine::{Input, Release, RolloutKind, RolloutPhase};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::auth::{Action, Identity, Role};
 use crate::controller::{AppHandle, AppView, Command, CommandError, DeployAccepted, DeployRequest};
 use crate::server::ControlPlane;
 
@@ -43,7 +44,11 @@ pub fn router(cp: Arc<ControlPlane>) -> Router {
         .route("/v1/apps/{app}/mirror/replay", post(replay))
         .route("/v1/hosts", get(hosts))
         .route("/v1/down", post(down))
+        .route("/v1/tokens", get(list_tokens).post(create_token))
+        .route("/v1/tokens/{name}", axum::routing::delete(revoke_token))
+        .route("/v1/whoami", get(whoami))
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(cp.clone(), authorize))
         .layer(axum::middleware::from_fn(refuse_forgeable))
         .with_state(cp)
 }
@@ -93,6 +98,167 @@ pub fn forgeable(method: &http::Method, headers: &HeaderMap) -> Option<String> {
          (Content-Type: application/json), as baton's CLI does"
             .to_owned()
     })
+}
+
+/// Every request but the health check needs a valid token whose role may do
+/// what the request asks (see [`crate::auth::action_of`]): else 401 or 403, and
+/// nothing changes. The handlers get the caller's [`Identity`]: whatever a
+/// request says, the operator recorded is the token's name.
+async fn authorize(
+    State(cp): Cp,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some((action, app)) = crate::auth::action_of(req.method(), req.uri().path()) else {
+        return next.run(req).await;
+    };
+    let source = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map_or_else(|| "unknown".to_string(), |c| c.0.to_string());
+    let what = format!("{} {}", req.method(), req.uri());
+    // Who asked, what, from where, and how it went: every change and every
+    // refusal of one is in the audit log.
+    let audit = |actor: &str, outcome: &str, detail: String| -> anyhow::Result<()> {
+        let Some(log) = &cp.shared.audit else {
+            return Ok(());
+        };
+        log.append(
+            crate::audit::Entry {
+                actor: actor.into(),
+                source: source.clone(),
+                action: action.as_str().into(),
+                app: app.clone(),
+                outcome: outcome.into(),
+                detail,
+            },
+            cp.shared.now_ms(),
+        )
+        .map(|_| ())
+    };
+    let refuse = |actor: &str, code: StatusCode, message: String| {
+        if action.mutates()
+            && let Err(e) = audit(actor, "refused", format!("{what}: {message}"))
+        {
+            tracing::warn!(error = %format!("{e:#}"), "cannot write the audit record of a refusal");
+        }
+        ApiError(code, message).into_response()
+    };
+    let Some(token) = crate::auth::bearer(req.headers()) else {
+        return refuse(
+            "anonymous",
+            StatusCode::UNAUTHORIZED,
+            format!(
+                "a token is needed: run `baton login` or set BATON_TOKEN (the first `baton serve` \
+                 wrote an admin token to {})",
+                crate::tokens::admin_token_path(&cp.shared.data_dir).display()
+            ),
+        );
+    };
+    let identity = match crate::tokens::identify(&cp.shared, token) {
+        Ok(Some(who)) => who,
+        Ok(None) => {
+            return refuse(
+                "anonymous",
+                StatusCode::UNAUTHORIZED,
+                "this token is not valid (unknown or revoked): ask an admin for one \
+                 (`baton token create NAME --role operator`)"
+                    .into(),
+            );
+        }
+        Err(e) => {
+            return ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")).into_response();
+        }
+    };
+    if let Err(why) = identity.may(action, app.as_deref()) {
+        return refuse(&identity.name, StatusCode::FORBIDDEN, why);
+    }
+    let actor = identity.name.clone();
+    if action.mutates() {
+        // Fail closed: nothing is done unless its record is on disk.
+        if let Err(e) = audit(&actor, "requested", what.clone()) {
+            return ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{e:#}; nothing was done: the audit log must be writable for any change"),
+            )
+            .into_response();
+        }
+    }
+    req.extensions_mut().insert(identity);
+    let response = next.run(req).await;
+    if action.mutates() {
+        let status = response.status();
+        let outcome = if status.is_success() {
+            "done"
+        } else {
+            "failed"
+        };
+        if let Err(e) = audit(&actor, outcome, format!("{what}: {status}")) {
+            tracing::warn!(error = %format!("{e:#}"), "cannot write the audit record of an outcome");
+        }
+    }
+    response
+}
+
+/// `baton whoami`: the caller's token name, role and apps.
+async fn whoami(Extension(who): Extension<Identity>) -> Json<Identity> {
+    Json(who)
+}
+
+#[derive(Deserialize)]
+struct CreateTokenBody {
+    name: String,
+    role: String,
+    #[serde(default)]
+    apps: Vec<String>,
+}
+
+/// `baton token create`: the token is in this answer only; the store keeps its hash.
+async fn create_token(
+    State(cp): Cp,
+    Extension(who): Extension<Identity>,
+    Json(body): Json<CreateTokenBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let role = Role::parse(&body.role).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
+    let token = crate::tokens::create(&cp.shared, &body.name, role, &body.apps, &who.name)
+        .map_err(|e| match e {
+            crate::tokens::TokenError::Invalid(m) => ApiError(StatusCode::BAD_REQUEST, m),
+            crate::tokens::TokenError::Failed(e) => e.into(),
+        })?;
+    Ok(Json(json!({
+        "name": body.name,
+        "role": role,
+        "apps": body.apps,
+        "token": token,
+    })))
+}
+
+async fn list_tokens(State(cp): Cp) -> Result<Json<serde_json::Value>, ApiError> {
+    let tokens = cp
+        .shared
+        .store()
+        .list_tokens()
+        .map_err(anyhow::Error::from)?;
+    Ok(Json(json!({ "tokens": tokens })))
+}
+
+async fn revoke_token(
+    State(cp): Cp,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let now = cp.shared.now_ms();
+    if !cp
+        .shared
+        .store()
+        .revoke_token(&name, now)
+        .map_err(anyhow::Error::from)?
+    {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no live token named {name:?}; `baton token list` shows them"),
+        ));
+    }
+    Ok(Json(json!({ "name": name, "revoked": true })))
 }
 
 /// [`forgeable`] requests are answered 403 and change nothing.
@@ -158,15 +324,6 @@ fn not_found(app: &str) -> ApiError {
     )
 }
 
-fn operator(headers: &HeaderMap) -> String {
-    headers
-        .get("x-baton-operator")
-        .and_then(|v| v.to_str().ok())
-        .filter(|s| !s.is_empty())
-        .unwrap_or("unknown")
-        .to_string()
-}
-
 async fn handle(cp: &ControlPlane, app: &str) -> Result<AppHandle, ApiError> {
     cp.app(app).await.ok_or_else(|| not_found(app))
 }
@@ -182,20 +339,18 @@ struct ApplyBody {
 
 async fn apply(
     State(cp): Cp,
-    headers: HeaderMap,
+    Extension(who): Extension<Identity>,
     Json(body): Json<ApplyBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let spec = baton_spec::parse_spec(&body.file, &body.yaml)
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    who.may(Action::Apply, Some(&spec.name))
+        .map_err(|e| ApiError(StatusCode::FORBIDDEN, e))?;
     let applied = cp
         .apply(spec.clone(), &body.file, &body.yaml, body.yes)
         .await?;
-    let deployed = match crate::server::deploy_declared_version(
-        &applied.handle,
-        &spec,
-        &operator(&headers),
-    )
-    .await
+    let deployed = match crate::server::deploy_declared_version(&applied.handle, &spec, &who.name)
+        .await
     {
         Ok(d) => d,
         Err(e) => {
@@ -258,7 +413,7 @@ fn parse_strategy(name: Option<&str>) -> Result<Option<baton_spec::StrategyKind>
 async fn deploy(
     State(cp): Cp,
     Path(app): Path<String>,
-    headers: HeaderMap,
+    Extension(who): Extension<Identity>,
     Json(body): Json<DeployBody>,
 ) -> Result<Json<DeployAccepted>, ApiError> {
     let h = handle(&cp, &app).await?;
@@ -287,7 +442,7 @@ async fn deploy(
                 strategy,
                 sha256: body.sha256,
                 image: body.image,
-                ..DeployRequest::new(body.version, operator(&headers), RolloutKind::Deploy)
+                ..DeployRequest::new(body.version, who.name.clone(), RolloutKind::Deploy)
             },
         )
         .await?,
@@ -303,13 +458,13 @@ struct AbortBody {
 async fn abort(
     State(cp): Cp,
     Path(app): Path<String>,
-    headers: HeaderMap,
+    Extension(who): Extension<Identity>,
     body: Option<Json<AbortBody>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let reason = body
         .and_then(|b| b.0.reason)
         .unwrap_or_else(|| "no reason given".into());
-    let by = operator(&headers);
+    let by = who.name.clone();
     let view = handle(&cp, &app).await?.status.borrow().clone();
     if view.state.rollout.is_none()
         && let (Some(w), Some(stable)) = (&view.state.warm, &view.state.stable)
@@ -350,7 +505,7 @@ struct PromoteBody {
 async fn promote(
     State(cp): Cp,
     Path(app): Path<String>,
-    headers: HeaderMap,
+    Extension(who): Extension<Identity>,
     body: Option<Json<PromoteBody>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let full = body.is_some_and(|b| b.0.full);
@@ -359,7 +514,7 @@ async fn promote(
         &cp,
         &app,
         Input::Promote {
-            by: operator(&headers),
+            by: who.name.clone(),
             full,
         },
     )
@@ -380,13 +535,13 @@ async fn promote(
 async fn pause(
     State(cp): Cp,
     Path(app): Path<String>,
-    headers: HeaderMap,
+    Extension(who): Extension<Identity>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     operate(
         &cp,
         &app,
         Input::Pause {
-            by: operator(&headers),
+            by: who.name.clone(),
         },
     )
     .await?;
@@ -396,13 +551,13 @@ async fn pause(
 async fn resume(
     State(cp): Cp,
     Path(app): Path<String>,
-    headers: HeaderMap,
+    Extension(who): Extension<Identity>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     operate(
         &cp,
         &app,
         Input::Resume {
-            by: operator(&headers),
+            by: who.name.clone(),
         },
     )
     .await?;
@@ -412,9 +567,9 @@ async fn resume(
 async fn approve(
     State(cp): Cp,
     Path(app): Path<String>,
-    headers: HeaderMap,
+    Extension(who): Extension<Identity>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let by = operator(&headers);
+    let by = who.name.clone();
     operate(&cp, &app, Input::Approve { by: by.clone() }).await?;
     Ok(Json(json!({"app": app, "approved_by": by})))
 }
@@ -423,10 +578,10 @@ async fn approve(
 async fn retry(
     State(cp): Cp,
     Path(app): Path<String>,
-    headers: HeaderMap,
+    Extension(who): Extension<Identity>,
 ) -> Result<Json<DeployAccepted>, ApiError> {
     let h = handle(&cp, &app).await?;
-    let operator = operator(&headers);
+    let operator = who.name.clone();
     let accepted = ask(&h, |reply| Command::Retry { operator, reply }).await?;
     Ok(Json(accepted))
 }
@@ -464,7 +619,7 @@ struct RollbackAccepted {
 async fn rollback(
     State(cp): Cp,
     Path(app): Path<String>,
-    headers: HeaderMap,
+    Extension(who): Extension<Identity>,
     body: Option<Json<RollbackBody>>,
 ) -> Result<Json<RollbackAccepted>, ApiError> {
     let view = handle(&cp, &app).await?.status.borrow().clone();
@@ -475,7 +630,7 @@ async fn rollback(
         .map(|r| r.to.version.clone())
         .or_else(|| view.state.stable.as_ref().map(|r| r.version.clone()))
         .unwrap_or_default();
-    let accepted = rollback_accepted(cp, app, headers, body).await?.0;
+    let accepted = rollback_accepted(cp, app, who, body).await?.0;
     let message = if let Some(r) = &view.state.rollout {
         let from = r.from.as_ref().map_or("", |f| f.version.as_str());
         if is_blue_green(&view.state.params) && r.weight.is_some_and(|w| w < 100) {
@@ -530,12 +685,12 @@ async fn rollback(
 async fn rollback_accepted(
     cp: Arc<ControlPlane>,
     app: String,
-    headers: HeaderMap,
+    who: Identity,
     body: Option<Json<RollbackBody>>,
 ) -> Result<Json<DeployAccepted>, ApiError> {
     let h = handle(&cp, &app).await?;
     let to_revision = body.and_then(|b| b.0.to_revision);
-    let operator = operator(&headers);
+    let operator = who.name.clone();
     let accepted = ask(&h, |reply| Command::Rollback {
         to_revision,
         operator,

@@ -33,9 +33,6 @@ pub struct Cli {
     /// URL of the control plane's API, for the commands that talk to it (each also takes --server).
     #[arg(long, value_name = "URL", env = "BATON_SERVER", default_value = crate::client::DEFAULT_SERVER)]
     server: String,
-    /// Who is running the command, for the commands that change something (default: $USER).
-    #[arg(long, value_name = "NAME", env = "BATON_OPERATOR")]
-    operator: Option<String>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -46,14 +43,6 @@ struct Server {
     /// URL of the control plane's API [default: BATON_SERVER, else http://127.0.0.1:7077]
     #[arg(long = "server", value_name = "URL")]
     url: Option<String>,
-}
-
-/// `--operator` of the commands that change something.
-#[derive(clap::Args, Debug, Clone, Default)]
-struct Operator {
-    /// Who is running the command, recorded in the upgrade history [default: BATON_OPERATOR, else $USER]
-    #[arg(long = "operator", value_name = "NAME")]
-    name: Option<String>,
 }
 
 /// `baton router --balance`.
@@ -89,8 +78,6 @@ enum Cmd {
         yes: bool,
         #[command(flatten)]
         server: Server,
-        #[command(flatten)]
-        operator: Operator,
     },
     /// Check app spec files offline (no server needed): exit 0 when valid, 2 otherwise.
     Lint {
@@ -104,8 +91,6 @@ enum Cmd {
         app: String,
         #[command(flatten)]
         server: Server,
-        #[command(flatten)]
-        operator: Operator,
     },
     /// Start a rollout of VERSION.
     Deploy {
@@ -135,8 +120,6 @@ enum Cmd {
         image: Option<String>,
         #[command(flatten)]
         server: Server,
-        #[command(flatten)]
-        operator: Operator,
     },
     /// Show apps, instances and traffic.
     Status {
@@ -167,8 +150,6 @@ enum Cmd {
         reason: Option<String>,
         #[command(flatten)]
         server: Server,
-        #[command(flatten)]
-        operator: Operator,
     },
     /// Move a canary or blue-green rollout past its current pause or gate;
     /// after a blue-green switch, stop keeping the old release ready.
@@ -180,8 +161,6 @@ enum Cmd {
         full: bool,
         #[command(flatten)]
         server: Server,
-        #[command(flatten)]
-        operator: Operator,
     },
     /// Hold a rollout where it is.
     Pause {
@@ -189,8 +168,6 @@ enum Cmd {
         app: String,
         #[command(flatten)]
         server: Server,
-        #[command(flatten)]
-        operator: Operator,
     },
     /// Continue a paused rollout.
     Resume {
@@ -198,8 +175,6 @@ enum Cmd {
         app: String,
         #[command(flatten)]
         server: Server,
-        #[command(flatten)]
-        operator: Operator,
     },
     /// Pass an approval gate (recorded with your name).
     Approve {
@@ -207,8 +182,6 @@ enum Cmd {
         app: String,
         #[command(flatten)]
         server: Server,
-        #[command(flatten)]
-        operator: Operator,
     },
     /// Run the release of the last aborted or rolled-back rollout again.
     Retry {
@@ -219,8 +192,6 @@ enum Cmd {
         wait: bool,
         #[command(flatten)]
         server: Server,
-        #[command(flatten)]
-        operator: Operator,
     },
     /// Return to the previous release (or a given revision) through the app's
     /// strategy; during a rollout, abort it (traffic back to the stable release
@@ -237,8 +208,6 @@ enum Cmd {
         wait: bool,
         #[command(flatten)]
         server: Server,
-        #[command(flatten)]
-        operator: Operator,
     },
     /// Print the steps a rollout of VERSION would take.
     Plan {
@@ -261,6 +230,31 @@ enum Cmd {
         /// The app, as named in its spec.
         app: String,
         /// Print JSON (every kept pair in full).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Create, list and revoke API tokens (admin).
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Check or export the audit log of a data dir (offline: reads the files).
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
+    /// Save a token for this control plane (read from stdin), so later commands use it.
+    Login {
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Who the token in use is: its name, role and apps.
+    Whoami {
+        /// Print JSON.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -291,8 +285,6 @@ enum Cmd {
     Down {
         #[command(flatten)]
         server: Server,
-        #[command(flatten)]
-        operator: Operator,
     },
     /// The hosts of apps that run on other machines: reachable, node version, instances, routing acknowledged.
     Hosts {
@@ -377,6 +369,57 @@ enum HostsAction {
         /// The key's fingerprint as `baton apply` showed it (`SHA256:...`).
         #[arg(long)]
         fingerprint: String,
+    },
+}
+
+/// `baton audit ...`.
+#[derive(Subcommand, Debug)]
+enum AuditAction {
+    /// Check that no record was edited, deleted, inserted or reordered; exit 1
+    /// naming each one that was.
+    Verify {
+        /// The control plane's data dir.
+        #[arg(long, env = "BATON_DATA_DIR", default_value = ".baton")]
+        data_dir: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print every record, one JSON object per line.
+    Export {
+        /// The control plane's data dir.
+        #[arg(long, env = "BATON_DATA_DIR", default_value = ".baton")]
+        data_dir: PathBuf,
+    },
+}
+
+/// `baton token ...`.
+#[derive(Subcommand, Debug)]
+enum TokenAction {
+    /// Create a token; it is printed once (only its hash is kept).
+    Create {
+        /// Its name: recorded as the operator of everything done with it.
+        name: String,
+        /// viewer (read), operator (move rollouts) or admin (also apply specs, manage tokens).
+        #[arg(long)]
+        role: String,
+        /// Limit it to this app (repeatable); default: every app.
+        #[arg(long = "app", value_name = "APP")]
+        apps: Vec<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List tokens (never the tokens themselves).
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token: it stops working at once.
+    Revoke {
+        /// Its name.
+        name: String,
     },
 }
 
@@ -472,46 +515,25 @@ impl From<ClientError> for Exit {
 }
 
 impl Cmd {
-    /// The `--server` and `--operator` a command takes, if it talks to the
-    /// control plane.
-    fn remote(&self) -> Option<(&Server, Option<&Operator>)> {
+    /// The `--server` a command takes, if it talks to the control plane.
+    fn remote(&self) -> Option<&Server> {
         match self {
-            Cmd::Apply {
-                server, operator, ..
-            }
-            | Cmd::Deploy {
-                server, operator, ..
-            }
-            | Cmd::Abort {
-                server, operator, ..
-            }
-            | Cmd::Promote {
-                server, operator, ..
-            }
-            | Cmd::Pause {
-                server, operator, ..
-            }
-            | Cmd::Resume {
-                server, operator, ..
-            }
-            | Cmd::Approve {
-                server, operator, ..
-            }
-            | Cmd::Retry {
-                server, operator, ..
-            }
-            | Cmd::Rollback {
-                server, operator, ..
-            }
-            | Cmd::Delete {
-                server, operator, ..
-            }
-            | Cmd::Down { server, operator } => Some((server, Some(operator))),
+            Cmd::Apply { server, .. }
+            | Cmd::Deploy { server, .. }
+            | Cmd::Abort { server, .. }
+            | Cmd::Promote { server, .. }
+            | Cmd::Pause { server, .. }
+            | Cmd::Resume { server, .. }
+            | Cmd::Approve { server, .. }
+            | Cmd::Retry { server, .. }
+            | Cmd::Rollback { server, .. }
+            | Cmd::Delete { server, .. }
+            | Cmd::Down { server } => Some(server),
             Cmd::Hosts {
                 action: None,
                 server,
                 ..
-            } => Some((server, None)),
+            } => Some(server),
             Cmd::Status { server, .. }
             | Cmd::Diff { server, .. }
             | Cmd::Mirror {
@@ -519,12 +541,16 @@ impl Cmd {
             }
             | Cmd::History { server, .. }
             | Cmd::Plan { server, .. }
-            | Cmd::Events { server, .. } => Some((server, None)),
+            | Cmd::Events { server, .. }
+            | Cmd::Token { server, .. }
+            | Cmd::Login { server }
+            | Cmd::Whoami { server, .. } => Some(server),
             Cmd::Serve { .. }
             | Cmd::Demo { .. }
             | Cmd::Schema
             | Cmd::Sample { .. }
             | Cmd::Sim { .. }
+            | Cmd::Audit { .. }
             | Cmd::Lint { .. }
             | Cmd::Router { .. }
             | Cmd::Hosts { .. }
@@ -646,26 +672,18 @@ fn init_tracing(default_level: &str) {
         .try_init();
 }
 
-/// The command's own `--operator`, else the top-level one (or BATON_OPERATOR), else $USER.
-fn operator_name(cli: &Cli, own: Option<&Operator>) -> String {
-    own.and_then(|o| o.name.clone())
-        .or_else(|| cli.operator.clone())
-        .or_else(|| std::env::var("USER").ok())
-        .unwrap_or_else(|| "unknown".into())
-}
-
 async fn run(cli: Cli) -> Exit {
-    let (server, operator) = match cli.command.remote() {
-        Some((server, operator)) => {
+    let server = match cli.command.remote() {
+        Some(server) => {
             let url = server.url.clone().unwrap_or_else(|| cli.server.clone());
             if let Err(e) = crate::client::check_server_url(&url) {
                 return Exit::BadInput(e);
             }
-            (url, operator_name(&cli, operator))
+            url
         }
-        None => (cli.server.clone(), operator_name(&cli, None)),
+        None => cli.server.clone(),
     };
-    let api = ApiClient::new(&server, &operator);
+    let api = ApiClient::new(&server, crate::client::token_for(&server));
     match cli.command {
         Cmd::Serve {
             config,
@@ -809,6 +827,10 @@ async fn run(cli: Cli) -> Exit {
         Cmd::History { app, json, .. } => history(&api, &app, json).await,
         Cmd::Events { app, json, .. } => events(&api, &app, json).await,
         Cmd::Diff { app, json, .. } => diff(&api, &app, json).await,
+        Cmd::Token { action, .. } => token(&api, action).await,
+        Cmd::Audit { action } => audit(action),
+        Cmd::Login { .. } => login(&server).await,
+        Cmd::Whoami { json, .. } => whoami(&api, json).await,
         Cmd::Mirror {
             action:
                 MirrorAction::Record {
@@ -1537,6 +1559,212 @@ async fn events(api: &ApiClient, app: &str, as_json: bool) -> Exit {
     Exit::Ok
 }
 
+fn audit(action: AuditAction) -> Exit {
+    match action {
+        AuditAction::Verify { data_dir, json } => {
+            let log = data_dir.join("audit.jsonl");
+            if !log.exists() {
+                return Exit::BadInput(format!(
+                    "{} does not exist: give the control plane's data dir with --data-dir",
+                    log.display()
+                ));
+            }
+            let v = match crate::audit::verify(&log, &data_dir.join("audit.key")) {
+                Ok(v) => v,
+                Err(e) => return Exit::BadInput(format!("{e:#}")),
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else if v.problems.is_empty() {
+                println!(
+                    "{} intact: {} records, {} signed checkpoints",
+                    log.display(),
+                    v.records,
+                    v.checkpoints
+                );
+            } else {
+                for p in &v.problems {
+                    println!("{}:{}: {}", log.display(), p.line, p.message);
+                }
+            }
+            if v.problems.is_empty() {
+                Exit::Ok
+            } else {
+                Exit::Failed(format!(
+                    "the audit log was tampered with: {} problem(s)",
+                    v.problems.len()
+                ))
+            }
+        }
+        AuditAction::Export { data_dir } => {
+            let log = data_dir.join("audit.jsonl");
+            match std::fs::read_to_string(&log) {
+                Ok(text) => {
+                    print!("{text}");
+                    Exit::Ok
+                }
+                Err(e) => Exit::BadInput(format!(
+                    "cannot read {}: {e}; give the control plane's data dir with --data-dir",
+                    log.display()
+                )),
+            }
+        }
+    }
+}
+
+async fn token(api: &ApiClient, action: TokenAction) -> Exit {
+    match action {
+        TokenAction::Create {
+            name,
+            role,
+            apps,
+            json,
+        } => {
+            if let Err(e) = crate::auth::Role::parse(&role) {
+                return Exit::BadInput(format!("--role: {e}"));
+            }
+            let v = match api
+                .post(
+                    "/v1/tokens",
+                    &json!({"name": name, "role": role, "apps": apps}),
+                )
+                .await
+            {
+                Ok(v) => v,
+                Err(e) => return e.into(),
+            };
+            if json {
+                println!("{v}");
+            } else {
+                println!("{}", v["token"].as_str().unwrap_or_default());
+                eprintln!(
+                    "token {name} (role {role}{}) created; it is shown only now: keep it secret \
+                     and give it to `baton login` or BATON_TOKEN",
+                    if apps.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", apps {}", apps.join(", "))
+                    }
+                );
+            }
+            Exit::Ok
+        }
+        TokenAction::List { json } => {
+            let v = match api.get("/v1/tokens").await {
+                Ok(v) => v,
+                Err(e) => return e.into(),
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&v["tokens"]).unwrap_or_default()
+                );
+                return Exit::Ok;
+            }
+            let mut t = Table::new(&[
+                ("name", Align::Left),
+                ("role", Align::Left),
+                ("apps", Align::Left),
+                ("created", Align::Left),
+                ("by", Align::Left),
+                ("revoked", Align::Left),
+            ]);
+            for tok in v["tokens"].as_array().into_iter().flatten() {
+                let apps: Vec<&str> = tok["apps"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                t.row(vec![
+                    tok["name"].as_str().unwrap_or("").into(),
+                    tok["role"].as_str().unwrap_or("").into(),
+                    if apps.is_empty() {
+                        "all".into()
+                    } else {
+                        apps.join(",")
+                    },
+                    format_date(tok["created_ms"].as_i64().unwrap_or(0)),
+                    tok["created_by"].as_str().unwrap_or("").into(),
+                    tok["revoked_ms"]
+                        .as_i64()
+                        .map(format_date)
+                        .unwrap_or_default(),
+                ]);
+            }
+            print!("{}", t.render());
+            Exit::Ok
+        }
+        TokenAction::Revoke { name } => match api.delete(&format!("/v1/tokens/{name}")).await {
+            Ok(_) => {
+                println!("token {name} revoked");
+                Exit::Ok
+            }
+            Err(e) => e.into(),
+        },
+    }
+}
+
+/// `baton login`: checks the token read from stdin against the server and
+/// saves it for that server.
+async fn login(server: &str) -> Exit {
+    if std::io::stdin().is_terminal() {
+        eprint!("token for {server}: ");
+    }
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().read_line(&mut line) {
+        return Exit::BadInput(format!("cannot read the token from stdin: {e}"));
+    }
+    let token = line.trim().to_string();
+    if token.is_empty() {
+        return Exit::BadInput(
+            "no token given: pipe it in, e.g. `baton login < token.txt`, or paste it".into(),
+        );
+    }
+    let api = ApiClient::new(server, Some(token.clone()));
+    let who = match api.get("/v1/whoami").await {
+        Ok(v) => v,
+        Err(e) => return e.into(),
+    };
+    if let Err(e) = crate::client::save_login(server, &token) {
+        return Exit::Failed(e);
+    }
+    println!(
+        "logged in to {server} as {} (role {})",
+        who["name"].as_str().unwrap_or("?"),
+        who["role"].as_str().unwrap_or("?")
+    );
+    Exit::Ok
+}
+
+async fn whoami(api: &ApiClient, as_json: bool) -> Exit {
+    let v = match api.get("/v1/whoami").await {
+        Ok(v) => v,
+        Err(e) => return e.into(),
+    };
+    if as_json {
+        println!("{v}");
+    } else {
+        let apps: Vec<&str> = v["apps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        println!(
+            "{} (role {}, {})",
+            v["name"].as_str().unwrap_or("?"),
+            v["role"].as_str().unwrap_or("?"),
+            if apps.is_empty() {
+                "every app".to_string()
+            } else {
+                format!("apps {}", apps.join(", "))
+            }
+        );
+    }
+    Exit::Ok
+}
+
 async fn diff(api: &ApiClient, app: &str, as_json: bool) -> Exit {
     let v = match api.get(&format!("/v1/apps/{app}/mirror")).await {
         Ok(v) => v,
@@ -2000,7 +2228,7 @@ mod tests {
     }
 
     #[test]
-    fn server_and_operator_appear_only_on_commands_that_use_them() {
+    fn server_appears_only_on_commands_that_use_it() {
         let cli = Cli::command();
         let has = |sub: &str, flag: &str| {
             cli.find_subcommand(sub)
@@ -2010,18 +2238,15 @@ mod tests {
         };
         for local in ["serve", "demo", "schema", "sample", "router", "__router"] {
             assert!(!has(local, "server"), "{local} --server");
-            assert!(!has(local, "operator"), "{local} --operator");
         }
         for read in ["status", "history", "plan", "events"] {
             assert!(has(read, "server"), "{read} --server");
-            assert!(!has(read, "operator"), "{read} --operator");
         }
         for write in [
             "apply", "deploy", "abort", "promote", "pause", "resume", "approve", "retry",
             "rollback", "down",
         ] {
             assert!(has(write, "server"), "{write} --server");
-            assert!(has(write, "operator"), "{write} --operator");
         }
         // Given after the command too, and the command's own wins.
         let cli = Cli::try_parse_from([
@@ -2033,7 +2258,7 @@ mod tests {
             "http://b:2",
         ])
         .unwrap();
-        let (server, _) = cli.command.remote().unwrap();
+        let server = cli.command.remote().unwrap();
         assert_eq!(server.url.as_deref(), Some("http://b:2"));
     }
 

@@ -13,8 +13,90 @@ use serde_json::Value;
 #[derive(Clone)]
 pub struct ApiClient {
     base: String,
-    operator: String,
+    /// Sent as `Authorization: Bearer`; the server records its name as the operator.
+    token: Option<String>,
     http: Client<HttpConnector, Full<Bytes>>,
+}
+
+/// The token the CLI sends to `server`: `BATON_TOKEN`, else the one `baton login`
+/// saved for it, else, for a control plane on this machine, the admin token its
+/// first start wrote to its data dir (`BATON_DATA_DIR`, else `.baton`) when this
+/// user can read it.
+pub fn token_for(server: &str) -> Option<String> {
+    if let Some(t) = std::env::var("BATON_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+    {
+        return Some(t.trim().to_string());
+    }
+    if let Some(t) = saved_logins().remove(server) {
+        return Some(t);
+    }
+    let loopback = server
+        .parse::<hyper::Uri>()
+        .ok()
+        .and_then(|u| u.host().map(str::to_owned))
+        .is_some_and(|h| {
+            h == "localhost"
+                || h.trim_matches(['[', ']'])
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        });
+    if !loopback {
+        return None;
+    }
+    let dir = std::env::var_os("BATON_DATA_DIR")
+        .map_or_else(|| ".baton".into(), std::path::PathBuf::from);
+    std::fs::read_to_string(crate::tokens::admin_token_path(&dir))
+        .ok()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+}
+
+/// Where `baton login` keeps tokens, by server: `$XDG_CONFIG_HOME/baton/logins.json`,
+/// else `~/.config/baton/logins.json`.
+fn logins_path() -> Option<std::path::PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".config")))?;
+    Some(base.join("baton").join("logins.json"))
+}
+
+fn saved_logins() -> std::collections::BTreeMap<String, String> {
+    logins_path()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+}
+
+/// Saves `token` for `server` (the file is readable by this user only).
+pub fn save_login(server: &str, token: &str) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = logins_path().ok_or("neither XDG_CONFIG_HOME nor HOME is set")?;
+    let mut logins = saved_logins();
+    logins.insert(server.to_string(), token.to_string());
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(
+            serde_json::to_string_pretty(&logins)
+                .unwrap_or_default()
+                .as_bytes(),
+        )?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    };
+    write().map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 /// Where the CLI looks for the control plane unless told otherwise.
@@ -110,12 +192,12 @@ pub fn check_server_url(url: &str) -> Result<(), String> {
 }
 
 impl ApiClient {
-    pub fn new(base: &str, operator: &str) -> Self {
+    pub fn new(base: &str, token: Option<String>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(3)));
         ApiClient {
             base: base.trim_end_matches('/').to_string(),
-            operator: operator.to_string(),
+            token,
             http: Client::builder(TokioExecutor::new()).build(connector),
         }
     }
@@ -167,11 +249,14 @@ impl ApiClient {
             detail,
         };
         let payload = body.map(|b| b.to_string()).unwrap_or_default();
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(method)
             .uri(&url)
-            .header("content-type", "application/json")
-            .header("x-baton-operator", &self.operator)
+            .header("content-type", "application/json");
+        if let Some(t) = &self.token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = req
             .body(Full::new(Bytes::from(payload)))
             .map_err(|e| unreachable(e.to_string()))?;
         let resp = tokio::time::timeout(timeout, self.http.request(req))

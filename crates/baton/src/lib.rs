@@ -18,6 +18,8 @@ macro_rules! println {
 pub mod admission;
 pub mod analysis;
 pub mod api;
+pub mod audit;
+pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod containers;
@@ -37,4 +39,5 @@ pub mod serve;
 pub mod server;
 pub mod sim;
 pub mod term;
+pub mod tokens;
 pub mod windows;

@@ -37,6 +37,9 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         })?;
     let shutdown = CancellationToken::new();
     let cp = start_locked(data_dir, lock, shutdown.clone()).await?;
+    if let Some(path) = crate::tokens::bootstrap(&cp.shared)? {
+        info!(file = %path.display(), "created the admin token (role admin); the CLI reads it from there, or give it to `baton login`");
+    }
     for (file, yaml) in &opts.specs {
         let spec = baton_spec::parse_spec(file, yaml)?;
         apply_at_start(&cp, file, spec, yaml).await;
@@ -56,9 +59,12 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         wait_for_signal().await;
         std::process::exit(130);
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.cancelled_owned())
+    .await?;
     Ok(())
 }
 

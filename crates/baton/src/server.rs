@@ -301,6 +301,9 @@ pub async fn start_locked(
         delivery: None,
         data_dir: data_dir.clone(),
         baton_exe,
+        audit: Some(Arc::new(
+            crate::audit::AuditLog::open(&data_dir).context("opening the audit log")?,
+        )),
     });
     let cp = Arc::new(ControlPlane {
         shared: shared.clone(),

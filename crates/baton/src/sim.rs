@@ -883,6 +883,7 @@ impl Sim {
             probe: Arc::new(SimProbe(self.world.clone())),
             clock,
             delivery: Some(Arc::new(SimDelivery(self.world.clone()))),
+            audit: None,
             data_dir: std::env::temp_dir(),
             baton_exe: std::env::current_exe()
                 .map(|p| p.to_string_lossy().into_owned())

@@ -379,7 +379,7 @@ impl Chaos {
             .enable_all()
             .build()
             .expect("runtime");
-        let api = ApiClient::new(&h.server_url(), "chaos");
+        let api = ApiClient::new(&h.server_url(), Some(h.token()));
         let chaos = Chaos {
             h,
             rt,

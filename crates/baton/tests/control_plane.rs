@@ -283,10 +283,273 @@ fn a_request_a_web_page_could_forge_changes_nothing() {
     let s = h.status("web");
     assert_eq!(s["phase"], "stable", "{s}");
     assert_eq!(get_version(h.listen), (200, "v1".to_string()));
-    // Reads stay open, and the CLI (JSON, no Origin) still changes things.
+    // Reads need a token too, and the CLI (JSON, a token, no Origin) still
+    // changes things.
     let read = format!(
         "GET /v1/apps HTTP/1.1\r\nHost: {host}\r\nOrigin: http://evil.example\r\nConnection: close\r\n\r\n"
     );
-    assert_eq!(raw_status(&h, &read), 200);
+    assert_eq!(raw_status(&h, &read), 401);
     h.cli_ok(&["deploy", "web", "v2", "--wait"]);
+}
+
+/// One API call with `token` (and extra header lines); its status.
+fn call(h: &Harness, method: &str, path: &str, token: Option<&str>, extra: &str) -> u16 {
+    let body = if method == "GET" { "" } else { "{}" };
+    call_with(h, method, path, token, extra, body)
+}
+
+fn call_with(
+    h: &Harness,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    extra: &str,
+    body: &str,
+) -> u16 {
+    let host = h.api.to_string();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    raw_status(
+        h,
+        &format!(
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth}{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+}
+
+/// A new token made with the harness's admin token; the token.
+fn token(h: &Harness, name: &str, role: &str, apps: &[&str]) -> String {
+    let mut args = vec!["token", "create", name, "--role", role];
+    for a in apps {
+        args.extend(["--app", a]);
+    }
+    h.cli_ok(&args).trim().to_string()
+}
+
+#[test]
+fn tokens_decide_who_may_do_what_and_name_the_operator() {
+    let h = Harness::new();
+    h.bring_up("web", 1, "");
+    // The first start wrote the admin token for its user only.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(h.dir.join("admin.token"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    let viewer = token(&h, "dashboard", "viewer", &[]);
+    let ci = token(&h, "ci-bot", "operator", &["web"]);
+    let other = token(&h, "shop-team", "operator", &["shop"]);
+    // No token, a wrong one: 401 and nothing changes.
+    assert_eq!(call(&h, "GET", "/v1/apps/web", None, ""), 401);
+    assert_eq!(call(&h, "POST", "/v1/apps/web/pause", None, ""), 401);
+    assert_eq!(
+        call(&h, "POST", "/v1/apps/web/pause", Some("baton_0000"), ""),
+        401
+    );
+    // A viewer reads and changes nothing.
+    assert_eq!(call(&h, "GET", "/v1/apps/web", Some(&viewer), ""), 200);
+    assert_eq!(
+        call(&h, "POST", "/v1/apps/web/pause", Some(&viewer), ""),
+        403
+    );
+    assert_eq!(call(&h, "POST", "/v1/down", Some(&viewer), ""), 403);
+    // An operator of another app may not touch this one; nor may an operator
+    // apply specs or manage tokens.
+    assert_eq!(
+        call(&h, "POST", "/v1/apps/web/pause", Some(&other), ""),
+        403
+    );
+    assert_eq!(call(&h, "GET", "/v1/tokens", Some(&ci), ""), 403);
+    let s = h.status("web");
+    assert_eq!(s["phase"], "stable", "{s}");
+
+    // The operator recorded is the token's name, whatever the request says.
+    let out = h
+        .command()
+        .env("BATON_TOKEN", &ci)
+        .args(["deploy", "web", "v2", "--wait"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(h.history("web")[0]["operator"], "ci-bot");
+    let spoof = call_with(
+        &h,
+        "POST",
+        "/v1/apps/web/deploy",
+        Some(&ci),
+        "X-Baton-Operator: the-boss\r\n",
+        r#"{"version": "v3", "operator": "the-boss"}"#,
+    );
+    assert_eq!(spoof, 200);
+    wait_until_stable_on(&h, "web", "v3", "the deploy of v3");
+    let history = h.history("web");
+    assert_eq!(history[0]["operator"], "ci-bot", "{history:?}");
+    // `whoami` and the CLI's errors.
+    let me = h
+        .command()
+        .env("BATON_TOKEN", &viewer)
+        .args(["whoami"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&me.stdout).trim(),
+        "dashboard (role viewer, every app)"
+    );
+    let denied = h
+        .command()
+        .env("BATON_TOKEN", &viewer)
+        .args(["abort", "web"])
+        .output()
+        .unwrap();
+    assert_eq!(denied.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&denied.stderr).contains("dashboard (role viewer) may not abort"),
+        "{}",
+        String::from_utf8_lossy(&denied.stderr)
+    );
+    // Revoked: refused at once; listed, never shown.
+    h.cli_ok(&["token", "revoke", "ci-bot"]);
+    assert_eq!(call(&h, "GET", "/v1/apps/web", Some(&ci), ""), 401);
+    let list = h.cli_ok(&["token", "list", "--json"]);
+    assert!(!list.contains(&ci) && !list.contains("hash"), "{list}");
+    assert!(list.contains("\"revoked_ms\""), "{list}");
+    // A taken name, a bad role: exit 2.
+    let dup = h.cli(&["token", "create", "ci-bot", "--role", "viewer"]);
+    assert_eq!(dup.status.code(), Some(2));
+    let bad = h.cli(&["token", "create", "x", "--role", "root"]);
+    assert_eq!(bad.status.code(), Some(2));
+}
+
+/// The audit log's records, as `baton audit export` prints them.
+fn audit_records(h: &Harness) -> Vec<serde_json::Value> {
+    let out = Command::new(BATON)
+        .args(["audit", "export", "--data-dir", path_str(&h.dir)])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn audit_verify(h: &Harness) -> std::process::Output {
+    Command::new(BATON)
+        .args(["audit", "verify", "--data-dir", path_str(&h.dir)])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap()
+}
+
+/// Makes the audit log immutable (even for root) until the guard drops.
+struct Immutable(std::path::PathBuf);
+
+impl Immutable {
+    fn new(path: std::path::PathBuf) -> Immutable {
+        let ok = Command::new("chattr")
+            .arg("+i")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "chattr +i {}", path.display());
+        Immutable(path)
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn the_audit_log_records_every_change_and_catches_tampering() {
+    let h = Harness::new();
+    h.bring_up("web", 1, "");
+    let viewer = token(&h, "dashboard", "viewer", &[]);
+    assert_eq!(
+        call(&h, "POST", "/v1/apps/web/pause", Some(&viewer), ""),
+        403
+    );
+    assert_eq!(call(&h, "POST", "/v1/apps/web/pause", None, ""), 401);
+    h.cli_ok(&["deploy", "web", "v2", "--wait"]);
+
+    let records = audit_records(&h);
+    let find = |actor: &str, action: &str, outcome: &str| {
+        records
+            .iter()
+            .any(|r| r["actor"] == actor && r["action"] == action && r["outcome"] == outcome)
+    };
+    assert!(find("tester", "apply", "requested") && find("tester", "apply", "done"));
+    assert!(find("tester", "deploy", "requested") && find("tester", "deploy", "done"));
+    assert!(find("dashboard", "pause", "refused"), "{records:#?}");
+    assert!(find("anonymous", "pause", "refused"));
+    assert!(
+        find("baton", "rollout_finished", "decided"),
+        "baton's own decisions too"
+    );
+    let deploy = records.iter().find(|r| r["action"] == "deploy").unwrap();
+    assert_eq!(deploy["app"], "web");
+    assert!(
+        deploy["source"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{deploy}"
+    );
+    let out = audit_verify(&h);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("intact"));
+
+    // Fail closed: with the log read-only, every change is refused with the
+    // reason, and nothing changes.
+    let log = h.dir.join("audit.jsonl");
+    {
+        let _ro = Immutable::new(log.clone());
+        let out = h.cli(&["pause", "web"]);
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("cannot write the audit record") && stderr.contains("nothing was done"),
+            "{stderr}"
+        );
+        let out = h.cli(&["deploy", "web", "v3"]);
+        assert_eq!(out.status.code(), Some(1));
+        let s = h.status("web");
+        assert_eq!(s["phase"], "stable", "{s}");
+        assert_eq!(s["stable_version"], "v2");
+    }
+
+    // Tampering, each kind on a copy of the log: named by `audit verify`.
+    let original = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = original.lines().collect();
+    assert!(lines.len() > 6);
+    let check = |text: String, expected: &str| {
+        std::fs::write(&log, text).unwrap();
+        let out = audit_verify(&h);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{stdout}");
+        assert!(stdout.contains(expected), "{expected:?} not in {stdout}");
+    };
+    let edited = original.replacen("\"actor\":\"dashboard\"", "\"actor\":\"tester\"", 1);
+    check(edited, "was edited");
+    let mut deleted = lines.clone();
+    deleted.remove(3);
+    check(deleted.join("\n") + "\n", "record(s) deleted");
+    let mut reordered = lines.clone();
+    reordered.swap(2, 4);
+    check(reordered.join("\n") + "\n", "reordered");
+    std::fs::write(&log, &original).unwrap();
+    assert!(audit_verify(&h).status.success());
 }

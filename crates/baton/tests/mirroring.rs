@@ -7,7 +7,6 @@ mod common;
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::Duration;
 
 use baton::loadgen::{self, LoadConfig, LoadReport};
@@ -264,12 +263,11 @@ fn a_recorded_slice_replayed_against_a_preview_reports_what_mirroring_did() {
 
     // Record 40 real requests; each carries credentials that must not be kept.
     let recorder = {
-        let (server, file) = (h.server_url(), file.clone());
+        let mut cmd = h.command();
+        let file = file.clone();
         std::thread::spawn(move || {
-            Command::new(env!("CARGO_BIN_EXE_baton"))
-                .args(["--server", &server, "mirror", "record", "demo"])
+            cmd.args(["mirror", "record", "demo"])
                 .args(["--to", &file, "--requests", "40", "--duration", "120s"])
-                .env("NO_COLOR", "1")
                 .output()
                 .expect("run baton")
         })
@@ -388,7 +386,8 @@ fn a_recorded_slice_replayed_against_a_preview_reports_what_mirroring_did() {
     // A pre-flight check can replay the slice: a release whose answers differ is
     // refused before anything changes.
     let preflight = format!(
-        "preflight:\n  - name: replay\n    command: [\"{{baton}}\", mirror, replay, \"{file}\", --against, \"{{app}}\", \"{{version}}\", --env, SAMPLE_SHAPE=changed, --server, \"{}\"]\n    timeout: 2m",
+        "preflight:\n  - name: replay\n    command: [env, \"BATON_TOKEN={}\", \"{{baton}}\", mirror, replay, \"{file}\", --against, \"{{app}}\", \"{{version}}\", --env, SAMPLE_SHAPE=changed, --server, \"{}\"]\n    timeout: 2m",
+        h.token(),
         h.server_url()
     );
     let path = h.write_spec_with(

@@ -177,7 +177,7 @@ fn blue_green_waits_for_approval_then_switches_and_rolls_back_instantly() {
         .enable_all()
         .build()
         .unwrap();
-    let api = baton::client::ApiClient::new(&h.server_url(), "tester");
+    let api = baton::client::ApiClient::new(&h.server_url(), Some(h.token()));
     let started = std::time::Instant::now();
     rt.block_on(api.post("/v1/apps/demo/rollback", &serde_json::json!({})))
         .expect("rollback accepted");

@@ -34,9 +34,9 @@ fn output_to_a_closed_pipe_ends_quietly() {
     let h = Harness::new();
     h.bring_up("demo", 1, "    min_ready: 0s");
     // The reader goes away before baton writes (`baton events demo | head -0`).
-    let mut child = Command::new(BATON)
-        .args(["--server", &h.server_url(), "events", "demo"])
-        .env("NO_COLOR", "1")
+    let mut child = h
+        .command()
+        .args(["events", "demo"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -534,6 +534,10 @@ impl AppController {
         };
         for e in &events {
             info!(app = %self.spec.name, kind = %e.kind, "{}", e.message);
+            if is_decision(&e.kind) {
+                self.shared
+                    .audit_decision(&self.spec.name, &e.kind, &e.message);
+            }
         }
         let rollout_ended = self.state.rollout.is_some() && next.rollout.is_none();
         let routing_changed = crate::routing::app_routes(&self.effective_spec(), &next)
@@ -954,3 +958,24 @@ const REPLY_ACK_WAIT: Duration = Duration::from_secs(5);
 const STOP_ALL_ACK_WAIT: Duration = Duration::from_secs(5);
 /// How long `stop_all` waits for starts in flight to answer.
 const STOP_ALL_START_WAIT: Duration = Duration::from_secs(30);
+
+/// Events that record what baton decided (or what a decision led to), for the
+/// audit log: verdicts, rollbacks, promotions, pauses and resumptions.
+fn is_decision(kind: &str) -> bool {
+    use baton_engine::EventKind as K;
+    [
+        K::AnalysisFailed,
+        K::AnalysisInconclusive,
+        K::ChecksFailed,
+        K::Promoted,
+        K::Paused,
+        K::Resumed,
+        K::WaitingForWindow,
+        K::RolloutFinished,
+        K::RolloutFailed,
+        K::RolloutAborted,
+        K::SwitchingBack,
+    ]
+    .iter()
+    .any(|k| k.as_str() == kind)
+}

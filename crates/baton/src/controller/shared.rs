@@ -30,6 +30,8 @@ pub struct Shared {
     pub data_dir: PathBuf,
     /// Path of the running baton executable, for the `{baton}` placeholder.
     pub baton_exe: String,
+    /// Who did what, and what baton decided itself (`None` in the simulation).
+    pub audit: Option<Arc<crate::audit::AuditLog>>,
 }
 
 impl Shared {
@@ -88,6 +90,24 @@ impl Shared {
             reports,
             spec.mirror.samples as usize,
         ))
+    }
+
+    /// Records a decision baton took itself (a verdict, a rollback, a
+    /// promotion, a pause for a window). A failure is logged: a rollback is not
+    /// held back because its record could not be written.
+    pub fn audit_decision(&self, app: &str, action: &str, detail: &str) {
+        let Some(audit) = &self.audit else { return };
+        let entry = crate::audit::Entry {
+            actor: "baton".into(),
+            source: "controller".into(),
+            action: action.into(),
+            app: Some(app.into()),
+            outcome: "decided".into(),
+            detail: detail.into(),
+        };
+        if let Err(e) = audit.append(entry, self.now_ms()) {
+            tracing::warn!(%app, %action, error = %format!("{e:#}"), "cannot write the audit record of a decision");
+        }
     }
 
     pub fn store(&self) -> std::sync::MutexGuard<'_, Store> {

@@ -54,6 +54,9 @@ pub struct Harness {
     pub serve_args: Vec<String>,
     /// The baton binary `serve` runs (another build of baton, for upgrades).
     pub exe: PathBuf,
+    /// The token the CLI uses: `tester`, an admin token made with the admin
+    /// token the first start wrote to the data dir (see [`Harness::token`]).
+    token: std::sync::OnceLock<String>,
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -82,6 +85,7 @@ impl Harness {
             server: None,
             serve_args: Vec::new(),
             exe: PathBuf::from(BATON),
+            token: std::sync::OnceLock::new(),
         }
     }
 
@@ -122,14 +126,50 @@ impl Harness {
         }
     }
 
+    /// The admin token the first start of this harness's control plane wrote.
+    pub fn admin_token(&self) -> String {
+        let path = self.dir.join("admin.token");
+        wait_until("the admin token", Duration::from_secs(60), || path.exists());
+        std::fs::read_to_string(&path)
+            .expect("read the admin token")
+            .trim()
+            .to_string()
+    }
+
+    /// The token the CLI of this harness uses: `tester` (role admin), created
+    /// on first use with the admin token, so histories name `tester`.
+    pub fn token(&self) -> String {
+        self.token
+            .get_or_init(|| {
+                let out = Command::new(BATON)
+                    .args(["--server", &self.server_url(), "token", "create", "tester"])
+                    .args(["--role", "admin"])
+                    .env("BATON_TOKEN", self.admin_token())
+                    .env("NO_COLOR", "1")
+                    .output()
+                    .expect("run baton token create");
+                assert!(
+                    out.status.success(),
+                    "creating the tester token: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                String::from_utf8_lossy(&out.stdout).trim().to_string()
+            })
+            .clone()
+    }
+
+    /// The CLI with this control plane's address and token.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(BATON);
+        cmd.args(["--server", &self.server_url()])
+            .env("BATON_TOKEN", self.token())
+            .env("NO_COLOR", "1");
+        cmd
+    }
+
     /// Run the CLI against this control plane.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BATON)
-            .args(["--server", &self.server_url(), "--operator", "tester"])
-            .args(args)
-            .env("NO_COLOR", "1")
-            .output()
-            .expect("run baton")
+        self.command().args(args).output().expect("run baton")
     }
 
     pub fn cli_ok(&self, args: &[&str]) -> String {
