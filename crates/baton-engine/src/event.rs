@@ -30,6 +30,8 @@ pub enum EventKind {
     /// A mirror step's comparisons, recorded by the controller when the step
     /// ends or fails.
     MirrorCompared,
+    /// A webhook notice that could not be delivered, recorded by the controller.
+    NotificationFailed,
     InstanceStarting,
     InstanceStarted,
     InstanceStartFailed,
@@ -67,6 +69,7 @@ impl EventKind {
         EventKind::AnalysisInconclusive,
         EventKind::AnalysisCheck,
         EventKind::MirrorCompared,
+        EventKind::NotificationFailed,
         EventKind::InstanceStarting,
         EventKind::InstanceStarted,
         EventKind::InstanceStartFailed,
@@ -104,6 +107,7 @@ impl EventKind {
             EventKind::AnalysisInconclusive => "analysis_inconclusive",
             EventKind::AnalysisCheck => "analysis_check",
             EventKind::MirrorCompared => "mirror_compared",
+            EventKind::NotificationFailed => "notification_failed",
             EventKind::InstanceStarting => "instance_starting",
             EventKind::InstanceStarted => "instance_started",
             EventKind::InstanceStartFailed => "instance_start_failed",

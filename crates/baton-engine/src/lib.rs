@@ -52,6 +52,10 @@ pub struct Params {
     /// Hosts a rolling upgrade works on at once (node by node: 1).
     #[serde(default)]
     pub max_unavailable_hosts: u32,
+    /// An approval gate is passed only by someone other than who started the
+    /// rollout (four eyes).
+    #[serde(default)]
+    pub approval_by_another: bool,
 }
 
 /// One host's part of an app: how many instances run there, and the surge
@@ -582,6 +586,12 @@ pub enum EngineError {
     /// Approve while no approval gate is reached.
     #[error("{app} is not waiting for an approval (phase: {phase})")]
     NothingToApprove { app: String, phase: String },
+    /// The app asks for approvals by someone other than who started the rollout.
+    #[error(
+        "{by} started this rollout of {app}, and its approvals must come from someone else \
+         (approval.by_another_person in its spec): ask another operator to run `baton approve {app}`"
+    )]
+    SelfApproval { app: String, by: String },
     /// Promote, pause or resume that does not fit where the rollout is.
     #[error("{0}")]
     NotApplicable(String),
@@ -779,6 +789,13 @@ fn apply_input(
                 return Err(EngineError::NothingToApprove {
                     app: s.app.clone(),
                     phase: s.phase_name().to_string(),
+                });
+            }
+            if s.params.approval_by_another && s.rollout.as_ref().is_some_and(|r| r.operator == *by)
+            {
+                return Err(EngineError::SelfApproval {
+                    app: s.app.clone(),
+                    by: by.clone(),
                 });
             }
             if let Some(r) = &mut s.rollout {

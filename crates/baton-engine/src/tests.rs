@@ -21,6 +21,7 @@ fn params(n: u32, surge: u32, unavailable: u32) -> Params {
         pause_on_deadline: false,
         hosts: Vec::new(),
         max_unavailable_hosts: 0,
+        approval_by_another: false,
     }
 }
 
@@ -275,6 +276,26 @@ fn blue_green_waits_for_approval_switches_at_once_and_can_switch_back() {
     assert!(sim.state.rollout.is_none());
     assert_eq!(sim.state.stable, Some(rel(1, "v1")));
     assert_eq!(sim.routable_versions(), vec!["v1"; 3]);
+}
+
+/// Four eyes: with `approval_by_another`, who started the rollout cannot pass
+/// its gate; someone else can.
+#[test]
+fn an_approval_may_have_to_come_from_another_person() {
+    let mut sim = deployed_stepped(2, blue_green_steps(2));
+    sim.state.params.approval_by_another = true;
+    sim.deploy(rel(2, "v2"));
+    run_until(&mut sim, 30_000, |s| {
+        s.state.phase_name() == "awaiting_approval"
+    });
+    let err = step(&sim.state, Input::Approve { by: "test".into() }, sim.now).unwrap_err();
+    assert!(
+        matches!(&err, EngineError::SelfApproval { by, .. } if by == "test"),
+        "{err}"
+    );
+    assert_eq!(sim.state.phase_name(), "awaiting_approval");
+    sim.input(Input::Approve { by: "erin".into() });
+    assert!(sim.state.rollout.is_none(), "erin's approval switched");
 }
 
 /// After the switch the rollout is over (history closed, new deploys

@@ -30,7 +30,8 @@ pub use model::{
     HeadersCompare, HooksSpec, HostSpec, HostsSpec, IntOrPercent, MirrorCompare, MirrorRequests,
     MirrorSpec, OnProgressDeadline, OnWindowEnd, PreflightCheck, ProcessDriverSpec, PullPolicy,
     ReadinessSpec, RollingSpec, RouterPlacement, SmokeTest, Spread, StrategySpec, TimeOfDay,
-    TrafficSpec, UpgradeWindow, UpgradeWindows, WarmupSpec, Weekday,
+    TrafficSpec, UpgradeWindow, UpgradeWindows, WEBHOOK_EVENTS, WarmupSpec, WebhookFormat,
+    WebhookSpec, Weekday,
 };
 pub use strategy::{StrategyKind, UnknownStrategy};
 pub use template::{

@@ -65,7 +65,49 @@ pub struct AppSpec {
     /// What mirror steps copy and compare (each step may override parts).
     #[serde(default)]
     pub mirror: MirrorSpec,
+    /// An approval must come from someone other than who started the rollout.
+    #[serde(default)]
+    pub approval_by_another_person: bool,
+    /// Webhooks told about the app's rollouts.
+    #[serde(default)]
+    pub webhooks: Vec<WebhookSpec>,
 }
+
+/// A webhook told about an app's rollouts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSpec {
+    pub name: String,
+    pub url: String,
+    pub format: WebhookFormat,
+    /// The events it gets; empty: all.
+    pub events: Vec<String>,
+    /// The control plane's environment variable holding its HMAC key.
+    pub secret_env: Option<String>,
+    #[serde(with = "duration_text")]
+    pub timeout: Duration,
+}
+
+/// How a webhook's notices are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookFormat {
+    #[default]
+    Json,
+    Slack,
+}
+
+/// The events a webhook may ask for.
+pub const WEBHOOK_EVENTS: &[&str] = &[
+    "started",
+    "step",
+    "waiting_for_approval",
+    "analysis_failed",
+    "rolled_back",
+    "promoted",
+    "succeeded",
+    "stuck",
+];
 
 impl AppSpec {
     /// The mirror settings of canary step `step`: its own when it overrides the

@@ -91,6 +91,61 @@ pub(crate) struct AppSpec {
     /// `baton mirror replay`.
     #[serde(default)]
     pub mirror: Option<MirrorSpec>,
+    /// Who may pass an approval gate (`pause: { until: approved }`, `approval`,
+    /// a blue-green switch waiting for `baton approve`).
+    #[serde(default)]
+    pub approval: Option<ApprovalSpec>,
+    /// Who is told about this app's rollouts.
+    #[serde(default)]
+    pub notifications: Option<NotificationsSpec>,
+}
+
+/// Who is told about rollouts.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NotificationsSpec {
+    /// HTTP endpoints that get a POST for each event, in order, retried with
+    /// backoff; a receiver that is down or slow never holds a rollout back.
+    #[serde(default)]
+    pub webhooks: Option<Vec<WebhookEntry>>,
+}
+
+/// One webhook.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WebhookEntry {
+    /// Names it in `status` and the event log; unique among the app's webhooks.
+    #[schemars(required, length(min = 1))]
+    pub name: Option<String>,
+    /// `http://` or `https://` URL the notices are POSTed to.
+    #[schemars(required)]
+    pub url: Option<String>,
+    /// `json` (the default: app, environment, event, message, versions, time,
+    /// sequence) or `slack` (a `text` message for a Slack incoming webhook).
+    #[serde(default)]
+    pub format: Option<String>,
+    /// The events sent: started, step, waiting_for_approval, analysis_failed,
+    /// rolled_back, promoted, succeeded, stuck. Default: all.
+    #[serde(default)]
+    pub events: Option<Vec<String>>,
+    /// An environment variable of the control plane holding the HMAC key: each
+    /// notice is signed (`X-Baton-Signature: sha256=HMAC(key, timestamp "." body)`,
+    /// `X-Baton-Timestamp`). The key never goes in the spec.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// Longest wait for one answer. Default `5s`.
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+}
+
+/// Approval gates.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ApprovalSpec {
+    /// Only someone other than who started the rollout may approve it (four
+    /// eyes): the name of the approver's token must differ. Default `false`.
+    #[serde(default)]
+    pub by_another_person: Option<bool>,
 }
 
 /// Mirroring settings of an app.

@@ -2630,3 +2630,67 @@ fn bad_mirror_settings_name_the_field() {
         );
     }
 }
+
+#[test]
+fn webhooks_and_approvals() {
+    let yaml = r#"name: a
+listen: 127.0.0.1:80
+driver: { process: { command: [app] } }
+approval: { by_another_person: true }
+notifications:
+  webhooks:
+    - { name: sink, url: "https://example.com/hook", secret_env: HOOK_KEY }
+    - { name: chat, url: "http://127.0.0.1:9/x", format: slack, events: [rolled_back, stuck], timeout: 2s }
+"#;
+    let spec = parse_spec("t.yaml", yaml).unwrap();
+    assert!(spec.approval_by_another_person);
+    assert_eq!(spec.webhooks.len(), 2);
+    assert_eq!(spec.webhooks[0].format, WebhookFormat::Json);
+    assert_eq!(spec.webhooks[0].secret_env.as_deref(), Some("HOOK_KEY"));
+    assert_eq!(spec.webhooks[0].timeout, Duration::from_secs(5));
+    assert!(spec.webhooks[0].events.is_empty(), "all events");
+    assert_eq!(spec.webhooks[1].format, WebhookFormat::Slack);
+    assert_eq!(spec.webhooks[1].events, vec!["rolled_back", "stuck"]);
+    let plain = parse_spec(
+        "t.yaml",
+        "name: a\nlisten: 127.0.0.1:80\ndriver: { process: { command: [app] } }\n",
+    )
+    .unwrap();
+    assert!(!plain.approval_by_another_person && plain.webhooks.is_empty());
+
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "- { name: x, url: 'ftp://h/' }",
+            "notifications.webhooks[0].url",
+            "not an http:// or https:// URL",
+        ),
+        (
+            "- { name: x, url: 'http://h/', events: [deployed] }",
+            "notifications.webhooks[0].events[0]",
+            "unknown event `deployed`",
+        ),
+        (
+            "- { name: x, url: 'http://h/', format: xml }",
+            "notifications.webhooks[0].format",
+            "unknown format `xml`",
+        ),
+        (
+            "- { name: x, url: 'http://h/' }\n    - { name: x, url: 'http://h/' }",
+            "notifications.webhooks[1].name",
+            "listed twice",
+        ),
+        (
+            "- { url: 'http://h/' }",
+            "notifications.webhooks[0].name",
+            "missing",
+        ),
+    ];
+    for (hooks, field, message) in cases {
+        let yaml = format!(
+            "name: a\nlisten: 127.0.0.1:80\ndriver: {{ process: {{ command: [app] }} }}\nnotifications:\n  webhooks:\n    {hooks}\n"
+        );
+        let e = parse_spec("t.yaml", &yaml).unwrap_err();
+        assert_eq!(e.field, *field, "{hooks}: {e}");
+        assert!(e.message.contains(message), "{hooks}: {e}");
+    }
+}

@@ -14,7 +14,8 @@ use crate::model::{
     HeadersCompare, HooksSpec, HostSpec, HostsSpec, IntOrPercent, MirrorCompare, MirrorRequests,
     MirrorSpec, OnProgressDeadline, OnWindowEnd, PreflightCheck, ProcessDriverSpec, PullPolicy,
     ReadinessSpec, RollingSpec, RouterPlacement, SmokeTest, Spread, StrategySpec, TimeOfDay,
-    TrafficSpec, UpgradeWindow, UpgradeWindows, WarmupSpec, Weekday,
+    TrafficSpec, UpgradeWindow, UpgradeWindows, WEBHOOK_EVENTS, WarmupSpec, WebhookFormat,
+    WebhookSpec, Weekday,
 };
 use crate::raw;
 use crate::template::{
@@ -351,6 +352,19 @@ pub(crate) fn field_hint(path: &str) -> String {
             "give regular expressions, e.g. `mask: ['\\d{4}-\\d\\d-\\d\\dT[0-9:.]+Z']`"
         }
         "mirror.samples" => "give a whole number from 0 to 1000, e.g. `samples: 20`",
+        "notifications.webhooks.name" => "give each webhook its own name, e.g. `name: slack`",
+        "notifications.webhooks.url" => {
+            "give the URL notices are POSTed to, e.g. `url: https://hooks.slack.com/services/...`"
+        }
+        "notifications.webhooks.format" => "write `format: json` (the default) or `format: slack`",
+        "notifications.webhooks.events" => {
+            "list some of: started, step, waiting_for_approval, analysis_failed, rolled_back, \
+             promoted, succeeded, stuck (default: all)"
+        }
+        "notifications.webhooks.secret_env" => {
+            "name an environment variable of `baton serve` holding the key, e.g. \
+             `secret_env: BATON_WEBHOOK_SECRET`"
+        }
         "analysis.failure_limit" => {
             "give a whole number, at least 1, e.g. `failure_limit: 2` (failing measurements in a row)"
         }
@@ -1061,6 +1075,12 @@ pub(crate) fn validate(
     };
 
     let traffic = traffic(&mut c, spec.traffic.unwrap_or_default());
+    let webhooks = webhooks(
+        &mut c,
+        spec.notifications
+            .and_then(|n| n.webhooks)
+            .unwrap_or_default(),
+    );
     let hosts = spec.hosts.map(|h| hosts(&mut c, h, instances));
 
     if c.errors.is_empty() {
@@ -1082,6 +1102,11 @@ pub(crate) fn validate(
             traffic,
             hosts,
             mirror,
+            approval_by_another_person: spec
+                .approval
+                .and_then(|a| a.by_another_person)
+                .unwrap_or(false),
+            webhooks,
         })
     } else {
         Err(c.errors)
@@ -1670,6 +1695,78 @@ fn canary_step(
             })
         }
     }
+}
+
+/// `notifications.webhooks`.
+fn webhooks(c: &mut Checker<'_>, list: Vec<raw::WebhookEntry>) -> Vec<WebhookSpec> {
+    const BASE: &str = "notifications.webhooks";
+    let mut out: Vec<WebhookSpec> = Vec::new();
+    for (i, w) in list.into_iter().enumerate() {
+        let base = format!("{BASE}[{i}]");
+        let name = c.required(&join(&base, "name"), w.name).unwrap_or_default();
+        if out.iter().any(|o| o.name == name) {
+            let at = join(&base, "name");
+            c.fail(
+                &at,
+                format!("a webhook named `{name}` is listed twice"),
+                field_hint(&at),
+            );
+        }
+        let url = c.required(&join(&base, "url"), w.url).unwrap_or_default();
+        let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
+        if !url.is_empty() && (!scheme_ok || url.contains(char::is_whitespace)) {
+            let at = join(&base, "url");
+            c.fail(
+                &at,
+                format!("`{url}` is not an http:// or https:// URL"),
+                field_hint(&at),
+            );
+        }
+        let format = match w.format.as_deref() {
+            None | Some("json") => WebhookFormat::Json,
+            Some("slack") => WebhookFormat::Slack,
+            Some(other) => {
+                let at = join(&base, "format");
+                c.fail(&at, format!("unknown format `{other}`"), field_hint(&at));
+                WebhookFormat::Json
+            }
+        };
+        let events = w.events.unwrap_or_default();
+        for (k, e) in events.iter().enumerate() {
+            if !WEBHOOK_EVENTS.contains(&e.as_str()) {
+                let at = format!("{base}.events[{k}]");
+                c.fail(
+                    &at,
+                    format!("unknown event `{e}`"),
+                    field_hint(&join(&base, "events")),
+                );
+            }
+        }
+        if let Some(var) = &w.secret_env
+            && (var.is_empty() || var.contains(['=', '\0']))
+        {
+            let at = join(&base, "secret_env");
+            c.fail(
+                &at,
+                format!("`{var}` is not an environment variable name"),
+                field_hint(&at),
+            );
+        }
+        let timeout = c.positive_duration(
+            &join(&base, "timeout"),
+            w.timeout.as_ref(),
+            std::time::Duration::from_secs(5),
+        );
+        out.push(WebhookSpec {
+            name,
+            url,
+            format,
+            events,
+            secret_env: w.secret_env,
+            timeout,
+        });
+    }
+    out
 }
 
 /// The `mirror:` section at `base`.

@@ -137,6 +137,10 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER tokens_no_delete BEFORE DELETE ON tokens
     BEGIN SELECT RAISE(ABORT, 'tokens are revoked, not deleted'); END;
     "#,
+    // 6: who passed a rollout's approval gates (token names, comma-separated).
+    r#"
+    ALTER TABLE history ADD COLUMN approvers TEXT NOT NULL DEFAULT '';
+    "#,
 ];
 
 /// Errors returned by the store.
@@ -332,6 +336,9 @@ pub struct HistoryRecord {
     pub notes: String,
     pub started_ms: i64,
     pub finished_ms: Option<i64>,
+    /// Who passed its approval gates, in order.
+    #[serde(default)]
+    pub approvers: Vec<String>,
 }
 
 /// The durable store. One SQLite connection.
@@ -837,11 +844,22 @@ impl Store {
         })
     }
 
+    /// Adds `who` to the approvers of rollout `history_id` (while it runs).
+    pub fn add_history_approver(&mut self, history_id: i64, who: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE history SET approvers = CASE WHEN approvers = '' THEN ?2
+                                            ELSE approvers || ',' || ?2 END
+             WHERE id = ?1 AND finished_ms IS NULL",
+            params![history_id, who.replace(',', " ")],
+        )?;
+        Ok(())
+    }
+
     /// The upgrade history of `app`, newest first.
     pub fn list_history(&self, app: &str) -> Result<Vec<HistoryRecord>, StoreError> {
         let mut stmt = self.conn.prepare(
             "SELECT id, app, revision, from_version, to_version, environment, operator,
-                    strategy, kind, result, notes, started_ms, finished_ms
+                    strategy, kind, result, notes, started_ms, finished_ms, approvers
              FROM history WHERE app = ?1 ORDER BY started_ms DESC, id DESC",
         )?;
         let rows = stmt.query_map([app], |r| {
@@ -859,6 +877,12 @@ impl Store {
                 notes: r.get(10)?,
                 started_ms: r.get(11)?,
                 finished_ms: r.get(12)?,
+                approvers: r
+                    .get::<_, String>(13)?
+                    .split(',')
+                    .filter(|a| !a.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -494,6 +494,7 @@ fn records_round_trip_through_serde() {
         notes: String::new(),
         started_ms: 1,
         finished_ms: Some(2),
+        approvers: vec!["ana".into()],
     };
     let json = serde_json::to_string(&rec).unwrap();
     assert_eq!(serde_json::from_str::<HistoryRecord>(&json).unwrap(), rec);
@@ -575,4 +576,57 @@ fn an_injected_fault_fails_a_write_before_or_after_it_lands() {
     // No more faults.
     assert_eq!(store.commit_transition("demo", 1, "{}", &[], 3).unwrap(), 2);
     store.set_write_faults(None);
+}
+
+#[test]
+fn tokens_are_kept_hashed_revoked_not_deleted_and_names_not_reused() {
+    let (_db, mut store) = store_with_app("web");
+    let t = TokenRecord {
+        name: "ci".into(),
+        role: "operator".into(),
+        apps: vec!["web".into()],
+        hash: "ab".repeat(32),
+        created_by: "admin".into(),
+        created_ms: 5,
+        revoked_ms: None,
+    };
+    store.create_token(&t).unwrap();
+    assert_eq!(store.token_by_hash(&t.hash).unwrap(), Some(t.clone()));
+    assert!(store.create_token(&t).is_err(), "one name, one token");
+    assert!(store.revoke_token("ci", 9).unwrap());
+    assert!(!store.revoke_token("ci", 10).unwrap(), "already revoked");
+    assert_eq!(store.token_by_hash(&t.hash).unwrap(), None);
+    assert_eq!(store.list_tokens().unwrap()[0].revoked_ms, Some(9));
+    assert!(store.conn.execute("DELETE FROM tokens", []).is_err());
+    // The hash is never serialized.
+    assert!(!serde_json::to_string(&t).unwrap().contains("abab"));
+}
+
+#[test]
+fn approvers_are_added_while_a_rollout_runs() {
+    let (_db, mut store) = store_with_app("web");
+    let id = store
+        .start_history(
+            &NewHistory {
+                app: "web".into(),
+                revision: 1,
+                from_version: None,
+                to_version: "v1".into(),
+                environment: "prod".into(),
+                operator: "ana".into(),
+                strategy: "canary".into(),
+                kind: "deploy".into(),
+                strategy_json: None,
+            },
+            1,
+        )
+        .unwrap();
+    store.add_history_approver(id, "bo").unwrap();
+    store.add_history_approver(id, "cy,dee").unwrap();
+    store.finish_history(id, "succeeded", "", 2).unwrap();
+    store.add_history_approver(id, "late").unwrap();
+    assert_eq!(
+        store.list_history("web").unwrap()[0].approvers,
+        vec!["bo", "cy dee"]
+    );
 }

@@ -1183,6 +1183,9 @@ pub struct AppStatus {
     /// differing pairs).
     #[serde(default)]
     pub mirror: Option<crate::controller::MirrorSummary>,
+    /// The app's webhooks: delivered, failed, waiting, the last error.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<crate::notify::WebhookStatus>,
     /// Seconds of traffic `traffic[].actual` covers (when the router answered).
     #[serde(default)]
     pub traffic_window_s: Option<u64>,
@@ -1403,6 +1406,7 @@ impl AppStatus {
             }),
             last_check: None,
             mirror: None,
+            webhooks: Vec::new(),
             traffic_window_s: None,
             hosts_switch: None,
         }
@@ -1424,6 +1428,13 @@ impl AppStatus {
                 i.memory_limit_bytes = r.memory_limit_bytes;
             }
         }
+        self.webhooks = handle
+            .notifier
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|n| n.status())
+            .unwrap_or_default();
         let mirror = handle.mirror.borrow().clone();
         self.mirror = mirror.filter(|m| {
             self.rollout

@@ -136,8 +136,14 @@ enum Cmd {
         /// The app, as named in its spec.
         app: String,
         /// Print JSON instead of a table.
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["csv", "markdown"])]
         json: bool,
+        /// Print CSV (RFC 4180), for a spreadsheet.
+        #[arg(long, conflicts_with = "markdown")]
+        csv: bool,
+        /// Print a Markdown table, for a change record or a wiki page.
+        #[arg(long)]
+        markdown: bool,
         #[command(flatten)]
         server: Server,
     },
@@ -824,7 +830,21 @@ async fn run(cli: Cli) -> Exit {
             }
         }
         Cmd::Status { app, json, .. } => status(&api, app, json).await,
-        Cmd::History { app, json, .. } => history(&api, &app, json).await,
+        Cmd::History {
+            app,
+            json,
+            csv,
+            markdown,
+            ..
+        } => {
+            let format = match (json, csv, markdown) {
+                (true, _, _) => HistoryFormat::Json,
+                (_, true, _) => HistoryFormat::Csv,
+                (_, _, true) => HistoryFormat::Markdown,
+                _ => HistoryFormat::Table,
+            };
+            history(&api, &app, format).await
+        }
         Cmd::Events { app, json, .. } => events(&api, &app, json).await,
         Cmd::Diff { app, json, .. } => diff(&api, &app, json).await,
         Cmd::Token { action, .. } => token(&api, action).await,
@@ -1263,6 +1283,18 @@ async fn status(api: &ApiClient, app: Option<String>, as_json: bool) -> Exit {
         if let Some(step) = &s.step {
             println!("  {}", step.text);
         }
+        for w in &s.webhooks {
+            let problem = w
+                .last_error
+                .as_ref()
+                .filter(|_| w.failed > 0)
+                .map(|e| format!(" — last error: {e}"))
+                .unwrap_or_default();
+            println!(
+                "  webhook {}: {} delivered, {} failed, {} waiting{problem}",
+                w.name, w.delivered, w.failed, w.pending
+            );
+        }
         if let Some(m) = &s.mirror {
             println!(
                 "  mirror step {} ({} vs {}){}: {} — `baton diff {}` shows the differing pairs",
@@ -1373,43 +1405,119 @@ fn instance_line(i: &crate::api::InstanceStatus) -> String {
     line
 }
 
-async fn history(api: &ApiClient, app: &str, as_json: bool) -> Exit {
+/// How `baton history` prints.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum HistoryFormat {
+    Table,
+    Json,
+    Csv,
+    Markdown,
+}
+
+/// The columns of `baton history`: the fields of an upgrade record (date,
+/// version, environment, operator, result, notes) with the approvers.
+const HISTORY_COLUMNS: [(&str, Align); 10] = [
+    ("rev", Align::Right),
+    ("date", Align::Left),
+    ("kind", Align::Left),
+    ("version", Align::Left),
+    ("from", Align::Left),
+    ("environment", Align::Left),
+    ("operator", Align::Left),
+    ("approvers", Align::Left),
+    ("result", Align::Left),
+    ("notes", Align::Left),
+];
+
+/// One history record as the cells of [`HISTORY_COLUMNS`].
+fn history_row(h: &Value) -> Vec<String> {
+    let approvers: Vec<&str> = h["approvers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    vec![
+        cell(&h["revision"]),
+        format_date(h["started_ms"].as_i64().unwrap_or(0)),
+        cell(&h["kind"]),
+        cell(&h["to_version"]),
+        h["from_version"].as_str().unwrap_or("-").to_string(),
+        cell(&h["environment"]),
+        cell(&h["operator"]),
+        if approvers.is_empty() {
+            "-".into()
+        } else {
+            approvers.join(", ")
+        },
+        cell(&h["result"]),
+        cell(&h["notes"]),
+    ]
+}
+
+/// A CSV field: quoted when it holds a comma, a quote or a line break.
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_string()
+    }
+}
+
+/// A Markdown table cell: pipes escaped, line breaks as `<br>`.
+fn markdown_cell(text: &str) -> String {
+    text.replace('|', "\\|")
+        .replace("\r\n", "<br>")
+        .replace('\n', "<br>")
+}
+
+async fn history(api: &ApiClient, app: &str, format: HistoryFormat) -> Exit {
     let v = match api.get(&format!("/v1/apps/{app}/history")).await {
         Ok(v) => v,
         Err(e) => return e.into(),
     };
-    if as_json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&v["history"]).unwrap_or_default()
-        );
-        return Exit::Ok;
+    let records = v["history"].as_array().cloned().unwrap_or_default();
+    let names: Vec<&str> = HISTORY_COLUMNS.iter().map(|(n, _)| *n).collect();
+    match format {
+        HistoryFormat::Json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&records).unwrap_or_default()
+            );
+        }
+        HistoryFormat::Csv => {
+            let mut out = names.join(",") + "\r\n";
+            for h in &records {
+                let row: Vec<String> = history_row(h).iter().map(|c| csv_field(c)).collect();
+                out.push_str(&row.join(","));
+                out.push_str("\r\n");
+            }
+            write_stdout(format_args!("{out}"));
+        }
+        HistoryFormat::Markdown => {
+            let mut out = format!("| {} |\n|", names.join(" | "));
+            for (_, align) in HISTORY_COLUMNS {
+                out.push_str(if align == Align::Right {
+                    " ---: |"
+                } else {
+                    " --- |"
+                });
+            }
+            out.push('\n');
+            for h in &records {
+                let row: Vec<String> = history_row(h).iter().map(|c| markdown_cell(c)).collect();
+                out.push_str(&format!("| {} |\n", row.join(" | ")));
+            }
+            write_stdout(format_args!("{out}"));
+        }
+        HistoryFormat::Table => {
+            let mut table = Table::new(&HISTORY_COLUMNS);
+            for h in &records {
+                table.row(history_row(h));
+            }
+            write_stdout(format_args!("{}", table.render()));
+        }
     }
-    let mut table = Table::new(&[
-        ("rev", Align::Right),
-        ("date", Align::Left),
-        ("kind", Align::Left),
-        ("version", Align::Left),
-        ("from", Align::Left),
-        ("environment", Align::Left),
-        ("operator", Align::Left),
-        ("result", Align::Left),
-        ("notes", Align::Left),
-    ]);
-    for h in v["history"].as_array().into_iter().flatten() {
-        table.row(vec![
-            cell(&h["revision"]),
-            format_date(h["started_ms"].as_i64().unwrap_or(0)),
-            cell(&h["kind"]),
-            cell(&h["to_version"]),
-            h["from_version"].as_str().unwrap_or("-").to_string(),
-            cell(&h["environment"]),
-            cell(&h["operator"]),
-            cell(&h["result"]),
-            cell(&h["notes"]),
-        ]);
-    }
-    write_stdout(format_args!("{}", table.render()));
     Exit::Ok
 }
 
@@ -2260,6 +2368,29 @@ mod tests {
         .unwrap();
         let server = cli.command.remote().unwrap();
         assert_eq!(server.url.as_deref(), Some("http://b:2"));
+    }
+
+    #[test]
+    fn history_rows_in_csv_and_markdown() {
+        let h = json!({
+            "revision": 3, "started_ms": 0, "kind": "deploy", "to_version": "v2",
+            "from_version": "v1", "environment": "prod", "operator": "ana",
+            "approvers": ["bo", "cy"], "result": "rolled_back",
+            "notes": "analysis failed: \"p99\", 5xx | slow\nrolled back"
+        });
+        let row = history_row(&h);
+        assert_eq!(row[7], "bo, cy");
+        assert_eq!(
+            csv_field(&row[9]),
+            "\"analysis failed: \"\"p99\"\", 5xx | slow\nrolled back\""
+        );
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(
+            markdown_cell(&row[9]),
+            "analysis failed: \"p99\", 5xx \\| slow<br>rolled back"
+        );
+        let none = history_row(&json!({"approvers": []}));
+        assert_eq!(none[7], "-");
     }
 
     #[test]

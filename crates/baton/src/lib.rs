@@ -32,6 +32,7 @@ pub mod hooks;
 pub mod loadgen;
 pub mod lock;
 pub mod node;
+pub mod notify;
 pub mod preflight;
 pub mod replay;
 pub mod routing;

@@ -159,7 +159,7 @@ fn rolling_upgrade_of_four_containers_drops_nothing() {
         text.contains("container ") && text.contains("/ 64 MiB"),
         "{text}"
     );
-    let metrics = http_get_body(h.api, "/metrics");
+    let metrics = http_get_body(h.api, "/metrics", &h.token());
     assert!(
         metrics.contains("baton_instance_memory_limit_bytes{app=\"boxes\",version=\"v2\""),
         "{metrics}"
@@ -383,14 +383,14 @@ fn the_blue_green_and_canary_examples_run_unchanged_on_containers() {
     }
 }
 
-/// `GET path` of the control plane's API; the whole response.
-fn http_get_body(api: std::net::SocketAddr, path: &str) -> String {
+/// `GET path` of the control plane's API with `token`; the whole response.
+fn http_get_body(api: std::net::SocketAddr, path: &str, token: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(api).expect("connect API");
     s.set_read_timeout(Some(Duration::from_secs(10))).ok();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
     )
     .expect("write");
     let mut buf = String::new();

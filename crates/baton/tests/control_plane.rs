@@ -553,3 +553,85 @@ fn the_audit_log_records_every_change_and_catches_tampering() {
     std::fs::write(&log, &original).unwrap();
     assert!(audit_verify(&h).status.success());
 }
+
+#[test]
+fn an_approval_from_another_person_and_the_record_in_every_format() {
+    let h = Harness::new();
+    let path = h.write_spec_with(
+        "web",
+        1,
+        "  blue_green:\n    scale_down_delay: 0s",
+        "approval:\n  by_another_person: true",
+    );
+    h.cli_ok(&["apply", "-f", path_str(&path)]);
+    h.cli_ok(&["deploy", "web", "v1", "--wait"]);
+    let ana = token(&h, "ana", "operator", &[]);
+    let bo = token(&h, "bo", "operator", &[]);
+    let as_who = |t: &str, args: &[&str]| {
+        h.command()
+            .env("BATON_TOKEN", t)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = as_who(&ana, &["deploy", "web", "v2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(
+        "the switch to wait for approval",
+        Duration::from_secs(60),
+        || h.status("web")["phase"] == "awaiting_approval",
+    );
+    let out = as_who(&ana, &["approve", "web"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ana started this rollout of web"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(h.status("web")["phase"], "awaiting_approval");
+    let out = as_who(&bo, &["approve", "web"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until_stable_on(&h, "web", "v2", "the switch");
+
+    let history: serde_json::Value =
+        serde_json::from_str(&h.cli_ok(&["history", "web", "--json"])).unwrap();
+    assert_eq!(history[0]["operator"], "ana");
+    assert_eq!(history[0]["approvers"], serde_json::json!(["bo"]));
+    let csv = h.cli_ok(&["history", "web", "--csv"]);
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next(),
+        Some("rev,date,kind,version,from,environment,operator,approvers,result,notes")
+    );
+    let row = lines.next().unwrap();
+    assert!(
+        row.starts_with("2,") && row.contains(",v2,v1,test,ana,bo,succeeded,"),
+        "{row}"
+    );
+    let md = h.cli_ok(&["history", "web", "--markdown"]);
+    let mut lines = md.lines();
+    assert_eq!(
+        lines.next(),
+        Some(
+            "| rev | date | kind | version | from | environment | operator | approvers | result | notes |"
+        )
+    );
+    assert_eq!(
+        lines.next(),
+        Some("| ---: | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    );
+    assert!(
+        lines.next().unwrap().contains("| ana | bo | succeeded |"),
+        "{md}"
+    );
+    let both = h.cli(&["history", "web", "--csv", "--json"]);
+    assert_eq!(both.status.code(), Some(2));
+}

@@ -59,6 +59,10 @@ pub struct AppController {
     /// Analysis of the rollout in flight, and its newest measurement for `status`.
     analysis: Analysis,
     mirror: MirrorWatch,
+    /// The app's webhooks (shared with `status`), and what they report failing.
+    notifier: NotifierSlot,
+    notify_failures: Option<mpsc::UnboundedReceiver<(String, String)>>,
+    notifier_stop: CancellationToken,
     /// Instances that got their warm-up requests.
     warmed: std::collections::HashSet<String>,
     /// Of those, the ones whose warm-up is done (written by the warm-up tasks).
@@ -122,6 +126,7 @@ impl AppController {
         let (status, status_rx) = tokio::sync::watch::channel(view);
         let (analysis, last_check_rx) = Analysis::new();
         let (mirror, mirror_rx) = MirrorWatch::new();
+        let notifier: NotifierSlot = Default::default();
         let (resources, resources_rx) = Resources::new();
         let controller = AppController {
             shared,
@@ -136,6 +141,9 @@ impl AppController {
             in_progress: HashMap::new(),
             analysis,
             mirror,
+            notifier: notifier.clone(),
+            notify_failures: None,
+            notifier_stop: shutdown.child_token(),
             warmed: Default::default(),
             warm_done: Default::default(),
             strategy_override: None,
@@ -165,11 +173,13 @@ impl AppController {
             status: status_rx,
             last_check: last_check_rx,
             mirror: mirror_rx,
+            notifier,
             resources: resources_rx,
         })
     }
 
     async fn run(mut self) {
+        self.start_notifier();
         if let Err(e) = self.resume().await {
             warn!(app = %self.spec.name, error = %format!("{e:#}"), "resuming after restart failed; retrying");
             self.resync = true;
@@ -203,6 +213,7 @@ impl AppController {
                     self.apply_logged(Input::Tick).await;
                     self.resources.tick(&self.shared.driver, &self.state, self.shared.now_ms());
                     self.analyze().await;
+                    self.record_notify_failures();
                     self.start_checks_if_due();
                     self.follow_window().await;
                     self.follow_hosts().await;
@@ -337,7 +348,11 @@ impl AppController {
         match cmd {
             Command::Apply { spec, reply } => {
                 let routes_before = crate::routing::app_routes(&self.effective_spec(), &self.state);
+                let webhooks_changed = spec.webhooks != self.spec.webhooks;
                 self.spec = *spec;
+                if webhooks_changed {
+                    self.start_notifier();
+                }
                 // A one-off strategy in flight keeps running its own steps.
                 let params = params_of(&self.effective_spec());
                 let result = self
@@ -469,6 +484,78 @@ impl AppController {
         self.apply_logged(obs).await;
     }
 
+    /// (Re)starts the delivery of the spec's webhooks.
+    fn start_notifier(&mut self) {
+        self.notifier_stop.cancel();
+        self.notifier_stop = self.shutdown.child_token();
+        if self.spec.webhooks.is_empty() {
+            *self.notifier.write().unwrap_or_else(|p| p.into_inner()) = None;
+            self.notify_failures = None;
+            return;
+        }
+        let (n, failures) =
+            crate::notify::Notifier::start(&self.spec.webhooks, self.notifier_stop.clone());
+        *self.notifier.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(n));
+        self.notify_failures = Some(failures);
+    }
+
+    /// Queues the notices of one engine step for the app's webhooks.
+    fn notify(&self, next: &AppState, actions: &[Action]) {
+        let Some(n) = self
+            .notifier
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        else {
+            return;
+        };
+        let events: Vec<(baton_engine::EventKind, String)> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Event { kind, message } => Some((*kind, message.clone())),
+                _ => None,
+            })
+            .collect();
+        let r = next.rollout.as_ref().or(self.state.rollout.as_ref());
+        for (notice, message) in crate::notify::notices(&self.state, next, &events) {
+            n.send(
+                notice,
+                crate::notify::Payload {
+                    app: self.spec.name.clone(),
+                    environment: self.spec.environment.clone(),
+                    event: notice,
+                    message,
+                    version: r.map(|r| r.to.version.clone()),
+                    from_version: r.and_then(|r| r.from.as_ref().map(|f| f.version.clone())),
+                    history_id: r.map(|r| r.history_id),
+                    at_ms: self.shared.now_ms(),
+                    sequence: 0,
+                },
+            );
+        }
+    }
+
+    /// Webhook deliveries that failed go to the event log.
+    fn record_notify_failures(&mut self) {
+        let Some(rx) = &mut self.notify_failures else {
+            return;
+        };
+        while let Ok((hook, why)) = rx.try_recv() {
+            warn!(app = %self.spec.name, webhook = %hook, %why, "webhook delivery failed");
+            let event = NewEvent::new(
+                baton_engine::EventKind::NotificationFailed.as_str(),
+                format!("webhook {hook}: {why}"),
+            );
+            if let Err(e) =
+                self.shared
+                    .store()
+                    .append_event(&self.spec.name, &event, self.shared.now_ms())
+            {
+                warn!(app = %self.spec.name, error = %e, "cannot record a webhook failure");
+            }
+        }
+    }
+
     async fn apply_logged(&mut self, input: Input) {
         if let Err(e) = self.apply(input).await {
             warn!(app = %self.spec.name, error = %e, "input not applied");
@@ -478,6 +565,12 @@ impl AppController {
     /// One engine step: compute, persist, publish routing, act.
     async fn apply(&mut self, input: Input) -> Result<(), CommandError> {
         let now = self.shared.now_ms();
+        // An approval is written into its rollout's history record before the
+        // record can be closed (a blue-green switch ends the rollout at once).
+        let approval = match (&input, &self.state.rollout) {
+            (Input::Approve { by }, Some(r)) => Some((r.history_id, by.clone())),
+            _ => None,
+        };
         let (next, actions) = baton_engine::step(&self.state, input, now)?;
         if next == self.state && actions.is_empty() {
             return Ok(());
@@ -539,6 +632,12 @@ impl AppController {
                     .audit_decision(&self.spec.name, &e.kind, &e.message);
             }
         }
+        if let Some((history_id, by)) = approval
+            && let Err(e) = self.shared.store().add_history_approver(history_id, &by)
+        {
+            warn!(app = %self.spec.name, error = %e, "recording the approver in the history failed");
+        }
+        self.notify(&next, &actions);
         let rollout_ended = self.state.rollout.is_some() && next.rollout.is_none();
         let routing_changed = crate::routing::app_routes(&self.effective_spec(), &next)
             != crate::routing::app_routes(&self.effective_spec(), &self.state);
@@ -979,3 +1078,6 @@ fn is_decision(kind: &str) -> bool {
     .iter()
     .any(|k| k.as_str() == kind)
 }
+
+/// The app's webhooks, shared by its controller and `status`.
+pub type NotifierSlot = Arc<std::sync::RwLock<Option<Arc<crate::notify::Notifier>>>>;

@@ -119,6 +119,8 @@ pub struct AppHandle {
     pub status: tokio::sync::watch::Receiver<Arc<AppView>>,
     /// The newest analysis measurement (for `status`).
     pub last_check: tokio::sync::watch::Receiver<Option<LastCheck>>,
+    /// The app's webhooks and how their deliveries go (for `status`).
+    pub notifier: super::actor::NotifierSlot,
     /// The newest mirror step's comparisons (for `status`).
     pub mirror: tokio::sync::watch::Receiver<Option<super::sensors::mirror::MirrorSummary>>,
     /// The newest CPU and memory sample of each instance (for `status` and `/metrics`).

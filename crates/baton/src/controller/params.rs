@@ -11,6 +11,7 @@ pub fn params_of(spec: &AppSpec) -> Params {
     let hosts = host_shares(spec);
     Params {
         pause_on_deadline: spec.on_progress_deadline == baton_spec::OnProgressDeadline::Pause,
+        approval_by_another: spec.approval_by_another_person,
         max_unavailable_hosts: spec.hosts.as_ref().map_or(0, |h| h.max_unavailable_hosts()),
         hosts,
         ..strategy_params(spec)
@@ -80,6 +81,7 @@ fn strategy_params(spec: &AppSpec) -> Params {
             strategy: Strategy::Rolling,
             hosts: Vec::new(),
             max_unavailable_hosts: 0,
+            approval_by_another: false,
         },
         StrategySpec::Canary(c) => with_checks(
             spec,
@@ -95,6 +97,7 @@ fn strategy_params(spec: &AppSpec) -> Params {
                 pause_on_deadline: false,
                 hosts: Vec::new(),
                 max_unavailable_hosts: 0,
+                approval_by_another: false,
                 strategy: Strategy::Stepped {
                     steps: c
                         .steps
@@ -133,6 +136,7 @@ fn strategy_params(spec: &AppSpec) -> Params {
                 pause_on_deadline: false,
                 hosts: Vec::new(),
                 max_unavailable_hosts: 0,
+                approval_by_another: false,
                 strategy: Strategy::Stepped {
                     steps: vec![
                         Step::SetScale { instances: n },

@@ -52,6 +52,8 @@ pub struct Harness {
     server: Option<Child>,
     /// Extra arguments of `baton serve` (e.g. `-c FILE`), kept for restarts.
     pub serve_args: Vec<String>,
+    /// Extra environment of `baton serve`.
+    pub serve_env: Vec<(String, String)>,
     /// The baton binary `serve` runs (another build of baton, for upgrades).
     pub exe: PathBuf,
     /// The token the CLI uses: `tester`, an admin token made with the admin
@@ -84,6 +86,7 @@ impl Harness {
             dir,
             server: None,
             serve_args: Vec::new(),
+            serve_env: Vec::new(),
             exe: PathBuf::from(BATON),
             token: std::sync::OnceLock::new(),
         }
@@ -104,6 +107,7 @@ impl Harness {
             .arg(&self.dir)
             .args(["--api", &self.api.to_string()])
             .args(&self.serve_args)
+            .envs(self.serve_env.iter().map(|(k, v)| (k, v)))
             .env("BATON_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
