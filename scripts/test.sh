@@ -22,6 +22,8 @@ command -v iptables >/dev/null || need+=(iptables)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ssh >/dev/null || need+=(openssh-client)
 command -v ip >/dev/null || [ -x /usr/sbin/ip ] || need+=(iproute2)
+# openssl: the TLS test makes its certificate.
+command -v openssl >/dev/null || need+=(openssl)
 # chattr: the audit log tests make it read-only even for root.
 command -v chattr >/dev/null || [ -x /usr/bin/chattr ] || need+=(e2fsprogs)
 if [ ${#need[@]} -gt 0 ]; then

@@ -64,9 +64,15 @@ enum Cmd {
         /// Where the database, logs and router socket live.
         #[arg(long, env = "BATON_DATA_DIR", default_value = ".baton")]
         data_dir: PathBuf,
-        /// Address of the API.
+        /// Address of the API. Off loopback, --tls-cert and --tls-key are required.
         #[arg(long, default_value = "127.0.0.1:7077")]
         api: SocketAddr,
+        /// Serve the API over TLS with this certificate chain (PEM).
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The certificate's private key (PEM).
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Register an app or update its spec (a spec naming a new `version` deploys it).
     Apply {
@@ -695,6 +701,8 @@ async fn run(cli: Cli) -> Exit {
             config,
             data_dir,
             api: api_addr,
+            tls_cert,
+            tls_key,
         } => {
             if let Err(e) = lint_quiet(&config) {
                 return Exit::BadInput(e);
@@ -713,10 +721,15 @@ async fn run(cli: Cli) -> Exit {
                 }
                 specs.push((file, text));
             }
+            let tls = match (tls_cert, tls_key) {
+                (Some(cert), Some(key)) => Some(crate::tls::TlsFiles { cert, key }),
+                _ => None,
+            };
             match crate::serve::serve(crate::serve::ServeOptions {
                 data_dir,
                 api: api_addr,
                 specs,
+                tls,
             })
             .await
             {
@@ -726,6 +739,7 @@ async fn run(cli: Cli) -> Exit {
                     Exit::BadInput(format!("{e:#}"))
                 }
                 Err(e) if e.is::<crate::serve::ApiBindError>() => Exit::BadInput(format!("{e:#}")),
+                Err(e) if e.is::<crate::serve::ServeRefused>() => Exit::BadInput(format!("{e:#}")),
                 Err(e) => match e.downcast_ref::<crate::server::ApplyError>() {
                     Some(
                         refused @ (crate::server::ApplyError::Refused(_)

@@ -15,7 +15,9 @@ pub struct ApiClient {
     base: String,
     /// Sent as `Authorization: Bearer`; the server records its name as the operator.
     token: Option<String>,
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// Why an https:// server cannot be trusted (a bad `BATON_CA_CERT`).
+    tls_error: Option<String>,
 }
 
 /// The token the CLI sends to `server`: `BATON_TOKEN`, else the one `baton login`
@@ -173,10 +175,12 @@ pub fn check_server_url(url: &str) -> Result<(), String> {
             );
         }
     };
-    if uri.scheme_str() != Some("http") {
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
         return bad(
-            "does not start with http://",
-            "the API speaks plain HTTP (reach a remote one through an SSH tunnel)".into(),
+            "does not start with http:// or https://",
+            format!(
+                "write it as {DEFAULT_SERVER}, or https://HOST:PORT for a control plane serving TLS"
+            ),
         );
     }
     if uri.authority().is_none_or(|a| a.host().is_empty()) {
@@ -195,10 +199,31 @@ impl ApiClient {
     pub fn new(base: &str, token: Option<String>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(3)));
+        connector.enforce_http(false);
+        let (tls, tls_error) = match crate::tls::client_config() {
+            Ok(c) => (c, None),
+            // Plain http:// still works; https:// reports this.
+            Err(e) => (
+                rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .expect("default protocol versions")
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
+                Some(e),
+            ),
+        };
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         ApiClient {
             base: base.trim_end_matches('/').to_string(),
             token,
-            http: Client::builder(TokioExecutor::new()).build(connector),
+            http: Client::builder(TokioExecutor::new()).build(https),
+            tls_error,
         }
     }
 
@@ -248,6 +273,9 @@ impl ApiClient {
             url: self.base.clone(),
             detail,
         };
+        if let (true, Some(e)) = (self.base.starts_with("https://"), &self.tls_error) {
+            return Err(unreachable(e.clone()));
+        }
         let payload = body.map(|b| b.to_string()).unwrap_or_default();
         let mut req = Request::builder()
             .method(method)

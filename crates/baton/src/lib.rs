@@ -40,5 +40,6 @@ pub mod serve;
 pub mod server;
 pub mod sim;
 pub mod term;
+pub mod tls;
 pub mod tokens;
 pub mod windows;

@@ -300,13 +300,18 @@ impl Notifier {
     }
 }
 
+/// The public web's roots, plus `BATON_CA_CERT`'s (a receiver with a private
+/// certificate), as the CLI trusts.
 fn https_client() -> HttpsClient {
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_webpki_roots()
-        .https_or_http()
-        .enable_http1()
-        .build();
-    Client::builder(TokioExecutor::new()).build(connector)
+    let builder = hyper_rustls::HttpsConnectorBuilder::new();
+    let builder = match crate::tls::client_config() {
+        Ok(config) => builder.with_tls_config(config),
+        Err(e) => {
+            tracing::warn!(error = %e, "webhooks trust the public roots only");
+            builder.with_webpki_roots()
+        }
+    };
+    Client::builder(TokioExecutor::new()).build(builder.https_or_http().enable_http1().build())
 }
 
 /// Sends the queue of `hook` in order, each notice until it is delivered or

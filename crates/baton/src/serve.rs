@@ -19,11 +19,33 @@ pub struct ServeOptions {
     pub api: SocketAddr,
     /// Specs to apply at start (`-c FILE`).
     pub specs: Vec<(String, String)>,
+    /// Serve the API over TLS (required off loopback).
+    pub tls: Option<crate::tls::TlsFiles>,
 }
+
+/// `serve` refused its options before doing anything (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ServeRefused(pub String);
 
 /// `baton serve`: run until SIGINT/SIGTERM. Instances and the router keep
 /// running after the control plane stops, and are adopted again on restart.
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
+    // Tokens must not cross a network in clear text: off loopback, TLS or nothing.
+    if !opts.api.ip().is_loopback() && opts.tls.is_none() {
+        return Err(ServeRefused(format!(
+            "--api {} can be reached from other machines, and tokens must not cross a network \
+             in clear text: give --tls-cert and --tls-key (PEM files), or listen on loopback \
+             (--api 127.0.0.1:{}) and reach it through an SSH tunnel",
+            opts.api,
+            opts.api.port()
+        ))
+        .into());
+    }
+    let tls = match &opts.tls {
+        Some(files) => Some(crate::tls::server_config(files).map_err(ServeRefused)?),
+        None => None,
+    };
     // The data dir's lock first: a second control plane stops here, naming
     // the first, whatever its API address.
     let (data_dir, lock) = lock_data_dir(&opts.data_dir)?;
@@ -48,7 +70,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     if let Ok(mut lock) = cp.lock.lock() {
         lock.record(Some(api_addr))?;
     }
-    info!(api = %api_addr, data_dir = %cp.shared.data_dir.display(), "baton control plane ready");
+    info!(api = %api_addr, tls = opts.tls.is_some(), data_dir = %cp.shared.data_dir.display(), "baton control plane ready");
     let app = crate::api::router(cp.clone());
     let signal_token = shutdown.clone();
     tokio::spawn(async move {
@@ -59,12 +81,17 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         wait_for_signal().await;
         std::process::exit(130);
     });
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown.cancelled_owned())
-    .await?;
+    match tls {
+        Some(config) => crate::tls::serve(listener, app, config, shutdown).await?,
+        None => {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await?
+        }
+    }
     Ok(())
 }
 

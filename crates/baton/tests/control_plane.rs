@@ -635,3 +635,112 @@ fn an_approval_from_another_person_and_the_record_in_every_format() {
     let both = h.cli(&["history", "web", "--csv", "--json"]);
     assert_eq!(both.status.code(), Some(2));
 }
+
+#[test]
+fn off_loopback_the_api_serves_only_tls() {
+    // Without TLS: refused before anything starts.
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("baton-tls-refused-{}", std::process::id()));
+    let out = output_within(
+        Command::new(BATON)
+            .args(["serve", "--data-dir", path_str(&dir)])
+            .args(["--api", &format!("0.0.0.0:{port}")])
+            .env("NO_COLOR", "1"),
+        Duration::from_secs(30),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--tls-cert and --tls-key"), "{stderr}");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // A private CA and a certificate for 127.0.0.1 it signed, made by openssl.
+    let mut h = Harness::without_server();
+    let file = |n: &str| h.dir.join(n);
+    let (ca, ca_key, cert, key, csr, ext) = (
+        file("ca.pem"),
+        file("ca.key"),
+        file("cert.pem"),
+        file("key.pem"),
+        file("leaf.csr"),
+        file("leaf.ext"),
+    );
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let mut args = vec!["req", "-x509", "-days", "1", "-subj", "/CN=baton test CA"];
+    args.extend(ec);
+    args.extend(["-keyout", path_str(&ca_key), "-out", path_str(&ca)]);
+    openssl(&args);
+    let mut args = vec!["req", "-subj", "/CN=127.0.0.1"];
+    args.extend(ec);
+    args.extend(["-keyout", path_str(&key), "-out", path_str(&csr)]);
+    openssl(&args);
+    openssl(&[
+        "x509",
+        "-req",
+        "-days",
+        "1",
+        "-in",
+        path_str(&csr),
+        "-CA",
+        path_str(&ca),
+        "-CAkey",
+        path_str(&ca_key),
+        "-CAcreateserial",
+        "-extfile",
+        path_str(&ext),
+        "-out",
+        path_str(&cert),
+    ]);
+    h.api = SocketAddr::from(([0, 0, 0, 0], free_port()));
+    h.serve_args = vec![
+        "--tls-cert".into(),
+        path_str(&cert).into(),
+        "--tls-key".into(),
+        path_str(&key).into(),
+    ];
+    h.start_server();
+    let url = format!("https://127.0.0.1:{}", h.api.port());
+    let cli = |server: &str, trust: bool| {
+        let mut cmd = Command::new(BATON);
+        cmd.args(["whoami", "--server", server])
+            .env("BATON_TOKEN", h.admin_token())
+            .env("NO_COLOR", "1");
+        if trust {
+            cmd.env("BATON_CA_CERT", &ca);
+        }
+        cmd.output().unwrap()
+    };
+    let ok = cli(&url, true);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&ok.stdout).trim(),
+        "admin (role admin, every app)"
+    );
+    // A certificate nobody vouches for, and plain HTTP: no answer.
+    assert_eq!(cli(&url, false).status.code(), Some(3));
+    let plain = cli(&format!("http://127.0.0.1:{}", h.api.port()), true);
+    assert_eq!(plain.status.code(), Some(3));
+}

@@ -69,7 +69,7 @@ fn an_unreachable_server_has_its_own_exit_code_and_a_bad_address_is_bad_input() 
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("no scheme"), "{stderr}");
     assert!(stderr.contains(&format!("http://{bare}")), "{stderr}");
-    let out = baton(&["deploy", "demo", "v2", "--server", "https://x:1"], &[]);
+    let out = baton(&["deploy", "demo", "v2", "--server", "ftp://x:1"], &[]);
     assert_eq!(out.status.code(), Some(2));
     // The exit codes are documented where users look.
     let help = String::from_utf8_lossy(&baton(&["--help"], &[]).stdout).into_owned();
