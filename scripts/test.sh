@@ -22,6 +22,9 @@ command -v iptables >/dev/null || need+=(iptables)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ssh >/dev/null || need+=(openssh-client)
 command -v ip >/dev/null || [ -x /usr/sbin/ip ] || need+=(iproute2)
+# The dashboard's tests drive a real headless Chromium.
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 # openssl: the TLS test makes its certificate.
 command -v openssl >/dev/null || need+=(openssl)
 # chattr: the audit log tests make it read-only even for root.
@@ -36,10 +39,11 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
-# The container and SSH host tests fail instead of skipping when what they need
-# (podman; root, sshd, ip) is missing.
+# The container, SSH host and dashboard tests fail instead of skipping when what
+# they need (podman; root, sshd, ip; chromium) is missing.
 export BATON_REQUIRE_PODMAN=1
 export BATON_REQUIRE_SSH=1
+export BATON_REQUIRE_CHROMIUM=1
 cargo test --workspace -- --test-threads=2
 echo "== router end-to-end tests again with the fast lane off (every request through hyper)"
 # (--workspace, so the build above is reused: one package alone would unify

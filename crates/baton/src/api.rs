@@ -47,6 +47,14 @@ pub fn router(cp: Arc<ControlPlane>) -> Router {
         .route("/v1/tokens", get(list_tokens).post(create_token))
         .route("/v1/tokens/{name}", axum::routing::delete(revoke_token))
         .route("/v1/whoami", get(whoami))
+        .route("/v1/stream", get(stream))
+        .route("/v1/audit", get(audit_log))
+        .route(
+            "/",
+            get(|| async { axum::response::Redirect::permanent("/ui/") }),
+        )
+        .route("/ui/", get(crate::dashboard::index))
+        .route("/ui/{file}", get(crate::dashboard::asset))
         .route("/metrics", get(metrics))
         .layer(axum::middleware::from_fn_with_state(cp.clone(), authorize))
         .layer(axum::middleware::from_fn(refuse_forgeable))
@@ -842,7 +850,19 @@ async fn hosts(State(cp): Cp) -> Json<Vec<crate::fleet::HostState>> {
     Json(states)
 }
 
-async fn list_apps(State(cp): Cp) -> Json<serde_json::Value> {
+async fn list_apps(State(cp): Cp, Extension(who): Extension<Identity>) -> Json<serde_json::Value> {
+    let (mut apps, _) = statuses(&cp, TRAFFIC_WINDOW_S).await;
+    // A token limited to some apps sees only those.
+    apps.retain(|a| who.may(Action::Read, Some(&a.app)).is_ok());
+    Json(json!({"apps": apps}))
+}
+
+/// Every app's status, with the traffic each version answered over the last
+/// `seconds` (and that windows report, when the routers answered).
+pub async fn statuses(
+    cp: &ControlPlane,
+    seconds: u64,
+) -> (Vec<AppStatus>, Option<baton_router::stats::WindowsReport>) {
     let handles: Vec<AppHandle> = cp.apps.read().await.values().cloned().collect();
     let sync = cp.shared.router.sync();
     let mut apps: Vec<AppStatus> = handles
@@ -852,7 +872,7 @@ async fn list_apps(State(cp): Cp) -> Json<serde_json::Value> {
             AppStatus::from_view(&v).with_router(&v, &sync)
         })
         .collect();
-    let windows = traffic_windows(&cp, &apps).await;
+    let windows = traffic_windows(cp, &apps, seconds).await;
     for (status, h) in apps.iter_mut().zip(&handles) {
         status.add_live(h, windows.as_ref());
     }
@@ -865,7 +885,65 @@ async fn list_apps(State(cp): Cp) -> Json<serde_json::Value> {
             s.not_listening = not_listening(&s.app, listeners.as_ref());
         }
     }
-    Json(json!({"apps": apps}))
+    (apps, windows)
+}
+
+/// `GET /v1/stream`: a snapshot of every app the token may read, once a
+/// second, as server-sent events (`event: snapshot`).
+async fn stream(
+    State(cp): Cp,
+    Extension(who): Extension<Identity>,
+) -> axum::response::sse::Sse<
+    impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+> {
+    let b = cp
+        .stream
+        .get_or_init(|| crate::stream::Broadcaster::start(cp.clone()))
+        .clone();
+    let rx = b.subscribe();
+    let events = futures_util::stream::unfold((rx, who), |(mut rx, who)| async move {
+        loop {
+            match rx.recv().await {
+                Ok(snapshot) => {
+                    let mine = snapshot.filtered(|app| who.may(Action::Read, Some(app)).is_ok());
+                    let event = axum::response::sse::Event::default()
+                        .event("snapshot")
+                        .json_data(&mine)
+                        .unwrap_or_default();
+                    return Some((Ok(event), (rx, who)));
+                }
+                // A slow reader skips snapshots; the next one is whole.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    axum::response::sse::Sse::new(events).keep_alive(axum::response::sse::KeepAlive::default())
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// `GET /v1/audit?limit=N`: the newest N audit records (default 200), newest first.
+async fn audit_log(
+    State(cp): Cp,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Some(log) = &cp.shared.audit else {
+        return Ok(Json(json!({"records": []})));
+    };
+    let text = std::fs::read_to_string(log.path()).unwrap_or_default();
+    let limit = q.limit.unwrap_or(200).min(10_000);
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .rev()
+        .take(limit)
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    Ok(Json(json!({ "records": records })))
 }
 
 /// Prometheus metrics of the control plane: each instance's CPU and memory as
@@ -1056,7 +1134,7 @@ async fn app_status(State(cp): Cp, Path(app): Path<String>) -> Result<Json<AppSt
     let h = handle(&cp, &app).await?;
     let v = h.status.borrow().clone();
     let mut status = AppStatus::from_view(&v).with_router(&v, &cp.shared.router.sync());
-    let windows = traffic_windows(&cp, std::slice::from_ref(&status)).await;
+    let windows = traffic_windows(&cp, std::slice::from_ref(&status), TRAFFIC_WINDOW_S).await;
     status.add_live(&h, windows.as_ref());
     if behind_host_routers(&v.spec) {
         // Its users reach the routers on its hosts (`baton hosts`).
@@ -1077,6 +1155,7 @@ const TRAFFIC_WINDOW_S: u64 = 10;
 async fn traffic_windows(
     cp: &ControlPlane,
     apps: &[AppStatus],
+    seconds: u64,
 ) -> Option<baton_router::stats::WindowsReport> {
     if apps.iter().all(|a| a.traffic.is_empty()) {
         return None;
@@ -1089,11 +1168,11 @@ async fn traffic_windows(
         .iter()
         .filter_map(|s| cp.shared.fleet.host(&s.name))
         .collect();
-    let mut calls = vec![Box::pin(cp.shared.router.windows(TRAFFIC_WINDOW_S))
+    let mut calls = vec![Box::pin(cp.shared.router.windows(seconds))
         as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send + '_>>];
     for link in &links {
         calls.push(Box::pin(async move {
-            link.windows(TRAFFIC_WINDOW_S)
+            link.windows(seconds)
                 .await
                 .unwrap_or(Err(baton_router::RouterError::Timeout(
                     std::time::Duration::ZERO,
@@ -1216,6 +1295,9 @@ pub struct StepStatus {
     pub waiting: baton_engine::StepWait,
     /// The whole line `status` prints.
     pub text: String,
+    /// Every step of the rollout, described, in order (the dashboard's timeline).
+    #[serde(default)]
+    pub steps: Vec<String>,
 }
 
 /// `status.preview`.
@@ -1392,6 +1474,12 @@ impl AppStatus {
                 count: p.count,
                 description: p.description,
                 waiting: p.waiting,
+                steps: match &s.params.strategy {
+                    baton_engine::Strategy::Stepped { steps } => {
+                        steps.iter().map(baton_engine::describe_step).collect()
+                    }
+                    _ => Vec::new(),
+                },
             }),
             preview: preview_of(v),
             warm: s.warm.as_ref().map(|w| WarmStatus {

@@ -176,6 +176,9 @@ pub fn action_of(method: &http::Method, path: &str) -> Option<(Action, Option<St
     let get = *method == Method::GET || *method == Method::HEAD;
     let action = match (parts.as_slice(), method) {
         (["v1", "health"], _) => return None,
+        // The dashboard's page and assets: it asks for a token itself.
+        ([] | [""], _) if get => return None,
+        (["ui", ..], _) if get => return None,
         (["v1", "apps"], _) if get => (Action::Read, None),
         (["v1", "apps"], &Method::POST) => (Action::Apply, None),
         (["v1", "apps", app], _) if get => (Action::Read, Some(*app)),
@@ -289,6 +292,12 @@ mod tests {
             (Method::POST, "/v1/tokens", Some(Admin)),
             (Method::DELETE, "/v1/tokens/ci", Some(Admin)),
             (Method::GET, "/v1/whoami", Some(Viewer)),
+            (Method::GET, "/v1/stream", Some(Viewer)),
+            (Method::GET, "/v1/audit", Some(Viewer)),
+            (Method::GET, "/", None),
+            (Method::GET, "/ui/", None),
+            (Method::GET, "/ui/app.js", None),
+            (Method::POST, "/ui/app.js", Some(Viewer)),
             (Method::GET, "/metrics", Some(Viewer)),
             (Method::GET, "/v1/unknown", Some(Viewer)),
         ];

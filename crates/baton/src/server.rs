@@ -30,6 +30,8 @@ pub struct ControlPlane {
     pub lock: std::sync::Mutex<DataDirLock>,
     /// Stops one app's controller (`baton delete`); children of `shutdown`.
     controllers: std::sync::Mutex<BTreeMap<String, CancellationToken>>,
+    /// The dashboards' live stream, started by the first one.
+    pub stream: std::sync::OnceLock<Arc<crate::stream::Broadcaster>>,
 }
 
 /// Why `apply` refused a spec. Nothing was changed.
@@ -311,6 +313,7 @@ pub async fn start_locked(
         shutdown: shutdown.clone(),
         lock: std::sync::Mutex::new(lock),
         controllers: std::sync::Mutex::new(BTreeMap::new()),
+        stream: std::sync::OnceLock::new(),
     });
     // Resume every app the store knows, in-flight rollouts included.
     let known = shared.store().list_apps()?;

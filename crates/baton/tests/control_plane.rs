@@ -362,6 +362,14 @@ fn tokens_decide_who_may_do_what_and_name_the_operator() {
         403
     );
     assert_eq!(call(&h, "GET", "/v1/tokens", Some(&ci), ""), 403);
+    // A token limited to other apps does not see this one listed.
+    let listed = h
+        .command()
+        .env("BATON_TOKEN", &other)
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&listed.stdout).trim(), "[]");
     let s = h.status("web");
     assert_eq!(s["phase"], "stable", "{s}");
 
@@ -743,4 +751,116 @@ fn off_loopback_the_api_serves_only_tls() {
     assert_eq!(cli(&url, false).status.code(), Some(3));
     let plain = cli(&format!("http://127.0.0.1:{}", h.api.port()), true);
     assert_eq!(plain.status.code(), Some(3));
+}
+
+/// Every endpoint of the real API against every role: allowed (whatever the
+/// answer then) or 403, and the audit log has both the refusals and the
+/// requests. The calls are made so that an allowed one changes nothing (a
+/// version missing, nothing to approve, an app that does not exist).
+#[test]
+fn each_role_against_each_endpoint_of_the_real_api() {
+    let h = Harness::new();
+    h.bring_up("web", 1, "");
+    let roles = [
+        ("viewer", token(&h, "role-viewer", "viewer", &[])),
+        ("operator", token(&h, "role-operator", "operator", &[])),
+        ("admin", token(&h, "role-admin", "admin", &[])),
+    ];
+    let rank = |r: &str| {
+        ["viewer", "operator", "admin"]
+            .iter()
+            .position(|x| *x == r)
+            .unwrap()
+    };
+    // (method, path, body, least role)
+    let table: &[(&str, &str, &str, &str)] = &[
+        ("GET", "/v1/apps", "", "viewer"),
+        ("GET", "/v1/apps/web", "", "viewer"),
+        ("GET", "/v1/apps/web/plan?version=v9", "", "viewer"),
+        ("GET", "/v1/apps/web/history", "", "viewer"),
+        ("GET", "/v1/apps/web/events", "", "viewer"),
+        ("GET", "/v1/apps/web/mirror", "", "viewer"),
+        ("GET", "/v1/apps/web/mirror/record", "", "viewer"),
+        ("GET", "/v1/hosts", "", "viewer"),
+        ("GET", "/v1/whoami", "", "viewer"),
+        ("GET", "/v1/audit", "", "viewer"),
+        ("GET", "/metrics", "", "viewer"),
+        ("POST", "/v1/apps/web/deploy", "{}", "operator"),
+        ("POST", "/v1/apps/web/promote", "{}", "operator"),
+        ("POST", "/v1/apps/web/pause", "{}", "operator"),
+        ("POST", "/v1/apps/web/resume", "{}", "operator"),
+        ("POST", "/v1/apps/web/approve", "{}", "operator"),
+        ("POST", "/v1/apps/web/abort", "{}", "operator"),
+        ("POST", "/v1/apps/web/retry", "{}", "operator"),
+        (
+            "POST",
+            "/v1/apps/web/rollback",
+            r#"{"to_revision": 99}"#,
+            "operator",
+        ),
+        (
+            "POST",
+            "/v1/apps/web/mirror/record",
+            r#"{"requests": 0}"#,
+            "operator",
+        ),
+        ("DELETE", "/v1/apps/web/mirror/record", "", "operator"),
+        (
+            "POST",
+            "/v1/apps/web/mirror/replay",
+            r#"{"version": "", "requests": []}"#,
+            "operator",
+        ),
+        (
+            "POST",
+            "/v1/apps",
+            r#"{"file": "x.yaml", "yaml": "name: ["}"#,
+            "admin",
+        ),
+        ("POST", "/v1/apps/nope/delete", "{}", "admin"),
+        ("GET", "/v1/tokens", "", "admin"),
+        (
+            "POST",
+            "/v1/tokens",
+            r#"{"name": "", "role": "viewer"}"#,
+            "admin",
+        ),
+        ("DELETE", "/v1/tokens/nope", "", "admin"),
+    ];
+    for (method, path, body, least) in table {
+        for (role, t) in &roles {
+            let status = call_with(&h, method, path, Some(t), "", body);
+            if rank(role) >= rank(least) {
+                assert!(
+                    status != 401 && status != 403,
+                    "{role} {method} {path}: {status}"
+                );
+            } else {
+                assert_eq!(status, 403, "{role} {method} {path}");
+            }
+        }
+    }
+    // Stopping everything: refused below admin (and not tried as admin here).
+    for (role, t) in &roles[..2] {
+        assert_eq!(call(&h, "POST", "/v1/down", Some(t), ""), 403, "{role}");
+    }
+    let records = audit_records(&h);
+    let has = |actor: &str, action: &str, outcome: &str| {
+        records
+            .iter()
+            .any(|r| r["actor"] == actor && r["action"] == action && r["outcome"] == outcome)
+    };
+    assert!(has("role-viewer", "deploy", "refused"));
+    assert!(has("role-operator", "deploy", "requested"));
+    assert!(has("role-operator", "apply", "refused"));
+    assert!(has("role-admin", "apply", "requested"));
+    assert!(has("role-operator", "down", "refused"));
+    assert!(
+        has("role-admin", "manage_tokens", "failed"),
+        "a refused creation is recorded as failed"
+    );
+    // Nothing changed.
+    let s = h.status("web");
+    assert_eq!(s["phase"], "stable", "{s}");
+    assert_eq!(s["stable_version"], "v1");
 }
