@@ -20,8 +20,12 @@ BATON=$TARGET/release/baton
 TMP=$(mktemp -d)
 PIDS=()
 cleanup() {
+    # `down` first: it stops the instances and the router, then the control
+    # plane, which is given the time to finish before anything is killed.
+    [ -n "${API:-}" ] && BATON_DATA_DIR=$TMP/data BATON_TOKEN=${TOKEN:-} \
+        "$BATON" down --server "http://$API" >/dev/null 2>&1 || true
+    for _ in $(seq 1 300); do kill -0 "${SERVE:-0}" 2>/dev/null || break; sleep 0.1; done
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    BATON_DATA_DIR=$TMP/data BATON_TOKEN=${TOKEN:-} "$BATON" down --server "http://$API" >/dev/null 2>&1 || true
     wait 2>/dev/null || true
     rm -rf "$TMP"
 }

@@ -5,8 +5,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use baton::loadgen::{self, LoadConfig, LoadReport};
@@ -233,27 +231,6 @@ fn a_compatible_release_passes_its_mirror_step_and_an_incompatible_one_fails_nam
     assert!(text.contains("$.items[*].price"), "{text}");
 }
 
-/// A GET through the router with extra headers; the answer's status.
-fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> u16 {
-    let mut s = std::net::TcpStream::connect(addr).expect("connect router");
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    let extra: String = headers
-        .iter()
-        .map(|(k, v)| format!("{k}: {v}\r\n"))
-        .collect();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n"
-    )
-    .expect("write");
-    let mut buf = String::new();
-    let _ = s.read_to_string(&mut buf);
-    buf.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn a_recorded_slice_replayed_against_a_preview_reports_what_mirroring_did() {
     let h = Harness::new();
@@ -280,7 +257,7 @@ fn a_recorded_slice_replayed_against_a_preview_reports_what_mirroring_did() {
     let mut sent = 0;
     while !recorder.is_finished() {
         let path = PATHS[sent % PATHS.len()];
-        assert_eq!(get(h.listen, path, &secret), 200);
+        assert_eq!(get_path_with(h.listen, path, &secret).0, 200);
         sent += 1;
         assert!(sent < 20_000, "the recording never ended");
     }

@@ -504,6 +504,12 @@ pub fn get_version(addr: SocketAddr) -> (u16, String) {
 
 /// Fetch `/` with extra request headers; returns (status, X-Version).
 pub fn get_version_with(addr: SocketAddr, headers: &[(&str, &str)]) -> (u16, String) {
+    get_path_with(addr, "/", headers)
+}
+
+/// Fetch `path` through the router with extra request headers; returns (status,
+/// X-Version).
+pub fn get_path_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).expect("connect router");
     s.set_read_timeout(Some(Duration::from_secs(10))).ok();
@@ -513,7 +519,7 @@ pub fn get_version_with(addr: SocketAddr, headers: &[(&str, &str)]) -> (u16, Str
         .collect();
     write!(
         s,
-        "GET / HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n"
     )
     .expect("write");
     let mut buf = String::new();
