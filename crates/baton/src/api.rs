@@ -824,7 +824,10 @@ async fn down(State(cp): Cp) -> Json<serde_json::Value> {
 /// The hosts of every app that runs on other machines.
 /// The hosts of every app that runs on other machines, with the instances
 /// each app runs on each.
-async fn hosts(State(cp): Cp) -> Json<Vec<crate::fleet::HostState>> {
+async fn hosts(
+    State(cp): Cp,
+    Extension(who): Extension<Identity>,
+) -> Json<Vec<crate::fleet::HostState>> {
     let mut states = cp.shared.fleet.states();
     let views: Vec<Arc<AppView>> = cp
         .apps
@@ -832,7 +835,19 @@ async fn hosts(State(cp): Cp) -> Json<Vec<crate::fleet::HostState>> {
         .await
         .values()
         .map(|h| h.status.borrow().clone())
+        .filter(|v| who.may(Action::Read, Some(&v.spec.name)).is_ok())
         .collect();
+    // A token limited to some apps sees the hosts of those apps only.
+    if !who.apps.is_empty() {
+        states.retain(|s| {
+            views.iter().any(|v| {
+                v.spec
+                    .hosts
+                    .as_ref()
+                    .is_some_and(|h| h.hosts.iter().any(|x| x.name == s.name))
+            })
+        });
+    }
     for view in &views {
         for inst in view.state.instances.iter().filter(|i| i.is_live()) {
             if let Some(state) = states
@@ -949,11 +964,18 @@ async fn audit_log(
 /// Prometheus metrics of the control plane: each instance's CPU and memory as
 /// the driver last sampled them, by app, version and instance. (Traffic metrics
 /// are the router's own `/metrics`.)
-async fn metrics(State(cp): Cp) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
+async fn metrics(
+    State(cp): Cp,
+    Extension(who): Extension<Identity>,
+) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
     let handles: Vec<AppHandle> = cp.apps.read().await.values().cloned().collect();
     let mut rows = Vec::new();
     for h in &handles {
         let app = h.status.borrow().spec.name.clone();
+        // A token limited to some apps sees the metrics of those only.
+        if who.may(Action::Read, Some(&app)).is_err() {
+            continue;
+        }
         for (id, r) in h.resources.borrow().iter() {
             rows.push((app.clone(), id.clone(), r.clone()));
         }

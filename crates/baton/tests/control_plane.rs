@@ -292,6 +292,21 @@ fn a_request_a_web_page_could_forge_changes_nothing() {
     h.cli_ok(&["deploy", "web", "v2", "--wait"]);
 }
 
+/// `GET path` with `token`; the whole answer.
+fn raw_body(h: &Harness, path: &str, token: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(h.api).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer
+}
+
 /// One API call with `token` (and extra header lines); its status.
 fn call(h: &Harness, method: &str, path: &str, token: Option<&str>, extra: &str) -> u16 {
     let body = if method == "GET" { "" } else { "{}" };
@@ -370,6 +385,11 @@ fn tokens_decide_who_may_do_what_and_name_the_operator() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&listed.stdout).trim(), "[]");
+    wait_until("web's instance metrics", Duration::from_secs(30), || {
+        raw_body(&h, "/metrics", &viewer).contains("app=\"web\"")
+    });
+    let metrics = raw_body(&h, "/metrics", &other);
+    assert!(!metrics.contains("app=\"web\""), "{metrics}");
     let s = h.status("web");
     assert_eq!(s["phase"], "stable", "{s}");
 
