@@ -382,9 +382,18 @@ fn parse_request(b: &[u8], upstream: impl FnOnce(&httparse::Request<'_, '_>)) ->
     if !matches!(method, "GET" | "HEAD" | "OPTIONS" | "DELETE") {
         return other;
     }
+    // A bare LF in the head, or not exactly one Host: the general path answers
+    // (it refuses them, see `framing` and `proxy`).
+    if memchr::memchr_iter(b'\n', &b[..len]).any(|i| i == 0 || b[i - 1] != b'\r') {
+        return other;
+    }
     let mut close = false;
+    let mut hosts = 0u32;
     for h in req.headers.iter() {
         let n = h.name.as_bytes();
+        if n.eq_ignore_ascii_case(b"host") {
+            hosts += 1;
+        }
         if n.eq_ignore_ascii_case(b"content-length") {
             if h.value != b"0" {
                 return other;
@@ -408,6 +417,9 @@ fn parse_request(b: &[u8], upstream: impl FnOnce(&httparse::Request<'_, '_>)) ->
                 }
             }
         }
+    }
+    if hosts != 1 {
+        return other;
     }
     upstream(&req);
     Parsed::Done(ReqHead {

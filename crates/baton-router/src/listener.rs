@@ -540,7 +540,8 @@ async fn serve_conn(
                 tracing::debug!(peer = %active.0.peer, "ambiguous request framing");
                 proxy::refuse(
                     http::StatusCode::BAD_REQUEST,
-                    "bad request: ambiguous framing (Content-Length with Transfer-Encoding, or repeated Content-Length)\n",
+                    "bad request: ambiguous framing (Content-Length with Transfer-Encoding, a repeated \
+                     Content-Length, or a line ending in a bare LF)\n",
                 )
             } else {
                 proxy::handle(&active.0, req).await

@@ -532,6 +532,18 @@ enum Refusal {
 /// `Content-Length`: those are caught on the raw bytes ([`crate::framing`]); this is
 /// the check for what reaches the map (and a value that is not plain digits).
 fn check_framing(headers: &HeaderMap, max_body: u64) -> Result<(), Refusal> {
+    // RFC 9112 §6.1: the chunked coding is applied once, last.
+    let chunked = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .filter(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+        .count();
+    if chunked > 1 {
+        return Err(Refusal::Ambiguous(
+            "bad request: Transfer-Encoding names chunked more than once\n",
+        ));
+    }
     let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
     let Some(first) = lengths.next() else {
         return Ok(());
@@ -936,6 +948,20 @@ pub(crate) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Re
         }
         None => Limits::default(),
     };
+    // RFC 9112 §3.2: exactly one Host in HTTP/1.1 (at most one in HTTP/1.0);
+    // anything else is 400.
+    let hosts = req.headers().get_all(header::HOST).iter().count();
+    let one_host = match req.version() {
+        http::Version::HTTP_11 => hosts == 1,
+        http::Version::HTTP_10 | http::Version::HTTP_09 => hosts <= 1,
+        _ => true,
+    };
+    if !one_host {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "bad request: an HTTP/1.1 request has exactly one Host header\n",
+        );
+    }
     match check_framing(req.headers(), limits.max_body_bytes) {
         Ok(()) => {}
         Err(Refusal::Ambiguous(msg)) => {

@@ -450,9 +450,8 @@ async fn hop_by_hop_headers_are_not_forwarded() {
 /// Request-smuggling and malformed-framing vectors, one table: each is refused
 /// with 400, the connection closed, and the backend sees neither it nor the
 /// request pipelined after it (see [`refused`]). Not here yet, because the
-/// router still forwards them: `Transfer-Encoding: chunked` sent twice, bare LF
-/// line ends, an 8 KiB chunk extension, two `Host` headers, and HTTP/1.1 without
-/// `Host` (the one HTTP/1 engine is to refuse them).
+/// router still forwards it: a chunk line with an 8 KiB extension (hyper takes
+/// it; the one HTTP/1 engine is to refuse it).
 #[tokio::test]
 async fn smuggling_vectors_are_refused() {
     const H: &str = "Host: app.example\r\n";
@@ -552,6 +551,33 @@ async fn smuggling_vectors_are_refused() {
             format!("GET  / HTTP/1.1\r\n{H}\r\n"),
         ),
         ("unknown HTTP version", format!("GET / HTTP/1.2\r\n{H}\r\n")),
+        (
+            "TE.TE: chunked twice",
+            format!(
+                "POST / HTTP/1.1\r\n{H}Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+            ),
+        ),
+        (
+            "TE.TE: chunked, chunked",
+            format!("POST / HTTP/1.1\r\n{H}Transfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n"),
+        ),
+        (
+            "bare LF line ends",
+            "GET / HTTP/1.1\nHost: app.example\n\n".to_string(),
+        ),
+        (
+            "bare LF ending one header",
+            format!("GET / HTTP/1.1\r\nX-A: 1\n{H}\r\n"),
+        ),
+        (
+            "bare LF ending a POST head",
+            format!("POST / HTTP/1.1\r\n{H}Content-Length: 1\n\r\na"),
+        ),
+        ("two Host headers", format!("GET / HTTP/1.1\r\n{H}{H}\r\n")),
+        (
+            "no Host in HTTP/1.1",
+            "GET / HTTP/1.1\r\nX-A: 1\r\n\r\n".to_string(),
+        ),
     ];
     let mut failures = Vec::new();
     for (name, request) in &cases {
