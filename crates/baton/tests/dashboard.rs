@@ -8,6 +8,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,12 +19,16 @@ use serde_json::json;
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
-/// chromedriver on a port of its own, ended with the test.
+/// chromedriver on a port of its own, in a process group of its own with the
+/// browsers it starts: the whole group ends with the test, even when it fails.
 struct Driver(Child);
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
         let _ = self.0.wait();
     }
 }
@@ -159,9 +164,16 @@ fn the_dashboard_in_a_real_browser() {
     let load = rt.block_on(async { loadgen::start(cfg) });
 
     let port = free_port();
+    // The browser's profile and temporary files stay in the harness's dir,
+    // removed with it.
+    let browser_tmp = h.dir.join("chromium-tmp");
+    std::fs::create_dir_all(&browser_tmp).unwrap();
     let _driver = Driver(
         Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
+            .env("TMPDIR", &browser_tmp)
+            .env("HOME", &browser_tmp)
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -178,7 +190,8 @@ fn the_dashboard_in_a_real_browser() {
             json!({
                 "binary": "/usr/bin/chromium",
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                         "--disable-dev-shm-usage", "--window-size=1280,1800"]
+                         "--disable-dev-shm-usage", "--window-size=1280,1800",
+                         format!("--user-data-dir={}", h.dir.join("chromium-profile").display())]
             }),
         );
         let c = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
