@@ -562,6 +562,36 @@ async fn sticky_cohorts_never_switch_back_as_the_weight_rises() {
     }
 }
 
+/// `run` (the router process's body) on an admin socket of its own, named by
+/// `tag`: its client, once it answers, and the handle that stops it.
+async fn admin_router(tag: &str) -> (AdminClient, RunningRouter) {
+    let socket = std::env::temp_dir().join(format!("{tag}-{}/admin.sock", std::process::id()));
+    std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(run(
+        RouterOptions {
+            admin_socket: socket.clone(),
+        },
+        stop.clone(),
+    ));
+    let admin = AdminClient::new(socket);
+    eventually_async(|| async { admin.health().await.is_ok() }).await;
+    (admin, RunningRouter { stop, task })
+}
+
+struct RunningRouter {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), baton_router::RouterError>>,
+}
+
+impl RunningRouter {
+    /// Stops it and checks it ended cleanly.
+    async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
 // ---------------------------------------------------------------------------------
 // Mirroring
 
@@ -679,20 +709,7 @@ async fn eventually_report(router: &Router, n: u64) -> baton_router::MirrorRepor
 /// (one the fast lane would serve), redacted, up to its bound, and ends by itself.
 #[tokio::test]
 async fn recording_keeps_a_bounded_redacted_slice_of_requests() {
-    let socket = std::env::temp_dir().join(format!(
-        "baton-router-features-record-{}/admin.sock",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(run(
-        RouterOptions {
-            admin_socket: socket.clone(),
-        },
-        stop.clone(),
-    ));
-    let admin = AdminClient::new(socket);
-    eventually_async(|| async { admin.health().await.is_ok() }).await;
+    let (admin, router) = admin_router("baton-router-features-record").await;
     let (a, _) = mirror_pair().await;
     let listen = admin
         .push(&config(1, 1000, &[("v1", 100, &[a])]))
@@ -760,8 +777,7 @@ async fn recording_keeps_a_bounded_redacted_slice_of_requests() {
             .is_empty()
     );
     drop(client);
-    stop.cancel();
-    task.await.unwrap().unwrap();
+    router.stop().await;
 }
 
 #[tokio::test]
@@ -826,20 +842,7 @@ async fn mirror_counts_and_samples_only_the_differing_path() {
 
 #[tokio::test]
 async fn mirror_report_over_the_admin_socket() {
-    let socket = std::env::temp_dir().join(format!(
-        "baton-router-features-mirror-{}/admin.sock",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(run(
-        RouterOptions {
-            admin_socket: socket.clone(),
-        },
-        stop.clone(),
-    ));
-    let admin = AdminClient::new(socket);
-    eventually_async(|| async { admin.health().await.is_ok() }).await;
+    let (admin, router) = admin_router("baton-router-features-mirror").await;
     let (a, b) = mirror_pair().await;
     let listen = admin.push(&mirror_config(a, b)).await.unwrap().listeners[0].listen;
     let mut client = Client::connect(listen).await;
@@ -864,8 +867,7 @@ async fn mirror_report_over_the_admin_socket() {
             .contains("12")
     );
     drop(client);
-    stop.cancel();
-    task.await.unwrap().unwrap();
+    router.stop().await;
 }
 
 /// p99 of `n` sequential GETs, in microseconds; every one must be a 200 from v1.

@@ -38,6 +38,7 @@ pub use template::{
     IMAGE_PLACEHOLDERS, PLACEHOLDERS, PREFLIGHT_PLACEHOLDERS, SMOKE_PLACEHOLDERS, TemplateVars,
     render_template, render_template_with,
 };
+pub use validate::is_valid_version;
 
 use locate::{Pos, SourceMap, join};
 

@@ -940,7 +940,9 @@ fn is_valid_name(name: &str) -> bool {
         && bytes.iter().all(|&b| ok(b) || b == b'-')
 }
 
-fn is_valid_version(version: &str) -> bool {
+/// A release version as specs and deploys name it: 1 to 64 letters, digits,
+/// '.', '_' or '-'.
+pub fn is_valid_version(version: &str) -> bool {
     (1..=64).contains(&version.len())
         && version
             .bytes()

@@ -426,13 +426,7 @@ async fn deploy(
 ) -> Result<Json<DeployAccepted>, ApiError> {
     let h = handle(&cp, &app).await?;
     let strategy = parse_strategy(body.strategy.as_deref())?;
-    if body.version.is_empty()
-        || body.version.len() > 64
-        || !body
-            .version
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-    {
+    if !baton_spec::is_valid_version(&body.version) {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
             format!(

@@ -126,14 +126,9 @@ pub async fn replay(
                  try again once `baton status {app}` shows one"
             ))
         })?;
-    if req.version.is_empty()
-        || !req
-            .version
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-    {
+    if !baton_spec::is_valid_version(&req.version) {
         return Err(ReplayError::BadRequest(format!(
-            "version {:?}: use letters, digits, '.', '_' and '-'",
+            "version {:?} is not valid: use 1-64 letters, digits, '.', '_' or '-'",
             req.version
         )));
     }
