@@ -1,17 +1,19 @@
-//! The fast lane: the most common proxied request — HTTP/1.1, no body, an idempotent
-//! method, routed by match rules, sticky cohorts and weights — served straight on the
-//! sockets.
+//! The HTTP/1 engine's I/O: every HTTP/1 request of an app served straight on the
+//! sockets, with [`crate::h1`] deciding framing once.
 //!
-//! One task per client connection parses the request head with `httparse`, writes the
-//! rewritten head to a pooled upstream connection, parses the response head and copies
-//! the response through, following its framing (length, chunked or until close). No
-//! header map, no channel to a connection task, no timer per request: on this path the
-//! kernel's socket work is most of the cost, and user space must stay well under it.
+//! One task per client connection parses the request head, writes the rewritten head
+//! to a pooled upstream connection, sends the body (held whole up to
+//! [`REPLAY_BODY`] so it can be sent again, streamed beyond with back-pressure, its
+//! framing checked byte by byte), parses the response head and copies the response
+//! through, following its framing (length, chunked or until close). No header map,
+//! no channel to a connection task, no timer per request: on this path the kernel's
+//! socket work is most of the cost, and user space must stay well under it. Match
+//! rules, sticky cohorts, weights, holding while nothing is routable, retries and
+//! shielding happen here.
 //!
-//! Anything else — a request with a body, `Upgrade`, `Expect`, absolute-form targets,
-//! HTTP/1.0, an app with mirroring or shielding, nothing routable (hold), a head the
-//! lane cannot parse — is handed to hyper at that request's boundary, with the bytes
-//! read so far, and hyper serves the rest of the connection.
+//! Still handed to hyper at that request's boundary, with the bytes read so far:
+//! protocol upgrades (WebSocket), absolute-form targets, and apps that mirror or
+//! record (they keep whole requests and answers).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -29,17 +31,13 @@ use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 
 use crate::client_socket::ClientSocket;
+use crate::h1;
 use crate::metrics::RequestSample;
-use crate::proxy::{self, ConnCtx, InFlight};
+use crate::proxy::{self, ConnCtx};
 use crate::table::AppTable;
 
-/// Header lines the lane parses in a request or a response head.
-const MAX_HEADERS: usize = 48;
 /// Upstream read buffer: a response head and the start of its body.
 const UP_BUF: usize = 16 * 1024;
-/// Header lines of a response head with more than `MAX_HEADERS` (hyper's client
-/// allows 100).
-const MAX_RESPONSE_HEADERS: usize = 128;
 /// Idle raw upstream connections kept per backend and worker.
 const MAX_IDLE_PER_BACKEND: usize = 1024;
 
@@ -144,14 +142,6 @@ impl Deadline<'_> {
     }
 }
 
-/// A request head the lane serves, as offsets into the client buffer.
-struct ReqHead {
-    /// Length of the head in the buffer.
-    len: usize,
-    head_method: bool,
-    close: bool,
-}
-
 /// What the request head says about its version, read while it was parsed.
 #[derive(Default)]
 struct Route {
@@ -199,8 +189,8 @@ impl Route {
     }
 }
 
-/// Serves the connection's requests while they are for the lane. `buf` holds what was
-/// read from the client so far.
+/// Serves the connection's requests while they are for the lane. `first` holds what
+/// was read from the client so far.
 pub(crate) async fn serve(
     ctx: &ConnCtx,
     stream: &mut ClientSocket,
@@ -227,30 +217,34 @@ pub(crate) async fn serve(
         let (head, live, route) = loop {
             let live = proxy::live_app_of(ctx);
             // The lane sees every head until it hands over, so it applies the app's
-            // head size limit itself (hyper checks it only between reads).
-            let max_head = live.as_ref().map_or_else(
-                || crate::limits::Limits::default().max_header_bytes,
-                |a| a.limits.max_header_bytes,
-            );
+            // head size limit itself.
+            let limits = live
+                .as_ref()
+                .map_or_else(crate::limits::Limits::default, |a| a.limits.clone());
+            let max_head = limits.max_header_bytes;
             let pending = &buf[at..];
             upstream.clear();
             let mut route = Route::default();
-            let parsed = parse_request(pending, |req| {
-                upstream_request(req, ctx, &mut upstream);
+            let fwd = h1::Forwarding {
+                peer_ip: ctx.peer_ip().as_bytes(),
+                forwarded: ctx.forwarded().as_bytes(),
+            };
+            let parsed = h1::parse_request(pending, limits.max_body_bytes, |req, head, options| {
+                h1::upstream_request(req, head, options, &fwd, &mut upstream);
                 if let Some(a) = live.as_deref().filter(|a| lane_app(a)) {
                     route = Route::read(a, req);
                 }
             });
             match parsed {
-                Parsed::Done(h) if h.len <= max_head => break (h, live, route),
-                Parsed::Other { len: Some(n) } if n <= max_head => return handoff(pending),
-                Parsed::Malformed => return handoff(pending),
-                Parsed::Done(_) | Parsed::Other { len: Some(_) } => {
-                    return too_large(stream).await;
+                h1::Parsed::Done(h) if h.len <= max_head => break (h, live, route),
+                h1::Parsed::Other { len } if len <= max_head => return handoff(pending),
+                h1::Parsed::Refused(r) => return refused(ctx, stream, r).await,
+                h1::Parsed::Done(_) | h1::Parsed::Other { .. } => {
+                    return refused(ctx, stream, h1::Refusal::HeadTooLarge).await;
                 }
-                Parsed::Partial | Parsed::Other { len: None } => {
+                h1::Parsed::Partial => {
                     if pending.len() > max_head {
-                        return too_large(stream).await;
+                        return refused(ctx, stream, h1::Refusal::HeadTooLarge).await;
                     }
                 }
             }
@@ -284,19 +278,22 @@ pub(crate) async fn serve(
                 Ok(_) => {}
             }
         };
-        let Some(app) = live.filter(|a| lane_app(a)) else {
+        // Apps that mirror or record keep whole requests: the general path.
+        if live.as_deref().is_some_and(|a| !lane_app(a)) {
             return handoff(&buf[at..]);
-        };
-        let rest_start = at + head.len;
+        }
+        let body_at = at + head.len;
         ctx.heads.fetch_add(1, Ordering::Relaxed);
         ctx.active.fetch_add(1, Ordering::Relaxed);
         let done = exchange(
             ctx,
-            &app,
+            live,
             stream,
             &upstream,
             &head,
             &route,
+            &mut buf,
+            body_at,
             &mut deadline,
             stop,
         )
@@ -307,10 +304,9 @@ pub(crate) async fn serve(
         served += 1;
         idle_since = tokio::time::Instant::now();
         match done {
-            Exchange::KeepAlive if !head.close && !stop.is_cancelled() => {}
+            Exchange::KeepAlive { next } if !head.close && !stop.is_cancelled() => at = next,
             _ => return Outcome::Closed,
         }
-        at = rest_start;
         if at == buf.len() {
             buf.clear();
             at = 0;
@@ -322,423 +318,194 @@ fn handoff(rest: &[u8]) -> Outcome {
     Outcome::Handoff(Bytes::copy_from_slice(rest))
 }
 
-/// Answers a request head over the app's limit, and closes: the rest of what the
-/// client sends cannot be framed.
-async fn too_large(client: &mut ClientSocket) -> Outcome {
-    local(
-        client,
-        "431 Request Header Fields Too Large",
-        "request header fields too large\n",
-        true,
-    )
-    .await;
+/// Answers a request the router refuses, and closes: what the client sends next
+/// cannot be framed.
+async fn refused(ctx: &ConnCtx, client: &mut ClientSocket, r: h1::Refusal) -> Outcome {
+    if let h1::Refusal::Bad(msg) = r {
+        tracing::debug!(app = %ctx.app.name, peer = %ctx.peer, "{}", msg.trim_end());
+    }
+    let (status, msg) = r.answer();
+    local(client, status, msg, true).await;
     Outcome::Closed
 }
 
-/// An app whose requests the lane can route: no mirroring or recording (they need the
-/// request kept) or shielding (it needs the response judged before it is sent), and
-/// routable now (else the general path holds the request).
+/// An app whose requests the lane serves: not mirroring or recording (they keep
+/// whole requests and answers, on the general path).
 fn lane_app(a: &AppTable) -> bool {
-    a.mirror.is_none() && a.shield.is_none() && !a.record.armed() && a.routable()
-}
-
-enum Parsed {
-    Done(ReqHead),
-    Partial,
-    /// A head for hyper: `len` is its length once the whole head has arrived.
-    Other {
-        len: Option<usize>,
-    },
-    /// Not HTTP/1: hyper answers it.
-    Malformed,
-}
-
-/// Judges a request head for the lane; for one it takes, `upstream` is given the
-/// parsed head (to write what is sent on, without parsing it again).
-fn parse_request(b: &[u8], upstream: impl FnOnce(&httparse::Request<'_, '_>)) -> Parsed {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let len = match req.parse(b) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(httparse::Error::TooManyHeaders) => {
-            // More headers than the lane parses: hyper's, once whole.
-            let len = memchr::memmem::find(b, b"\r\n\r\n").map(|i| i + 4);
-            return Parsed::Other { len };
-        }
-        Err(_) => return Parsed::Malformed,
-    };
-    let other = Parsed::Other { len: Some(len) };
-    if req.version != Some(1) {
-        return other;
-    }
-    let (Some(method), Some(path)) = (req.method, req.path) else {
-        return other;
-    };
-    if !path.starts_with('/') {
-        return other;
-    }
-    // Idempotent methods only: a request whose response did not come is sent again.
-    if !matches!(method, "GET" | "HEAD" | "OPTIONS" | "DELETE") {
-        return other;
-    }
-    // A bare LF in the head, or not exactly one Host: the general path answers
-    // (it refuses them, see `framing` and `proxy`).
-    if memchr::memchr_iter(b'\n', &b[..len]).any(|i| i == 0 || b[i - 1] != b'\r') {
-        return other;
-    }
-    let mut close = false;
-    let mut hosts = 0u32;
-    for h in req.headers.iter() {
-        let n = h.name.as_bytes();
-        if n.eq_ignore_ascii_case(b"host") {
-            hosts += 1;
-        }
-        if n.eq_ignore_ascii_case(b"content-length") {
-            if h.value != b"0" {
-                return other;
-            }
-        } else if n.eq_ignore_ascii_case(b"transfer-encoding")
-            || n.eq_ignore_ascii_case(b"upgrade")
-            || n.eq_ignore_ascii_case(b"expect")
-            || n.eq_ignore_ascii_case(b"http2-settings")
-            || n.eq_ignore_ascii_case(b"te")
-            || n.eq_ignore_ascii_case(b"trailer")
-        {
-            return other;
-        } else if n.eq_ignore_ascii_case(b"connection") {
-            for t in h.value.split(|&c| c == b',') {
-                let t = t.trim_ascii();
-                if t.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if !t.eq_ignore_ascii_case(b"keep-alive") && !t.is_empty() {
-                    // Names more hop-by-hop headers: rare, left to the general path.
-                    return other;
-                }
-            }
-        }
-    }
-    if hosts != 1 {
-        return other;
-    }
-    upstream(&req);
-    Parsed::Done(ReqHead {
-        len,
-        head_method: method == "HEAD",
-        close,
-    })
-}
-
-/// Hop-by-hop request headers the lane drops (the others send the request to hyper).
-fn hop_by_hop(name: &[u8]) -> bool {
-    name.eq_ignore_ascii_case(b"connection")
-        || name.eq_ignore_ascii_case(b"keep-alive")
-        || name.eq_ignore_ascii_case(b"proxy-connection")
-}
-
-/// The head sent upstream: the client's, with hop-by-hop headers removed and the
-/// forwarding headers added (as [`proxy::upstream_head`] does on the general path).
-fn upstream_request(req: &httparse::Request<'_, '_>, ctx: &ConnCtx, out: &mut Vec<u8>) {
-    out.extend_from_slice(req.method.unwrap_or("GET").as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(req.path.unwrap_or("/").as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut xff: Option<&[u8]> = None;
-    let mut fwd: Option<&[u8]> = None;
-    let mut proto = false;
-    let mut host: Option<&[u8]> = None;
-    let mut xfh = false;
-    for h in req.headers.iter() {
-        let n = h.name.as_bytes();
-        if hop_by_hop(n) {
-            continue;
-        }
-        if n.eq_ignore_ascii_case(b"x-forwarded-for") {
-            xff.get_or_insert(h.value);
-            continue;
-        }
-        if n.eq_ignore_ascii_case(b"forwarded") {
-            fwd.get_or_insert(h.value);
-            continue;
-        }
-        if n.eq_ignore_ascii_case(b"x-forwarded-proto") {
-            proto = true;
-        } else if n.eq_ignore_ascii_case(b"host") {
-            host.get_or_insert(h.value);
-        } else if n.eq_ignore_ascii_case(b"x-forwarded-host") {
-            xfh = true;
-        }
-        out.extend_from_slice(n);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(h.value);
-        out.extend_from_slice(b"\r\n");
-    }
-    list_header(out, b"x-forwarded-for", xff, ctx.peer_ip().as_bytes());
-    list_header(out, b"forwarded", fwd, ctx.forwarded().as_bytes());
-    if !proto {
-        out.extend_from_slice(b"x-forwarded-proto: http\r\n");
-    }
-    if !xfh && let Some(h) = host {
-        out.extend_from_slice(b"x-forwarded-host: ");
-        out.extend_from_slice(h);
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-}
-
-fn list_header(out: &mut Vec<u8>, name: &[u8], prev: Option<&[u8]>, ours: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    if let Some(p) = prev {
-        out.extend_from_slice(p);
-        out.extend_from_slice(b", ");
-    }
-    out.extend_from_slice(ours);
-    out.extend_from_slice(b"\r\n");
+    a.mirror.is_none() && !a.record.armed()
 }
 
 enum Exchange {
-    /// The response went out whole; the client connection may serve another request.
-    KeepAlive,
+    /// The response went out whole; the client connection may serve another request,
+    /// which starts at `next` in the client buffer.
+    KeepAlive { next: usize },
     /// The client connection must close (the response said so, or could not be
     /// completed).
     Close,
 }
 
-/// How a response body is delimited.
-#[derive(Clone, Copy)]
-enum Framing {
-    Empty,
-    Length(u64),
-    Chunked,
-    UntilClose,
+/// Largest request body held whole before it is sent, so that the request can be
+/// sent again (a retry, shielding); longer bodies are streamed and sent once.
+const REPLAY_BODY: usize = 64 * 1024;
+
+/// A request body as the engine holds it.
+struct ReqBody {
+    framer: h1::BodyFramer,
+    /// The body bytes (as framed) in the client buffer read so far.
+    start: usize,
+    end: usize,
+    /// The whole body is in `start..end`.
+    whole: bool,
+    /// Body data bytes, for the metrics.
+    bytes: u64,
 }
 
-struct RespHead {
-    len: usize,
-    status: u16,
-    framing: Framing,
-    /// The backend will close (or is HTTP/1.0 without keep-alive).
-    upstream_close: bool,
-    event_stream: bool,
+/// Why a request body could not be read.
+enum BodyError {
+    Refused(h1::Refusal),
+    /// The client went away or stalled.
+    Gone,
 }
 
-enum RespParsed {
-    Done(RespHead),
-    /// An informational (1xx) head of this length: skipped, as the general path does.
-    Informational(usize),
-    Partial,
-    Bad,
-}
-
-/// Parses a response head with room for `MAX_HEADERS` header lines on the stack, or
-/// [`MAX_RESPONSE_HEADERS`] on the heap when that is not enough (many cookies).
-fn with_response<T>(
-    b: &[u8],
-    f: impl FnOnce(&httparse::Response<'_, '_>, httparse::Result<usize>) -> T,
-) -> T {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let r = resp.parse(b);
-    if !matches!(r, Err(httparse::Error::TooManyHeaders)) {
-        return f(&resp, r);
-    }
-    let mut headers = vec![httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let r = resp.parse(b);
-    f(&resp, r)
-}
-
-/// Judges a response head; for a final one, writes the client's head but its end
-/// into `send` from the same parse.
-fn parse_response(b: &[u8], head_method: bool, send: &mut Vec<u8>) -> RespParsed {
-    with_response(b, |resp, r| {
-        let judged = judge_response(resp, r, head_method);
-        if let RespParsed::Done(h) = &judged {
-            write_client_head(resp, matches!(h.framing, Framing::Chunked), send);
+/// Reads the request body into the client buffer while it fits [`REPLAY_BODY`]
+/// (all of it for most requests), checking its framing as it comes. Answers
+/// `100 Continue` first when the client waits for it.
+async fn gather_body(
+    client: &mut ClientSocket,
+    buf: &mut Vec<u8>,
+    start: usize,
+    head: &h1::ReqHead,
+    limits: &crate::limits::Limits,
+) -> Result<ReqBody, BodyError> {
+    let mut framer = h1::BodyFramer::request(head.body);
+    let mut end = start + framer.accept(&buf[start..]);
+    let mut continued = false;
+    loop {
+        if framer.bad() {
+            return Err(BodyError::Refused(h1::Refusal::Bad(
+                "bad request: invalid chunked framing\n",
+            )));
         }
-        judged
-    })
-}
-
-fn judge_response(
-    resp: &httparse::Response<'_, '_>,
-    r: httparse::Result<usize>,
-    head_method: bool,
-) -> RespParsed {
-    let len = match r {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return RespParsed::Partial,
-        Err(_) => return RespParsed::Bad,
-    };
-    let status = resp.code.unwrap_or(502);
-    if (100..200).contains(&status) {
-        if status == 101 {
-            return RespParsed::Bad;
+        if framer.data() > limits.max_body_bytes {
+            return Err(BodyError::Refused(h1::Refusal::BodyTooLarge));
         }
-        return RespParsed::Informational(len);
-    }
-    let mut length: Option<u64> = None;
-    let mut chunked = false;
-    let mut te = false;
-    let mut close = resp.version == Some(0);
-    let mut event_stream = false;
-    for h in resp.headers.iter() {
-        let n = h.name.as_bytes();
-        if n.eq_ignore_ascii_case(b"content-length") {
-            let v = h.value.trim_ascii();
-            let Some(l) = std::str::from_utf8(v)
-                .ok()
-                .filter(|s| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()))
-                .and_then(|s| s.parse::<u64>().ok())
-            else {
-                return RespParsed::Bad;
-            };
-            if length.is_some_and(|p| p != l) {
-                return RespParsed::Bad;
+        if framer.done() || end - start >= REPLAY_BODY {
+            let whole = framer.done();
+            return Ok(ReqBody {
+                bytes: framer.data(),
+                framer,
+                start,
+                end,
+                whole,
+            });
+        }
+        if head.expect_continue && !continued {
+            continued = true;
+            if client
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .is_err()
+            {
+                return Err(BodyError::Gone);
             }
-            length = Some(l);
-        } else if n.eq_ignore_ascii_case(b"transfer-encoding") {
-            te = true;
-            chunked = h
-                .value
-                .rsplit(|&c| c == b',')
-                .next()
-                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if n.eq_ignore_ascii_case(b"connection") {
-            for t in h.value.split(|&c| c == b',') {
-                let t = t.trim_ascii();
-                if t.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if t.eq_ignore_ascii_case(b"keep-alive") && resp.version == Some(0) {
-                    close = false;
-                }
-            }
-        } else if n.eq_ignore_ascii_case(b"content-type") {
-            event_stream = h.value.starts_with(b"text/event-stream");
         }
-    }
-    let framing = if head_method || status == 204 || status == 304 {
-        Framing::Empty
-    } else if te {
-        if chunked {
-            Framing::Chunked
-        } else {
-            Framing::UntilClose
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(16 * 1024);
         }
-    } else {
-        match length {
-            Some(0) => Framing::Empty,
-            Some(l) => Framing::Length(l),
-            None => Framing::UntilClose,
+        let before = buf.len();
+        match tokio::time::timeout(limits.client_header_timeout, client.read_buf(buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return Err(BodyError::Gone),
         }
-    };
-    if te && length.is_some() {
-        // Both: ambiguous; never reuse that connection.
-        close = true;
-    }
-    RespParsed::Done(RespHead {
-        len,
-        status,
-        framing,
-        upstream_close: close || matches!(framing, Framing::UntilClose),
-        event_stream,
-    })
-}
-
-/// The client's response head but its end: the backend's, without hop-by-hop headers
-/// (the chunked `Transfer-Encoding` stays: the body is passed through as it is
-/// framed). The caller adds `Connection: close` when this is the connection's last
-/// response, then the blank line.
-///
-/// A `Content-Length` next to a chunked `Transfer-Encoding` is dropped (RFC 9112 6.3:
-/// an intermediary must not forward both).
-fn write_client_head(resp: &httparse::Response<'_, '_>, chunked: bool, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"HTTP/1.1 ");
-    let code = resp.code.unwrap_or(502);
-    out.extend_from_slice(&[
-        b'0' + (code / 100 % 10) as u8,
-        b'0' + (code / 10 % 10) as u8,
-        b'0' + (code % 10) as u8,
-        b' ',
-    ]);
-    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
-    for h in resp.headers.iter() {
-        let n = h.name.as_bytes();
-        if hop_by_hop(n)
-            || (chunked && n.eq_ignore_ascii_case(b"content-length"))
-            || n.eq_ignore_ascii_case(b"te")
-            || n.eq_ignore_ascii_case(b"trailer")
-            || n.eq_ignore_ascii_case(b"upgrade")
-        {
-            continue;
-        }
-        out.extend_from_slice(n);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(h.value);
-        out.extend_from_slice(b"\r\n");
+        // While the body is incomplete every byte read so far belongs to it.
+        let take = framer.accept(&buf[before..]);
+        end = before + take;
     }
 }
 
-/// Why an attempt on one upstream connection produced no response.
-enum AttemptError {
-    /// Could not connect: nothing was sent.
-    Connect,
-    /// The connection failed before a response head (a pooled connection the backend
-    /// had closed, or the backend went away with the request).
-    Lost { pooled: bool },
-    /// No response head within the response timeout.
-    Timeout,
-    /// Not a response we can pass on.
-    Bad,
-}
-
-/// One request: pick a backend, forward, pass the answer back. Retries (the lane only
-/// takes idempotent methods without a body) on another connection or backend when no
-/// response head came. `app` is the table the head was parsed with.
+/// One request: pick a backend, forward, pass the answer back. Retries on another
+/// connection or backend when no response head came and the request may be sent
+/// again; with shielding, an idempotent request a non-stable version fails is sent
+/// to the stable version instead. `parsed` is the table the head was parsed with.
 #[expect(
     clippy::too_many_arguments,
     reason = "one request's inputs, all distinct"
 )]
 async fn exchange(
     ctx: &ConnCtx,
-    app: &Arc<AppTable>,
+    parsed: Option<Arc<AppTable>>,
     client: &mut ClientSocket,
     request: &[u8],
-    head: &ReqHead,
+    head: &h1::ReqHead,
     route: &Route,
+    buf: &mut Vec<u8>,
+    body_at: usize,
     deadline: &mut Deadline<'_>,
     stop: &CancellationToken,
 ) -> Exchange {
     let start = Instant::now();
     let sh = &*ctx.shared;
-    app.counters.requests.fetch_add(1, Ordering::Relaxed);
-    let limits = &app.limits;
+    if let Some(a) = &parsed {
+        a.counters.requests.fetch_add(1, Ordering::Relaxed);
+    }
+    let limits = parsed
+        .as_ref()
+        .map_or_else(crate::limits::Limits::default, |a| a.limits.clone());
+    let mut body = match gather_body(client, buf, body_at, head, &limits).await {
+        Ok(b) => b,
+        Err(BodyError::Refused(r)) => {
+            refused(ctx, client, r).await;
+            return Exchange::Close;
+        }
+        Err(BodyError::Gone) => return Exchange::Close,
+    };
+    let bytes_in = body.bytes;
+    // Held (not routable) requests wait here for a table that can take them.
+    let Some(parsed) = proxy::routable_app(sh, &ctx.app)
+        .await
+        .map(|live| parsed.unwrap_or(live))
+    else {
+        return no_backend(ctx, client, None, start, bytes_in, head.close)
+            .await
+            .next_at(body.end, None, buf);
+    };
     let mut send = spare_buf(1024);
     let mut up_buf = spare_buf(UP_BUF);
+    // Body bytes read past the replay buffer while streaming: the next request's.
+    let mut leftover: Option<Vec<u8>> = None;
+    let mut streamed = false;
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut attempts = 0;
+    let mut max_attempts = proxy::MAX_ATTEMPTS;
     let mut spins = 0;
     let mut primary = None;
     let mut last_version = None;
+    // Shielding applies to what can be sent again safely: idempotent, held whole.
+    let shieldable = head.idempotent && body.whole;
+    let mut shield_used = false;
+    let mut to_stable = false;
     let result = loop {
-        if attempts >= proxy::MAX_ATTEMPTS || spins >= 16 {
+        if attempts >= max_attempts || spins >= proxy::MAX_SPINS {
             break None;
         }
-        let live = proxy::live_app_of(ctx);
-        let Some(live) = live.filter(|a| a.routable()) else {
+        let Some(app) = proxy::routable_app(sh, &ctx.app).await else {
             break None;
         };
         let v = match primary {
-            Some(v) if v < live.versions.len() => v,
-            _ => match route.version_in(app, &live) {
-                Some(v) => v,
-                None => break None,
-            },
+            Some(v) if v < app.versions.len() && !to_stable => v,
+            _ => {
+                let stable = if to_stable { app.shield } else { None };
+                match stable.or_else(|| route.version_in(&parsed, &app)) {
+                    Some(v) => v,
+                    None => {
+                        spins += 1;
+                        continue;
+                    }
+                }
+            }
         };
         primary = Some(v);
-        let app = live;
+        to_stable = false;
         let Some((vi, bi, guard)) = proxy::pick_for_attempt(ctx, &app, v, &tried) else {
             spins += 1;
             continue;
@@ -748,21 +515,37 @@ async fn exchange(
         attempts += 1;
         last_version = Some(version.counters.clone());
         let addr = backend.addr;
-        let sent_at = tokio::time::Instant::now();
-        deadline.bound(sent_at + limits.response_timeout);
+        // A failure of this attempt goes to the stable version instead of the user.
+        let shield_here = shieldable && !shield_used && app.shield.is_some_and(|s| s != vi);
+        if streamed {
+            // The body went out once and cannot be sent again.
+            break None;
+        }
         up_buf.clear();
+        let stream_rest = (!body.whole).then_some(&mut body.framer);
         let r = attempt(
             addr,
-            limits,
+            &limits,
             request,
+            &buf[body.start..body.end],
+            stream_rest.map(|f| (&mut *client, f, &mut leftover)),
             &mut send,
             &mut up_buf,
-            head.head_method,
+            head,
             deadline,
-            sent_at,
         )
         .await;
+        streamed = !body.whole;
         match r {
+            Ok((up, rh)) if shield_here && rh.status >= 500 => {
+                version.counters.record_status(rh.status);
+                drop(guard);
+                drop(up);
+                tracing::debug!(app = %ctx.app.name, backend = %addr, status = rh.status, "shielded: retrying on the stable version");
+                proxy::record_shielded(&version.counters, start, rh.status, bytes_in, false);
+                (shield_used, to_stable) = (true, true);
+                max_attempts = max_attempts.max(attempts + 1);
+            }
             Ok((up, rh)) => break Some((app.clone(), vi, bi, guard, up, rh)),
             Err(AttemptError::Timeout) => {
                 drop(guard);
@@ -772,16 +555,43 @@ async fn exchange(
                     .router_errors
                     .fetch_add(1, Ordering::Relaxed);
                 version.counters.record_status(504);
-                proxy::record_local(&version.counters, start, 504, 0);
+                proxy::record_local(&version.counters, start, 504, bytes_in);
                 return_buf(send);
                 return_buf(up_buf);
+                let close = head.close || streamed;
                 return local(
                     client,
                     "504 Gateway Timeout",
                     "gateway timeout: the backend did not answer in time\n",
-                    head.close,
+                    close,
+                )
+                .await
+                .next_at(body.end, leftover.take(), buf);
+            }
+            Err(AttemptError::ClientGone) => {
+                drop(guard);
+                return_buf(send);
+                return_buf(up_buf);
+                return Exchange::Close;
+            }
+            Err(AttemptError::BadBody) => {
+                drop(guard);
+                return_buf(send);
+                return_buf(up_buf);
+                refused(
+                    ctx,
+                    client,
+                    h1::Refusal::Bad("bad request: invalid chunked framing\n"),
                 )
                 .await;
+                return Exchange::Close;
+            }
+            Err(AttemptError::BodyTooLarge) => {
+                drop(guard);
+                return_buf(send);
+                return_buf(up_buf);
+                refused(ctx, client, h1::Refusal::BodyTooLarge).await;
+                return Exchange::Close;
             }
             Err(e) => {
                 drop(guard);
@@ -792,6 +602,22 @@ async fn exchange(
                 }
                 if matches!(e, AttemptError::Connect) {
                     proxy::mark_down(sh, &backend.state);
+                    // Nothing was sent: the body, even streamed, was not consumed.
+                    streamed = false;
+                }
+                if shield_here && !pooled_loss {
+                    proxy::record_shielded(&version.counters, start, 502, bytes_in, true);
+                    (shield_used, to_stable) = (true, true);
+                    max_attempts = max_attempts.max(attempts + 1);
+                    continue;
+                }
+                // Sent to a fresh connection that failed: only an idempotent request
+                // held whole may go again (a stale pooled connection never saw it).
+                let again = matches!(e, AttemptError::Connect)
+                    || pooled_loss
+                    || (head.idempotent && body.whole);
+                if !again {
+                    break None;
                 }
                 if pooled_loss {
                     // A stale keep-alive connection: does not count as an attempt. The
@@ -811,34 +637,29 @@ async fn exchange(
     let Some((app, vi, bi, guard, mut up, rh)) = result else {
         return_buf(send);
         return_buf(up_buf);
+        let close = head.close || streamed;
         if let Some(v) = &last_version {
             tracing::warn!(app = %ctx.app.name, attempts, "every upstream attempt failed");
             v.router_errors.fetch_add(1, Ordering::Relaxed);
             v.record_status(502);
-            proxy::record_local(v, start, 502, 0);
+            proxy::record_local(v, start, 502, bytes_in);
             return local(
                 client,
                 "502 Bad Gateway",
                 "bad gateway: no backend answered\n",
-                head.close,
+                close,
             )
-            .await;
+            .await
+            .next_at(body.end, leftover.take(), buf);
         }
-        if let Some(a) = proxy::live_app_of(ctx) {
-            a.counters.no_backend.fetch_add(1, Ordering::Relaxed);
-        }
-        return local(
-            client,
-            "503 Service Unavailable",
-            "service unavailable: no backend is ready\n",
-            head.close,
-        )
-        .await;
+        return no_backend(ctx, client, None, start, bytes_in, close)
+            .await
+            .next_at(body.end, leftover.take(), buf);
     };
     let version = &app.versions[vi];
     let backend = &version.backends[bi];
     version.counters.record_status(rh.status);
-    let last = head.close || matches!(rh.framing, Framing::UntilClose) || stop.is_cancelled();
+    let last = head.close || matches!(rh.framing, h1::Framing::UntilClose) || stop.is_cancelled();
     // `send` holds the client's response head but its end.
     if let Some(cookie) = &route.set_cookie {
         send.extend_from_slice(b"set-cookie: ");
@@ -847,23 +668,26 @@ async fn exchange(
     }
     if last {
         send.extend_from_slice(b"connection: close\r\n");
+    } else if head.http10 {
+        send.extend_from_slice(b"connection: keep-alive\r\n");
     }
     send.extend_from_slice(b"\r\n");
     let head_latency = rh.event_stream.then(|| start.elapsed());
-    let mut body = BodyCopy::new(rh.framing);
+    let mut resp_body = h1::BodyFramer::response(rh.framing);
     let already = &up_buf[rh.len..];
-    let take = body.accept(already);
+    let take = resp_body.accept(already);
     send.extend_from_slice(&already[..take]);
     let mut bytes_out = take as u64;
-    let mut reusable = !rh.upstream_close && take == already.len();
-    let mut complete = body.done();
+    let mut reusable = !rh.upstream_close && !head.http10 && take == already.len();
+    let mut complete = resp_body.done();
     let mut client_ok = client.write_all(&send).await.is_ok();
     return_buf(send);
     if client_ok && !complete {
         let drain = rh
             .event_stream
             .then(|| crate::tunnel::drain_signal(backend.state.clone(), limits.drain_grace));
-        let (ok, n, whole, extra) = copy_body(&mut up, client, &mut up_buf, &mut body, drain).await;
+        let (ok, n, whole, extra) =
+            copy_body(&mut up, client, &mut up_buf, &mut resp_body, drain).await;
         client_ok = ok;
         bytes_out += n;
         complete = whole;
@@ -874,32 +698,76 @@ async fn exchange(
         put_idle(backend.addr, up);
     }
     let now = Instant::now();
-    guard_record(
-        &guard,
+    guard.version().record(
         now,
-        head_latency.unwrap_or_else(|| now.saturating_duration_since(start)),
-        rh.status,
-        bytes_out,
+        &RequestSample {
+            status: rh.status,
+            latency: head_latency.unwrap_or_else(|| now.saturating_duration_since(start)),
+            bytes_in,
+            bytes_out,
+            router_error: false,
+        },
     );
     drop(guard);
     if client_ok && complete && !last {
-        Exchange::KeepAlive
+        Exchange::KeepAlive { next: body.end }.next_at(body.end, leftover.take(), buf)
     } else {
         Exchange::Close
     }
 }
 
-fn guard_record(guard: &InFlight, now: Instant, latency: Duration, status: u16, bytes_out: u64) {
-    guard.version().record(
-        now,
-        &RequestSample {
-            status,
-            latency,
-            bytes_in: 0,
-            bytes_out,
-            router_error: false,
-        },
-    );
+impl Exchange {
+    /// Where the next request starts: at `end` in the client buffer, or, after a
+    /// streamed body, in `leftover` (what was read past the body's end), which then
+    /// becomes the client buffer.
+    fn next_at(self, end: usize, leftover: Option<Vec<u8>>, buf: &mut Vec<u8>) -> Exchange {
+        match (self, leftover) {
+            (Exchange::KeepAlive { .. }, Some(rest)) => {
+                buf.clear();
+                buf.extend_from_slice(&rest);
+                return_buf(rest);
+                Exchange::KeepAlive { next: 0 }
+            }
+            (Exchange::KeepAlive { .. }, None) => Exchange::KeepAlive { next: end },
+            (Exchange::Close, rest) => {
+                if let Some(r) = rest {
+                    return_buf(r);
+                }
+                Exchange::Close
+            }
+        }
+    }
+}
+
+/// The app had nothing ready within its hold timeout: 503.
+async fn no_backend(
+    ctx: &ConnCtx,
+    client: &mut ClientSocket,
+    last: Option<&crate::table::VersionCounters>,
+    start: Instant,
+    bytes_in: u64,
+    close: bool,
+) -> Exchange {
+    match last {
+        Some(v) => {
+            v.router_errors.fetch_add(1, Ordering::Relaxed);
+            v.record_status(503);
+            proxy::record_local(v, start, 503, bytes_in);
+        }
+        None => {
+            if let Some(a) = proxy::live_app_of(ctx) {
+                a.counters.no_backend.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    tracing::warn!(app = %ctx.app.name, "no backend became ready within the hold timeout");
+    local(
+        client,
+        "503 Service Unavailable",
+        "service unavailable: no backend is ready\n",
+        close,
+    )
+    .await
 }
 
 /// A response the router makes itself.
@@ -920,15 +788,42 @@ async fn local(client: &mut ClientSocket, status: &str, msg: &str, close: bool) 
     let ok = client.write_all(&out).await.is_ok();
     return_buf(out);
     if ok && !close {
-        Exchange::KeepAlive
+        Exchange::KeepAlive { next: 0 }
     } else {
         Exchange::Close
     }
 }
 
-/// Sends the request on a pooled connection to `addr` (or a new one), reads the
-/// response head into `buf` and writes the client's response head but its end (see
-/// [`write_client_head`]) into `send`.
+/// Why an attempt on one upstream connection produced no response.
+enum AttemptError {
+    /// Could not connect: nothing was sent.
+    Connect,
+    /// The connection failed before a response head (a pooled connection the backend
+    /// had closed, or the backend went away with the request).
+    Lost { pooled: bool },
+    /// No response head within the response timeout.
+    Timeout,
+    /// Not a response we can pass on.
+    Bad,
+    /// The client went away (or stalled) while its body was streamed.
+    ClientGone,
+    /// The streamed body's framing broke: the upstream connection is dropped mid-body.
+    BadBody,
+    /// The streamed body grew over the app's limit.
+    BodyTooLarge,
+}
+
+/// The rest of a request body, streamed from the client during the attempt: the
+/// client, the framer that follows it, and where to put bytes read past its end.
+type StreamRest<'a> = (
+    &'a mut ClientSocket,
+    &'a mut h1::BodyFramer,
+    &'a mut Option<Vec<u8>>,
+);
+
+/// Sends the request (head, held body, then the streamed rest) on a pooled
+/// connection to `addr` (or a new one), reads the response head into `buf` and writes
+/// the client's response head but its end (see [`h1::parse_response`]) into `send`.
 #[expect(
     clippy::too_many_arguments,
     reason = "one attempt's inputs, all distinct"
@@ -937,13 +832,21 @@ async fn attempt(
     addr: SocketAddr,
     limits: &crate::limits::Limits,
     request: &[u8],
+    held: &[u8],
+    rest: Option<StreamRest<'_>>,
     send: &mut Vec<u8>,
     buf: &mut Vec<u8>,
-    head_method: bool,
+    head: &h1::ReqHead,
     deadline: &mut Deadline<'_>,
-    sent_at: tokio::time::Instant,
-) -> Result<(TcpStream, RespHead), AttemptError> {
-    let (mut up, pooled) = match take_idle(addr) {
+) -> Result<(TcpStream, h1::RespHead), AttemptError> {
+    // A streamed body is sent once: on a fresh connection, which cannot turn out to
+    // have been closed by the backend meanwhile.
+    let idle = if rest.is_none() {
+        take_idle(addr)
+    } else {
+        None
+    };
+    let (mut up, pooled) = match idle {
         Some(s) => (s, true),
         None => {
             let s = match tokio::time::timeout(limits.connect_timeout, TcpStream::connect(addr))
@@ -956,10 +859,30 @@ async fn attempt(
             (s, false)
         }
     };
-    if up.write_all(request).await.is_err() {
-        return Err(AttemptError::Lost { pooled });
+    let lost = AttemptError::Lost { pooled };
+    if held.is_empty() {
+        if up.write_all(request).await.is_err() {
+            return Err(lost);
+        }
+    } else if held.len() + request.len() <= 16 * 1024 {
+        // One write for a small request.
+        let mut whole = spare_buf(request.len() + held.len());
+        whole.extend_from_slice(request);
+        whole.extend_from_slice(held);
+        let r = up.write_all(&whole).await;
+        return_buf(whole);
+        if r.is_err() {
+            return Err(lost);
+        }
+    } else if up.write_all(request).await.is_err() || up.write_all(held).await.is_err() {
+        return Err(lost);
     }
+    if let Some((client, framer, leftover)) = rest {
+        stream_body(&mut up, client, framer, leftover, limits).await?;
+    }
+    let sent_at = tokio::time::Instant::now();
     let limit = sent_at + limits.response_timeout;
+    deadline.bound(limit);
     let mut at = 0;
     loop {
         if buf.capacity() - buf.len() < 1024 {
@@ -985,203 +908,65 @@ async fn attempt(
         }
         loop {
             send.clear();
-            match parse_response(&buf[at..], head_method, send) {
-                RespParsed::Done(rh) => {
+            match h1::parse_response(&buf[at..], head.head_method, send) {
+                h1::RespParsed::Done(rh) => {
                     if at > 0 {
                         buf.drain(..at);
                     }
                     return Ok((up, rh));
                 }
-                RespParsed::Informational(len) => at += len,
-                RespParsed::Partial => {
+                h1::RespParsed::Informational(len) => at += len,
+                h1::RespParsed::Partial => {
                     if buf.len() - at > 64 * 1024 {
                         return Err(AttemptError::Bad);
                     }
                     break;
                 }
-                RespParsed::Bad => return Err(AttemptError::Bad),
+                h1::RespParsed::Bad => return Err(AttemptError::Bad),
             }
         }
     }
 }
 
-/// Follows a response body's framing while it is copied through unchanged.
-struct BodyCopy {
-    framing: Framing,
-    /// Bytes left in the body (`Length`) or in the current chunk's data (`Chunked`).
-    left: u64,
-    chunk: ChunkState,
-    /// A chunk-size line being read: the size so far.
-    size: u64,
-    digits: u8,
-    /// The current trailer line has bytes (so its end is not the final empty line).
-    line: bool,
-    bad: bool,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum ChunkState {
-    Size,
-    Ext,
-    SizeLf,
-    Data,
-    DataCr,
-    DataLf,
-    Trailer,
-    TrailerLf,
-    Done,
-}
-
-impl BodyCopy {
-    fn new(framing: Framing) -> Self {
-        BodyCopy {
-            framing,
-            left: match framing {
-                Framing::Length(n) => n,
-                _ => 0,
-            },
-            chunk: ChunkState::Size,
-            size: 0,
-            digits: 0,
-            line: false,
-            bad: false,
+/// Streams the rest of a request body from the client to `up` as it comes (the
+/// client is read only as fast as the backend takes it). Bytes read past the body's
+/// end (a pipelined request) go to `leftover`.
+async fn stream_body(
+    up: &mut TcpStream,
+    client: &mut ClientSocket,
+    framer: &mut h1::BodyFramer,
+    leftover: &mut Option<Vec<u8>>,
+    limits: &crate::limits::Limits,
+) -> Result<(), AttemptError> {
+    let mut chunk = spare_buf(UP_BUF);
+    let result = loop {
+        if framer.done() {
+            break Ok(());
         }
-    }
-
-    fn done(&self) -> bool {
-        match self.framing {
-            Framing::Empty => true,
-            Framing::Length(_) => self.left == 0,
-            Framing::Chunked => self.chunk == ChunkState::Done,
-            Framing::UntilClose => false,
+        chunk.clear();
+        match tokio::time::timeout(limits.client_header_timeout, client.read_buf(&mut chunk)).await
+        {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => break Err(AttemptError::ClientGone),
         }
-    }
-
-    /// At a point where the body could end cleanly (a chunk boundary).
-    fn at_boundary(&self) -> bool {
-        matches!(self.framing, Framing::Chunked)
-            && self.chunk == ChunkState::Size
-            && self.digits == 0
-    }
-
-    /// How many of `b` belong to the body (all of them unless the body ends inside).
-    fn accept(&mut self, b: &[u8]) -> usize {
-        match self.framing {
-            Framing::Empty => 0,
-            Framing::UntilClose => b.len(),
-            Framing::Length(_) => {
-                let n = (b.len() as u64).min(self.left);
-                self.left -= n;
-                n as usize
-            }
-            Framing::Chunked => self.accept_chunked(b),
+        let take = framer.accept(&chunk);
+        if framer.bad() {
+            break Err(AttemptError::BadBody);
         }
-    }
-
-    fn accept_chunked(&mut self, b: &[u8]) -> usize {
-        let mut i = 0;
-        while i < b.len() {
-            let c = b[i];
-            match self.chunk {
-                ChunkState::Done => return i,
-                ChunkState::Data => {
-                    let n = ((b.len() - i) as u64).min(self.left);
-                    self.left -= n;
-                    i += n as usize;
-                    if self.left == 0 {
-                        self.chunk = ChunkState::DataCr;
-                    }
-                    continue;
-                }
-                ChunkState::Size => match c {
-                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
-                        let d = (c as char).to_digit(16).unwrap_or(0);
-                        self.digits = self.digits.saturating_add(1);
-                        if self.digits > 15 {
-                            self.bad = true;
-                            self.chunk = ChunkState::Done;
-                            return i;
-                        }
-                        self.size = self.size * 16 + u64::from(d);
-                    }
-                    b';' | b' ' | b'\t' if self.digits > 0 => self.chunk = ChunkState::Ext,
-                    b'\r' if self.digits > 0 => self.chunk = ChunkState::SizeLf,
-                    b'\n' if self.digits > 0 => self.size_line_end(),
-                    _ => {
-                        self.bad = true;
-                        self.chunk = ChunkState::Done;
-                        return i;
-                    }
-                },
-                ChunkState::Ext => match c {
-                    b'\r' => self.chunk = ChunkState::SizeLf,
-                    b'\n' => self.size_line_end(),
-                    _ => {}
-                },
-                ChunkState::SizeLf => {
-                    if c != b'\n' {
-                        self.bad = true;
-                        self.chunk = ChunkState::Done;
-                        return i;
-                    }
-                    self.size_line_end();
-                }
-                ChunkState::DataCr => match c {
-                    b'\r' => self.chunk = ChunkState::DataLf,
-                    b'\n' => self.chunk = ChunkState::Size,
-                    _ => {
-                        self.bad = true;
-                        self.chunk = ChunkState::Done;
-                        return i;
-                    }
-                },
-                ChunkState::DataLf => {
-                    if c != b'\n' {
-                        self.bad = true;
-                        self.chunk = ChunkState::Done;
-                        return i;
-                    }
-                    self.chunk = ChunkState::Size;
-                }
-                ChunkState::Trailer => match c {
-                    b'\r' => self.chunk = ChunkState::TrailerLf,
-                    b'\n' => self.trailer_line_end(),
-                    _ => self.line = true,
-                },
-                ChunkState::TrailerLf => {
-                    if c != b'\n' {
-                        self.bad = true;
-                        self.chunk = ChunkState::Done;
-                        return i;
-                    }
-                    self.trailer_line_end();
-                }
-            }
-            i += 1;
+        if framer.data() > limits.max_body_bytes {
+            break Err(AttemptError::BodyTooLarge);
         }
-        i
-    }
-
-    fn size_line_end(&mut self) {
-        if self.size == 0 {
-            self.chunk = ChunkState::Trailer;
-            self.line = false;
-        } else {
-            self.left = self.size;
-            self.chunk = ChunkState::Data;
+        if up.write_all(&chunk[..take]).await.is_err() {
+            break Err(AttemptError::Lost { pooled: false });
         }
-        self.size = 0;
-        self.digits = 0;
-    }
-
-    fn trailer_line_end(&mut self) {
-        if self.line {
-            self.line = false;
-            self.chunk = ChunkState::Trailer;
-        } else {
-            self.chunk = ChunkState::Done;
+        if take < chunk.len() {
+            let mut rest = spare_buf(chunk.len() - take);
+            rest.extend_from_slice(&chunk[take..]);
+            *leftover = Some(rest);
         }
-    }
+    };
+    return_buf(chunk);
+    result
 }
 
 /// Copies the rest of a body from `up` to `client`. Returns (client still fine, body
@@ -1190,7 +975,7 @@ async fn copy_body(
     up: &mut TcpStream,
     client: &mut ClientSocket,
     buf: &mut Vec<u8>,
-    body: &mut BodyCopy,
+    body: &mut h1::BodyFramer,
     mut drain: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
 ) -> (bool, u64, bool, bool) {
     let mut sent = 0u64;
@@ -1210,7 +995,7 @@ async fn copy_body(
                 () = d.as_mut() => {
                     drain = None;
                     draining = true;
-                    if !matches!(body.framing, Framing::Chunked) {
+                    if !matches!(body.framing(), h1::Framing::Chunked) {
                         return (false, sent, false, false);
                     }
                     continue;
@@ -1220,12 +1005,12 @@ async fn copy_body(
         };
         match read {
             Ok(0) | Err(_) => {
-                let whole = matches!(body.framing, Framing::UntilClose);
+                let whole = matches!(body.framing(), h1::Framing::UntilClose);
                 return (whole, sent, whole, false);
             }
             Ok(n) => {
                 let take = body.accept(&buf[..n]);
-                if body.bad {
+                if body.bad() {
                     return (false, sent, false, true);
                 }
                 if client.write_all(&buf[..take]).await.is_err() {
@@ -1237,156 +1022,5 @@ async fn copy_body(
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn chunked_end(input: &[u8]) -> (usize, bool) {
-        let mut b = BodyCopy::new(Framing::Chunked);
-        let n = b.accept(input);
-        (n, b.done())
-    }
-
-    #[test]
-    fn chunked_bodies_end_where_their_framing_says() {
-        let body = b"5;ext=1\r\nhello\r\n0\r\nx-trailer: 1\r\n\r\nEXTRA";
-        assert_eq!(chunked_end(body), (body.len() - 5, true));
-        assert_eq!(chunked_end(b"0\r\n\r\n"), (5, true));
-        assert_eq!(chunked_end(b"a\r\n0123456789\r\n"), (15, false));
-        // Byte by byte gives the same end.
-        let mut b = BodyCopy::new(Framing::Chunked);
-        let mut taken = 0;
-        for c in body.iter() {
-            taken += b.accept(std::slice::from_ref(c));
-        }
-        assert!(b.done());
-        assert_eq!(taken, body.len() - 5);
-    }
-
-    #[test]
-    fn bad_chunk_sizes_are_noticed() {
-        let mut b = BodyCopy::new(Framing::Chunked);
-        b.accept(b"zz\r\n");
-        assert!(b.bad);
-    }
-
-    #[test]
-    fn requests_with_a_body_or_an_upgrade_are_left_to_the_general_path() {
-        let other = |s: &str| {
-            matches!(
-                parse_request(s.as_bytes(), |_| {}),
-                Parsed::Other { len: Some(_) }
-            )
-        };
-        assert!(other(
-            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc"
-        ));
-        assert!(other(
-            "GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
-        ));
-        assert!(other(
-            "GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"
-        ));
-        assert!(other("GET / HTTP/1.0\r\nHost: a\r\n\r\n"));
-        assert!(other("GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n"));
-        assert!(matches!(
-            parse_request(b"GET / HTTP/1.1\r\nHost: a\r\n", |_| {}),
-            Parsed::Partial
-        ));
-        match parse_request(
-            b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\nGET",
-            |_| {},
-        ) {
-            Parsed::Done(h) => {
-                assert!(h.close);
-                assert_eq!(h.len, 47);
-            }
-            _ => panic!("a plain GET is for the lane"),
-        }
-    }
-
-    #[test]
-    fn response_framing() {
-        let f = |s: &str, head: bool| match parse_response(s.as_bytes(), head, &mut Vec::new()) {
-            RespParsed::Done(h) => (h.framing, h.upstream_close),
-            _ => panic!("not a complete response: {s}"),
-        };
-        assert!(matches!(
-            f("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", false),
-            (Framing::Length(5), false)
-        ));
-        assert!(matches!(
-            f("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", true),
-            (Framing::Empty, false)
-        ));
-        assert!(matches!(
-            f(
-                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
-                false
-            ),
-            (Framing::Chunked, false)
-        ));
-        assert!(matches!(
-            f("HTTP/1.1 200 OK\r\n\r\n", false),
-            (Framing::UntilClose, true)
-        ));
-        assert!(matches!(
-            f("HTTP/1.1 304 Not Modified\r\n\r\n", false),
-            (Framing::Empty, false)
-        ));
-        assert!(matches!(
-            f(
-                "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 1\r\n\r\n",
-                false
-            ),
-            (Framing::Length(1), true)
-        ));
-        assert!(matches!(
-            parse_response(b"HTTP/1.1 100 Continue\r\n\r\n", false, &mut Vec::new()),
-            RespParsed::Informational(25)
-        ));
-        assert!(matches!(
-            parse_response(
-                b"HTTP/1.1 200 OK\r\ncontent-length: 1, 2\r\n\r\n",
-                false,
-                &mut Vec::new()
-            ),
-            RespParsed::Bad
-        ));
-    }
-
-    #[test]
-    fn client_head_drops_hop_by_hop_headers_and_a_length_next_to_chunked() {
-        let mut out = Vec::new();
-        parse_response(
-            b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nx-version: v1\r\ncontent-length: 2\r\n\r\n",
-            false,
-            &mut out,
-        );
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "HTTP/1.1 200 OK\r\nx-version: v1\r\ncontent-length: 2\r\n"
-        );
-        let mut out = Vec::new();
-        parse_response(
-            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n",
-            false,
-            &mut out,
-        );
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n"
-        );
-        // An informational head writes nothing.
-        let mut out = Vec::new();
-        parse_response(
-            b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n",
-            false,
-            &mut out,
-        );
-        assert!(out.is_empty());
     }
 }

@@ -27,6 +27,7 @@ pub mod config;
 mod error;
 mod fastlane;
 mod framing;
+mod h1;
 pub mod limits;
 mod listener;
 pub mod metrics;

@@ -46,7 +46,7 @@ const DOWN_FOR_MS: u64 = 1000;
 /// Hold time for a request on a connection whose app was removed from the config.
 const REMOVED_APP_HOLD: Duration = Duration::from_secs(1);
 /// Bound on loop turns of one request that made no attempt.
-const MAX_SPINS: usize = 16;
+pub(crate) const MAX_SPINS: usize = 16;
 /// Mirror copies under way per app and worker; more are dropped (and counted).
 pub(crate) const MIRROR_MAX_IN_FLIGHT: usize = 64;
 /// Marks the copies sent to a mirror target.
@@ -814,7 +814,7 @@ fn live_app(sh: &Shared, app: &AppRef) -> Option<Arc<AppTable>> {
 
 /// Waits until `app` is routable in the live snapshot, or gives up after the app's
 /// hold timeout. Never awaits the control plane: it only watches for swaps.
-async fn routable_app(sh: &Shared, app: &AppRef) -> Option<Arc<AppTable>> {
+pub(crate) async fn routable_app(sh: &Shared, app: &AppRef) -> Option<Arc<AppTable>> {
     if let Some(a) = live_app(sh, app)
         && a.routable()
     {
@@ -908,7 +908,13 @@ pub(crate) fn record_local(v: &VersionCounters, start: Instant, status: u16, byt
 
 /// Records a failure of `v` that shielding answers from the stable version: it counts
 /// against `v` (stats and metrics) though the user never sees it.
-fn record_shielded(v: &VersionCounters, start: Instant, status: u16, bytes_in: u64, ours: bool) {
+pub(crate) fn record_shielded(
+    v: &VersionCounters,
+    start: Instant,
+    status: u16,
+    bytes_in: u64,
+    ours: bool,
+) {
     v.shielded.fetch_add(1, Ordering::Relaxed);
     let now = Instant::now();
     v.record(

@@ -1163,7 +1163,7 @@ fn get_post_get_reached_the_backend(be: &RawBackend) {
 }
 
 #[tokio::test]
-async fn get_post_get_on_one_connection_hands_over_to_hyper_at_the_post() {
+async fn get_post_get_on_one_connection_are_all_served_by_the_lane() {
     let be = echo_backend().await;
     let (_router, listen) = serve(&[be.addr], |_| {});
     let mut c = Conn::open(listen).await;
@@ -1173,18 +1173,18 @@ async fn get_post_get_on_one_connection_hands_over_to_hyper_at_the_post() {
     c.send(POST).await;
     let r = c.response(false).await;
     assert_eq!(r.status, 200, "{r:?}");
-    assert_hyper(&r);
+    assert_lane(&r);
     assert_eq!(r.text(), "posted 11: hello world");
-    // Hyper serves the rest of the connection.
     let r = c.get("/three").await;
     assert_eq!(r.status, 200, "{r:?}");
-    assert_hyper(&r);
+    assert_lane(&r);
     assert_eq!(r.text(), "/three");
     get_post_get_reached_the_backend(&be);
+    one_upstream_connection(&be);
 }
 
 #[tokio::test]
-async fn pipelined_get_post_get_hand_over_at_the_request_boundary() {
+async fn pipelined_get_post_get_are_answered_in_order() {
     let be = echo_backend().await;
     let (_router, listen) = serve(&[be.addr], |_| {});
     let mut c = Conn::open(listen).await;
@@ -1194,16 +1194,38 @@ async fn pipelined_get_post_get_hand_over_at_the_request_boundary() {
         get_request("/three")
     ))
     .await;
+    for want in ["/one", "posted 11: hello world", "/three"] {
+        let r = c.response(false).await;
+        assert_lane(&r);
+        assert_eq!(r.text(), want);
+    }
+    get_post_get_reached_the_backend(&be);
+}
+
+/// An absolute-form target, which the lane leaves to the general path.
+const ABSOLUTE: &str = "GET http://app.example/two HTTP/1.1\r\nHost: app.example\r\n\r\n";
+
+#[tokio::test]
+async fn pipelined_requests_hand_over_to_hyper_at_the_request_boundary() {
+    let be = echo_backend().await;
+    let (_router, listen) = serve(&[be.addr], |_| {});
+    let mut c = Conn::open(listen).await;
+    c.send(format!(
+        "{}{ABSOLUTE}{}",
+        get_request("/one"),
+        get_request("/three")
+    ))
+    .await;
     let r = c.response(false).await;
     assert_lane(&r);
     assert_eq!(r.text(), "/one");
     let r = c.response(false).await;
     assert_hyper(&r);
-    assert_eq!(r.text(), "posted 11: hello world");
+    assert_eq!(r.text(), "/two");
+    // Hyper serves the rest of the connection.
     let r = c.response(false).await;
     assert_hyper(&r);
     assert_eq!(r.text(), "/three");
-    get_post_get_reached_the_backend(&be);
 }
 
 #[tokio::test]
@@ -1585,13 +1607,13 @@ fn dechunk_or_raw(r: &Resp) -> Vec<u8> {
     }
 }
 
-/// The response to `path` through the general path (a POST, which the lane hands
-/// over) and through the lane (a GET), each on a new connection.
+/// The response to `path` through the general path (an absolute-form target, which
+/// the lane hands over) and through the lane, each on a new connection.
 async fn both_paths(listen: SocketAddr, path: &str) -> [Resp; 2] {
     let mut general = Conn::open(listen).await;
     general
         .send(format!(
-            "POST {path} HTTP/1.1\r\nHost: app.example\r\nContent-Length: 0\r\n\r\n"
+            "GET http://app.example{path} HTTP/1.1\r\nHost: app.example\r\n\r\n"
         ))
         .await;
     let mut lane = Conn::open(listen).await;
