@@ -235,7 +235,9 @@ fn judge_request<'h>(req: &httparse::Request<'_, 'h>, head: &[u8], max_body: u64
             for coding in h.value.split(|&c| c == b',') {
                 let coding = coding.trim_ascii();
                 if coding.is_empty() {
-                    continue;
+                    // Valid list syntax, but backends disagree on whether
+                    // `, chunked,` ends in chunked: never pass it on.
+                    return bad("bad request: empty element in Transfer-Encoding\n");
                 }
                 if chunked > 0 {
                     // Nothing may follow chunked, and it is applied once.

@@ -168,6 +168,8 @@ struct Got {
     /// The head as received: request line, header lines, empty line.
     head: String,
     body: Vec<u8>,
+    /// A chunked body as framed on the wire.
+    raw_body: Vec<u8>,
 }
 
 impl Got {
@@ -285,15 +287,21 @@ async fn read_request(w: &mut Wire, conn: usize) -> Option<Got> {
     let chunked = header_values(&head, "transfer-encoding")
         .iter()
         .any(|v| v.eq_ignore_ascii_case("chunked"));
-    let body = if chunked {
-        dechunk(&w.chunked_raw().await?)
+    let (body, raw_body) = if chunked {
+        let raw = w.chunked_raw().await?;
+        (dechunk(&raw), raw)
     } else {
         let len = header_values(&head, "content-length")
             .first()
             .map_or(0, |v| v.parse().expect("numeric content-length"));
-        w.exact(len).await?
+        (w.exact(len).await?, Vec::new())
     };
-    Some(Got { conn, head, body })
+    Some(Got {
+        conn,
+        head,
+        body,
+        raw_body,
+    })
 }
 
 /// The name header every raw response carries (see the module docs).
@@ -1683,4 +1691,154 @@ async fn response_with_both_length_and_chunked_is_not_passed_on_with_both() {
         wrong.is_empty(),
         "forwarded with a Content-Length, or with the wrong body: {wrong:#?}"
     );
+}
+
+// ---------------------------------------------------------------------------------
+// 6. Request bodies
+
+/// A backend answering every request with the length of the body it received.
+async fn body_len_backend() -> RawBackend {
+    raw_backend(|g| vec![Step::Write(ok(format!("{} {}", g.method(), g.body.len())))]).await
+}
+
+#[tokio::test]
+async fn chunked_request_body_with_extensions_and_trailers_passes_through_as_sent() {
+    let be = body_len_backend().await;
+    let (_router, listen) = serve(&[be.addr], |_| {});
+    let mut c = Conn::open(listen).await;
+    let framed = "5;name=value\r\nhello\r\n6\r\n world\r\n0\r\nx-checksum: 1\r\n\r\n";
+    // Split inside a size line, a chunk and the trailer.
+    let req = format!(
+        "POST /up HTTP/1.1\r\nHost: app.example\r\nTransfer-Encoding: chunked\r\n\r\n{framed}"
+    );
+    for part in [&req[..60], &req[60..75], &req[75..]] {
+        c.send(part).await;
+    }
+    let r = c.response(false).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "POST 11"), "{r:?}");
+    assert_lane(&r);
+    let got = be.got();
+    assert_eq!(got[0].body, b"hello world");
+    assert_eq!(String::from_utf8_lossy(&got[0].raw_body), framed);
+    assert_eq!(got[0].headers("transfer-encoding"), ["chunked"]);
+    assert_eq!(c.get("/next").await.text(), "GET 0");
+}
+
+#[tokio::test]
+async fn large_body_is_streamed_and_the_pipelined_request_after_it_is_served() {
+    let be = body_len_backend().await;
+    let (_router, listen) = serve(&[be.addr], |_| {});
+    let mut c = Conn::open(listen).await;
+    // Larger than the body the engine holds whole: streamed, with the next request
+    // in the same writes as the body's end.
+    let body = pattern(600 * 1024);
+    let mut req = format!(
+        "PUT /big HTTP/1.1\r\nHost: app.example\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&body);
+    req.extend_from_slice(get_request("/after").as_bytes());
+    c.send(&req).await;
+    let r = c.response(false).await;
+    assert_eq!(
+        (r.status, r.text()),
+        (200, format!("PUT {}", body.len())),
+        "{r:?}"
+    );
+    let r = c.response(false).await;
+    assert_eq!(r.text(), "GET 0");
+    let got = be.got();
+    assert!(got[0].body == body, "the streamed body changed on the way");
+    assert_eq!(got[1].path(), "/after");
+}
+
+#[tokio::test]
+async fn expect_100_continue_is_answered_before_the_body_is_read() {
+    let be = body_len_backend().await;
+    let (_router, listen) = serve(&[be.addr], |_| {});
+    let mut c = Conn::open(listen).await;
+    c.send(
+        "POST /e HTTP/1.1\r\nHost: app.example\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n",
+    )
+    .await;
+    // The client waits for the go-ahead before it sends the body.
+    let cont = c.response(false).await;
+    assert_eq!(cont.status, 100, "{cont:?}");
+    c.send("data").await;
+    let r = c.response(false).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "POST 4"), "{r:?}");
+    let got = be.got();
+    assert!(got[0].headers("expect").is_empty(), "{}", got[0].head);
+    // Any other expectation is refused.
+    let mut c = Conn::open(listen).await;
+    c.send(
+        "POST /e HTTP/1.1\r\nHost: app.example\r\nExpect: something\r\nContent-Length: 4\r\n\r\ndata",
+    )
+    .await;
+    assert_eq!(c.response(false).await.status, 417);
+    assert_eq!(be.got().len(), 1);
+}
+
+#[tokio::test]
+async fn http_1_0_clients_get_keep_alive_only_when_asked_and_no_chunked_answers() {
+    let be = raw_backend(|g| {
+        // A backend that would chunk for HTTP/1.1 and answers HTTP/1.0 by length.
+        if g.request_line().ends_with("HTTP/1.0") {
+            vec![Step::Write(ok("ten"))]
+        } else {
+            let mut r = head("200 OK", &["Transfer-Encoding: chunked"]);
+            r.extend_from_slice(b"3\r\neleven\r\n0\r\n\r\n");
+            vec![Step::Write(r)]
+        }
+    })
+    .await;
+    let (_router, listen) = serve(&[be.addr], |_| {});
+    let mut c = Conn::open(listen).await;
+    for _ in 0..2 {
+        c.send("GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .await;
+        let r = c.response(false).await;
+        assert_eq!(r.text(), "ten", "{r:?}");
+        assert_eq!(r.header("connection").as_deref(), Some("keep-alive"));
+    }
+    c.send("GET /b HTTP/1.0\r\n\r\n").await;
+    let r = c.response(false).await;
+    assert_eq!(r.header("connection").as_deref(), Some("close"));
+    c.assert_closed().await;
+    assert!(
+        be.got()
+            .iter()
+            .all(|g| g.request_line().ends_with("HTTP/1.0"))
+    );
+}
+
+#[tokio::test]
+async fn a_post_the_backend_dropped_is_not_sent_again() {
+    let be = raw_backend(|_| vec![Step::Close]).await;
+    let (_router, listen) = serve(&[be.addr], |_| {});
+    let mut c = Conn::open(listen).await;
+    c.send(POST).await;
+    let r = c.response(false).await;
+    assert_eq!(r.status, 502, "{r:?}");
+    assert_eq!(
+        be.got().len(),
+        1,
+        "a POST whose fate is unknown was sent twice"
+    );
+}
+
+#[tokio::test]
+async fn chunked_body_over_the_app_limit_is_refused_before_it_is_forwarded() {
+    let be = body_len_backend().await;
+    let (_router, listen) = serve(&[be.addr], |a| a.limits.max_body_bytes = 8);
+    let mut c = Conn::open(listen).await;
+    c.send(
+        "POST /x HTTP/1.1\r\nHost: app.example\r\nTransfer-Encoding: chunked\r\n\r\n9\r\n123456789\r\n0\r\n\r\n",
+    )
+    .await;
+    let r = c.response(false).await;
+    assert_eq!(r.status, 413, "{r:?}");
+    c.assert_closed().await;
+    assert!(be.got().is_empty());
 }

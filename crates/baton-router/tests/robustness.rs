@@ -573,6 +573,31 @@ async fn smuggling_vectors_are_refused() {
             "bare LF ending a POST head",
             format!("POST / HTTP/1.1\r\n{H}Content-Length: 1\n\r\na"),
         ),
+        (
+            "chunk line with an 8 KiB extension",
+            format!(
+                "POST / HTTP/1.1\r\n{H}Transfer-Encoding: chunked\r\n\r\n1;{}\r\na\r\n0\r\n\r\n",
+                "x".repeat(8192)
+            ),
+        ),
+        (
+            "bare LF inside a chunk extension",
+            format!(
+                "POST / HTTP/1.1\r\n{H}Transfer-Encoding: chunked\r\n\r\n1;a\nb\r\na\r\n0\r\n\r\n"
+            ),
+        ),
+        (
+            "chunk data ending in a bare LF",
+            format!("POST / HTTP/1.1\r\n{H}Transfer-Encoding: chunked\r\n\r\n1\r\na\n0\r\n\r\n"),
+        ),
+        (
+            "Transfer-Encoding in HTTP/1.0",
+            format!("POST / HTTP/1.0\r\n{H}Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        ),
+        (
+            "Transfer-Encoding with an empty coding before chunked",
+            format!("POST / HTTP/1.1\r\n{H}Transfer-Encoding: ,chunked,\r\n\r\n0\r\n\r\n"),
+        ),
         ("two Host headers", format!("GET / HTTP/1.1\r\n{H}{H}\r\n")),
         (
             "no Host in HTTP/1.1",
