@@ -11,9 +11,12 @@
 //! rules, sticky cohorts, weights, holding while nothing is routable, retries and
 //! shielding happen here.
 //!
+//! A protocol upgrade (WebSocket) goes to a fresh upstream connection; on `101` both
+//! sockets are spliced ([`crate::tunnel::splice`]).
+//!
 //! Still handed to hyper at that request's boundary, with the bytes read so far:
-//! protocol upgrades (WebSocket), absolute-form targets, and apps that mirror or
-//! record (they keep whole requests and answers).
+//! absolute-form targets, and apps that mirror or record (they keep whole requests
+//! and answers).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -659,6 +662,42 @@ async fn exchange(
     let version = &app.versions[vi];
     let backend = &version.backends[bi];
     version.counters.record_status(rh.status);
+    if rh.status == 101 {
+        // Switching protocols: both connections are spliced until either ends or the
+        // backend is drained (the in-flight guard is held until then).
+        send.extend_from_slice(b"\r\n");
+        let ok = client.write_all(&send).await.is_ok();
+        return_buf(send);
+        let early_client = &buf[body.end..];
+        if !ok || (!early_client.is_empty() && up.write_all(early_client).await.is_err()) {
+            return_buf(up_buf);
+            return Exchange::Close;
+        }
+        let Ok(client) = client.registered() else {
+            return_buf(up_buf);
+            return Exchange::Close;
+        };
+        let stopping = ctx.shared.stopping.clone();
+        let drained = crate::tunnel::drain_signal(backend.state.clone(), limits.drain_grace);
+        let drain = async move {
+            tokio::select! {
+                () = drained => {}
+                () = stopping.cancelled() => {}
+            }
+        };
+        crate::tunnel::splice(
+            client,
+            &mut up,
+            &up_buf[rh.len..],
+            head.websocket,
+            drain,
+            guard,
+        )
+        .await;
+        return_buf(up_buf);
+        tracing::debug!(app = %ctx.app.name, "upgraded connection ended");
+        return Exchange::Close;
+    }
     let last = head.close || matches!(rh.framing, h1::Framing::UntilClose) || stop.is_cancelled();
     // `send` holds the client's response head but its end.
     if let Some(cookie) = &route.set_cookie {
@@ -840,7 +879,8 @@ async fn attempt(
     deadline: &mut Deadline<'_>,
 ) -> Result<(TcpStream, h1::RespHead), AttemptError> {
     // A streamed body is sent once: on a fresh connection, which cannot turn out to
-    // have been closed by the backend meanwhile.
+    // have been closed by the backend meanwhile. An upgrade takes its connection
+    // for good.
     let idle = if rest.is_none() {
         take_idle(addr)
     } else {
@@ -908,7 +948,7 @@ async fn attempt(
         }
         loop {
             send.clear();
-            match h1::parse_response(&buf[at..], head.head_method, send) {
+            match h1::parse_response(&buf[at..], head, send) {
                 h1::RespParsed::Done(rh) => {
                     if at > 0 {
                         buf.drain(..at);

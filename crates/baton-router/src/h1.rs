@@ -85,6 +85,11 @@ pub(crate) struct ReqHead {
     /// `Expect: 100-continue`: the router answers `100 Continue` itself before it
     /// reads the body (the header is not forwarded).
     pub expect_continue: bool,
+    /// Asks to switch protocols (`Connection: upgrade` and `Upgrade`): sent on a
+    /// fresh connection with its upgrade headers; on `101` both sides are spliced.
+    pub upgrade: bool,
+    /// The protocol asked for is WebSocket (a drain closes it with 1001).
+    pub websocket: bool,
 }
 
 /// What a request head is, for the engine.
@@ -93,8 +98,8 @@ pub(crate) enum Parsed {
     Done(ReqHead),
     /// The head has not fully arrived.
     Partial,
-    /// A complete head of this length that the general path serves (a protocol
-    /// upgrade, an absolute-form or authority-form target).
+    /// A complete head of this length that the general path serves (an
+    /// absolute-form or authority-form target).
     Other {
         len: usize,
     },
@@ -210,6 +215,7 @@ fn judge_request<'h>(req: &httparse::Request<'_, 'h>, head: &[u8], max_body: u64
     let mut te_last_chunked = false;
     let mut expect_continue = false;
     let mut upgrade = false;
+    let mut websocket = false;
     let mut upgrade_option = false;
     let mut options = Options {
         names: [b""; MAX_CONNECTION_OPTIONS],
@@ -258,7 +264,9 @@ fn judge_request<'h>(req: &httparse::Request<'_, 'h>, head: &[u8], max_body: u64
             }
         } else if n.eq_ignore_ascii_case(b"upgrade") {
             // h2c is not offered: the head is served as HTTP/1.1 and the header dropped.
-            upgrade = !h.value.trim_ascii().eq_ignore_ascii_case(b"h2c");
+            let v = h.value.trim_ascii();
+            upgrade = !v.eq_ignore_ascii_case(b"h2c");
+            websocket = v.eq_ignore_ascii_case(b"websocket");
         } else if n.eq_ignore_ascii_case(b"connection") {
             for t in h.value.split(|&c| c == b',') {
                 let t = t.trim_ascii();
@@ -309,8 +317,9 @@ fn judge_request<'h>(req: &httparse::Request<'_, 'h>, head: &[u8], max_body: u64
             Some(l) => Framing::Length(l),
         }
     };
-    if upgrade && upgrade_option && !http10 {
-        return Judged::Other;
+    let upgrade = upgrade && upgrade_option && !http10;
+    if upgrade && body != Framing::Empty {
+        return bad("bad request: upgrade request with a body\n");
     }
     let head = ReqHead {
         len: head.len(),
@@ -323,6 +332,8 @@ fn judge_request<'h>(req: &httparse::Request<'_, 'h>, head: &[u8], max_body: u64
         http10,
         body,
         expect_continue: expect_continue && body != Framing::Empty,
+        upgrade,
+        websocket: upgrade && websocket,
     };
     Judged::Forward(head, options)
 }
@@ -374,9 +385,11 @@ pub(crate) fn upstream_request(
     let mut xfh = false;
     for h in req.headers.iter() {
         let n = h.name.as_bytes();
-        if hop_by_hop(n)
-            || n.eq_ignore_ascii_case(b"expect")
-            || options.iter().any(|o| n.eq_ignore_ascii_case(o))
+        let keep_upgrade = head.upgrade && n.eq_ignore_ascii_case(b"upgrade");
+        if !keep_upgrade
+            && (hop_by_hop(n)
+                || n.eq_ignore_ascii_case(b"expect")
+                || options.iter().any(|o| n.eq_ignore_ascii_case(o)))
         {
             continue;
         }
@@ -409,6 +422,9 @@ pub(crate) fn upstream_request(
         out.extend_from_slice(b"x-forwarded-host: ");
         out.extend_from_slice(h);
         out.extend_from_slice(b"\r\n");
+    }
+    if head.upgrade {
+        out.extend_from_slice(b"connection: upgrade\r\n");
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -462,11 +478,36 @@ fn with_response<T>(
     f(&resp, r)
 }
 
-/// Judges a response head; for a final one, writes the client's head but its end
-/// into `send` from the same parse (see [`write_client_head`]).
-pub(crate) fn parse_response(b: &[u8], head_method: bool, send: &mut Vec<u8>) -> RespParsed {
+/// Judges a response head to `req`; for a final one, writes the client's head but
+/// its end into `send` from the same parse (see [`write_client_head`]). A `101` is
+/// final for an upgrade request (its `Upgrade` and `Connection: upgrade` kept), and
+/// bad otherwise.
+pub(crate) fn parse_response(b: &[u8], req: &ReqHead, send: &mut Vec<u8>) -> RespParsed {
     with_response(b, |resp, r| {
-        let judged = judge_response(resp, r, head_method);
+        if req.upgrade && resp.code == Some(101) {
+            let Ok(httparse::Status::Complete(len)) = r else {
+                return judge_response(resp, r, req.head_method);
+            };
+            write_client_head(resp, false, send);
+            let upgrade = resp
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("upgrade"));
+            if let Some(u) = upgrade {
+                send.extend_from_slice(b"upgrade: ");
+                send.extend_from_slice(u.value);
+                send.extend_from_slice(b"\r\n");
+            }
+            send.extend_from_slice(b"connection: upgrade\r\n");
+            return RespParsed::Done(RespHead {
+                len,
+                status: 101,
+                framing: Framing::Empty,
+                upstream_close: true,
+                event_stream: false,
+            });
+        }
+        let judged = judge_response(resp, r, req.head_method);
         if let RespParsed::Done(h) = &judged {
             write_client_head(resp, matches!(h.framing, Framing::Chunked), send);
         }
@@ -858,6 +899,21 @@ mod tests {
         (n, b.done())
     }
 
+    /// A GET (or HEAD) head, as judged.
+    fn request(head_method: bool) -> ReqHead {
+        ReqHead {
+            len: 0,
+            head_method,
+            idempotent: true,
+            close: false,
+            http10: false,
+            body: Framing::Empty,
+            expect_continue: false,
+            upgrade: false,
+            websocket: false,
+        }
+    }
+
     fn parse(s: &str) -> Parsed {
         parse_request(s.as_bytes(), 1 << 20, |_, _, _| {})
     }
@@ -953,14 +1009,29 @@ mod tests {
     }
 
     #[test]
-    fn upgrades_and_other_targets_go_to_the_general_path() {
+    fn upgrades_are_forwarded_and_other_targets_go_to_the_general_path() {
         let other = |s: &str| matches!(parse(s), Parsed::Other { .. });
-        assert!(other(
-            "GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"
-        ));
         assert!(other("GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n"));
-        assert!(!other(
-            "GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nConnection: upgrade, http2-settings\r\n\r\n"
+        let upgrade = |s: &str| match parse(s) {
+            Parsed::Done(h) => (h.upgrade, h.websocket),
+            other => panic!("{s:?}: {other:?}"),
+        };
+        assert_eq!(
+            upgrade("GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"),
+            (true, true)
+        );
+        // h2c is not offered; Upgrade without the Connection option is no upgrade.
+        assert_eq!(
+            upgrade("GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nConnection: upgrade, http2-settings\r\n\r\n"),
+            (false, false)
+        );
+        assert_eq!(
+            upgrade("GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n"),
+            (false, false)
+        );
+        assert!(matches!(
+            parse("POST / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\nContent-Length: 1\r\n\r\nx"),
+            Parsed::Refused(Refusal::Bad(_))
         ));
         assert!(matches!(
             parse("GET / HTTP/1.1\r\nHost: a\r\n"),
@@ -1003,7 +1074,7 @@ mod tests {
 
     #[test]
     fn response_framing() {
-        let f = |s: &str, head: bool| match parse_response(s.as_bytes(), head, &mut Vec::new()) {
+        let f = |s: &str, head: bool| match parse_response(s.as_bytes(), &request(head), &mut Vec::new()) {
             RespParsed::Done(h) => (h.framing, h.upstream_close),
             _ => panic!("not a complete response: {s}"),
         };
@@ -1038,13 +1109,13 @@ mod tests {
             (Framing::Length(1), true)
         );
         assert!(matches!(
-            parse_response(b"HTTP/1.1 100 Continue\r\n\r\n", false, &mut Vec::new()),
+            parse_response(b"HTTP/1.1 100 Continue\r\n\r\n", &request(false), &mut Vec::new()),
             RespParsed::Informational(25)
         ));
         assert!(matches!(
             parse_response(
                 b"HTTP/1.1 200 OK\r\ncontent-length: 1, 2\r\n\r\n",
-                false,
+                &request(false),
                 &mut Vec::new()
             ),
             RespParsed::Bad
@@ -1056,7 +1127,7 @@ mod tests {
         let mut out = Vec::new();
         parse_response(
             b"HTTP/1.1 200 OK\r\nConnection: keep-alive, x-hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nx-version: v1\r\ncontent-length: 2\r\n\r\n",
-            false,
+            &request(false),
             &mut out,
         );
         assert_eq!(
@@ -1066,7 +1137,7 @@ mod tests {
         let mut out = Vec::new();
         parse_response(
             b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n",
-            false,
+            &request(false),
             &mut out,
         );
         assert_eq!(
@@ -1077,7 +1148,7 @@ mod tests {
         let mut out = Vec::new();
         parse_response(
             b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n",
-            false,
+            &request(false),
             &mut out,
         );
         assert!(out.is_empty());

@@ -130,7 +130,7 @@ pub(crate) async fn handle_upgrade(
                 () = stop.cancelled() => {}
             }
         };
-        splice(client, backend, websocket, drain, guard).await;
+        splice(client, backend, &[], websocket, drain, guard).await;
         tracing::debug!(app = %app, "upgraded connection ended");
     };
     tokio::spawn(ctx.shared.tasks.track_future(task));
@@ -138,10 +138,12 @@ pub(crate) async fn handle_upgrade(
 }
 
 /// Copies both ways until either side ends or `drain` resolves; on drain a WebSocket
-/// gets a close frame 1001 at the next frame boundary.
-async fn splice<C, B>(
+/// gets a close frame 1001 at the next frame boundary. `early` is what the backend
+/// sent right after its `101` head, passed on first.
+pub(crate) async fn splice<C, B>(
     client: C,
     backend: B,
+    early: &[u8],
     websocket: bool,
     drain: impl Future<Output = ()>,
     guard: InFlight,
@@ -152,6 +154,13 @@ async fn splice<C, B>(
     let (mut cr, mut cw) = tokio::io::split(client);
     let (mut br, mut bw) = tokio::io::split(backend);
     let mut frames = Frames::default();
+    if !early.is_empty() {
+        frames.feed(early);
+        if cw.write_all(early).await.is_err() {
+            let _ = bw.shutdown().await;
+            return;
+        }
+    }
     let mut buf = vec![0u8; 16 * 1024];
     let mut draining = false;
     let mut drain_deadline = None;
