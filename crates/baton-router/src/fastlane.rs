@@ -14,9 +14,11 @@
 //! A protocol upgrade (WebSocket) goes to a fresh upstream connection; on `101` both
 //! sockets are spliced ([`crate::tunnel::splice`]).
 //!
+//! A share of requests is copied to a version under test and the answers compared
+//! ([`crate::mirror`]); an armed recording keeps requests as clients sent them.
+//!
 //! Still handed to hyper at that request's boundary, with the bytes read so far:
-//! absolute-form targets, and apps that mirror or record (they keep whole requests
-//! and answers).
+//! absolute-form targets.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -234,7 +236,7 @@ pub(crate) async fn serve(
             };
             let parsed = h1::parse_request(pending, limits.max_body_bytes, |req, head, options| {
                 h1::upstream_request(req, head, options, &fwd, &mut upstream);
-                if let Some(a) = live.as_deref().filter(|a| lane_app(a)) {
+                if let Some(a) = live.as_deref() {
                     route = Route::read(a, req);
                 }
             });
@@ -281,10 +283,6 @@ pub(crate) async fn serve(
                 Ok(_) => {}
             }
         };
-        // Apps that mirror or record keep whole requests: the general path.
-        if live.as_deref().is_some_and(|a| !lane_app(a)) {
-            return handoff(&buf[at..]);
-        }
         let body_at = at + head.len;
         ctx.heads.fetch_add(1, Ordering::Relaxed);
         ctx.active.fetch_add(1, Ordering::Relaxed);
@@ -330,12 +328,6 @@ async fn refused(ctx: &ConnCtx, client: &mut ClientSocket, r: h1::Refusal) -> Ou
     let (status, msg) = r.answer();
     local(client, status, msg, true).await;
     Outcome::Closed
-}
-
-/// An app whose requests the lane serves: not mirroring or recording (they keep
-/// whole requests and answers, on the general path).
-fn lane_app(a: &AppTable) -> bool {
-    a.mirror.is_none() && !a.record.armed()
 }
 
 enum Exchange {
@@ -472,6 +464,14 @@ async fn exchange(
             .await
             .next_at(body.end, None, buf);
     };
+    let mut mirror = copies(
+        &parsed,
+        &buf[body_at - head.len..body_at],
+        request,
+        head,
+        &body,
+        buf,
+    );
     let mut send = spare_buf(1024);
     let mut up_buf = spare_buf(UP_BUF);
     // Body bytes read past the replay buffer while streaming: the next request's.
@@ -712,9 +712,28 @@ async fn exchange(
     }
     send.extend_from_slice(b"\r\n");
     let head_latency = rh.event_stream.then(|| start.elapsed());
+    // The user's answer, kept for the comparison with the mirror's.
+    let mut tee = match mirror.take() {
+        Some(plan) if !rh.event_stream => {
+            let limit = plan
+                .app
+                .mirror
+                .as_ref()
+                .map_or(0, |m| m.cfg.max_body_bytes.saturating_mul(2) + 4096);
+            h1::response_parts(&up_buf[..rh.len])
+                .and_then(|(status, headers)| {
+                    proxy::start_mirror(plan, vi, status, &headers, &limits)
+                })
+                .map(|t| (t, Capture::new(limit)))
+        }
+        _ => None,
+    };
     let mut resp_body = h1::BodyFramer::response(rh.framing);
     let already = &up_buf[rh.len..];
     let take = resp_body.accept(already);
+    if let Some((_, c)) = tee.as_mut() {
+        c.add(&already[..take]);
+    }
     send.extend_from_slice(&already[..take]);
     let mut bytes_out = take as u64;
     let mut reusable = !rh.upstream_close && !head.http10 && take == already.len();
@@ -725,8 +744,9 @@ async fn exchange(
         let drain = rh
             .event_stream
             .then(|| crate::tunnel::drain_signal(backend.state.clone(), limits.drain_grace));
+        let capture = tee.as_mut().map(|(_, c)| c);
         let (ok, n, whole, extra) =
-            copy_body(&mut up, client, &mut up_buf, &mut resp_body, drain).await;
+            copy_body(&mut up, client, &mut up_buf, &mut resp_body, drain, capture).await;
         client_ok = ok;
         bytes_out += n;
         complete = whole;
@@ -735,6 +755,15 @@ async fn exchange(
     return_buf(up_buf);
     if complete && reusable {
         put_idle(backend.addr, up);
+    }
+    if let Some((mut t, c)) = tee
+        && complete
+    {
+        t.push(&Bytes::from(h1::body_data(rh.framing, &c.raw)));
+        if c.full {
+            t.mark_truncated();
+        }
+        t.send();
     }
     let now = Instant::now();
     guard.version().record(
@@ -1017,6 +1046,7 @@ async fn copy_body(
     buf: &mut Vec<u8>,
     body: &mut h1::BodyFramer,
     mut drain: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    mut capture: Option<&mut Capture>,
 ) -> (bool, u64, bool, bool) {
     let mut sent = 0u64;
     let mut draining = false;
@@ -1053,6 +1083,9 @@ async fn copy_body(
                 if body.bad() {
                     return (false, sent, false, true);
                 }
+                if let Some(c) = capture.as_deref_mut() {
+                    c.add(&buf[..take]);
+                }
                 if client.write_all(&buf[..take]).await.is_err() {
                     return (false, sent, false, false);
                 }
@@ -1063,4 +1096,74 @@ async fn copy_body(
             }
         }
     }
+}
+
+/// A response body as framed, kept up to a limit for a mirror comparison.
+struct Capture {
+    raw: Vec<u8>,
+    limit: usize,
+    /// The limit was reached: the capture is cut short.
+    full: bool,
+}
+
+impl Capture {
+    fn new(limit: usize) -> Self {
+        Capture {
+            raw: Vec::new(),
+            limit,
+            full: false,
+        }
+    }
+
+    fn add(&mut self, b: &[u8]) {
+        let room = self.limit - self.raw.len();
+        if b.len() > room {
+            self.full = true;
+        }
+        self.raw.extend_from_slice(&b[..b.len().min(room)]);
+    }
+}
+
+/// Offers the request to an armed recording (as the client sent it, before the
+/// forwarding headers), and decides whether it is copied to the app's mirror version
+/// (as sent upstream): only requests held whole, of the methods and paths the
+/// mirror rules take, at the configured share. Parses the head again into `http`
+/// types, which only these requests pay for.
+fn copies(
+    app: &Arc<AppTable>,
+    client_head: &[u8],
+    upstream_head: &[u8],
+    head: &h1::ReqHead,
+    body: &ReqBody,
+    buf: &[u8],
+) -> Option<proxy::MirrorPlan> {
+    if app.mirror.is_none() && !app.record.armed() {
+        return None;
+    }
+    let whole = body
+        .whole
+        .then(|| Bytes::from(h1::body_data(head.body, &buf[body.start..body.end])));
+    if app.record.armed()
+        && let Some((method, uri, headers)) = h1::request_parts(client_head)
+    {
+        app.record.offer(&method, &uri, &headers, whole.as_ref());
+    }
+    let m = app.mirror.as_ref()?;
+    let data = whole?;
+    let (method, uri, headers) = h1::request_parts(upstream_head)?;
+    let wanted = m.rules.wants(&method, uri.path())
+        && data.len() <= m.rules.max_body_bytes()
+        && crate::mirror::should_mirror(
+            m.state.counter.fetch_add(1, Ordering::Relaxed),
+            m.cfg.percent,
+        );
+    wanted.then(|| proxy::MirrorPlan {
+        app: app.clone(),
+        head: proxy::Head {
+            method,
+            uri,
+            headers,
+        },
+        body: (!data.is_empty()).then_some(data),
+    })
 }

@@ -440,6 +440,59 @@ fn list_header(out: &mut Vec<u8>, name: &[u8], prev: Option<&[u8]>, ours: &[u8])
     out.extend_from_slice(b"\r\n");
 }
 
+/// A head as `http` types (method, target, header map), parsed again from bytes the
+/// codec already judged: only for the rare request that is recorded or mirrored.
+pub(crate) fn request_parts(head: &[u8]) -> Option<(http::Method, http::Uri, http::HeaderMap)> {
+    with_request(head, |req, r| {
+        r.ok()?;
+        let method = http::Method::from_bytes(req.method?.as_bytes()).ok()?;
+        let uri = req.path?.parse().ok()?;
+        Some((method, uri, header_map(req.headers)))
+    })
+}
+
+/// A response head as `http` types, parsed again (see [`request_parts`]).
+pub(crate) fn response_parts(head: &[u8]) -> Option<(http::StatusCode, http::HeaderMap)> {
+    with_response(head, |resp, r| {
+        r.ok()?;
+        let status = http::StatusCode::from_u16(resp.code?).ok()?;
+        Some((status, header_map(resp.headers)))
+    })
+}
+
+fn header_map(headers: &[httparse::Header<'_>]) -> http::HeaderMap {
+    let mut map = http::HeaderMap::with_capacity(headers.len());
+    for h in headers {
+        if let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(h.name.as_bytes()),
+            http::HeaderValue::from_bytes(h.value),
+        ) {
+            map.append(n, v);
+        }
+    }
+    map
+}
+
+/// The data of a whole body as framed in `raw` (chunks joined, trailers dropped).
+pub(crate) fn body_data(framing: Framing, raw: &[u8]) -> Vec<u8> {
+    if framing != Framing::Chunked {
+        return raw.to_vec();
+    }
+    let mut data = Vec::with_capacity(raw.len());
+    let mut framer = BodyFramer::response(Framing::Chunked);
+    for &c in raw {
+        let before = framer.data;
+        framer.accept(std::slice::from_ref(&c));
+        if framer.data > before {
+            data.push(c);
+        }
+        if framer.done() || framer.bad() {
+            break;
+        }
+    }
+    data
+}
+
 /// A response head, as judged.
 #[derive(Debug)]
 pub(crate) struct RespHead {
@@ -935,6 +988,13 @@ mod tests {
             assert_eq!(taken, body.len() - 5);
             assert_eq!(b.data(), 5);
         }
+    }
+
+    #[test]
+    fn body_data_joins_chunks() {
+        let raw = b"5;x=1\r\nhello\r\n6\r\n world\r\n0\r\nt: 1\r\n\r\n";
+        assert_eq!(body_data(Framing::Chunked, raw), b"hello world");
+        assert_eq!(body_data(Framing::Length(3), b"abc"), b"abc");
     }
 
     #[test]

@@ -335,7 +335,7 @@ impl Proxied {
 
 /// The user's response as captured for a mirror comparison: chunks are shared with
 /// what is sent (no copy on the user's path).
-struct Tee {
+pub(crate) struct Tee {
     max: usize,
     len: usize,
     chunks: Vec<Bytes>,
@@ -353,7 +353,7 @@ struct PrimaryCapture {
 }
 
 impl Tee {
-    fn push(&mut self, d: &Bytes) {
+    pub(crate) fn push(&mut self, d: &Bytes) {
         let room = self.max - self.len;
         if d.len() > room {
             self.truncated = true;
@@ -365,7 +365,12 @@ impl Tee {
         }
     }
 
-    fn send(self) {
+    /// The captured body is known to be cut short.
+    pub(crate) fn mark_truncated(&mut self) {
+        self.truncated = true;
+    }
+
+    pub(crate) fn send(self) {
         let _ = self.tx.send(PrimaryCapture {
             status: self.status,
             headers: self.headers,
@@ -739,10 +744,10 @@ pub(crate) fn upstream_head(parts: &mut http::request::Parts, ctx: &ConnCtx) {
 
 /// The request head kept for a retry.
 #[derive(Clone)]
-struct Head {
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+pub(crate) struct Head {
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: HeaderMap,
 }
 
 impl Head {
@@ -871,10 +876,10 @@ fn wants_upgrade(req: &Request<Incoming>) -> bool {
 }
 
 /// The mirror copy of one request, decided before the first attempt.
-struct MirrorPlan {
-    app: Arc<AppTable>,
-    head: Head,
-    body: Option<Bytes>,
+pub(crate) struct MirrorPlan {
+    pub app: Arc<AppTable>,
+    pub head: Head,
+    pub body: Option<Bytes>,
 }
 
 /// Frees a mirror slot when the copy's task ends.
@@ -1179,7 +1184,9 @@ pub(crate) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Re
                     crate::tunnel::drain_signal(backend.state.clone(), limits.drain_grace)
                 });
                 let tee = match mirror.take() {
-                    Some(plan) if !stream => start_mirror(plan, vi, &parts, &limits),
+                    Some(plan) if !stream => {
+                        start_mirror(plan, vi, parts.status, &parts.headers, &limits)
+                    }
                     _ => None,
                 };
                 let mut resp = Response::from_parts(
@@ -1271,10 +1278,11 @@ pub(crate) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Re
 /// version `primary`: spawns the copy (never awaited by the user's request) and
 /// returns the tee that captures the user's response for the comparison. `None` when
 /// the primary is the mirror version itself or too many copies are under way.
-fn start_mirror(
+pub(crate) fn start_mirror(
     plan: MirrorPlan,
     primary: usize,
-    parts: &http::response::Parts,
+    status: StatusCode,
+    response_headers: &HeaderMap,
     limits: &Limits,
 ) -> Option<Box<Tee>> {
     let m = plan.app.mirror.as_ref()?;
@@ -1288,14 +1296,14 @@ fn start_mirror(
         return None;
     }
     let slot = MirrorSlot(state.clone());
-    let headers = m.rules.capture_headers(&parts.headers);
+    let headers = m.rules.capture_headers(response_headers);
     let (tx, rx) = tokio::sync::oneshot::channel();
     let tee = Box::new(Tee {
         max: m.cfg.max_body_bytes,
         len: 0,
         chunks: Vec::new(),
         truncated: false,
-        status: parts.status.as_u16(),
+        status: status.as_u16(),
         headers,
         tx,
     });
