@@ -5,8 +5,6 @@
 #   DURATION=10 ROUNDS=7 bench/router.sh
 #   BASE_BIN=/tmp/bench-old bench/router.sh   # also measure another build's helper
 #                                   # (`examples/bench`) as target "base"
-#   GENERAL=1 bench/router.sh       # also measure baton with its fast lane off (every
-#                                   # request through hyper) as target "general"
 #   MIRROR=0 bench/router.sh        # skip the mirroring table
 #   MAIN=0 bench/router.sh          # only the mirroring table
 #
@@ -127,12 +125,6 @@ baton_cmd "$BATON_PORT" "$BACKEND" >"$TMP/baton.out" 2>&1 & BATON_PID=$!; PIDS+=
 taskset -pc "$PROXY_CPU" "$BATON_PID" >/dev/null
 for t in /proc/$BATON_PID/task/*; do taskset -pc "$PROXY_CPU" "$(basename "$t")" >/dev/null; done
 PORTS=($BACKEND $NGINX_PORT $HAPROXY_PORT $BATON_PORT)
-if [ -n "${GENERAL:-}" ]; then
-    GENERAL_PORT=$(free_port)
-    (export BATON_ROUTER_FAST_LANE=0; baton_cmd "$GENERAL_PORT" "$BACKEND") \
-        >"$TMP/general.out" 2>&1 & GENERAL_PID=$!; PIDS+=($GENERAL_PID)
-    PORTS+=($GENERAL_PORT)
-fi
 if [ -n "${BASE_BIN:-}" ]; then
     BASE_PORT=$(free_port)
     taskset -c "$PROXY_CPU" "$BASE_BIN" router "127.0.0.1:$BASE_PORT" "127.0.0.1:$BACKEND" 1 \
@@ -142,9 +134,6 @@ fi
 for p in "${PORTS[@]}"; do wait_port "$p"; done
 # Threads started after the first pinning (workers) are pinned too.
 for t in /proc/$BATON_PID/task/*; do taskset -pc "$PROXY_CPU" "$(basename "$t")" >/dev/null; done
-if [ -n "${GENERAL:-}" ]; then
-    for t in /proc/$GENERAL_PID/task/*; do taskset -pc "$PROXY_CPU" "$(basename "$t")" >/dev/null; done
-fi
 
 declare -A PORT=([direct]=$BACKEND [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT [baton]=$BATON_PORT)
 # The process doing each target's work, for its CPU time per request (user + system,
@@ -152,12 +141,10 @@ declare -A PORT=([direct]=$BACKEND [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT [
 # generator's own limit.
 NGINX_WORKER=$(pgrep -P "$(cat "$TMP/nginx.pid")" | head -n 1)
 declare -A WORK_PID=([direct]=$BACKEND_PID [nginx]=$NGINX_WORKER [haproxy]=$HAPROXY_PID [baton]=$BATON_PID)
-[ -n "${GENERAL:-}" ] && WORK_PID[general]=$GENERAL_PID
 [ -n "${BASE_BIN:-}" ] && WORK_PID[base]=$BASE_PID
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)
 TARGETS=(direct nginx haproxy baton)
-[ -n "${GENERAL:-}" ] && { PORT[general]=$GENERAL_PORT; TARGETS+=(general); }
 [ -n "${BASE_BIN:-}" ] && { PORT[base]=$BASE_PORT; TARGETS+=(base); }
 CASES=("ka64|-c64|" "ka256|-c256|" "close64|-c64|-H|Connection: close")
 RESULTS=$TMP/results.tsv
@@ -254,7 +241,7 @@ def paired(case, target, ref):
     return statistics.median(rs) if rs else None
 
 cases = ["ka64", "ka256", "close64"]
-targets = ["direct", "nginx", "haproxy", "baton", "general", "base"]
+targets = ["direct", "nginx", "haproxy", "baton", "base"]
 if not data:
     cases = []
 if data:

@@ -45,11 +45,6 @@ export BATON_REQUIRE_PODMAN=1
 export BATON_REQUIRE_SSH=1
 export BATON_REQUIRE_CHROMIUM=1
 cargo test --workspace -- --test-threads=2
-echo "== router end-to-end tests again with the fast lane off (every request through hyper)"
-# (--workspace, so the build above is reused: one package alone would unify
-# dependency features differently and rebuild them)
-BATON_ROUTER_FAST_LANE=0 cargo test --workspace --test features --test proxy \
-  --test robustness --test protocols -- --test-threads=2
 echo "== deterministic simulation of the control plane: 10,000 seeds (release build)"
 # Each failing seed prints the one-line command that replays it.
 cargo run --release -- __sim --seeds 10000

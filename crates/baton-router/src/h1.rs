@@ -10,7 +10,7 @@
 //! follows a body's framing byte by byte ([`BodyFramer`]) so that only bytes whose
 //! framing was validated are ever passed on.
 //!
-//! The I/O around it is `fastlane`; the fuzz target is the `codec` property test in
+//! The I/O around it is `engine`; the fuzz target is the `codec` property test in
 //! `tests/`.
 
 /// Header lines parsed on the stack; heads with more are parsed again with
@@ -98,11 +98,6 @@ pub(crate) enum Parsed {
     Done(ReqHead),
     /// The head has not fully arrived.
     Partial,
-    /// A complete head of this length that the general path serves (an
-    /// absolute-form or authority-form target).
-    Other {
-        len: usize,
-    },
     Refused(Refusal),
 }
 
@@ -156,7 +151,6 @@ pub(crate) fn parse_request(
                 upstream(req, &head, &options[..]);
                 Parsed::Done(head)
             }
-            Judged::Other => Parsed::Other { len },
             Judged::Refused(r) => Parsed::Refused(r),
         }
     })
@@ -168,7 +162,6 @@ pub(crate) fn parse_request(
 )]
 enum Judged<'h> {
     Forward(ReqHead, Options<'h>),
-    Other,
     Refused(Refusal),
 }
 
@@ -202,9 +195,14 @@ fn judge_request<'h>(req: &httparse::Request<'_, 'h>, head: &[u8], max_body: u64
     let (Some(method), Some(target)) = (req.method, req.path) else {
         return bad("bad request: malformed request line\n");
     };
-    if method == "CONNECT" || !(target.starts_with('/') || (target == "*" && method == "OPTIONS")) {
-        // Absolute-form and authority-form targets: the general path.
-        return Judged::Other;
+    if method == "CONNECT" {
+        // Authority-form: a tunnel through the proxy, which a reverse proxy does not
+        // offer.
+        return bad("bad request: CONNECT is not supported\n");
+    }
+    let origin = target.starts_with('/') || (target == "*" && method == "OPTIONS");
+    if !origin && split_absolute(target).is_none() {
+        return bad("bad request: the request target is not origin-form or absolute-form\n");
     }
     let mut close = http10;
     let mut hosts = 0u32;
@@ -338,6 +336,48 @@ fn judge_request<'h>(req: &httparse::Request<'_, 'h>, head: &[u8], max_body: u64
     Judged::Forward(head, options)
 }
 
+/// An absolute-form target (`http://host:port/path?query`, RFC 9112 §3.2.2) split
+/// into its authority and its origin form (`/` when the path is empty, the query
+/// kept). `None` when it is not a well-formed `http` or `https` URI with a host (a
+/// user name and password in it are refused too: RFC 9110 §4.2.4).
+pub(crate) fn split_absolute(target: &str) -> Option<(&str, std::borrow::Cow<'_, str>)> {
+    let rest = strip_prefix_ignore_case(target, "http://")
+        .or_else(|| strip_prefix_ignore_case(target, "https://"))?;
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, origin) = rest.split_at(end);
+    if authority.is_empty()
+        || authority.contains('@')
+        || origin.contains('#')
+        || authority.parse::<http::uri::Authority>().is_err()
+    {
+        return None;
+    }
+    let origin = if origin.starts_with('/') {
+        std::borrow::Cow::Borrowed(origin)
+    } else {
+        std::borrow::Cow::Owned(format!("/{origin}"))
+    };
+    Some((authority, origin))
+}
+
+fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = s.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &s[prefix.len()..])
+}
+
+/// The origin form of a request target: itself, or the path and query of an
+/// absolute-form target.
+pub(crate) fn origin_form(target: &str) -> std::borrow::Cow<'_, str> {
+    if target.starts_with('/') {
+        return std::borrow::Cow::Borrowed(target);
+    }
+    match split_absolute(target) {
+        Some((_, origin)) => origin,
+        None => std::borrow::Cow::Borrowed(target),
+    }
+}
+
 /// RFC 9110 `tchar`.
 fn is_token(c: u8) -> bool {
     c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c)
@@ -370,9 +410,19 @@ pub(crate) fn upstream_request(
     fwd: &Forwarding<'_>,
     out: &mut Vec<u8>,
 ) {
+    let target = req.path.unwrap_or("/");
+    // An absolute-form target goes on in origin form, its authority as the Host.
+    let absolute = if target.starts_with('/') {
+        None
+    } else {
+        split_absolute(target)
+    };
     out.extend_from_slice(req.method.unwrap_or("GET").as_bytes());
     out.push(b' ');
-    out.extend_from_slice(req.path.unwrap_or("/").as_bytes());
+    match &absolute {
+        Some((_, origin)) => out.extend_from_slice(origin.as_bytes()),
+        None => out.extend_from_slice(target.as_bytes()),
+    }
     out.extend_from_slice(if head.http10 {
         b" HTTP/1.0\r\n"
     } else {
@@ -404,6 +454,9 @@ pub(crate) fn upstream_request(
         if n.eq_ignore_ascii_case(b"x-forwarded-proto") {
             proto = true;
         } else if n.eq_ignore_ascii_case(b"host") {
+            if absolute.is_some() {
+                continue;
+            }
             host.get_or_insert(h.value);
         } else if n.eq_ignore_ascii_case(b"x-forwarded-host") {
             xfh = true;
@@ -412,6 +465,12 @@ pub(crate) fn upstream_request(
         out.extend_from_slice(b": ");
         out.extend_from_slice(h.value);
         out.extend_from_slice(b"\r\n");
+    }
+    if let Some((authority, _)) = &absolute {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(authority.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        host = Some(authority.as_bytes());
     }
     list_header(out, b"x-forwarded-for", xff, fwd.peer_ip);
     list_header(out, b"forwarded", forwarded, fwd.forwarded);
@@ -1069,9 +1128,28 @@ mod tests {
     }
 
     #[test]
-    fn upgrades_are_forwarded_and_other_targets_go_to_the_general_path() {
-        let other = |s: &str| matches!(parse(s), Parsed::Other { .. });
-        assert!(other("GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n"));
+    fn upgrades_and_absolute_targets_are_forwarded() {
+        assert!(matches!(
+            parse("CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n"),
+            Parsed::Refused(Refusal::Bad(_))
+        ));
+        assert!(matches!(
+            parse("GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n"),
+            Parsed::Done(_)
+        ));
+        for bad in [
+            "GET ftp://a/ HTTP/1.1",
+            "GET http://u:p@a/ HTTP/1.1",
+            "GET a/b HTTP/1.1",
+        ] {
+            assert!(
+                matches!(
+                    parse(&format!("{bad}\r\nHost: a\r\n\r\n")),
+                    Parsed::Refused(_)
+                ),
+                "{bad}"
+            );
+        }
         let upgrade = |s: &str| match parse(s) {
             Parsed::Done(h) => (h.upgrade, h.websocket),
             other => panic!("{s:?}: {other:?}"),
@@ -1136,6 +1214,34 @@ mod tests {
              x-forwarded-for: 10.0.0.1\r\nforwarded: for=10.0.0.1;proto=http\r\n\
              x-forwarded-proto: http\r\nx-forwarded-host: a\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn absolute_form_goes_on_in_origin_form_with_its_authority_as_host() {
+        let mut out = Vec::new();
+        parse_request(
+            b"GET http://App.example:8080?q=1 HTTP/1.1\r\nHost: other\r\n\r\n",
+            10,
+            |req, head, options| {
+                let fwd = Forwarding {
+                    peer_ip: b"10.0.0.1",
+                    forwarded: b"for=10.0.0.1",
+                };
+                upstream_request(req, head, options, &fwd, &mut out);
+            },
+        );
+        let out = String::from_utf8(out).unwrap();
+        assert!(
+            out.starts_with("GET /?q=1 HTTP/1.1\r\nhost: App.example:8080\r\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x-forwarded-host: App.example:8080\r\n"),
+            "{out}"
+        );
+        assert!(!out.contains("other"), "{out}");
+        assert_eq!(origin_form("https://a/b?c"), "/b?c");
+        assert_eq!(origin_form("/x"), "/x");
     }
 
     #[test]
@@ -1463,7 +1569,7 @@ mod fuzz {
             match parse_request(&b[..end], MAX_BODY, |_, _, _| {}) {
                 Parsed::Partial => continue,
                 Parsed::Done(h) => return Some(Ok(h)),
-                Parsed::Other { .. } | Parsed::Refused(_) => return Some(Err(())),
+                Parsed::Refused(_) => return Some(Err(())),
             }
         }
         None

@@ -18,15 +18,17 @@
 //! per push.
 //!
 //! Module map: [`config`] (wire types of the table), [`select`] (pure picking logic),
-//! `table` (the snapshot and its counters), `proxy` (the request path), `listener`
-//! (accept loops), [`admin`] (admin API and its client), [`stats`] (admin wire types).
+//! `table` (the snapshot and its counters), `h1` (the HTTP/1 codec: framing decided
+//! once, pure), `engine` (every HTTP/1 request, on the sockets), `proxy` (HTTP/2
+//! requests, served by hyper, and what both share), `tunnel` (upgraded connections),
+//! `listener` (accept loops), [`admin`] (admin API and its client), [`stats`] (admin
+//! wire types).
 
 pub mod admin;
 mod client_socket;
 pub mod config;
+mod engine;
 mod error;
-mod fastlane;
-mod framing;
 mod h1;
 pub mod limits;
 mod listener;

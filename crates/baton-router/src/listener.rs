@@ -19,7 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::HeaderValue;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use nix::{getsockopt_impl, setsockopt_impl, sockopt_impl};
@@ -31,7 +31,6 @@ use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
 use crate::client_socket::ClientSocket;
-use crate::framing::FramingScanner;
 use crate::limits::Limits;
 use crate::proxy::{self, ConnCtx, RespBody};
 use crate::router::Shared;
@@ -251,29 +250,19 @@ fn accept_nonblocking(
     Ok((socket.into(), peer))
 }
 
-/// The HTTP/1.1 and h2c server settings for one app's client connections.
+/// The h2c server settings for one app's client connections (HTTP/1 is served by
+/// the engine, `engine`).
 pub(crate) struct ConnBuilders {
-    http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
 }
 
 fn conn_builder(limits: &Limits) -> ConnBuilders {
-    let mut h1 = http1::Builder::new();
-    // No hyper timer: the header timeout (slow heads and idle keep-alive connections)
-    // is kept by one coarse timer per connection in `serve_conn`, which costs nothing
-    // per request (hyper's arms and disarms a timer for every request head).
-    h1.keep_alive(true)
-        // Over this, hyper answers 431 itself; its minimum buffer is 8 KiB.
-        .max_buf_size(limits.max_header_bytes.max(8192));
     let mut h2 = http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(limits.client_header_timeout))
         .keep_alive_timeout(Duration::from_secs(20));
-    ConnBuilders {
-        http1: h1,
-        http2: h2,
-    }
+    ConnBuilders { http2: h2 }
 }
 
 /// The client connection preface of HTTP/2 (RFC 9113 3.4).
@@ -282,35 +271,11 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Room for the first read of a connection (a typical request head).
 const FIRST_READ: usize = 4096;
 
-/// A client connection whose first bytes were already read (to tell HTTP/1 from
-/// HTTP/2): they are read again first.
+/// An HTTP/2 client connection whose first bytes were already read (to tell it from
+/// HTTP/1): they are read again first.
 struct Prefixed {
     prefix: Bytes,
     io: TcpStream,
-    /// HTTP/1: watches the raw request framing until an ambiguous head shows up.
-    watch: Option<Box<FramingWatch>>,
-}
-
-/// Feeds what the client sends to a [`FramingScanner`] and reports the first ambiguous
-/// request head in [`ConnCtx::ambiguous_head`], numbered like [`ConnCtx::heads`].
-struct FramingWatch {
-    scanner: FramingScanner,
-    /// Requests the connection had before hyper's first.
-    base: u64,
-    ctx: Arc<ConnCtx>,
-}
-
-impl Prefixed {
-    fn watched(&mut self, new: &[u8]) {
-        let Some(w) = self.watch.as_mut() else {
-            return;
-        };
-        w.scanner.feed(new);
-        if let Some(i) = w.scanner.first_ambiguous_head() {
-            w.ctx.ambiguous_head.store(w.base + i, Ordering::Relaxed);
-            self.watch = None;
-        }
-    }
 }
 
 impl AsyncRead for Prefixed {
@@ -322,17 +287,10 @@ impl AsyncRead for Prefixed {
         let this = self.get_mut();
         if !this.prefix.is_empty() {
             let n = this.prefix.len().min(buf.remaining());
-            let part = this.prefix.split_to(n);
-            this.watched(&part);
-            buf.put_slice(&part);
+            buf.put_slice(&this.prefix.split_to(n));
             return Poll::Ready(Ok(()));
         }
-        let before = buf.filled().len();
-        let r = Pin::new(&mut this.io).poll_read(cx, buf);
-        if this.watch.is_some() && matches!(r, Poll::Ready(Ok(()))) {
-            this.watched(&buf.filled()[before..]);
-        }
-        r
+        Pin::new(&mut this.io).poll_read(cx, buf)
     }
 }
 
@@ -394,16 +352,6 @@ async fn first_bytes(sock: &mut ClientSocket, buf: &mut Vec<u8>) -> Option<bool>
 /// A client connection being served, by either protocol.
 trait Serving: Future<Output = hyper::Result<()>> {
     fn shut_down(self: Pin<&mut Self>);
-}
-
-impl<S> Serving for http1::UpgradeableConnection<TokioIo<Prefixed>, S>
-where
-    S: hyper::service::HttpService<Incoming, ResBody = Tracked>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    fn shut_down(self: Pin<&mut Self>) {
-        self.graceful_shutdown();
-    }
 }
 
 impl<S> Serving for http2::Connection<TokioIo<Prefixed>, S, TokioExecutor>
@@ -497,83 +445,53 @@ async fn serve_conn(
             }
         }
     };
-    let prefix = if !h2 && ctx.shared.fast_lane {
-        let lane = crate::fastlane::serve(
+    if !h2 {
+        crate::engine::serve(
             &ctx,
             &mut sock,
             first,
             &stop,
             deadline.as_mut(),
             header_timeout,
-        );
-        match lane.await {
-            crate::fastlane::Outcome::Closed => return,
-            crate::fastlane::Outcome::Handoff(rest) => rest,
-        }
-    } else {
-        Bytes::from(first)
-    };
+        )
+        .await;
+        return;
+    }
     let Ok(stream) = sock.into_tokio() else {
         return;
     };
-    let watch = (!h2).then(|| {
-        Box::new(FramingWatch {
-            scanner: FramingScanner::new(),
-            base: ctx.heads.load(Ordering::Relaxed),
-            ctx: ctx.clone(),
-        })
-    });
     let io = TokioIo::new(Prefixed {
-        prefix,
+        prefix: Bytes::from(first),
         io: stream,
-        watch,
     });
     let c = ctx.clone();
     let svc = service_fn(move |req| {
         let ctx = c.clone();
         ctx.active.fetch_add(1, Ordering::Relaxed);
-        let index = ctx.heads.fetch_add(1, Ordering::Relaxed);
-        let ambiguous = ctx.ambiguous_head.load(Ordering::Relaxed) == index;
+        ctx.heads.fetch_add(1, Ordering::Relaxed);
         let active = Active(ctx);
         async move {
-            let body = if ambiguous {
-                tracing::debug!(peer = %active.0.peer, "ambiguous request framing");
-                proxy::refuse(
-                    http::StatusCode::BAD_REQUEST,
-                    "bad request: ambiguous framing (Content-Length with Transfer-Encoding, a repeated \
-                     Content-Length, or a line ending in a bare LF)\n",
-                )
-            } else {
-                proxy::handle(&active.0, req).await
-            };
+            let body = proxy::handle(&active.0, req).await;
             Ok::<_, Infallible>(body.map(|body| Tracked {
                 body,
                 _active: active,
             }))
         }
     });
-    if h2 {
-        let conn = builders.http2.serve_connection(io, svc);
-        drive(conn, &ctx, stop, deadline, header_timeout, false).await;
-    } else {
-        let conn = builders.http1.serve_connection(io, svc).with_upgrades();
-        drive(conn, &ctx, stop, deadline, header_timeout, true).await;
-    }
+    let conn = builders.http2.serve_connection(io, svc);
+    drive(conn, &ctx, stop, deadline).await;
 }
 
-/// Serves a connection until it ends, `stop` asks it to finish, or it waits longer
-/// than `header_timeout` for a request head (`every_head`: for every request, else
-/// only for the first).
+/// Serves an HTTP/2 connection until it ends, `stop` asks it to finish, or its
+/// first request does not come within the header timeout (then HTTP/2's own pings
+/// keep watch over idle connections).
 async fn drive<C: Serving>(
     conn: C,
     ctx: &ConnCtx,
     stop: CancellationToken,
     mut deadline: Pin<&mut tokio::time::Sleep>,
-    header_timeout: Duration,
-    every_head: bool,
 ) {
     let mut conn = pin!(conn);
-    let timeout_ms = u64::try_from(header_timeout.as_millis()).unwrap_or(u64::MAX);
     let mut watching = true;
     let result = loop {
         tokio::select! {
@@ -586,29 +504,11 @@ async fn drive<C: Serving>(
             }
             r = conn.as_mut() => break r,
             () = deadline.as_mut(), if watching => {
-                if !every_head {
-                    if ctx.heads.load(Ordering::Relaxed) == 0 {
-                        tracing::debug!(peer = %ctx.peer, "no request within the header timeout");
-                        return;
-                    }
-                    watching = false;
-                    continue;
-                }
-                let now = tokio::time::Instant::now();
-                if ctx.active.load(Ordering::Relaxed) > 0 {
-                    // A response is under way; look again a timeout later.
-                    deadline.as_mut().reset(now + header_timeout);
-                    continue;
-                }
-                let idle_ms = ctx
-                    .shared
-                    .now_ms()
-                    .saturating_sub(ctx.idle_since_ms.load(Ordering::Relaxed));
-                if idle_ms >= timeout_ms {
-                    tracing::debug!(peer = %ctx.peer, "no request head within the header timeout");
+                if ctx.heads.load(Ordering::Relaxed) == 0 {
+                    tracing::debug!(peer = %ctx.peer, "no request within the header timeout");
                     return;
                 }
-                deadline.as_mut().reset(now + Duration::from_millis(timeout_ms - idle_ms));
+                watching = false;
             }
         }
     };

@@ -67,9 +67,6 @@ pub(crate) struct ConnCtx {
     pub active: AtomicU32,
     /// Requests received on this connection so far.
     pub heads: AtomicU64,
-    /// Index (as counted by `heads`) of the first request whose raw framing was
-    /// ambiguous, `u64::MAX` if none: it is refused with 400.
-    pub ambiguous_head: AtomicU64,
     /// When the last response ended ([`Shared::now_ms`]), or the connection was made.
     pub idle_since_ms: AtomicU64,
 }
@@ -103,7 +100,6 @@ impl ConnCtx {
             app_counters,
             active: AtomicU32::new(0),
             heads: AtomicU64::new(0),
-            ambiguous_head: AtomicU64::new(u64::MAX),
             idle_since_ms: AtomicU64::new(shared.now_ms()),
             shared,
             app,
@@ -862,19 +858,6 @@ async fn checkout(
     pool::connect(addr, connect_timeout, false).await
 }
 
-/// True for requests asking to switch protocols (WebSocket and the like).
-fn wants_upgrade(req: &Request<Incoming>) -> bool {
-    req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
-        && req
-            .headers()
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|s| s.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-}
-
 /// The mirror copy of one request, decided before the first attempt.
 pub(crate) struct MirrorPlan {
     pub app: Arc<AppTable>,
@@ -982,9 +965,6 @@ pub(crate) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Re
         Err(Refusal::TooLarge) => {
             return refuse(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
         }
-    }
-    if wants_upgrade(&req) {
-        return crate::tunnel::handle_upgrade(ctx, req, &limits).await;
     }
     let (mut parts, body) = req.into_parts();
     let (body, over) = match prepare_body(&parts.headers, body, limits.max_body_bytes).await {
@@ -1431,43 +1411,6 @@ async fn mirror_call(
         body: buf.freeze(),
         truncated,
     })
-}
-
-/// The 502 sent when no backend could take the request.
-pub(crate) fn bad_gateway(ctx: &ConnCtx) -> Response<RespBody> {
-    tracing::warn!(app = %ctx.app.name, "no backend answered");
-    local_response(
-        StatusCode::BAD_GATEWAY,
-        "bad gateway: no backend answered\n",
-    )
-}
-
-/// Picks a backend for a long-lived stream (an upgrade) and opens a fresh connection
-/// to it able to hand its socket over; connect failures try other backends.
-pub(crate) async fn pick_for_stream(
-    ctx: &ConnCtx,
-    limits: &Limits,
-) -> Option<(SendRequest<UpBody>, InFlight, Arc<BackendState>)> {
-    let sh = &*ctx.shared;
-    let mut tried: Vec<SocketAddr> = Vec::new();
-    for _ in 0..MAX_ATTEMPTS {
-        let app = routable_app(sh, &ctx.app).await?;
-        let primary = app.pick_version()?;
-        let Some((vi, bi, guard)) = pick_for_attempt(ctx, &app, primary, &tried) else {
-            continue;
-        };
-        let backend = &app.versions[vi].backends[bi];
-        match pool::connect(backend.addr, limits.connect_timeout, true).await {
-            Ok(tx) => return Some((tx, guard, backend.state.clone())),
-            Err(e) => {
-                backend.state.failures.fetch_add(1, Ordering::Relaxed);
-                mark_down(sh, &backend.state);
-                tried.push(backend.addr);
-                tracing::debug!(app = %ctx.app.name, backend = %backend.addr, error = %e, "cannot connect upstream");
-            }
-        }
-    }
-    None
 }
 
 /// True for `Content-Type: text/event-stream` (server-sent events).

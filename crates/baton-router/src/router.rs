@@ -54,9 +54,6 @@ pub(crate) struct Shared {
     pub tasks: TaskTracker,
     /// Parent of every listener's stop token.
     pub stopping: CancellationToken,
-    /// Plain HTTP/1.1 requests take [`crate::fastlane`]; `BATON_ROUTER_FAST_LANE=0`
-    /// sends everything through hyper (to compare the two).
-    pub fast_lane: bool,
 }
 
 struct ApplyState {
@@ -162,7 +159,6 @@ impl Router {
                     started_ms,
                     tasks: TaskTracker::new(),
                     stopping: CancellationToken::new(),
-                    fast_lane: std::env::var_os("BATON_ROUTER_FAST_LANE").is_none_or(|v| v != "0"),
                 }),
                 workers,
                 state: Mutex::new(ApplyState {

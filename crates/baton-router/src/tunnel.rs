@@ -14,14 +14,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::limits::Limits;
-use crate::proxy::{self, ConnCtx, InFlight, RespBody, UpBody};
+use crate::proxy::InFlight;
 use crate::table::BackendState;
 
 /// Longest wait for the end of a frame in progress once a drain is due.
@@ -50,91 +45,6 @@ async fn removed(state: &BackendState) {
         }
         notified.await;
     }
-}
-
-/// Serves a request carrying `Upgrade`: forwards it with its upgrade headers to one
-/// backend; on 101 splices the two connections in a background task.
-pub(crate) async fn handle_upgrade(
-    ctx: &ConnCtx,
-    mut req: Request<Incoming>,
-    limits: &Limits,
-) -> Response<RespBody> {
-    use hyper::body::Body as _;
-    if !req.body().is_end_stream() {
-        return proxy::refuse(
-            StatusCode::BAD_REQUEST,
-            "bad request: upgrade request with a body\n",
-        );
-    }
-    let client_up = hyper::upgrade::on(&mut req);
-    let upgrade = req.headers().get(header::UPGRADE).cloned();
-    let websocket = upgrade
-        .as_ref()
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
-    let (mut parts, _) = req.into_parts();
-    proxy::upstream_head(&mut parts, ctx);
-    if let Some(u) = upgrade {
-        parts.headers.insert(header::UPGRADE, u);
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    }
-    let Some(target) = proxy::pick_for_stream(ctx, limits).await else {
-        return proxy::bad_gateway(ctx);
-    };
-    let (mut tx, guard, state) = target;
-    let up_req = Request::from_parts(parts, UpBody::Full(None));
-    let resp = match tokio::time::timeout(limits.response_timeout, tx.send_request(up_req)).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            tracing::debug!(app = %ctx.app.name, error = %e, "upgrade request failed");
-            return proxy::bad_gateway(ctx);
-        }
-        Err(_) => {
-            return proxy::local_response(
-                StatusCode::GATEWAY_TIMEOUT,
-                "gateway timeout: the backend did not answer in time\n",
-            );
-        }
-    };
-    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        let (mut parts, body) = resp.into_parts();
-        proxy::strip_hop_by_hop(&mut parts.headers);
-        return Response::from_parts(
-            parts,
-            RespBody::Upstream {
-                body,
-                guard: Some(guard),
-                conn: None,
-                drain: None,
-            },
-        );
-    }
-    let (parts, body) = resp.into_parts();
-    let mut for_upgrade = Response::from_parts(parts.clone(), body);
-    let backend_up = hyper::upgrade::on(&mut for_upgrade);
-    let stop = ctx.shared.stopping.clone();
-    let grace = limits.drain_grace;
-    let app = ctx.app.name.clone();
-    let task = async move {
-        let (client, backend) = match tokio::join!(client_up, backend_up) {
-            (Ok(c), Ok(b)) => (TokioIo::new(c), TokioIo::new(b)),
-            (c, b) => {
-                tracing::debug!(app = %app, client_ok = c.is_ok(), backend_ok = b.is_ok(), "upgrade did not complete");
-                return;
-            }
-        };
-        let drain = async {
-            tokio::select! {
-                () = drain_signal(state, grace) => {}
-                () = stop.cancelled() => {}
-            }
-        };
-        splice(client, backend, &[], websocket, drain, guard).await;
-        tracing::debug!(app = %app, "upgraded connection ended");
-    };
-    tokio::spawn(ctx.shared.tasks.track_future(task));
-    Response::from_parts(parts, RespBody::Full(None))
 }
 
 /// Copies both ways until either side ends or `drain` resolves; on drain a WebSocket

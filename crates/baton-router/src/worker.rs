@@ -54,7 +54,7 @@ impl Workers {
                             loop {
                                 every.tick().await;
                                 crate::pool::sweep();
-                                crate::fastlane::sweep();
+                                crate::engine::sweep();
                             }
                         };
                         tokio::select! {

@@ -17,8 +17,8 @@
 //! A share of requests is copied to a version under test and the answers compared
 //! ([`crate::mirror`]); an armed recording keeps requests as clients sent them.
 //!
-//! Still handed to hyper at that request's boundary, with the bytes read so far:
-//! absolute-form targets.
+//! HTTP/2 (h2c) connections are served by hyper (`listener`); every HTTP/1
+//! connection is served here, start to end.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -45,15 +45,6 @@ use crate::table::AppTable;
 const UP_BUF: usize = 16 * 1024;
 /// Idle raw upstream connections kept per backend and worker.
 const MAX_IDLE_PER_BACKEND: usize = 1024;
-
-/// How the lane left a client connection.
-pub(crate) enum Outcome {
-    /// The connection is finished (closed by either side, timed out, or stopped).
-    Closed,
-    /// A request the lane does not serve starts at the beginning of these bytes (read
-    /// from the client, not yet answered): hyper serves the connection from here.
-    Handoff(Bytes),
-}
 
 struct IdleConn {
     stream: TcpStream,
@@ -166,7 +157,8 @@ impl Route {
             && let (Some(method), Some(target)) = (req.method, req.path)
             && let Ok(method) = http::Method::from_bytes(method.as_bytes())
         {
-            let path = target.split_once('?').map_or(target, |(p, _)| p);
+            let target = h1::origin_form(target);
+            let path = target.split_once('?').map_or(&*target, |(p, _)| p);
             route.ruled = app.ruled_version(&method, path, &*req.headers);
         }
         if let Some(st) = &app.sticky {
@@ -203,7 +195,7 @@ pub(crate) async fn serve(
     stop: &CancellationToken,
     sleep: Pin<&mut Sleep>,
     header_timeout: Duration,
-) -> Outcome {
+) {
     // Made once: polling it again costs nothing, making it registers a waiter.
     let stopped = stop.cancelled();
     tokio::pin!(stopped);
@@ -242,9 +234,8 @@ pub(crate) async fn serve(
             });
             match parsed {
                 h1::Parsed::Done(h) if h.len <= max_head => break (h, live, route),
-                h1::Parsed::Other { len } if len <= max_head => return handoff(pending),
                 h1::Parsed::Refused(r) => return refused(ctx, stream, r).await,
-                h1::Parsed::Done(_) | h1::Parsed::Other { .. } => {
+                h1::Parsed::Done(_) => {
                     return refused(ctx, stream, h1::Refusal::HeadTooLarge).await;
                 }
                 h1::Parsed::Partial => {
@@ -268,18 +259,18 @@ pub(crate) async fn serve(
             }
             let read = tokio::select! {
                 biased;
-                () = &mut stopped => return Outcome::Closed,
+                () = &mut stopped => return,
                 r = stream.read_buf(&mut buf) => r,
                 () = deadline.sleep.as_mut() => {
                     if served == 0 || deadline.expired(limit) {
                         tracing::debug!(peer = %ctx.peer, "no request head within the header timeout");
-                        return Outcome::Closed;
+                        return;
                     }
                     continue;
                 }
             };
             match read {
-                Ok(0) | Err(_) => return Outcome::Closed,
+                Ok(0) | Err(_) => return,
                 Ok(_) => {}
             }
         };
@@ -306,7 +297,7 @@ pub(crate) async fn serve(
         idle_since = tokio::time::Instant::now();
         match done {
             Exchange::KeepAlive { next } if !head.close && !stop.is_cancelled() => at = next,
-            _ => return Outcome::Closed,
+            _ => return,
         }
         if at == buf.len() {
             buf.clear();
@@ -315,19 +306,14 @@ pub(crate) async fn serve(
     }
 }
 
-fn handoff(rest: &[u8]) -> Outcome {
-    Outcome::Handoff(Bytes::copy_from_slice(rest))
-}
-
 /// Answers a request the router refuses, and closes: what the client sends next
 /// cannot be framed.
-async fn refused(ctx: &ConnCtx, client: &mut ClientSocket, r: h1::Refusal) -> Outcome {
+async fn refused(ctx: &ConnCtx, client: &mut ClientSocket, r: h1::Refusal) {
     if let h1::Refusal::Bad(msg) = r {
         tracing::debug!(app = %ctx.app.name, peer = %ctx.peer, "{}", msg.trim_end());
     }
     let (status, msg) = r.answer();
     local(client, status, msg, true).await;
-    Outcome::Closed
 }
 
 enum Exchange {
