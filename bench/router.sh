@@ -7,10 +7,16 @@
 #                                   # (`examples/bench`) as target "base"
 #   MIRROR=0 bench/router.sh        # skip the mirroring table
 #   MAIN=0 bench/router.sh          # only the mirroring table
+#   IDLE=0 bench/router.sh          # skip the idle-connection memory table
+#   IDLE_CONNS=10000 bench/router.sh   # connections held idle in that table
 #
 # One fast backend (a fixed 13-byte answer). Each proxy runs with one worker/thread
 # pinned to CPU 0; wrk and the backend share CPU 1. Cases: keep-alive with 64 and 256
-# connections, and `Connection: close` with 64. Runs are interleaved (every target
+# connections, `Connection: close` with 64, and POSTs with 1 KiB and 64 KiB bodies
+# (keep-alive, 64 connections). Target "rules" is baton with an app as a canary
+# rollout configures it (two header rules, evaluated and not matching, sticky
+# cohorts picked from the client's cookie, v1/v2 weighted 90/10), in the keep-alive
+# case with 64 connections. Runs are interleaved (every target
 # once per case per round, starting with a different target each round) and the table
 # shows medians over the rounds. This machine's speed drifts from minute to minute, so
 # the ratio columns are medians of each round's own ratio (runs seconds apart), not
@@ -23,6 +29,8 @@
 # path for every request (its requests are kept for the copy), so "m0" (mirroring
 # configured, nothing copied) separates that cost from the copies'.
 set -euo pipefail
+# The idle-connection table holds 10,000 connections open per proxy.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 DURATION=${DURATION:-5}
 ROUNDS=${ROUNDS:-5}
@@ -72,12 +80,15 @@ cat >"$TMP/nginx.conf" <<CONF
 worker_processes 1;
 pid $TMP/nginx.pid;
 error_log $TMP/nginx.err warn;
-events { worker_connections 8192; }
+worker_rlimit_nofile 65536;
+events { worker_connections 30000; }
 http {
     access_log off;
     client_body_temp_path $TMP; proxy_temp_path $TMP; fastcgi_temp_path $TMP;
     uwsgi_temp_path $TMP; scgi_temp_path $TMP;
     keepalive_requests 1000000;
+    # Request bodies of the POST cases stay in memory (no temporary files).
+    client_max_body_size 1m; client_body_buffer_size 128k;
     upstream backend { server 127.0.0.1:$BACKEND; keepalive 512; keepalive_requests 1000000; }
     server {
         listen 127.0.0.1:$NGINX_PORT backlog=4096;
@@ -93,7 +104,7 @@ CONF
 cat >"$TMP/haproxy.cfg" <<CONF
 global
     nbthread 1
-    maxconn 8000
+    maxconn 30000
 defaults
     mode http
     timeout connect 2s
@@ -124,7 +135,10 @@ taskset -c "$PROXY_CPU" haproxy -f "$TMP/haproxy.cfg" -q 2>"$TMP/haproxy.out" & 
 baton_cmd "$BATON_PORT" "$BACKEND" >"$TMP/baton.out" 2>&1 & BATON_PID=$!; PIDS+=($BATON_PID)
 taskset -pc "$PROXY_CPU" "$BATON_PID" >/dev/null
 for t in /proc/$BATON_PID/task/*; do taskset -pc "$PROXY_CPU" "$(basename "$t")" >/dev/null; done
-PORTS=($BACKEND $NGINX_PORT $HAPROXY_PORT $BATON_PORT)
+RULES_PORT=$(free_port)
+taskset -c "$PROXY_CPU" "$HELPER" routed "127.0.0.1:$RULES_PORT" "127.0.0.1:$BACKEND" \
+    >"$TMP/rules.out" 2>&1 & RULES_PID=$!; PIDS+=($RULES_PID)
+PORTS=($BACKEND $NGINX_PORT $HAPROXY_PORT $BATON_PORT $RULES_PORT)
 if [ -n "${BASE_BIN:-}" ]; then
     BASE_PORT=$(free_port)
     taskset -c "$PROXY_CPU" "$BASE_BIN" router "127.0.0.1:$BASE_PORT" "127.0.0.1:$BACKEND" 1 \
@@ -135,18 +149,24 @@ for p in "${PORTS[@]}"; do wait_port "$p"; done
 # Threads started after the first pinning (workers) are pinned too.
 for t in /proc/$BATON_PID/task/*; do taskset -pc "$PROXY_CPU" "$(basename "$t")" >/dev/null; done
 
-declare -A PORT=([direct]=$BACKEND [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT [baton]=$BATON_PORT)
+declare -A PORT=([direct]=$BACKEND [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT [baton]=$BATON_PORT [rules]=$RULES_PORT)
 # The process doing each target's work, for its CPU time per request (user + system,
 # all threads): the cost that decides how much one core can carry, whatever the load
 # generator's own limit.
 NGINX_WORKER=$(pgrep -P "$(cat "$TMP/nginx.pid")" | head -n 1)
-declare -A WORK_PID=([direct]=$BACKEND_PID [nginx]=$NGINX_WORKER [haproxy]=$HAPROXY_PID [baton]=$BATON_PID)
+for t in /proc/$RULES_PID/task/*; do taskset -pc "$PROXY_CPU" "$(basename "$t")" >/dev/null; done
+declare -A WORK_PID=([direct]=$BACKEND_PID [nginx]=$NGINX_WORKER [haproxy]=$HAPROXY_PID [baton]=$BATON_PID [rules]=$RULES_PID)
 [ -n "${BASE_BIN:-}" ] && WORK_PID[base]=$BASE_PID
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)
-TARGETS=(direct nginx haproxy baton)
+TARGETS=(direct nginx haproxy baton rules)
 [ -n "${BASE_BIN:-}" ] && { PORT[base]=$BASE_PORT; TARGETS+=(base); }
-CASES=("ka64|-c64|" "ka256|-c256|" "close64|-c64|-H|Connection: close")
+for kib in 1 64; do
+    printf 'wrk.method = "POST"\nwrk.body = string.rep("x", %d)\nwrk.headers["Content-Type"] = "application/octet-stream"\n' \
+        $((kib * 1024)) >"$TMP/post$kib.lua"
+done
+CASES=("ka64|-c64|" "ka256|-c256|" "close64|-c64|-H|Connection: close"
+       "post1k|-c64|-s|$TMP/post1.lua" "post64k|-c64|-s|$TMP/post64.lua")
 RESULTS=$TMP/results.tsv
 : >"$RESULTS"
 
@@ -156,7 +176,8 @@ for t in "${TARGETS[@]}"; do
 done
 
 [ "${MAIN:-1}" = 0 ] && CASES=()
-total=$((ROUNDS * ${#CASES[@]} * ${#TARGETS[@]}))
+# "rules" runs in the ka64 case only.
+total=$((ROUNDS * (${#CASES[@]} * (${#TARGETS[@]} - 1) + 1)))
 n=0
 for round in $(seq 1 "$ROUNDS"); do
     # Each round starts with another target, so none always follows the same one.
@@ -165,10 +186,13 @@ for round in $(seq 1 "$ROUNDS"); do
     for c in "${CASES[@]}"; do
         IFS='|' read -r name conns h1 h2 <<<"$c"
         for t in "${ORDER[@]}"; do
+            [ "$t" = rules ] && [ "$name" != ka64 ] && continue
             n=$((n + 1))
             echo "[$n/$total] round $round $name $t" >&2
             args=(-t1 "$conns" -d"${DURATION}s" --latency)
             [ -n "$h1" ] && args+=("$h1" "$h2")
+            # A returning client: its cohort cookie picks the version.
+            [ "$t" = rules ] && args+=(-H "Cookie: session=abc; baton_cohort=4321")
             before=$(ticks "${WORK_PID[$t]}")
             out=$(taskset -c "$LOAD_CPU" wrk "${args[@]}" "http://127.0.0.1:${PORT[$t]}/")
             cpu_s=$(echo "$(ticks "${WORK_PID[$t]}") $before $HZ" | awk '{print ($1 - $2) / $3}')
@@ -178,6 +202,23 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 cp "$RESULTS" "${RESULTS_COPY:-/tmp/baton-bench-results.tsv}"
+
+IDLE_RESULTS=$TMP/idle.tsv
+: >"$IDLE_RESULTS"
+if [ "${IDLE:-1}" != 0 ]; then
+    IDLE_CONNS=${IDLE_CONNS:-10000}
+    declare -A IDLE_PID=([nginx]=$NGINX_WORKER [haproxy]=$HAPROXY_PID [baton]=$BATON_PID)
+    src=1
+    for round in $(seq 1 3); do
+        for t in nginx haproxy baton; do
+            src=$((src + 1))
+            echo "[idle] round $round $t: $IDLE_CONNS connections" >&2
+            line=$(taskset -c "$LOAD_CPU" python3 "$ROOT/bench/idle_conns.py" "${PORT[$t]}" "${IDLE_PID[$t]}" \
+                "$IDLE_CONNS" "127.0.$((src / 250)).$((src % 250 + 2))")
+            printf '%s\t%s\t%s\n' "$round" "$t" "$line" >>"$IDLE_RESULTS"
+        done
+    done
+fi
 
 MIRROR_RESULTS=$TMP/mirror.tsv
 : >"$MIRROR_RESULTS"
@@ -207,7 +248,7 @@ if [ "${MIRROR:-1}" != 0 ]; then
         done
     done
 fi
-python3 - "$RESULTS" "$MIRROR_RESULTS" <<'PY'
+python3 - "$RESULTS" "$MIRROR_RESULTS" "$IDLE_RESULTS" <<'PY'
 import re, statistics, sys
 
 def us(v):
@@ -240,8 +281,8 @@ def paired(case, target, ref):
           for (c, t, r) in by_round if c == case and t == ref and (c, target, r) in by_round]
     return statistics.median(rs) if rs else None
 
-cases = ["ka64", "ka256", "close64"]
-targets = ["direct", "nginx", "haproxy", "baton", "base"]
+cases = ["ka64", "ka256", "close64", "post1k", "post64k"]
+targets = ["direct", "nginx", "haproxy", "baton", "rules", "base"]
 if not data:
     cases = []
 if data:
@@ -270,11 +311,12 @@ if data:
     print(f"\nmedians of {len(data[('ka64','nginx')])} interleaved runs per cell; proxies pinned to one CPU, wrk + backend on another")
     print("/nginx, /haproxy: median of the per-round req/s ratios")
 for c in cases:
-    for ref in ("nginx", "haproxy"):
-        rs = [by_round[(c, "baton", r)] / by_round[(c, ref, r)]
-              for (cc, t, r) in sorted(by_round) if cc == c and t == ref and (c, "baton", r) in by_round]
-        if rs:
-            print(f"  {c:<8} baton/{ref:<8} by round: " + " ".join(f"{x:.2f}" for x in rs))
+    for ours in ("baton", "rules"):
+        for ref in ("nginx", "haproxy"):
+            rs = [by_round[(c, ours, r)] / by_round[(c, ref, r)]
+                  for (cc, t, r) in sorted(by_round) if cc == c and t == ref and (c, ours, r) in by_round]
+            if rs:
+                print(f"  {c:<8} {ours}/{ref:<8} by round: " + " ".join(f"{x:.2f}" for x in rs))
 if data:
     print("cpu µs/req: the target's process CPU time (user + system, all threads) per request;")
     print("req/s is capped by the load CPU when a proxy needs less than a whole core")
@@ -316,8 +358,30 @@ if rows:
             cols[3] = f"{min(c):.1f}..{max(c):.1f}".rjust(15)
         print(f"{t:<10} {rps:>10.0f} {p99:>9.0f} {cpu:>11.1f} {' '.join(cols)}  {notes}")
     print(f"medians of {len(rows)} interleaved runs, keep-alive with 64 connections; off: no mirroring configured")
-    print("(fast lane); m0: mirroring configured, nothing copied (every request on the general path);")
-    print("m10/m100: 10 and 100% of requests copied to v2 and compared as JSON. +cpu vs off: the")
+    print("; m0: mirroring configured, nothing copied; m10/m100: 10 and 100% of requests")
+    print("copied to v2 and compared as JSON. +cpu vs off: the")
     print("router's CPU per user request over off's in the same round; µs/copy: CPU per mirrored")
     print("request over m0's (the copy, its answer and the comparison)")
+
+# Idle keep-alive connections: resident memory each proxy adds per connection.
+idle = {}
+for line in open(sys.argv[3]):
+    rnd, target, rest = line.rstrip("\n").split("\t")
+    before, after, still = (int(x) for x in rest.split())
+    idle.setdefault(target, []).append((before, after, still))
+if idle:
+    print()
+    print(f"{'idle conns':<10} {'open':>7} {'RSS before':>11} {'RSS with':>10} {'KiB/conn':>9} {'(range)':>13} {'/nginx':>7} {'/haproxy':>9}")
+    per = {t: [(a - b) / s for b, a, s in runs if s] for t, runs in idle.items()}
+    for t in ("nginx", "haproxy", "baton"):
+        if not per.get(t):
+            continue
+        runs = idle[t]
+        med = statistics.median(per[t])
+        rn = f"{med / statistics.median(per['nginx']):.2f}x" if t != "nginx" and per.get("nginx") else ""
+        rh = f"{med / statistics.median(per['haproxy']):.2f}x" if t != "haproxy" and per.get("haproxy") else ""
+        print(f"{t:<10} {statistics.median(r[2] for r in runs):>7.0f} {statistics.median(r[0] for r in runs):>9.0f}Ki"
+              f" {statistics.median(r[1] for r in runs):>8.0f}Ki {med:>9.2f} {min(per[t]):>6.2f}..{max(per[t]):<6.2f} {rn:>7} {rh:>9}")
+    print("medians of 3 runs; each connection served one GET and stays open, idle; RSS of the process")
+    print("that holds them (nginx's worker), all threads; KiB/conn: (with - before) / open connections")
 PY

@@ -11,6 +11,11 @@
 //! v1 at UPSTREAM taking every request, and `PERCENT` of them copied to v2 (the same
 //! UPSTREAM) and compared as JSON with `$.served_at` left out, as a mirror step
 //! does; `off` for no mirroring configured at all.
+//! `bench routed LISTEN UPSTREAM`: baton's router (one worker) with an app that a
+//! canary rollout configures: two header rules (`X-Canary: always` to v2, `X-User`
+//! matching `^qa-` to v2), sticky cohorts, and v1/v2 weighted 90/10 (both at
+//! UPSTREAM); requests carry neither header, so every rule is evaluated and fails,
+//! and the client's cohort cookie picks the version.
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -49,6 +54,11 @@ fn main() {
             };
             rt.block_on(mirror(listen, upstream, percent));
         }
+        Some("routed") => {
+            let listen: SocketAddr = args.get(1).and_then(|a| a.parse().ok()).expect("LISTEN");
+            let upstream: SocketAddr = args.get(2).and_then(|a| a.parse().ok()).expect("UPSTREAM");
+            rt.block_on(routed(listen, upstream));
+        }
         Some("router") => {
             let listen: SocketAddr = args.get(1).and_then(|a| a.parse().ok()).expect("LISTEN");
             let upstream: SocketAddr = args.get(2).and_then(|a| a.parse().ok()).expect("UPSTREAM");
@@ -76,7 +86,8 @@ fn main() {
         _ => {
             eprintln!(
                 "usage: bench backend PORT | bench backend-json PORT | \
-                 bench router LISTEN UPSTREAM WORKERS | bench mirror LISTEN UPSTREAM PERCENT"
+                 bench router LISTEN UPSTREAM WORKERS | bench mirror LISTEN UPSTREAM PERCENT | \
+                 bench routed LISTEN UPSTREAM"
             );
             std::process::exit(2);
         }
@@ -122,6 +133,57 @@ async fn mirror(listen: SocketAddr, upstream: SocketAddr, percent: Option<f64>) 
     router.shutdown(std::time::Duration::from_secs(2)).await;
 }
 
+/// A router serving one app with header rules and sticky cohorts, until Ctrl-C.
+async fn routed(listen: SocketAddr, upstream: SocketAddr) {
+    use baton_router::config::{Match, NamedMatch, RouteRule, StickyConfig, ValueMatch};
+    use baton_router::{AppRoutes, Backend, Router, RoutingConfig, VersionRoute};
+    let version = |name: &str, weight: u32| VersionRoute {
+        version: name.into(),
+        weight,
+        backends: vec![Backend {
+            id: format!("{name}-0"),
+            address: upstream,
+        }],
+    };
+    let header = |name: &str, value: ValueMatch| {
+        Match::Header(NamedMatch {
+            name: name.into(),
+            value,
+        })
+    };
+    let router = Router::with_workers(1);
+    let cfg = RoutingConfig {
+        generation: 1,
+        apps: vec![AppRoutes {
+            app: "bench".into(),
+            listen,
+            hold_timeout_ms: 5_000,
+            versions: vec![version("v1", 90), version("v2", 10)],
+            rules: vec![
+                RouteRule {
+                    matches: vec![header("x-canary", ValueMatch::Equals("always".into()))],
+                    version: "v2".into(),
+                },
+                RouteRule {
+                    matches: vec![header("x-user", ValueMatch::Regex("^qa-".into()))],
+                    version: "v2".into(),
+                },
+            ],
+            sticky: Some(StickyConfig {
+                new_version: Some("v2".into()),
+                ..StickyConfig::default()
+            }),
+            mirror: None,
+            shield: None,
+            limits: Default::default(),
+            balance: Default::default(),
+        }],
+    };
+    router.apply(cfg).expect("a valid config");
+    let _ = tokio::signal::ctrl_c().await;
+    router.shutdown(std::time::Duration::from_secs(2)).await;
+}
+
 fn json_answer(n: u64) -> Cow<'static, [u8]> {
     let body = format!(
         r#"{{"items":[{{"id":1,"name":"tea","price":4.5}},{{"id":2,"name":"coffee","price":3.0}},{{"id":3,"name":"cocoa","price":5.25}},{{"id":4,"name":"mate","price":4.0}}],"currency":"EUR","page":{{"number":1,"size":4,"total":4}},"served_at":{n}}}"#
@@ -152,13 +214,16 @@ async fn backend_with(port: u16, answer: fn(u64) -> Cow<'static, [u8]>) {
             let mut buf = vec![0u8; 16 * 1024];
             let mut have = 0;
             let mut out = Vec::with_capacity(4096);
+            // Body bytes of the last request still to come (and be skipped).
+            let mut body_left = 0usize;
             loop {
                 match s.read(&mut buf[have..]).await {
                     Ok(0) | Err(_) => return,
                     Ok(n) => have += n,
                 }
                 let mut close = false;
-                let mut start = 0;
+                let mut start = body_left.min(have);
+                body_left -= start;
                 while let Some(end) = buf[start..have].windows(4).position(|w| w == b"\r\n\r\n") {
                     let head = &buf[start..start + end];
                     if head
@@ -167,8 +232,12 @@ async fn backend_with(port: u16, answer: fn(u64) -> Cow<'static, [u8]>) {
                     {
                         close = true;
                     }
+                    let length = content_length(head);
                     out.extend_from_slice(&answer(COUNT.fetch_add(1, Ordering::Relaxed)));
                     start += end + 4;
+                    let here = length.min(have - start);
+                    start += here;
+                    body_left = length - here;
                 }
                 buf.copy_within(start..have, 0);
                 have -= start;
@@ -187,4 +256,16 @@ async fn backend_with(port: u16, answer: fn(u64) -> Cow<'static, [u8]>) {
             }
         });
     }
+}
+
+/// The `Content-Length` of a request head (0 when absent).
+fn content_length(head: &[u8]) -> usize {
+    head.split(|&c| c == b'\n')
+        .filter_map(|line| {
+            let (name, value) = line.split_at(line.iter().position(|&c| c == b':')?);
+            name.eq_ignore_ascii_case(b"content-length")
+                .then(|| std::str::from_utf8(&value[1..]).ok()?.trim().parse().ok())?
+        })
+        .next()
+        .unwrap_or(0)
 }

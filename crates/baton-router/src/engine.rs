@@ -35,6 +35,7 @@ use tokio::net::TcpStream;
 use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 
+use crate::attempt::{self, Ended, Next};
 use crate::client_socket::ClientSocket;
 use crate::h1;
 use crate::metrics::RequestSample;
@@ -506,10 +507,6 @@ async fn exchange(
         let addr = backend.addr;
         // A failure of this attempt goes to the stable version instead of the user.
         let shield_here = shieldable && !shield_used && app.shield.is_some_and(|s| s != vi);
-        if streamed {
-            // The body went out once and cannot be sent again.
-            break None;
-        }
         up_buf.clear();
         let stream_rest = (!body.whole).then_some(&mut body.framer);
         let r = attempt(
@@ -524,20 +521,91 @@ async fn exchange(
             deadline,
         )
         .await;
-        streamed = !body.whole;
-        match r {
-            Ok((up, rh)) if shield_here && rh.status >= 500 => {
-                version.counters.record_status(rh.status);
+        let ended = match &r {
+            Ok((_, rh)) => Ended::Answered(rh.status),
+            Err(AttemptError::Connect) => Ended::ConnectFailed,
+            Err(AttemptError::Lost { pooled: true }) => Ended::StalePooled,
+            Err(AttemptError::Lost { pooled: false }) => Ended::Lost,
+            Err(AttemptError::Bad) => Ended::BadResponse,
+            Err(AttemptError::Timeout) => Ended::TimedOut,
+            // The client's side failed: nothing to answer, or a refusal.
+            Err(
+                e @ (AttemptError::ClientGone | AttemptError::BadBody | AttemptError::BodyTooLarge),
+            ) => {
+                let refusal = match e {
+                    AttemptError::BadBody => {
+                        Some(h1::Refusal::Bad("bad request: invalid chunked framing\n"))
+                    }
+                    AttemptError::BodyTooLarge => Some(h1::Refusal::BodyTooLarge),
+                    _ => None,
+                };
                 drop(guard);
-                drop(up);
-                tracing::debug!(app = %ctx.app.name, backend = %addr, status = rh.status, "shielded: retrying on the stable version");
-                proxy::record_shielded(&version.counters, start, rh.status, bytes_in, false);
+                return_buf(send);
+                return_buf(up_buf);
+                if let Some(r) = refusal {
+                    refused(ctx, client, r).await;
+                }
+                return Exchange::Close;
+            }
+        };
+        // Nothing was sent when the connect failed: a streamed body is still unread.
+        streamed = !body.whole && ended != Ended::ConnectFailed;
+        let step = attempt::next(
+            ended,
+            attempt::Request {
+                idempotent: head.idempotent,
+                replayable: body.whole,
+            },
+            attempt::Progress {
+                made: attempts,
+                max: max_attempts,
+                streamed,
+                shield_here,
+            },
+        );
+        let r = match (step, r) {
+            (Next::Respond, Ok((up, rh))) => break Some((app.clone(), vi, bi, guard, up, rh)),
+            (_, r) => r,
+        };
+        drop(guard);
+        drop(r);
+        match ended {
+            Ended::Answered(status) => version.counters.record_status(status),
+            // The backend probably closed its other idle connections too (a restart,
+            // an idle timeout after a burst): drop them, so the next attempt connects
+            // afresh.
+            Ended::StalePooled => drop_idle(addr),
+            Ended::TimedOut => {}
+            Ended::ConnectFailed | Ended::Lost | Ended::BadResponse => {
+                backend.state.failures.fetch_add(1, Ordering::Relaxed);
+                tried.push(addr);
+                if ended == Ended::ConnectFailed {
+                    proxy::mark_down(sh, &backend.state);
+                }
+            }
+        }
+        match step {
+            Next::Shield => {
+                let (status, ours) = match ended {
+                    Ended::Answered(status) => (status, false),
+                    _ => (502, true),
+                };
+                tracing::debug!(app = %ctx.app.name, backend = %addr, status, "shielded: retrying on the stable version");
+                proxy::record_shielded(&version.counters, start, status, bytes_in, ours);
                 (shield_used, to_stable) = (true, true);
                 max_attempts = max_attempts.max(attempts + 1);
             }
-            Ok((up, rh)) => break Some((app.clone(), vi, bi, guard, up, rh)),
-            Err(AttemptError::Timeout) => {
-                drop(guard);
+            Next::Retry { counted } => {
+                if counted {
+                    version.counters.retries.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    // A stale keep-alive connection: not an attempt.
+                    attempts -= 1;
+                    spins += 1;
+                }
+                tracing::debug!(app = %ctx.app.name, backend = %addr, ?ended, "upstream attempt failed; trying again");
+            }
+            Next::GatewayTimeout => {
                 tracing::warn!(app = %ctx.app.name, backend = %addr, timeout = ?limits.response_timeout, "backend did not answer in time");
                 version
                     .counters
@@ -557,70 +625,8 @@ async fn exchange(
                 .await
                 .next_at(body.end, leftover.take(), buf);
             }
-            Err(AttemptError::ClientGone) => {
-                drop(guard);
-                return_buf(send);
-                return_buf(up_buf);
-                return Exchange::Close;
-            }
-            Err(AttemptError::BadBody) => {
-                drop(guard);
-                return_buf(send);
-                return_buf(up_buf);
-                refused(
-                    ctx,
-                    client,
-                    h1::Refusal::Bad("bad request: invalid chunked framing\n"),
-                )
-                .await;
-                return Exchange::Close;
-            }
-            Err(AttemptError::BodyTooLarge) => {
-                drop(guard);
-                return_buf(send);
-                return_buf(up_buf);
-                refused(ctx, client, h1::Refusal::BodyTooLarge).await;
-                return Exchange::Close;
-            }
-            Err(e) => {
-                drop(guard);
-                let pooled_loss = matches!(e, AttemptError::Lost { pooled: true });
-                if !pooled_loss {
-                    backend.state.failures.fetch_add(1, Ordering::Relaxed);
-                    tried.push(addr);
-                }
-                if matches!(e, AttemptError::Connect) {
-                    proxy::mark_down(sh, &backend.state);
-                    // Nothing was sent: the body, even streamed, was not consumed.
-                    streamed = false;
-                }
-                if shield_here && !pooled_loss {
-                    proxy::record_shielded(&version.counters, start, 502, bytes_in, true);
-                    (shield_used, to_stable) = (true, true);
-                    max_attempts = max_attempts.max(attempts + 1);
-                    continue;
-                }
-                // Sent to a fresh connection that failed: only an idempotent request
-                // held whole may go again (a stale pooled connection never saw it).
-                let again = matches!(e, AttemptError::Connect)
-                    || pooled_loss
-                    || (head.idempotent && body.whole);
-                if !again {
-                    break None;
-                }
-                if pooled_loss {
-                    // A stale keep-alive connection: does not count as an attempt. The
-                    // backend probably closed its other idle ones too (a restart, an
-                    // idle timeout after a burst): drop them, so the next attempt
-                    // connects afresh.
-                    attempts -= 1;
-                    spins += 1;
-                    drop_idle(addr);
-                } else {
-                    version.counters.retries.fetch_add(1, Ordering::Relaxed);
-                }
-                tracing::debug!(app = %ctx.app.name, backend = %addr, "upstream attempt failed");
-            }
+            // `Respond` with no response cannot happen (only an answer is passed on).
+            Next::BadGateway | Next::Respond => break None,
         }
     };
     let Some((app, vi, bi, guard, mut up, rh)) = result else {

@@ -25,6 +25,7 @@
 //! wire types).
 
 pub mod admin;
+mod attempt;
 mod client_socket;
 pub mod config;
 mod engine;
