@@ -127,7 +127,7 @@ fn benches(c: &mut Criterion) {
     });
 
     let t0 = Instant::now();
-    let mut m = VersionMetrics::new(t0);
+    let m = VersionMetrics::new(t0);
     let sample = RequestSample {
         status: 200,
         latency: Duration::from_micros(850),

@@ -2,29 +2,62 @@
 //! since start and in a ring of one-second buckets so the control plane can read the
 //! last 10 s or 60 s. Pure data structures: no I/O, and time is passed in.
 //!
-//! # Wiring
+//! # Wiring: one writer, lock-free readers
 //!
-//! Recording must not contend across workers, so metrics are sharded by owner: each
-//! worker owns one [`VersionMetrics`] per (app, version) it serves, held as
-//! `Arc<Mutex<VersionMetrics>>` in a registry that the admin side can list. The request
-//! path locks only its own worker's shard, which nobody else touches except the admin
-//! reader once per scrape, so the lock is uncontended (an atomic swap in and out) and
-//! [`VersionMetrics::record`] itself does not allocate once a bucket's histogram exists
-//! (it is allocated on the first request of the first second a bucket is used, then
-//! reused). The reader locks each shard briefly in turn and folds it into a [`Merged`]
-//! with [`Merged::add_window`] or [`Merged::add_totals`], then reads
-//! [`Merged::stats`] or renders `/metrics` with [`render_prometheus`].
+//! Metrics are sharded by owner: each worker owns one [`VersionMetrics`] per (app,
+//! version) it serves and is its only writer. Readers (the admin side: windows and
+//! `/metrics`) never take a lock that a writer takes, so a scrape cannot stall a request:
+//!
+//! - Every number a reader folds is an atomic. The writer updates them with a plain
+//!   load and store (no read-modify-write: writers are serialized, see below), which
+//!   costs what the non-atomic fields of a mutex-guarded struct cost.
+//! - Each second is a `Bucket` (counters and a latency histogram of atomic counts)
+//!   published in its slot of the ring, an `ArcSwapOption`. The writer fills the
+//!   bucket of the current second in place; when a request arrives in a later second,
+//!   it publishes a bucket for that second in the slot `second % WINDOW_BUCKETS`, and
+//!   the bucket it left is *closed*: nobody writes it again (a late sample whose `now`
+//!   is in an already closed second counts in the open one instead), so a reader folds
+//!   immutable data for every second but the current one, whose atomics it reads live.
+//! - Totals since start are atomics beside the ring (counters and a histogram of
+//!   atomic counts), read the same way. Each counter only grows, so `/metrics` stays
+//!   monotonic; a reader racing a writer may see one request in some counters and not
+//!   yet in others.
+//! - A bucket swapped out of the ring (64 s old) is reused for the new second when no
+//!   reader holds it (`Arc::get_mut`), so steady state does not allocate. One that a
+//!   reader still holds is kept aside (at most [`SPARE_BUCKETS`]) and reused once the
+//!   reader lets go; a new bucket is allocated only when all of those are held.
+//!
+//! The writer side of a shard sits behind a `Mutex` that only writers lock: it holds
+//! the open bucket and the spare ones. It is there because `unsafe` is forbidden (a
+//! single-writer cell needs it) and because threads outside the workers all use shard 0;
+//! in a worker it is never contended. Readers never touch it.
+//!
+//! The reader folds shards into a [`Merged`] with [`Merged::add_window`] or
+//! [`Merged::add_totals`], then reads [`Merged::stats`] or renders `/metrics` with
+//! [`render_prometheus`].
 //!
 //! Windows are whole seconds: a window of `n` seconds covers the current (partial)
 //! second and the `n - 1` before it, up to [`WINDOW_BUCKETS`] seconds.
 //!
-//! Memory: a histogram (1 µs .. 60 s, 3 significant digits, `u32` counts) takes about
-//! 70 KB, so a busy shard holds up to [`WINDOW_BUCKETS`] + 1 of them (~4.5 MB); an idle
-//! version holds none.
+//! # Memory
+//!
+//! Latencies are recorded from 1 µs to 60 s at 3 significant digits: [`HIST_SLOTS`]
+//! (17,192) counts, the layout of an `hdrhistogram` with those bounds. A second's bucket
+//! counts in `u32`: [`BUCKET_BYTES`] (about 68.9 KB). Totals count in `u64`:
+//! [`TOTALS_BYTES`] (about 137.5 KB). Per shard (one worker's view of one version), at
+//! most [`WINDOW_BUCKETS`] (64) buckets in the ring plus [`SPARE_BUCKETS`] (2) kept aside
+//! plus the totals: [`MAX_SHARD_BYTES`], about 4.7 MB; beyond that, only a bucket a
+//! reader holds while it folds (freed when it lets go). A version served by `w` workers
+//! takes at most `w` times that (16 workers: about 75 MB). Buckets are allocated on a
+//! shard's first request of a second while the ring is not full, so an idle shard holds
+//! nothing and a lightly used one only the seconds it saw (up to 64).
 
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
@@ -34,8 +67,51 @@ pub const WINDOW_BUCKETS: usize = 64;
 pub const MAX_LATENCY_US: u64 = 60_000_000;
 /// Significant decimal digits kept by the latency histograms.
 const SIGNIFICANT_DIGITS: u8 = 3;
-/// Marks a ring bucket that holds no second yet.
-const EMPTY: u64 = u64::MAX;
+/// Buckets swapped out of the ring while a reader held them, kept to be reused.
+pub const SPARE_BUCKETS: usize = 2;
+
+// The layout of an `hdrhistogram` from 1 to MAX_LATENCY_US at SIGNIFICANT_DIGITS, so
+// that a slot here is the slot of the same index there (checked by a test): log-linear,
+// `SUB_BUCKETS` linear slots per power of two above the first.
+/// Linear slots that give the precision: the power of two at or above 2 × 10^digits.
+const SUB_BUCKET_MAGNITUDE: u32 = (2 * 10u64.pow(SIGNIFICANT_DIGITS as u32))
+    .next_power_of_two()
+    .trailing_zeros();
+const SUB_BUCKET_HALF: usize = 1 << (SUB_BUCKET_MAGNITUDE - 1);
+const SUB_BUCKET_MASK: u64 = (1 << SUB_BUCKET_MAGNITUDE) - 1;
+const LEADING_ZERO_BASE: u32 = 64 - SUB_BUCKET_MAGNITUDE;
+
+/// Slot of a latency in µs (at most [`MAX_LATENCY_US`]).
+#[inline]
+const fn slot_of(us: u64) -> usize {
+    let bucket = LEADING_ZERO_BASE - (us | SUB_BUCKET_MASK).leading_zeros();
+    let sub = (us >> bucket) as usize;
+    ((bucket as usize + 1) << (SUB_BUCKET_MAGNITUDE - 1)) + sub - SUB_BUCKET_HALF
+}
+
+/// Lowest latency (µs) that falls in `slot`.
+const fn value_of(slot: usize) -> u64 {
+    let bucket = (slot >> (SUB_BUCKET_MAGNITUDE - 1)) as u32;
+    let sub = (slot & (SUB_BUCKET_HALF - 1)) + SUB_BUCKET_HALF;
+    if bucket == 0 {
+        (sub - SUB_BUCKET_HALF) as u64
+    } else {
+        (sub as u64) << (bucket - 1)
+    }
+}
+
+/// Counts in one latency histogram: enough for [`MAX_LATENCY_US`].
+pub const HIST_SLOTS: usize = slot_of(MAX_LATENCY_US) + 1;
+/// Bytes of one second's bucket (its histogram counts in `u32`, plus counters).
+pub const BUCKET_BYTES: usize = HIST_SLOTS * size_of::<AtomicU32>() + size_of::<Bucket>();
+/// Bytes of one shard's totals histogram (counts in `u64`).
+pub const TOTALS_BYTES: usize = HIST_SLOTS * size_of::<AtomicU64>();
+/// Most bytes one shard holds, not counting a bucket a reader holds while it folds:
+/// a full ring, the spare buckets, the totals histogram and the shard itself.
+pub const MAX_SHARD_BYTES: usize = (WINDOW_BUCKETS + SPARE_BUCKETS) * BUCKET_BYTES
+    + TOTALS_BYTES
+    + size_of::<VersionMetrics>()
+    + WINDOW_BUCKETS * size_of::<ArcSwapOption<Bucket>>();
 
 /// Upper bounds of the Prometheus latency buckets: (microseconds, label in seconds).
 const LE_BUCKETS: [(u64, &str); 13] = [
@@ -95,22 +171,96 @@ impl Counters {
         self.mirror_mismatches += o.mirror_mismatches;
         self.latency_sum_us += o.latency_sum_us;
     }
+}
 
-    fn record(&mut self, r: &RequestSample, us: u64) {
-        self.requests += 1;
-        self.status[status_class(r.status)] += 1;
-        self.router_errors += u64::from(r.router_error);
-        self.bytes_in += r.bytes_in;
-        self.bytes_out += r.bytes_out;
-        self.latency_sum_us += us;
+/// Adds to a counter that only the (serialized) writers change: a load and a store,
+/// not a read-modify-write, so it costs what a plain field would.
+trait Bump {
+    type Value;
+    fn bump(&self, n: Self::Value);
+}
+
+impl Bump for AtomicU64 {
+    type Value = u64;
+    #[inline]
+    fn bump(&self, n: u64) {
+        self.store(
+            self.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
+    }
+}
+
+impl Bump for AtomicU32 {
+    type Value = u32;
+    #[inline]
+    fn bump(&self, n: u32) {
+        self.store(
+            self.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// Raises `top` (one past the highest slot recorded) to include `slot`.
+#[inline]
+fn raise(top: &AtomicUsize, slot: usize) {
+    if top.load(Ordering::Relaxed) <= slot {
+        top.store(slot + 1, Ordering::Relaxed);
+    }
+}
+
+/// [`Counters`] that one writer changes and any reader reads.
+#[derive(Default)]
+struct AtomicCounters {
+    requests: AtomicU64,
+    status: [AtomicU64; 5],
+    router_errors: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    mirror_matches: AtomicU64,
+    mirror_mismatches: AtomicU64,
+    latency_sum_us: AtomicU64,
+}
+
+impl AtomicCounters {
+    #[inline]
+    fn record(&self, r: &RequestSample, us: u64) {
+        self.requests.bump(1);
+        self.status[status_class(r.status)].bump(1);
+        if r.router_error {
+            self.router_errors.bump(1);
+        }
+        self.bytes_in.bump(r.bytes_in);
+        self.bytes_out.bump(r.bytes_out);
+        self.latency_sum_us.bump(us);
     }
 
-    fn record_mirror(&mut self, matched: bool) {
+    fn record_mirror(&self, matched: bool) {
         if matched {
-            self.mirror_matches += 1;
+            self.mirror_matches.bump(1);
         } else {
-            self.mirror_mismatches += 1;
+            self.mirror_mismatches.bump(1);
         }
+    }
+
+    fn load(&self) -> Counters {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Counters {
+            requests: get(&self.requests),
+            status: std::array::from_fn(|i| get(&self.status[i])),
+            router_errors: get(&self.router_errors),
+            bytes_in: get(&self.bytes_in),
+            bytes_out: get(&self.bytes_out),
+            mirror_matches: get(&self.mirror_matches),
+            mirror_mismatches: get(&self.mirror_mismatches),
+            latency_sum_us: get(&self.latency_sum_us),
+        }
+    }
+
+    /// Zeroes every counter; needs the only reference.
+    fn clear(&mut self) {
+        *self = AtomicCounters::default();
     }
 }
 
@@ -134,28 +284,77 @@ pub struct RequestSample {
     pub router_error: bool,
 }
 
+/// One second of one shard. Published in the ring; written (in place, by the shard's
+/// writer) only while it is the open second, immutable once a later one opens.
 struct Bucket {
-    /// Second since the shard's epoch that this bucket holds, or [`EMPTY`].
+    /// Second since the shard's epoch that this bucket holds. Set only while the
+    /// writer has the only reference, so plain.
     second: u64,
-    counters: Counters,
-    hist: Option<Histogram<u32>>,
+    counters: AtomicCounters,
+    /// Latency counts by slot ([`slot_of`]); `u32` halves the memory, and one second of
+    /// one worker cannot reach 2^32 requests.
+    hist: Box<[AtomicU32]>,
+    /// One past the highest slot counted, so readers and resets skip the empty tail.
+    top: AtomicUsize,
+}
+
+impl Bucket {
+    fn new(second: u64) -> Bucket {
+        Bucket {
+            second,
+            counters: AtomicCounters::default(),
+            hist: (0..HIST_SLOTS).map(|_| AtomicU32::new(0)).collect(),
+            top: AtomicUsize::new(0),
+        }
+    }
+
+    /// Makes this bucket an empty one for `second`; needs the only reference, so no
+    /// reader can see it half cleared.
+    fn reset(&mut self, second: u64) {
+        let top = *self.top.get_mut();
+        for c in &mut self.hist[..top] {
+            *c.get_mut() = 0;
+        }
+        *self.top.get_mut() = 0;
+        self.counters.clear();
+        self.second = second;
+    }
+}
+
+/// What only the writers of a shard touch.
+#[derive(Default)]
+struct Writer {
+    /// The bucket of the open second (also in the ring).
+    open: Option<Arc<Bucket>>,
+    /// Buckets taken out of the ring while a reader held them, to reuse once free.
+    spare: Vec<Arc<Bucket>>,
+    /// Buckets allocated so far (the rest were reused).
+    allocated: u64,
 }
 
 /// The metrics of one (app, version) as recorded by one worker. See the module docs
-/// for how shards are owned and read.
+/// for how shards are written and read.
 pub struct VersionMetrics {
     epoch: Instant,
-    ring: Vec<Bucket>,
-    total: Counters,
-    total_hist: Option<Histogram<u64>>,
-    active_connections: i64,
+    /// Taken only by writers (see the module docs); readers use the fields below.
+    writer: Mutex<Writer>,
+    /// Slot `s % WINDOW_BUCKETS` holds the bucket of second `s` (or an older one).
+    ring: Box<[ArcSwapOption<Bucket>]>,
+    total: AtomicCounters,
+    /// Latency counts since start, by slot; allocated at the first request.
+    total_hist: OnceLock<Box<[AtomicU64]>>,
+    total_top: AtomicUsize,
+    active_connections: AtomicI64,
 }
 
 impl std::fmt::Debug for VersionMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VersionMetrics")
-            .field("total", &self.total)
-            .field("active_connections", &self.active_connections)
+            .field("total", &self.total.load())
+            .field(
+                "active_connections",
+                &self.active_connections.load(Ordering::Relaxed),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -166,16 +365,14 @@ impl VersionMetrics {
     pub fn new(epoch: Instant) -> Self {
         VersionMetrics {
             epoch,
+            writer: Mutex::default(),
             ring: (0..WINDOW_BUCKETS)
-                .map(|_| Bucket {
-                    second: EMPTY,
-                    counters: Counters::default(),
-                    hist: None,
-                })
+                .map(|_| ArcSwapOption::empty())
                 .collect(),
-            total: Counters::default(),
-            total_hist: None,
-            active_connections: 0,
+            total: AtomicCounters::default(),
+            total_hist: OnceLock::new(),
+            total_top: AtomicUsize::new(0),
+            active_connections: AtomicI64::new(0),
         }
     }
 
@@ -183,58 +380,94 @@ impl VersionMetrics {
         now.saturating_duration_since(self.epoch).as_secs()
     }
 
-    /// The bucket of `now`'s second, cleared first if it still holds an older second.
-    fn bucket(&mut self, now: Instant) -> &mut Bucket {
-        let s = self.second(now);
-        // `% WINDOW_BUCKETS` keeps the index in range.
-        let b = &mut self.ring[(s % WINDOW_BUCKETS as u64) as usize];
-        if b.second != s {
-            b.second = s;
-            b.counters = Counters::default();
-            if let Some(h) = &mut b.hist {
-                h.reset();
-            }
-        }
-        b
+    fn writer(&self) -> MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Records one finished request at `now`. Does not allocate except the first time
-    /// a ring bucket is used.
-    pub fn record(&mut self, now: Instant, r: &RequestSample) {
+    /// The open bucket for a sample at second `s`: opens (and publishes) one for `s`
+    /// if `s` is later than the open second. A sample in an earlier second than the
+    /// open one counts in the open one, so closed buckets stay immutable.
+    #[inline]
+    fn open<'w>(&self, w: &'w mut Writer, s: u64) -> &'w Bucket {
+        if w.open.as_ref().is_none_or(|b| b.second < s) {
+            self.roll(w, s);
+        }
+        w.open.as_deref().expect("roll opens a bucket")
+    }
+
+    /// Publishes an empty bucket for second `s` in its ring slot, closing the open one.
+    #[cold]
+    fn roll(&self, w: &mut Writer, s: u64) {
+        w.open = None;
+        let slot = &self.ring[(s % WINDOW_BUCKETS as u64) as usize];
+        if let Some(old) = slot.swap(None) {
+            w.spare.push(old);
+        }
+        // A bucket nobody else holds (the one just swapped out, unless a reader is
+        // folding it) is reused; readers only find buckets through the ring, so one
+        // out of it that is free now stays free.
+        let free = w.spare.iter_mut().position(|b| Arc::get_mut(b).is_some());
+        let mut b = match free {
+            Some(i) => w.spare.swap_remove(i),
+            None => {
+                w.allocated += 1;
+                Arc::new(Bucket::new(s))
+            }
+        };
+        Arc::get_mut(&mut b)
+            .expect("a bucket out of the ring and free stays free")
+            .reset(s);
+        // Those beyond the bound are freed by the reader that holds them.
+        w.spare.truncate(SPARE_BUCKETS);
+        slot.store(Some(b.clone()));
+        w.open = Some(b);
+    }
+
+    /// Records one finished request at `now`. Takes only the writer lock (never taken
+    /// by a reader); allocates only in a second that opens a bucket while the ring is
+    /// not yet full or every spare bucket is held by a reader, and at the first
+    /// request (the totals histogram).
+    pub fn record(&self, now: Instant, r: &RequestSample) {
         let us = u64::try_from(r.latency.as_micros())
             .unwrap_or(u64::MAX)
             .min(MAX_LATENCY_US);
-        let b = self.bucket(now);
+        let i = slot_of(us);
+        let s = self.second(now);
+        let mut w = self.writer();
+        let b = self.open(&mut w, s);
         b.counters.record(r, us);
-        b.hist
-            .get_or_insert_with(new_histogram)
-            .saturating_record(us);
+        b.hist[i].bump(1);
+        raise(&b.top, i);
         self.total.record(r, us);
-        self.total_hist
-            .get_or_insert_with(new_histogram)
-            .saturating_record(us);
+        let hist = self
+            .total_hist
+            .get_or_init(|| (0..HIST_SLOTS).map(|_| AtomicU64::new(0)).collect());
+        hist[i].bump(1);
+        raise(&self.total_top, i);
     }
 
     /// Records the outcome of one mirror comparison at `now`.
-    pub fn record_mirror(&mut self, now: Instant, matched: bool) {
-        self.bucket(now).counters.record_mirror(matched);
+    pub fn record_mirror(&self, now: Instant, matched: bool) {
+        let s = self.second(now);
+        let mut w = self.writer();
+        self.open(&mut w, s).counters.record_mirror(matched);
         self.total.record_mirror(matched);
     }
 
     /// Counts a connection opened; pair with [`VersionMetrics::connection_closed`] on
     /// the same shard.
-    pub fn connection_opened(&mut self) {
-        self.active_connections += 1;
+    pub fn connection_opened(&self) {
+        self.active_connections.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a connection closed.
-    pub fn connection_closed(&mut self) {
-        self.active_connections -= 1;
+    pub fn connection_closed(&self) {
+        self.active_connections.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Counters since this shard was created.
     pub fn totals(&self) -> Counters {
-        self.total
+        self.total.load()
     }
 
     /// Stats of this shard alone over the last `last` (see [`Merged`] for several
@@ -244,8 +477,36 @@ impl VersionMetrics {
         m.add_window(self, last, now);
         m.stats()
     }
+
+    /// Bytes this shard holds now (buckets in the ring and aside, totals). Takes the
+    /// writer lock: for tests.
+    #[cfg(test)]
+    fn heap_bytes(&self) -> usize {
+        let ring = self.ring.iter().filter(|s| s.load().is_some()).count();
+        let spare = self.writer().spare.len();
+        (ring + spare) * BUCKET_BYTES
+            + self
+                .total_hist
+                .get()
+                .map_or(0, |h| h.len() * size_of::<AtomicU64>())
+            + size_of::<VersionMetrics>()
+            + self.ring.len() * size_of::<ArcSwapOption<Bucket>>()
+    }
 }
 
+/// Adds the counts of `slots[..top]` to `hist`.
+fn fold_slots<A, F>(hist: &mut Histogram<u64>, slots: &[A], top: usize, get: F)
+where
+    F: Fn(&A) -> u64,
+{
+    for (i, c) in slots[..top.min(slots.len())].iter().enumerate() {
+        let n = get(c);
+        if n > 0 {
+            // Same layout on both sides: the value lands in slot `i`, and cannot fail.
+            let _ = hist.record_n(value_of(i), n);
+        }
+    }
+}
 /// Whole seconds a window of `last` covers, 1..=[`WINDOW_BUCKETS`].
 fn window_seconds(last: Duration) -> u64 {
     let s = last.as_secs() + u64::from(last.subsec_nanos() > 0);
@@ -288,36 +549,35 @@ impl Merged {
     }
 
     /// Adds the last `last` of `m` (rounded up to whole seconds, at most
-    /// [`WINDOW_BUCKETS`]) as seen at `now`, and its active connections.
+    /// [`WINDOW_BUCKETS`]) as seen at `now`, and its active connections. Takes no lock:
+    /// folds the closed seconds' immutable buckets and reads the open one's atomics.
     pub fn add_window(&mut self, m: &VersionMetrics, last: Duration, now: Instant) {
         let n = window_seconds(last);
         let now_s = m.second(now);
-        for b in &m.ring {
-            if b.second != EMPTY && b.second <= now_s && now_s - b.second < n {
-                self.counters.add(&b.counters);
-                if let Some(h) = &b.hist {
-                    // Bucket histograms count in u32 to halve their memory; `add` wants
-                    // the same counter type, so copy the recorded slots. Same bounds on
-                    // both sides: recording cannot fail.
-                    for v in h.iter_recorded() {
-                        let _ = self
-                            .hist
-                            .record_n(v.value_iterated_to(), u64::from(v.count_at_value()));
-                    }
-                }
+        for slot in m.ring.iter() {
+            let b = slot.load();
+            let Some(b) = b.as_deref() else { continue };
+            if b.second <= now_s && now_s - b.second < n {
+                self.counters.add(&b.counters.load());
+                let top = b.top.load(Ordering::Relaxed);
+                fold_slots(&mut self.hist, &b.hist, top, |c| {
+                    u64::from(c.load(Ordering::Relaxed))
+                });
             }
         }
-        self.active_connections += m.active_connections;
+        self.active_connections += m.active_connections.load(Ordering::Relaxed);
         self.window_s = n;
     }
 
     /// Adds everything `m` recorded since it was created, and its active connections.
+    /// Takes no lock.
     pub fn add_totals(&mut self, m: &VersionMetrics) {
-        self.counters.add(&m.total);
-        if let Some(h) = &m.total_hist {
-            let _ = self.hist.add(h);
+        self.counters.add(&m.total.load());
+        if let Some(h) = m.total_hist.get() {
+            let top = m.total_top.load(Ordering::Relaxed);
+            fold_slots(&mut self.hist, h, top, |c| c.load(Ordering::Relaxed));
         }
-        self.active_connections += m.active_connections;
+        self.active_connections += m.active_connections.load(Ordering::Relaxed);
     }
 
     /// The merged counters.
@@ -605,7 +865,7 @@ mod tests {
     #[test]
     fn window_counts_match_records() {
         let t0 = Instant::now();
-        let mut m = VersionMetrics::new(t0);
+        let m = VersionMetrics::new(t0);
         for i in 0..100u64 {
             let status = if i % 10 == 0 { 502 } else { 200 };
             m.record(t0 + Duration::from_millis(i * 50), &req(status, 5));
@@ -634,7 +894,7 @@ mod tests {
     #[test]
     fn old_buckets_age_out() {
         let t0 = Instant::now();
-        let mut m = VersionMetrics::new(t0);
+        let m = VersionMetrics::new(t0);
         m.record(t0, &req(200, 1));
         m.record(t0 + secs(30), &req(500, 1));
         assert_eq!(m.window(secs(60), t0 + secs(30)).requests, 2);
@@ -663,7 +923,7 @@ mod tests {
     #[test]
     fn percentiles_of_known_distribution() {
         let t0 = Instant::now();
-        let mut m = VersionMetrics::new(t0);
+        let m = VersionMetrics::new(t0);
         // 1..=1000 ms, one each.
         for ms in 1..=1000 {
             m.record(t0, &req(200, ms));
@@ -685,8 +945,8 @@ mod tests {
     #[test]
     fn shards_merge() {
         let t0 = Instant::now();
-        let mut a = VersionMetrics::new(t0);
-        let mut b = VersionMetrics::new(t0);
+        let a = VersionMetrics::new(t0);
+        let b = VersionMetrics::new(t0);
         for _ in 0..10 {
             a.record(t0 + secs(1), &req(200, 1));
             b.record(t0 + secs(1), &req(404, 100));
@@ -762,8 +1022,8 @@ mod tests {
     #[test]
     fn prometheus_text() {
         let t0 = Instant::now();
-        let mut v1 = VersionMetrics::new(t0);
-        let mut v2 = VersionMetrics::new(t0);
+        let v1 = VersionMetrics::new(t0);
+        let v2 = VersionMetrics::new(t0);
         v1.record(t0, &req(200, 2)); // 2 ms: le 0.0025
         v1.record(t0, &req(200, 2));
         v1.record(t0, &req(502, 20_000)); // above 10 s: +Inf only
@@ -855,5 +1115,176 @@ mod tests {
             1
         );
         assert!(out.ends_with('\n'));
+    }
+
+    #[test]
+    fn slots_are_hdrhistogram_slots() {
+        let h = new_histogram::<u64>();
+        assert_eq!(HIST_SLOTS, 17_192);
+        for i in 0..HIST_SLOTS {
+            let v = value_of(i);
+            assert_eq!(slot_of(v), i, "slot {i}");
+            assert_eq!(h.lowest_equivalent(v), v, "slot {i}");
+        }
+        // Every value maps to the slot whose low end is its lowest equivalent.
+        let mut v = 0u64;
+        while v <= MAX_LATENCY_US {
+            assert_eq!(value_of(slot_of(v)), h.lowest_equivalent(v), "{v}");
+            v += 1 + v / 997;
+        }
+        assert_eq!(
+            value_of(slot_of(MAX_LATENCY_US)),
+            h.lowest_equivalent(MAX_LATENCY_US)
+        );
+    }
+
+    /// The bound stated in the module docs, and that a shard stays within it however
+    /// long it records and however readers hold buckets.
+    #[test]
+    fn memory_is_bounded() {
+        assert_eq!(BUCKET_BYTES / 1000, 68); // ~68.9 KB
+        assert_eq!(TOTALS_BYTES / 100, 1375); // ~137.5 KB
+        const { assert!(MAX_SHARD_BYTES < 4_700_000) }; // ~4.69 MB
+        let t0 = Instant::now();
+        let m = VersionMetrics::new(t0);
+        assert_eq!(
+            m.heap_bytes(),
+            size_of::<VersionMetrics>() + WINDOW_BUCKETS * 8
+        );
+        let mut held = Vec::new();
+        for s in 0..1000u64 {
+            m.record(t0 + secs(s), &req(200, s % 50));
+            // A reader that holds every tenth second's bucket for a long while.
+            if s % 10 == 0 {
+                held.push(m.ring[(s % WINDOW_BUCKETS as u64) as usize].load_full());
+            }
+            if held.len() > 20 {
+                held.remove(0);
+            }
+            assert!(m.heap_bytes() <= MAX_SHARD_BYTES, "second {s}");
+        }
+        assert_eq!(m.totals().requests, 1000);
+        assert_eq!(m.window(secs(64), t0 + secs(999)).requests, 64);
+    }
+
+    /// Once the ring is full a writer reuses the buckets it swaps out; one a reader
+    /// holds is set aside, replaced by one new bucket, and reused once let go.
+    #[test]
+    fn steady_state_reuses_buckets() {
+        let t0 = Instant::now();
+        let m = VersionMetrics::new(t0);
+        let allocated = || m.writer().allocated;
+        for s in 0..WINDOW_BUCKETS as u64 {
+            m.record(t0 + secs(s), &req(200, 1));
+        }
+        assert_eq!(allocated(), WINDOW_BUCKETS as u64);
+        for s in 64..300 {
+            m.record(t0 + secs(s), &req(200, 1));
+            m.record_mirror(t0 + secs(s), true);
+        }
+        assert_eq!(allocated(), WINDOW_BUCKETS as u64);
+        // Second 300 reuses the slot of 236: a reader holds that bucket.
+        let held = m.ring[(300 % WINDOW_BUCKETS as u64) as usize].load_full();
+        m.record(t0 + secs(300), &req(200, 1));
+        assert_eq!(allocated(), WINDOW_BUCKETS as u64 + 1);
+        assert_eq!(held.as_ref().map(|b| b.second), Some(236));
+        assert_eq!(held.as_ref().map(|b| b.counters.load().requests), Some(1));
+        drop(held);
+        // The set-aside bucket serves the next second; no more allocations.
+        for s in 301..600 {
+            m.record(t0 + secs(s), &req(200, 1));
+        }
+        assert_eq!(allocated(), WINDOW_BUCKETS as u64 + 1);
+        assert_eq!(m.totals().requests, 600);
+        assert_eq!(m.totals().mirror_matches, 236);
+    }
+
+    /// A reader that holds snapshots of every bucket (as a slow scrape would) never
+    /// makes the writer wait: this test runs both on one thread, so any wait would
+    /// hang it. Closed buckets do not change under the reader.
+    #[test]
+    fn reader_holding_snapshots_does_not_block_writer() {
+        let t0 = Instant::now();
+        let m = VersionMetrics::new(t0);
+        for s in 0..WINDOW_BUCKETS as u64 {
+            m.record(t0 + secs(s), &req(200, 1));
+        }
+        let held: Vec<_> = m.ring.iter().map(|s| s.load()).collect();
+        let before: Vec<_> = held
+            .iter()
+            .map(|b| b.as_ref().map(|b| (b.second, b.counters.load())))
+            .collect();
+        let mut merged = Merged::new();
+        merged.add_window(&m, secs(64), t0 + secs(63));
+        for i in 0..100_000u64 {
+            m.record(
+                t0 + secs(64) + Duration::from_micros(i * 1000),
+                &req(500, 2),
+            );
+            if i % 1000 == 0 {
+                merged.add_totals(&m);
+            }
+        }
+        let after: Vec<_> = held
+            .iter()
+            .map(|b| b.as_ref().map(|b| (b.second, b.counters.load())))
+            .collect();
+        assert_eq!(before, after);
+        assert_eq!(m.totals().requests, 100_064);
+        assert_eq!(m.window(secs(1), t0 + secs(163)).requests, 1000);
+        assert_eq!(m.window(secs(1), t0 + secs(163)).status, [0, 0, 0, 0, 1000]);
+    }
+
+    /// A reader folding windows and totals in a tight loop on another thread while a
+    /// writer records: the writer finishes (it never waits for the reader), the
+    /// reader's totals only grow, and nothing is lost.
+    #[test]
+    fn concurrent_reader_and_writer() {
+        use std::sync::atomic::AtomicBool;
+        const N: u64 = 200_000;
+        let t0 = Instant::now();
+        let m = VersionMetrics::new(t0);
+        let done = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let reader = scope.spawn(|| {
+                let (mut last, mut folds) = (0, 0u64);
+                while !done.load(Ordering::Acquire) {
+                    let w = m.window(secs(64), t0 + secs(N / 2000));
+                    assert!(w.requests <= N);
+                    let mut t = Merged::new();
+                    t.add_totals(&m);
+                    let n = t.counters().requests;
+                    assert!(n >= last, "totals went back: {n} < {last}");
+                    last = n;
+                    folds += 1;
+                }
+                folds
+            });
+            for i in 0..N {
+                // 2000 requests a second: 100 seconds, so the ring wraps.
+                m.record(t0 + Duration::from_micros(i * 500), &req(200, i % 100));
+            }
+            done.store(true, Ordering::Release);
+            assert!(reader.join().unwrap() > 0);
+        });
+        assert_eq!(m.totals().requests, N);
+        let w = m.window(secs(64), t0 + secs(N / 2000 - 1));
+        assert_eq!(w.requests, 64 * 2000);
+        let mut t = Merged::new();
+        t.add_totals(&m);
+        assert_eq!(t.histogram().len(), N);
+    }
+
+    /// A sample whose `now` falls in a second already closed counts in the open one.
+    #[test]
+    fn late_samples_count_in_the_open_second() {
+        let t0 = Instant::now();
+        let m = VersionMetrics::new(t0);
+        m.record(t0 + secs(5), &req(200, 1));
+        m.record(t0 + secs(6), &req(200, 1));
+        m.record(t0 + secs(5), &req(404, 1));
+        let w = m.window(secs(1), t0 + secs(6));
+        assert_eq!((w.requests, w.status[3]), (2, 1));
+        assert_eq!(m.window(secs(2), t0 + secs(6)).requests, 3);
     }
 }

@@ -57,13 +57,7 @@ impl MirrorState {
 
 /// One worker's metrics of one (app, version), on its own cache lines.
 #[repr(align(128))]
-pub(crate) struct Shard(Mutex<VersionMetrics>);
-
-impl Shard {
-    fn lock(&self) -> MutexGuard<'_, VersionMetrics> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
+pub(crate) struct Shard(VersionMetrics);
 
 /// Counters of one (app, version).
 pub(crate) struct VersionCounters {
@@ -74,8 +68,8 @@ pub(crate) struct VersionCounters {
     pub in_flight: AtomicU64,
     /// Failures of this version that shielding retried on the stable version.
     pub shielded: AtomicU64,
-    /// Windowed metrics, one shard per worker: each worker only locks its own, so the
-    /// lock is uncontended except for the admin reader's brief visits.
+    /// Windowed metrics, one shard per worker: each worker writes only its own, and
+    /// the admin reader folds them without taking any lock a worker takes.
     metrics: Box<[Shard]>,
 }
 
@@ -89,7 +83,7 @@ impl VersionCounters {
             in_flight: AtomicU64::new(0),
             shielded: AtomicU64::new(0),
             metrics: (0..shards.max(1))
-                .map(|_| Shard(Mutex::new(VersionMetrics::new(epoch))))
+                .map(|_| Shard(VersionMetrics::new(epoch)))
                 .collect(),
         }
     }
@@ -107,18 +101,18 @@ impl VersionCounters {
 
     /// Records one finished request in this worker's metrics shard.
     pub fn record(&self, now: Instant, sample: &RequestSample) {
-        self.shard().lock().record(now, sample);
+        self.shard().0.record(now, sample);
     }
 
     /// Records one mirror comparison in this worker's metrics shard.
     pub fn record_mirror(&self, now: Instant, matched: bool) {
-        self.shard().lock().record_mirror(now, matched);
+        self.shard().0.record_mirror(now, matched);
     }
 
     fn window(&self, last: Duration, now: Instant) -> WindowStats {
         let mut m = Merged::new();
         for s in self.metrics.iter() {
-            m.add_window(&s.lock(), last, now);
+            m.add_window(&s.0, last, now);
         }
         m.set_active_connections(self.in_flight.load(Ordering::Relaxed) as i64);
         m.stats()
@@ -127,7 +121,7 @@ impl VersionCounters {
     fn totals(&self) -> Merged {
         let mut m = Merged::new();
         for s in self.metrics.iter() {
-            m.add_totals(&s.lock());
+            m.add_totals(&s.0);
         }
         m.set_active_connections(self.in_flight.load(Ordering::Relaxed) as i64);
         m
