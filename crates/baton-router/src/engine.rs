@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use crate::attempt::{self, Ended, Next};
 use crate::client_socket::ClientSocket;
 use crate::h1;
-use crate::metrics::RequestSample;
+use crate::outcome::{self, Outcome};
 use crate::proxy::{self, ConnCtx};
 use crate::table::AppTable;
 
@@ -442,12 +442,17 @@ async fn exchange(
         Err(BodyError::Gone) => return Exchange::Close,
     };
     let bytes_in = body.bytes;
+    let outcome_of = outcome::Request {
+        app: &ctx.app.name,
+        start,
+        bytes_in,
+    };
     // Held (not routable) requests wait here for a table that can take them.
     let Some(parsed) = proxy::routable_app(sh, &ctx.app)
         .await
         .map(|live| parsed.unwrap_or(live))
     else {
-        return no_backend(ctx, client, None, start, bytes_in, head.close)
+        return no_backend(ctx, client, &outcome_of, head.close)
             .await
             .next_at(body.end, None, buf);
     };
@@ -570,7 +575,7 @@ async fn exchange(
         drop(guard);
         drop(r);
         match ended {
-            Ended::Answered(status) => version.counters.record_status(status),
+            Ended::Answered(_) => {}
             // The backend probably closed its other idle connections too (a restart,
             // an idle timeout after a burst): drop them, so the next attempt connects
             // afresh.
@@ -591,7 +596,11 @@ async fn exchange(
                     _ => (502, true),
                 };
                 tracing::debug!(app = %ctx.app.name, backend = %addr, status, "shielded: retrying on the stable version");
-                proxy::record_shielded(&version.counters, start, status, bytes_in, ours);
+                Outcome::Shielded { status, ours }.record(
+                    &outcome_of,
+                    Some(&version.counters),
+                    None,
+                );
                 (shield_used, to_stable) = (true, true);
                 max_attempts = max_attempts.max(attempts + 1);
             }
@@ -606,13 +615,8 @@ async fn exchange(
                 tracing::debug!(app = %ctx.app.name, backend = %addr, ?ended, "upstream attempt failed; trying again");
             }
             Next::GatewayTimeout => {
-                tracing::warn!(app = %ctx.app.name, backend = %addr, timeout = ?limits.response_timeout, "backend did not answer in time");
-                version
-                    .counters
-                    .router_errors
-                    .fetch_add(1, Ordering::Relaxed);
-                version.counters.record_status(504);
-                proxy::record_local(&version.counters, start, 504, bytes_in);
+                tracing::debug!(app = %ctx.app.name, backend = %addr, timeout = ?limits.response_timeout, "no response head in time");
+                Outcome::TimedOut.record(&outcome_of, Some(&version.counters), None);
                 return_buf(send);
                 return_buf(up_buf);
                 let close = head.close || streamed;
@@ -634,10 +638,7 @@ async fn exchange(
         return_buf(up_buf);
         let close = head.close || streamed;
         if let Some(v) = &last_version {
-            tracing::warn!(app = %ctx.app.name, attempts, "every upstream attempt failed");
-            v.router_errors.fetch_add(1, Ordering::Relaxed);
-            v.record_status(502);
-            proxy::record_local(v, start, 502, bytes_in);
+            Outcome::BadGateway.record(&outcome_of, Some(v), None);
             return local(
                 client,
                 "502 Bad Gateway",
@@ -647,14 +648,21 @@ async fn exchange(
             .await
             .next_at(body.end, leftover.take(), buf);
         }
-        return no_backend(ctx, client, None, start, bytes_in, close)
-            .await
-            .next_at(body.end, leftover.take(), buf);
+        return no_backend(ctx, client, &outcome_of, close).await.next_at(
+            body.end,
+            leftover.take(),
+            buf,
+        );
     };
     let version = &app.versions[vi];
     let backend = &version.backends[bi];
-    version.counters.record_status(rh.status);
     if rh.status == 101 {
+        Outcome::Answered {
+            status: 101,
+            bytes_out: 0,
+            latency: start.elapsed(),
+        }
+        .record(&outcome_of, Some(&version.counters), None);
         // Switching protocols: both connections are spliced until either ends or the
         // backend is drained (the in-flight guard is held until then).
         send.extend_from_slice(b"\r\n");
@@ -730,6 +738,18 @@ async fn exchange(
     let mut bytes_out = take as u64;
     let mut reusable = !rh.upstream_close && !head.http10 && take == already.len();
     let mut complete = resp_body.done();
+    // Recorded before the write that completes the answer: a client that has its
+    // answer finds it counted.
+    let mut answer = Answer {
+        req: &outcome_of,
+        version: guard.version(),
+        status: rh.status,
+        head_latency,
+        recorded: false,
+    };
+    if complete {
+        answer.record(bytes_out);
+    }
     let mut client_ok = client.write_all(&send).await.is_ok();
     return_buf(send);
     if client_ok && !complete {
@@ -737,8 +757,16 @@ async fn exchange(
             .event_stream
             .then(|| crate::tunnel::drain_signal(backend.state.clone(), limits.drain_grace));
         let capture = tee.as_mut().map(|(_, c)| c);
-        let (ok, n, whole, extra) =
-            copy_body(&mut up, client, &mut up_buf, &mut resp_body, drain, capture).await;
+        let (ok, n, whole, extra) = copy_body(
+            &mut up,
+            client,
+            &mut up_buf,
+            &mut resp_body,
+            drain,
+            capture,
+            &mut answer,
+        )
+        .await;
         client_ok = ok;
         bytes_out += n;
         complete = whole;
@@ -757,17 +785,7 @@ async fn exchange(
         }
         t.send();
     }
-    let now = Instant::now();
-    guard.version().record(
-        now,
-        &RequestSample {
-            status: rh.status,
-            latency: head_latency.unwrap_or_else(|| now.saturating_duration_since(start)),
-            bytes_in,
-            bytes_out,
-            router_error: false,
-        },
-    );
+    answer.record(bytes_out);
     drop(guard);
     if client_ok && complete && !last {
         Exchange::KeepAlive { next: body.end }.next_at(body.end, leftover.take(), buf)
@@ -803,24 +821,11 @@ impl Exchange {
 async fn no_backend(
     ctx: &ConnCtx,
     client: &mut ClientSocket,
-    last: Option<&crate::table::VersionCounters>,
-    start: Instant,
-    bytes_in: u64,
+    req: &outcome::Request<'_>,
     close: bool,
 ) -> Exchange {
-    match last {
-        Some(v) => {
-            v.router_errors.fetch_add(1, Ordering::Relaxed);
-            v.record_status(503);
-            proxy::record_local(v, start, 503, bytes_in);
-        }
-        None => {
-            if let Some(a) = proxy::live_app_of(ctx) {
-                a.counters.no_backend.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-    tracing::warn!(app = %ctx.app.name, "no backend became ready within the hold timeout");
+    let app = proxy::live_app_of(ctx);
+    Outcome::NoBackend.record(req, None, app.as_deref().map(|a| &*a.counters));
     local(
         client,
         "503 Service Unavailable",
@@ -1039,6 +1044,7 @@ async fn copy_body(
     body: &mut h1::BodyFramer,
     mut drain: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     mut capture: Option<&mut Capture>,
+    answer: &mut Answer<'_>,
 ) -> (bool, u64, bool, bool) {
     let mut sent = 0u64;
     let mut draining = false;
@@ -1047,6 +1053,7 @@ async fn copy_body(
             // The backend left the table and its grace is over: end the stream cleanly.
             // Complete for the client; the upstream connection is mid-stream, so it
             // counts as having more to send and is not reused.
+            answer.record(sent);
             let ok = client.write_all(b"0\r\n\r\n").await.is_ok();
             return (ok, sent, true, true);
         }
@@ -1077,6 +1084,9 @@ async fn copy_body(
                 }
                 if let Some(c) = capture.as_deref_mut() {
                     c.add(&buf[..take]);
+                }
+                if body.done() {
+                    answer.record(sent + take as u64);
                 }
                 if client.write_all(&buf[..take]).await.is_err() {
                     return (false, sent, false, false);
@@ -1158,4 +1168,30 @@ fn copies(
         },
         body: (!data.is_empty()).then_some(data),
     })
+}
+
+/// The outcome of a request the backend answered, recorded once (see [`Outcome`]).
+struct Answer<'a> {
+    req: &'a outcome::Request<'a>,
+    version: &'a crate::table::VersionCounters,
+    status: u16,
+    /// For a stream: the latency is until its head.
+    head_latency: Option<Duration>,
+    recorded: bool,
+}
+
+impl Answer<'_> {
+    fn record(&mut self, bytes_out: u64) {
+        if std::mem::replace(&mut self.recorded, true) {
+            return;
+        }
+        Outcome::Answered {
+            status: self.status,
+            bytes_out,
+            latency: self
+                .head_latency
+                .unwrap_or_else(|| self.req.start.elapsed()),
+        }
+        .record(self.req, Some(self.version), None);
+    }
 }

@@ -35,6 +35,7 @@ pub mod limits;
 mod listener;
 pub mod metrics;
 pub mod mirror;
+mod outcome;
 mod pool;
 mod proxy;
 pub mod record;

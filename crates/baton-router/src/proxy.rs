@@ -25,6 +25,7 @@ use crate::limits::Limits;
 use crate::listener::AppRef;
 use crate::metrics::RequestSample;
 use crate::mirror::{Captured, Comparison, Difference};
+use crate::outcome::{self, Outcome};
 use crate::pool;
 use crate::router::Shared;
 use crate::table::{
@@ -879,44 +880,6 @@ pub(crate) fn next_cohort() -> u16 {
     COHORTS.with_borrow_mut(crate::sticky::CohortRng::next_cohort)
 }
 
-/// Records a response the router generated itself in `v`'s metrics.
-pub(crate) fn record_local(v: &VersionCounters, start: Instant, status: u16, bytes_in: u64) {
-    let now = Instant::now();
-    v.record(
-        now,
-        &RequestSample {
-            status,
-            latency: now.saturating_duration_since(start),
-            bytes_in,
-            bytes_out: 0,
-            router_error: true,
-        },
-    );
-}
-
-/// Records a failure of `v` that shielding answers from the stable version: it counts
-/// against `v` (stats and metrics) though the user never sees it.
-pub(crate) fn record_shielded(
-    v: &VersionCounters,
-    start: Instant,
-    status: u16,
-    bytes_in: u64,
-    ours: bool,
-) {
-    v.shielded.fetch_add(1, Ordering::Relaxed);
-    let now = Instant::now();
-    v.record(
-        now,
-        &RequestSample {
-            status,
-            latency: now.saturating_duration_since(start),
-            bytes_in,
-            bytes_out: 0,
-            router_error: ours,
-        },
-    );
-}
-
 /// Reads and drops the rest of a response nobody will see, so that its upstream
 /// connection can be reused.
 async fn discard(mut body: RespBody) {
@@ -1014,6 +977,11 @@ pub(crate) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Re
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),
     };
+    let outcome_of = outcome::Request {
+        app: &ctx.app.name,
+        start,
+        bytes_in,
+    };
     let mut mirror = match (&app0, &replay) {
         (Some(a), Some(b)) => a
             .mirror
@@ -1065,7 +1033,7 @@ pub(crate) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Re
     let mut spins = 0;
     while attempts < max_attempts && spins < MAX_SPINS {
         let Some(app) = routable_app(sh, &ctx.app).await else {
-            return no_backend(sh, ctx, last_version.as_deref(), start, bytes_in);
+            return no_backend(sh, ctx, last_version.as_deref(), &outcome_of);
         };
         let primary = match &picked {
             Some((a, v)) if Arc::ptr_eq(a, &app) => *v,
@@ -1107,7 +1075,11 @@ pub(crate) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Re
                 tried.push(addr);
                 tracing::debug!(app = %ctx.app.name, backend = %addr, error = %e, "cannot connect upstream");
                 if shield_here {
-                    record_shielded(&version.counters, start, 502, bytes_in, true);
+                    Outcome::Shielded {
+                        status: 502,
+                        ours: true,
+                    }
+                    .record(&outcome_of, Some(&version.counters), None);
                     (shield_used, to_stable, picked) = (true, true, None);
                     max_attempts = max_attempts.max(attempts + 1);
                 } else if attempts < max_attempts {
@@ -1143,11 +1115,14 @@ pub(crate) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Re
                 }
                 strip_hop_by_hop(&mut parts.headers);
                 let status = parts.status.as_u16();
-                version.counters.record_status(status);
                 let conn = reusable.then_some(Lent { addr, tx });
                 if shield_here && parts.status.is_server_error() {
                     tracing::debug!(app = %ctx.app.name, backend = %addr, status, "shielded: retrying on the stable version");
-                    record_shielded(&version.counters, start, status, bytes_in, false);
+                    Outcome::Shielded {
+                        status,
+                        ours: false,
+                    }
+                    .record(&outcome_of, Some(&version.counters), None);
                     (shield_used, to_stable, picked) = (true, true, None);
                     max_attempts = max_attempts.max(attempts + 1);
                     let rest = RespBody::Upstream {
@@ -1159,6 +1134,8 @@ pub(crate) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Re
                     tokio::spawn(discard(rest));
                     continue;
                 }
+                // The answer's metrics sample is recorded when its body ends.
+                version.counters.record_status(status);
                 let stream = is_event_stream(&parts.headers);
                 let drain = stream.then(|| {
                     crate::tunnel::drain_signal(backend.state.clone(), limits.drain_grace)
@@ -1191,13 +1168,7 @@ pub(crate) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Re
             }
             Err(_) => {
                 drop(guard);
-                tracing::warn!(app = %ctx.app.name, backend = %addr, timeout = ?limits.response_timeout, "backend did not answer in time");
-                version
-                    .counters
-                    .router_errors
-                    .fetch_add(1, Ordering::Relaxed);
-                version.counters.record_status(504);
-                record_local(&version.counters, start, 504, bytes_in);
+                Outcome::TimedOut.record(&outcome_of, Some(&version.counters), None);
                 return local_response(
                     StatusCode::GATEWAY_TIMEOUT,
                     "gateway timeout: the backend did not answer in time\n",
@@ -1224,7 +1195,11 @@ pub(crate) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Re
                     None => false,
                 };
                 if shield_here {
-                    record_shielded(&version.counters, start, 502, bytes_in, true);
+                    Outcome::Shielded {
+                        status: 502,
+                        ours: true,
+                    }
+                    .record(&outcome_of, Some(&version.counters), None);
                     (shield_used, to_stable, picked) = (true, true, None);
                     max_attempts = max_attempts.max(attempts + 1);
                     continue;
@@ -1242,11 +1217,8 @@ pub(crate) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Re
             }
         }
     }
-    tracing::warn!(app = %ctx.app.name, attempts, "every upstream attempt failed");
     if let Some(v) = &last_version {
-        v.router_errors.fetch_add(1, Ordering::Relaxed);
-        v.record_status(502);
-        record_local(v, start, 502, bytes_in);
+        Outcome::BadGateway.record(&outcome_of, Some(v), None);
     }
     local_response(
         StatusCode::BAD_GATEWAY,
@@ -1424,22 +1396,10 @@ fn no_backend(
     sh: &Shared,
     ctx: &ConnCtx,
     last: Option<&VersionCounters>,
-    start: Instant,
-    bytes_in: u64,
+    req: &outcome::Request<'_>,
 ) -> Response<RespBody> {
-    match last {
-        Some(v) => {
-            v.router_errors.fetch_add(1, Ordering::Relaxed);
-            v.record_status(503);
-            record_local(v, start, 503, bytes_in);
-        }
-        None => {
-            if let Some(a) = live_app(sh, &ctx.app) {
-                a.counters.no_backend.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-    tracing::warn!(app = %ctx.app.name, "no backend became ready within the hold timeout");
+    let app = live_app(sh, &ctx.app);
+    Outcome::NoBackend.record(req, last, app.as_deref().map(|a| &*a.counters));
     local_response(
         StatusCode::SERVICE_UNAVAILABLE,
         "service unavailable: no backend is ready\n",
