@@ -20,8 +20,6 @@
 //! HTTP/2 (h2c) connections are served by hyper (`listener`); every HTTP/1
 //! connection is served here, start to end.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -41,73 +39,7 @@ use crate::h1;
 use crate::outcome::{self, Outcome};
 use crate::proxy::{self, ConnCtx};
 use crate::table::AppTable;
-
-/// Upstream read buffer: a response head and the start of its body.
-const UP_BUF: usize = 16 * 1024;
-/// Idle raw upstream connections kept per backend and worker.
-const MAX_IDLE_PER_BACKEND: usize = 1024;
-
-struct IdleConn {
-    stream: TcpStream,
-    /// Already idle at the previous sweep: dropped at the next one.
-    marked: bool,
-}
-
-thread_local! {
-    /// Idle upstream sockets of this worker, by backend; most recently used last.
-    static IDLE: RefCell<HashMap<SocketAddr, Vec<IdleConn>>> = RefCell::new(HashMap::new());
-    /// Spare upstream buffers, so a request does not allocate one.
-    static SPARE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
-}
-
-fn take_idle(addr: SocketAddr) -> Option<TcpStream> {
-    IDLE.with_borrow_mut(|m| m.get_mut(&addr)?.pop().map(|c| c.stream))
-}
-
-fn drop_idle(addr: SocketAddr) {
-    IDLE.with_borrow_mut(|m| m.remove(&addr));
-}
-
-fn put_idle(addr: SocketAddr, stream: TcpStream) {
-    IDLE.with_borrow_mut(|m| {
-        let v = m.entry(addr).or_default();
-        if v.len() < MAX_IDLE_PER_BACKEND {
-            v.push(IdleConn {
-                stream,
-                marked: false,
-            });
-        }
-    });
-}
-
-/// Drops the upstream sockets idle for a whole sweep period (with [`crate::pool::sweep`]).
-pub(crate) fn sweep() {
-    IDLE.with_borrow_mut(|m| {
-        m.retain(|_, v| {
-            v.retain_mut(|c| {
-                let keep = !c.marked;
-                c.marked = true;
-                keep
-            });
-            !v.is_empty()
-        });
-    });
-}
-
-fn spare_buf(capacity: usize) -> Vec<u8> {
-    SPARE
-        .with_borrow_mut(Vec::pop)
-        .unwrap_or_else(|| Vec::with_capacity(capacity))
-}
-
-fn return_buf(mut b: Vec<u8>) {
-    b.clear();
-    SPARE.with_borrow_mut(|s| {
-        if s.len() < 64 {
-            s.push(b);
-        }
-    });
-}
+use crate::upstream::{UP_BUF, connect, drop_idle, put_idle, return_buf, spare_buf, take_idle};
 
 /// Per-connection deadlines, kept by one timer: while waiting for a request head (the
 /// header timeout, counted from the end of the previous response) and while waiting
@@ -914,16 +846,10 @@ async fn attempt(
     };
     let (mut up, pooled) = match idle {
         Some(s) => (s, true),
-        None => {
-            let s = match tokio::time::timeout(limits.connect_timeout, TcpStream::connect(addr))
-                .await
-            {
-                Ok(Ok(s)) => s,
-                _ => return Err(AttemptError::Connect),
-            };
-            let _ = s.set_nodelay(true);
-            (s, false)
-        }
+        None => match connect(addr, limits.connect_timeout).await {
+            Some(s) => (s, false),
+            None => return Err(AttemptError::Connect),
+        },
     };
     let lost = AttemptError::Lost { pooled };
     if held.is_empty() {

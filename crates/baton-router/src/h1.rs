@@ -538,17 +538,7 @@ pub(crate) fn body_data(framing: Framing, raw: &[u8]) -> Vec<u8> {
         return raw.to_vec();
     }
     let mut data = Vec::with_capacity(raw.len());
-    let mut framer = BodyFramer::response(Framing::Chunked);
-    for &c in raw {
-        let before = framer.data;
-        framer.accept(std::slice::from_ref(&c));
-        if framer.data > before {
-            data.push(c);
-        }
-        if framer.done() || framer.bad() {
-            break;
-        }
-    }
+    BodyFramer::response(Framing::Chunked).accept_data(raw, &mut data);
     data
 }
 
@@ -625,6 +615,12 @@ pub(crate) fn parse_response(b: &[u8], req: &ReqHead, send: &mut Vec<u8>) -> Res
         }
         judged
     })
+}
+
+/// Judges a response head without writing anything (for [`crate::upstream::call`],
+/// which turns it into `http` types).
+pub(crate) fn parse_response_head(b: &[u8], head_method: bool) -> RespParsed {
+    with_response(b, |resp, r| judge_response(resp, r, head_method))
 }
 
 fn judge_response(
@@ -865,18 +861,34 @@ impl BodyFramer {
     /// or its framing breaks: then the bytes before the first bad one, and
     /// [`BodyFramer::bad`] is set).
     pub(crate) fn accept(&mut self, b: &[u8]) -> usize {
+        self.accept_into(b, None)
+    }
+
+    /// [`BodyFramer::accept`], appending the body's data (chunks joined, without
+    /// their framing and trailers) to `data`.
+    pub(crate) fn accept_data(&mut self, b: &[u8], data: &mut Vec<u8>) -> usize {
+        self.accept_into(b, Some(data))
+    }
+
+    fn accept_into(&mut self, b: &[u8], data: Option<&mut Vec<u8>>) -> usize {
         match self.framing {
             Framing::Empty => 0,
             Framing::UntilClose => {
                 self.data += b.len() as u64;
+                if let Some(d) = data {
+                    d.extend_from_slice(b);
+                }
                 b.len()
             }
             Framing::Length(_) => {
                 let n = (b.len() as u64).min(self.left);
                 self.left -= n;
+                if let Some(d) = data {
+                    d.extend_from_slice(&b[..n as usize]);
+                }
                 n as usize
             }
-            Framing::Chunked => self.accept_chunked(b),
+            Framing::Chunked => self.accept_chunked(b, data),
         }
     }
 
@@ -886,7 +898,7 @@ impl BodyFramer {
         at
     }
 
-    fn accept_chunked(&mut self, b: &[u8]) -> usize {
+    fn accept_chunked(&mut self, b: &[u8], mut sink: Option<&mut Vec<u8>>) -> usize {
         let mut i = 0;
         while i < b.len() {
             let c = b[i];
@@ -894,6 +906,9 @@ impl BodyFramer {
                 ChunkState::Done => return i,
                 ChunkState::Data => {
                     let n = ((b.len() - i) as u64).min(self.left);
+                    if let Some(d) = sink.as_deref_mut() {
+                        d.extend_from_slice(&b[i..i + n as usize]);
+                    }
                     self.left -= n;
                     self.data += n;
                     i += n as usize;

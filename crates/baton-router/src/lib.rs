@@ -36,7 +36,6 @@ mod listener;
 pub mod metrics;
 pub mod mirror;
 mod outcome;
-mod pool;
 mod proxy;
 pub mod record;
 mod router;
@@ -46,6 +45,7 @@ pub mod stats;
 pub mod sticky;
 mod table;
 mod tunnel;
+mod upstream;
 mod worker;
 
 use std::net::SocketAddr;

@@ -50,11 +50,10 @@ impl Workers {
                     INDEX.with(|c| c.set(i));
                     rt.block_on(async move {
                         let sweep = async {
-                            let mut every = tokio::time::interval(crate::pool::SWEEP_EVERY);
+                            let mut every = tokio::time::interval(crate::upstream::SWEEP_EVERY);
                             loop {
                                 every.tick().await;
-                                crate::pool::sweep();
-                                crate::engine::sweep();
+                                crate::upstream::sweep();
                             }
                         };
                         tokio::select! {

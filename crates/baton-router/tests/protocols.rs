@@ -86,6 +86,45 @@ async fn http2_prior_knowledge_concurrent_streams() {
 }
 
 #[tokio::test]
+async fn http2_large_body_is_streamed_to_the_http1_backend() {
+    // Larger than the router holds whole: streamed on as a chunked HTTP/1.1 body.
+    let be = recording_backend(None).await;
+    let router = Router::new();
+    let listen = start_app(&router, config(1, 1000, &[("v1", 1, &[be.addr])]));
+    let stream = TcpStream::connect(listen).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    let conn = tokio::spawn(conn);
+    let body = vec![b'y'; 3 * 1024 * 1024];
+    let req = Request::builder()
+        .method("PUT")
+        .uri("http://app.example/big")
+        .body(Full::new(Bytes::from(body.clone())))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(30), sender.send_request(req))
+        .await
+        .expect("answered in time")
+        .expect("h2 response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let got = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(got, &b"/big"[..]);
+    let seen = be.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].body_len, body.len());
+    assert_eq!(
+        seen[0]
+            .headers
+            .get("transfer-encoding")
+            .map(|v| v.as_bytes()),
+        Some(&b"chunked"[..])
+    );
+    drop(sender);
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+}
+
+#[tokio::test]
 async fn websocket_echo_then_going_away_close_after_drain_grace() {
     let ws = ws_echo_backend().await;
     let other = backend("other").await;

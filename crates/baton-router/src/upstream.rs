@@ -1,0 +1,482 @@
+//! Upstream connections: one pool of idle HTTP/1.1 connections per worker, used by the
+//! engine for every HTTP/1 request and, through [`call`], by HTTP/2 requests and
+//! mirror copies, with [`crate::h1`] framing their messages too.
+//!
+//! Every worker runs its own single-threaded runtime, so its pool is a thread-local
+//! `RefCell`: taking and returning a connection costs no lock and no atomic. A
+//! connection goes back once the response it carried was read to its end (and the
+//! backend did not say it would close); connections idle for a whole sweep period
+//! are dropped.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap};
+use http::{Method, StatusCode, Uri};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::h1;
+use crate::limits::Limits;
+use crate::proxy::UpBody;
+
+/// Idle connections kept per backend and worker.
+const MAX_IDLE_PER_BACKEND: usize = 1024;
+/// How often each worker drops connections idle for a whole period.
+pub(crate) const SWEEP_EVERY: Duration = Duration::from_secs(15);
+/// Read buffer of an upstream response: its head and the start of its body.
+pub(crate) const UP_BUF: usize = 16 * 1024;
+/// Largest response head read.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+struct IdleConn {
+    stream: TcpStream,
+    /// Already idle at the previous sweep: dropped at the next one.
+    marked: bool,
+}
+
+thread_local! {
+    /// Idle upstream sockets of this worker, by backend; most recently used last.
+    static IDLE: RefCell<HashMap<SocketAddr, Vec<IdleConn>>> = RefCell::new(HashMap::new());
+    /// Spare buffers, so a request does not allocate one.
+    static SPARE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An idle connection to `addr`, most recently used first.
+pub(crate) fn take_idle(addr: SocketAddr) -> Option<TcpStream> {
+    IDLE.with_borrow_mut(|m| m.get_mut(&addr)?.pop().map(|c| c.stream))
+}
+
+/// Forgets the idle connections to `addr` (its backend closed one: probably all).
+pub(crate) fn drop_idle(addr: SocketAddr) {
+    IDLE.with_borrow_mut(|m| m.remove(&addr));
+}
+
+/// Returns a connection whose last response was read to its end.
+pub(crate) fn put_idle(addr: SocketAddr, stream: TcpStream) {
+    IDLE.with_borrow_mut(|m| {
+        let v = m.entry(addr).or_default();
+        if v.len() < MAX_IDLE_PER_BACKEND {
+            v.push(IdleConn {
+                stream,
+                marked: false,
+            });
+        }
+    });
+}
+
+/// Drops the connections idle since the previous sweep.
+pub(crate) fn sweep() {
+    IDLE.with_borrow_mut(|m| {
+        m.retain(|_, v| {
+            v.retain_mut(|c| {
+                let keep = !c.marked;
+                c.marked = true;
+                keep
+            });
+            !v.is_empty()
+        });
+    });
+}
+
+/// A buffer from this worker's spares.
+pub(crate) fn spare_buf(capacity: usize) -> Vec<u8> {
+    SPARE
+        .with_borrow_mut(Vec::pop)
+        .unwrap_or_else(|| Vec::with_capacity(capacity))
+}
+
+/// Gives a buffer back to this worker's spares.
+pub(crate) fn return_buf(mut b: Vec<u8>) {
+    b.clear();
+    SPARE.with_borrow_mut(|s| {
+        if s.len() < 64 {
+            s.push(b);
+        }
+    });
+}
+
+/// A new connection to `addr`, or `None` when it cannot be made within `timeout`.
+pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> Option<TcpStream> {
+    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Some(s)
+        }
+        _ => None,
+    }
+}
+
+/// Why a [`call`] produced no response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CallError {
+    /// Could not connect: nothing was sent.
+    Connect,
+    /// A reused connection failed before any response byte: the backend had closed
+    /// it and never saw the request.
+    Stale,
+    /// The connection failed before a response head.
+    Lost,
+    /// Not a response the router can pass on.
+    Bad,
+    /// No response head within the response timeout.
+    Timeout,
+    /// The request body failed on the client's side (`over`: it grew over the app's
+    /// limit).
+    RequestBody { over: bool },
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CallError::Connect => "cannot connect",
+            CallError::Stale => "the backend had closed the reused connection",
+            CallError::Lost => "the connection failed before a response",
+            CallError::Bad => "not a valid HTTP/1.1 response",
+            CallError::Timeout => "no response in time",
+            CallError::RequestBody { over: true } => "request body too large",
+            CallError::RequestBody { over: false } => "the request body failed",
+        })
+    }
+}
+
+/// A connection for one request: pooled (`fresh` false, when one is idle) or new.
+/// `None` when a new one cannot be made: nothing was sent.
+pub(crate) async fn open(addr: SocketAddr, limits: &Limits, fresh: bool) -> Option<Conn> {
+    if !fresh && let Some(stream) = take_idle(addr) {
+        return Some(Conn {
+            stream,
+            addr,
+            pooled: true,
+        });
+    }
+    let stream = connect(addr, limits.connect_timeout).await?;
+    Some(Conn {
+        stream,
+        addr,
+        pooled: false,
+    })
+}
+
+/// An upstream connection about to carry one request.
+pub(crate) struct Conn {
+    stream: TcpStream,
+    addr: SocketAddr,
+    /// Taken from the pool (the backend may have closed it meanwhile).
+    pooled: bool,
+}
+
+/// Sends an `http`-typed request (an HTTP/2 request, or a mirror copy) to `addr` as
+/// HTTP/1.1 on a pooled connection, and reads the response head. `headers` must be
+/// the upstream headers (hop-by-hop ones removed); the body's framing is this
+/// function's: `Content-Length` for a held body, chunked for a streamed one (which
+/// always goes on a new connection).
+pub(crate) async fn call(
+    addr: SocketAddr,
+    limits: &Limits,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: UpBody,
+) -> Result<(StatusCode, HeaderMap, UpstreamBody), CallError> {
+    let fresh = matches!(body, UpBody::Streaming { .. });
+    let conn = open(addr, limits, fresh).await.ok_or(CallError::Connect)?;
+    call_on(conn, limits, method, uri, headers, body).await
+}
+
+/// [`call`] on a connection already open.
+pub(crate) async fn call_on(
+    conn: Conn,
+    limits: &Limits,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: UpBody,
+) -> Result<(StatusCode, HeaderMap, UpstreamBody), CallError> {
+    let Conn {
+        stream: mut up,
+        addr,
+        pooled,
+    } = conn;
+    let mut out = spare_buf(1024);
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (n, v) in headers {
+        if n == header::CONTENT_LENGTH || n == header::TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(n.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match &body {
+        UpBody::Full(Some(b)) => {
+            out.extend_from_slice(format!("content-length: {}\r\n", b.len()).as_bytes());
+        }
+        UpBody::Full(None) => {
+            if matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
+                out.extend_from_slice(b"content-length: 0\r\n");
+            }
+        }
+        UpBody::Streaming { .. } => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+    let lost = if pooled {
+        CallError::Stale
+    } else {
+        CallError::Lost
+    };
+    let sent = send_body(&mut up, out, body).await;
+    match sent {
+        Ok(()) => {}
+        Err(None) => return Err(lost),
+        Err(Some(e)) => return Err(e),
+    }
+    let mut buf = spare_buf(UP_BUF);
+    let head_method = *method == Method::HEAD;
+    let read = tokio::time::timeout(limits.response_timeout, async {
+        let mut at = 0;
+        loop {
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(UP_BUF);
+            }
+            match up.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => {
+                    return Err(if buf.is_empty() {
+                        lost
+                    } else {
+                        CallError::Lost
+                    });
+                }
+                Ok(_) => {}
+            }
+            loop {
+                match h1::parse_response_head(&buf[at..], head_method) {
+                    h1::RespParsed::Done(rh) => return Ok((at, rh)),
+                    h1::RespParsed::Informational(len) => at += len,
+                    h1::RespParsed::Partial if buf.len() - at <= MAX_RESPONSE_HEAD => break,
+                    h1::RespParsed::Partial | h1::RespParsed::Bad => return Err(CallError::Bad),
+                }
+            }
+        }
+    })
+    .await;
+    let (at, rh) = match read {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            return_buf(buf);
+            return Err(e);
+        }
+        Err(_) => {
+            return_buf(buf);
+            return Err(CallError::Timeout);
+        }
+    };
+    let Some((status, mut headers)) = h1::response_parts(&buf[at..at + rh.len]) else {
+        return_buf(buf);
+        return Err(CallError::Bad);
+    };
+    crate::proxy::strip_hop_by_hop(&mut headers);
+    if matches!(rh.framing, h1::Framing::Chunked | h1::Framing::UntilClose) {
+        // The length (if any) is not how this body is framed (RFC 9112 6.3).
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    let end = buf.len();
+    buf.resize(end.max(UP_BUF), 0);
+    let body = UpstreamBody {
+        at: at + rh.len,
+        end,
+        buf,
+        framer: h1::BodyFramer::response(rh.framing),
+        reusable: !rh.upstream_close,
+        stream: Some(up),
+        addr,
+    };
+    Ok((status, headers, body))
+}
+
+/// Writes `head` and the body. `Err(None)`: the connection failed; `Err(Some(e))`: the
+/// client's body did.
+async fn send_body(
+    up: &mut TcpStream,
+    mut head: Vec<u8>,
+    body: UpBody,
+) -> Result<(), Option<CallError>> {
+    let mut body = match body {
+        UpBody::Full(b) => {
+            if let Some(b) = &b
+                && b.len() <= 16 * 1024
+            {
+                head.extend_from_slice(b);
+                let r = up.write_all(&head).await;
+                return_buf(head);
+                return r.map_err(|_| None);
+            }
+            let r = up.write_all(&head).await;
+            return_buf(head);
+            r.map_err(|_| None)?;
+            if let Some(b) = b {
+                up.write_all(&b).await.map_err(|_| None)?;
+            }
+            return Ok(());
+        }
+        streaming => streaming,
+    };
+    let r = up.write_all(&head).await;
+    return_buf(head);
+    r.map_err(|_| None)?;
+    let over = match &body {
+        UpBody::Streaming { over, .. } => Some(over.clone()),
+        UpBody::Full(_) => None,
+    };
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| {
+            Some(CallError::RequestBody {
+                over: over
+                    .as_ref()
+                    .is_some_and(|o| o.load(std::sync::atomic::Ordering::Relaxed)),
+            })
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers of a request are not passed on
+        };
+        if data.is_empty() {
+            continue;
+        }
+        let size = format!("{:x}\r\n", data.len());
+        up.write_all(size.as_bytes()).await.map_err(|_| None)?;
+        up.write_all(&data).await.map_err(|_| None)?;
+        up.write_all(b"\r\n").await.map_err(|_| None)?;
+    }
+    up.write_all(b"0\r\n\r\n").await.map_err(|_| None)
+}
+
+/// A response body read from an upstream connection, its framing followed by
+/// [`h1::BodyFramer`] and decoded into data frames. The connection goes back to the
+/// pool once the body was read to its end (also when it is dropped then: hyper does
+/// not poll a body that says it is empty).
+pub(crate) struct UpstreamBody {
+    stream: Option<TcpStream>,
+    addr: SocketAddr,
+    /// Read buffer, all of it initialized; `at..end` is unread.
+    buf: Vec<u8>,
+    at: usize,
+    end: usize,
+    framer: h1::BodyFramer,
+    reusable: bool,
+}
+
+impl UpstreamBody {
+    /// The body will not be read to its end (a drained stream): its connection is
+    /// not reused.
+    pub(crate) fn abandon(&mut self) {
+        self.reusable = false;
+        self.stream = None;
+    }
+
+    fn finish(&mut self) {
+        if let Some(s) = self.stream.take()
+            && self.reusable
+            && self.framer.done()
+            && self.at == self.end
+        {
+            put_idle(self.addr, s);
+        }
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        self.finish();
+        return_buf(std::mem::take(&mut self.buf));
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        let this = self.get_mut();
+        loop {
+            if this.framer.done() {
+                this.finish();
+                return Poll::Ready(None);
+            }
+            if this.at < this.end {
+                let mut data = Vec::new();
+                let rest = &this.buf[this.at..this.end];
+                let take = this.framer.accept_data(rest, &mut data);
+                if this.framer.bad() {
+                    this.abandon();
+                    return Poll::Ready(Some(Err(std::io::Error::other(
+                        "the backend's response body is not validly framed",
+                    ))));
+                }
+                if take < rest.len() {
+                    // More than the body: that connection is not trusted again.
+                    this.reusable = false;
+                    this.at = this.end;
+                } else {
+                    this.at += take;
+                }
+                if !data.is_empty() {
+                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from(data)))));
+                }
+                continue;
+            }
+            let Some(stream) = this.stream.as_mut() else {
+                return Poll::Ready(Some(Err(std::io::Error::other(
+                    "the upstream connection is gone",
+                ))));
+            };
+            this.at = 0;
+            this.end = 0;
+            let mut rb = ReadBuf::new(&mut this.buf[..]);
+            match Pin::new(stream).poll_read(cx, &mut rb) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => {
+                    this.abandon();
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(Ok(())) => {
+                    let n = rb.filled().len();
+                    if n == 0 {
+                        this.abandon();
+                        if matches!(this.framer.framing(), h1::Framing::UntilClose) {
+                            return Poll::Ready(None);
+                        }
+                        return Poll::Ready(Some(Err(std::io::Error::other(
+                            "the backend closed the connection inside a response body",
+                        ))));
+                    }
+                    this.end = n;
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.framer.done()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framer.framing() {
+            h1::Framing::Empty => SizeHint::with_exact(0),
+            _ => SizeHint::new(),
+        }
+    }
+}
