@@ -838,7 +838,10 @@ async fn exchange(
     let version = &app.versions[vi];
     let backend = &version.backends[bi];
     version.counters.record_status(rh.status);
-    let last = head.close || matches!(rh.framing, Framing::UntilClose) || stop.is_cancelled();
+    let last = head.close
+        || matches!(rh.framing, Framing::UntilClose)
+        || stop.is_cancelled()
+        || ctx.shared.keep_alive_off();
     // `send` holds the client's response head but its end.
     if let Some(cookie) = &route.set_cookie {
         send.extend_from_slice(b"set-cookie: ");

@@ -549,6 +549,11 @@ async fn serve_conn(
             } else {
                 proxy::handle(&active.0, req).await
             };
+            let mut body = body;
+            if !h2 && keep_alive_off(&active.0, &body) {
+                body.headers_mut()
+                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
             Ok::<_, Infallible>(body.map(|body| Tracked {
                 body,
                 _active: active,
@@ -618,6 +623,12 @@ async fn drive<C: Serving>(
     if let Err(e) = result {
         tracing::debug!(error = %e, "client connection ended with an error");
     }
+}
+
+/// Whether an HTTP/1 response must end its connection because the router handed over
+/// to a successor (hyper closes the connection after a `Connection: close` response).
+fn keep_alive_off<B>(ctx: &ConnCtx, resp: &http::Response<B>) -> bool {
+    ctx.shared.keep_alive_off() && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS
 }
 
 /// The `X-Forwarded-For` value of a client at `ip` (computed once per connection).

@@ -180,6 +180,13 @@ struct ListenerHandle {
 }
 
 impl Shared {
+    /// Whether HTTP/1 responses must end their connection: this router handed its
+    /// listeners to a successor ([`crate::handover`]).
+    #[inline]
+    pub fn keep_alive_off(&self) -> bool {
+        self.keep_alive_off.load(Ordering::Relaxed)
+    }
+
     /// Milliseconds on the router clock (monotonic).
     pub fn now_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
