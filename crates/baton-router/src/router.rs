@@ -653,13 +653,15 @@ impl Router {
     /// lost) and end every HTTP/1 connection after its next response. Pushes stay
     /// refused.
     pub(crate) fn step_down(&self) {
-        let st = self.state();
+        let mut st = self.state();
         self.inner
             .shared
             .keep_alive_off
             .store(true, Ordering::Relaxed);
-        for h in st.listeners.values() {
+        for h in st.listeners.values_mut() {
             h.accept.cancel();
+            // The successor holds the sockets now.
+            h.socket = None;
         }
     }
 
@@ -717,6 +719,11 @@ impl Router {
             self.inner.shared.stopping.cancel();
             // Its listeners would never be started: close them now.
             st.staged = None;
+            // The duplicates kept for a handover: with the accept loops gone, the
+            // sockets close (the kernel stops completing connections on them).
+            for h in st.listeners.values_mut() {
+                h.socket = None;
+            }
         }
         self.inner.shared.tasks.close();
         let done = tokio::time::timeout(grace, self.inner.shared.tasks.wait())
