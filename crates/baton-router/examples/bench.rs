@@ -76,6 +76,9 @@ fn main() {
                     workers: Some(workers),
                     metrics_listen: None,
                     balance: Default::default(),
+                    handover_socket: None,
+                    take_over: false,
+                    drain_grace: None,
                 };
                 if let Err(e) = baton_router::run_standalone_with(opts, stop).await {
                     eprintln!("router: {e}");

@@ -294,17 +294,24 @@ impl Router {
 /// Binds the admin socket at `path`: refuses if a router answers there, removes a stale
 /// socket file otherwise, and makes the socket private to the owner.
 pub(crate) async fn bind_admin_socket(path: &Path) -> Result<UnixListener, RouterError> {
-    let err = |source| RouterError::AdminSocket {
-        socket: path.to_path_buf(),
-        source,
-    };
     if UnixStream::connect(path).await.is_ok() {
         return Err(RouterError::AlreadyRunning {
             socket: path.to_path_buf(),
         });
     }
+    bind_socket_file(path)
+}
+
+/// Binds a unix socket at `path` private to the owner (mode 0600), removing whatever
+/// file was there: a stale socket, or, when taking over, the live one of the router
+/// being replaced (which keeps serving the connections it has on the unlinked socket).
+pub(crate) fn bind_socket_file(path: &Path) -> Result<UnixListener, RouterError> {
+    let err = |source| RouterError::AdminSocket {
+        socket: path.to_path_buf(),
+        source,
+    };
     match std::fs::remove_file(path) {
-        Ok(()) => tracing::info!(socket = %path.display(), "removed a stale admin socket"),
+        Ok(()) => tracing::info!(socket = %path.display(), "replaced the socket file"),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(err(e)),
     }

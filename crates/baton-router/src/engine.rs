@@ -630,7 +630,13 @@ async fn exchange(
         tracing::debug!(app = %ctx.app.name, "upgraded connection ended");
         return Exchange::Close;
     }
-    let last = head.close || matches!(rh.framing, h1::Framing::UntilClose) || stop.is_cancelled();
+    // A router that handed its listeners to a successor ends every connection after
+    // its next response, so keep-alive clients reconnect (to the successor) without a
+    // request lost to an idle close.
+    let last = head.close
+        || matches!(rh.framing, h1::Framing::UntilClose)
+        || stop.is_cancelled()
+        || ctx.shared.keep_alive_off();
     // `send` holds the client's response head but its end.
     if let Some(cookie) = &route.set_cookie {
         send.extend_from_slice(b"set-cookie: ");

@@ -54,6 +54,19 @@ pub enum RouterError {
     /// The router is draining for shutdown and accepts no new config.
     #[error("the router is shutting down")]
     ShuttingDown,
+    /// The router is handing its listeners over to a new router process and accepts
+    /// no new config; retry, the new process answers on the same admin socket.
+    #[error("the router is handing over to a new router process; retry")]
+    HandingOver,
+    /// Taking over from a running router failed before the new one served anything;
+    /// the running router keeps serving.
+    #[error("cannot take over from the router at {}: {reason}", socket.display())]
+    Handover {
+        /// The handover socket.
+        socket: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
     /// A pushed config failed validation; nothing was changed.
     #[error("invalid routing config: {0}")]
     InvalidConfig(String),

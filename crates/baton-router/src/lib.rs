@@ -22,7 +22,8 @@
 //! once, pure), `engine` (every HTTP/1 request, on the sockets), `proxy` (HTTP/2
 //! requests, served by hyper, and what both share), `tunnel` (upgraded connections),
 //! `listener` (accept loops), [`admin`] (admin API and its client), [`stats`] (admin
-//! wire types).
+//! wire types), [`handover`] (replacing the router process with a new binary on the
+//! same sockets).
 
 pub mod admin;
 mod attempt;
@@ -31,6 +32,7 @@ pub mod config;
 mod engine;
 mod error;
 mod h1;
+pub mod handover;
 pub mod limits;
 mod listener;
 pub mod metrics;
@@ -72,20 +74,59 @@ pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 const ADMIN_STOP_DEADLINE: Duration = Duration::from_secs(2);
 
 /// Options of [`run`].
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct RouterOptions {
     /// Where the admin API listens.
     pub admin_socket: PathBuf,
+    /// Take over from the router running on `admin_socket` (through its handover
+    /// socket, [`handover::socket_path`]) instead of starting empty.
+    pub take_over: bool,
+    /// When taking over: how long the old router keeps open WebSockets and other
+    /// upgraded streams before closing them (`None`: its apps' `stream_drain_grace_ms`).
+    pub drain_grace: Option<Duration>,
 }
 
 /// Runs the router until `shutdown` is cancelled: binds the admin socket (removing a
 /// stale socket file first; [`RouterError::AlreadyRunning`] if a router answers on it),
 /// serves user traffic as configured by pushes, then stops accepting and lets in-flight
 /// requests finish (bounded by [`DRAIN_DEADLINE`]).
+///
+/// With [`RouterOptions::take_over`] it first takes the running router's config and
+/// listening sockets ([`handover`]), then binds the admin socket path afresh. Either
+/// way it serves take-overs on [`handover::socket_path`]; after handing over it drains
+/// (see [`handover`]) and returns.
 pub async fn run(opts: RouterOptions, shutdown: CancellationToken) -> Result<(), RouterError> {
-    let listener = admin::bind_admin_socket(&opts.admin_socket).await?;
-    tracing::info!(socket = %opts.admin_socket.display(), pid = std::process::id(), "router started");
+    // Read now: a new binary may be installed over this one while it runs.
+    let build = handover::build_id();
+    let handover_path = handover::socket_path(&opts.admin_socket);
     let router = Router::new();
+    let (listener, handover_listener) = if opts.take_over {
+        let pred = handover::Predecessor::connect(&handover_path).await?;
+        let (pid, pred_build) = (pred.pid, pred.build.clone());
+        take_over(&router, pred, opts.drain_grace, |router, cfg, apps, pid| {
+            let (_, errors) = router.adopt(cfg, apps, pid)?;
+            for (app, e) in errors {
+                tracing::warn!(%app, error = %e, "cannot listen for this app");
+            }
+            Ok(())
+        })
+        .await?;
+        let admin = admin::bind_socket_file(&opts.admin_socket);
+        let handover = handover::bind(&handover_path);
+        tracing::info!(socket = %opts.admin_socket.display(), pid = std::process::id(), build, predecessor = pid, predecessor_build = %pred_build, "router took over");
+        (admin, handover)
+    } else {
+        let admin = admin::bind_admin_socket(&opts.admin_socket).await?;
+        tracing::info!(socket = %opts.admin_socket.display(), pid = std::process::id(), build, "router started");
+        (Ok(admin), handover::bind(&handover_path))
+    };
+    let listener = match listener {
+        Ok(l) => l,
+        Err(e) => {
+            router.shutdown(DRAIN_DEADLINE).await;
+            return Err(e);
+        }
+    };
     let admin_stop = CancellationToken::new();
     let mut admin = {
         let router = router.clone();
@@ -96,13 +137,51 @@ pub async fn run(opts: RouterOptions, shutdown: CancellationToken) -> Result<(),
         Ok(r) => r,
         Err(e) => Err(RouterError::Io(std::io::Error::other(e))),
     };
-    let early = tokio::select! {
-        _ = shutdown.cancelled() => None,
-        r = &mut admin => Some(flatten(r)),
+    let handover_stop = CancellationToken::new();
+    let mut handover_task = match handover_listener {
+        Ok(l) => Some(tokio::spawn(handover::serve(
+            l,
+            router.clone(),
+            Vec::new(),
+            handover_stop.clone(),
+        ))),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot serve handovers; this router can only be restarted");
+            None
+        }
     };
+    let mut early = None;
+    let successor = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break None,
+            r = &mut admin => {
+                early = Some(flatten(r));
+                break None;
+            }
+            r = async { handover_task.as_mut().expect("guarded").await }, if handover_task.is_some() => {
+                handover_task = None;
+                match r {
+                    Ok(Some(s)) => break Some(s),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "the handover task failed"),
+                }
+            }
+        }
+    };
+    handover_stop.cancel();
     // Keep the admin API answering while user traffic drains, so a control plane can
     // still watch the in-flight counts go down.
-    router.shutdown(DRAIN_DEADLINE).await;
+    match &successor {
+        Some(s) => {
+            let grace = s
+                .drain_grace
+                .unwrap_or_else(|| handover::default_grace(&router.config()));
+            handover::drain(&router, grace).await;
+        }
+        None => {
+            router.shutdown(DRAIN_DEADLINE).await;
+        }
+    }
     admin_stop.cancel();
     let result = match early {
         Some(r) => r,
@@ -114,9 +193,39 @@ pub async fn run(opts: RouterOptions, shutdown: CancellationToken) -> Result<(),
             }
         },
     };
-    let _ = std::fs::remove_file(&opts.admin_socket);
-    tracing::info!("router stopped");
+    if let Some(s) = successor {
+        // The socket files are the successor's now.
+        tracing::info!(successor_pid = s.pid, successor_build = %s.build, "router stopped after handing over");
+    } else {
+        let _ = std::fs::remove_file(&opts.admin_socket);
+        let _ = std::fs::remove_file(&handover_path);
+        tracing::info!("router stopped");
+    }
     result
+}
+
+/// The new router's side of a handover: applies (with `apply`) the config on the
+/// sockets `pred` handed over, then tells it this router is ready and waits for it to
+/// step down. On failure the router stops what it started (letting whatever it
+/// accepted finish) and the old one serves on.
+async fn take_over(
+    router: &Router,
+    mut pred: handover::Predecessor,
+    drain_grace: Option<Duration>,
+    apply: impl FnOnce(&Router, RoutingConfig, Vec<router::Offered>, u32) -> Result<(), RouterError>,
+) -> Result<(), RouterError> {
+    let apps = std::mem::take(&mut pred.apps);
+    let cfg = pred.config.clone();
+    if let Err(e) = apply(router, cfg, apps, pred.pid) {
+        router.shutdown(DRAIN_DEADLINE).await;
+        return Err(e);
+    }
+    if let Err(e) = pred.ready(drain_grace).await {
+        tracing::warn!(error = %e, "the running router did not step down; stopping");
+        router.shutdown(DRAIN_DEADLINE).await;
+        return Err(e);
+    }
+    Ok(())
 }
 
 /// Standalone load balancer with no control plane: one app (`"standalone"`) listening
@@ -134,6 +243,9 @@ pub async fn run_standalone(
             workers: None,
             metrics_listen: None,
             balance: config::Balance::RoundRobin,
+            handover_socket: None,
+            take_over: false,
+            drain_grace: None,
         },
         shutdown,
     )
@@ -155,6 +267,16 @@ pub struct StandaloneOptions {
     /// Where to serve `GET /metrics` (Prometheus text) and `GET /v1/windows` over
     /// plain HTTP; `None` for no metrics endpoint.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where to serve take-overs by a new router process ([`handover`]); `None`: this
+    /// router can only be restarted.
+    pub handover_socket: Option<PathBuf>,
+    /// Take over from the router serving `handover_socket`: its listening sockets
+    /// (for `listen` and `metrics_listen`, when it has them) are used instead of
+    /// binding, then it drains and exits.
+    pub take_over: bool,
+    /// When taking over: how long the old router keeps open WebSockets before closing
+    /// them (`None`: its default, 10 s).
+    pub drain_grace: Option<Duration>,
 }
 
 /// [`run_standalone`] with every option.
@@ -168,7 +290,28 @@ pub async fn run_standalone_with(
         workers,
         metrics_listen,
         balance,
+        handover_socket,
+        take_over: taking_over,
+        drain_grace,
     } = opts;
+    let build = handover::build_id();
+    let pred = match (&handover_socket, taking_over) {
+        (Some(path), true) => Some(handover::Predecessor::connect(path).await?),
+        (None, true) => {
+            return Err(RouterError::InvalidConfig(
+                "taking over needs the handover socket of the running router".into(),
+            ));
+        }
+        (Some(path), false) => {
+            if tokio::net::UnixStream::connect(path).await.is_ok() {
+                return Err(RouterError::AlreadyRunning {
+                    socket: path.clone(),
+                });
+            }
+            None
+        }
+        (None, false) => None,
+    };
     let router = Router::with_workers(workers.unwrap_or_else(worker::default_count));
     let cfg = RoutingConfig {
         generation: 1,
@@ -196,19 +339,62 @@ pub async fn run_standalone_with(
             balance,
         }],
     };
-    let (_, errors) = router.apply_detailed(cfg)?;
-    if let Some((_, source)) = errors.into_iter().next() {
-        return Err(RouterError::Bind {
-            addr: listen,
-            source,
-        });
-    }
+    let apply = |router: &Router, cfg: RoutingConfig, apps, pid| {
+        let (_, errors) = match pid {
+            Some(pid) => router.adopt(cfg, apps, pid)?,
+            None => router.apply_detailed(cfg)?,
+        };
+        match errors.into_iter().next() {
+            Some((_, source)) => Err(RouterError::Bind {
+                addr: listen,
+                source,
+            }),
+            None => Ok(()),
+        }
+    };
+    let predecessor = pred.as_ref().map(|p| p.pid);
+    let metrics = match pred {
+        Some(mut p) => {
+            // The metrics socket: the old router's when it serves the same address.
+            let inherited = std::mem::take(&mut p.extras).into_iter().find(|e| {
+                metrics_listen.is_some_and(|a| a == e.info.requested || a == e.info.bound)
+            });
+            let metrics = metrics_listen
+                .map(|addr| bind_metrics(addr, inherited))
+                .transpose()?;
+            take_over(&router, p, drain_grace, |r, _, apps, pid| {
+                apply(r, cfg, apps, Some(pid))
+            })
+            .await?;
+            metrics
+        }
+        None => {
+            apply(&router, cfg, Vec::new(), None)?;
+            metrics_listen
+                .map(|addr| bind_metrics(addr, None))
+                .transpose()?
+        }
+    };
     let metrics_stop = CancellationToken::new();
-    if let Some(addr) = metrics_listen {
-        let l = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| RouterError::Bind { addr, source })?;
-        tracing::info!(listen = %l.local_addr().unwrap_or(addr), "serving /metrics");
+    let mut extras = Vec::new();
+    if let Some(m) = metrics {
+        let offer = m.socket.try_clone().map(|socket| handover::Extra {
+            info: m.info.clone(),
+            socket,
+        });
+        match offer {
+            Ok(o) => extras.push(o),
+            Err(e) => tracing::warn!(error = %e, "cannot keep the metrics socket for a handover"),
+        }
+        let l = m
+            .socket
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(m.socket))
+            .map_err(|source| RouterError::Bind {
+                addr: m.info.bound,
+                source,
+            })?;
+        tracing::info!(listen = %m.info.bound, "serving /metrics");
         let (router, stop) = (router.clone(), metrics_stop.clone());
         tokio::spawn(async move {
             if let Err(e) = admin::serve_metrics_tcp(router, l, stop).await {
@@ -216,9 +402,70 @@ pub async fn run_standalone_with(
             }
         });
     }
-    tracing::info!(%listen, upstreams = upstreams.len(), "standalone router started");
-    shutdown.cancelled().await;
+    let handover_stop = CancellationToken::new();
+    let mut handover_task = match handover_socket.as_deref().map(handover::bind) {
+        Some(Ok(l)) => Some(tokio::spawn(handover::serve(
+            l,
+            router.clone(),
+            extras,
+            handover_stop.clone(),
+        ))),
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "cannot serve handovers; this router can only be restarted");
+            None
+        }
+        None => None,
+    };
+    tracing::info!(%listen, upstreams = upstreams.len(), pid = std::process::id(), build, predecessor, "standalone router started");
+    let successor = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break None,
+            r = async { handover_task.as_mut().expect("guarded").await }, if handover_task.is_some() => {
+                handover_task = None;
+                match r {
+                    Ok(Some(s)) => break Some(s),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "the handover task failed"),
+                }
+            }
+        }
+    };
+    handover_stop.cancel();
     metrics_stop.cancel();
-    router.shutdown(DRAIN_DEADLINE).await;
+    match successor {
+        Some(s) => {
+            let grace = s
+                .drain_grace
+                .unwrap_or_else(|| handover::default_grace(&router.config()));
+            handover::drain(&router, grace).await;
+            tracing::info!(successor_pid = s.pid, successor_build = %s.build, "standalone router stopped after handing over");
+        }
+        None => {
+            router.shutdown(DRAIN_DEADLINE).await;
+            if let Some(path) = &handover_socket {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
     Ok(())
+}
+
+/// The metrics listener at `addr`: `inherited` when given, else bound now.
+fn bind_metrics(
+    addr: SocketAddr,
+    inherited: Option<handover::Extra>,
+) -> Result<handover::Extra, RouterError> {
+    if let Some(e) = inherited {
+        return Ok(e);
+    }
+    let socket =
+        std::net::TcpListener::bind(addr).map_err(|source| RouterError::Bind { addr, source })?;
+    let bound = socket.local_addr().unwrap_or(addr);
+    let info = handover::SocketInfo {
+        kind: handover::SocketKind::Metrics,
+        name: "metrics".into(),
+        requested: addr,
+        bound,
+    };
+    Ok(handover::Extra { info, socket })
 }

@@ -89,13 +89,15 @@ pub(crate) struct AppRef {
     pub name: Arc<str>,
 }
 
-/// Accepts connections for `app` on every worker until `stop` is cancelled; then each
-/// connection is asked to close after its current request.
+/// Accepts connections for `app` on every worker until `accept` is cancelled (a child
+/// of `stop`: a handover stops accepting first, see [`crate::handover`]); when `stop`
+/// is cancelled each connection is asked to close after its current request.
 pub(crate) fn spawn_accept(
     shared: &Arc<Shared>,
     workers: &[Handle],
     app: AppRef,
     listener: TcpListener,
+    accept: CancellationToken,
     stop: CancellationToken,
 ) {
     let current;
@@ -124,7 +126,7 @@ pub(crate) fn spawn_accept(
                 continue;
             }
         };
-        let fut = accept_loop(shared.clone(), app.clone(), l, stop.clone());
+        let fut = accept_loop(shared.clone(), app.clone(), l, accept.clone(), stop.clone());
         rt.spawn(shared.tasks.track_future(fut));
     }
 }
@@ -133,6 +135,7 @@ async fn accept_loop(
     shared: Arc<Shared>,
     app: AppRef,
     listener: std::net::TcpListener,
+    accept: CancellationToken,
     stop: CancellationToken,
 ) {
     // Accepted sockets are not registered with the runtime until they have to wait
@@ -149,7 +152,7 @@ async fn accept_loop(
         }
     };
     let mut builder: Option<(Limits, Arc<ConnBuilders>)> = None;
-    let stopped = stop.cancelled();
+    let stopped = accept.cancelled();
     let mut stopped = pin!(stopped);
     loop {
         let (stream, peer) = tokio::select! {

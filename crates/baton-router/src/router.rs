@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -54,6 +55,10 @@ pub(crate) struct Shared {
     pub tasks: TaskTracker,
     /// Parent of every listener's stop token.
     pub stopping: CancellationToken,
+    /// Set once this router has handed its listeners to a successor: every HTTP/1
+    /// response then ends its connection (`Connection: close`), so keep-alive clients
+    /// reconnect, to the successor, without a request lost to an idle close.
+    keep_alive_off: AtomicBool,
 }
 
 struct ApplyState {
@@ -67,6 +72,23 @@ struct ApplyState {
     /// When the live table was swapped in (µs since the Unix epoch); 0 before the
     /// first swap.
     switched_at_us: u64,
+    /// Listening sockets received from the router this one took over from, by app,
+    /// used by the next push instead of binding (see [`Router::adopt`]).
+    inherited: HashMap<String, Offered>,
+    /// A handover to a successor is under way or done: pushes are refused.
+    handing_over: bool,
+    /// Pid of the router this one took over from.
+    predecessor: Option<u32>,
+}
+
+/// An app's listening socket as handed from one router process to the next.
+pub(crate) struct Offered {
+    pub app: String,
+    /// The address the config asked for (may have port 0).
+    pub requested: SocketAddr,
+    /// The address it is bound to.
+    pub bound: SocketAddr,
+    pub socket: std::net::TcpListener,
 }
 
 /// A config made ready to go live: compiled, its new listeners bound (not accepting
@@ -101,6 +123,41 @@ struct NewListener {
     listener: tokio::net::TcpListener,
 }
 
+fn refuse_when_handing_over(st: &ApplyState) -> Result<(), RouterError> {
+    if st.handing_over {
+        return Err(RouterError::HandingOver);
+    }
+    Ok(())
+}
+
+/// The inherited socket of `app`, if it is bound to (or was asked for as) `listen`,
+/// ready for the runtime.
+fn take_inherited(st: &mut ApplyState, app: &str, listen: SocketAddr) -> Option<NewListener> {
+    let o = st
+        .inherited
+        .remove(app)
+        .filter(|o| o.requested == listen || o.bound == listen)?;
+    let listener = o
+        .socket
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::TcpListener::from_std(o.socket));
+    match listener {
+        Ok(listener) => {
+            tracing::info!(app, listen = %o.bound, "listening on the socket handed over");
+            Some(NewListener {
+                app: o.app,
+                requested: o.requested,
+                bound: o.bound,
+                listener,
+            })
+        }
+        Err(e) => {
+            tracing::warn!(app, error = %e, "cannot use the socket handed over; binding anew");
+            None
+        }
+    }
+}
+
 /// Wall clock in microseconds since the Unix epoch.
 fn unix_micros() -> u64 {
     SystemTime::now()
@@ -111,10 +168,22 @@ fn unix_micros() -> u64 {
 struct ListenerHandle {
     requested: SocketAddr,
     bound: SocketAddr,
+    /// Stops its connections (and, being its parent, `accept`).
     stop: CancellationToken,
+    /// Stops accepting only.
+    accept: CancellationToken,
+    /// A duplicate of the listening socket, to hand to a successor process.
+    socket: Option<std::net::TcpListener>,
 }
 
 impl Shared {
+    /// Whether HTTP/1 responses must end their connection: this router handed its
+    /// listeners to a successor ([`crate::handover`]).
+    #[inline]
+    pub fn keep_alive_off(&self) -> bool {
+        self.keep_alive_off.load(Ordering::Relaxed)
+    }
+
     /// Milliseconds on the router clock (monotonic).
     pub fn now_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
@@ -159,6 +228,7 @@ impl Router {
                     started_ms,
                     tasks: TaskTracker::new(),
                     stopping: CancellationToken::new(),
+                    keep_alive_off: AtomicBool::new(false),
                 }),
                 workers,
                 state: Mutex::new(ApplyState {
@@ -167,6 +237,9 @@ impl Router {
                     bind_errors: HashMap::new(),
                     staged: None,
                     switched_at_us: 0,
+                    inherited: HashMap::new(),
+                    handing_over: false,
+                    predecessor: None,
                 }),
             }),
         }
@@ -205,6 +278,7 @@ impl Router {
             });
         }
         self.refuse_when_stopping()?;
+        refuse_when_handing_over(&st)?;
 
         // Stop listeners of removed apps first, so a new app may take over their port
         // on a later push (the socket closes once the accept task notices).
@@ -241,6 +315,7 @@ impl Router {
             });
         }
         self.refuse_when_stopping()?;
+        refuse_when_handing_over(&st)?;
         let (prepared, _) = self.prepare(&mut st, cfg);
         let result = prepared.result();
         tracing::info!(generation = result.generation, "routing config staged");
@@ -261,6 +336,7 @@ impl Router {
                 switched_at_us: st.switched_at_us,
             });
         }
+        refuse_when_handing_over(&st)?;
         // No stage survives a shutdown (it drops the staged table under this lock).
         let Some(prepared) = st.staged.take_if(|p| p.generation() == generation) else {
             return Err(RouterError::NotStaged {
@@ -330,6 +406,11 @@ impl Router {
                 bound.push(l);
                 continue;
             }
+            if let Some(l) = take_inherited(st, &app.app, app.listen) {
+                statuses.push(ok(l.bound));
+                bound.push(l);
+                continue;
+            }
             match listener::bind(app.listen) {
                 Ok(l) => {
                     let addr = l.local_addr().unwrap_or(app.listen);
@@ -391,12 +472,23 @@ impl Router {
         });
         for l in bound {
             let stop = shared.stopping.child_token();
+            let accept = stop.child_token();
+            // One more descriptor per app, so a successor can be handed the socket.
+            let socket = match socket2::SockRef::from(&l.listener).try_clone() {
+                Ok(s) => Some(std::net::TcpListener::from(s)),
+                Err(e) => {
+                    tracing::warn!(app = %l.app, error = %e, "cannot keep the listener for a handover");
+                    None
+                }
+            };
             if let Some(old) = st.listeners.insert(
                 l.app.clone(),
                 ListenerHandle {
                     requested: l.requested,
                     bound: l.bound,
                     stop: stop.clone(),
+                    accept: accept.clone(),
+                    socket,
                 },
             ) {
                 old.stop.cancel();
@@ -411,6 +503,7 @@ impl Router {
                     name: l.app.into(),
                 },
                 l.listener,
+                accept,
                 stop,
             );
         }
@@ -509,7 +602,107 @@ impl Router {
             started_ms: self.inner.shared.started_ms,
             staged: st.staged.as_ref().map(Prepared::generation),
             switched_at_us: st.switched_at_us,
+            build: crate::handover::build_id().to_string(),
+            predecessor: st.predecessor,
         }
+    }
+
+    /// Starts handing this router over to a successor process: refuses pushes from
+    /// now on (until [`Router::abandon_handover`]) and answers the live config with a
+    /// duplicate of each app's listening socket, taken together under the apply lock.
+    pub(crate) fn begin_handover(&self) -> Result<(RoutingConfig, Vec<Offered>), RouterError> {
+        let mut st = self.state();
+        self.refuse_when_stopping()?;
+        refuse_when_handing_over(&st)?;
+        st.handing_over = true;
+        // A staged table would be lost with this process; its control plane stages again.
+        st.staged = None;
+        let config = self.config();
+        let mut offered = Vec::with_capacity(st.listeners.len());
+        for (app, h) in &st.listeners {
+            let Some(socket) = h.socket.as_ref() else {
+                continue;
+            };
+            match socket.try_clone() {
+                Ok(socket) => offered.push(Offered {
+                    app: app.clone(),
+                    requested: h.requested,
+                    bound: h.bound,
+                    socket,
+                }),
+                Err(e) => {
+                    tracing::warn!(app = %app, error = %e, "cannot duplicate the listener for a handover");
+                }
+            }
+        }
+        offered.sort_by(|a, b| a.app.cmp(&b.app));
+        Ok((config, offered))
+    }
+
+    /// The successor failed before taking over: serve as before, accepting pushes.
+    pub(crate) fn abandon_handover(&self) {
+        self.state().handing_over = false;
+    }
+
+    /// The successor accepts on the same sockets now: stop accepting on every listener
+    /// (the sockets stay open in the successor, so nothing waiting in their backlog is
+    /// lost) and end every HTTP/1 connection after its next response. Pushes stay
+    /// refused.
+    pub(crate) fn step_down(&self) {
+        let mut st = self.state();
+        self.inner
+            .shared
+            .keep_alive_off
+            .store(true, Ordering::Relaxed);
+        for h in st.listeners.values_mut() {
+            h.accept.cancel();
+            // The successor holds the sockets now.
+            h.socket = None;
+        }
+    }
+
+    /// Closes the client connections that wait for a request (those under way finish
+    /// their response first); upgraded connections (WebSockets) are left running.
+    pub(crate) fn close_idle(&self) {
+        for h in self.state().listeners.values() {
+            h.stop.cancel();
+        }
+    }
+
+    /// Connections (and upgraded streams) still open, plus running accept loops.
+    pub(crate) fn open_tasks(&self) -> usize {
+        self.inner.shared.tasks.len()
+    }
+
+    /// Lets [`Router::wait_tracked`] finish once no task is left (tasks may still be
+    /// added: it only ends the waiting).
+    pub(crate) fn close_tracker(&self) {
+        self.inner.shared.tasks.close();
+    }
+
+    /// Waits until every tracked task ended, once [`Router::close_tracker`] was called.
+    pub(crate) async fn wait_tracked(&self) {
+        self.inner.shared.tasks.wait().await;
+    }
+
+    /// Applies `cfg` (the config of the router this one takes over from, or its own)
+    /// using the listening sockets `inherited` where an app asks for the address one is
+    /// bound to, binding the others. Records `predecessor` for [`Router::health`].
+    pub(crate) fn adopt(
+        &self,
+        cfg: RoutingConfig,
+        inherited: Vec<Offered>,
+        predecessor: u32,
+    ) -> Result<(PushResult, Vec<(String, std::io::Error)>), RouterError> {
+        {
+            let mut st = self.state();
+            st.predecessor = Some(predecessor);
+            st.inherited = inherited.into_iter().map(|o| (o.app.clone(), o)).collect();
+        }
+        let result = self.apply_detailed(cfg);
+        // Sockets no app asked for close here.
+        self.state().inherited.clear();
+        result
     }
 
     /// Stops accepting on every listener, asks every connection to close after its
@@ -522,6 +715,11 @@ impl Router {
             self.inner.shared.stopping.cancel();
             // Its listeners would never be started: close them now.
             st.staged = None;
+            // The duplicates kept for a handover: with the accept loops gone, the
+            // sockets close (the kernel stops completing connections on them).
+            for h in st.listeners.values_mut() {
+                h.socket = None;
+            }
         }
         self.inner.shared.tasks.close();
         let done = tokio::time::timeout(grace, self.inner.shared.tasks.wait())

@@ -27,6 +27,14 @@ pub struct RouterHealth {
     /// since the Unix epoch; 0 before the first one.
     #[serde(default)]
     pub switched_at_us: u64,
+    /// The router's build: its version and the size and modification time of its
+    /// executable, so that a control plane can tell a router of another build (empty
+    /// from a router that predates handovers).
+    #[serde(default)]
+    pub build: String,
+    /// Pid of the router this one took over from (listeners handed over), if any.
+    #[serde(default)]
+    pub predecessor: Option<u32>,
 }
 
 /// Answer of `PUT /v1/config` and of `PUT /v1/config/staged`.

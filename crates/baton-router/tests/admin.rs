@@ -42,6 +42,7 @@ async fn admin_protocol_end_to_end() {
     let task = tokio::spawn(run(
         RouterOptions {
             admin_socket: socket.clone(),
+            ..Default::default()
         },
         stop.clone(),
     ));
@@ -86,6 +87,7 @@ async fn admin_protocol_end_to_end() {
     match run(
         RouterOptions {
             admin_socket: socket.clone(),
+            ..Default::default()
         },
         CancellationToken::new(),
     )
@@ -112,6 +114,7 @@ async fn raw_http_conflict_status() {
     let task = tokio::spawn(run(
         RouterOptions {
             admin_socket: socket.clone(),
+            ..Default::default()
         },
         stop.clone(),
     ));
@@ -179,6 +182,7 @@ impl Running {
         let task = tokio::spawn(run(
             RouterOptions {
                 admin_socket: socket.clone(),
+                ..Default::default()
             },
             stop.clone(),
         ));

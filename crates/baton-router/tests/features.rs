@@ -201,6 +201,7 @@ async fn windows_and_prometheus_match_counts_sent() {
     let task = tokio::spawn(run(
         RouterOptions {
             admin_socket: socket.clone(),
+            ..Default::default()
         },
         stop.clone(),
     ));
@@ -349,6 +350,9 @@ async fn standalone_serves_metrics_over_tcp() {
             workers: Some(1),
             metrics_listen: Some(metrics),
             balance: Default::default(),
+            handover_socket: None,
+            take_over: false,
+            drain_grace: None,
         },
         stop.clone(),
     ));
@@ -571,6 +575,7 @@ async fn admin_router(tag: &str) -> (AdminClient, RunningRouter) {
     let task = tokio::spawn(run(
         RouterOptions {
             admin_socket: socket.clone(),
+            ..Default::default()
         },
         stop.clone(),
     ));

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -43,6 +43,28 @@ struct Server {
     /// URL of the control plane's API [default: BATON_SERVER, else http://127.0.0.1:7077]
     #[arg(long = "server", value_name = "URL")]
     url: Option<String>,
+}
+
+/// `baton router SUBCOMMAND`.
+#[derive(Subcommand, Debug)]
+enum RouterAction {
+    /// Replace the router of `baton serve` with this baton binary, without losing a
+    /// request: the new router takes over the listening sockets and the routing table,
+    /// the old one drains and exits. (`baton serve` also does this by itself when it
+    /// starts and finds a router of another build.) Exit 1 if the new router fails;
+    /// the running one then serves on.
+    Upgrade {
+        /// The control plane's data dir (where the router socket is).
+        #[arg(long, env = "BATON_DATA_DIR", default_value = ".baton")]
+        data_dir: PathBuf,
+        /// How long the old router keeps open WebSockets before closing them with 1001
+        /// "going away" (e.g. 5s) [default: each app's stream drain grace, 10s].
+        #[arg(long, value_parser = parse_duration)]
+        drain_grace: Option<Duration>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `baton router --balance`.
@@ -324,10 +346,19 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Run the router alone as a plain HTTP load balancer.
+    ///
+    /// To replace a running `baton router` with a new binary without losing a request,
+    /// start it with `--handover-socket PATH`, then run the new binary with the same
+    /// arguments plus `--take-over`: the new one receives the listening sockets, the old
+    /// one stops accepting, drains (WebSockets get `--drain-grace`, then close 1001)
+    /// and exits.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Router {
+        #[command(subcommand)]
+        action: Option<RouterAction>,
         /// Address users connect to, as IP:PORT.
-        #[arg(long)]
-        listen: SocketAddr,
+        #[arg(long, required = true)]
+        listen: Option<SocketAddr>,
         /// A backend address, as IP:PORT; repeat for more.
         #[arg(long = "upstream", required = true)]
         upstreams: Vec<SocketAddr>,
@@ -340,6 +371,18 @@ enum Cmd {
         /// How each request picks an upstream.
         #[arg(long, value_enum, default_value_t = BalanceArg::RoundRobin)]
         balance: BalanceArg,
+        /// Unix socket (created with mode 0600) on which this router hands its
+        /// listening sockets to a new router started with --take-over.
+        #[arg(long, value_name = "PATH")]
+        handover_socket: Option<PathBuf>,
+        /// Take over from the router serving --handover-socket: use its listening
+        /// sockets, then let it drain and exit (it serves on if this one fails first).
+        #[arg(long, requires = "handover_socket")]
+        take_over: bool,
+        /// With --take-over: how long the old router keeps open WebSockets before
+        /// closing them with 1001 "going away" (e.g. 5s) [default: 10s].
+        #[arg(long, value_parser = parse_duration, requires = "take_over")]
+        drain_grace: Option<Duration>,
     },
     /// The router process the control plane starts (internal).
     #[command(name = "__router", hide = true)]
@@ -347,6 +390,12 @@ enum Cmd {
         /// Unix socket the control plane drives the router through.
         #[arg(long)]
         admin_socket: PathBuf,
+        /// Take over from the router running on --admin-socket (its sockets and table).
+        #[arg(long)]
+        take_over: bool,
+        /// With --take-over: how long the old router keeps open WebSockets.
+        #[arg(long, value_parser = parse_duration, requires = "take_over")]
+        drain_grace: Option<Duration>,
     },
     /// Deterministic simulation of the control plane under random faults
     /// (for long runs; the test suite runs 10,000 seeds).
@@ -593,7 +642,10 @@ pub fn main() -> ExitCode {
     }
     let long_running = matches!(
         cli.command,
-        Cmd::Serve { .. } | Cmd::RouterProcess { .. } | Cmd::Router { .. } | Cmd::Node { .. }
+        Cmd::Serve { .. }
+            | Cmd::RouterProcess { .. }
+            | Cmd::Router { action: None, .. }
+            | Cmd::Node { .. }
     );
     init_tracing(if long_running { "info" } else { "warn" });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -931,13 +983,30 @@ async fn run(cli: Cli) -> Exit {
         }
         Cmd::Sample { .. } | Cmd::Sim { .. } => Exit::Ok,
         Cmd::Router {
+            action:
+                Some(RouterAction::Upgrade {
+                    data_dir,
+                    drain_grace,
+                    json,
+                }),
+            ..
+        } => upgrade_router(&data_dir, drain_grace, json).await,
+        Cmd::Router {
+            action: None,
             listen,
             upstreams,
             workers,
             metrics_listen,
             balance,
+            handover_socket,
+            take_over,
+            drain_grace,
         } => {
-            let shutdown = tokio_util::sync::CancellationToken::new();
+            let Some(listen) = listen else {
+                return Exit::BadInput("--listen is required".into());
+            };
+            // Ctrl-C or SIGTERM: drain and exit (and remove the handover socket).
+            let shutdown = cancel_on_sigterm();
             let token = shutdown.clone();
             tokio::spawn(async move {
                 let _ = tokio::signal::ctrl_c().await;
@@ -952,6 +1021,9 @@ async fn run(cli: Cli) -> Exit {
                     BalanceArg::RoundRobin => baton_router::config::Balance::RoundRobin,
                     BalanceArg::LeastRequests => baton_router::config::Balance::LeastRequests,
                 },
+                handover_socket,
+                take_over,
+                drain_grace,
             };
             match baton_router::run_standalone_with(opts, shutdown).await {
                 Ok(()) => Exit::Ok,
@@ -978,13 +1050,55 @@ async fn run(cli: Cli) -> Exit {
                 Err(e) => Exit::Failed(format!("{e:#}")),
             }
         }
-        Cmd::RouterProcess { admin_socket } => {
+        Cmd::RouterProcess {
+            admin_socket,
+            take_over,
+            drain_grace,
+        } => {
             let shutdown = cancel_on_sigterm();
-            match baton_router::run(baton_router::RouterOptions { admin_socket }, shutdown).await {
+            let opts = baton_router::RouterOptions {
+                admin_socket,
+                take_over,
+                drain_grace,
+            };
+            match baton_router::run(opts, shutdown).await {
                 Ok(()) => Exit::Ok,
                 Err(e) => Exit::Failed(e.to_string()),
             }
         }
+    }
+}
+
+/// `baton router upgrade`: replaces the router of the control plane in `data_dir`.
+async fn upgrade_router(data_dir: &Path, drain_grace: Option<Duration>, json: bool) -> Exit {
+    let exe = match std::env::current_exe() {
+        Ok(p) => p.to_string_lossy().into_owned(),
+        Err(e) => return Exit::Failed(format!("cannot tell which binary this is: {e}")),
+    };
+    let socket = crate::routing::socket_path(data_dir);
+    if !socket.exists() {
+        return Exit::BadInput(format!(
+            "no router socket at {} (is --data-dir that of `baton serve`?)",
+            socket.display()
+        ));
+    }
+    match crate::routing::hand_over_router(data_dir, &socket, &exe, drain_grace).await {
+        Ok(done) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&done).unwrap_or_default()
+                );
+            } else {
+                println!(
+                    "router replaced: pid {} ({}) took over from pid {} ({}) at generation {}; \
+                     the old router drains and exits",
+                    done.new_pid, done.new_build, done.old_pid, done.old_build, done.generation
+                );
+            }
+            Exit::Ok
+        }
+        Err(e) => Exit::Failed(format!("{e:#}")),
     }
 }
 

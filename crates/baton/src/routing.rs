@@ -944,9 +944,20 @@ async fn push_loop(link: Arc<LinkState>, client: Arc<dyn RouterApi>) {
 async fn recheck(link: &LinkState, client: &dyn RouterApi, started: &mut Option<i64>) {
     match client.health().await {
         Ok(h) => {
-            let restarted = started.is_some_and(|s| s != h.started_ms);
+            let mut restarted = started.is_some_and(|s| s != h.started_ms);
             *started = Some(h.started_ms);
             let acknowledged = link.ack.borrow().acknowledged;
+            if restarted && h.predecessor.is_some() && h.generation >= acknowledged {
+                // Replaced by handover: the new process took over the old one's table.
+                info!(
+                    pid = h.pid,
+                    build = %h.build,
+                    predecessor = h.predecessor,
+                    generation = h.generation,
+                    "the router was replaced by handover and serves the acknowledged table"
+                );
+                restarted = false;
+            }
             if restarted || h.generation < acknowledged {
                 tracing::warn!(
                     generation = h.generation,
@@ -989,7 +1000,41 @@ pub async fn ensure_router(
     match client.config().await {
         Ok(cfg) => {
             info!(socket = %socket.display(), generation = cfg.generation, "re-attached to the running router");
-            Ok(cfg)
+            let Ok(health) = client.health().await else {
+                return Ok(cfg);
+            };
+            let wanted = baton_router::handover::build_of(Path::new(baton_exe));
+            if health.build == wanted {
+                return Ok(cfg);
+            }
+            // The router runs another build of baton than the one installed: replace it
+            // by handover (it passes its sockets on; no request is lost).
+            info!(
+                pid = health.pid,
+                build = %health.build,
+                wanted = %wanted,
+                "the running router is another build; replacing it by handover"
+            );
+            match hand_over_router(dir, socket, baton_exe, None).await {
+                Ok(done) => {
+                    info!(
+                        old_pid = done.old_pid,
+                        old_build = %done.old_build,
+                        new_pid = done.new_pid,
+                        new_build = %done.new_build,
+                        generation = done.generation,
+                        "router replaced by handover"
+                    );
+                    client
+                        .config()
+                        .await
+                        .context("reading the new router's config")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot replace the router; keeping the running one");
+                    Ok(cfg)
+                }
+            }
         }
         Err(_) => {
             start_router(dir, socket, baton_exe)?;
@@ -1003,7 +1048,98 @@ pub async fn ensure_router(
     }
 }
 
+/// What [`hand_over_router`] did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RouterHandover {
+    pub old_pid: u32,
+    pub old_build: String,
+    pub new_pid: u32,
+    pub new_build: String,
+    /// The generation the new router serves (the old one's table).
+    pub generation: u64,
+}
+
+/// How long a new router may take to take over before it is given up (and killed).
+const HANDOVER_WAIT: Duration = Duration::from_secs(30);
+
+/// Replaces the router answering on `socket` with a new `baton_exe __router` process
+/// that takes over its listening sockets and table (see `baton_router::handover`),
+/// and waits until the new one answers on `socket`. On failure the running router
+/// serves on, untouched. `drain_grace`: how long the old router keeps WebSockets open.
+pub async fn hand_over_router(
+    data_dir: &Path,
+    socket: &Path,
+    baton_exe: &str,
+    drain_grace: Option<Duration>,
+) -> anyhow::Result<RouterHandover> {
+    let client = AdminClient::new(socket.to_path_buf());
+    let old = client
+        .health()
+        .await
+        .with_context(|| format!("no router answers on {}", socket.display()))?;
+    let mut args = vec![
+        "__router".to_string(),
+        "--admin-socket".into(),
+        socket.display().to_string(),
+        "--take-over".into(),
+    ];
+    if let Some(g) = drain_grace {
+        args.push("--drain-grace".into());
+        args.push(format!("{}ms", g.as_millis()));
+    }
+    let mut child = spawn_router(data_dir, baton_exe, &args)?;
+    let new_pid = child.id();
+    let deadline = Instant::now() + HANDOVER_WAIT;
+    let new = loop {
+        if let Some(status) = child.try_wait().context("waiting for the new router")? {
+            anyhow::bail!(
+                "the new router exited ({status}) before taking over; the running router \
+                 (pid {}) serves on; see logs/router.log in the data dir",
+                old.pid
+            );
+        }
+        if let Ok(h) = client.health().await
+            && h.pid == new_pid
+        {
+            break h;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!(
+                "the new router did not take over within {HANDOVER_WAIT:?}; the running router \
+                 (pid {}) serves on; see logs/router.log in the data dir",
+                old.pid
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    reap(child)?;
+    Ok(RouterHandover {
+        old_pid: old.pid,
+        old_build: old.build,
+        new_pid,
+        new_build: new.build,
+        generation: new.generation,
+    })
+}
+
 fn start_router(data_dir: &Path, socket: &Path, baton_exe: &str) -> anyhow::Result<()> {
+    let args = [
+        "__router".to_string(),
+        "--admin-socket".into(),
+        socket.display().to_string(),
+    ];
+    let child = spawn_router(data_dir, baton_exe, &args)?;
+    reap(child)
+}
+
+/// Starts `baton_exe ARGS` as a router process logging to `data_dir/logs/router.log`.
+fn spawn_router(
+    data_dir: &Path,
+    baton_exe: &str,
+    args: &[String],
+) -> anyhow::Result<std::process::Child> {
     let logs = data_dir.join("logs");
     std::fs::create_dir_all(&logs)?;
     let log = std::fs::OpenOptions::new()
@@ -1011,9 +1147,7 @@ fn start_router(data_dir: &Path, socket: &Path, baton_exe: &str) -> anyhow::Resu
         .append(true)
         .open(logs.join("router.log"))?;
     let mut cmd = std::process::Command::new(baton_exe);
-    cmd.arg("__router")
-        .arg("--admin-socket")
-        .arg(socket)
+    cmd.args(args)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -1021,9 +1155,12 @@ fn start_router(data_dir: &Path, socket: &Path, baton_exe: &str) -> anyhow::Resu
         // or its death does not take the data plane with it.
         .env_remove("BATON_OWNER");
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("starting the router ({baton_exe} __router)"))?;
+    cmd.spawn()
+        .with_context(|| format!("starting the router ({baton_exe} __router)"))
+}
+
+/// Reaps `child` when it exits, from a thread of its own.
+fn reap(mut child: std::process::Child) -> anyhow::Result<()> {
     // Reap it if it ever exits while this control plane runs (no zombie); a
     // restarted control plane re-attaches to a router it did not start.
     std::thread::Builder::new()
