@@ -35,11 +35,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::attempt::{self, Ended, Next};
 use crate::client_socket::ClientSocket;
+use crate::context::{ConnCtx, live_app_of, next_cohort};
 use crate::h1;
+use crate::mirroring::{self, MirrorPlan};
 use crate::outcome::{self, Outcome};
-use crate::proxy::{self, ConnCtx};
 use crate::table::AppTable;
-use crate::upstream::{UP_BUF, connect, drop_idle, put_idle, return_buf, spare_buf, take_idle};
+use crate::upstream::{
+    self, UP_BUF, connect, drop_idle, put_idle, return_buf, spare_buf, take_idle,
+};
 
 /// Per-connection deadlines, kept by one timer: while waiting for a request head (the
 /// header timeout, counted from the end of the previous response) and while waiting
@@ -97,7 +100,7 @@ impl Route {
         if let Some(st) = &app.sticky {
             route.cohort = crate::sticky::cohort_from_headers(&*req.headers, &st.cookie);
             if route.cohort.is_none() {
-                let c = proxy::next_cohort();
+                let c = next_cohort();
                 route.cohort = Some(c);
                 route.set_cookie =
                     Some(crate::sticky::set_cookie_value(&st.cookie, c, st.max_age_s));
@@ -145,7 +148,7 @@ pub(crate) async fn serve(
         // A complete head, or more bytes from the client; the app's table as it was
         // when the head was read, and what the head says about its version.
         let (head, live, route) = loop {
-            let live = proxy::live_app_of(ctx);
+            let live = live_app_of(ctx);
             // The lane sees every head until it hands over, so it applies the app's
             // head size limit itself.
             let limits = live
@@ -380,7 +383,7 @@ async fn exchange(
         bytes_in,
     };
     // Held (not routable) requests wait here for a table that can take them.
-    let Some(parsed) = proxy::routable_app(sh, &ctx.app)
+    let Some(parsed) = upstream::routable_app(sh, &ctx.app)
         .await
         .map(|live| parsed.unwrap_or(live))
     else {
@@ -403,7 +406,7 @@ async fn exchange(
     let mut streamed = false;
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut attempts = 0;
-    let mut max_attempts = proxy::MAX_ATTEMPTS;
+    let mut max_attempts = upstream::MAX_ATTEMPTS;
     let mut spins = 0;
     let mut primary = None;
     let mut last_version = None;
@@ -412,10 +415,10 @@ async fn exchange(
     let mut shield_used = false;
     let mut to_stable = false;
     let result = loop {
-        if attempts >= max_attempts || spins >= proxy::MAX_SPINS {
+        if attempts >= max_attempts || spins >= upstream::MAX_SPINS {
             break None;
         }
-        let Some(app) = proxy::routable_app(sh, &ctx.app).await else {
+        let Some(app) = upstream::routable_app(sh, &ctx.app).await else {
             break None;
         };
         let v = match primary {
@@ -433,7 +436,7 @@ async fn exchange(
         };
         primary = Some(v);
         to_stable = false;
-        let Some((vi, bi, guard)) = proxy::pick_for_attempt(ctx, &app, v, &tried) else {
+        let Some((vi, bi, guard)) = upstream::pick_for_attempt(ctx, &app, v, &tried) else {
             spins += 1;
             continue;
         };
@@ -517,7 +520,7 @@ async fn exchange(
                 backend.state.failures.fetch_add(1, Ordering::Relaxed);
                 tried.push(addr);
                 if ended == Ended::ConnectFailed {
-                    proxy::mark_down(sh, &backend.state);
+                    upstream::mark_down(sh, &backend.state);
                 }
             }
         }
@@ -660,7 +663,7 @@ async fn exchange(
                 .map_or(0, |m| m.cfg.max_body_bytes.saturating_mul(2) + 4096);
             h1::response_parts(&up_buf[..rh.len])
                 .and_then(|(status, headers)| {
-                    proxy::start_mirror(plan, vi, status, &headers, &limits)
+                    mirroring::start_mirror(plan, vi, status, &headers, &limits)
                 })
                 .map(|t| (t, Capture::new(limit)))
         }
@@ -762,7 +765,7 @@ async fn no_backend(
     req: &outcome::Request<'_>,
     close: bool,
 ) -> Exchange {
-    let app = proxy::live_app_of(ctx);
+    let app = live_app_of(ctx);
     Outcome::NoBackend.record(req, None, app.as_deref().map(|a| &*a.counters));
     local(
         client,
@@ -1070,7 +1073,7 @@ fn copies(
     head: &h1::ReqHead,
     body: &ReqBody,
     buf: &[u8],
-) -> Option<proxy::MirrorPlan> {
+) -> Option<MirrorPlan> {
     if app.mirror.is_none() && !app.record.armed() {
         return None;
     }
@@ -1091,9 +1094,9 @@ fn copies(
             m.state.counter.fetch_add(1, Ordering::Relaxed),
             m.cfg.percent,
         );
-    wanted.then(|| proxy::MirrorPlan {
+    wanted.then(|| MirrorPlan {
         app: app.clone(),
-        head: proxy::Head {
+        head: mirroring::Head {
             method,
             uri,
             headers,

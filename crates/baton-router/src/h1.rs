@@ -13,6 +13,8 @@
 //! The I/O around it is `engine`; the fuzz target is the `codec` property test in
 //! `tests/`.
 
+use http::header::{self, HeaderMap, HeaderName};
+
 /// Header lines parsed on the stack; heads with more are parsed again with
 /// [`MAX_HEADERS_HEAP`].
 const MAX_HEADERS: usize = 48;
@@ -540,6 +542,53 @@ pub(crate) fn body_data(framing: Framing, raw: &[u8]) -> Vec<u8> {
     let mut data = Vec::with_capacity(raw.len());
     BodyFramer::response(Framing::Chunked).accept_data(raw, &mut data);
     data
+}
+
+/// Hop-by-hop headers, never forwarded in either direction.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the (few) names instead of a hashed look-up per hop-by-hop name
+    // (standard names compare as small integers); most heads carry none of them.
+    let mut present = 0u8;
+    for k in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
+        return;
+    }
+    // `HOP_BY_HOP[0]` is `Connection`.
+    if present & 1 != 0 {
+        // Headers the sender named in `Connection` are hop-by-hop too. Rare beyond
+        // `keep-alive`/`close`, so the allocation is only paid when present.
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|s| s.split(','))
+            .map(str::trim)
+            .filter(|n| !n.eq_ignore_ascii_case("close") && !n.eq_ignore_ascii_case("keep-alive"))
+            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
+    }
+    for (i, n) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(n);
+        }
+    }
 }
 
 /// A response head, as judged.

@@ -25,26 +25,24 @@
 //! wire types), [`handover`] (replacing the router process with a new binary on the
 //! same sockets).
 
+// The routing policy and wire types live in `baton-routing` (no I/O); re-exported so
+// that `baton_router::config` and friends keep their paths.
+pub use baton_routing::{config, limits, metrics, mirror, record, rules, select, stats, sticky};
+
 pub mod admin;
 mod attempt;
+mod build_info;
 mod client_socket;
-pub mod config;
+mod context;
 mod engine;
 mod error;
 mod h1;
 pub mod handover;
-pub mod limits;
 mod listener;
-pub mod metrics;
-pub mod mirror;
+mod mirroring;
 mod outcome;
 mod proxy;
-pub mod record;
 mod router;
-pub mod rules;
-pub mod select;
-pub mod stats;
-pub mod sticky;
 mod table;
 mod tunnel;
 mod upstream;

@@ -17,7 +17,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::HeaderValue;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
@@ -31,9 +30,9 @@ use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
 use crate::client_socket::ClientSocket;
+use crate::context::{AppRef, ConnCtx, Shared};
 use crate::limits::Limits;
-use crate::proxy::{self, ConnCtx, RespBody};
-use crate::router::Shared;
+use crate::proxy::{self, RespBody};
 
 /// Binds `addr` with SO_REUSEADDR, so a restarted router can take its ports back while
 /// old connections sit in TIME_WAIT.
@@ -80,14 +79,6 @@ sockopt_impl!(
     libc::TCP_DEFER_ACCEPT,
     u32
 );
-
-/// Which app a listener serves.
-#[derive(Clone)]
-pub(crate) struct AppRef {
-    /// Stable index of the app in every snapshot ([`crate::table::Table::app`]).
-    pub id: usize,
-    pub name: Arc<str>,
-}
 
 /// Accepts connections for `app` on every worker until `accept` is cancelled (a child
 /// of `stop`: a handover stops accepting first, see [`crate::handover`]); when `stop`
@@ -518,11 +509,6 @@ async fn drive<C: Serving>(
     if let Err(e) = result {
         tracing::debug!(error = %e, "client connection ended with an error");
     }
-}
-
-/// The `X-Forwarded-For` value of a client at `ip` (computed once per connection).
-pub(crate) fn ip_header(ip: std::net::IpAddr) -> HeaderValue {
-    HeaderValue::try_from(ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
 }
 
 #[cfg(test)]

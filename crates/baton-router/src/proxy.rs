@@ -1,5 +1,6 @@
-//! The request path: hold while nothing is routable, pick a backend, forward, retry
-//! what is safe to retry, stream the answer back.
+//! HTTP/2 requests (served by hyper's h2c server): hold while nothing is routable, pick
+//! a backend, forward over the engine's upstream pool ([`crate::upstream::call`]),
+//! retry what is safe to retry, stream the answer back.
 //!
 //! Reads the routing snapshot without locks; touches only atomics otherwise, plus the
 //! worker's own (uncontended) metrics shard once per response. Match rules, sticky
@@ -10,7 +11,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -21,237 +22,19 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::attempt::{self, Ended, Next};
+use crate::context::{ConnCtx, Shared, live_app, next_cohort};
 use crate::limits::Limits;
-use crate::listener::AppRef;
 use crate::metrics::RequestSample;
-use crate::mirror::{Captured, Comparison, Difference};
+use crate::mirroring::{Head, MirrorPlan, Tee, start_mirror};
 use crate::outcome::{self, Outcome};
-use crate::router::Shared;
-use crate::table::{
-    AppCounters, AppTable, BackendState, MirrorState, MirrorTable, VersionCounters,
+use crate::table::{AppTable, VersionCounters};
+use crate::upstream::{
+    self, CallError, InFlight, MAX_ATTEMPTS, MAX_SPINS, UpBody, UpstreamBody, mark_down,
+    pick_for_attempt, routable_app,
 };
-use crate::upstream::{self, CallError, UpstreamBody};
-
-thread_local! {
-    /// This worker's cohort generator for sticky apps.
-    static COHORTS: std::cell::RefCell<crate::sticky::CohortRng> =
-        std::cell::RefCell::new(crate::sticky::CohortRng::from_clock(crate::worker::index() as u64));
-}
 
 /// Request bodies up to this size are buffered so the request can be replayed.
 pub(crate) const MAX_REPLAY_BODY: usize = 1024 * 1024;
-/// Attempts per request, the first one included.
-pub(crate) const MAX_ATTEMPTS: usize = 3;
-/// How long the picker avoids a backend after a connect failure.
-const DOWN_FOR_MS: u64 = 1000;
-/// Hold time for a request on a connection whose app was removed from the config.
-const REMOVED_APP_HOLD: Duration = Duration::from_secs(1);
-/// Bound on loop turns of one request that made no attempt.
-pub(crate) const MAX_SPINS: usize = 16;
-/// Mirror copies under way per app and worker; more are dropped (and counted).
-pub(crate) const MIRROR_MAX_IN_FLIGHT: usize = 64;
-/// Marks the copies sent to a mirror target.
-const X_BATON_MIRROR: HeaderName = HeaderName::from_static("x-baton-mirror");
-
-/// What a client connection knows about itself.
-pub(crate) struct ConnCtx {
-    pub shared: Arc<Shared>,
-    pub app: AppRef,
-    pub peer: SocketAddr,
-    /// The client's address as a header value (`X-Forwarded-For`), made once.
-    peer_ip: HeaderValue,
-    /// This hop's `Forwarded` element (`for=...;proto=http`), made once.
-    forwarded: HeaderValue,
-    /// The app's counters, where this connection is counted as open.
-    app_counters: Option<Arc<AppCounters>>,
-    /// Requests under way on this connection (HTTP/1: at most one).
-    pub active: AtomicU32,
-    /// Requests received on this connection so far.
-    pub heads: AtomicU64,
-    /// When the last response ended ([`Shared::now_ms`]), or the connection was made.
-    pub idle_since_ms: AtomicU64,
-}
-
-impl Drop for ConnCtx {
-    fn drop(&mut self) {
-        if let Some(c) = &self.app_counters {
-            c.connections.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-}
-
-impl ConnCtx {
-    /// The client's address as an `X-Forwarded-For` element.
-    pub(crate) fn peer_ip(&self) -> &HeaderValue {
-        &self.peer_ip
-    }
-
-    /// This hop's `Forwarded` element.
-    pub(crate) fn forwarded(&self) -> &HeaderValue {
-        &self.forwarded
-    }
-
-    pub fn new(shared: Arc<Shared>, app: AppRef, peer: SocketAddr) -> Self {
-        let (peer_ip, forwarded) = forwarding_values(peer.ip());
-        let app_counters = live_app(&shared, &app).map(|a| a.counters.clone());
-        if let Some(c) = &app_counters {
-            c.connections.fetch_add(1, Ordering::Relaxed);
-        }
-        ConnCtx {
-            app_counters,
-            active: AtomicU32::new(0),
-            heads: AtomicU64::new(0),
-            idle_since_ms: AtomicU64::new(shared.now_ms()),
-            shared,
-            app,
-            peer,
-            peer_ip,
-            forwarded,
-        }
-    }
-}
-
-thread_local! {
-    /// The forwarding header values of the last client address seen by this worker:
-    /// clients usually open many connections in a row.
-    static LAST_PEER: std::cell::RefCell<Option<(std::net::IpAddr, HeaderValue, HeaderValue)>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-/// `X-Forwarded-For` and `Forwarded` values of a client at `ip`; formatted only when
-/// the address differs from the previous connection's on this worker.
-fn forwarding_values(ip: std::net::IpAddr) -> (HeaderValue, HeaderValue) {
-    LAST_PEER.with_borrow_mut(|last| {
-        if let Some((a, x, f)) = last.as_ref()
-            && *a == ip
-        {
-            return (x.clone(), f.clone());
-        }
-        let forwarded = match ip {
-            std::net::IpAddr::V4(ip) => format!("for={ip};proto=http"),
-            std::net::IpAddr::V6(ip) => format!("for=\"[{ip}]\";proto=http"),
-        };
-        let x = crate::listener::ip_header(ip);
-        let f = HeaderValue::try_from(forwarded).unwrap_or(HeaderValue::from_static("for=unknown"));
-        *last = Some((ip, x.clone(), f.clone()));
-        (x, f)
-    })
-}
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Body sent to a backend.
-pub(crate) enum UpBody {
-    /// Fully buffered (replayable).
-    Full(Option<Bytes>),
-    /// Too large to buffer: the part read so far, then the rest from the client, cut
-    /// off with an error (and `over` set) past `left` more bytes.
-    Streaming {
-        prefix: Option<Bytes>,
-        rest: Incoming,
-        left: u64,
-        over: Arc<AtomicBool>,
-    },
-}
-
-/// The request body went over the app's `max_body_bytes` while being streamed.
-#[derive(Debug)]
-struct BodyTooLarge;
-
-impl std::fmt::Display for BodyTooLarge {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("request body too large")
-    }
-}
-
-impl std::error::Error for BodyTooLarge {}
-
-impl Body for UpBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            UpBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
-            UpBody::Streaming {
-                prefix,
-                rest,
-                left,
-                over,
-            } => {
-                if let Some(p) = prefix.take() {
-                    return Poll::Ready(Some(Ok(Frame::data(p))));
-                }
-                match Pin::new(rest).poll_frame(cx) {
-                    Poll::Ready(Some(Ok(f))) => {
-                        let n = f.data_ref().map_or(0, |d| d.len() as u64);
-                        if n > *left {
-                            over.store(true, Ordering::Relaxed);
-                            return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
-                        }
-                        *left -= n;
-                        Poll::Ready(Some(Ok(f)))
-                    }
-                    Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
-                    Poll::Ready(None) => Poll::Ready(None),
-                    Poll::Pending => Poll::Pending,
-                }
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpBody::Full(b) => b.is_none(),
-            UpBody::Streaming { prefix, rest, .. } => prefix.is_none() && rest.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            UpBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            UpBody::Streaming { prefix, rest, .. } => {
-                let p = prefix.as_ref().map_or(0, |b| b.len() as u64);
-                let r = rest.size_hint();
-                let mut h = SizeHint::new();
-                h.set_lower(r.lower() + p);
-                if let Some(u) = r.upper() {
-                    h.set_upper(u + p);
-                }
-                h
-            }
-        }
-    }
-}
-
-/// Counts one attempt as in flight on its backend and version until dropped.
-pub(crate) struct InFlight {
-    backend: Arc<BackendState>,
-    version: Arc<VersionCounters>,
-}
-
-impl InFlight {
-    pub(crate) fn start(backend: Arc<BackendState>, version: Arc<VersionCounters>) -> Self {
-        // SeqCst pairs with the snapshot re-check in `handle`: see the fence there.
-        backend.in_flight.fetch_add(1, Ordering::SeqCst);
-        version.in_flight.fetch_add(1, Ordering::SeqCst);
-        InFlight { backend, version }
-    }
-
-    pub(crate) fn version(&self) -> &VersionCounters {
-        &self.version
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.backend.in_flight.fetch_sub(1, Ordering::SeqCst);
-        self.version.in_flight.fetch_sub(1, Ordering::SeqCst);
-    }
-}
 
 /// Body sent to the user.
 pub(crate) enum RespBody {
@@ -298,7 +81,7 @@ impl Proxied {
         let latency = self
             .head_latency
             .unwrap_or_else(|| now.saturating_duration_since(self.start));
-        guard.version.record(
+        guard.version().record(
             now,
             &RequestSample {
                 status: self.status,
@@ -313,53 +96,6 @@ impl Proxied {
         {
             t.send();
         }
-    }
-}
-
-/// The user's response as captured for a mirror comparison: chunks are shared with
-/// what is sent (no copy on the user's path).
-pub(crate) struct Tee {
-    max: usize,
-    len: usize,
-    chunks: Vec<Bytes>,
-    truncated: bool,
-    status: u16,
-    headers: Vec<(String, String)>,
-    tx: tokio::sync::oneshot::Sender<PrimaryCapture>,
-}
-
-struct PrimaryCapture {
-    status: u16,
-    headers: Vec<(String, String)>,
-    chunks: Vec<Bytes>,
-    truncated: bool,
-}
-
-impl Tee {
-    pub(crate) fn push(&mut self, d: &Bytes) {
-        let room = self.max - self.len;
-        if d.len() > room {
-            self.truncated = true;
-        }
-        let n = d.len().min(room);
-        if n > 0 {
-            self.chunks.push(d.slice(..n));
-            self.len += n;
-        }
-    }
-
-    /// The captured body is known to be cut short.
-    pub(crate) fn mark_truncated(&mut self) {
-        self.truncated = true;
-    }
-
-    pub(crate) fn send(self) {
-        let _ = self.tx.send(PrimaryCapture {
-            status: self.status,
-            headers: self.headers,
-            chunks: self.chunks,
-            truncated: self.truncated,
-        });
     }
 }
 
@@ -582,56 +318,9 @@ async fn prepare_body(
     Ok(Some(UpBody::Full(b)))
 }
 
-/// Hop-by-hop headers, never forwarded in either direction.
-const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
-pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the (few) names instead of a hashed look-up per hop-by-hop name
-    // (standard names compare as small integers); most heads carry none of them.
-    let mut present = 0u8;
-    for k in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
-            present |= 1 << i;
-        }
-    }
-    if present == 0 {
-        return;
-    }
-    // `HOP_BY_HOP[0]` is `Connection`.
-    if present & 1 != 0 {
-        // Headers the sender named in `Connection` are hop-by-hop too. Rare beyond
-        // `keep-alive`/`close`, so the allocation is only paid when present.
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|s| s.split(','))
-            .map(str::trim)
-            .filter(|n| !n.eq_ignore_ascii_case("close") && !n.eq_ignore_ascii_case("keep-alive"))
-            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
-            .collect();
-        for n in named {
-            headers.remove(n);
-        }
-    }
-    for (i, n) in HOP_BY_HOP.iter().enumerate() {
-        if present & (1 << i) != 0 {
-            headers.remove(n);
-        }
-    }
-}
 
 /// Appends `value` to the comma-separated list header `name`, or sets it.
 fn append_list(headers: &mut HeaderMap, name: HeaderName, value: &HeaderValue) {
@@ -656,11 +345,11 @@ fn append_list(headers: &mut HeaderMap, name: HeaderName, value: &HeaderValue) {
 /// client sent unusually (absolute-form URI, existing forwarding headers).
 pub(crate) fn upstream_head(parts: &mut http::request::Parts, ctx: &ConnCtx) {
     let headers = &mut parts.headers;
-    strip_hop_by_hop(headers);
+    crate::h1::strip_hop_by_hop(headers);
     // Room for the forwarding headers at once (one growth, not one per insert).
     headers.reserve(4);
-    append_list(headers, X_FORWARDED_FOR, &ctx.peer_ip);
-    append_list(headers, header::FORWARDED, &ctx.forwarded);
+    append_list(headers, X_FORWARDED_FOR, ctx.peer_ip());
+    append_list(headers, header::FORWARDED, ctx.forwarded());
     if !headers.contains_key(&X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
@@ -690,126 +379,6 @@ pub(crate) fn upstream_head(parts: &mut http::request::Parts, ctx: &ConnCtx) {
     }
     parts.version = Version::HTTP_11;
     parts.extensions = http::Extensions::new();
-}
-
-/// The request head kept for a retry.
-#[derive(Clone)]
-pub(crate) struct Head {
-    pub method: Method,
-    pub uri: Uri,
-    pub headers: HeaderMap,
-}
-
-impl Head {
-    fn from_parts(p: http::request::Parts) -> Self {
-        Head {
-            method: p.method,
-            uri: p.uri,
-            headers: p.headers,
-        }
-    }
-}
-
-/// A backend of `app` for one attempt (see [`AppTable::pick_backend`]), counted in
-/// flight and as a request of its backend and version: (version index, backend
-/// index, in-flight guard). `None` when no backend can be picked, or when the snapshot
-/// was swapped underneath (pick again from the new one).
-pub(crate) fn pick_for_attempt(
-    ctx: &ConnCtx,
-    app: &Arc<AppTable>,
-    primary: usize,
-    tried: &[SocketAddr],
-) -> Option<(usize, usize, InFlight)> {
-    let sh = &*ctx.shared;
-    let (vi, bi) = app.pick_backend(primary, tried, || sh.now_ms())?;
-    let version = &app.versions[vi];
-    let backend = &version.backends[bi];
-    let guard = InFlight::start(backend.state.clone(), version.counters.clone());
-    // Drain fence: the control plane removes a backend, then waits for its in-flight
-    // count to reach 0. If a swap happened after we read the snapshot, this backend
-    // may already be drained and gone.
-    let still_live = sh
-        .table
-        .load()
-        .app(ctx.app.id)
-        .is_some_and(|a| Arc::ptr_eq(a, app));
-    if !still_live {
-        return None;
-    }
-    backend.state.requests.fetch_add(1, Ordering::Relaxed);
-    version.counters.requests.fetch_add(1, Ordering::Relaxed);
-    Some((vi, bi, guard))
-}
-
-/// After a failed connect: the picker avoids `backend` for [`DOWN_FOR_MS`].
-pub(crate) fn mark_down(sh: &Shared, backend: &BackendState) {
-    let until = sh.now_ms() + DOWN_FOR_MS;
-    backend.down_until_ms.fetch_max(until, Ordering::Relaxed);
-}
-
-/// The live table of the connection's app, if it is in the snapshot.
-#[inline]
-pub(crate) fn live_app_of(ctx: &ConnCtx) -> Option<Arc<AppTable>> {
-    live_app(&ctx.shared, &ctx.app)
-}
-
-/// The live table of `app`, if it is in the snapshot.
-#[inline]
-fn live_app(sh: &Shared, app: &AppRef) -> Option<Arc<AppTable>> {
-    sh.table.load().app(app.id).cloned()
-}
-
-/// Waits until `app` is routable in the live snapshot, or gives up after the app's
-/// hold timeout. Never awaits the control plane: it only watches for swaps.
-pub(crate) async fn routable_app(sh: &Shared, app: &AppRef) -> Option<Arc<AppTable>> {
-    if let Some(a) = live_app(sh, app)
-        && a.routable()
-    {
-        return Some(a);
-    }
-    // Subscribe before looking again, so a swap between the look and the wait is not
-    // missed.
-    let mut swapped = sh.swapped.subscribe();
-    let mut deadline = None;
-    loop {
-        let hold = match live_app(sh, app) {
-            Some(a) if a.routable() => return Some(a),
-            Some(a) => {
-                if deadline.is_none() {
-                    a.counters.held.fetch_add(1, Ordering::Relaxed);
-                }
-                a.hold_timeout
-            }
-            None => REMOVED_APP_HOLD,
-        };
-        let d = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + hold);
-        match tokio::time::timeout_at(d, swapped.changed()).await {
-            Ok(Ok(())) => continue,
-            // Sender gone (router dropped) or deadline reached.
-            Ok(Err(_)) | Err(_) => return None,
-        }
-    }
-}
-
-/// The mirror copy of one request, decided before the first attempt.
-pub(crate) struct MirrorPlan {
-    pub app: Arc<AppTable>,
-    pub head: Head,
-    pub body: Option<Bytes>,
-}
-
-/// Frees a mirror slot when the copy's task ends.
-struct MirrorSlot(Arc<MirrorState>);
-
-impl Drop for MirrorSlot {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// A new cohort from this worker's generator.
-pub(crate) fn next_cohort() -> u16 {
-    COHORTS.with_borrow_mut(crate::sticky::CohortRng::next_cohort)
 }
 
 /// Reads and drops the rest of a response nobody will see, so that its upstream
@@ -1128,158 +697,6 @@ pub(crate) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Re
     )
 }
 
-/// Starts the mirror copy of a request whose primary answered with `parts` from
-/// version `primary`: spawns the copy (never awaited by the user's request) and
-/// returns the tee that captures the user's response for the comparison. `None` when
-/// the primary is the mirror version itself or too many copies are under way.
-pub(crate) fn start_mirror(
-    plan: MirrorPlan,
-    primary: usize,
-    status: StatusCode,
-    response_headers: &HeaderMap,
-    limits: &Limits,
-) -> Option<Box<Tee>> {
-    let m = plan.app.mirror.as_ref()?;
-    if primary == m.version {
-        return None;
-    }
-    let state = &m.state;
-    if state.in_flight.fetch_add(1, Ordering::Relaxed) >= m.max_in_flight {
-        state.in_flight.fetch_sub(1, Ordering::Relaxed);
-        state.dropped.fetch_add(1, Ordering::Relaxed);
-        return None;
-    }
-    let slot = MirrorSlot(state.clone());
-    let headers = m.rules.capture_headers(response_headers);
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let tee = Box::new(Tee {
-        max: m.cfg.max_body_bytes,
-        len: 0,
-        chunks: Vec::new(),
-        truncated: false,
-        status: status.as_u16(),
-        headers,
-        tx,
-    });
-    tokio::spawn(run_mirror(plan, slot, rx, limits.clone()));
-    Some(tee)
-}
-
-/// Sends the copy, waits for both responses, compares them and records the outcome.
-async fn run_mirror(
-    plan: MirrorPlan,
-    slot: MirrorSlot,
-    primary: tokio::sync::oneshot::Receiver<PrimaryCapture>,
-    limits: Limits,
-) {
-    let Some(m) = plan.app.mirror.as_ref() else {
-        return;
-    };
-    let mirrored =
-        match tokio::time::timeout(limits.response_timeout, mirror_call(&plan, m, &limits)).await {
-            Ok(r) => r,
-            Err(_) => Err("the mirror did not answer in time".to_string()),
-        };
-    let primary = match tokio::time::timeout(limits.response_timeout, primary).await {
-        Ok(Ok(p)) => p,
-        // The user's response did not complete: nothing to compare with.
-        _ => {
-            slot.0.abandoned.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-    };
-    let body = match primary.chunks.len() {
-        0 => Bytes::new(),
-        1 => primary.chunks[0].clone(),
-        _ => {
-            let mut b = BytesMut::new();
-            for c in &primary.chunks {
-                b.extend_from_slice(c);
-            }
-            b.freeze()
-        }
-    };
-    let primary = Captured {
-        status: primary.status,
-        headers: primary.headers,
-        body,
-        truncated: primary.truncated,
-    };
-    let (outcome, mirror) = match mirrored {
-        Ok(c) => (m.rules.compare(&primary, &c), c),
-        Err(error) => (
-            Comparison::Mismatch {
-                differences: vec![Difference::MirrorFailed { error }],
-            },
-            Captured::default(),
-        ),
-    };
-    plan.app.versions[m.version]
-        .counters
-        .record_mirror(Instant::now(), outcome.is_match());
-    let at_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    m.state.samples().record(
-        plan.head.method.as_str(),
-        plan.head.uri.path(),
-        &primary,
-        &mirror,
-        &outcome,
-        at_ms,
-    );
-    drop(slot);
-}
-
-/// One request to a backend of the mirror version, its response captured up to
-/// `max_body_bytes`.
-async fn mirror_call(
-    plan: &MirrorPlan,
-    m: &MirrorTable,
-    limits: &Limits,
-) -> Result<Captured, String> {
-    let addr = plan
-        .app
-        .pick_in_version(m.version)
-        .ok_or_else(|| "no backend".to_string())?;
-    let mut headers = plan.head.headers.clone();
-    headers.insert(X_BATON_MIRROR, HeaderValue::from_static("1"));
-    let (status, resp_headers, mut body) = upstream::call(
-        addr,
-        limits,
-        &plan.head.method,
-        &plan.head.uri,
-        &headers,
-        UpBody::Full(plan.body.clone()),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    let headers = m.rules.capture_headers(&resp_headers);
-    let max = m.cfg.max_body_bytes;
-    let mut buf = BytesMut::new();
-    let mut truncated = false;
-    while let Some(frame) = body.frame().await {
-        let Ok(d) = frame.map_err(|e| e.to_string())?.into_data() else {
-            continue;
-        };
-        let room = max - buf.len();
-        if d.len() > room {
-            buf.extend_from_slice(&d[..room]);
-            truncated = true;
-            // The rest is not read: that connection is not reused.
-            body.abandon();
-            break;
-        }
-        buf.extend_from_slice(&d);
-    }
-    Ok(Captured {
-        status: status.as_u16(),
-        headers,
-        body: buf.freeze(),
-        truncated,
-    })
-}
-
 /// True for `Content-Type: text/event-stream` (server-sent events).
 fn is_event_stream(headers: &HeaderMap) -> bool {
     headers
@@ -1316,7 +733,7 @@ mod tests {
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         h.insert("x-kept", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h);
+        crate::h1::strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
     }

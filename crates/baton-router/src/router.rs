@@ -5,16 +5,14 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::config::RoutingConfig;
+use crate::context::Shared;
 use crate::error::RouterError;
 use crate::listener;
 use crate::stats::{
@@ -22,6 +20,7 @@ use crate::stats::{
     WindowsReport,
 };
 use crate::table::{Registry, Table};
+use crate::upstream;
 use crate::worker::{self, Workers};
 
 /// The data plane: serves user traffic according to the last pushed [`RoutingConfig`].
@@ -40,25 +39,6 @@ pub(crate) struct Inner {
     workers: Workers,
     /// Serialises pushes; guards state only the admin path touches.
     state: Mutex<ApplyState>,
-}
-
-/// What the request path reads: shared by every worker.
-pub(crate) struct Shared {
-    /// The live snapshot; read lock-free by every request.
-    pub table: ArcSwap<Table>,
-    /// Signalled (with the generation) after every swap; held requests wait on it.
-    pub swapped: watch::Sender<u64>,
-    /// Origin of the router clock used for "backend down until" marks.
-    epoch: std::time::Instant,
-    started_ms: i64,
-    /// Every listener and connection task, for draining on shutdown.
-    pub tasks: TaskTracker,
-    /// Parent of every listener's stop token.
-    pub stopping: CancellationToken,
-    /// Set once this router has handed its listeners to a successor: every HTTP/1
-    /// response then ends its connection (`Connection: close`), so keep-alive clients
-    /// reconnect, to the successor, without a request lost to an idle close.
-    keep_alive_off: AtomicBool,
 }
 
 struct ApplyState {
@@ -176,20 +156,6 @@ struct ListenerHandle {
     socket: Option<std::net::TcpListener>,
 }
 
-impl Shared {
-    /// Whether HTTP/1 responses must end their connection: this router handed its
-    /// listeners to a successor ([`crate::handover`]).
-    #[inline]
-    pub fn keep_alive_off(&self) -> bool {
-        self.keep_alive_off.load(Ordering::Relaxed)
-    }
-
-    /// Milliseconds on the router clock (monotonic).
-    pub fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-}
-
 impl Default for Router {
     fn default() -> Self {
         Self::new()
@@ -207,12 +173,13 @@ impl Router {
     /// runs a single-threaded runtime with its own accept loop per listener and its own
     /// upstream connection pool.
     pub fn with_workers(workers: usize) -> Self {
-        let workers = Workers::start(workers).unwrap_or_else(|e| {
-            // Without worker threads, listeners run on the runtime that applies the
-            // config; slower on many cores but correct.
-            tracing::warn!(error = %e, "cannot start router worker threads");
-            Workers::none()
-        });
+        let workers = Workers::start(workers, upstream::SWEEP_EVERY, upstream::sweep)
+            .unwrap_or_else(|e| {
+                // Without worker threads, listeners run on the runtime that applies the
+                // config; slower on many cores but correct.
+                tracing::warn!(error = %e, "cannot start router worker threads");
+                Workers::none()
+            });
         let started_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
@@ -221,15 +188,7 @@ impl Router {
         let shards = workers.handles().len().max(1);
         Router {
             inner: Arc::new(Inner {
-                shared: Arc::new(Shared {
-                    table: ArcSwap::from_pointee(Table::empty()),
-                    swapped,
-                    epoch,
-                    started_ms,
-                    tasks: TaskTracker::new(),
-                    stopping: CancellationToken::new(),
-                    keep_alive_off: AtomicBool::new(false),
-                }),
+                shared: Arc::new(Shared::new(swapped, epoch, started_ms)),
                 workers,
                 state: Mutex::new(ApplyState {
                     registry: Registry::new(epoch, shards),
@@ -498,7 +457,7 @@ impl Router {
             listener::spawn_accept(
                 shared,
                 self.inner.workers.handles(),
-                listener::AppRef {
+                crate::context::AppRef {
                     id,
                     name: l.app.into(),
                 },
@@ -599,10 +558,10 @@ impl Router {
         RouterHealth {
             pid: std::process::id(),
             generation: self.generation(),
-            started_ms: self.inner.shared.started_ms,
+            started_ms: self.inner.shared.started_ms(),
             staged: st.staged.as_ref().map(Prepared::generation),
             switched_at_us: st.switched_at_us,
-            build: crate::handover::build_id().to_string(),
+            build: crate::build_info::build_id().to_string(),
             predecessor: st.predecessor,
         }
     }
@@ -650,10 +609,7 @@ impl Router {
     /// refused.
     pub(crate) fn step_down(&self) {
         let mut st = self.state();
-        self.inner
-            .shared
-            .keep_alive_off
-            .store(true, Ordering::Relaxed);
+        self.inner.shared.step_down();
         for h in st.listeners.values_mut() {
             h.accept.cancel();
             // The successor holds the sockets now.

@@ -25,6 +25,9 @@ use crate::stats::{
     VersionWindow, WindowsReport,
 };
 
+/// Mirror copies under way per app and worker; more are dropped (and counted).
+pub(crate) const MIRROR_MAX_IN_FLIGHT: usize = 64;
+
 /// Counters of one app.
 #[derive(Default)]
 pub(crate) struct AppCounters {
@@ -479,7 +482,7 @@ impl Registry {
                     version,
                     rules: Arc::new(rules),
                     state: entry.mirror.clone(),
-                    max_in_flight: crate::proxy::MIRROR_MAX_IN_FLIGHT * shards,
+                    max_in_flight: MIRROR_MAX_IN_FLIGHT * shards,
                 })
             });
             let shield = app.shield.as_ref().and_then(|s| index_of(&s.version));

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::proxy::InFlight;
 use crate::table::BackendState;
+use crate::upstream::InFlight;
 
 /// Longest wait for the end of a frame in progress once a drain is due.
 const FRAME_END_WAIT: Duration = Duration::from_secs(5);

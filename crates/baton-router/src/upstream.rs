@@ -12,6 +12,8 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -19,13 +21,14 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap};
 use http::{Method, StatusCode, Uri};
 use http_body_util::BodyExt;
-use hyper::body::{Body, Frame, SizeHint};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::context::{AppRef, ConnCtx, Shared, live_app};
 use crate::h1;
 use crate::limits::Limits;
-use crate::proxy::UpBody;
+use crate::table::{AppTable, BackendState, VersionCounters};
 
 /// Idle connections kept per backend and worker.
 const MAX_IDLE_PER_BACKEND: usize = 1024;
@@ -286,7 +289,7 @@ pub(crate) async fn call_on(
         return_buf(buf);
         return Err(CallError::Bad);
     };
-    crate::proxy::strip_hop_by_hop(&mut headers);
+    h1::strip_hop_by_hop(&mut headers);
     if matches!(rh.framing, h1::Framing::Chunked | h1::Framing::UntilClose) {
         // The length (if any) is not how this body is framed (RFC 9112 6.3).
         headers.remove(header::CONTENT_LENGTH);
@@ -477,6 +480,199 @@ impl Body for UpstreamBody {
         match self.framer.framing() {
             h1::Framing::Empty => SizeHint::with_exact(0),
             _ => SizeHint::new(),
+        }
+    }
+}
+
+/// Attempts per request, the first one included.
+pub(crate) const MAX_ATTEMPTS: usize = 3;
+/// How long the picker avoids a backend after a connect failure.
+const DOWN_FOR_MS: u64 = 1000;
+/// Hold time for a request on a connection whose app was removed from the config.
+const REMOVED_APP_HOLD: Duration = Duration::from_secs(1);
+/// Bound on loop turns of one request that made no attempt.
+pub(crate) const MAX_SPINS: usize = 16;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Body sent to a backend.
+pub(crate) enum UpBody {
+    /// Fully buffered (replayable).
+    Full(Option<Bytes>),
+    /// Too large to buffer: the part read so far, then the rest from the client, cut
+    /// off with an error (and `over` set) past `left` more bytes.
+    Streaming {
+        prefix: Option<Bytes>,
+        rest: Incoming,
+        left: u64,
+        over: Arc<AtomicBool>,
+    },
+}
+
+/// The request body went over the app's `max_body_bytes` while being streamed.
+#[derive(Debug)]
+struct BodyTooLarge;
+
+impl std::fmt::Display for BodyTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("request body too large")
+    }
+}
+
+impl std::error::Error for BodyTooLarge {}
+
+impl Body for UpBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+            UpBody::Streaming {
+                prefix,
+                rest,
+                left,
+                over,
+            } => {
+                if let Some(p) = prefix.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(p))));
+                }
+                match Pin::new(rest).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(f))) => {
+                        let n = f.data_ref().map_or(0, |d| d.len() as u64);
+                        if n > *left {
+                            over.store(true, Ordering::Relaxed);
+                            return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                        }
+                        *left -= n;
+                        Poll::Ready(Some(Ok(f)))
+                    }
+                    Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+                    Poll::Ready(None) => Poll::Ready(None),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpBody::Full(b) => b.is_none(),
+            UpBody::Streaming { prefix, rest, .. } => prefix.is_none() && rest.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            UpBody::Streaming { prefix, rest, .. } => {
+                let p = prefix.as_ref().map_or(0, |b| b.len() as u64);
+                let r = rest.size_hint();
+                let mut h = SizeHint::new();
+                h.set_lower(r.lower() + p);
+                if let Some(u) = r.upper() {
+                    h.set_upper(u + p);
+                }
+                h
+            }
+        }
+    }
+}
+
+/// Counts one attempt as in flight on its backend and version until dropped.
+pub(crate) struct InFlight {
+    backend: Arc<BackendState>,
+    version: Arc<VersionCounters>,
+}
+
+impl InFlight {
+    pub(crate) fn start(backend: Arc<BackendState>, version: Arc<VersionCounters>) -> Self {
+        // SeqCst pairs with the snapshot re-check in `handle`: see the fence there.
+        backend.in_flight.fetch_add(1, Ordering::SeqCst);
+        version.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight { backend, version }
+    }
+
+    pub(crate) fn version(&self) -> &VersionCounters {
+        &self.version
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.backend.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.version.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A backend of `app` for one attempt (see [`AppTable::pick_backend`]), counted in
+/// flight and as a request of its backend and version: (version index, backend
+/// index, in-flight guard). `None` when no backend can be picked, or when the snapshot
+/// was swapped underneath (pick again from the new one).
+pub(crate) fn pick_for_attempt(
+    ctx: &ConnCtx,
+    app: &Arc<AppTable>,
+    primary: usize,
+    tried: &[SocketAddr],
+) -> Option<(usize, usize, InFlight)> {
+    let sh = &*ctx.shared;
+    let (vi, bi) = app.pick_backend(primary, tried, || sh.now_ms())?;
+    let version = &app.versions[vi];
+    let backend = &version.backends[bi];
+    let guard = InFlight::start(backend.state.clone(), version.counters.clone());
+    // Drain fence: the control plane removes a backend, then waits for its in-flight
+    // count to reach 0. If a swap happened after we read the snapshot, this backend
+    // may already be drained and gone.
+    let still_live = sh
+        .table
+        .load()
+        .app(ctx.app.id)
+        .is_some_and(|a| Arc::ptr_eq(a, app));
+    if !still_live {
+        return None;
+    }
+    backend.state.requests.fetch_add(1, Ordering::Relaxed);
+    version.counters.requests.fetch_add(1, Ordering::Relaxed);
+    Some((vi, bi, guard))
+}
+
+/// After a failed connect: the picker avoids `backend` for [`DOWN_FOR_MS`].
+pub(crate) fn mark_down(sh: &Shared, backend: &BackendState) {
+    let until = sh.now_ms() + DOWN_FOR_MS;
+    backend.down_until_ms.fetch_max(until, Ordering::Relaxed);
+}
+
+/// Waits until `app` is routable in the live snapshot, or gives up after the app's
+/// hold timeout. Never awaits the control plane: it only watches for swaps.
+pub(crate) async fn routable_app(sh: &Shared, app: &AppRef) -> Option<Arc<AppTable>> {
+    if let Some(a) = live_app(sh, app)
+        && a.routable()
+    {
+        return Some(a);
+    }
+    // Subscribe before looking again, so a swap between the look and the wait is not
+    // missed.
+    let mut swapped = sh.swapped.subscribe();
+    let mut deadline = None;
+    loop {
+        let hold = match live_app(sh, app) {
+            Some(a) if a.routable() => return Some(a),
+            Some(a) => {
+                if deadline.is_none() {
+                    a.counters.held.fetch_add(1, Ordering::Relaxed);
+                }
+                a.hold_timeout
+            }
+            None => REMOVED_APP_HOLD,
+        };
+        let d = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + hold);
+        match tokio::time::timeout_at(d, swapped.changed()).await {
+            Ok(Ok(())) => continue,
+            // Sender gone (router dropped) or deadline reached.
+            Ok(Err(_)) | Err(_) => return None,
         }
     }
 }

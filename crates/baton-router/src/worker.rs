@@ -1,6 +1,6 @@
 //! Worker threads: each runs a single-threaded tokio runtime with its own accept loop
-//! per listener and its own upstream pool ([`crate::pool`]), so nothing on the request
-//! path is shared between cores except the routing snapshot and the counters.
+//! per listener and its own upstream pool (`upstream`), so nothing on the request path
+//! is shared between cores except the routing snapshot and the counters.
 
 use std::cell::Cell;
 use std::num::NonZeroUsize;
@@ -33,8 +33,13 @@ pub(crate) fn default_count() -> usize {
 }
 
 impl Workers {
-    /// Starts `n` worker threads (at least one).
-    pub fn start(n: usize) -> std::io::Result<Workers> {
+    /// Starts `n` worker threads (at least one), each calling `every_period` on its own
+    /// thread every `period` (the upstream pool's sweep).
+    pub fn start(
+        n: usize,
+        period: std::time::Duration,
+        every_period: fn(),
+    ) -> std::io::Result<Workers> {
         let n = n.max(1);
         let mut handles = Vec::with_capacity(n);
         let mut stop = Vec::with_capacity(n);
@@ -50,10 +55,10 @@ impl Workers {
                     INDEX.with(|c| c.set(i));
                     rt.block_on(async move {
                         let sweep = async {
-                            let mut every = tokio::time::interval(crate::upstream::SWEEP_EVERY);
+                            let mut every = tokio::time::interval(period);
                             loop {
                                 every.tick().await;
-                                crate::upstream::sweep();
+                                every_period();
                             }
                         };
                         tokio::select! {

@@ -871,7 +871,7 @@ async fn list_apps(State(cp): Cp, Extension(who): Extension<Identity>) -> Json<s
 pub async fn statuses(
     cp: &ControlPlane,
     seconds: u64,
-) -> (Vec<AppStatus>, Option<baton_router::stats::WindowsReport>) {
+) -> (Vec<AppStatus>, Option<baton_routing::stats::WindowsReport>) {
     let handles: Vec<AppHandle> = cp.apps.read().await.values().cloned().collect();
     let sync = cp.shared.router.sync();
     let mut apps: Vec<AppStatus> = handles
@@ -1046,7 +1046,7 @@ fn resource_metrics(
 async fn mirror_diff(
     State(cp): Cp,
     Path(app): Path<String>,
-) -> Result<Json<baton_router::AppMirrorReport>, ApiError> {
+) -> Result<Json<baton_routing::stats::AppMirrorReport>, ApiError> {
     let h = handle(&cp, &app).await?;
     let spec = h.status.borrow().spec.clone();
     let report = cp.shared.mirror_of(&spec).await.map_err(|e| {
@@ -1055,13 +1055,15 @@ async fn mirror_diff(
             format!("cannot ask the router: {e}"),
         )
     })?;
-    Ok(Json(report.unwrap_or(baton_router::AppMirrorReport {
-        app,
-        version: None,
-        dropped: 0,
-        abandoned: 0,
-        report: Default::default(),
-    })))
+    Ok(Json(report.unwrap_or(
+        baton_routing::stats::AppMirrorReport {
+            app,
+            version: None,
+            dropped: 0,
+            abandoned: 0,
+            report: Default::default(),
+        },
+    )))
 }
 
 /// The routers serving `app`'s users, asked the same recording question each.
@@ -1070,17 +1072,17 @@ async fn recording(
     app: &str,
     start: Option<crate::replay::RecordRequest>,
     stop: bool,
-) -> Result<Json<baton_router::record::RecordingReport>, ApiError> {
+) -> Result<Json<baton_routing::record::RecordingReport>, ApiError> {
     let h = handle(cp, app).await?;
     let view = h.status.borrow().clone();
     let spec = match &start {
-        Some(r) if r.requests == 0 || r.requests > baton_router::record::MAX_RECORDED => {
+        Some(r) if r.requests == 0 || r.requests > baton_routing::record::MAX_RECORDED => {
             return Err(ApiError(
                 StatusCode::BAD_REQUEST,
                 format!(
                     "requests: {} is out of range 1..={}",
                     r.requests,
-                    baton_router::record::MAX_RECORDED
+                    baton_routing::record::MAX_RECORDED
                 ),
             ));
         }
@@ -1113,21 +1115,21 @@ async fn record_start(
     State(cp): Cp,
     Path(app): Path<String>,
     Json(body): Json<crate::replay::RecordRequest>,
-) -> Result<Json<baton_router::record::RecordingReport>, ApiError> {
+) -> Result<Json<baton_routing::record::RecordingReport>, ApiError> {
     recording(&cp, &app, Some(body), false).await
 }
 
 async fn record_read(
     State(cp): Cp,
     Path(app): Path<String>,
-) -> Result<Json<baton_router::record::RecordingReport>, ApiError> {
+) -> Result<Json<baton_routing::record::RecordingReport>, ApiError> {
     recording(&cp, &app, None, false).await
 }
 
 async fn record_stop(
     State(cp): Cp,
     Path(app): Path<String>,
-) -> Result<Json<baton_router::record::RecordingReport>, ApiError> {
+) -> Result<Json<baton_routing::record::RecordingReport>, ApiError> {
     recording(&cp, &app, None, true).await
 }
 
@@ -1172,7 +1174,7 @@ async fn traffic_windows(
     cp: &ControlPlane,
     apps: &[AppStatus],
     seconds: u64,
-) -> Option<baton_router::stats::WindowsReport> {
+) -> Option<baton_routing::stats::WindowsReport> {
     if apps.iter().all(|a| a.traffic.is_empty()) {
         return None;
     }
@@ -1522,7 +1524,7 @@ impl AppStatus {
     fn add_live(
         &mut self,
         handle: &AppHandle,
-        windows: Option<&baton_router::stats::WindowsReport>,
+        windows: Option<&baton_routing::stats::WindowsReport>,
     ) {
         let resources = handle.resources.borrow().clone();
         for i in &mut self.instances {

@@ -1018,8 +1018,8 @@ async fn run(cli: Cli) -> Exit {
                 workers,
                 metrics_listen,
                 balance: match balance {
-                    BalanceArg::RoundRobin => baton_router::config::Balance::RoundRobin,
-                    BalanceArg::LeastRequests => baton_router::config::Balance::LeastRequests,
+                    BalanceArg::RoundRobin => baton_routing::config::Balance::RoundRobin,
+                    BalanceArg::LeastRequests => baton_routing::config::Balance::LeastRequests,
                 },
                 handover_socket,
                 take_over,
@@ -2010,7 +2010,7 @@ async fn diff(api: &ApiClient, app: &str, as_json: bool) -> Exit {
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return Exit::Ok;
     }
-    let r: baton_router::AppMirrorReport = match serde_json::from_value(v) {
+    let r: baton_routing::stats::AppMirrorReport = match serde_json::from_value(v) {
         Ok(r) => r,
         Err(e) => return Exit::Failed(format!("unexpected answer: {e}")),
     };
@@ -2036,7 +2036,7 @@ async fn diff(api: &ApiClient, app: &str, as_json: bool) -> Exit {
 }
 
 /// `850 compared, 848 matching, 2 differ (0.2%)`.
-fn compared_text(r: &baton_router::mirror::MirrorReport) -> String {
+fn compared_text(r: &baton_routing::mirror::MirrorReport) -> String {
     let t = r.total;
     let n = t.matches + t.mismatches;
     format!(
@@ -2048,7 +2048,7 @@ fn compared_text(r: &baton_router::mirror::MirrorReport) -> String {
 }
 
 /// Per path, then the kept differing pairs with what differs in each.
-fn print_mirror_report(r: &baton_router::mirror::MirrorReport) {
+fn print_mirror_report(r: &baton_routing::mirror::MirrorReport) {
     let width = r
         .paths
         .iter()
@@ -2146,7 +2146,7 @@ async fn record(
         Ok(v) => v,
         Err(e) => return e.into(),
     };
-    let got: baton_router::record::RecordingReport = match serde_json::from_value(v) {
+    let got: baton_routing::record::RecordingReport = match serde_json::from_value(v) {
         Ok(r) => r,
         Err(e) => return Exit::Failed(format!("unexpected answer: {e}")),
     };
@@ -2183,7 +2183,7 @@ async fn record(
 /// line that is wrong.
 fn read_recording(
     file: &std::path::Path,
-) -> Result<Vec<baton_router::record::RecordedRequest>, String> {
+) -> Result<Vec<baton_routing::record::RecordedRequest>, String> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     let mut out = Vec::new();
@@ -2191,7 +2191,7 @@ fn read_recording(
         if line.trim().is_empty() {
             continue;
         }
-        let q: baton_router::record::RecordedRequest = serde_json::from_str(line).map_err(|e| {
+        let q: baton_routing::record::RecordedRequest = serde_json::from_str(line).map_err(|e| {
             format!(
                 "{}:{}: not a recorded request ({e}); write the file with `baton mirror record`",
                 file.display(),

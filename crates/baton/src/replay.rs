@@ -3,15 +3,15 @@
 //! the routers) is sent again to a preview instance of the new version, which
 //! takes no user traffic, and to a ready instance of the stable one; the two
 //! answers are compared by the same rules as a mirror step's
-//! ([`baton_router::mirror::CompareRules`]), so a replay reports what live
+//! ([`baton_routing::mirror::CompareRules`]), so a replay reports what live
 //! mirroring would.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use baton_router::mirror::{Captured, CompareRules, MirrorReport, MismatchSamples};
-use baton_router::record::{RecordSpec, RecordedRequest, RecordingReport};
+use baton_routing::mirror::{Captured, CompareRules, MirrorReport, MismatchSamples};
+use baton_routing::record::{RecordSpec, RecordedRequest, RecordingReport};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use http_body_util::{BodyExt, Full};
@@ -287,8 +287,8 @@ async fn compare_all(
                 (outcome, mirror)
             }
             Err(e) => (
-                baton_router::mirror::Comparison::Mismatch {
-                    differences: vec![baton_router::mirror::Difference::MirrorFailed {
+                baton_routing::mirror::Comparison::Mismatch {
+                    differences: vec![baton_routing::mirror::Difference::MirrorFailed {
                         error: format!("{e:#}"),
                     }],
                 },

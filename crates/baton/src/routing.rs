@@ -15,15 +15,16 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use baton_driver::BoxFuture;
 use baton_engine::AppState;
-use baton_router::config::{
+use baton_router::{AdminClient, RouterError};
+use baton_routing::config::{AppRoutes, Backend, RoutingConfig, VersionRoute};
+use baton_routing::config::{
     Balance, Match, MirrorConfig, NamedMatch, RouteRule, ShieldConfig, StickyConfig, ValueMatch,
 };
-use baton_router::limits::AppLimits;
-use baton_router::record::{RecordSpec, RecordingReport};
-use baton_router::{AdminClient, AppRoutes, Backend, RoutingConfig, VersionRoute};
-use baton_router::{
-    AppMirrorReport, CommitResult, MirrorReports, PushResult, RouterError, RouterHealth,
-    RouterStats, WindowsReport,
+use baton_routing::limits::AppLimits;
+use baton_routing::record::{RecordSpec, RecordingReport};
+use baton_routing::stats::{
+    AppMirrorReport, CommitResult, MirrorReports, PushResult, RouterHealth, RouterStats,
+    WindowsReport,
 };
 use baton_spec::{AppSpec, StrategySpec};
 use tokio::sync::{Notify, watch};
@@ -160,7 +161,7 @@ pub struct MirrorStep<'a> {
     pub max_mismatch_rate: f64,
     pub settings: &'a baton_spec::MirrorSpec,
     /// Names this step of this rollout; the routers' comparisons start afresh
-    /// when it changes (see [`baton_router::config::MirrorConfig::session`]).
+    /// when it changes (see [`baton_routing::config::MirrorConfig::session`]).
     pub session: String,
     /// The rollout's history record.
     pub history_id: i64,
@@ -208,7 +209,7 @@ pub fn mirror_config(
     settings: &baton_spec::MirrorSpec,
     session: String,
 ) -> MirrorConfig {
-    use baton_router::config::BodyCompare;
+    use baton_routing::config::BodyCompare;
     let mut m = MirrorConfig::new(version, percent);
     m.methods = settings.requests.methods.clone();
     m.paths = settings.requests.paths.clone();
@@ -275,7 +276,7 @@ pub fn merge_mirror(reports: Vec<AppMirrorReport>, max_samples: usize) -> Option
         .map(|r| r.report.session.clone())
         .max_by(|a, b| session_order(a).cmp(&session_order(b)))
         .unwrap_or_default();
-    let report = baton_router::mirror::MirrorReport::merge(
+    let report = baton_routing::mirror::MirrorReport::merge(
         reports
             .into_iter()
             .map(|r| r.report)
@@ -301,17 +302,17 @@ fn session_order(session: &str) -> (u64, u64) {
 /// counts add up; latency percentiles and the maximum are the worst router's
 /// (a limit broken on any host is broken), the mean is weighted by requests.
 pub fn merge_windows(reports: Vec<WindowsReport>) -> WindowsReport {
-    let mut apps: BTreeMap<String, baton_router::AppWindows> = BTreeMap::new();
+    let mut apps: BTreeMap<String, baton_routing::stats::AppWindows> = BTreeMap::new();
     let mut window_s = 0;
     for report in reports {
         window_s = window_s.max(report.window_s);
         for app in report.apps {
-            let merged = apps
-                .entry(app.app.clone())
-                .or_insert_with(|| baton_router::AppWindows {
-                    app: app.app.clone(),
-                    ..Default::default()
-                });
+            let merged =
+                apps.entry(app.app.clone())
+                    .or_insert_with(|| baton_routing::stats::AppWindows {
+                        app: app.app.clone(),
+                        ..Default::default()
+                    });
             merged.connections += app.connections;
             for v in app.versions {
                 match merged.versions.iter_mut().find(|m| m.version == v.version) {
@@ -1203,7 +1204,7 @@ mod tests {
     use super::*;
 
     fn mirror_report(session: &str, matches: u64, mismatches: u64) -> AppMirrorReport {
-        use baton_router::mirror::{MirrorReport, PathCounts, PathReport};
+        use baton_routing::mirror::{MirrorReport, PathCounts, PathReport};
         let counts = PathCounts {
             matches,
             mismatches,
@@ -1242,7 +1243,7 @@ mod tests {
             "the defaults stay"
         );
         assert!(m.ignore_headers.iter().any(|h| h == "x-version"));
-        assert_eq!(m.body, baton_router::config::BodyCompare::Text);
+        assert_eq!(m.body, baton_routing::config::BodyCompare::Text);
         assert_eq!(m.mask_patterns, vec![r"\d+".to_string()]);
         assert_eq!(m.redact_headers, vec!["x-api-key".to_string()]);
         assert_eq!((m.max_samples, m.session.as_str()), (7, "rollout 1 step 1"));
@@ -1251,7 +1252,7 @@ mod tests {
         let m = mirror_config("v2", 10.0, &settings, String::new());
         assert_eq!(m.compare_headers, vec!["etag".to_string()]);
         // What the router accepts.
-        assert!(baton_router::mirror::CompareRules::compile(&m).is_ok());
+        assert!(baton_routing::mirror::CompareRules::compile(&m).is_ok());
     }
 
     #[test]
@@ -1288,10 +1289,10 @@ mod tests {
 
     #[test]
     fn windows_of_several_routers_add_up_and_keep_the_worst_latency() {
-        let window =
-            |requests: u64, p99_us: u64, mean_us: f64, errors: u64| baton_router::VersionWindow {
+        let window = |requests: u64, p99_us: u64, mean_us: f64, errors: u64| {
+            baton_routing::stats::VersionWindow {
                 version: "v2".into(),
-                stats: baton_router::metrics::WindowStats {
+                stats: baton_routing::metrics::WindowStats {
                     requests,
                     status: [0, requests - errors, 0, 0, errors],
                     p99_us,
@@ -1299,10 +1300,11 @@ mod tests {
                     mean_us,
                     ..Default::default()
                 },
-            };
-        let report = |v: baton_router::VersionWindow| WindowsReport {
+            }
+        };
+        let report = |v: baton_routing::stats::VersionWindow| WindowsReport {
             window_s: 10,
-            apps: vec![baton_router::AppWindows {
+            apps: vec![baton_routing::stats::AppWindows {
                 app: "web".into(),
                 connections: 1,
                 versions: vec![v],

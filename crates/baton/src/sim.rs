@@ -34,9 +34,10 @@ use baton_driver::{
     LaunchSpec, Locator, ResourceSample, Scope, StopOutcome,
 };
 use baton_engine::{Input, RolloutKind};
-use baton_router::{
-    AppStats, BackendStats, PushResult, RouterError, RouterHealth, RouterStats, RoutingConfig,
-    WindowsReport,
+use baton_router::RouterError;
+use baton_routing::config::RoutingConfig;
+use baton_routing::stats::{
+    AppStats, BackendStats, PushResult, RouterHealth, RouterStats, WindowsReport,
 };
 use baton_spec::AppSpec;
 use baton_store::{Store, WriteFault};
@@ -682,7 +683,7 @@ impl RouterApi for SimRouterApi {
                 .live
                 .apps
                 .iter()
-                .map(|a| baton_router::ListenerStatus {
+                .map(|a| baton_routing::stats::ListenerStatus {
                     app: a.app.clone(),
                     listen: a.listen,
                     error: None,

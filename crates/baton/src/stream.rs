@@ -60,7 +60,7 @@ impl Snapshot {
 }
 
 /// The per-version figures of a windows report.
-pub fn traffic_of(report: &baton_router::WindowsReport) -> Vec<VersionTraffic> {
+pub fn traffic_of(report: &baton_routing::stats::WindowsReport) -> Vec<VersionTraffic> {
     let window = report.window_s.max(1) as f64;
     report
         .apps

@@ -63,7 +63,7 @@ impl Shared {
         &self,
         spec: &baton_spec::AppSpec,
         seconds: u64,
-    ) -> Result<baton_router::WindowsReport, baton_router::RouterError> {
+    ) -> Result<baton_routing::stats::WindowsReport, baton_router::RouterError> {
         let links = self.routers_of(spec);
         let answers = join_all(links.iter().map(|l| l.windows(seconds))).await;
         let (reports, last_error) = split_answers(answers);
@@ -78,7 +78,7 @@ impl Shared {
     pub async fn mirror_of(
         &self,
         spec: &baton_spec::AppSpec,
-    ) -> Result<Option<baton_router::AppMirrorReport>, baton_router::RouterError> {
+    ) -> Result<Option<baton_routing::stats::AppMirrorReport>, baton_router::RouterError> {
         let links = self.routers_of(spec);
         let answers = join_all(links.iter().map(|l| l.mirror(&spec.name))).await;
         let (reports, last_error) = split_answers(answers);

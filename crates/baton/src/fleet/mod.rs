@@ -20,7 +20,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use baton_router::{AdminClient, AppRoutes};
+use baton_router::AdminClient;
+use baton_routing::config::AppRoutes;
 use baton_spec::{AppSpec, HostSpec, HostsSpec};
 use serde::Serialize;
 use tokio::sync::watch;
@@ -238,7 +239,7 @@ impl Fleet {
 const STAGE_WAIT: Duration = Duration::from_secs(5);
 
 async fn two_phase(
-    prepared: Vec<(String, RouterLink, baton_router::RoutingConfig)>,
+    prepared: Vec<(String, RouterLink, baton_routing::config::RoutingConfig)>,
     complete: bool,
 ) -> SwitchRecord {
     let at_ms = crate::effects::wall_clock_ms();
@@ -595,7 +596,10 @@ impl HostLink {
     /// Two-phase switch, step 1: `app`'s routes in this host's desired table,
     /// held back from the pusher; the whole table to stage. `None` before
     /// the router is attached (the switch is then an ordinary publication).
-    fn prepare(&self, routes: Vec<AppRoutes>) -> Option<(RouterLink, baton_router::RoutingConfig)> {
+    fn prepare(
+        &self,
+        routes: Vec<AppRoutes>,
+    ) -> Option<(RouterLink, baton_routing::config::RoutingConfig)> {
         let mut router = self.router();
         let app = routes.first()?.app.clone();
         router.wanted.insert(app, routes.clone());
@@ -639,7 +643,7 @@ impl HostLink {
     pub async fn windows(
         &self,
         seconds: u64,
-    ) -> Option<Result<baton_router::WindowsReport, baton_router::RouterError>> {
+    ) -> Option<Result<baton_routing::stats::WindowsReport, baton_router::RouterError>> {
         let link = self.router().link.clone()?;
         Some(link.windows(seconds).await)
     }

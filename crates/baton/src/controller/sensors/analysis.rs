@@ -108,7 +108,7 @@ impl Analysis {
         let new = stats_of(&r.to.version);
         let cfg = cfg.filter(|_| judge_traffic)?;
         let window_ms = window.as_millis() as i64;
-        let counts = |version: Option<&str>, s: Option<baton_router::metrics::WindowStats>| {
+        let counts = |version: Option<&str>, s: Option<baton_routing::metrics::WindowStats>| {
             let mut c = s
                 .map(|s| crate::analysis::WindowCounts {
                     requests: s.requests,

@@ -5,7 +5,7 @@
 //! comparisons go to the event log; `status` shows them while the rollout runs.
 
 use baton_engine::{AppState, EventKind, Input};
-use baton_router::AppMirrorReport;
+use baton_routing::stats::AppMirrorReport;
 use baton_spec::AppSpec;
 use baton_store::NewEvent;
 use tracing::{info, warn};

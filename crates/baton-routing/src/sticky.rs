@@ -24,6 +24,7 @@ use http::HeaderValue;
 
 use crate::config::DEFAULT_STICKY_COOKIE;
 use crate::rules::RequestHeaders;
+pub use crate::rules::valid_cookie_name;
 
 /// Number of cohorts; cohort numbers are `0..COHORTS`, one per 0.01% of traffic.
 pub const COHORTS: u16 = 10_000;
@@ -146,16 +147,6 @@ pub fn set_cookie_value(cookie_name: &str, cohort: u16, max_age_s: u64) -> Heade
     let s = format!("{name}={cohort}; Path=/; Max-Age={max_age_s}; HttpOnly; SameSite=Lax");
     // Only token characters, digits and fixed ASCII text: always a valid header value.
     HeaderValue::try_from(s).unwrap_or_else(|_| HeaderValue::from_static(DEFAULT_STICKY_COOKIE))
-}
-
-/// True for a non-empty cookie name made of letters, digits and `-_.` (a safe subset
-/// of RFC 6265 tokens), at most 64 bytes.
-pub fn valid_cookie_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 #[cfg(test)]

@@ -6,7 +6,6 @@
 //! outlives control-plane restarts and upgrades, so a newer control plane must be able
 //! to push to an older router. Strict checking belongs to the spec parser upstream.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
@@ -331,9 +330,40 @@ fn default_mirror_max_body() -> usize {
     64 * 1024
 }
 
-/// [`crate::mirror::DEFAULT_IGNORED_HEADERS`] as owned names.
+/// Response headers never compared by default: they differ between any two answers
+/// (dates, servers, hop-by-hop framing, tracing ids) or repeat the body's length.
+pub const DEFAULT_IGNORED_HEADERS: &[&str] = &[
+    "date",
+    "server",
+    "age",
+    "expires",
+    "content-length",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "via",
+    "x-request-id",
+    "x-correlation-id",
+    "traceparent",
+    "tracestate",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+    "uber-trace-id",
+    "x-amzn-trace-id",
+    "x-cloud-trace-context",
+];
+
+/// [`DEFAULT_IGNORED_HEADERS`] as owned names.
 pub fn default_ignored_headers() -> Vec<String> {
-    crate::mirror::DEFAULT_IGNORED_HEADERS
+    DEFAULT_IGNORED_HEADERS
         .iter()
         .map(|h| h.to_string())
         .collect()
@@ -341,68 +371,6 @@ pub fn default_ignored_headers() -> Vec<String> {
 
 fn default_mirror_samples() -> usize {
     20
-}
-
-impl RoutingConfig {
-    /// Checks the invariants the router relies on: unique app names, unique version
-    /// names within an app, unique non-zero listen addresses. Returns a message naming
-    /// the offending field.
-    pub fn validate(&self) -> Result<(), String> {
-        let mut names = HashSet::new();
-        let mut listens = HashSet::new();
-        for (i, app) in self.apps.iter().enumerate() {
-            if app.app.is_empty() {
-                return Err(format!("apps[{i}].app: must not be empty"));
-            }
-            if !names.insert(app.app.as_str()) {
-                return Err(format!(
-                    "apps[{i}].app: duplicate app name {:?}; each app needs a unique name",
-                    app.app
-                ));
-            }
-            if app.listen.port() != 0 && !listens.insert(app.listen) {
-                return Err(format!(
-                    "apps[{i}].listen: {} is already used by another app",
-                    app.listen
-                ));
-            }
-            let mut versions = HashSet::new();
-            for (j, v) in app.versions.iter().enumerate() {
-                if !versions.insert(v.version.as_str()) {
-                    return Err(format!(
-                        "apps[{i}].versions[{j}].version: duplicate version {:?} in app {:?}",
-                        v.version, app.app
-                    ));
-                }
-            }
-            validate_policies(app).map_err(|e| format!("apps[{i}].{e}"))?;
-        }
-        Ok(())
-    }
-}
-
-/// Checks rules, sticky and mirror settings of one app; the message starts with the
-/// field path inside the app.
-fn validate_policies(app: &AppRoutes) -> Result<(), String> {
-    crate::rules::CompiledRules::compile(&app.rules).map_err(|e| e.to_string())?;
-    if let Some(sticky) = &app.sticky
-        && !crate::sticky::valid_cookie_name(&sticky.cookie)
-    {
-        return Err(format!(
-            "sticky.cookie: {:?} is not a valid cookie name (use letters, digits and -_.)",
-            sticky.cookie
-        ));
-    }
-    if let Some(m) = &app.mirror {
-        if !(m.percent.is_finite() && (0.0..=100.0).contains(&m.percent)) {
-            return Err(format!(
-                "mirror.percent: {} is not between 0 and 100",
-                m.percent
-            ));
-        }
-        crate::mirror::CompareRules::compile(m).map_err(|e| format!("mirror.{e}"))?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

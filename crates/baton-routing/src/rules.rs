@@ -7,8 +7,8 @@
 //! first rule whose matches all hold wins.
 //!
 //! ```
-//! use baton_router::config::{Match, NamedMatch, RouteRule, ValueMatch};
-//! use baton_router::rules::CompiledRules;
+//! use baton_routing::config::{Match, NamedMatch, RouteRule, ValueMatch};
+//! use baton_routing::rules::CompiledRules;
 //!
 //! let rules = CompiledRules::compile(&[RouteRule {
 //!     matches: vec![Match::Header(NamedMatch {
@@ -126,7 +126,7 @@ impl CompiledRules {
                         Matcher::Header { name, value }
                     }
                     Match::Cookie(NamedMatch { name, value }) => {
-                        if !crate::sticky::valid_cookie_name(name) {
+                        if !valid_cookie_name(name) {
                             return Err(err(
                                 "cookie",
                                 format!("{name:?} is not a valid cookie name"),
@@ -248,6 +248,16 @@ pub fn find_cookie<'h, H: RequestHeaders + ?Sized>(headers: &'h H, name: &str) -
         }
     }
     None
+}
+
+/// True for a non-empty cookie name made of letters, digits and `-_.` (a safe subset
+/// of RFC 6265 tokens), at most 64 bytes.
+pub fn valid_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 #[cfg(test)]

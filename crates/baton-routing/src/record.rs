@@ -66,7 +66,7 @@ pub struct RecordingReport {
 
 /// The recording state of one app; survives config pushes.
 #[derive(Default)]
-pub(crate) struct RecordState {
+pub struct RecordState {
     armed: AtomicBool,
     inner: Mutex<Recording>,
 }

@@ -47,36 +47,7 @@ pub fn should_mirror(counter: u64, percent: f64) -> bool {
     (n + 1) * ppm / SCALE > n * ppm / SCALE
 }
 
-/// Response headers never compared by default: they differ between any two answers
-/// (dates, servers, hop-by-hop framing, tracing ids) or repeat the body's length.
-pub const DEFAULT_IGNORED_HEADERS: &[&str] = &[
-    "date",
-    "server",
-    "age",
-    "expires",
-    "content-length",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "via",
-    "x-request-id",
-    "x-correlation-id",
-    "traceparent",
-    "tracestate",
-    "b3",
-    "x-b3-traceid",
-    "x-b3-spanid",
-    "x-b3-parentspanid",
-    "x-b3-sampled",
-    "x-b3-flags",
-    "uber-trace-id",
-    "x-amzn-trace-id",
-    "x-cloud-trace-context",
-];
+pub use crate::config::DEFAULT_IGNORED_HEADERS;
 
 /// Headers that carry credentials: never captured, compared, stored, recorded or
 /// shown, whatever the config says (it can only add to them).

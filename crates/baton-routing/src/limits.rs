@@ -44,7 +44,7 @@ impl Default for AppLimits {
 
 /// [`AppLimits`] resolved for the request path.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Limits {
+pub struct Limits {
     pub client_header_timeout: Duration,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
