@@ -8,7 +8,9 @@
 #   MIRROR=0 bench/router.sh        # skip the mirroring table
 #   MAIN=0 bench/router.sh          # only the mirroring table
 #   IDLE=0 bench/router.sh          # skip the idle-connection memory table
-#   IDLE_CONNS=10000 bench/router.sh   # connections held idle in that table
+#   IDLE_CONNS=9000 bench/router.sh    # connections held idle in that table (default:
+#                                   # 10,000, or what the descriptor limit lets
+#                                   # HAProxy hold: it needs two per connection)
 #
 # One fast backend (a fixed 13-byte answer). Each proxy runs with one worker/thread
 # pinned to CPU 0; wrk and the backend share CPU 1. Cases: keep-alive with 64 and 256
@@ -29,8 +31,10 @@
 # path for every request (its requests are kept for the copy), so "m0" (mirroring
 # configured, nothing copied) separates that cost from the copies'.
 set -euo pipefail
-# The idle-connection table holds 10,000 connections open per proxy.
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+# The idle-connection table holds 10,000 connections open per proxy: as many file
+# descriptors as this machine allows.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+NOFILE=$(ulimit -n)
 
 DURATION=${DURATION:-5}
 ROUNDS=${ROUNDS:-5}
@@ -80,8 +84,8 @@ cat >"$TMP/nginx.conf" <<CONF
 worker_processes 1;
 pid $TMP/nginx.pid;
 error_log $TMP/nginx.err warn;
-worker_rlimit_nofile 65536;
-events { worker_connections 30000; }
+worker_rlimit_nofile $NOFILE;
+events { worker_connections $((NOFILE - 1000)); }
 http {
     access_log off;
     client_body_temp_path $TMP; proxy_temp_path $TMP; fastcgi_temp_path $TMP;
@@ -104,7 +108,7 @@ CONF
 cat >"$TMP/haproxy.cfg" <<CONF
 global
     nbthread 1
-    maxconn 30000
+    maxconn $(( (NOFILE - 1000) / 2 < 10100 ? (NOFILE - 1000) / 2 : 10100 ))
 defaults
     mode http
     timeout connect 2s
@@ -206,7 +210,8 @@ cp "$RESULTS" "${RESULTS_COPY:-/tmp/baton-bench-results.tsv}"
 IDLE_RESULTS=$TMP/idle.tsv
 : >"$IDLE_RESULTS"
 if [ "${IDLE:-1}" != 0 ]; then
-    IDLE_CONNS=${IDLE_CONNS:-10000}
+    # HAProxy reserves two descriptors per connection of its maxconn.
+    IDLE_CONNS=${IDLE_CONNS:-$(( (NOFILE - 1000) / 2 < 10000 ? (NOFILE - 1000) / 2 / 500 * 500 - 500 : 10000 ))}
     declare -A IDLE_PID=([nginx]=$NGINX_WORKER [haproxy]=$HAPROXY_PID [baton]=$BATON_PID)
     src=1
     for round in $(seq 1 3); do

@@ -383,14 +383,14 @@ async fn exchange(
         bytes_in,
     };
     // Held (not routable) requests wait here for a table that can take them.
-    let Some(parsed) = upstream::routable_app(sh, &ctx.app)
-        .await
-        .map(|live| parsed.unwrap_or(live))
-    else {
+    let Some(live) = upstream::routable_app(sh, &ctx.app).await else {
         return no_backend(ctx, client, &outcome_of, head.close)
             .await
             .next_at(body.end, None, buf);
     };
+    let parsed = parsed.unwrap_or_else(|| live.clone());
+    // The first attempt uses the table just read; later ones read it again.
+    let mut first_live = Some(live);
     let mut mirror = copies(
         &parsed,
         &buf[body_at - head.len..body_at],
@@ -418,8 +418,12 @@ async fn exchange(
         if attempts >= max_attempts || spins >= upstream::MAX_SPINS {
             break None;
         }
-        let Some(app) = upstream::routable_app(sh, &ctx.app).await else {
-            break None;
+        let app = match first_live.take() {
+            Some(app) => app,
+            None => match upstream::routable_app(sh, &ctx.app).await {
+                Some(app) => app,
+                None => break None,
+            },
         };
         let v = match primary {
             Some(v) if v < app.versions.len() && !to_stable => v,
@@ -595,7 +599,7 @@ async fn exchange(
         Outcome::Answered {
             status: 101,
             bytes_out: 0,
-            latency: start.elapsed(),
+            latency: None,
         }
         .record(&outcome_of, Some(&version.counters), None);
         // Switching protocols: both connections are spliced until either ends or the
@@ -1123,9 +1127,7 @@ impl Answer<'_> {
         Outcome::Answered {
             status: self.status,
             bytes_out,
-            latency: self
-                .head_latency
-                .unwrap_or_else(|| self.req.start.elapsed()),
+            latency: self.head_latency,
         }
         .record(self.req, Some(self.version), None);
     }

@@ -600,6 +600,8 @@ pub(crate) struct RespHead {
     /// The backend will close (or is HTTP/1.0 without keep-alive).
     pub upstream_close: bool,
     pub event_stream: bool,
+    /// `Connection` names headers besides `close` and `keep-alive` (hop-by-hop too).
+    pub connection_options: bool,
 }
 
 #[derive(Debug)]
@@ -639,7 +641,7 @@ pub(crate) fn parse_response(b: &[u8], req: &ReqHead, send: &mut Vec<u8>) -> Res
             let Ok(httparse::Status::Complete(len)) = r else {
                 return judge_response(resp, r, req.head_method);
             };
-            write_client_head(resp, false, send);
+            write_client_head(resp, false, true, send);
             let upgrade = resp
                 .headers
                 .iter()
@@ -656,11 +658,17 @@ pub(crate) fn parse_response(b: &[u8], req: &ReqHead, send: &mut Vec<u8>) -> Res
                 framing: Framing::Empty,
                 upstream_close: true,
                 event_stream: false,
+                connection_options: true,
             });
         }
         let judged = judge_response(resp, r, req.head_method);
         if let RespParsed::Done(h) = &judged {
-            write_client_head(resp, matches!(h.framing, Framing::Chunked), send);
+            write_client_head(
+                resp,
+                matches!(h.framing, Framing::Chunked),
+                h.connection_options,
+                send,
+            );
         }
         judged
     })
@@ -694,6 +702,7 @@ fn judge_response(
     let mut te = false;
     let mut close = resp.version == Some(0);
     let mut event_stream = false;
+    let mut connection_options = false;
     for h in resp.headers.iter() {
         let n = h.name.as_bytes();
         if n.eq_ignore_ascii_case(b"content-length") {
@@ -721,8 +730,12 @@ fn judge_response(
                 let t = t.trim_ascii();
                 if t.eq_ignore_ascii_case(b"close") {
                     close = true;
-                } else if t.eq_ignore_ascii_case(b"keep-alive") && resp.version == Some(0) {
-                    close = false;
+                } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                    if resp.version == Some(0) {
+                        close = false;
+                    }
+                } else if !t.is_empty() {
+                    connection_options = true;
                 }
             }
         } else if n.eq_ignore_ascii_case(b"content-type") {
@@ -754,6 +767,7 @@ fn judge_response(
         framing,
         upstream_close: close || matches!(framing, Framing::UntilClose),
         event_stream,
+        connection_options,
     })
 }
 
@@ -764,7 +778,12 @@ fn judge_response(
 ///
 /// A `Content-Length` next to a chunked `Transfer-Encoding` is dropped (RFC 9112 6.3:
 /// an intermediary must not forward both).
-fn write_client_head(resp: &httparse::Response<'_, '_>, chunked: bool, out: &mut Vec<u8>) {
+fn write_client_head(
+    resp: &httparse::Response<'_, '_>,
+    chunked: bool,
+    connection_options: bool,
+    out: &mut Vec<u8>,
+) {
     out.extend_from_slice(b"HTTP/1.1 ");
     let code = resp.code.unwrap_or(502);
     out.extend_from_slice(&[
@@ -778,7 +797,7 @@ fn write_client_head(resp: &httparse::Response<'_, '_>, chunked: bool, out: &mut
     // Headers the backend named in `Connection` are hop-by-hop too.
     let mut named: [&[u8]; MAX_CONNECTION_OPTIONS] = [b""; MAX_CONNECTION_OPTIONS];
     let mut n_named = 0;
-    for h in resp.headers.iter() {
+    for h in resp.headers.iter().filter(|_| connection_options) {
         if h.name.eq_ignore_ascii_case("connection") {
             for t in h.value.split(|&c| c == b',') {
                 let t = t.trim_ascii();

@@ -10,12 +10,13 @@ use crate::table::{AppCounters, VersionCounters};
 /// How a request ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Outcome {
-    /// The backend's answer went to the user. `latency`: until the end of the answer
-    /// (until its head for a stream, whose length says nothing about the backend).
+    /// The backend's answer went to the user. `latency`: for a stream, until its head
+    /// (its length says nothing about the backend); `None`: until now, the end of the
+    /// answer.
     Answered {
         status: u16,
         bytes_out: u64,
-        latency: Duration,
+        latency: Option<Duration>,
     },
     /// A failure of a non-stable version that shielding answered from the stable one:
     /// counted against the version that failed, though the user never saw it.
@@ -82,7 +83,11 @@ impl Outcome {
         let (router_error, bytes_out, latency) = match self {
             Outcome::Answered {
                 bytes_out, latency, ..
-            } => (false, bytes_out, latency),
+            } => (
+                false,
+                bytes_out,
+                latency.unwrap_or_else(|| now.saturating_duration_since(req.start)),
+            ),
             Outcome::Shielded { ours, .. } => {
                 v.shielded.fetch_add(1, Ordering::Relaxed);
                 (ours, 0, now.saturating_duration_since(req.start))
