@@ -40,9 +40,7 @@ use crate::h1;
 use crate::mirroring::{self, MirrorPlan};
 use crate::outcome::{self, Outcome};
 use crate::table::AppTable;
-use crate::upstream::{
-    self, UP_BUF, connect, drop_idle, put_idle, return_buf, spare_buf, take_idle,
-};
+use crate::upstream::{self, UP_BUF, connect, put_idle, return_buf, spare_buf, take_idle};
 
 /// Per-connection deadlines, kept by one timer: while waiting for a request head (the
 /// header timeout, counted from the end of the previous response) and while waiting
@@ -404,18 +402,13 @@ async fn exchange(
     // Body bytes read past the replay buffer while streaming: the next request's.
     let mut leftover: Option<Vec<u8>> = None;
     let mut streamed = false;
-    let mut tried: Vec<SocketAddr> = Vec::new();
-    let mut attempts = 0;
-    let mut max_attempts = upstream::MAX_ATTEMPTS;
-    let mut spins = 0;
+    let mut at = upstream::Attempts::new();
     let mut primary = None;
     let mut last_version = None;
     // Shielding applies to what can be sent again safely: idempotent, held whole.
     let shieldable = head.idempotent && body.whole;
-    let mut shield_used = false;
-    let mut to_stable = false;
     let result = loop {
-        if attempts >= max_attempts || spins >= upstream::MAX_SPINS {
+        if !at.going() {
             break None;
         }
         let app = match first_live.take() {
@@ -426,31 +419,31 @@ async fn exchange(
             },
         };
         let v = match primary {
-            Some(v) if v < app.versions.len() && !to_stable => v,
+            Some(v) if v < app.versions.len() && !at.to_stable => v,
             _ => {
-                let stable = if to_stable { app.shield } else { None };
+                let stable = if at.to_stable { app.shield } else { None };
                 match stable.or_else(|| route.version_in(&parsed, &app)) {
                     Some(v) => v,
                     None => {
-                        spins += 1;
+                        at.spins += 1;
                         continue;
                     }
                 }
             }
         };
         primary = Some(v);
-        to_stable = false;
-        let Some((vi, bi, guard)) = upstream::pick_for_attempt(ctx, &app, v, &tried) else {
-            spins += 1;
+        at.to_stable = false;
+        let Some((vi, bi, guard)) = upstream::pick_for_attempt(ctx, &app, v, &at.tried) else {
+            at.spins += 1;
             continue;
         };
         let version = &app.versions[vi];
         let backend = &version.backends[bi];
-        attempts += 1;
+        at.made += 1;
         last_version = Some(version.counters.clone());
         let addr = backend.addr;
         // A failure of this attempt goes to the stable version instead of the user.
-        let shield_here = shieldable && !shield_used && app.shield.is_some_and(|s| s != vi);
+        let shield_here = shieldable && !at.shield_used && app.shield.is_some_and(|s| s != vi);
         up_buf.clear();
         let stream_rest = (!body.whole).then_some(&mut body.framer);
         let r = attempt(
@@ -500,12 +493,7 @@ async fn exchange(
                 idempotent: head.idempotent,
                 replayable: body.whole,
             },
-            attempt::Progress {
-                made: attempts,
-                max: max_attempts,
-                streamed,
-                shield_here,
-            },
+            at.progress(streamed, shield_here),
         );
         let r = match (step, r) {
             (Next::Respond, Ok((up, rh))) => break Some((app.clone(), vi, bi, guard, up, rh)),
@@ -513,46 +501,9 @@ async fn exchange(
         };
         drop(guard);
         drop(r);
-        match ended {
-            Ended::Answered(_) => {}
-            // The backend probably closed its other idle connections too (a restart,
-            // an idle timeout after a burst): drop them, so the next attempt connects
-            // afresh.
-            Ended::StalePooled => drop_idle(addr),
-            Ended::TimedOut => {}
-            Ended::ConnectFailed | Ended::Lost | Ended::BadResponse => {
-                backend.state.failures.fetch_add(1, Ordering::Relaxed);
-                tried.push(addr);
-                if ended == Ended::ConnectFailed {
-                    upstream::mark_down(sh, &backend.state);
-                }
-            }
-        }
+        at.after_failure(sh, &outcome_of, ended, step, &version.counters, backend);
         match step {
-            Next::Shield => {
-                let (status, ours) = match ended {
-                    Ended::Answered(status) => (status, false),
-                    _ => (502, true),
-                };
-                tracing::debug!(app = %ctx.app.name, backend = %addr, status, "shielded: retrying on the stable version");
-                Outcome::Shielded { status, ours }.record(
-                    &outcome_of,
-                    Some(&version.counters),
-                    None,
-                );
-                (shield_used, to_stable) = (true, true);
-                max_attempts = max_attempts.max(attempts + 1);
-            }
-            Next::Retry { counted } => {
-                if counted {
-                    version.counters.retries.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    // A stale keep-alive connection: not an attempt.
-                    attempts -= 1;
-                    spins += 1;
-                }
-                tracing::debug!(app = %ctx.app.name, backend = %addr, ?ended, "upstream attempt failed; trying again");
-            }
+            Next::Shield | Next::Retry { .. } => {}
             Next::GatewayTimeout => {
                 tracing::debug!(app = %ctx.app.name, backend = %addr, timeout = ?limits.response_timeout, "no response head in time");
                 Outcome::TimedOut.record(&outcome_of, Some(&version.counters), None);

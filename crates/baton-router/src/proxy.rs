@@ -8,7 +8,6 @@
 //! nothing to an app that does not use them.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,8 +28,7 @@ use crate::mirroring::{Head, MirrorPlan, Tee, start_mirror};
 use crate::outcome::{self, Outcome};
 use crate::table::{AppTable, VersionCounters};
 use crate::upstream::{
-    self, CallError, InFlight, MAX_ATTEMPTS, MAX_SPINS, UpBody, UpstreamBody, mark_down,
-    pick_for_attempt, routable_app,
+    self, CallError, InFlight, UpBody, UpstreamBody, pick_for_attempt, routable_app,
 };
 
 /// Request bodies up to this size are buffered so the request can be replayed.
@@ -511,52 +509,42 @@ pub(crate) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Re
     let shieldable = idempotent && replay.is_some();
     let head = Head::from_parts(parts);
 
-    // Allocates only when an attempt fails.
-    let mut tried: Vec<SocketAddr> = Vec::new();
     let mut last_version: Option<Arc<VersionCounters>> = None;
     // The version picked for this request, tied to the snapshot it was picked in.
     let mut picked: Option<(Arc<AppTable>, usize)> = None;
-    let mut attempts = 0;
-    let mut max_attempts = MAX_ATTEMPTS;
-    // Shielding used (at most once per request), and the next pick must be the stable
-    // version.
-    let mut shield_used = false;
-    let mut to_stable = false;
-    // Loop turns that made no attempt (snapshot swapped underneath); bounded so a
-    // storm of pushes cannot spin a request forever.
-    let mut spins = 0;
-    while attempts < max_attempts && spins < MAX_SPINS {
+    let mut at = upstream::Attempts::new();
+    while at.going() {
         let Some(app) = routable_app(sh, &ctx.app).await else {
             return no_backend(sh, ctx, last_version.as_deref(), &outcome_of);
         };
         let primary = match &picked {
             Some((a, v)) if Arc::ptr_eq(a, &app) => *v,
             _ => {
-                let stable = if to_stable { app.shield } else { None };
+                let stable = if at.to_stable { app.shield } else { None };
                 let chosen = stable.or_else(|| {
                     app.choose_version(&head.method, head.uri.path(), &head.headers, cohort)
                 });
                 match chosen {
                     Some(v) => v,
                     None => {
-                        spins += 1;
+                        at.spins += 1;
                         continue; // swapped to unroutable meanwhile; hold again
                     }
                 }
             }
         };
         picked = Some((app.clone(), primary));
-        let Some((vi, bi, guard)) = pick_for_attempt(ctx, &app, primary, &tried) else {
-            spins += 1;
+        let Some((vi, bi, guard)) = pick_for_attempt(ctx, &app, primary, &at.tried) else {
+            at.spins += 1;
             continue;
         };
         let version = &app.versions[vi];
         let backend = &version.backends[bi];
-        attempts += 1;
+        at.made += 1;
         last_version = Some(version.counters.clone());
         let addr = backend.addr;
         // A failure of this attempt goes to the stable version instead of the user.
-        let shield_here = shieldable && !shield_used && app.shield.is_some_and(|s| s != vi);
+        let shield_here = shieldable && !at.shield_used && app.shield.is_some_and(|s| s != vi);
         // A streamed body is sent once, on a new connection; connecting sends nothing.
         let r = match upstream::open(addr, &limits, replay.is_none()).await {
             None => Err(CallError::Connect),
@@ -593,12 +581,10 @@ pub(crate) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Re
                 idempotent,
                 replayable: replay.is_some(),
             },
-            attempt::Progress {
-                made: attempts,
-                max: max_attempts,
-                streamed: replay.is_none() && ended != Ended::ConnectFailed,
+            at.progress(
+                replay.is_none() && ended != Ended::ConnectFailed,
                 shield_here,
-            },
+            ),
         );
         let r = match (step, r) {
             (Next::Respond, Ok((status, headers, body))) => {
@@ -644,40 +630,10 @@ pub(crate) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Re
             }
             Err(_) => drop(guard),
         }
-        match ended {
-            Ended::Answered(_) | Ended::TimedOut => {}
-            Ended::StalePooled => upstream::drop_idle(addr),
-            Ended::ConnectFailed | Ended::Lost | Ended::BadResponse => {
-                backend.state.failures.fetch_add(1, Ordering::Relaxed);
-                tried.push(addr);
-                if ended == Ended::ConnectFailed {
-                    mark_down(sh, &backend.state);
-                }
-            }
-        }
+        at.after_failure(sh, &outcome_of, ended, step, &version.counters, backend);
         match step {
-            Next::Shield => {
-                let (status, ours) = match ended {
-                    Ended::Answered(status) => (status, false),
-                    _ => (502, true),
-                };
-                Outcome::Shielded { status, ours }.record(
-                    &outcome_of,
-                    Some(&version.counters),
-                    None,
-                );
-                (shield_used, to_stable, picked) = (true, true, None);
-                max_attempts = max_attempts.max(attempts + 1);
-            }
-            Next::Retry { counted } => {
-                if counted {
-                    version.counters.retries.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    attempts -= 1;
-                    spins += 1;
-                }
-                tracing::debug!(app = %ctx.app.name, backend = %addr, ?ended, "upstream attempt failed; trying again");
-            }
+            Next::Shield => picked = None,
+            Next::Retry { .. } => {}
             Next::GatewayTimeout => {
                 Outcome::TimedOut.record(&outcome_of, Some(&version.counters), None);
                 return local_response(

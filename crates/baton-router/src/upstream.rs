@@ -25,10 +25,12 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::attempt::{self, Ended, Next};
 use crate::context::{AppRef, ConnCtx, Shared, live_app};
 use crate::h1;
 use crate::limits::Limits;
-use crate::table::{AppTable, BackendState, VersionCounters};
+use crate::outcome::{self, Outcome};
+use crate::table::{AppTable, BackendEntry, BackendState, VersionCounters};
 
 /// Idle connections kept per backend and worker.
 const MAX_IDLE_PER_BACKEND: usize = 1024;
@@ -673,6 +675,101 @@ pub(crate) async fn routable_app(sh: &Shared, app: &AppRef) -> Option<Arc<AppTab
             Ok(Ok(())) => continue,
             // Sender gone (router dropped) or deadline reached.
             Ok(Err(_)) | Err(_) => return None,
+        }
+    }
+}
+
+/// A request's attempts so far: the bookkeeping the engine and the HTTP/2 path share
+/// around [`attempt::next`].
+pub(crate) struct Attempts {
+    /// Backends that failed this request (avoided by the next picks). Allocates only
+    /// when an attempt fails.
+    pub tried: Vec<SocketAddr>,
+    pub made: usize,
+    pub max: usize,
+    /// Loop turns that made no attempt (snapshot swapped underneath); bounded so a
+    /// storm of pushes cannot spin a request forever.
+    pub spins: usize,
+    /// Shielding was used (at most once per request).
+    pub shield_used: bool,
+    /// The next pick must be the stable version.
+    pub to_stable: bool,
+}
+
+impl Attempts {
+    pub(crate) fn new() -> Self {
+        Attempts {
+            tried: Vec::new(),
+            made: 0,
+            max: MAX_ATTEMPTS,
+            spins: 0,
+            shield_used: false,
+            to_stable: false,
+        }
+    }
+
+    /// Another attempt may be made.
+    pub(crate) fn going(&self) -> bool {
+        self.made < self.max && self.spins < MAX_SPINS
+    }
+
+    /// Where the attempt just made stands, for [`attempt::next`].
+    pub(crate) fn progress(&self, streamed: bool, shield_here: bool) -> attempt::Progress {
+        attempt::Progress {
+            made: self.made,
+            max: self.max,
+            streamed,
+            shield_here,
+        }
+    }
+
+    /// Books an attempt that ended as `ended` on `backend` of `version` and was not
+    /// passed on: the backend's failure (and a connect failure's mark), and for a
+    /// `Shield` or `Retry` step, the counts. 502 and 504 are the caller's to answer.
+    pub(crate) fn after_failure(
+        &mut self,
+        sh: &Shared,
+        req: &outcome::Request<'_>,
+        ended: Ended,
+        step: Next,
+        version: &VersionCounters,
+        backend: &BackendEntry,
+    ) {
+        match ended {
+            Ended::Answered(_) | Ended::TimedOut => {}
+            // The backend probably closed its other idle connections too (a restart,
+            // an idle timeout after a burst): drop them, so the next attempt connects
+            // afresh.
+            Ended::StalePooled => drop_idle(backend.addr),
+            Ended::ConnectFailed | Ended::Lost | Ended::BadResponse => {
+                backend.state.failures.fetch_add(1, Ordering::Relaxed);
+                self.tried.push(backend.addr);
+                if ended == Ended::ConnectFailed {
+                    mark_down(sh, &backend.state);
+                }
+            }
+        }
+        match step {
+            Next::Shield => {
+                let (status, ours) = match ended {
+                    Ended::Answered(status) => (status, false),
+                    _ => (502, true),
+                };
+                Outcome::Shielded { status, ours }.record(req, Some(version), None);
+                (self.shield_used, self.to_stable) = (true, true);
+                self.max = self.max.max(self.made + 1);
+            }
+            Next::Retry { counted } => {
+                if counted {
+                    version.retries.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    // A stale keep-alive connection: not an attempt.
+                    self.made -= 1;
+                    self.spins += 1;
+                }
+                tracing::debug!(app = %req.app, backend = %backend.addr, ?ended, "upstream attempt failed; trying again");
+            }
+            Next::GatewayTimeout | Next::BadGateway | Next::Respond => {}
         }
     }
 }
