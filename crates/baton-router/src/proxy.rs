@@ -226,12 +226,10 @@ enum Refusal {
     TooLarge,
 }
 
-/// Checks the request framing as the header map shows it. hyper already refuses (with
-/// 400) a `Transfer-Encoding` whose last coding is not `chunked`, `Transfer-Encoding` on
-/// HTTP/1.0, differing `Content-Length` values and malformed chunks. It also hides
-/// `Content-Length` next to `Transfer-Encoding` and repeats of an equal
-/// `Content-Length`: those are caught on the raw bytes ([`crate::framing`]); this is
-/// the check for what reaches the map (and a value that is not plain digits).
+/// Checks an HTTP/2 request's framing headers as the header map shows them (HTTP/1
+/// framing is decided by [`crate::h1`]): `Transfer-Encoding` naming chunked more than
+/// once, a repeated or non-numeric `Content-Length`, both together, or a length over
+/// the app's limit.
 fn check_framing(headers: &HeaderMap, max_body: u64) -> Result<(), Refusal> {
     // RFC 9112 §6.1: the chunked coding is applied once, last.
     let chunked = headers

@@ -365,7 +365,7 @@ impl Resp {
 fn assert_lane(r: &Resp) {
     assert!(
         r.head.contains(&format!("\r\n{SERVED_BY}: raw\r\n")) && r.header("date").is_none(),
-        "not answered by the fast lane: {:?}",
+        "not copied through by the engine: {:?}",
         r.head
     );
 }
@@ -900,7 +900,7 @@ async fn sequential_gets_share_one_upstream_connection() {
     }
     one_upstream_connection(&be);
     assert!(be.paths().iter().all(|(_, conn)| *conn == 0));
-    // And the lane counts them like the general path does.
+    // And they are counted.
     eventually("20 requests counted", || {
         let v = &router.stats().apps[0].versions[0];
         v.requests == 20 && v.status_2xx == 20 && v.in_flight == 0
@@ -1586,7 +1586,7 @@ async fn graceful_shutdown_closes_idle_lane_connections_and_ends_in_flight_ones_
 }
 
 // ---------------------------------------------------------------------------------
-// Beyond the brief: responses the lane must pass on the way the general path does
+// Responses with many headers, or with both a length and chunked framing
 
 fn dechunk_or_raw(r: &Resp) -> Vec<u8> {
     let chunked = r

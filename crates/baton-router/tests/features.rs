@@ -711,7 +711,7 @@ async fn eventually_report(router: &Router, n: u64) -> baton_router::MirrorRepor
 }
 
 /// A recording armed over the admin socket takes the next requests of a plain app
-/// (one the fast lane would serve), redacted, up to its bound, and ends by itself.
+/// (no mirroring), redacted, up to its bound, and ends by itself.
 #[tokio::test]
 async fn recording_keeps_a_bounded_redacted_slice_of_requests() {
     let (admin, router) = admin_router("baton-router-features-record").await;

@@ -2,9 +2,8 @@
 //! against them before it takes any traffic (`baton mirror record`, then `replay`).
 //!
 //! The control plane arms a recording on a router (`POST /v1/record/{app}`), reads
-//! what it caught (`GET`), and disarms it (`DELETE`). While armed, the app's requests
-//! take the general path (the fast lane does not keep heads) and each eligible one is
-//! copied, redacted, until the bound is reached. Nothing is recorded when disarmed,
+//! what it caught (`GET`), and disarms it (`DELETE`). While armed, each eligible request
+//! is copied as the client sent it, redacted, until the bound is reached. Nothing is recorded when disarmed,
 //! and the cost then is one atomic load per request.
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -180,8 +180,8 @@ impl CompiledRules {
     }
 }
 
-/// A request's header lines as the rules read them: hyper's map on the general path,
-/// the parsed head on the fast lane.
+/// A request's header lines as the rules read them: the parsed head on the HTTP/1
+/// engine, hyper's map for HTTP/2.
 pub trait RequestHeaders {
     /// The values of every header line called `name`, in order.
     fn values<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]>;
