@@ -101,86 +101,80 @@ fn main() {
 /// until Ctrl-C.
 async fn mirror(listen: SocketAddr, upstream: SocketAddr, percent: Option<f64>) {
     use baton_router::config::MirrorConfig;
-    use baton_router::{AppRoutes, Backend, Router, RoutingConfig, VersionRoute};
-    let version = |name: &str, weight: u32| VersionRoute {
-        version: name.into(),
-        weight,
-        backends: vec![Backend {
-            id: format!("{name}-0"),
-            address: upstream,
-        }],
-    };
-    let mirror = percent.map(|p| {
+    let mut app = bench_app(listen, upstream, &[("v1", 100), ("v2", 0)]);
+    app.mirror = percent.map(|p| {
         let mut m = MirrorConfig::new("v2", p);
         m.ignore_json_paths = vec!["$.served_at".into()];
         m
     });
-    let router = Router::with_workers(1);
-    let cfg = RoutingConfig {
-        generation: 1,
-        apps: vec![AppRoutes {
-            app: "bench".into(),
-            listen,
-            hold_timeout_ms: 5_000,
-            versions: vec![version("v1", 100), version("v2", 0)],
-            rules: Vec::new(),
-            sticky: None,
-            mirror,
-            shield: None,
-            limits: Default::default(),
-            balance: Default::default(),
-        }],
-    };
-    router.apply(cfg).expect("a valid config");
-    let _ = tokio::signal::ctrl_c().await;
-    router.shutdown(std::time::Duration::from_secs(2)).await;
+    serve_app(app).await;
 }
 
 /// A router serving one app with header rules and sticky cohorts, until Ctrl-C.
 async fn routed(listen: SocketAddr, upstream: SocketAddr) {
     use baton_router::config::{Match, NamedMatch, RouteRule, StickyConfig, ValueMatch};
-    use baton_router::{AppRoutes, Backend, Router, RoutingConfig, VersionRoute};
-    let version = |name: &str, weight: u32| VersionRoute {
-        version: name.into(),
-        weight,
-        backends: vec![Backend {
-            id: format!("{name}-0"),
-            address: upstream,
-        }],
-    };
     let header = |name: &str, value: ValueMatch| {
         Match::Header(NamedMatch {
             name: name.into(),
             value,
         })
     };
-    let router = Router::with_workers(1);
-    let cfg = RoutingConfig {
+    let mut app = bench_app(listen, upstream, &[("v1", 90), ("v2", 10)]);
+    app.rules = vec![
+        RouteRule {
+            matches: vec![header("x-canary", ValueMatch::Equals("always".into()))],
+            version: "v2".into(),
+        },
+        RouteRule {
+            matches: vec![header("x-user", ValueMatch::Regex("^qa-".into()))],
+            version: "v2".into(),
+        },
+    ];
+    app.sticky = Some(StickyConfig {
+        new_version: Some("v2".into()),
+        ..StickyConfig::default()
+    });
+    serve_app(app).await;
+}
+
+/// An app named "bench" listening on `listen`, with `versions` (name, weight) all at
+/// `upstream`, and nothing else configured.
+fn bench_app(
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    versions: &[(&str, u32)],
+) -> baton_router::AppRoutes {
+    use baton_router::{AppRoutes, Backend, VersionRoute};
+    AppRoutes {
+        app: "bench".into(),
+        listen,
+        hold_timeout_ms: 5_000,
+        versions: versions
+            .iter()
+            .map(|(name, weight)| VersionRoute {
+                version: (*name).into(),
+                weight: *weight,
+                backends: vec![Backend {
+                    id: format!("{name}-0"),
+                    address: upstream,
+                }],
+            })
+            .collect(),
+        rules: Vec::new(),
+        sticky: None,
+        mirror: None,
+        shield: None,
+        limits: Default::default(),
+        balance: Default::default(),
+    }
+}
+
+/// Serves `app` on a router with one worker until Ctrl-C.
+async fn serve_app(app: baton_router::AppRoutes) {
+    let router = baton_router::Router::with_workers(1);
+    let cfg = baton_router::RoutingConfig {
         generation: 1,
-        apps: vec![AppRoutes {
-            app: "bench".into(),
-            listen,
-            hold_timeout_ms: 5_000,
-            versions: vec![version("v1", 90), version("v2", 10)],
-            rules: vec![
-                RouteRule {
-                    matches: vec![header("x-canary", ValueMatch::Equals("always".into()))],
-                    version: "v2".into(),
-                },
-                RouteRule {
-                    matches: vec![header("x-user", ValueMatch::Regex("^qa-".into()))],
-                    version: "v2".into(),
-                },
-            ],
-            sticky: Some(StickyConfig {
-                new_version: Some("v2".into()),
-                ..StickyConfig::default()
-            }),
-            mirror: None,
-            shield: None,
-            limits: Default::default(),
-            balance: Default::default(),
-        }],
+        apps: vec![app],
     };
     router.apply(cfg).expect("a valid config");
     let _ = tokio::signal::ctrl_c().await;

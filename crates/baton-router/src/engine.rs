@@ -420,30 +420,20 @@ async fn exchange(
         };
         let v = match primary {
             Some(v) if v < app.versions.len() && !at.to_stable => v,
-            _ => {
-                let stable = if at.to_stable { app.shield } else { None };
-                match stable.or_else(|| route.version_in(&parsed, &app)) {
-                    Some(v) => v,
-                    None => {
-                        at.spins += 1;
-                        continue;
-                    }
-                }
-            }
+            _ => match at.version(&app, || route.version_in(&parsed, &app)) {
+                Some(v) => v,
+                None => continue,
+            },
         };
         primary = Some(v);
-        at.to_stable = false;
-        let Some((vi, bi, guard)) = upstream::pick_for_attempt(ctx, &app, v, &at.tried) else {
-            at.spins += 1;
+        let Some((vi, bi, guard)) = at.start(ctx, &app, v) else {
             continue;
         };
         let version = &app.versions[vi];
         let backend = &version.backends[bi];
-        at.made += 1;
         last_version = Some(version.counters.clone());
         let addr = backend.addr;
-        // A failure of this attempt goes to the stable version instead of the user.
-        let shield_here = shieldable && !at.shield_used && app.shield.is_some_and(|s| s != vi);
+        let shield_here = at.shields(&app, vi, shieldable);
         up_buf.clear();
         let stream_rest = (!body.whole).then_some(&mut body.framer);
         let r = attempt(

@@ -674,10 +674,23 @@ pub(crate) fn parse_response(b: &[u8], req: &ReqHead, send: &mut Vec<u8>) -> Res
     })
 }
 
-/// Judges a response head without writing anything (for [`crate::upstream::call`],
-/// which turns it into `http` types).
-pub(crate) fn parse_response_head(b: &[u8], head_method: bool) -> RespParsed {
-    with_response(b, |resp, r| judge_response(resp, r, head_method))
+/// Judges a response head and, for a final one, gives its status and headers as
+/// `http` types from the same parse (for [`crate::upstream::call`]).
+pub(crate) fn parse_response_typed(
+    b: &[u8],
+    head_method: bool,
+) -> (RespParsed, Option<(http::StatusCode, HeaderMap)>) {
+    with_response(b, |resp, r| {
+        let judged = judge_response(resp, r, head_method);
+        let typed = match &judged {
+            RespParsed::Done(_) => resp
+                .code
+                .and_then(|c| http::StatusCode::from_u16(c).ok())
+                .map(|status| (status, header_map(resp.headers))),
+            _ => None,
+        };
+        (judged, typed)
+    })
 }
 
 fn judge_response(

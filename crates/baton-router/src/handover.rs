@@ -565,6 +565,70 @@ pub(crate) async fn drain(router: &Router, grace: Duration) {
     );
 }
 
+/// Take-overs served in the background while a router runs ([`serve`]).
+pub(crate) struct Service {
+    task: Option<tokio::task::JoinHandle<Option<Successor>>>,
+    stop: CancellationToken,
+}
+
+impl Service {
+    /// Serves take-overs on `listener` (with `extras`, the sockets handed over besides
+    /// the apps'). Without a listener (`None`, or one that could not be bound: logged)
+    /// this router can only be restarted.
+    pub(crate) fn start(
+        listener: Option<Result<UnixListener, RouterError>>,
+        router: &Router,
+        extras: Vec<Extra>,
+    ) -> Service {
+        let stop = CancellationToken::new();
+        let task = match listener {
+            Some(Ok(l)) => Some(tokio::spawn(serve(l, router.clone(), extras, stop.clone()))),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "cannot serve handovers; this router can only be restarted");
+                None
+            }
+            None => None,
+        };
+        Service { task, stop }
+    }
+
+    /// Resolves once a successor has taken over; never when none can.
+    pub(crate) async fn successor(&mut self) -> Successor {
+        if let Some(task) = self.task.as_mut() {
+            let r = task.await;
+            self.task = None;
+            match r {
+                Ok(Some(s)) => return s,
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "the handover task failed"),
+            }
+        }
+        std::future::pending().await
+    }
+
+    /// Stops serving take-overs.
+    pub(crate) fn stop(&self) {
+        self.stop.cancel();
+    }
+}
+
+/// How a router ends its traffic: after handing over, it drains for its successor
+/// (see [`drain`]); otherwise it stops, letting in-flight requests finish within
+/// [`crate::DRAIN_DEADLINE`].
+pub(crate) async fn finish(router: &Router, successor: Option<&Successor>) {
+    match successor {
+        Some(s) => {
+            let grace = s
+                .drain_grace
+                .unwrap_or_else(|| default_grace(&router.config()));
+            drain(router, grace).await;
+        }
+        None => {
+            router.shutdown(crate::DRAIN_DEADLINE).await;
+        }
+    }
+}
+
 /// The drain grace a router uses when its successor names none: the longest
 /// `stream_drain_grace_ms` of its apps.
 pub(crate) fn default_grace(cfg: &RoutingConfig) -> Duration {

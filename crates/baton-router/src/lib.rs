@@ -135,51 +135,20 @@ pub async fn run(opts: RouterOptions, shutdown: CancellationToken) -> Result<(),
         Ok(r) => r,
         Err(e) => Err(RouterError::Io(std::io::Error::other(e))),
     };
-    let handover_stop = CancellationToken::new();
-    let mut handover_task = match handover_listener {
-        Ok(l) => Some(tokio::spawn(handover::serve(
-            l,
-            router.clone(),
-            Vec::new(),
-            handover_stop.clone(),
-        ))),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot serve handovers; this router can only be restarted");
+    let mut handovers = handover::Service::start(Some(handover_listener), &router, Vec::new());
+    let mut early = None;
+    let successor = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        r = &mut admin => {
+            early = Some(flatten(r));
             None
         }
+        s = handovers.successor() => Some(s),
     };
-    let mut early = None;
-    let successor = loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break None,
-            r = &mut admin => {
-                early = Some(flatten(r));
-                break None;
-            }
-            r = async { handover_task.as_mut().expect("guarded").await }, if handover_task.is_some() => {
-                handover_task = None;
-                match r {
-                    Ok(Some(s)) => break Some(s),
-                    Ok(None) => {}
-                    Err(e) => tracing::warn!(error = %e, "the handover task failed"),
-                }
-            }
-        }
-    };
-    handover_stop.cancel();
+    handovers.stop();
     // Keep the admin API answering while user traffic drains, so a control plane can
     // still watch the in-flight counts go down.
-    match &successor {
-        Some(s) => {
-            let grace = s
-                .drain_grace
-                .unwrap_or_else(|| handover::default_grace(&router.config()));
-            handover::drain(&router, grace).await;
-        }
-        None => {
-            router.shutdown(DRAIN_DEADLINE).await;
-        }
-    }
+    handover::finish(&router, successor.as_ref()).await;
     admin_stop.cancel();
     let result = match early {
         Some(r) => r,
@@ -400,46 +369,24 @@ pub async fn run_standalone_with(
             }
         });
     }
-    let handover_stop = CancellationToken::new();
-    let mut handover_task = match handover_socket.as_deref().map(handover::bind) {
-        Some(Ok(l)) => Some(tokio::spawn(handover::serve(
-            l,
-            router.clone(),
-            extras,
-            handover_stop.clone(),
-        ))),
-        Some(Err(e)) => {
-            tracing::warn!(error = %e, "cannot serve handovers; this router can only be restarted");
-            None
-        }
-        None => None,
-    };
+    let mut handovers = handover::Service::start(
+        handover_socket.as_deref().map(handover::bind),
+        &router,
+        extras,
+    );
     tracing::info!(%listen, upstreams = upstreams.len(), pid = std::process::id(), build, predecessor, "standalone router started");
-    let successor = loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break None,
-            r = async { handover_task.as_mut().expect("guarded").await }, if handover_task.is_some() => {
-                handover_task = None;
-                match r {
-                    Ok(Some(s)) => break Some(s),
-                    Ok(None) => {}
-                    Err(e) => tracing::warn!(error = %e, "the handover task failed"),
-                }
-            }
-        }
+    let successor = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        s = handovers.successor() => Some(s),
     };
-    handover_stop.cancel();
+    handovers.stop();
     metrics_stop.cancel();
+    handover::finish(&router, successor.as_ref()).await;
     match successor {
         Some(s) => {
-            let grace = s
-                .drain_grace
-                .unwrap_or_else(|| handover::default_grace(&router.config()));
-            handover::drain(&router, grace).await;
             tracing::info!(successor_pid = s.pid, successor_build = %s.build, "standalone router stopped after handing over");
         }
         None => {
-            router.shutdown(DRAIN_DEADLINE).await;
             if let Some(path) = &handover_socket {
                 let _ = std::fs::remove_file(path);
             }

@@ -27,9 +27,7 @@ use crate::metrics::RequestSample;
 use crate::mirroring::{Head, MirrorPlan, Tee, start_mirror};
 use crate::outcome::{self, Outcome};
 use crate::table::{AppTable, VersionCounters};
-use crate::upstream::{
-    self, CallError, InFlight, UpBody, UpstreamBody, pick_for_attempt, routable_app,
-};
+use crate::upstream::{self, CallError, InFlight, UpBody, UpstreamBody, routable_app};
 
 /// Request bodies up to this size are buffered so the request can be replayed.
 pub(crate) const MAX_REPLAY_BODY: usize = 1024 * 1024;
@@ -518,31 +516,24 @@ pub(crate) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Re
         let primary = match &picked {
             Some((a, v)) if Arc::ptr_eq(a, &app) => *v,
             _ => {
-                let stable = if at.to_stable { app.shield } else { None };
-                let chosen = stable.or_else(|| {
+                let chosen = at.version(&app, || {
                     app.choose_version(&head.method, head.uri.path(), &head.headers, cohort)
                 });
                 match chosen {
                     Some(v) => v,
-                    None => {
-                        at.spins += 1;
-                        continue; // swapped to unroutable meanwhile; hold again
-                    }
+                    None => continue, // swapped to unroutable meanwhile; hold again
                 }
             }
         };
         picked = Some((app.clone(), primary));
-        let Some((vi, bi, guard)) = pick_for_attempt(ctx, &app, primary, &at.tried) else {
-            at.spins += 1;
+        let Some((vi, bi, guard)) = at.start(ctx, &app, primary) else {
             continue;
         };
         let version = &app.versions[vi];
         let backend = &version.backends[bi];
-        at.made += 1;
         last_version = Some(version.counters.clone());
         let addr = backend.addr;
-        // A failure of this attempt goes to the stable version instead of the user.
-        let shield_here = shieldable && !at.shield_used && app.shield.is_some_and(|s| s != vi);
+        let shield_here = at.shields(&app, vi, shieldable);
         // A streamed body is sent once, on a new connection; connecting sends nothing.
         let r = match upstream::open(addr, &limits, replay.is_none()).await {
             None => Err(CallError::Connect),

@@ -266,17 +266,17 @@ pub(crate) async fn call_on(
                 Ok(_) => {}
             }
             loop {
-                match h1::parse_response_head(&buf[at..], head_method) {
-                    h1::RespParsed::Done(rh) => return Ok((at, rh)),
-                    h1::RespParsed::Informational(len) => at += len,
-                    h1::RespParsed::Partial if buf.len() - at <= MAX_RESPONSE_HEAD => break,
-                    h1::RespParsed::Partial | h1::RespParsed::Bad => return Err(CallError::Bad),
+                match h1::parse_response_typed(&buf[at..], head_method) {
+                    (h1::RespParsed::Done(rh), Some(typed)) => return Ok((at, rh, typed)),
+                    (h1::RespParsed::Informational(len), _) => at += len,
+                    (h1::RespParsed::Partial, _) if buf.len() - at <= MAX_RESPONSE_HEAD => break,
+                    _ => return Err(CallError::Bad),
                 }
             }
         }
     })
     .await;
-    let (at, rh) = match read {
+    let (at, rh, (status, mut headers)) = match read {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             return_buf(buf);
@@ -286,10 +286,6 @@ pub(crate) async fn call_on(
             return_buf(buf);
             return Err(CallError::Timeout);
         }
-    };
-    let Some((status, mut headers)) = h1::response_parts(&buf[at..at + rh.len]) else {
-        return_buf(buf);
-        return Err(CallError::Bad);
     };
     h1::strip_hop_by_hop(&mut headers);
     if matches!(rh.framing, h1::Framing::Chunked | h1::Framing::UntilClose) {
@@ -692,7 +688,7 @@ pub(crate) struct Attempts {
     pub spins: usize,
     /// Shielding was used (at most once per request).
     pub shield_used: bool,
-    /// The next pick must be the stable version.
+    /// Shielded: the request goes to the stable version from now on.
     pub to_stable: bool,
 }
 
@@ -711,6 +707,45 @@ impl Attempts {
     /// Another attempt may be made.
     pub(crate) fn going(&self) -> bool {
         self.made < self.max && self.spins < MAX_SPINS
+    }
+
+    /// The version of the next attempt: the stable one once shielded, else `chosen`.
+    /// `None` (nothing to pick in this snapshot) counts a spin.
+    pub(crate) fn version(
+        &mut self,
+        app: &AppTable,
+        chosen: impl FnOnce() -> Option<usize>,
+    ) -> Option<usize> {
+        let stable = if self.to_stable { app.shield } else { None };
+        let v = stable.or_else(chosen);
+        if v.is_none() {
+            self.spins += 1;
+        }
+        v
+    }
+
+    /// Starts an attempt on version `v` of `app`: picks a backend, avoiding those that
+    /// failed this request, counted in flight (see [`pick_for_attempt`]). `None` (the
+    /// snapshot was swapped, or nothing can be picked) counts a spin.
+    pub(crate) fn start(
+        &mut self,
+        ctx: &ConnCtx,
+        app: &Arc<AppTable>,
+        v: usize,
+    ) -> Option<(usize, usize, InFlight)> {
+        let picked = pick_for_attempt(ctx, app, v, &self.tried);
+        match picked {
+            Some(_) => self.made += 1,
+            None => self.spins += 1,
+        }
+        picked
+    }
+
+    /// Whether a failure of this attempt, on version `vi` of `app`, goes to the stable
+    /// version instead of the user: the request can be sent again (`shieldable`), the
+    /// app is shielded, `vi` is not its stable version, and shielding was not used yet.
+    pub(crate) fn shields(&self, app: &AppTable, vi: usize, shieldable: bool) -> bool {
+        shieldable && !self.shield_used && app.shield.is_some_and(|s| s != vi)
     }
 
     /// Where the attempt just made stands, for [`attempt::next`].
