@@ -18,7 +18,11 @@
 # (keep-alive, 64 connections). Target "rules" is baton with an app as a canary
 # rollout configures it (two header rules, evaluated and not matching, sticky
 # cohorts picked from the client's cookie, v1/v2 weighted 90/10), in the keep-alive
-# case with 64 connections. Runs are interleaved (every target
+# case with 64 connections. Target "relay" (bench helper `relay`, keep-alive with 64
+# connections only) speaks no HTTP: it pairs each client connection with an upstream
+# connection and copies bytes, the least work any user-space proxy can do per request;
+# its ratio to nginx is the most any proxy can show on this machine in this setup, and
+# baton/relay says how close baton comes to it. Runs are interleaved (every target
 # once per case per round, starting with a different target each round) and the table
 # shows medians over the rounds. This machine's speed drifts from minute to minute, so
 # the ratio columns are medians of each round's own ratio (runs seconds apart), not
@@ -142,7 +146,10 @@ for t in /proc/$BATON_PID/task/*; do taskset -pc "$PROXY_CPU" "$(basename "$t")"
 RULES_PORT=$(free_port)
 taskset -c "$PROXY_CPU" "$HELPER" routed "127.0.0.1:$RULES_PORT" "127.0.0.1:$BACKEND" \
     >"$TMP/rules.out" 2>&1 & RULES_PID=$!; PIDS+=($RULES_PID)
-PORTS=($BACKEND $NGINX_PORT $HAPROXY_PORT $BATON_PORT $RULES_PORT)
+RELAY_PORT=$(free_port)
+taskset -c "$PROXY_CPU" "$HELPER" relay "127.0.0.1:$RELAY_PORT" "127.0.0.1:$BACKEND" \
+    >"$TMP/relay.out" 2>&1 & RELAY_PID=$!; PIDS+=($RELAY_PID)
+PORTS=($BACKEND $NGINX_PORT $HAPROXY_PORT $BATON_PORT $RULES_PORT $RELAY_PORT)
 if [ -n "${BASE_BIN:-}" ]; then
     BASE_PORT=$(free_port)
     taskset -c "$PROXY_CPU" "$BASE_BIN" router "127.0.0.1:$BASE_PORT" "127.0.0.1:$BACKEND" 1 \
@@ -153,17 +160,17 @@ for p in "${PORTS[@]}"; do wait_port "$p"; done
 # Threads started after the first pinning (workers) are pinned too.
 for t in /proc/$BATON_PID/task/*; do taskset -pc "$PROXY_CPU" "$(basename "$t")" >/dev/null; done
 
-declare -A PORT=([direct]=$BACKEND [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT [baton]=$BATON_PORT [rules]=$RULES_PORT)
+declare -A PORT=([direct]=$BACKEND [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT [baton]=$BATON_PORT [rules]=$RULES_PORT [relay]=$RELAY_PORT)
 # The process doing each target's work, for its CPU time per request (user + system,
 # all threads): the cost that decides how much one core can carry, whatever the load
 # generator's own limit.
 NGINX_WORKER=$(pgrep -P "$(cat "$TMP/nginx.pid")" | head -n 1)
 for t in /proc/$RULES_PID/task/*; do taskset -pc "$PROXY_CPU" "$(basename "$t")" >/dev/null; done
-declare -A WORK_PID=([direct]=$BACKEND_PID [nginx]=$NGINX_WORKER [haproxy]=$HAPROXY_PID [baton]=$BATON_PID [rules]=$RULES_PID)
+declare -A WORK_PID=([direct]=$BACKEND_PID [nginx]=$NGINX_WORKER [haproxy]=$HAPROXY_PID [baton]=$BATON_PID [rules]=$RULES_PID [relay]=$RELAY_PID)
 [ -n "${BASE_BIN:-}" ] && WORK_PID[base]=$BASE_PID
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)
-TARGETS=(direct nginx haproxy baton rules)
+TARGETS=(direct nginx haproxy baton rules relay)
 [ -n "${BASE_BIN:-}" ] && { PORT[base]=$BASE_PORT; TARGETS+=(base); }
 for kib in 1 64; do
     printf 'wrk.method = "POST"\nwrk.body = string.rep("x", %d)\nwrk.headers["Content-Type"] = "application/octet-stream"\n' \
@@ -180,8 +187,8 @@ for t in "${TARGETS[@]}"; do
 done
 
 [ "${MAIN:-1}" = 0 ] && CASES=()
-# "rules" runs in the ka64 case only.
-total=$((ROUNDS * (${#CASES[@]} * (${#TARGETS[@]} - 1) + 1)))
+# "rules" and "relay" run in the ka64 case only.
+total=$((ROUNDS * (${#CASES[@]} * (${#TARGETS[@]} - 2) + 2)))
 n=0
 for round in $(seq 1 "$ROUNDS"); do
     # Each round starts with another target, so none always follows the same one.
@@ -190,7 +197,7 @@ for round in $(seq 1 "$ROUNDS"); do
     for c in "${CASES[@]}"; do
         IFS='|' read -r name conns h1 h2 <<<"$c"
         for t in "${ORDER[@]}"; do
-            [ "$t" = rules ] && [ "$name" != ka64 ] && continue
+            case $t in rules | relay) [ "$name" != ka64 ] && continue ;; esac
             n=$((n + 1))
             echo "[$n/$total] round $round $name $t" >&2
             args=(-t1 "$conns" -d"${DURATION}s" --latency)
@@ -287,7 +294,7 @@ def paired(case, target, ref):
     return statistics.median(rs) if rs else None
 
 cases = ["ka64", "ka256", "close64", "post1k", "post64k"]
-targets = ["direct", "nginx", "haproxy", "baton", "rules", "base"]
+targets = ["direct", "nginx", "haproxy", "relay", "baton", "rules", "base"]
 if not data:
     cases = []
 if data:
@@ -315,9 +322,14 @@ for c in cases:
 if data:
     print(f"\nmedians of {len(data[('ka64','nginx')])} interleaved runs per cell; proxies pinned to one CPU, wrk + backend on another")
     print("/nginx, /haproxy: median of the per-round req/s ratios")
+    if ("ka64", "relay") in data and ("ka64", "baton") in data:
+        print(f"baton/relay (ka64): {paired('ka64', 'baton', 'relay'):.2f}x; relay copies bytes and speaks no HTTP:")
+        print("  its /nginx is the most any proxy can show here")
 for c in cases:
-    for ours in ("baton", "rules"):
-        for ref in ("nginx", "haproxy"):
+    for ours in ("baton", "rules", "relay"):
+        for ref in ("nginx", "haproxy", "relay"):
+            if ours == ref:
+                continue
             rs = [by_round[(c, ours, r)] / by_round[(c, ref, r)]
                   for (cc, t, r) in sorted(by_round) if cc == c and t == ref and (c, ours, r) in by_round]
             if rs:

@@ -16,6 +16,10 @@
 //! matching `^qa-` to v2), sticky cohorts, and v1/v2 weighted 90/10 (both at
 //! UPSTREAM); requests carry neither header, so every rule is evaluated and fails,
 //! and the client's cohort cookie picks the version.
+//! `bench relay LISTEN UPSTREAM`: no HTTP at all: each client connection gets its own
+//! upstream connection and bytes are copied both ways (`copy_bidirectional`, one
+//! task per pair, one thread). The least work any user-space proxy can do per
+//! request, so its req/s is this machine's ceiling for the benchmark.
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -59,6 +63,11 @@ fn main() {
             let upstream: SocketAddr = args.get(2).and_then(|a| a.parse().ok()).expect("UPSTREAM");
             rt.block_on(routed(listen, upstream));
         }
+        Some("relay") => {
+            let listen: SocketAddr = args.get(1).and_then(|a| a.parse().ok()).expect("LISTEN");
+            let upstream: SocketAddr = args.get(2).and_then(|a| a.parse().ok()).expect("UPSTREAM");
+            rt.block_on(relay(listen, upstream));
+        }
         Some("router") => {
             let listen: SocketAddr = args.get(1).and_then(|a| a.parse().ok()).expect("LISTEN");
             let upstream: SocketAddr = args.get(2).and_then(|a| a.parse().ok()).expect("UPSTREAM");
@@ -90,10 +99,28 @@ fn main() {
             eprintln!(
                 "usage: bench backend PORT | bench backend-json PORT | \
                  bench router LISTEN UPSTREAM WORKERS | bench mirror LISTEN UPSTREAM PERCENT | \
-                 bench routed LISTEN UPSTREAM"
+                 bench routed LISTEN UPSTREAM | bench relay LISTEN UPSTREAM"
             );
             std::process::exit(2);
         }
+    }
+}
+
+/// Copies bytes between each client connection and an upstream connection of its own.
+async fn relay(listen: SocketAddr, upstream: SocketAddr) {
+    let l = tokio::net::TcpListener::bind(listen).await.expect("bind");
+    loop {
+        let Ok((mut client, _)) = l.accept().await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await else {
+                return;
+            };
+            let _ = client.set_nodelay(true);
+            let _ = up.set_nodelay(true);
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+        });
     }
 }
 
