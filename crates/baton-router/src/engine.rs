@@ -403,7 +403,6 @@ async fn exchange(
     let mut leftover: Option<Vec<u8>> = None;
     let mut streamed = false;
     let mut at = upstream::Attempts::new();
-    let mut primary = None;
     let mut last_version = None;
     // Shielding applies to what can be sent again safely: idempotent, held whole.
     let shieldable = head.idempotent && body.whole;
@@ -418,14 +417,9 @@ async fn exchange(
                 None => break None,
             },
         };
-        let v = match primary {
-            Some(v) if v < app.versions.len() && !at.to_stable => v,
-            _ => match at.version(&app, || route.version_in(&parsed, &app)) {
-                Some(v) => v,
-                None => continue,
-            },
+        let Some(v) = at.version(&app, || route.version_in(&parsed, &app)) else {
+            continue;
         };
-        primary = Some(v);
         let Some((vi, bi, guard)) = at.start(ctx, &app, v) else {
             continue;
         };

@@ -26,7 +26,7 @@ use crate::limits::Limits;
 use crate::metrics::RequestSample;
 use crate::mirroring::{Head, MirrorPlan, Tee, start_mirror};
 use crate::outcome::{self, Outcome};
-use crate::table::{AppTable, VersionCounters};
+use crate::table::VersionCounters;
 use crate::upstream::{self, CallError, InFlight, UpBody, UpstreamBody, routable_app};
 
 /// Request bodies up to this size are buffered so the request can be replayed.
@@ -506,26 +506,16 @@ pub(crate) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Re
     let head = Head::from_parts(parts);
 
     let mut last_version: Option<Arc<VersionCounters>> = None;
-    // The version picked for this request, tied to the snapshot it was picked in.
-    let mut picked: Option<(Arc<AppTable>, usize)> = None;
     let mut at = upstream::Attempts::new();
     while at.going() {
         let Some(app) = routable_app(sh, &ctx.app).await else {
             return no_backend(sh, ctx, last_version.as_deref(), &outcome_of);
         };
-        let primary = match &picked {
-            Some((a, v)) if Arc::ptr_eq(a, &app) => *v,
-            _ => {
-                let chosen = at.version(&app, || {
-                    app.choose_version(&head.method, head.uri.path(), &head.headers, cohort)
-                });
-                match chosen {
-                    Some(v) => v,
-                    None => continue, // swapped to unroutable meanwhile; hold again
-                }
-            }
-        };
-        picked = Some((app.clone(), primary));
+        let chosen = at.version(&app, || {
+            app.choose_version(&head.method, head.uri.path(), &head.headers, cohort)
+        });
+        // None: swapped to unroutable meanwhile; hold again.
+        let Some(primary) = chosen else { continue };
         let Some((vi, bi, guard)) = at.start(ctx, &app, primary) else {
             continue;
         };
@@ -621,8 +611,7 @@ pub(crate) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Re
         }
         at.after_failure(sh, &outcome_of, ended, step, &version.counters, backend);
         match step {
-            Next::Shield => picked = None,
-            Next::Retry { .. } => {}
+            Next::Shield | Next::Retry { .. } => {}
             Next::GatewayTimeout => {
                 Outcome::TimedOut.record(&outcome_of, Some(&version.counters), None);
                 return local_response(

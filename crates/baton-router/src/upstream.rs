@@ -690,6 +690,9 @@ pub(crate) struct Attempts {
     pub shield_used: bool,
     /// Shielded: the request goes to the stable version from now on.
     pub to_stable: bool,
+    /// The version this request was given, in the snapshot it was given in: a retry
+    /// stays on it, found again by name when a push reordered the versions.
+    given: Option<(Arc<AppTable>, usize)>,
 }
 
 impl Attempts {
@@ -701,6 +704,7 @@ impl Attempts {
             spins: 0,
             shield_used: false,
             to_stable: false,
+            given: None,
         }
     }
 
@@ -709,17 +713,28 @@ impl Attempts {
         self.made < self.max && self.spins < MAX_SPINS
     }
 
-    /// The version of the next attempt: the stable one once shielded, else `chosen`.
-    /// `None` (nothing to pick in this snapshot) counts a spin.
+    /// The version of the next attempt in `app`: the stable one once shielded; else
+    /// the version an earlier attempt was given (by name when `app` is another
+    /// snapshot, and while it still has a backend); else `chosen`, the request's first
+    /// choice. `None` (nothing to pick in this snapshot) counts a spin.
     pub(crate) fn version(
         &mut self,
-        app: &AppTable,
+        app: &Arc<AppTable>,
         chosen: impl FnOnce() -> Option<usize>,
     ) -> Option<usize> {
-        let stable = if self.to_stable { app.shield } else { None };
-        let v = stable.or_else(chosen);
-        if v.is_none() {
-            self.spins += 1;
+        if let Some(stable) = app.shield.filter(|_| self.to_stable) {
+            return Some(stable);
+        }
+        let again = self.given.as_ref().and_then(|(table, v)| {
+            if Arc::ptr_eq(table, app) {
+                return Some(*v);
+            }
+            app.version_with_backends(&table.versions.get(*v)?.name)
+        });
+        let v = again.or_else(chosen);
+        match v {
+            Some(v) => self.given = Some((app.clone(), v)),
+            None => self.spins += 1,
         }
         v
     }
@@ -806,5 +821,93 @@ impl Attempts {
             }
             Next::GatewayTimeout | Next::BadGateway | Next::Respond => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AppRoutes, Backend, RoutingConfig, ShieldConfig, VersionRoute};
+    use crate::table::Registry;
+
+    /// App "web" with `versions` in this order, each with one backend, shielded by
+    /// "stable" when it is among them.
+    fn web(generation: u64, versions: &[&str]) -> RoutingConfig {
+        RoutingConfig {
+            generation,
+            apps: vec![AppRoutes {
+                app: "web".into(),
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                hold_timeout_ms: 100,
+                versions: versions
+                    .iter()
+                    .enumerate()
+                    .map(|(i, name)| VersionRoute {
+                        version: (*name).into(),
+                        weight: 1,
+                        backends: vec![Backend {
+                            id: format!("{name}-0"),
+                            address: SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)),
+                        }],
+                    })
+                    .collect(),
+                rules: vec![],
+                sticky: None,
+                mirror: None,
+                shield: versions.contains(&"stable").then(|| ShieldConfig {
+                    version: "stable".into(),
+                }),
+                limits: Default::default(),
+                balance: Default::default(),
+            }],
+        }
+    }
+
+    fn index(app: &AppTable, name: &str) -> usize {
+        app.versions.iter().position(|v| v.name == name).unwrap()
+    }
+
+    #[test]
+    fn a_retry_stays_on_its_version_when_a_push_reorders_the_versions() {
+        let mut reg = Registry::default();
+        let first = reg.build(&web(1, &["stable", "canary"])).apps["web"].clone();
+        let mut at = Attempts::new();
+        let canary = index(&first, "canary");
+        assert_eq!(at.version(&first, || Some(canary)), Some(canary));
+        // The same snapshot: the same index, without choosing again.
+        assert_eq!(at.version(&first, || panic!("chosen again")), Some(canary));
+
+        let reordered = reg.build(&web(2, &["canary", "stable"])).apps["web"].clone();
+        assert_ne!(index(&reordered, "canary"), canary, "the push moved it");
+        let v = at.version(&reordered, || panic!("chosen again"));
+        assert_eq!(v, Some(index(&reordered, "canary")));
+    }
+
+    #[test]
+    fn a_version_gone_from_the_snapshot_is_chosen_afresh() {
+        let mut reg = Registry::default();
+        let first = reg.build(&web(1, &["a", "b"])).apps["web"].clone();
+        let mut at = Attempts::new();
+        at.version(&first, || Some(index(&first, "b")));
+        let without_b = reg.build(&web(2, &["a"])).apps["web"].clone();
+        assert_eq!(at.version(&without_b, || Some(0)), Some(0));
+        let empty = reg.build(&web(3, &[])).apps["web"].clone();
+        assert_eq!(at.version(&empty, || None), None);
+        assert_eq!(at.spins, 1, "nothing to pick counts a spin");
+    }
+
+    #[test]
+    fn a_shielded_request_goes_to_the_stable_version_of_each_snapshot() {
+        let mut reg = Registry::default();
+        let first = reg.build(&web(1, &["stable", "canary"])).apps["web"].clone();
+        let mut at = Attempts::new();
+        at.version(&first, || Some(index(&first, "canary")));
+        at.to_stable = true;
+        assert_eq!(at.version(&first, || None), Some(index(&first, "stable")));
+        let reordered = reg.build(&web(2, &["canary", "stable"])).apps["web"].clone();
+        assert_eq!(
+            at.version(&reordered, || None),
+            Some(index(&reordered, "stable"))
+        );
     }
 }
