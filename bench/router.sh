@@ -219,14 +219,42 @@ IDLE_RESULTS=$TMP/idle.tsv
 if [ "${IDLE:-1}" != 0 ]; then
     # HAProxy reserves two descriptors per connection of its maxconn.
     IDLE_CONNS=${IDLE_CONNS:-$(( (NOFILE - 1000) / 2 < 10000 ? (NOFILE - 1000) / 2 / 500 * 500 - 500 : 10000 ))}
-    declare -A IDLE_PID=([nginx]=$NGINX_WORKER [haproxy]=$HAPROXY_PID [baton]=$BATON_PID)
+    # Each run gets a fresh proxy process: one that served the cases above keeps the
+    # memory it freed, and would hold the connections in it without growing.
+    idle_proxy() { # TARGET PORT: starts it; sets IDLE_KILL and IDLE_PID (the process holding them)
+        case $1 in
+        nginx)
+            sed -e "s/127.0.0.1:$NGINX_PORT /127.0.0.1:$2 /" -e "s|$TMP/nginx.pid|$TMP/nginx-idle.pid|" \
+                "$TMP/nginx.conf" >"$TMP/nginx-idle.conf"
+            taskset -c "$PROXY_CPU" "$NGINX" -c "$TMP/nginx-idle.conf" -g 'daemon off;' 2>>"$TMP/nginx-idle.out" &
+            IDLE_KILL=$!
+            wait_port "$2"
+            IDLE_PID=$(pgrep -P "$IDLE_KILL" | head -n 1)
+            ;;
+        haproxy)
+            sed "s/127.0.0.1:$HAPROXY_PORT\$/127.0.0.1:$2/" "$TMP/haproxy.cfg" >"$TMP/haproxy-idle.cfg"
+            taskset -c "$PROXY_CPU" haproxy -f "$TMP/haproxy-idle.cfg" -q 2>>"$TMP/haproxy-idle.out" &
+            IDLE_KILL=$! IDLE_PID=$!
+            wait_port "$2"
+            ;;
+        baton)
+            baton_cmd "$2" "$BACKEND" >>"$TMP/baton-idle.out" 2>&1 &
+            IDLE_KILL=$! IDLE_PID=$!
+            wait_port "$2"
+            ;;
+        esac
+    }
     src=1
     for round in $(seq 1 3); do
         for t in nginx haproxy baton; do
             src=$((src + 1))
+            port=$(free_port)
+            idle_proxy "$t" "$port"
             echo "[idle] round $round $t: $IDLE_CONNS connections" >&2
-            line=$(taskset -c "$LOAD_CPU" python3 "$ROOT/bench/idle_conns.py" "${PORT[$t]}" "${IDLE_PID[$t]}" \
+            line=$(taskset -c "$LOAD_CPU" python3 "$ROOT/bench/idle_conns.py" "$port" "$IDLE_PID" \
                 "$IDLE_CONNS" "127.0.$((src / 250)).$((src % 250 + 2))")
+            kill "$IDLE_KILL" 2>/dev/null || true
+            wait "$IDLE_KILL" 2>/dev/null || true
             printf '%s\t%s\t%s\n' "$round" "$t" "$line" >>"$IDLE_RESULTS"
         done
     done
@@ -399,6 +427,7 @@ if idle:
         rh = f"{med / statistics.median(per['haproxy']):.2f}x" if t != "haproxy" and per.get("haproxy") else ""
         print(f"{t:<10} {statistics.median(r[2] for r in runs):>7.0f} {statistics.median(r[0] for r in runs):>9.0f}Ki"
               f" {statistics.median(r[1] for r in runs):>8.0f}Ki {med:>9.2f} {min(per[t]):>6.2f}..{max(per[t]):<6.2f} {rn:>7} {rh:>9}")
-    print("medians of 3 runs; each connection served one GET and stays open, idle; RSS of the process")
-    print("that holds them (nginx's worker), all threads; KiB/conn: (with - before) / open connections")
+    print("medians of 3 runs, each against a freshly started proxy; each connection served one GET and")
+    print("stays open, idle; RSS of the process that holds them (nginx's worker), all threads;")
+    print("KiB/conn: (with - before) / open connections")
 PY

@@ -87,6 +87,11 @@ impl ClientSocket {
         self.registered()?.read_buf(buf).await
     }
 
+    /// Waits until the socket has something to read (or has ended), without a buffer.
+    pub async fn readable(&mut self) -> io::Result<()> {
+        self.registered()?.readable().await
+    }
+
     pub async fn write_all(&mut self, mut data: &[u8]) -> io::Result<()> {
         if let State::Plain(s) = &mut self.state {
             while !data.is_empty() {

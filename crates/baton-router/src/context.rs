@@ -87,6 +87,9 @@ thread_local! {
         std::cell::RefCell::new(crate::sticky::CohortRng::from_clock(crate::worker::index() as u64));
 }
 
+/// Room for a read of a request head from a client (a typical head fits).
+pub(crate) const FIRST_READ: usize = 4096;
+
 /// What a client connection knows about itself.
 pub(crate) struct ConnCtx {
     pub shared: Arc<Shared>,

@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::attempt::{self, Ended, Next};
 use crate::client_socket::ClientSocket;
-use crate::context::{ConnCtx, live_app_of, next_cohort};
+use crate::context::{ConnCtx, FIRST_READ, live_app_of, next_cohort};
 use crate::h1;
 use crate::mirroring::{self, MirrorPlan};
 use crate::outcome::{self, Outcome};
@@ -136,8 +136,10 @@ pub(crate) async fn serve(
     let armed = sleep.deadline();
     let mut deadline = Deadline { sleep, armed };
     let mut buf = first;
-    // The head sent upstream, written while the client's is parsed.
-    let mut upstream = Vec::with_capacity(1024);
+    // The head sent upstream, written while the client's is parsed. Both buffers go
+    // back to the worker's spares while the connection waits for its next request
+    // with nothing pending, so an idle keep-alive connection holds no buffer.
+    let mut upstream = spare_buf(1024);
     // Start of the next request in `buf`.
     let mut at = 0usize;
     let mut idle_since = tokio::time::Instant::now();
@@ -154,6 +156,9 @@ pub(crate) async fn serve(
                 .map_or_else(crate::limits::Limits::default, |a| a.limits.clone());
             let max_head = limits.max_header_bytes;
             let pending = &buf[at..];
+            if upstream.capacity() == 0 {
+                upstream = spare_buf(1024);
+            }
             upstream.clear();
             let mut route = Route::default();
             let fwd = h1::Forwarding {
@@ -182,7 +187,11 @@ pub(crate) async fn serve(
                 buf.drain(..at);
                 at = 0;
             }
-            if buf.capacity() - buf.len() < 1024 {
+            let idle = buf.is_empty();
+            if idle {
+                return_buf(std::mem::take(&mut buf));
+                return_buf(std::mem::take(&mut upstream));
+            } else if buf.capacity() - buf.len() < 1024 {
                 buf.reserve(4096);
             }
             // Only the first request's wait is bounded from the accept (by the timer
@@ -194,7 +203,13 @@ pub(crate) async fn serve(
             let read = tokio::select! {
                 biased;
                 () = &mut stopped => return,
-                r = stream.read_buf(&mut buf) => r,
+                r = async {
+                    if idle {
+                        stream.readable().await?;
+                        buf = spare_buf(FIRST_READ);
+                    }
+                    stream.read_buf(&mut buf).await
+                } => r,
                 () = deadline.sleep.as_mut() => {
                     if served == 0 || deadline.expired(limit) {
                         tracing::debug!(peer = %ctx.peer, "no request head within the header timeout");
@@ -559,14 +574,16 @@ async fn exchange(
                 () = stopping.cancelled() => {}
             }
         };
-        crate::tunnel::splice(
+        // Boxed: a rare path whose state would otherwise make every connection's
+        // task larger.
+        Box::pin(crate::tunnel::splice(
             client,
             &mut up,
             &up_buf[rh.len..],
             head.websocket,
             drain,
             guard,
-        )
+        ))
         .await;
         return_buf(up_buf);
         tracing::debug!(app = %ctx.app.name, "upgraded connection ended");
@@ -602,7 +619,7 @@ async fn exchange(
                 .map_or(0, |m| m.cfg.max_body_bytes.saturating_mul(2) + 4096);
             h1::response_parts(&up_buf[..rh.len])
                 .and_then(|(status, headers)| {
-                    mirroring::start_mirror(plan, vi, status, &headers, &limits)
+                    mirroring::start_mirror(*plan, vi, status, &headers, &limits)
                 })
                 .map(|t| (t, Capture::new(limit)))
         }
@@ -794,7 +811,9 @@ async fn attempt(
     };
     let (mut up, pooled) = match idle {
         Some(s) => (s, true),
-        None => match connect(addr, limits.connect_timeout).await {
+        // Boxed, as the streamed body below: paths taken once per upstream connection
+        // or per large body, whose state would otherwise enlarge every connection's task.
+        None => match Box::pin(connect(addr, limits.connect_timeout)).await {
             Some(s) => (s, false),
             None => return Err(AttemptError::Connect),
         },
@@ -818,7 +837,7 @@ async fn attempt(
         return Err(lost);
     }
     if let Some((client, framer, leftover)) = rest {
-        stream_body(&mut up, client, framer, leftover, limits).await?;
+        Box::pin(stream_body(&mut up, client, framer, leftover, limits)).await?;
     }
     let sent_at = tokio::time::Instant::now();
     let limit = sent_at + limits.response_timeout;
@@ -1012,7 +1031,7 @@ fn copies(
     head: &h1::ReqHead,
     body: &ReqBody,
     buf: &[u8],
-) -> Option<MirrorPlan> {
+) -> Option<Box<MirrorPlan>> {
     if app.mirror.is_none() && !app.record.armed() {
         return None;
     }
@@ -1033,14 +1052,17 @@ fn copies(
             m.state.counter.fetch_add(1, Ordering::Relaxed),
             m.cfg.percent,
         );
-    wanted.then(|| MirrorPlan {
-        app: app.clone(),
-        head: mirroring::Head {
-            method,
-            uri,
-            headers,
-        },
-        body: (!data.is_empty()).then_some(data),
+    // Boxed: held across the exchange's awaits, and absent for most requests.
+    wanted.then(|| {
+        Box::new(MirrorPlan {
+            app: app.clone(),
+            head: mirroring::Head {
+                method,
+                uri,
+                headers,
+            },
+            body: (!data.is_empty()).then_some(data),
+        })
     })
 }
 

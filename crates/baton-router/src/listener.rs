@@ -30,7 +30,7 @@ use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
 use crate::client_socket::ClientSocket;
-use crate::context::{AppRef, ConnCtx, Shared};
+use crate::context::{AppRef, ConnCtx, FIRST_READ, Shared};
 use crate::limits::Limits;
 use crate::proxy::{self, RespBody};
 
@@ -262,9 +262,6 @@ fn conn_builder(limits: &Limits) -> ConnBuilders {
 /// The client connection preface of HTTP/2 (RFC 9113 3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Room for the first read of a connection (a typical request head).
-const FIRST_READ: usize = 4096;
-
 /// An HTTP/2 client connection whose first bytes were already read (to tell it from
 /// HTTP/1): they are read again first.
 struct Prefixed {
@@ -451,6 +448,20 @@ async fn serve_conn(
         .await;
         return;
     }
+    // Boxed: hyper's connection state is large, and an HTTP/1 connection's task
+    // should not carry room for it.
+    Box::pin(serve_h2(builders, ctx, sock, first, stop, deadline)).await;
+}
+
+/// Serves an HTTP/2 connection whose first bytes, `first`, were read already.
+async fn serve_h2(
+    builders: Arc<ConnBuilders>,
+    ctx: Arc<ConnCtx>,
+    sock: ClientSocket,
+    first: Vec<u8>,
+    stop: CancellationToken,
+    deadline: Pin<&mut tokio::time::Sleep>,
+) {
     let Ok(stream) = sock.into_tokio() else {
         return;
     };

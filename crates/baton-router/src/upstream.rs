@@ -91,18 +91,29 @@ pub(crate) fn sweep() {
     });
 }
 
-/// A buffer from this worker's spares.
+/// A buffer of at least `capacity` bytes, from this worker's spares when it has one.
 pub(crate) fn spare_buf(capacity: usize) -> Vec<u8> {
+    // Spares come in all sizes: the most recently returned one that is large enough
+    // (a short search: there are at most `MAX_SPARES`, and a fit is usually on top).
     SPARE
-        .with_borrow_mut(Vec::pop)
+        .with_borrow_mut(|spares| {
+            let i = spares.iter().rposition(|b| b.capacity() >= capacity)?;
+            Some(spares.swap_remove(i))
+        })
         .unwrap_or_else(|| Vec::with_capacity(capacity))
 }
 
+/// Most spare buffers a worker keeps.
+const MAX_SPARES: usize = 64;
+
 /// Gives a buffer back to this worker's spares.
 pub(crate) fn return_buf(mut b: Vec<u8>) {
+    if b.capacity() == 0 {
+        return;
+    }
     b.clear();
     SPARE.with_borrow_mut(|s| {
-        if s.len() < 64 {
+        if s.len() < MAX_SPARES {
             s.push(b);
         }
     });
