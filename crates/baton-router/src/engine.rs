@@ -450,7 +450,8 @@ async fn exchange(
             &limits,
             request,
             &buf[body.start..body.end],
-            stream_rest.map(|f| (&mut *client, f, &mut leftover)),
+            client,
+            stream_rest.map(|f| (f, &mut leftover)),
             &mut send,
             &mut up_buf,
             head,
@@ -776,16 +777,13 @@ enum AttemptError {
 }
 
 /// The rest of a request body, streamed from the client during the attempt: the
-/// client, the framer that follows it, and where to put bytes read past its end.
-type StreamRest<'a> = (
-    &'a mut ClientSocket,
-    &'a mut h1::BodyFramer,
-    &'a mut Option<Vec<u8>>,
-);
+/// framer that follows it, and where to put bytes read past its end.
+type StreamRest<'a> = (&'a mut h1::BodyFramer, &'a mut Option<Vec<u8>>);
 
-/// Sends the request (head, held body, then the streamed rest) on a pooled
-/// connection to `addr` (or a new one), reads the response head into `buf` and writes
-/// the client's response head but its end (see [`h1::parse_response`]) into `send`.
+/// Sends the request (head, held body, then the streamed rest from `client`) on a
+/// pooled connection to `addr` (or a new one), reads the response head into `buf` and
+/// writes the client's response head but its end (see [`h1::parse_response`]) into
+/// `send`. Interim (1xx) heads passed on are written to `client` as they come.
 #[expect(
     clippy::too_many_arguments,
     reason = "one attempt's inputs, all distinct"
@@ -795,6 +793,7 @@ async fn attempt(
     limits: &crate::limits::Limits,
     request: &[u8],
     held: &[u8],
+    client: &mut ClientSocket,
     rest: Option<StreamRest<'_>>,
     send: &mut Vec<u8>,
     buf: &mut Vec<u8>,
@@ -836,7 +835,7 @@ async fn attempt(
     } else if up.write_all(request).await.is_err() || up.write_all(held).await.is_err() {
         return Err(lost);
     }
-    if let Some((client, framer, leftover)) = rest {
+    if let Some((framer, leftover)) = rest {
         Box::pin(stream_body(&mut up, client, framer, leftover, limits)).await?;
     }
     let sent_at = tokio::time::Instant::now();
@@ -874,7 +873,12 @@ async fn attempt(
                     }
                     return Ok((up, rh));
                 }
-                h1::RespParsed::Informational(len) => at += len,
+                h1::RespParsed::Informational(len) => {
+                    at += len;
+                    if !send.is_empty() && client.write_all(send).await.is_err() {
+                        return Err(AttemptError::ClientGone);
+                    }
+                }
                 h1::RespParsed::Partial => {
                     if buf.len() - at > 64 * 1024 {
                         return Err(AttemptError::Bad);

@@ -607,7 +607,8 @@ pub(crate) struct RespHead {
 #[derive(Debug)]
 pub(crate) enum RespParsed {
     Done(RespHead),
-    /// An informational (1xx) head of this length: skipped.
+    /// An informational (1xx) head of this length. [`parse_response`] has written it
+    /// for the client when it is passed on (see there); it is skipped otherwise.
     Informational(usize),
     Partial,
     Bad,
@@ -634,9 +635,20 @@ fn with_response<T>(
 /// Judges a response head to `req`; for a final one, writes the client's head but
 /// its end into `send` from the same parse (see [`write_client_head`]). A `101` is
 /// final for an upgrade request (its `Upgrade` and `Connection: upgrade` kept), and
-/// bad otherwise.
+/// bad otherwise. An interim head (`102 Processing`, `103 Early Hints`...) is written
+/// whole into `send` to be passed on (RFC 9110 15.2: a proxy forwards 1xx), except
+/// `100 Continue` (the router answers `Expect` itself, and removes it from the
+/// request) and any to an HTTP/1.0 client, which cannot take one.
 pub(crate) fn parse_response(b: &[u8], req: &ReqHead, send: &mut Vec<u8>) -> RespParsed {
     with_response(b, |resp, r| {
+        if let (Ok(httparse::Status::Complete(len)), Some(code @ 102..=199)) = (r, resp.code)
+            && !req.http10
+        {
+            debug_assert_ne!(code, 101);
+            write_client_head(resp, false, true, send);
+            send.extend_from_slice(b"\r\n");
+            return RespParsed::Informational(len);
+        }
         if req.upgrade && resp.code == Some(101) {
             let Ok(httparse::Status::Complete(len)) = r else {
                 return judge_response(resp, r, req.head_method);
@@ -1388,6 +1400,26 @@ mod tests {
             ),
             RespParsed::Informational(25)
         ));
+        // Other interim heads are written for the client, hop-by-hop headers removed;
+        // to an HTTP/1.0 client, nothing.
+        let hints = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\nKeep-Alive: timeout=5\r\n\r\n";
+        let mut out = Vec::new();
+        assert!(matches!(
+            parse_response(hints, &request(false), &mut out),
+            RespParsed::Informational(n) if n == hints.len()
+        ));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+        );
+        let mut old = request(false);
+        old.http10 = true;
+        let mut out = Vec::new();
+        assert!(matches!(
+            parse_response(hints, &old, &mut out),
+            RespParsed::Informational(_)
+        ));
+        assert!(out.is_empty());
         assert!(matches!(
             parse_response(
                 b"HTTP/1.1 200 OK\r\ncontent-length: 1, 2\r\n\r\n",
@@ -1420,13 +1452,9 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n"
         );
-        // An informational head writes nothing.
+        // A `100 Continue` from the backend writes nothing.
         let mut out = Vec::new();
-        parse_response(
-            b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n",
-            &request(false),
-            &mut out,
-        );
+        parse_response(b"HTTP/1.1 100 Continue\r\n\r\n", &request(false), &mut out);
         assert!(out.is_empty());
     }
 }

@@ -871,18 +871,41 @@ async fn close_delimited_body_is_whole_then_the_connection_closes() {
 }
 
 #[tokio::test]
-async fn informational_responses_before_the_answer_are_skipped() {
+async fn early_hints_are_passed_on_and_a_backends_100_continue_is_not() {
     let Framing {
-        _router, be, mut c, ..
+        _router,
+        be,
+        mut c,
+        listen,
+        ..
     } = framing_setup().await;
     for path in ["/early", "/early-split"] {
-        let r = c.get(path).await;
+        c.send(get_request(path)).await;
+        // The backend's `100 Continue` answers nothing the client asked (the router
+        // answers `Expect` itself); its `103 Early Hints` is passed on, then the answer.
+        let hints = c.response(false).await;
+        assert_eq!(hints.status, 103, "{path}: {}", hints.head);
+        assert_eq!(
+            hints.header("link").as_deref(),
+            Some("</s.css>; rel=preload"),
+            "{}",
+            hints.head
+        );
+        let r = c.response(false).await;
         assert_eq!(r.status, 200, "{path}: {}", r.head);
         assert_lane(&r);
         assert_eq!(r.text(), "final");
         next_get_works(&mut c).await;
     }
     one_upstream_connection(&be);
+
+    // An HTTP/1.0 client cannot take an interim response: it gets the answer only.
+    let mut old = Conn::open(listen).await;
+    old.send("GET /early HTTP/1.0\r\nHost: app.example\r\n\r\n")
+        .await;
+    let r = old.response(false).await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(r.text(), "final");
 }
 
 // ---------------------------------------------------------------------------------
