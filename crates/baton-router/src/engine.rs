@@ -339,8 +339,20 @@ async fn gather_body(
                 return Err(BodyError::Gone);
             }
         }
-        if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(16 * 1024);
+        // Room for the rest of a body of known length at once (the buffer may be a
+        // small spare): growing it step by step would copy the body again each time.
+        let (want, grow) = match head.body {
+            h1::Framing::Length(n) => {
+                let rest = usize::try_from(n)
+                    .unwrap_or(usize::MAX)
+                    .saturating_sub(end - start)
+                    .min(REPLAY_BODY);
+                (rest, rest.max(4096))
+            }
+            _ => (4096, 16 * 1024),
+        };
+        if buf.capacity() - buf.len() < want {
+            buf.reserve(grow);
         }
         let before = buf.len();
         match tokio::time::timeout(limits.client_header_timeout, client.read_buf(buf)).await {

@@ -725,36 +725,49 @@ impl Registry {
     }
 }
 
+/// For tests: app "web" with `versions` (name, the address of its one backend) in
+/// this order, weighted alike, shielded by `shield` when given.
+#[cfg(test)]
+pub(crate) fn web_config(
+    generation: u64,
+    versions: &[(&str, SocketAddr)],
+    shield: Option<&str>,
+) -> RoutingConfig {
+    use crate::config::{AppRoutes, Backend, ShieldConfig, VersionRoute};
+    RoutingConfig {
+        generation,
+        apps: vec![AppRoutes {
+            app: "web".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            hold_timeout_ms: 100,
+            versions: versions
+                .iter()
+                .map(|(name, address)| VersionRoute {
+                    version: (*name).into(),
+                    weight: 1,
+                    backends: vec![Backend {
+                        id: format!("{name}-0"),
+                        address: *address,
+                    }],
+                })
+                .collect(),
+            rules: vec![],
+            sticky: None,
+            mirror: None,
+            shield: shield.map(|v| ShieldConfig { version: v.into() }),
+            limits: Default::default(),
+            balance: Default::default(),
+        }],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{AppRoutes, Backend, VersionRoute};
 
     /// App "web" with versions v1 and v2, both on `addr`.
     fn shared_backend(generation: u64, addr: SocketAddr) -> RoutingConfig {
-        let version = |name: &str| VersionRoute {
-            version: name.into(),
-            weight: 1,
-            backends: vec![Backend {
-                id: format!("{name}-0"),
-                address: addr,
-            }],
-        };
-        RoutingConfig {
-            generation,
-            apps: vec![AppRoutes {
-                app: "web".into(),
-                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-                hold_timeout_ms: 100,
-                versions: vec![version("v1"), version("v2")],
-                rules: vec![],
-                sticky: None,
-                mirror: None,
-                shield: None,
-                limits: Default::default(),
-                balance: Default::default(),
-            }],
-        }
+        web_config(generation, &[("v1", addr), ("v2", addr)], None)
     }
 
     #[test]

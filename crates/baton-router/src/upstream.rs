@@ -838,40 +838,24 @@ impl Attempts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{AppRoutes, Backend, RoutingConfig, ShieldConfig, VersionRoute};
-    use crate::table::Registry;
+    use crate::config::RoutingConfig;
+    use crate::table::{Registry, web_config};
 
-    /// App "web" with `versions` in this order, each with one backend, shielded by
-    /// "stable" when it is among them.
+    /// App "web" with `versions` in this order, each with a backend of its own,
+    /// shielded by "stable" when it is among them.
     fn web(generation: u64, versions: &[&str]) -> RoutingConfig {
-        RoutingConfig {
-            generation,
-            apps: vec![AppRoutes {
-                app: "web".into(),
-                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-                hold_timeout_ms: 100,
-                versions: versions
-                    .iter()
-                    .enumerate()
-                    .map(|(i, name)| VersionRoute {
-                        version: (*name).into(),
-                        weight: 1,
-                        backends: vec![Backend {
-                            id: format!("{name}-0"),
-                            address: SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)),
-                        }],
-                    })
-                    .collect(),
-                rules: vec![],
-                sticky: None,
-                mirror: None,
-                shield: versions.contains(&"stable").then(|| ShieldConfig {
-                    version: "stable".into(),
-                }),
-                limits: Default::default(),
-                balance: Default::default(),
-            }],
-        }
+        let named: Vec<(&str, SocketAddr)> = versions
+            .iter()
+            .zip(9000u16..)
+            .map(|(name, port)| (*name, SocketAddr::from(([127, 0, 0, 1], port))))
+            .collect();
+        let shield = versions.contains(&"stable").then_some("stable");
+        web_config(generation, &named, shield)
+    }
+
+    /// Builds that config in `reg`: its app "web".
+    fn app(reg: &mut Registry, generation: u64, versions: &[&str]) -> Arc<AppTable> {
+        reg.build(&web(generation, versions)).apps["web"].clone()
     }
 
     fn index(app: &AppTable, name: &str) -> usize {
@@ -881,14 +865,14 @@ mod tests {
     #[test]
     fn a_retry_stays_on_its_version_when_a_push_reorders_the_versions() {
         let mut reg = Registry::default();
-        let first = reg.build(&web(1, &["stable", "canary"])).apps["web"].clone();
+        let first = app(&mut reg, 1, &["stable", "canary"]);
         let mut at = Attempts::new();
         let canary = index(&first, "canary");
         assert_eq!(at.version(&first, || Some(canary)), Some(canary));
         // The same snapshot: the same index, without choosing again.
         assert_eq!(at.version(&first, || panic!("chosen again")), Some(canary));
 
-        let reordered = reg.build(&web(2, &["canary", "stable"])).apps["web"].clone();
+        let reordered = app(&mut reg, 2, &["canary", "stable"]);
         assert_ne!(index(&reordered, "canary"), canary, "the push moved it");
         let v = at.version(&reordered, || panic!("chosen again"));
         assert_eq!(v, Some(index(&reordered, "canary")));
@@ -897,12 +881,12 @@ mod tests {
     #[test]
     fn a_version_gone_from_the_snapshot_is_chosen_afresh() {
         let mut reg = Registry::default();
-        let first = reg.build(&web(1, &["a", "b"])).apps["web"].clone();
+        let first = app(&mut reg, 1, &["a", "b"]);
         let mut at = Attempts::new();
         at.version(&first, || Some(index(&first, "b")));
-        let without_b = reg.build(&web(2, &["a"])).apps["web"].clone();
+        let without_b = app(&mut reg, 2, &["a"]);
         assert_eq!(at.version(&without_b, || Some(0)), Some(0));
-        let empty = reg.build(&web(3, &[])).apps["web"].clone();
+        let empty = app(&mut reg, 3, &[]);
         assert_eq!(at.version(&empty, || None), None);
         assert_eq!(at.spins, 1, "nothing to pick counts a spin");
     }
@@ -910,12 +894,12 @@ mod tests {
     #[test]
     fn a_shielded_request_goes_to_the_stable_version_of_each_snapshot() {
         let mut reg = Registry::default();
-        let first = reg.build(&web(1, &["stable", "canary"])).apps["web"].clone();
+        let first = app(&mut reg, 1, &["stable", "canary"]);
         let mut at = Attempts::new();
         at.version(&first, || Some(index(&first, "canary")));
         at.to_stable = true;
         assert_eq!(at.version(&first, || None), Some(index(&first, "stable")));
-        let reordered = reg.build(&web(2, &["canary", "stable"])).apps["web"].clone();
+        let reordered = app(&mut reg, 2, &["canary", "stable"]);
         assert_eq!(
             at.version(&reordered, || None),
             Some(index(&reordered, "stable"))
