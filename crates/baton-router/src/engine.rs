@@ -605,7 +605,11 @@ async fn exchange(
     // A router that handed its listeners to a successor ends every connection after
     // its next response, so keep-alive clients reconnect (to the successor) without a
     // request lost to an idle close.
+    // A chunked answer to an HTTP/1.0 client goes without its chunking, ended by the
+    // close (the client head says so, see `h1::parse_response`).
+    let dechunk = head.http10 && matches!(rh.framing, h1::Framing::Chunked);
     let last = head.close
+        || dechunk
         || matches!(rh.framing, h1::Framing::UntilClose)
         || stop.is_cancelled()
         || ctx.shared.keep_alive_off();
@@ -640,13 +644,19 @@ async fn exchange(
     };
     let mut resp_body = h1::BodyFramer::response(rh.framing);
     let already = &up_buf[rh.len..];
-    let take = resp_body.accept(already);
+    let sent_before = send.len();
+    let take = if dechunk {
+        resp_body.accept_data(already, &mut send)
+    } else {
+        let take = resp_body.accept(already);
+        send.extend_from_slice(&already[..take]);
+        take
+    };
     if let Some((_, c)) = tee.as_mut() {
         c.add(&already[..take]);
     }
-    send.extend_from_slice(&already[..take]);
-    let mut bytes_out = take as u64;
-    let mut reusable = !rh.upstream_close && !head.http10 && take == already.len();
+    let mut bytes_out = (send.len() - sent_before) as u64;
+    let mut reusable = !rh.upstream_close && take == already.len();
     let mut complete = resp_body.done();
     // Recorded before the write that completes the answer: a client that has its
     // answer finds it counted.
@@ -672,6 +682,7 @@ async fn exchange(
             client,
             &mut up_buf,
             &mut resp_body,
+            dechunk,
             drain,
             capture,
             &mut answer,
@@ -944,27 +955,40 @@ async fn stream_body(
     result
 }
 
-/// Copies the rest of a body from `up` to `client`. Returns (client still fine, body
-/// bytes sent, body complete, the backend sent more than the body).
+/// Copies the rest of a body from `up` to `client` (its data only, when `dechunk`).
+/// Returns (client still fine, bytes sent, body complete, the backend sent more than
+/// the body).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one response body's ends and what watches it, all distinct"
+)]
 async fn copy_body(
     up: &mut TcpStream,
     client: &mut ClientSocket,
     buf: &mut Vec<u8>,
     body: &mut h1::BodyFramer,
+    dechunk: bool,
     mut drain: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     mut capture: Option<&mut Capture>,
     answer: &mut Answer<'_>,
 ) -> (bool, u64, bool, bool) {
     let mut sent = 0u64;
     let mut draining = false;
-    loop {
+    // The data of a dechunked body, as each read yields it.
+    let mut data = if dechunk {
+        spare_buf(UP_BUF)
+    } else {
+        Vec::new()
+    };
+    let result = loop {
         if draining && body.at_boundary() {
-            // The backend left the table and its grace is over: end the stream cleanly.
-            // Complete for the client; the upstream connection is mid-stream, so it
-            // counts as having more to send and is not reused.
+            // The backend left the table and its grace is over: end the stream cleanly
+            // (a dechunked one by the close that follows). Complete for the client; the
+            // upstream connection is mid-stream, so it counts as having more to send
+            // and is not reused.
             answer.record(sent);
-            let ok = client.write_all(b"0\r\n\r\n").await.is_ok();
-            return (ok, sent, true, true);
+            let ok = dechunk || client.write_all(b"0\r\n\r\n").await.is_ok();
+            break (ok, sent, true, true);
         }
         buf.clear();
         let read = match drain.as_mut() {
@@ -974,7 +998,7 @@ async fn copy_body(
                     drain = None;
                     draining = true;
                     if !matches!(body.framing(), h1::Framing::Chunked) {
-                        return (false, sent, false, false);
+                        break (false, sent, false, false);
                     }
                     continue;
                 }
@@ -984,29 +1008,37 @@ async fn copy_body(
         match read {
             Ok(0) | Err(_) => {
                 let whole = matches!(body.framing(), h1::Framing::UntilClose);
-                return (whole, sent, whole, false);
+                break (whole, sent, whole, false);
             }
             Ok(n) => {
-                let take = body.accept(&buf[..n]);
+                data.clear();
+                let take = if dechunk {
+                    body.accept_data(&buf[..n], &mut data)
+                } else {
+                    body.accept(&buf[..n])
+                };
                 if body.bad() {
-                    return (false, sent, false, true);
+                    break (false, sent, false, true);
                 }
                 if let Some(c) = capture.as_deref_mut() {
                     c.add(&buf[..take]);
                 }
+                let out = if dechunk { &data[..] } else { &buf[..take] };
                 if body.done() {
-                    answer.record(sent + take as u64);
+                    answer.record(sent + out.len() as u64);
                 }
-                if client.write_all(&buf[..take]).await.is_err() {
-                    return (false, sent, false, false);
+                if client.write_all(out).await.is_err() {
+                    break (false, sent, false, false);
                 }
-                sent += take as u64;
+                sent += out.len() as u64;
                 if body.done() {
-                    return (true, sent, true, take < n);
+                    break (true, sent, true, take < n);
                 }
             }
         }
-    }
+    };
+    return_buf(data);
+    result
 }
 
 /// A response body as framed, kept up to a limit for a mirror comparison.

@@ -81,7 +81,7 @@ pub(crate) struct ReqHead {
     /// The client connection ends after this response (`Connection: close`, or
     /// HTTP/1.0 without keep-alive).
     pub close: bool,
-    /// HTTP/1.0: sent upstream as HTTP/1.0, answered without chunked framing.
+    /// An HTTP/1.0 client: answered without chunked framing and without 1xx heads.
     pub http10: bool,
     pub body: Framing,
     /// `Expect: 100-continue`: the router answers `100 Continue` itself before it
@@ -404,7 +404,7 @@ fn hop_by_hop(name: &[u8]) -> bool {
 /// Writes the head sent upstream: the client's, with hop-by-hop headers, those the
 /// client named in `Connection` and `Expect` removed, and the forwarding headers
 /// added (`X-Forwarded-For`, `Forwarded`, `X-Forwarded-Proto`, `X-Forwarded-Host`).
-/// HTTP/1.0 requests go on as HTTP/1.0 (so the answer is never chunked).
+/// Every request goes on as HTTP/1.1, with a `Host`.
 pub(crate) fn upstream_request(
     req: &httparse::Request<'_, '_>,
     head: &ReqHead,
@@ -425,11 +425,10 @@ pub(crate) fn upstream_request(
         Some((_, origin)) => out.extend_from_slice(origin.as_bytes()),
         None => out.extend_from_slice(target.as_bytes()),
     }
-    out.extend_from_slice(if head.http10 {
-        b" HTTP/1.0\r\n"
-    } else {
-        b" HTTP/1.1\r\n"
-    });
+    // The router's own version (RFC 9110 2.5), whatever the client's: an HTTP/1.0
+    // client's requests then share pooled upstream connections too. A chunked answer
+    // to one is passed on without its chunking (see `parse_response`).
+    out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut xff: Option<&[u8]> = None;
     let mut forwarded: Option<&[u8]> = None;
     let mut proto = false;
@@ -473,6 +472,10 @@ pub(crate) fn upstream_request(
         out.extend_from_slice(authority.as_bytes());
         out.extend_from_slice(b"\r\n");
         host = Some(authority.as_bytes());
+    } else if host.is_none() {
+        // HTTP/1.1 needs a Host; an HTTP/1.0 request may have none, and its target
+        // then has no authority: an empty one (RFC 9112 3.2).
+        out.extend_from_slice(b"host: \r\n");
     }
     list_header(out, b"x-forwarded-for", xff, fwd.peer_ip);
     list_header(out, b"forwarded", forwarded, fwd.forwarded);
@@ -645,7 +648,7 @@ pub(crate) fn parse_response(b: &[u8], req: &ReqHead, send: &mut Vec<u8>) -> Res
             && !req.http10
         {
             debug_assert_ne!(code, 101);
-            write_client_head(resp, false, true, send);
+            write_client_head(resp, Relay::AsSent, true, send);
             send.extend_from_slice(b"\r\n");
             return RespParsed::Informational(len);
         }
@@ -653,7 +656,7 @@ pub(crate) fn parse_response(b: &[u8], req: &ReqHead, send: &mut Vec<u8>) -> Res
             let Ok(httparse::Status::Complete(len)) = r else {
                 return judge_response(resp, r, req.head_method);
             };
-            write_client_head(resp, false, true, send);
+            write_client_head(resp, Relay::AsSent, true, send);
             let upgrade = resp
                 .headers
                 .iter()
@@ -675,12 +678,12 @@ pub(crate) fn parse_response(b: &[u8], req: &ReqHead, send: &mut Vec<u8>) -> Res
         }
         let judged = judge_response(resp, r, req.head_method);
         if let RespParsed::Done(h) = &judged {
-            write_client_head(
-                resp,
-                matches!(h.framing, Framing::Chunked),
-                h.connection_options,
-                send,
-            );
+            let relay = match h.framing {
+                Framing::Chunked if req.http10 => Relay::Dechunked,
+                Framing::Chunked => Relay::Chunked,
+                _ => Relay::AsSent,
+            };
+            write_client_head(resp, relay, h.connection_options, send);
         }
         judged
     })
@@ -796,16 +799,28 @@ fn judge_response(
     })
 }
 
+/// How a response body goes to the client, for its framing headers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Relay {
+    /// As the backend framed it.
+    AsSent,
+    /// Chunked, as the backend sent it.
+    Chunked,
+    /// Chunked by the backend, passed on to an HTTP/1.0 client as plain data ended
+    /// by the close.
+    Dechunked,
+}
+
 /// The client's response head but its end: the backend's, without hop-by-hop headers
 /// (the chunked `Transfer-Encoding` stays: the body is passed through as it is
-/// framed). The caller adds `Connection: close` when this is the connection's last
-/// response, then the blank line.
+/// framed, unless `relay` dechunks it). The caller adds `Connection: close` when this
+/// is the connection's last response, then the blank line.
 ///
 /// A `Content-Length` next to a chunked `Transfer-Encoding` is dropped (RFC 9112 6.3:
 /// an intermediary must not forward both).
 fn write_client_head(
     resp: &httparse::Response<'_, '_>,
-    chunked: bool,
+    relay: Relay,
     connection_options: bool,
     out: &mut Vec<u8>,
 ) {
@@ -837,7 +852,8 @@ fn write_client_head(
     for h in resp.headers.iter() {
         let n = h.name.as_bytes();
         if hop_by_hop(n)
-            || (chunked && n.eq_ignore_ascii_case(b"content-length"))
+            || (relay != Relay::AsSent && n.eq_ignore_ascii_case(b"content-length"))
+            || (relay == Relay::Dechunked && n.eq_ignore_ascii_case(b"transfer-encoding"))
             || named.iter().any(|o| n.eq_ignore_ascii_case(o))
         {
             continue;

@@ -1763,16 +1763,29 @@ async fn expect_100_continue_is_answered_before_the_body_is_read() {
 }
 
 #[tokio::test]
-async fn http_1_0_clients_get_keep_alive_only_when_asked_and_no_chunked_answers() {
-    let be = raw_backend(|g| {
-        // A backend that would chunk for HTTP/1.1 and answers HTTP/1.0 by length.
-        if g.request_line().ends_with("HTTP/1.0") {
-            vec![Step::Write(ok("ten"))]
-        } else {
-            let mut r = head("200 OK", &["Transfer-Encoding: chunked"]);
-            r.extend_from_slice(b"3\r\neleven\r\n0\r\n\r\n");
+async fn http_1_0_clients_go_upstream_as_http_1_1_get_keep_alive_when_asked_and_no_chunked_answers()
+{
+    let be = raw_backend(|g| match g.path() {
+        "/chunked" => {
+            let mut r = head(
+                "200 OK",
+                &["Transfer-Encoding: chunked", "Content-Length: 99"],
+            );
+            r.extend_from_slice(b"3;ext=1\r\nele\r\n3\r\nven\r\n0\r\nTrailer: x\r\n\r\n");
             vec![Step::Write(r)]
         }
+        // Longer than one read: the rest is dechunked as it is copied.
+        "/chunked-big" => {
+            let mut r = head("200 OK", &["Transfer-Encoding: chunked"]);
+            for piece in pattern(200_000).chunks(10_000) {
+                r.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+                r.extend_from_slice(piece);
+                r.extend_from_slice(b"\r\n");
+            }
+            r.extend_from_slice(b"0\r\n\r\n");
+            vec![Step::Write(r)]
+        }
+        _ => vec![Step::Write(ok("ten"))],
     })
     .await;
     let (_router, listen) = serve(&[be.addr], |_| {});
@@ -1784,15 +1797,40 @@ async fn http_1_0_clients_get_keep_alive_only_when_asked_and_no_chunked_answers(
         assert_eq!(r.text(), "ten", "{r:?}");
         assert_eq!(r.header("connection").as_deref(), Some("keep-alive"));
     }
-    c.send("GET /b HTTP/1.0\r\n\r\n").await;
+    c.send("GET /b HTTP/1.0\r\nHost: app.example\r\n\r\n").await;
     let r = c.response(false).await;
     assert_eq!(r.header("connection").as_deref(), Some("close"));
     c.assert_closed().await;
-    assert!(
-        be.got()
-            .iter()
-            .all(|g| g.request_line().ends_with("HTTP/1.0"))
-    );
+
+    // A chunked answer comes as its data, ended by the close, though keep-alive was
+    // asked for.
+    let mut c = Conn::open(listen).await;
+    c.send("GET /chunked HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .await;
+    let r = c.response(false).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.text(), "eleven", "{r:?}");
+    assert_eq!(r.header("transfer-encoding"), None, "{}", r.head);
+    assert_eq!(r.header("content-length"), None, "{}", r.head);
+    assert_eq!(r.header("connection").as_deref(), Some("close"));
+
+    let mut c = Conn::open(listen).await;
+    c.send("GET /chunked-big HTTP/1.0\r\n\r\n").await;
+    let r = c.response(false).await;
+    assert_eq!(r.header("transfer-encoding"), None, "{}", r.head);
+    assert!(r.body == pattern(200_000), "{} bytes", r.body.len());
+
+    let got = be.got();
+    assert_eq!(got.len(), 5);
+    for g in &got {
+        assert!(g.request_line().ends_with(" HTTP/1.1"), "{g:?}");
+        assert_eq!(g.headers("host").len(), 1, "one Host: {g:?}");
+    }
+    assert_eq!(got[2].headers("host"), ["app.example"]);
+    assert_eq!(got[0].headers("host"), [""], "none given: empty");
+    // Every answer was read to its end: the requests of the first client connection
+    // (one worker, one pool) shared one upstream connection.
+    assert!(got[..3].iter().all(|g| g.conn == got[0].conn), "{got:?}");
 }
 
 #[tokio::test]
