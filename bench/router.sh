@@ -31,9 +31,9 @@
 # Mirroring (second table): baton with an app whose v1 takes every request and 0%, 10%
 # or 100% of them copied to v2 and compared as JSON (a 0.3 KiB answer, one field left
 # out), keep-alive with 64 connections; its CPU time per user request next to the same
-# router with no mirroring configured ("off"). An app that mirrors takes the general
-# path for every request (its requests are kept for the copy), so "m0" (mirroring
-# configured, nothing copied) separates that cost from the copies'.
+# router with no mirroring configured ("off"). An app that mirrors decides for every
+# request whether it is copied, so "m0" (mirroring configured, nothing copied)
+# separates that cost from the copies'.
 set -euo pipefail
 # The idle-connection table holds 10,000 connections open per proxy: as many file
 # descriptors as this machine allows.
