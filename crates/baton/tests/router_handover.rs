@@ -347,6 +347,115 @@ async fn standalone_router_is_replaced_under_load_without_a_failed_request() {
     assert!(!socket.exists(), "handover socket left behind");
 }
 
+/// An HTTP/2 (h2c) connection to `addr`: its request sender, and its driver's end
+/// (`Ok` for a graceful close).
+async fn h2c_connection(
+    addr: SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    tokio::task::JoinHandle<Result<(), hyper::Error>>,
+) {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect for h2c");
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2c handshake");
+    (sender, tokio::spawn(conn))
+}
+
+/// A stream above the last one a graceful GOAWAY (`NO_ERROR`) let through: never
+/// processed, safe to send again (RFC 9113 6.8).
+fn refused_by_goaway(e: &hyper::Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<h2::Error>())
+        .is_some_and(|h| h.is_go_away() && h.reason() == Some(h2::Reason::NO_ERROR))
+}
+
+fn h2_get(addr: SocketAddr) -> hyper::Request<http_body_util::Empty<bytes::Bytes>> {
+    hyper::Request::get(format!("http://{addr}/"))
+        .body(http_body_util::Empty::new())
+        .expect("request")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connection_is_sent_goaway_at_a_handover_and_no_stream_it_took_fails() {
+    let dir = TempDir::new("h2c");
+    let backend = start_backend().await;
+    let (listen, metrics) = (local(free_port()), local(free_port()));
+    let socket = dir.0.join("handover.sock");
+    let (listen_s, backend_s, metrics_s) =
+        (listen.to_string(), backend.to_string(), metrics.to_string());
+    let socket_s = socket.to_str().expect("utf-8 path");
+    let args = standalone_args(&listen_s, &backend_s, &metrics_s, socket_s);
+    let mut old = Proc::spawn(&dir.0, "old", &args);
+    wait_until("the router to serve", Duration::from_secs(20), || {
+        http_get(listen, "/").is_ok_and(|(s, _)| s == 200)
+    });
+    let (mut sender, driver) = h2c_connection(listen).await;
+    let first = sender
+        .send_request(h2_get(listen))
+        .await
+        .expect("h2 answer");
+    assert_eq!(first.status(), 200);
+
+    let mut take_over = args.clone();
+    take_over.extend(["--take-over", "--drain-grace", "2s"]);
+    let mut new = Proc::spawn(&dir.0, "new", &take_over);
+    let replaced_at = Instant::now();
+    // Streams keep going on the old connection until its GOAWAY: every stream the old
+    // router took is answered; one refused after the GOAWAY was never processed (a
+    // client sends it again on a new connection).
+    let (mut answered, mut refused) = (0u32, 0u32);
+    loop {
+        assert!(
+            replaced_at.elapsed() < Duration::from_secs(30),
+            "no GOAWAY; old router's log:\n{}",
+            old.log_text()
+        );
+        if sender.ready().await.is_err() {
+            break;
+        }
+        match sender.send_request(h2_get(listen)).await {
+            Ok(resp) => {
+                assert_eq!(resp.status(), 200);
+                answered += 1;
+            }
+            Err(e) if e.is_canceled() || e.is_closed() || refused_by_goaway(&e) => {
+                refused += 1;
+                break;
+            }
+            Err(e) => panic!("a stream failed across the handover: {e:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(20), driver)
+        .await
+        .expect("the old connection ended")
+        .expect("its driver");
+    assert!(ended.is_ok(), "closed by a GOAWAY, not an error: {ended:?}");
+    assert!(answered > 0, "streams were answered during the drain");
+    assert!(refused <= 1, "{refused} streams refused");
+
+    // A new connection reaches the successor.
+    let code = old.wait_exit("the old router", Duration::from_secs(20));
+    assert_eq!(code, Some(0), "old router log:\n{}", old.log_text());
+    let (mut sender, _driver) = h2c_connection(listen).await;
+    let resp = sender
+        .send_request(h2_get(listen))
+        .await
+        .expect("h2 answer from the new router");
+    assert_eq!(resp.status(), 200);
+    assert!(new.alive(), "new router log:\n{}", new.log_text());
+    eprintln!(
+        "{answered} streams answered on the old connection during the drain, {refused} refused after its GOAWAY"
+    );
+    new.terminate();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_successor_that_fails_before_ready_leaves_the_old_router_serving() {
     let dir = TempDir::new("failing");
