@@ -252,20 +252,62 @@ fn standalone_args<'a>(
     ]
 }
 
+/// A standalone router with a handover socket, in a test directory of its own.
+struct Standalone {
+    dir: TempDir,
+    backend: SocketAddr,
+    listen: SocketAddr,
+    metrics: SocketAddr,
+    socket: PathBuf,
+}
+
+impl Standalone {
+    /// Starts the backend and the first router ("old"), and waits until it serves.
+    async fn start(name: &str) -> (Standalone, Proc) {
+        let dir = TempDir::new(name);
+        let socket = dir.0.join("handover.sock");
+        let s = Standalone {
+            dir,
+            backend: start_backend().await,
+            listen: local(free_port()),
+            metrics: local(free_port()),
+            socket,
+        };
+        let old = s.spawn("old", s.listen, &[]);
+        let listen = s.listen;
+        wait_until("the router to serve", Duration::from_secs(20), || {
+            http_get(listen, "/").is_ok_and(|(s, _)| s == 200)
+        });
+        (s, old)
+    }
+
+    /// A router process `name` listening on `listen`, with `extra` arguments.
+    fn spawn(&self, name: &str, listen: SocketAddr, extra: &[&str]) -> Proc {
+        let (listen, backend, metrics) = (
+            listen.to_string(),
+            self.backend.to_string(),
+            self.metrics.to_string(),
+        );
+        let socket = self.socket.to_str().expect("utf-8 path");
+        let mut args = standalone_args(&listen, &backend, &metrics, socket);
+        args.extend(extra);
+        Proc::spawn(&self.dir.0, name, &args)
+    }
+
+    /// A successor that takes over, its open streams given `drain_grace`.
+    fn take_over(&self, name: &str, drain_grace: &str) -> Proc {
+        self.spawn(
+            name,
+            self.listen,
+            &["--take-over", "--drain-grace", drain_grace],
+        )
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_router_is_replaced_under_load_without_a_failed_request() {
-    let dir = TempDir::new("standalone");
-    let backend = start_backend().await;
-    let (listen, metrics) = (local(free_port()), local(free_port()));
-    let socket = dir.0.join("handover.sock");
-    let (listen_s, backend_s, metrics_s) =
-        (listen.to_string(), backend.to_string(), metrics.to_string());
-    let socket_s = socket.to_str().expect("utf-8 path");
-    let args = standalone_args(&listen_s, &backend_s, &metrics_s, socket_s);
-    let mut old = Proc::spawn(&dir.0, "old", &args);
-    wait_until("the router to serve", Duration::from_secs(20), || {
-        http_get(listen, "/").is_ok_and(|(s, _)| s == 200)
-    });
+    let (router, mut old) = Standalone::start("standalone").await;
+    let (listen, metrics) = (router.listen, router.metrics);
 
     // A WebSocket through the old router.
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{listen}/ws"))
@@ -283,9 +325,7 @@ async fn standalone_router_is_replaced_under_load_without_a_failed_request() {
     let by_old = requests_served(metrics);
     assert!(by_old > 0, "the old router served requests");
 
-    let mut take_over = args.clone();
-    take_over.extend(["--take-over", "--drain-grace", "2s"]);
-    let mut new = Proc::spawn(&dir.0, "new", &take_over);
+    let mut new = router.take_over("new", "2s");
     let replaced_at = Instant::now();
 
     // The WebSocket keeps working while the old router drains, then gets 1001.
@@ -344,7 +384,7 @@ async fn standalone_router_is_replaced_under_load_without_a_failed_request() {
 
     // The new router is a normal router: a plain stop removes its handover socket.
     new.terminate();
-    assert!(!socket.exists(), "handover socket left behind");
+    assert!(!router.socket.exists(), "handover socket left behind");
 }
 
 /// An HTTP/2 (h2c) connection to `addr`: its request sender, and its driver's end
@@ -383,18 +423,8 @@ fn h2_get(addr: SocketAddr) -> hyper::Request<http_body_util::Empty<bytes::Bytes
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_connection_is_sent_goaway_at_a_handover_and_no_stream_it_took_fails() {
-    let dir = TempDir::new("h2c");
-    let backend = start_backend().await;
-    let (listen, metrics) = (local(free_port()), local(free_port()));
-    let socket = dir.0.join("handover.sock");
-    let (listen_s, backend_s, metrics_s) =
-        (listen.to_string(), backend.to_string(), metrics.to_string());
-    let socket_s = socket.to_str().expect("utf-8 path");
-    let args = standalone_args(&listen_s, &backend_s, &metrics_s, socket_s);
-    let mut old = Proc::spawn(&dir.0, "old", &args);
-    wait_until("the router to serve", Duration::from_secs(20), || {
-        http_get(listen, "/").is_ok_and(|(s, _)| s == 200)
-    });
+    let (router, mut old) = Standalone::start("h2c").await;
+    let listen = router.listen;
     let (mut sender, driver) = h2c_connection(listen).await;
     let first = sender
         .send_request(h2_get(listen))
@@ -402,9 +432,7 @@ async fn an_http2_connection_is_sent_goaway_at_a_handover_and_no_stream_it_took_
         .expect("h2 answer");
     assert_eq!(first.status(), 200);
 
-    let mut take_over = args.clone();
-    take_over.extend(["--take-over", "--drain-grace", "2s"]);
-    let mut new = Proc::spawn(&dir.0, "new", &take_over);
+    let mut new = router.take_over("new", "2s");
     let replaced_at = Instant::now();
     // Streams keep going on the old connection until its GOAWAY: every stream the old
     // router took is answered; one refused after the GOAWAY was never processed (a
@@ -458,18 +486,8 @@ async fn an_http2_connection_is_sent_goaway_at_a_handover_and_no_stream_it_took_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_successor_that_fails_before_ready_leaves_the_old_router_serving() {
-    let dir = TempDir::new("failing");
-    let backend = start_backend().await;
-    let (listen, metrics) = (local(free_port()), local(free_port()));
-    let socket = dir.0.join("handover.sock");
-    let (listen_s, backend_s, metrics_s) =
-        (listen.to_string(), backend.to_string(), metrics.to_string());
-    let socket_s = socket.to_str().expect("utf-8 path");
-    let args = standalone_args(&listen_s, &backend_s, &metrics_s, socket_s);
-    let mut old = Proc::spawn(&dir.0, "old", &args);
-    wait_until("the router to serve", Duration::from_secs(20), || {
-        http_get(listen, "/").is_ok_and(|(s, _)| s == 200)
-    });
+    let (router, mut old) = Standalone::start("failing").await;
+    let (listen, socket) = (router.listen, router.socket.clone());
     let load = loadgen::start(load_config(listen));
     assert!(
         load.wait_for_requests(300, Duration::from_secs(30)).await,
@@ -490,7 +508,7 @@ async fn a_successor_that_fails_before_ready_leaves_the_old_router_serving() {
         s.read_exact(&mut offer).unwrap();
         let offer: serde_json::Value = serde_json::from_slice(&offer).unwrap();
         assert_eq!(offer["type"], "offer", "{offer}");
-        assert_eq!(offer["sockets"][0]["bound"], listen_s, "{offer}");
+        assert_eq!(offer["sockets"][0]["bound"], listen.to_string(), "{offer}");
         // Gone without a word (the descriptors it was sent close with it).
     }
     wait_for_more(&load, 500, "the old router after an abandoned handover").await;
@@ -498,10 +516,7 @@ async fn a_successor_that_fails_before_ready_leaves_the_old_router_serving() {
 
     // 2. A real successor that cannot start: its listen address is taken.
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
-    let taken_s = taken.local_addr().unwrap().to_string();
-    let mut failing = standalone_args(&taken_s, &backend_s, &metrics_s, socket_s);
-    failing.push("--take-over");
-    let mut bad = Proc::spawn(&dir.0, "bad", &failing);
+    let mut bad = router.spawn("bad", taken.local_addr().unwrap(), &["--take-over"]);
     let code = bad.wait_exit("the failing successor", Duration::from_secs(20));
     assert_eq!(code, Some(1), "{}", bad.log_text());
     assert!(
@@ -518,9 +533,7 @@ async fn a_successor_that_fails_before_ready_leaves_the_old_router_serving() {
     );
 
     // 3. And it still hands over to a good one.
-    let mut good_args = args.clone();
-    good_args.extend(["--take-over", "--drain-grace", "1s"]);
-    let mut good = Proc::spawn(&dir.0, "good", &good_args);
+    let mut good = router.take_over("good", "1s");
     old.wait_exit("the old router", Duration::from_secs(20));
     wait_for_more(&load, 500, "the new router").await;
     let report = load.finish().await;
