@@ -602,12 +602,12 @@ async fn exchange(
         tracing::debug!(app = %ctx.app.name, "upgraded connection ended");
         return Exchange::Close;
     }
-    // A router that handed its listeners to a successor ends every connection after
-    // its next response, so keep-alive clients reconnect (to the successor) without a
-    // request lost to an idle close.
     // A chunked answer to an HTTP/1.0 client goes without its chunking, ended by the
     // close (the client head says so, see `h1::parse_response`).
     let dechunk = head.http10 && matches!(rh.framing, h1::Framing::Chunked);
+    // A router that handed its listeners to a successor ends every connection after
+    // its next response, so keep-alive clients reconnect (to the successor) without a
+    // request lost to an idle close.
     let last = head.close
         || dechunk
         || matches!(rh.framing, h1::Framing::UntilClose)
