@@ -120,7 +120,7 @@ impl Route {
     }
 }
 
-/// Serves the connection's requests while they are for the lane. `first` holds what
+/// Serves the connection's HTTP/1 requests. `first` holds what
 /// was read from the client so far.
 pub(crate) async fn serve(
     ctx: &ConnCtx,
@@ -145,12 +145,13 @@ pub(crate) async fn serve(
     let mut idle_since = tokio::time::Instant::now();
     let mut served = 0u64;
     loop {
-        // A complete head, or more bytes from the client; the app's table as it was
-        // when the head was read, and what the head says about its version.
-        let (head, live, route) = loop {
+        // A complete head, or more bytes from the client; the app's table and limits
+        // as they were when the head was read, and what the head says about its
+        // version.
+        let (head, live, limits, route) = loop {
             let live = live_app_of(ctx);
-            // The lane sees every head until it hands over, so it applies the app's
-            // head size limit itself.
+            // No server behind the router judges the head first: the engine applies the
+            // app's head size limit itself.
             let limits = live
                 .as_ref()
                 .map_or_else(crate::limits::Limits::default, |a| a.limits.clone());
@@ -172,7 +173,7 @@ pub(crate) async fn serve(
                 }
             });
             match parsed {
-                h1::Parsed::Done(h) if h.len <= max_head => break (h, live, route),
+                h1::Parsed::Done(h) if h.len <= max_head => break (h, live, limits, route),
                 h1::Parsed::Refused(r) => return refused(ctx, stream, r).await,
                 h1::Parsed::Done(_) => {
                     return refused(ctx, stream, h1::Refusal::HeadTooLarge).await;
@@ -229,6 +230,7 @@ pub(crate) async fn serve(
         let done = exchange(
             ctx,
             live,
+            limits,
             stream,
             &upstream,
             &head,
@@ -368,7 +370,8 @@ async fn gather_body(
 /// One request: pick a backend, forward, pass the answer back. Retries on another
 /// connection or backend when no response head came and the request may be sent
 /// again; with shielding, an idempotent request a non-stable version fails is sent
-/// to the stable version instead. `parsed` is the table the head was parsed with.
+/// to the stable version instead. `parsed` is the table the head was parsed with,
+/// `limits` its app's.
 #[expect(
     clippy::too_many_arguments,
     reason = "one request's inputs, all distinct"
@@ -376,6 +379,7 @@ async fn gather_body(
 async fn exchange(
     ctx: &ConnCtx,
     parsed: Option<Arc<AppTable>>,
+    limits: crate::limits::Limits,
     client: &mut ClientSocket,
     request: &[u8],
     head: &h1::ReqHead,
@@ -390,9 +394,6 @@ async fn exchange(
     if let Some(a) = &parsed {
         a.counters.requests.fetch_add(1, Ordering::Relaxed);
     }
-    let limits = parsed
-        .as_ref()
-        .map_or_else(crate::limits::Limits::default, |a| a.limits.clone());
     let mut body = match gather_body(client, buf, body_at, head, &limits).await {
         Ok(b) => b,
         Err(BodyError::Refused(r)) => {
