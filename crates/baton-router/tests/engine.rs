@@ -9,7 +9,7 @@
 //!
 //! A raw backend names itself in a mixed-case `X-Raw-Backend` header and never sends
 //! `Date`: the engine copies a response head through as it came (no header map in
-//! between, no `date` added), which the tests check with `assert_lane`.
+//! between, no `date` added), which the tests check with `assert_copied_through`.
 
 mod common;
 
@@ -359,10 +359,10 @@ impl Resp {
     }
 }
 
-/// The lane answered: the backend's head went through verbatim (name case kept, no
+/// The engine answered: the backend's head went through verbatim (name case kept, no
 /// `date` added).
 #[track_caller]
-fn assert_lane(r: &Resp) {
+fn assert_copied_through(r: &Resp) {
     assert!(
         r.head.contains(&format!("\r\n{SERVED_BY}: raw\r\n")) && r.header("date").is_none(),
         "not copied through by the engine: {:?}",
@@ -544,13 +544,13 @@ async fn pipelined_gets_in_one_write_are_answered_in_order_and_the_connection_st
     for n in sizes {
         let r = c.response(false).await;
         assert_eq!(r.status, 200, "/size/{n}: {}", r.head);
-        assert_lane(&r);
+        assert_copied_through(&r);
         assert_eq!(r.header("content-length"), Some(n.to_string()));
         assert!(r.body == pattern(n), "body of /size/{n} altered");
     }
     // The connection is still open and serving.
     let r = c.get("/size/9").await;
-    assert_lane(&r);
+    assert_copied_through(&r);
     assert_eq!(r.body, pattern(9));
     let mut want: Vec<(String, usize)> = sizes.iter().map(|n| (format!("/size/{n}"), 0)).collect();
     want.push(("/size/9".into(), 0));
@@ -573,7 +573,7 @@ async fn pipelined_heads_split_across_writes_are_served_in_order() {
     c.send(&all[..cut1]).await;
     for n in [11, 12] {
         let r = c.response(false).await;
-        assert_lane(&r);
+        assert_copied_through(&r);
         assert!(r.body == pattern(n), "body of /size/{n}: {:?}", r.text());
     }
     c.send(&all[cut1..cut2]).await;
@@ -714,11 +714,11 @@ async fn framing_setup() -> Framing {
     }
 }
 
-/// Another GET on the same client connection is answered whole by the lane.
+/// Another GET on the same client connection is answered whole by the engine.
 async fn next_get_works(c: &mut Conn) {
     let r = c.get("/next").await;
     assert_eq!(r.status, 200, "{}", r.head);
-    assert_lane(&r);
+    assert_copied_through(&r);
     assert_eq!(r.text(), "next");
 }
 
@@ -740,7 +740,7 @@ async fn content_length_body_passes_through() {
     } = framing_setup().await;
     let r = c.get("/length").await;
     assert_eq!(r.status, 200);
-    assert_lane(&r);
+    assert_copied_through(&r);
     let mut want = b"HTTP/1.1 404 Fake\r\nContent-Length: 0\r\n\r\n".to_vec();
     want.extend_from_slice(&pattern(3000));
     assert!(r.body == want, "body altered: {:?}", r.text());
@@ -755,10 +755,10 @@ async fn chunked_body_with_extensions_and_trailers_passes_through_as_sent() {
     } = framing_setup().await;
     let r = c.get("/chunked").await;
     assert_eq!(r.status, 200);
-    assert_lane(&r);
+    assert_copied_through(&r);
     assert_eq!(r.header("transfer-encoding").as_deref(), Some("chunked"));
     assert_eq!(r.header("content-length"), None);
-    // The lane copies the chunked framing through unchanged, trailers included.
+    // The engine copies the chunked framing through unchanged, trailers included.
     assert_eq!(r.text(), String::from_utf8_lossy(CHUNKED_BODY));
     assert_eq!(dechunk(&r.body), b"helloabcdefghijklmnopqrstuvwxyz");
     next_get_works(&mut c).await;
@@ -781,7 +781,7 @@ async fn chunked_body_split_at_awkward_places_passes_through_as_sent() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(head.contains("\r\nX-Raw-Backend: raw\r\n"), "{head}");
     // Each piece reaches the client before the backend writes the next one, so the
-    // lane reads every piece on its own.
+    // engine reads every piece on its own.
     let mut sent = 0;
     for (i, piece) in CHUNKED_PIECES.iter().enumerate() {
         sent += piece.len();
@@ -802,7 +802,7 @@ async fn chunked_body_split_at_awkward_places_passes_through_as_sent() {
         }
     }
     c.wire.buf.clear();
-    // The lane saw the end of the body: the next request is answered, and nothing of
+    // The engine saw the end of the body: the next request is answered, and nothing of
     // the chunked body is left to spoil its response.
     next_get_works(&mut c).await;
     one_upstream_connection(&be);
@@ -815,11 +815,11 @@ async fn no_content_and_not_modified_have_no_body() {
     } = framing_setup().await;
     let r = c.get("/no-content").await;
     assert_eq!(r.status, 204, "{}", r.head);
-    assert_lane(&r);
+    assert_copied_through(&r);
     next_get_works(&mut c).await;
     let r = c.get("/not-modified").await;
     assert_eq!(r.status, 304, "{}", r.head);
-    assert_lane(&r);
+    assert_copied_through(&r);
     assert_eq!(r.header("etag").as_deref(), Some("\"v1\""));
     next_get_works(&mut c).await;
     one_upstream_connection(&be);
@@ -834,7 +834,7 @@ async fn head_response_with_a_length_has_no_body() {
         .await;
     let r = c.response(true).await;
     assert_eq!(r.status, 200, "{}", r.head);
-    assert_lane(&r);
+    assert_copied_through(&r);
     assert_eq!(r.header("content-length").as_deref(), Some("1000"));
     next_get_works(&mut c).await;
     assert_eq!(be.got()[0].method(), "HEAD");
@@ -852,7 +852,7 @@ async fn close_delimited_body_is_whole_then_the_connection_closes() {
     } = framing_setup().await;
     let r = c.get("/until-close").await;
     assert_eq!(r.status, 200, "{}", r.head);
-    assert_lane(&r);
+    assert_copied_through(&r);
     assert_eq!(
         r.header("connection").as_deref(),
         Some("close"),
@@ -893,7 +893,7 @@ async fn early_hints_are_passed_on_and_a_backends_100_continue_is_not() {
         );
         let r = c.response(false).await;
         assert_eq!(r.status, 200, "{path}: {}", r.head);
-        assert_lane(&r);
+        assert_copied_through(&r);
         assert_eq!(r.text(), "final");
         next_get_works(&mut c).await;
     }
@@ -918,7 +918,7 @@ async fn sequential_gets_share_one_upstream_connection() {
     let mut c = Conn::open(listen).await;
     for i in 0..20 {
         let r = c.get(&format!("/n/{i}")).await;
-        assert_lane(&r);
+        assert_copied_through(&r);
         assert_eq!(r.text(), format!("/n/{i}"));
     }
     one_upstream_connection(&be);
@@ -961,7 +961,7 @@ async fn an_upstream_connection_the_backend_ends_is_not_reused() {
     ] {
         let r = c.get(path).await;
         assert_eq!(r.status, 200, "{path}: {}", r.head);
-        assert_lane(&r);
+        assert_copied_through(&r);
         assert!(r.head.starts_with("HTTP/1.1 200"), "{}", r.head);
         assert_eq!(r.text(), body);
         // The backend's close is about the upstream connection only.
@@ -999,7 +999,7 @@ async fn bytes_beyond_a_response_are_dropped_and_that_connection_not_reused() {
     let (_router, listen) = serve(&[be.addr], |_| {});
     let mut c = Conn::open(listen).await;
     let r = c.get("/dirty").await;
-    assert_lane(&r);
+    assert_copied_through(&r);
     assert_eq!(r.text(), "hello");
     let r = c.get("/clean-1").await;
     assert_eq!(r.text(), "/clean-1", "a response desynchronised: {r:?}");
@@ -1030,7 +1030,7 @@ async fn bytes_beyond_a_response_are_dropped_and_that_connection_not_reused() {
 // 4. Stale pooled connections
 
 /// The backend answers `/first` keep-alive, then (once the test says so, with the
-/// connection idle in the lane's pool) closes it with a FIN or a reset.
+/// connection idle in the engine's pool) closes it with a FIN or a reset.
 async fn stale_connection_is_replaced(reset: bool) {
     let close_now = Arc::new(Semaphore::new(0));
     let closed = Arc::new(Semaphore::new(0));
@@ -1051,7 +1051,7 @@ async fn stale_connection_is_replaced(reset: bool) {
     let (router, listen) = serve(&[be.addr], |_| {});
     let mut c = Conn::open(listen).await;
     let r = c.get("/first").await;
-    assert_lane(&r);
+    assert_copied_through(&r);
     assert_eq!(r.text(), "first");
     close_now.add_permits(1);
     signalled(&closed, 1, "the backend closed the idle connection").await;
@@ -1059,7 +1059,7 @@ async fn stale_connection_is_replaced(reset: bool) {
     for path in ["/second", "/third"] {
         let r = c.get(path).await;
         assert_eq!(r.status, 200, "{path}: {r:?}");
-        assert_lane(&r);
+        assert_copied_through(&r);
         assert_eq!(r.text(), path);
     }
     // Sent once, on a new connection, which is pooled in turn.
@@ -1181,21 +1181,21 @@ fn get_post_get_reached_the_backend(be: &RawBackend) {
 }
 
 #[tokio::test]
-async fn get_post_get_on_one_connection_are_all_served_by_the_lane() {
+async fn get_post_get_on_one_connection_are_all_served_by_the_engine() {
     let be = echo_backend().await;
     let (_router, listen) = serve(&[be.addr], |_| {});
     let mut c = Conn::open(listen).await;
     let r = c.get("/one").await;
-    assert_lane(&r);
+    assert_copied_through(&r);
     assert_eq!(r.text(), "/one");
     c.send(POST).await;
     let r = c.response(false).await;
     assert_eq!(r.status, 200, "{r:?}");
-    assert_lane(&r);
+    assert_copied_through(&r);
     assert_eq!(r.text(), "posted 11: hello world");
     let r = c.get("/three").await;
     assert_eq!(r.status, 200, "{r:?}");
-    assert_lane(&r);
+    assert_copied_through(&r);
     assert_eq!(r.text(), "/three");
     get_post_get_reached_the_backend(&be);
     one_upstream_connection(&be);
@@ -1214,7 +1214,7 @@ async fn pipelined_get_post_get_are_answered_in_order() {
     .await;
     for want in ["/one", "posted 11: hello world", "/three"] {
         let r = c.response(false).await;
-        assert_lane(&r);
+        assert_copied_through(&r);
         assert_eq!(r.text(), want);
     }
     get_post_get_reached_the_backend(&be);
@@ -1236,7 +1236,7 @@ async fn absolute_form_target_goes_on_in_origin_form_with_its_authority_as_host(
     .await;
     for want in ["/one", "/two", "/three"] {
         let r = c.response(false).await;
-        assert_lane(&r);
+        assert_copied_through(&r);
         assert_eq!(r.text(), want);
     }
     let got = be.got();
@@ -1270,7 +1270,7 @@ async fn request_with_many_headers_is_forwarded_whole() {
 }
 
 #[tokio::test]
-async fn header_rule_routes_on_the_lane() {
+async fn header_rule_routes_in_the_engine() {
     let a = raw_backend(|_| vec![Step::Write(ok("a"))]).await;
     let b = raw_backend(|_| vec![Step::Write(ok("b"))]).await;
     let router = Router::new();
@@ -1292,13 +1292,13 @@ async fn header_rule_routes_on_the_lane() {
         c.send(&req).await;
         let r = c.response(false).await;
         assert_eq!(r.text(), want, "{req:?} routed to the wrong version: {r:?}");
-        assert_lane(&r);
+        assert_copied_through(&r);
     }
     assert_eq!((a.got().len(), b.got().len()), (2, 3));
 }
 
 #[tokio::test]
-async fn sticky_cohort_is_assigned_and_kept_on_the_lane() {
+async fn sticky_cohort_is_assigned_and_kept_in_the_engine() {
     let a = raw_backend(|_| vec![Step::Write(ok("a"))]).await;
     let b = raw_backend(|_| vec![Step::Write(ok("b"))]).await;
     let router = Router::new();
@@ -1309,7 +1309,7 @@ async fn sticky_cohort_is_assigned_and_kept_on_the_lane() {
     // A new client gets a cohort in a cookie, next to the backend's own headers.
     c.send(&get_request("/")).await;
     let first = c.response(false).await;
-    assert_lane(&first);
+    assert_copied_through(&first);
     let cookies = first.headers("set-cookie");
     assert_eq!(cookies.len(), 1, "{}", first.head);
     let pair = cookies[0].split(';').next().unwrap().to_string();
@@ -1325,7 +1325,7 @@ async fn sticky_cohort_is_assigned_and_kept_on_the_lane() {
         ))
         .await;
         let r = c.response(false).await;
-        assert_lane(&r);
+        assert_copied_through(&r);
         assert_eq!(r.text(), first.text(), "cohort {pair} switched version");
         assert!(r.headers("set-cookie").is_empty(), "{}", r.head);
     }
@@ -1363,7 +1363,7 @@ async fn request_head_is_rewritten_and_response_hop_headers_dropped() {
     .await;
     let r = c.response(false).await;
     assert_eq!(r.status, 200, "{r:?}");
-    assert_lane(&r);
+    assert_copied_through(&r);
     assert_eq!(r.text(), "ok");
     assert_eq!(r.header("x-kept").as_deref(), Some("yes"));
     assert_eq!(r.header("keep-alive"), None, "{}", r.head);
@@ -1417,7 +1417,7 @@ async fn client_connection_close_makes_the_last_response() {
     c.send("GET /bye HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\r\n")
         .await;
     let r = c.response(false).await;
-    assert_lane(&r);
+    assert_copied_through(&r);
     assert_eq!(r.text(), "/bye");
     assert_eq!(
         r.header("connection").as_deref(),
@@ -1435,7 +1435,7 @@ async fn client_connection_close_makes_the_last_response() {
 #[tokio::test]
 async fn request_head_over_the_app_limit_gets_431_and_the_connection_closes() {
     let be = sized_backend().await;
-    // Under hyper's own 8 KiB floor: only the lane's check can refuse these heads.
+    // Under hyper's own 8 KiB floor: only the engine's check can refuse these heads.
     let (_router, listen) = serve(&[be.addr], |a| a.limits.max_header_bytes = 4096);
     let padded = |path: &str, pad: usize| {
         format!(
@@ -1448,7 +1448,7 @@ async fn request_head_over_the_app_limit_gets_431_and_the_connection_closes() {
     c.send(padded("/small", 3000)).await;
     let r = c.response(false).await;
     assert_eq!(r.status, 200, "{r:?}");
-    assert_lane(&r);
+    assert_copied_through(&r);
 
     // Over it, first on the connection.
     let mut c = Conn::open(listen).await;
@@ -1551,7 +1551,7 @@ async fn silent_backend_gets_504_within_the_response_timeout() {
 // 9. Graceful shutdown
 
 #[tokio::test]
-async fn graceful_shutdown_closes_idle_lane_connections_and_ends_in_flight_ones_with_close() {
+async fn graceful_shutdown_closes_idle_connections_and_ends_in_flight_ones_with_close() {
     let gate = Arc::new(Semaphore::new(0));
     let g2 = gate.clone();
     let be = raw_backend(move |g| {
@@ -1567,7 +1567,7 @@ async fn graceful_shutdown_closes_idle_lane_connections_and_ends_in_flight_ones_
     // An idle keep-alive connection, one request answered.
     let mut idle = Conn::open(listen).await;
     let r = idle.get("/a").await;
-    assert_lane(&r);
+    assert_copied_through(&r);
     assert_eq!(r.header("connection"), None, "{}", r.head);
 
     // A request in flight, held by the backend.
@@ -1591,7 +1591,7 @@ async fn graceful_shutdown_closes_idle_lane_connections_and_ends_in_flight_ones_
     gate.add_permits(1);
     let r = busy.response(false).await;
     assert_eq!(r.status, 200, "{r:?}");
-    assert_lane(&r);
+    assert_copied_through(&r);
     assert_eq!(r.text(), "held");
     assert_eq!(
         r.header("connection").as_deref(),
@@ -1644,7 +1644,7 @@ async fn response_with_many_headers_passes_through() {
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.text(), "cookies");
     assert_eq!(r.headers("set-cookie").len(), 60, "{}", r.head);
-    assert_lane(&r);
+    assert_copied_through(&r);
 }
 
 #[tokio::test]
@@ -1668,7 +1668,7 @@ async fn response_with_both_length_and_chunked_is_not_passed_on_with_both() {
     let r = Conn::open(listen).await.get("/both").await;
     // Refusing it (502) is fine too.
     if r.status != 502 {
-        assert_lane(&r);
+        assert_copied_through(&r);
         assert_eq!(r.status, 200, "{r:?}");
         assert!(r.header("content-length").is_none(), "{r:?}");
         assert_eq!(dechunk_or_raw(&r), b"hello");
@@ -1698,7 +1698,7 @@ async fn chunked_request_body_with_extensions_and_trailers_passes_through_as_sen
     }
     let r = c.response(false).await;
     assert_eq!((r.status, r.text().as_str()), (200, "POST 11"), "{r:?}");
-    assert_lane(&r);
+    assert_copied_through(&r);
     let got = be.got();
     assert_eq!(got[0].body, b"hello world");
     assert_eq!(String::from_utf8_lossy(&got[0].raw_body), framed);
