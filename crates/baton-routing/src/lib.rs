@@ -23,3 +23,16 @@ pub mod select;
 pub mod stats;
 pub mod sticky;
 mod validate;
+
+/// For tests: a header map of `(name, value)` pairs, in order (repeats kept).
+#[cfg(test)]
+pub(crate) fn header_map(pairs: &[(&str, &str)]) -> http::HeaderMap {
+    let mut h = http::HeaderMap::new();
+    for (k, v) in pairs {
+        h.append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    h
+}

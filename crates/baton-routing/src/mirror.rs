@@ -991,6 +991,7 @@ impl MismatchSamples {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::header_map;
 
     fn json(status: u16, body: &str) -> Captured {
         Captured {
@@ -1199,17 +1200,6 @@ mod tests {
                 .unwrap_err()
                 .starts_with("redact_headers[0]")
         );
-    }
-
-    fn header_map(list: &[(&str, &str)]) -> http::HeaderMap {
-        let mut h = http::HeaderMap::new();
-        for (k, v) in list {
-            h.append(
-                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
-        }
-        h
     }
 
     #[test]

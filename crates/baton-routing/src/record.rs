@@ -188,24 +188,14 @@ fn is_hop_by_hop(name: &http::HeaderName) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(list: &[(&str, &str)]) -> http::HeaderMap {
-        let mut h = http::HeaderMap::new();
-        for (k, v) in list {
-            h.append(
-                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
-        }
-        h
-    }
+    use crate::header_map;
 
     #[test]
     fn records_redacted_requests_up_to_the_bound() {
         let st = RecordState::default();
         let get = http::Method::GET;
         let uri: http::Uri = "/items?page=2".parse().unwrap();
-        let h = headers(&[
+        let h = header_map(&[
             ("accept", "application/json"),
             ("authorization", "Bearer secret"),
             ("cookie", "session=secret"),

@@ -263,6 +263,7 @@ pub fn valid_cookie_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::header_map;
     use http::Method;
 
     fn header(name: &str, v: ValueMatch) -> Match {
@@ -290,19 +291,8 @@ mod tests {
         }
     }
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
-        }
-        h
-    }
-
     fn route<'r>(r: &'r CompiledRules, path: &str, h: &[(&str, &str)]) -> Option<&'r str> {
-        r.route(&Method::GET, path, &headers(h))
+        r.route(&Method::GET, path, &header_map(h))
     }
 
     #[test]
@@ -428,7 +418,7 @@ mod tests {
 
     #[test]
     fn find_cookie_edge_cases() {
-        let h = headers(&[("cookie", "a=1; b = 2 ;c=; d=x=y")]);
+        let h = header_map(&[("cookie", "a=1; b = 2 ;c=; d=x=y")]);
         assert_eq!(find_cookie(&h, "a"), Some("1"));
         assert_eq!(find_cookie(&h, "b"), Some("2"));
         assert_eq!(find_cookie(&h, "c"), Some(""));
